@@ -1,5 +1,7 @@
 //! The software HSM runs the shared conformance suite.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use keyward_hsm::conformance as suite;
 use keyward_hsm_soft::SoftHsm;
 

@@ -822,8 +822,8 @@ pub fn wycheproof_rsa_oaep(hsm: &dyn Hsm) {
     tally.done(30);
 }
 
-/// Minimal DER for a PKCS#8 EC private key (RFC 5915 inside RFC 5208), without the optional public key.
-fn ec_pkcs8(curve_oid: &[u8], scalar: &[u8]) -> Vec<u8> {
+/// Minimal DER for a PKCS#8 EC private key, for importing vectors given as raw scalars (RFC 5915 inside RFC 5208), without the optional public key.
+pub fn ec_pkcs8(curve_oid: &[u8], scalar: &[u8]) -> Vec<u8> {
     fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut out = vec![tag];
         match body.len() {
