@@ -1,0 +1,633 @@
+//! The engine: seal state, key hierarchy, and loading keys into the cache.
+//!
+//! # Key hierarchy
+//! ```text
+//! unseal key (256-bit)      Shamir-split to operators, or in a file (dev), or an HSM-resident key (PKCS#11)
+//!   └─ root key (AES-256)   stored wrapped under the unseal key, with its generation; rotatable
+//!        └─ version material  every key version, wrapped under the root key, bound to "keyward:key:<id>:<n>"
+//! ```
+//! Sealed means: neither the unseal key nor the root key nor any version is in memory.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use base64::Engine as _;
+use keyward_hsm::{Hsm, KeyAttributes, KeyHandle, KeySpec, KeyUsage, SecretBytes};
+use keyward_store::{transact, KeyRecord, Store, Tx};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::cache::{CachedKey, CachedVersion, ShardedMap};
+use crate::clock::Clock;
+use crate::error::{ErrorCode, KmsError, KmsResult};
+use crate::model::{KeyState, Origin, VersionState};
+use crate::shamir;
+
+/// Namespace of system records in the store.
+pub(crate) const SYS: &str = "sys";
+/// Namespace of pending BYOK import tokens.
+pub(crate) const IMPORT_NS: &str = "import";
+
+/// How the unseal key is held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootOfTrust {
+    /// Split into Shamir shares held by operators.
+    Shamir,
+    /// Kept in a file in the data directory: development only.
+    Dev,
+    /// A non-extractable key inside a PKCS#11 token.
+    Pkcs11,
+}
+
+impl RootOfTrust {
+    /// The wire name used by `/v1/sys/status`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RootOfTrust::Shamir => "shamir",
+            RootOfTrust::Dev => "dev",
+            RootOfTrust::Pkcs11 => "pkcs11",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct InitRecord {
+    root_of_trust: RootOfTrust,
+    shares: u8,
+    threshold: u8,
+    created_at: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RootRecord {
+    generation: u32,
+    /// The root key wrapped under the unseal key, base64.
+    wrapped: String,
+}
+
+/// The seal status, as `/v1/sys/status` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SealStatus {
+    /// Whether init has run.
+    pub initialized: bool,
+    /// Whether key material is unavailable.
+    pub sealed: bool,
+    /// Shares needed.
+    pub threshold: u8,
+    /// Shares issued.
+    pub shares: u8,
+    /// Shares submitted so far towards unsealing.
+    pub progress: u8,
+    /// How the unseal key is held; `None` before init.
+    pub root_of_trust: Option<RootOfTrust>,
+}
+
+pub(crate) struct Keyring {
+    pub root: KeyHandle,
+    pub generation: u32,
+    unseal_kek: KeyHandle,
+}
+
+enum SealState {
+    Uninitialized,
+    Sealed {
+        init: InitRecord,
+        progress: Vec<(u8, SecretBytes)>,
+    },
+    Unsealed {
+        init: InitRecord,
+        keyring: Arc<Keyring>,
+    },
+}
+
+/// Engine limits.
+#[derive(Clone, Debug)]
+pub struct KmsConfig {
+    /// Largest plaintext `encrypt` accepts (API: 64 KiB).
+    pub max_plaintext: usize,
+    /// Lifetime of a BYOK import token, seconds.
+    pub import_token_ttl: i64,
+}
+
+impl Default for KmsConfig {
+    fn default() -> Self {
+        KmsConfig {
+            max_plaintext: 64 * 1024,
+            import_token_ttl: 24 * 3600,
+        }
+    }
+}
+
+/// The KMS engine. One per process; cheap to share behind an `Arc`.
+pub struct Kms {
+    pub(crate) hsm: Arc<dyn Hsm>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: KmsConfig,
+    seal: RwLock<SealState>,
+    sealed: AtomicBool,
+    pub(crate) cache: ShardedMap<[u8; 16], Arc<CachedKey>>,
+    pub(crate) aliases: ShardedMap<String, [u8; 16]>,
+}
+
+/// The associated data binding a version's wrapped material to its key and version.
+pub(crate) fn version_aad(key_id: &str, version: u32) -> Vec<u8> {
+    format!("keyward:key:{key_id}:{version}").into_bytes()
+}
+
+fn root_aad(generation: u32) -> Vec<u8> {
+    format!("keyward:root:{generation}").into_bytes()
+}
+
+pub(crate) fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+pub(crate) fn unb64(s: &str) -> KmsResult<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|_| {
+            KmsError::new(
+                ErrorCode::Unavailable,
+                "store corrupt: bad base64 in a system record",
+            )
+        })
+}
+
+pub(crate) fn corrupt(what: &str) -> KmsError {
+    KmsError::new(ErrorCode::Unavailable, format!("store corrupt: {what}"))
+}
+
+pub(crate) fn parse_id(key_id: &str) -> KmsResult<[u8; 16]> {
+    uuid::Uuid::parse_str(key_id)
+        .map(|u| *u.as_bytes())
+        .map_err(|_| corrupt("a key id is not a UUID"))
+}
+
+impl Kms {
+    /// Opens the engine over a store. It starts sealed (or uninitialised); nothing is decrypted yet.
+    pub fn open(
+        hsm: Arc<dyn Hsm>,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: KmsConfig,
+    ) -> KmsResult<Kms> {
+        let init = transact(store.as_ref(), |tx: &mut dyn Tx| tx.get_meta(SYS, "init"))?;
+        let seal = match init {
+            None => SealState::Uninitialized,
+            Some(bytes) => SealState::Sealed {
+                init: serde_json::from_slice(&bytes).map_err(|_| corrupt("init record"))?,
+                progress: Vec::new(),
+            },
+        };
+        Ok(Kms {
+            hsm,
+            store,
+            clock,
+            config,
+            seal: RwLock::new(seal),
+            sealed: AtomicBool::new(true),
+            cache: ShardedMap::new(),
+            aliases: ShardedMap::new(),
+        })
+    }
+
+    /// The HSM backend's name.
+    pub fn hsm_backend(&self) -> &'static str {
+        self.hsm.backend_name()
+    }
+
+    /// The store backend's name.
+    pub fn store_backend(&self) -> &'static str {
+        self.store.backend_name()
+    }
+
+    /// The seal status.
+    pub fn status(&self) -> SealStatus {
+        match &*self.seal.read() {
+            SealState::Uninitialized => SealStatus {
+                initialized: false,
+                sealed: true,
+                threshold: 0,
+                shares: 0,
+                progress: 0,
+                root_of_trust: None,
+            },
+            SealState::Sealed { init, progress } => SealStatus {
+                initialized: true,
+                sealed: true,
+                threshold: init.threshold,
+                shares: init.shares,
+                progress: progress.len() as u8,
+                root_of_trust: Some(init.root_of_trust),
+            },
+            SealState::Unsealed { init, .. } => SealStatus {
+                initialized: true,
+                sealed: false,
+                threshold: init.threshold,
+                shares: init.shares,
+                progress: 0,
+                root_of_trust: Some(init.root_of_trust),
+            },
+        }
+    }
+
+    /// True while no key material is available.
+    pub fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn keyring(&self) -> KmsResult<Arc<Keyring>> {
+        match &*self.seal.read() {
+            SealState::Unsealed { keyring, .. } => Ok(keyring.clone()),
+            _ => Err(KmsError::sealed()),
+        }
+    }
+
+    fn new_unseal_key(&self) -> KmsResult<SecretBytes> {
+        let mut key = SecretBytes::zeroed(32);
+        self.hsm.fill_random(key.expose_mut())?;
+        Ok(key)
+    }
+
+    fn initialize(
+        &self,
+        root_of_trust: RootOfTrust,
+        shares: u8,
+        threshold: u8,
+        unseal_key: &SecretBytes,
+    ) -> KmsResult<()> {
+        let mut seal = self.seal.write();
+        if !matches!(*seal, SealState::Uninitialized) {
+            return Err(KmsError::invalid_state(
+                "the service is already initialized",
+            ));
+        }
+        let kek =
+            self.hsm
+                .import_plaintext(KeySpec::Aes256, unseal_key, &KeyAttributes::internal())?;
+        let root = self
+            .hsm
+            .generate(KeySpec::Aes256, &KeyAttributes::internal())?;
+        let wrapped = self.hsm.wrap_for_storage(&kek, &root, &root_aad(1))?;
+        let init = InitRecord {
+            root_of_trust,
+            shares,
+            threshold,
+            created_at: self.clock.now(),
+        };
+        let init_json = serde_json::to_vec(&init).map_err(|_| corrupt("init record"))?;
+        let root_json = serde_json::to_vec(&RootRecord {
+            generation: 1,
+            wrapped: b64(&wrapped),
+        })
+        .map_err(|_| corrupt("root record"))?;
+        transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            if tx.get_meta(SYS, "init")?.is_some() {
+                return Err(KmsError::invalid_state(
+                    "the service is already initialized",
+                ));
+            }
+            tx.put_meta(SYS, "root", &root_json)?;
+            tx.put_meta(SYS, "init", &init_json)?;
+            Ok(())
+        })?;
+        *seal = SealState::Sealed {
+            init,
+            progress: Vec::new(),
+        };
+        Ok(())
+    }
+
+    /// Initialises with Shamir shares: returns the base64 shares, each to a different operator. The service
+    /// stays sealed until `threshold` of them are given to [`Kms::unseal`].
+    pub fn init_shamir(&self, shares: u8, threshold: u8) -> KmsResult<Vec<String>> {
+        if shares == 0 || threshold == 0 || threshold > shares {
+            return Err(KmsError::validation("need 1 <= threshold <= shares <= 255"));
+        }
+        let unseal_key = self.new_unseal_key()?;
+        let split = shamir::split(&unseal_key, shares, threshold)?;
+        self.initialize(RootOfTrust::Shamir, shares, threshold, &unseal_key)?;
+        Ok(split.iter().map(shamir::encode).collect())
+    }
+
+    /// Initialises with a single unseal key the caller keeps (dev mode file, or a PKCS#11 token's wrap key).
+    pub fn init_with_key(&self, root_of_trust: RootOfTrust) -> KmsResult<SecretBytes> {
+        let unseal_key = self.new_unseal_key()?;
+        self.initialize(root_of_trust, 1, 1, &unseal_key)?;
+        Ok(unseal_key)
+    }
+
+    /// Adds one Shamir share; unseals once enough distinct shares are in. A wrong set of shares resets the
+    /// progress and is refused.
+    pub fn unseal(&self, share_b64: &str) -> KmsResult<SealStatus> {
+        let (x, share) = shamir::decode(share_b64)?;
+        let combined = {
+            let mut seal = self.seal.write();
+            match &mut *seal {
+                SealState::Uninitialized => {
+                    return Err(KmsError::invalid_state("the service is not initialized"))
+                }
+                SealState::Unsealed { .. } => None,
+                SealState::Sealed { init, progress } => {
+                    if init.root_of_trust != RootOfTrust::Shamir {
+                        return Err(KmsError::invalid_state(
+                            "this service does not unseal with shares",
+                        ));
+                    }
+                    if !progress.iter().any(|(px, _)| *px == x) {
+                        progress.push((x, share));
+                    }
+                    if progress.len() >= init.threshold as usize {
+                        let shares: Vec<SecretBytes> = progress.drain(..).map(|(_, s)| s).collect();
+                        Some(shamir::combine(&shares, init.threshold)?)
+                    } else {
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(key) = combined {
+            self.unseal_with_key(&key).map_err(|e| {
+                if e.code() == ErrorCode::InvalidCiphertext {
+                    KmsError::validation(
+                        "the shares given do not reconstruct the unseal key; progress was reset",
+                    )
+                } else {
+                    e
+                }
+            })?;
+        }
+        Ok(self.status())
+    }
+
+    /// Unseals with the whole unseal key.
+    pub fn unseal_with_key(&self, unseal_key: &SecretBytes) -> KmsResult<()> {
+        let mut seal = self.seal.write();
+        let init = match &*seal {
+            SealState::Uninitialized => {
+                return Err(KmsError::invalid_state("the service is not initialized"))
+            }
+            SealState::Unsealed { .. } => return Ok(()),
+            SealState::Sealed { init, .. } => *init,
+        };
+        let kek =
+            self.hsm
+                .import_plaintext(KeySpec::Aes256, unseal_key, &KeyAttributes::internal())?;
+        let root_json = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            tx.get_meta(SYS, "root")
+        })?
+        .ok_or_else(|| corrupt("root record missing"))?;
+        let rec: RootRecord =
+            serde_json::from_slice(&root_json).map_err(|_| corrupt("root record"))?;
+        let root = self.hsm.unwrap_from_storage(
+            &kek,
+            KeySpec::Aes256,
+            &unb64(&rec.wrapped)?,
+            &root_aad(rec.generation),
+            &KeyAttributes::internal(),
+        )?;
+        let keyring = Arc::new(Keyring {
+            root,
+            generation: rec.generation,
+            unseal_kek: kek,
+        });
+        *seal = SealState::Unsealed { init, keyring };
+        self.sealed.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Seals: drops the root key and every cached key from memory. In-flight operations finish with the
+    /// handles they hold; new ones are refused with `Sealed`.
+    pub fn seal(&self) -> KmsResult<()> {
+        let mut seal = self.seal.write();
+        let init = match &*seal {
+            SealState::Uninitialized => {
+                return Err(KmsError::invalid_state("the service is not initialized"))
+            }
+            SealState::Sealed { .. } => return Ok(()),
+            SealState::Unsealed { init, .. } => *init,
+        };
+        self.sealed.store(true, Ordering::Release);
+        *seal = SealState::Sealed {
+            init,
+            progress: Vec::new(),
+        };
+        self.cache.clear();
+        self.aliases.clear();
+        Ok(())
+    }
+
+    /// Generates a new root key and re-wraps every stored version (and pending import key) under it, in one
+    /// transaction. Key ids, versions and existing ciphertexts are untouched: only the wrapping changes.
+    pub fn rotate_root(&self) -> KmsResult<u32> {
+        let mut seal = self.seal.write();
+        let (init, old) = match &*seal {
+            SealState::Unsealed { init, keyring } => (*init, keyring.clone()),
+            _ => return Err(KmsError::sealed()),
+        };
+        let new_root = self
+            .hsm
+            .generate(KeySpec::Aes256, &KeyAttributes::internal())?;
+        let generation = old.generation + 1;
+        let wrapped_root =
+            self.hsm
+                .wrap_for_storage(&old.unseal_kek, &new_root, &root_aad(generation))?;
+        let root_json = serde_json::to_vec(&RootRecord {
+            generation,
+            wrapped: b64(&wrapped_root),
+        })
+        .map_err(|_| corrupt("root record"))?;
+        transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            let mut specs: BTreeMap<String, KeySpec> = BTreeMap::new();
+            for mut v in tx.versions_with_material()? {
+                let spec = match specs.get(&v.key_id) {
+                    Some(s) => *s,
+                    None => {
+                        let rec = tx
+                            .get_key(&v.key_id)?
+                            .ok_or_else(|| corrupt("version without key"))?;
+                        let s = KeySpec::parse(&rec.spec).ok_or_else(|| corrupt("unknown spec"))?;
+                        specs.insert(v.key_id.clone(), s);
+                        s
+                    }
+                };
+                let aad = version_aad(&v.key_id, v.version);
+                let blob = v
+                    .material
+                    .as_deref()
+                    .ok_or_else(|| corrupt("material vanished"))?;
+                if v.root_generation != old.generation {
+                    return Err(corrupt(
+                        "a version is wrapped under an unknown root generation",
+                    ));
+                }
+                let handle = self.hsm.unwrap_from_storage(
+                    &old.root,
+                    spec,
+                    blob,
+                    &aad,
+                    &KeyAttributes::internal(),
+                )?;
+                v.material = Some(self.hsm.wrap_for_storage(&new_root, &handle, &aad)?);
+                v.root_generation = generation;
+                tx.put_version(&v)?;
+            }
+            for (token, bytes) in tx.list_meta(IMPORT_NS)? {
+                let mut rec: crate::import::ImportTokenRecord =
+                    serde_json::from_slice(&bytes).map_err(|_| corrupt("import token"))?;
+                let aad = crate::import::token_aad(&token);
+                let handle = self.hsm.unwrap_from_storage(
+                    &old.root,
+                    KeySpec::Rsa4096,
+                    &unb64(&rec.wrapped_private_key)?,
+                    &aad,
+                    &KeyAttributes::internal(),
+                )?;
+                rec.wrapped_private_key =
+                    b64(&self.hsm.wrap_for_storage(&new_root, &handle, &aad)?);
+                let json = serde_json::to_vec(&rec).map_err(|_| corrupt("import token"))?;
+                tx.put_meta(IMPORT_NS, &token, &json)?;
+            }
+            Ok(tx.put_meta(SYS, "root", &root_json)?)
+        })?;
+        let keyring = Arc::new(Keyring {
+            root: new_root,
+            generation,
+            unseal_kek: old.unseal_kek.clone(),
+        });
+        *seal = SealState::Unsealed { init, keyring };
+        // Cached snapshots hold the wrapped blobs of the old generation: reload from the store.
+        self.cache.clear();
+        Ok(generation)
+    }
+
+    /// Loads a key snapshot from the store into the cache (or returns the cached one).
+    pub(crate) fn load(&self, id: &[u8; 16]) -> KmsResult<Arc<CachedKey>> {
+        if self.is_sealed() {
+            return Err(KmsError::sealed());
+        }
+        if let Some(k) = self.cache.get(id) {
+            return Ok(k);
+        }
+        self.reload(id)
+    }
+
+    /// Reads the key from the store and replaces the cached snapshot if the store's revision is newer.
+    pub(crate) fn reload(&self, id: &[u8; 16]) -> KmsResult<Arc<CachedKey>> {
+        let key_id = uuid::Uuid::from_bytes(*id).to_string();
+        let (rec, versions) = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            let rec = tx.get_key(&key_id)?;
+            let versions = if rec.is_some() {
+                tx.versions(&key_id)?
+            } else {
+                Vec::new()
+            };
+            Ok::<_, KmsError>((rec, versions))
+        })?;
+        let rec = rec.ok_or_else(|| KmsError::not_found(format!("key {key_id} does not exist")))?;
+        let snapshot = Arc::new(snapshot(rec, versions)?);
+        let revision = snapshot.record.revision;
+        self.cache.insert_unless(*id, snapshot.clone(), |existing| {
+            existing.record.revision > revision
+        });
+        Ok(self.cache.get(id).unwrap_or(snapshot))
+    }
+
+    /// The usable handle of a cached version, unwrapping it on first use.
+    pub(crate) fn handle<'a>(
+        &self,
+        key: &CachedKey,
+        v: &'a CachedVersion,
+    ) -> KmsResult<&'a KeyHandle> {
+        if let Some(h) = v.handle.get() {
+            return Ok(h);
+        }
+        let keyring = self.keyring()?;
+        let blob = v.wrapped.as_deref().ok_or_else(|| {
+            KmsError::new(
+                ErrorCode::KeyDestroyed,
+                format!("version {} of key {} is destroyed", v.version, key.key_id),
+            )
+        })?;
+        let attrs = KeyAttributes {
+            extractable: key.record.exportable,
+            ..KeyAttributes::default()
+        };
+        let h = self
+            .hsm
+            .unwrap_from_storage(
+                &keyring.root,
+                key.spec,
+                blob,
+                &version_aad(&key.key_id, v.version),
+                &attrs,
+            )
+            .map_err(|e| match e {
+                keyward_hsm::HsmError::DecryptFailed => {
+                    corrupt("a key version does not unwrap under the root key (tampered or moved)")
+                }
+                other => other.into(),
+            })?;
+        let _ = v.handle.set(h);
+        v.handle.get().ok_or_else(|| corrupt("handle"))
+    }
+
+    /// Generates fresh material for a spec and wraps it for version `version` of `key_id`.
+    pub(crate) fn wrap_new(
+        &self,
+        key_id: &str,
+        version: u32,
+        handle: &KeyHandle,
+    ) -> KmsResult<(Vec<u8>, u32)> {
+        let keyring = self.keyring()?;
+        let blob =
+            self.hsm
+                .wrap_for_storage(&keyring.root, handle, &version_aad(key_id, version))?;
+        Ok((blob, keyring.generation))
+    }
+
+    /// Forgets cached state of a key so the next use reloads it (called after every committed change).
+    pub(crate) fn refresh(&self, key_id: &str) {
+        if let Ok(id) = parse_id(key_id) {
+            if self.reload(&id).is_err() {
+                self.cache.remove(&id);
+            }
+        }
+    }
+}
+
+fn snapshot(
+    record: KeyRecord,
+    versions: Vec<keyward_store::VersionRecord>,
+) -> KmsResult<CachedKey> {
+    let spec = KeySpec::parse(&record.spec).ok_or_else(|| corrupt("unknown key spec"))?;
+    let usage = KeyUsage::parse(&record.usage).ok_or_else(|| corrupt("unknown key usage"))?;
+    let state = KeyState::parse(&record.state).ok_or_else(|| corrupt("unknown key state"))?;
+    let origin = Origin::parse(&record.origin).ok_or_else(|| corrupt("unknown origin"))?;
+    let id_bytes = parse_id(&record.key_id)?;
+    let mut cached = Vec::with_capacity(versions.len());
+    for (i, v) in versions.into_iter().enumerate() {
+        if v.version as usize != i + 1 {
+            return Err(corrupt("key versions are not contiguous"));
+        }
+        cached.push(CachedVersion {
+            version: v.version,
+            state: VersionState::parse(&v.state).ok_or_else(|| corrupt("unknown version state"))?,
+            wrapped: v.material,
+            handle: OnceLock::new(),
+        });
+    }
+    Ok(CachedKey {
+        key_id: Arc::from(record.key_id.as_str()),
+        id_bytes,
+        spec,
+        usage,
+        state,
+        origin,
+        versions: cached,
+        record,
+    })
+}

@@ -1,0 +1,32 @@
+//! The KMS core of Keyward: key hierarchy, sealing, key lifecycle, ciphertext format and the cryptographic
+//! operations, over the HSM layer ([`keyward_hsm::Hsm`]) and the storage layer ([`keyward_store::Store`]).
+//!
+//! It knows nothing of HTTP or SQL. The server maps requests onto [`Kms`] methods and [`KmsError`] codes onto
+//! HTTP statuses; stores and HSMs plug in behind their traits.
+
+mod cache;
+pub mod ciphertext;
+mod clock;
+mod engine;
+mod error;
+mod import;
+mod lifecycle;
+mod model;
+mod ops;
+mod shamir;
+
+pub use clock::{Clock, ManualClock, SystemClock, DAY};
+pub use engine::{Kms, KmsConfig, RootOfTrust, SealStatus};
+pub use error::{ErrorCode, KmsError, KmsResult};
+pub use import::ImportParameters;
+pub use lifecycle::{
+    CreateKey, DueWork, KeyFilter, UpdateKey, VersionAction, PENDING_DAYS, ROTATION_DAYS,
+};
+pub use model::{KeyInfo, KeyState, Origin, VersionInfo, VersionState};
+pub use ops::{
+    Context, DataKey, DataKeyPair, Decrypted, Derived, Encrypted, Maced, PublicKey, Signed,
+};
+
+pub use keyward_hsm::{
+    EncryptionAlgorithm, KeySpec, KeyUsage, MacAlgorithm, SecretBytes, SignInput, SigningAlgorithm,
+};

@@ -1,0 +1,355 @@
+//! The embedded default store: one SQLite file in the data directory.
+//!
+//! Durability settings favour never losing a key over speed: WAL journal with `synchronous=FULL`, so a
+//! committed transaction survives power loss. Writers are serialised by `BEGIN IMMEDIATE`; the hot path of the
+//! service never reads the store (keys are cached in memory), so one connection behind a mutex is enough.
+
+use std::path::Path;
+
+use keyward_store::{KeyRecord, Store, StoreError, StoreResult, Tx, VersionRecord};
+use parking_lot::{Mutex, MutexGuard};
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// Schema migrations, applied in order; the index + 1 is the schema version.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE keys (
+    key_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    next_rotation_at INTEGER,
+    deletion_date INTEGER,
+    data TEXT NOT NULL
+);
+CREATE INDEX keys_due_rotation ON keys (next_rotation_at) WHERE next_rotation_at IS NOT NULL;
+CREATE INDEX keys_due_deletion ON keys (deletion_date) WHERE deletion_date IS NOT NULL;
+CREATE TABLE versions (
+    key_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    destroyed_at INTEGER,
+    material BLOB,
+    root_generation INTEGER NOT NULL,
+    PRIMARY KEY (key_id, version)
+);
+CREATE TABLE aliases (
+    name TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL
+);
+CREATE INDEX aliases_by_key ON aliases (key_id);
+CREATE TABLE meta (
+    ns TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (ns, name)
+);
+"#];
+
+/// The SQLite store.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn unavailable(op: &str, e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("sqlite {op}: {e}"))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let conn = Connection::open(path).map_err(|e| unavailable("open", e))?;
+        Self::setup(conn)
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn in_memory() -> StoreResult<SqliteStore> {
+        let conn = Connection::open_in_memory().map_err(|e| unavailable("open", e))?;
+        Self::setup(conn)
+    }
+
+    fn setup(mut conn: Connection) -> StoreResult<SqliteStore> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| unavailable("busy_timeout", e))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| unavailable("journal_mode", e))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| unavailable("synchronous", e))?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(|e| unavailable("foreign_keys", e))?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| unavailable("migrate", e))?;
+        let current: i64 = tx
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| unavailable("migrate", e))?;
+        let known = MIGRATIONS.len() as i64;
+        if current > known {
+            return Err(StoreError::Corrupt(format!(
+                "database schema version {current} is newer than this build knows ({known})"
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            tx.execute_batch(sql)
+                .map_err(|e| unavailable("migrate", e))?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(|e| unavailable("migrate", e))?;
+        }
+        tx.commit().map_err(|e| unavailable("migrate", e))?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+}
+
+impl Store for SqliteStore {
+    fn backend_name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn begin(&self) -> StoreResult<Box<dyn Tx + '_>> {
+        let conn = self.conn.lock();
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| unavailable("begin", e))?;
+        Ok(Box::new(SqliteTx { conn, open: true }))
+    }
+}
+
+struct SqliteTx<'a> {
+    conn: MutexGuard<'a, Connection>,
+    open: bool,
+}
+
+impl Drop for SqliteTx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // Nothing useful to do with a failed rollback: SQLite rolls back on its own when the
+            // connection next begins or closes.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+fn decode_key(json: &str) -> StoreResult<KeyRecord> {
+    serde_json::from_str(json)
+        .map_err(|_| StoreError::Corrupt("a key record does not decode".into()))
+}
+
+fn version_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> {
+    Ok(VersionRecord {
+        key_id: r.get(0)?,
+        version: r.get(1)?,
+        state: r.get(2)?,
+        created_at: r.get(3)?,
+        destroyed_at: r.get(4)?,
+        material: r.get(5)?,
+        root_generation: r.get(6)?,
+    })
+}
+
+const VERSION_COLUMNS: &str =
+    "key_id, version, state, created_at, destroyed_at, material, root_generation";
+
+impl Tx for SqliteTx<'_> {
+    fn get_key(&mut self, key_id: &str) -> StoreResult<Option<KeyRecord>> {
+        let json: Option<String> = self
+            .conn
+            .query_row("SELECT data FROM keys WHERE key_id = ?1", [key_id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| unavailable("get_key", e))?;
+        json.map(|j| decode_key(&j)).transpose()
+    }
+
+    fn put_key(&mut self, key: &KeyRecord) -> StoreResult<()> {
+        let json =
+            serde_json::to_string(key).map_err(|_| StoreError::Corrupt("key encode".into()))?;
+        self.conn
+            .execute(
+                "INSERT INTO keys (key_id, state, next_rotation_at, deletion_date, data) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (key_id) DO UPDATE SET state = ?2, next_rotation_at = ?3, deletion_date = ?4, data = ?5",
+                params![key.key_id, key.state, key.next_rotation_at, key.deletion_date, json],
+            )
+            .map_err(|e| unavailable("put_key", e))?;
+        Ok(())
+    }
+
+    fn list_keys(&mut self, after: Option<&str>, limit: usize) -> StoreResult<Vec<KeyRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT data FROM keys WHERE key_id > ?1 ORDER BY key_id LIMIT ?2")
+            .map_err(|e| unavailable("list_keys", e))?;
+        let rows = stmt
+            .query_map(params![after.unwrap_or(""), limit as i64], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(|e| unavailable("list_keys", e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(decode_key(&row.map_err(|e| unavailable("list_keys", e))?)?);
+        }
+        Ok(out)
+    }
+
+    fn due_keys(&mut self, now: i64) -> StoreResult<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT key_id FROM keys WHERE (state = 'Enabled' AND next_rotation_at <= ?1)
+                 OR (state = 'PendingDeletion' AND deletion_date <= ?1) ORDER BY key_id",
+            )
+            .map_err(|e| unavailable("due_keys", e))?;
+        let rows = stmt
+            .query_map([now], |r| r.get(0))
+            .map_err(|e| unavailable("due_keys", e))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| unavailable("due_keys", e))
+    }
+
+    fn versions(&mut self, key_id: &str) -> StoreResult<Vec<VersionRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {VERSION_COLUMNS} FROM versions WHERE key_id = ?1 ORDER BY version"
+            ))
+            .map_err(|e| unavailable("versions", e))?;
+        let rows = stmt
+            .query_map([key_id], version_from_row)
+            .map_err(|e| unavailable("versions", e))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| unavailable("versions", e))
+    }
+
+    fn put_version(&mut self, v: &VersionRecord) -> StoreResult<()> {
+        self.conn
+            .execute(
+                &format!(
+                    "INSERT OR REPLACE INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                ),
+                params![v.key_id, v.version, v.state, v.created_at, v.destroyed_at, v.material, v.root_generation],
+            )
+            .map_err(|e| unavailable("put_version", e))?;
+        Ok(())
+    }
+
+    fn versions_with_material(&mut self) -> StoreResult<Vec<VersionRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {VERSION_COLUMNS} FROM versions WHERE material IS NOT NULL ORDER BY key_id, version"
+            ))
+            .map_err(|e| unavailable("versions_with_material", e))?;
+        let rows = stmt
+            .query_map([], version_from_row)
+            .map_err(|e| unavailable("versions_with_material", e))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| unavailable("versions_with_material", e))
+    }
+
+    fn get_alias(&mut self, name: &str) -> StoreResult<Option<String>> {
+        self.conn
+            .query_row("SELECT key_id FROM aliases WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| unavailable("get_alias", e))
+    }
+
+    fn put_alias(&mut self, name: &str, key_id: &str) -> StoreResult<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO aliases (name, key_id) VALUES (?1, ?2)",
+                [name, key_id],
+            )
+            .map_err(|e| unavailable("put_alias", e))?;
+        Ok(())
+    }
+
+    fn delete_alias(&mut self, name: &str) -> StoreResult<bool> {
+        let n = self
+            .conn
+            .execute("DELETE FROM aliases WHERE name = ?1", [name])
+            .map_err(|e| unavailable("delete_alias", e))?;
+        Ok(n > 0)
+    }
+
+    fn list_aliases(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT name, key_id FROM aliases WHERE name > ?1 ORDER BY name LIMIT ?2",
+            )
+            .map_err(|e| unavailable("list_aliases", e))?;
+        let rows = stmt
+            .query_map(params![after.unwrap_or(""), limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(|e| unavailable("list_aliases", e))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| unavailable("list_aliases", e))
+    }
+
+    fn aliases_of(&mut self, key_id: &str) -> StoreResult<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name FROM aliases WHERE key_id = ?1 ORDER BY name")
+            .map_err(|e| unavailable("aliases_of", e))?;
+        let rows = stmt
+            .query_map([key_id], |r| r.get(0))
+            .map_err(|e| unavailable("aliases_of", e))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| unavailable("aliases_of", e))
+    }
+
+    fn get_meta(&mut self, ns: &str, name: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.conn
+            .query_row(
+                "SELECT value FROM meta WHERE ns = ?1 AND name = ?2",
+                [ns, name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| unavailable("get_meta", e))
+    }
+
+    fn put_meta(&mut self, ns: &str, name: &str, value: &[u8]) -> StoreResult<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO meta (ns, name, value) VALUES (?1, ?2, ?3)",
+                params![ns, name, value],
+            )
+            .map_err(|e| unavailable("put_meta", e))?;
+        Ok(())
+    }
+
+    fn delete_meta(&mut self, ns: &str, name: &str) -> StoreResult<bool> {
+        let n = self
+            .conn
+            .execute("DELETE FROM meta WHERE ns = ?1 AND name = ?2", [ns, name])
+            .map_err(|e| unavailable("delete_meta", e))?;
+        Ok(n > 0)
+    }
+
+    fn list_meta(&mut self, ns: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name, value FROM meta WHERE ns = ?1 ORDER BY name")
+            .map_err(|e| unavailable("list_meta", e))?;
+        let rows = stmt
+            .query_map([ns], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| unavailable("list_meta", e))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| unavailable("list_meta", e))
+    }
+
+    fn commit(mut self: Box<Self>) -> StoreResult<()> {
+        self.conn
+            .execute_batch("COMMIT")
+            .map_err(|e| unavailable("commit", e))?;
+        self.open = false;
+        Ok(())
+    }
+}

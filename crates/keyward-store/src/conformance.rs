@@ -1,0 +1,309 @@
+//! The conformance suite every store backend runs, and a fault-injecting wrapper for crash tests.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::{transact, KeyRecord, Store, StoreError, StoreResult, Tx, VersionRecord};
+
+pub fn key(id: &str) -> KeyRecord {
+    KeyRecord {
+        key_id: id.to_string(),
+        revision: 1,
+        spec: "SYMMETRIC_DEFAULT".into(),
+        usage: "ENCRYPT_DECRYPT".into(),
+        state: "Enabled".into(),
+        description: "test".into(),
+        tags: BTreeMap::from([("team".to_string(), "payments".to_string())]),
+        created_at: 1_700_000_000,
+        primary_version: 1,
+        min_decryption_version: 1,
+        rotation_period_days: None,
+        next_rotation_at: None,
+        last_rotated_at: None,
+        deletion_date: None,
+        origin: "KEYWARD".into(),
+        exportable: false,
+        quorum_approvals: None,
+        allow_legacy: false,
+    }
+}
+
+pub fn version(id: &str, n: u32) -> VersionRecord {
+    VersionRecord {
+        key_id: id.to_string(),
+        version: n,
+        state: "Enabled".into(),
+        created_at: 1_700_000_000 + n as i64,
+        destroyed_at: None,
+        material: Some(vec![n as u8; 60]),
+        root_generation: 1,
+    }
+}
+
+fn tx<T>(store: &dyn Store, f: impl FnOnce(&mut dyn Tx) -> StoreResult<T>) -> T {
+    transact(store, f).unwrap()
+}
+
+pub fn keys_round_trip(store: &dyn Store) {
+    assert_eq!(tx(store, |t| t.get_key("k-absent")), None);
+    for i in 0..25 {
+        tx(store, |t| t.put_key(&key(&format!("k-{i:03}"))));
+    }
+    let mut k = key("k-007");
+    k.state = "Disabled".into();
+    k.revision = 2;
+    k.tags.insert("env".into(), "prod".into());
+    tx(store, |t| t.put_key(&k));
+    assert_eq!(tx(store, |t| t.get_key("k-007")), Some(k));
+    // Paging is ordered by id and exhaustive.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = tx(store, |t| t.list_keys(after.as_deref(), 10));
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|k| k.key_id.clone());
+        seen.extend(page.into_iter().map(|k| k.key_id));
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("k-{i:03}")).collect();
+    assert_eq!(seen, expected);
+}
+
+pub fn versions_round_trip(store: &dyn Store) {
+    tx(store, |t| t.put_key(&key("kv")));
+    for n in [2, 1, 3] {
+        tx(store, |t| t.put_version(&version("kv", n)));
+    }
+    let vs = tx(store, |t| t.versions("kv"));
+    assert_eq!(
+        vs.iter().map(|v| v.version).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(vs[1], version("kv", 2));
+    let mut destroyed = version("kv", 2);
+    destroyed.state = "Destroyed".into();
+    destroyed.material = None;
+    destroyed.destroyed_at = Some(1_800_000_000);
+    tx(store, |t| t.put_version(&destroyed));
+    assert_eq!(tx(store, |t| t.versions("kv"))[1], destroyed);
+    let with: Vec<(String, u32)> = tx(store, |t| t.versions_with_material())
+        .into_iter()
+        .map(|v| (v.key_id, v.version))
+        .collect();
+    assert!(with.contains(&("kv".into(), 1)) && with.contains(&("kv".into(), 3)));
+    assert!(
+        !with.contains(&("kv".into(), 2)),
+        "destroyed material still listed"
+    );
+    assert!(tx(store, |t| t.versions("nope")).is_empty());
+}
+
+pub fn aliases_round_trip(store: &dyn Store) {
+    tx(store, |t| t.put_key(&key("ka")));
+    tx(store, |t| t.put_alias("alias/b", "ka"));
+    tx(store, |t| t.put_alias("alias/a", "ka"));
+    assert_eq!(tx(store, |t| t.get_alias("alias/a")), Some("ka".into()));
+    assert_eq!(
+        tx(store, |t| t.aliases_of("ka")),
+        vec!["alias/a".to_string(), "alias/b".to_string()]
+    );
+    tx(store, |t| t.put_alias("alias/a", "other"));
+    assert_eq!(tx(store, |t| t.get_alias("alias/a")), Some("other".into()));
+    assert_eq!(
+        tx(store, |t| t.list_aliases(Some("alias/a"), 10)),
+        vec![("alias/b".into(), "ka".into())]
+    );
+    assert!(tx(store, |t| t.delete_alias("alias/b")));
+    assert!(!tx(store, |t| t.delete_alias("alias/b")));
+    assert_eq!(tx(store, |t| t.get_alias("alias/b")), None);
+}
+
+pub fn meta_round_trip(store: &dyn Store) {
+    tx(store, |t| t.put_meta("sys", "b", b"2"));
+    tx(store, |t| t.put_meta("sys", "a", b"1"));
+    tx(store, |t| t.put_meta("other", "a", b"x"));
+    assert_eq!(tx(store, |t| t.get_meta("sys", "a")), Some(b"1".to_vec()));
+    assert_eq!(
+        tx(store, |t| t.list_meta("sys")),
+        vec![
+            ("a".to_string(), b"1".to_vec()),
+            ("b".to_string(), b"2".to_vec())
+        ]
+    );
+    tx(store, |t| t.put_meta("sys", "a", b"3"));
+    assert_eq!(tx(store, |t| t.get_meta("sys", "a")), Some(b"3".to_vec()));
+    assert!(tx(store, |t| t.delete_meta("sys", "a")));
+    assert_eq!(tx(store, |t| t.get_meta("sys", "a")), None);
+    assert_eq!(tx(store, |t| t.get_meta("other", "a")), Some(b"x".to_vec()));
+}
+
+pub fn uncommitted_transactions_roll_back(store: &dyn Store) {
+    {
+        let mut t = store.begin().unwrap();
+        t.put_key(&key("rolled-back")).unwrap();
+        t.put_version(&version("rolled-back", 1)).unwrap();
+        t.put_alias("alias/rolled-back", "rolled-back").unwrap();
+        // Dropped without commit.
+    }
+    assert_eq!(tx(store, |t| t.get_key("rolled-back")), None);
+    assert!(tx(store, |t| t.versions("rolled-back")).is_empty());
+    assert_eq!(tx(store, |t| t.get_alias("alias/rolled-back")), None);
+    // An error inside `transact` rolls back too.
+    let r: Result<(), StoreError> = transact(store, |t| {
+        t.put_key(&key("failed"))?;
+        Err(StoreError::Unavailable("injected".into()))
+    });
+    assert!(r.is_err());
+    assert_eq!(tx(store, |t| t.get_key("failed")), None);
+}
+
+pub fn due_keys_selects_by_time_and_state(store: &dyn Store) {
+    let mut rot = key("due-rotate");
+    rot.next_rotation_at = Some(100);
+    let mut later = key("due-later");
+    later.next_rotation_at = Some(300);
+    let mut disabled = key("due-disabled");
+    disabled.state = "Disabled".into();
+    disabled.next_rotation_at = Some(100);
+    let mut del = key("due-delete");
+    del.state = "PendingDeletion".into();
+    del.deletion_date = Some(150);
+    for k in [&rot, &later, &disabled, &del] {
+        tx(store, |t| t.put_key(k));
+    }
+    let mut due = tx(store, |t| t.due_keys(200));
+    due.sort();
+    assert_eq!(
+        due,
+        vec!["due-delete".to_string(), "due-rotate".to_string()]
+    );
+    assert!(tx(store, |t| t.due_keys(50)).is_empty());
+}
+
+/// Wraps a store and fails the n-th write from the moment it is armed, as a crash or a full disk would.
+pub struct FailingStore {
+    inner: Arc<dyn Store>,
+    countdown: Arc<AtomicUsize>,
+}
+
+impl FailingStore {
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        FailingStore {
+            inner,
+            countdown: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Fails the `n`-th write (1-based) counted from now, commits included; 0 disarms.
+    pub fn fail_at(&self, n: usize) {
+        self.countdown.store(n, Ordering::SeqCst);
+    }
+
+    /// True once the armed failure has fired.
+    pub fn fired(&self) -> bool {
+        self.countdown.load(Ordering::SeqCst) == usize::MAX
+    }
+}
+
+struct FailingTx<'a> {
+    inner: Box<dyn Tx + 'a>,
+    countdown: Arc<AtomicUsize>,
+}
+
+impl FailingTx<'_> {
+    fn write(&self) -> StoreResult<()> {
+        let n = self.countdown.load(Ordering::SeqCst);
+        match n {
+            0 | usize::MAX => Ok(()),
+            1 => {
+                self.countdown.store(usize::MAX, Ordering::SeqCst);
+                Err(StoreError::Unavailable("injected write failure".into()))
+            }
+            _ => {
+                self.countdown.store(n - 1, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Tx for FailingTx<'_> {
+    fn get_key(&mut self, key_id: &str) -> StoreResult<Option<KeyRecord>> {
+        self.inner.get_key(key_id)
+    }
+    fn put_key(&mut self, key: &KeyRecord) -> StoreResult<()> {
+        self.write()?;
+        self.inner.put_key(key)
+    }
+    fn list_keys(&mut self, after: Option<&str>, limit: usize) -> StoreResult<Vec<KeyRecord>> {
+        self.inner.list_keys(after, limit)
+    }
+    fn due_keys(&mut self, now: i64) -> StoreResult<Vec<String>> {
+        self.inner.due_keys(now)
+    }
+    fn versions(&mut self, key_id: &str) -> StoreResult<Vec<VersionRecord>> {
+        self.inner.versions(key_id)
+    }
+    fn put_version(&mut self, version: &VersionRecord) -> StoreResult<()> {
+        self.write()?;
+        self.inner.put_version(version)
+    }
+    fn versions_with_material(&mut self) -> StoreResult<Vec<VersionRecord>> {
+        self.inner.versions_with_material()
+    }
+    fn get_alias(&mut self, name: &str) -> StoreResult<Option<String>> {
+        self.inner.get_alias(name)
+    }
+    fn put_alias(&mut self, name: &str, key_id: &str) -> StoreResult<()> {
+        self.write()?;
+        self.inner.put_alias(name, key_id)
+    }
+    fn delete_alias(&mut self, name: &str) -> StoreResult<bool> {
+        self.write()?;
+        self.inner.delete_alias(name)
+    }
+    fn list_aliases(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, String)>> {
+        self.inner.list_aliases(after, limit)
+    }
+    fn aliases_of(&mut self, key_id: &str) -> StoreResult<Vec<String>> {
+        self.inner.aliases_of(key_id)
+    }
+    fn get_meta(&mut self, ns: &str, name: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.inner.get_meta(ns, name)
+    }
+    fn put_meta(&mut self, ns: &str, name: &str, value: &[u8]) -> StoreResult<()> {
+        self.write()?;
+        self.inner.put_meta(ns, name, value)
+    }
+    fn delete_meta(&mut self, ns: &str, name: &str) -> StoreResult<bool> {
+        self.write()?;
+        self.inner.delete_meta(ns, name)
+    }
+    fn list_meta(&mut self, ns: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        self.inner.list_meta(ns)
+    }
+    fn commit(self: Box<Self>) -> StoreResult<()> {
+        self.write()?;
+        self.inner.commit()
+    }
+}
+
+impl Store for FailingStore {
+    fn backend_name(&self) -> &'static str {
+        "failing"
+    }
+    fn begin(&self) -> StoreResult<Box<dyn Tx + '_>> {
+        Ok(Box::new(FailingTx {
+            inner: self.inner.begin()?,
+            countdown: self.countdown.clone(),
+        }))
+    }
+}

@@ -1,0 +1,118 @@
+//! The storage layer of Keyward: records and the transactional [`Store`] trait.
+//!
+//! The store holds only ciphertext of key material: every version's material arrives here already wrapped by
+//! the HSM under the root key. A store can therefore be backed up, replicated or stolen without exposing keys.
+//! The KMS core knows the trait, never SQL; SQLite and PostgreSQL live in their own crates and run the same
+//! [`conformance`] suite.
+//!
+//! All writes happen inside a [`Tx`]: dropping a transaction without [`Tx::commit`] rolls it back, so an error
+//! (or a panic) half-way through an operation can never leave a half-written key behind.
+
+mod records;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+use core::fmt;
+
+pub use records::{KeyRecord, VersionRecord};
+
+/// A storage failure. Messages name tables and operations, never record contents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend cannot be reached or written (disk full, database down). Callers fail closed.
+    Unavailable(String),
+    /// A stored record does not decode: the store was altered outside Keyward.
+    Corrupt(String),
+    /// A uniqueness constraint failed (e.g. an alias already taken).
+    Conflict(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Unavailable(m) => write!(f, "store unavailable: {m}"),
+            StoreError::Corrupt(m) => write!(f, "store corrupt: {m}"),
+            StoreError::Conflict(m) => write!(f, "store conflict: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A transactional key-value view of the store.
+///
+/// A backend runs each transaction serialisably with respect to other writers (SQLite `BEGIN IMMEDIATE`,
+/// PostgreSQL `SERIALIZABLE` or row locks), so read-modify-write inside one transaction is safe.
+pub trait Tx {
+    /// A key's metadata.
+    fn get_key(&mut self, key_id: &str) -> StoreResult<Option<KeyRecord>>;
+    /// Inserts or replaces a key's metadata.
+    fn put_key(&mut self, key: &KeyRecord) -> StoreResult<()>;
+    /// Keys ordered by id, strictly after `after`, at most `limit`.
+    fn list_keys(&mut self, after: Option<&str>, limit: usize) -> StoreResult<Vec<KeyRecord>>;
+    /// Ids of keys with a rotation or deletion due at or before `now` (unix seconds).
+    fn due_keys(&mut self, now: i64) -> StoreResult<Vec<String>>;
+
+    /// All versions of a key, ordered by version number.
+    fn versions(&mut self, key_id: &str) -> StoreResult<Vec<VersionRecord>>;
+    /// Inserts or replaces one version.
+    fn put_version(&mut self, version: &VersionRecord) -> StoreResult<()>;
+    /// Every version of every key that still holds material (for root rotation and backup).
+    fn versions_with_material(&mut self) -> StoreResult<Vec<VersionRecord>>;
+
+    /// The key id an alias points to.
+    fn get_alias(&mut self, name: &str) -> StoreResult<Option<String>>;
+    /// Creates or repoints an alias.
+    fn put_alias(&mut self, name: &str, key_id: &str) -> StoreResult<()>;
+    /// Removes an alias; true if it existed.
+    fn delete_alias(&mut self, name: &str) -> StoreResult<bool>;
+    /// Aliases ordered by name, strictly after `after`, at most `limit`, as (name, key id).
+    fn list_aliases(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, String)>>;
+    /// The aliases of one key, ordered by name.
+    fn aliases_of(&mut self, key_id: &str) -> StoreResult<Vec<String>>;
+
+    /// A value in a namespace (system settings, import tokens, later identities and policies).
+    fn get_meta(&mut self, ns: &str, name: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// Stores a value in a namespace.
+    fn put_meta(&mut self, ns: &str, name: &str, value: &[u8]) -> StoreResult<()>;
+    /// Deletes a value; true if it existed.
+    fn delete_meta(&mut self, ns: &str, name: &str) -> StoreResult<bool>;
+    /// Names and values in a namespace, ordered by name.
+    fn list_meta(&mut self, ns: &str) -> StoreResult<Vec<(String, Vec<u8>)>>;
+
+    /// Makes every write of the transaction durable at once.
+    fn commit(self: Box<Self>) -> StoreResult<()>;
+}
+
+/// A store backend.
+pub trait Store: Send + Sync + 'static {
+    /// A short name for diagnostics ("sqlite", "postgres").
+    fn backend_name(&self) -> &'static str;
+    /// Starts a transaction. Dropping it uncommitted rolls back.
+    fn begin(&self) -> StoreResult<Box<dyn Tx + '_>>;
+}
+
+/// Runs `f` in a transaction and commits when it returns `Ok`.
+///
+/// Generic over the error so the core can use its own error type; store errors convert into it.
+pub fn transact<T, E>(
+    store: &dyn Store,
+    f: impl FnOnce(&mut dyn Tx) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<StoreError>,
+{
+    let mut tx = store.begin()?;
+    let out = f(tx.as_mut())?;
+    tx.commit()?;
+    Ok(out)
+}

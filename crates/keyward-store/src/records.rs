@@ -1,0 +1,78 @@
+//! The records the store keeps. Wire names of states and specs are plain strings here: the store does not
+//! interpret them, the core does.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A key's metadata. No material: that lives, wrapped, in its versions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// UUID in its hyphenated lowercase form.
+    pub key_id: String,
+    /// Incremented on every change; caches keep the highest revision they have seen.
+    pub revision: u64,
+    /// Key spec wire name (`SYMMETRIC_DEFAULT`, `RSA_2048`, ...).
+    pub spec: String,
+    /// Usage wire name.
+    pub usage: String,
+    /// `Enabled`, `Disabled`, `PendingDeletion` or `Destroyed`.
+    pub state: String,
+    /// Free text.
+    pub description: String,
+    /// User tags.
+    pub tags: BTreeMap<String, String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// The version that encrypts, signs and MACs; 0 for an EXTERNAL key awaiting its first import.
+    pub primary_version: u32,
+    /// Versions below this neither decrypt nor verify.
+    pub min_decryption_version: u32,
+    /// Automatic rotation period.
+    pub rotation_period_days: Option<u32>,
+    /// When the service rotates the key next (unix seconds).
+    pub next_rotation_at: Option<i64>,
+    /// When the key was last rotated (unix seconds).
+    pub last_rotated_at: Option<i64>,
+    /// When a PendingDeletion key is destroyed (unix seconds).
+    pub deletion_date: Option<i64>,
+    /// `KEYWARD`, `EXTERNAL` or `HSM`.
+    pub origin: String,
+    /// Whether wrapped export is allowed.
+    pub exportable: bool,
+    /// Approvals needed for destructive operations on this key.
+    pub quorum_approvals: Option<u32>,
+    /// Whether legacy specs were explicitly allowed at creation.
+    #[serde(default)]
+    pub allow_legacy: bool,
+}
+
+/// One version of a key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// The key.
+    pub key_id: String,
+    /// 1-based version number.
+    pub version: u32,
+    /// `Enabled`, `Disabled`, `Archived` or `Destroyed`.
+    pub state: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds, once destroyed.
+    pub destroyed_at: Option<i64>,
+    /// Material wrapped by the HSM under the root key of `root_generation`; `None` once destroyed.
+    pub material: Option<Vec<u8>>,
+    /// Which root key wraps the material.
+    pub root_generation: u32,
+}
+
+impl std::fmt::Debug for VersionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VersionRecord")
+            .field("key_id", &self.key_id)
+            .field("version", &self.version)
+            .field("state", &self.state)
+            .field("has_material", &self.material.is_some())
+            .field("root_generation", &self.root_generation)
+            .finish()
+    }
+}
