@@ -234,6 +234,14 @@ impl Kms {
         }
     }
 
+    /// The generation of the root key in use; `None` while sealed.
+    pub fn root_generation(&self) -> Option<u32> {
+        match &*self.seal.read() {
+            SealState::Unsealed { keyring, .. } => Some(keyring.generation),
+            _ => None,
+        }
+    }
+
     /// True while no key material is available.
     pub fn is_sealed(&self) -> bool {
         self.sealed.load(Ordering::Acquire)

@@ -212,10 +212,12 @@ impl FailingStore {
 struct FailingTx<'a> {
     inner: Box<dyn Tx + 'a>,
     countdown: Arc<AtomicUsize>,
+    wrote: bool,
 }
 
 impl FailingTx<'_> {
-    fn write(&self) -> StoreResult<()> {
+    fn write(&mut self) -> StoreResult<()> {
+        self.wrote = true;
         let n = self.countdown.load(Ordering::SeqCst);
         match n {
             0 | usize::MAX => Ok(()),
@@ -290,8 +292,11 @@ impl Tx for FailingTx<'_> {
     fn list_meta(&mut self, ns: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
         self.inner.list_meta(ns)
     }
-    fn commit(self: Box<Self>) -> StoreResult<()> {
-        self.write()?;
+    fn commit(mut self: Box<Self>) -> StoreResult<()> {
+        // Committing a read-only transaction writes nothing and cannot lose anything.
+        if self.wrote {
+            self.write()?;
+        }
         self.inner.commit()
     }
 }
@@ -304,6 +309,7 @@ impl Store for FailingStore {
         Ok(Box::new(FailingTx {
             inner: self.inner.begin()?,
             countdown: self.countdown.clone(),
+            wrote: false,
         }))
     }
 }

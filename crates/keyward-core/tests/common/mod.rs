@@ -46,6 +46,12 @@ pub fn harness() -> Harness {
 }
 
 impl Harness {
+    /// Another engine over the same database, already unsealed: stands in for `kms` where a test wants to
+    /// replace its engine later (restarts).
+    pub fn kms_clone(&self) -> Kms {
+        self.restart()
+    }
+
     /// Opens a second engine on the same database, as a restart would, and unseals it.
     pub fn restart(&self) -> Kms {
         let kms = open_at(&self.dir.path().join("keyward.db"), &self.clock);
