@@ -88,6 +88,8 @@ pub(crate) struct Keyring {
     pub root: KeyHandle,
     pub generation: u32,
     unseal_kek: KeyHandle,
+    /// HMAC key of the audit chain, derived from the unseal key so root rotation does not change it.
+    audit: KeyHandle,
 }
 
 enum SealState {
@@ -130,6 +132,8 @@ pub struct Kms {
     sealed: AtomicBool,
     pub(crate) cache: ShardedMap<[u8; 16], Arc<CachedKey>>,
     pub(crate) aliases: ShardedMap<String, [u8; 16]>,
+    cache_hits: std::sync::atomic::AtomicU64,
+    cache_misses: std::sync::atomic::AtomicU64,
 }
 
 /// The associated data binding a version's wrapped material to its key and version.
@@ -191,12 +195,27 @@ impl Kms {
             sealed: AtomicBool::new(true),
             cache: ShardedMap::new(),
             aliases: ShardedMap::new(),
+            cache_hits: Default::default(),
+            cache_misses: Default::default(),
         })
+    }
+
+    /// Key cache hits and misses since start.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        (
+            self.cache_hits.load(Ordering::Relaxed),
+            self.cache_misses.load(Ordering::Relaxed),
+        )
     }
 
     /// The HSM backend's name.
     pub fn hsm_backend(&self) -> &'static str {
         self.hsm.backend_name()
+    }
+
+    /// The store, for services that keep their own records beside the keys (tokens, identities).
+    pub fn store_handle(&self) -> Arc<dyn Store> {
+        self.store.clone()
     }
 
     /// The store backend's name.
@@ -238,6 +257,14 @@ impl Kms {
     pub fn root_generation(&self) -> Option<u32> {
         match &*self.seal.read() {
             SealState::Unsealed { keyring, .. } => Some(keyring.generation),
+            _ => None,
+        }
+    }
+
+    /// The audit chain's HMAC key; `None` while sealed.
+    pub(crate) fn audit_key(&self) -> Option<KeyHandle> {
+        match &*self.seal.read() {
+            SealState::Unsealed { keyring, .. } => Some(keyring.audit.clone()),
             _ => None,
         }
     }
@@ -397,10 +424,19 @@ impl Kms {
             &root_aad(rec.generation),
             &KeyAttributes::internal(),
         )?;
+        let audit_material = self
+            .hsm
+            .derive_hkdf(&kek, b"keyward", b"audit-chain-v1", 32)?;
+        let audit = self.hsm.import_plaintext(
+            KeySpec::Hmac256,
+            &audit_material,
+            &KeyAttributes::internal(),
+        )?;
         let keyring = Arc::new(Keyring {
             root,
             generation: rec.generation,
             unseal_kek: kek,
+            audit,
         });
         *seal = SealState::Unsealed { init, keyring };
         self.sealed.store(false, Ordering::Release);
@@ -505,6 +541,7 @@ impl Kms {
             root: new_root,
             generation,
             unseal_kek: old.unseal_kek.clone(),
+            audit: old.audit.clone(),
         });
         *seal = SealState::Unsealed { init, keyring };
         // Cached snapshots hold the wrapped blobs of the old generation: reload from the store.
@@ -518,8 +555,10 @@ impl Kms {
             return Err(KmsError::sealed());
         }
         if let Some(k) = self.cache.get(id) {
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(k);
         }
+        self.cache_misses.fetch_add(1, Ordering::Relaxed);
         self.reload(id)
     }
 

@@ -4,6 +4,7 @@
 //! It knows nothing of HTTP or SQL. The server maps requests onto [`Kms`] methods and [`KmsError`] codes onto
 //! HTTP statuses; stores and HSMs plug in behind their traits.
 
+pub mod audit;
 mod cache;
 pub mod ciphertext;
 mod clock;

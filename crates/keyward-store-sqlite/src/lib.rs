@@ -6,7 +6,9 @@
 
 use std::path::Path;
 
-use keyward_store::{KeyRecord, Store, StoreError, StoreResult, Tx, VersionRecord};
+use keyward_store::{
+    AuditQuery, AuditRow, KeyRecord, Store, StoreError, StoreResult, Tx, VersionRecord,
+};
 use parking_lot::{Mutex, MutexGuard};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -42,6 +44,17 @@ CREATE TABLE meta (
     value BLOB NOT NULL,
     PRIMARY KEY (ns, name)
 );
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    time_ms INTEGER NOT NULL,
+    principal TEXT NOT NULL,
+    action TEXT NOT NULL,
+    key_id TEXT,
+    outcome TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX audit_by_time ON audit (time_ms);
+CREATE INDEX audit_by_key ON audit (key_id) WHERE key_id IS NOT NULL;
 "#];
 
 /// The SQLite store.
@@ -147,6 +160,62 @@ fn version_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> {
 
 const VERSION_COLUMNS: &str =
     "key_id, version, state, created_at, destroyed_at, material, root_generation";
+
+impl SqliteTx<'_> {
+    fn audit_rows(&mut self, q: &AuditQuery, last: bool) -> StoreResult<Vec<AuditRow>> {
+        let mut sql = String::from(
+            "SELECT seq, time_ms, principal, action, key_id, outcome, record FROM audit WHERE seq > ?1",
+        );
+        let mut args: Vec<rusqlite::types::Value> = vec![(q.after_seq as i64).into()];
+        let mut push = |cond: &str, v: rusqlite::types::Value| {
+            args.push(v);
+            sql.push_str(&format!(" AND {cond} ?{}", args.len()));
+        };
+        if let Some(t) = q.since_ms {
+            push("time_ms >=", t.into());
+        }
+        if let Some(t) = q.until_ms {
+            push("time_ms <", t.into());
+        }
+        if let Some(p) = &q.principal {
+            push("principal =", p.clone().into());
+        }
+        if let Some(k) = &q.key_id {
+            push("key_id =", k.clone().into());
+        }
+        if let Some(a) = &q.action {
+            push("action =", a.clone().into());
+        }
+        if let Some(o) = &q.outcome {
+            push("outcome =", o.clone().into());
+        }
+        sql.push_str(if last {
+            " ORDER BY seq DESC"
+        } else {
+            " ORDER BY seq"
+        });
+        sql.push_str(&format!(" LIMIT {}", q.limit.min(100_000)));
+        let mut stmt = self
+            .conn
+            .prepare_cached(&sql)
+            .map_err(|e| unavailable("query_audit", e))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| {
+                Ok(AuditRow {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    time_ms: r.get(1)?,
+                    principal: r.get(2)?,
+                    action: r.get(3)?,
+                    key_id: r.get(4)?,
+                    outcome: r.get(5)?,
+                    record: r.get(6)?,
+                })
+            })
+            .map_err(|e| unavailable("query_audit", e))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| unavailable("query_audit", e))
+    }
+}
 
 impl Tx for SqliteTx<'_> {
     fn get_key(&mut self, key_id: &str) -> StoreResult<Option<KeyRecord>> {
@@ -343,6 +412,48 @@ impl Tx for SqliteTx<'_> {
             .map_err(|e| unavailable("list_meta", e))?;
         rows.collect::<Result<_, _>>()
             .map_err(|e| unavailable("list_meta", e))
+    }
+
+    fn append_audit(&mut self, rows: &[AuditRow]) -> StoreResult<()> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO audit (seq, time_ms, principal, action, key_id, outcome, record)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(|e| unavailable("append_audit", e))?;
+        for r in rows {
+            stmt.execute(params![
+                r.seq as i64,
+                r.time_ms,
+                r.principal,
+                r.action,
+                r.key_id,
+                r.outcome,
+                r.record
+            ])
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    StoreError::Conflict("audit sequence number already used".into())
+                }
+                other => unavailable("append_audit", other),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn audit_tail(&mut self) -> StoreResult<Option<AuditRow>> {
+        let q = AuditQuery {
+            limit: 1,
+            ..AuditQuery::default()
+        };
+        self.audit_rows(&q, true).map(|mut v| v.pop())
+    }
+
+    fn query_audit(&mut self, query: &AuditQuery) -> StoreResult<Vec<AuditRow>> {
+        self.audit_rows(query, false)
     }
 
     fn commit(mut self: Box<Self>) -> StoreResult<()> {

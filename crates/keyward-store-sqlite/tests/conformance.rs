@@ -23,6 +23,7 @@ conformance_tests!(
     meta_round_trip,
     uncommitted_transactions_roll_back,
     due_keys_selects_by_time_and_state,
+    audit_appends_and_queries,
 );
 
 #[test]

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::{transact, KeyRecord, Store, StoreError, StoreResult, Tx, VersionRecord};
+use crate::{
+    transact, AuditQuery, AuditRow, KeyRecord, Store, StoreError, StoreResult, Tx, VersionRecord,
+};
 
 pub fn key(id: &str) -> KeyRecord {
     KeyRecord {
@@ -184,6 +186,68 @@ pub fn due_keys_selects_by_time_and_state(store: &dyn Store) {
     assert!(tx(store, |t| t.due_keys(50)).is_empty());
 }
 
+fn audit_row(
+    seq: u64,
+    principal: &str,
+    action: &str,
+    key: Option<&str>,
+    outcome: &str,
+) -> AuditRow {
+    AuditRow {
+        seq,
+        time_ms: 1_700_000_000_000 + seq as i64 * 1000,
+        principal: principal.into(),
+        action: action.into(),
+        key_id: key.map(str::to_string),
+        outcome: outcome.into(),
+        record: format!("{{\"seq\":{seq}}}"),
+    }
+}
+
+pub fn audit_appends_and_queries(store: &dyn Store) {
+    assert_eq!(tx(store, |t| t.audit_tail()), None);
+    let rows = [
+        audit_row(1, "alice", "kms:Encrypt", Some("k1"), "allow"),
+        audit_row(2, "bob", "kms:Decrypt", Some("k1"), "deny"),
+        audit_row(3, "alice", "kms:CreateKey", None, "allow"),
+        audit_row(4, "alice", "kms:Encrypt", Some("k2"), "error"),
+    ];
+    tx(store, |t| t.append_audit(&rows[..2]));
+    tx(store, |t| t.append_audit(&rows[2..]));
+    assert_eq!(tx(store, |t| t.audit_tail()), Some(rows[3].clone()));
+    let q = |f: &dyn Fn(&mut AuditQuery)| {
+        let mut query = AuditQuery {
+            limit: 100,
+            ..AuditQuery::default()
+        };
+        f(&mut query);
+        tx(store, |t| t.query_audit(&query))
+            .into_iter()
+            .map(|r| r.seq)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(q(&|_| {}), vec![1, 2, 3, 4]);
+    assert_eq!(q(&|x| x.principal = Some("alice".into())), vec![1, 3, 4]);
+    assert_eq!(q(&|x| x.key_id = Some("k1".into())), vec![1, 2]);
+    assert_eq!(q(&|x| x.action = Some("kms:Encrypt".into())), vec![1, 4]);
+    assert_eq!(q(&|x| x.outcome = Some("deny".into())), vec![2]);
+    assert_eq!(q(&|x| x.after_seq = 2), vec![3, 4]);
+    assert_eq!(q(&|x| x.limit = 2), vec![1, 2]);
+    assert_eq!(
+        q(&|x| {
+            x.since_ms = Some(1_700_000_002_000);
+            x.until_ms = Some(1_700_000_004_000)
+        }),
+        vec![2, 3]
+    );
+    // Sequence numbers are unique: a duplicate append fails and changes nothing.
+    let dup = transact(store, |t| {
+        t.append_audit(&[audit_row(4, "mallory", "kms:Encrypt", None, "allow")])
+    });
+    assert!(dup.is_err());
+    assert_eq!(tx(store, |t| t.audit_tail()), Some(rows[3].clone()));
+}
+
 /// Wraps a store and fails the n-th write from the moment it is armed, as a crash or a full disk would.
 pub struct FailingStore {
     inner: Arc<dyn Store>,
@@ -291,6 +355,16 @@ impl Tx for FailingTx<'_> {
     }
     fn list_meta(&mut self, ns: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
         self.inner.list_meta(ns)
+    }
+    fn append_audit(&mut self, rows: &[AuditRow]) -> StoreResult<()> {
+        self.write()?;
+        self.inner.append_audit(rows)
+    }
+    fn audit_tail(&mut self) -> StoreResult<Option<AuditRow>> {
+        self.inner.audit_tail()
+    }
+    fn query_audit(&mut self, query: &AuditQuery) -> StoreResult<Vec<AuditRow>> {
+        self.inner.query_audit(query)
     }
     fn commit(mut self: Box<Self>) -> StoreResult<()> {
         // Committing a read-only transaction writes nothing and cannot lose anything.

@@ -15,7 +15,7 @@ pub mod conformance;
 
 use core::fmt;
 
-pub use records::{KeyRecord, VersionRecord};
+pub use records::{AuditQuery, AuditRow, KeyRecord, VersionRecord};
 
 /// A storage failure. Messages name tables and operations, never record contents.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +88,13 @@ pub trait Tx {
     fn delete_meta(&mut self, ns: &str, name: &str) -> StoreResult<bool>;
     /// Names and values in a namespace, ordered by name.
     fn list_meta(&mut self, ns: &str) -> StoreResult<Vec<(String, Vec<u8>)>>;
+
+    /// Appends audit records (already chained by the caller), in order.
+    fn append_audit(&mut self, rows: &[AuditRow]) -> StoreResult<()>;
+    /// The last audit record.
+    fn audit_tail(&mut self) -> StoreResult<Option<AuditRow>>;
+    /// Audit records matching a query, by ascending sequence number.
+    fn query_audit(&mut self, query: &AuditQuery) -> StoreResult<Vec<AuditRow>>;
 
     /// Makes every write of the transaction durable at once.
     fn commit(self: Box<Self>) -> StoreResult<()>;

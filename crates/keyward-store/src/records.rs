@@ -76,3 +76,43 @@ impl std::fmt::Debug for VersionRecord {
             .finish()
     }
 }
+
+/// One audit record as stored: the indexed columns and the full record as JSON (hashes included).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRow {
+    /// Sequence number, from 1, without gaps.
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub time_ms: i64,
+    /// Who made the request.
+    pub principal: String,
+    /// `kms:<Action>`.
+    pub action: String,
+    /// The key concerned.
+    pub key_id: Option<String>,
+    /// `allow`, `deny` or `error`.
+    pub outcome: String,
+    /// The whole record as JSON.
+    pub record: String,
+}
+
+/// A filter over the audit log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only records strictly after this sequence number.
+    pub after_seq: u64,
+    /// Only records at or after (unix ms).
+    pub since_ms: Option<i64>,
+    /// Only records before (unix ms).
+    pub until_ms: Option<i64>,
+    /// Only this principal.
+    pub principal: Option<String>,
+    /// Only this key.
+    pub key_id: Option<String>,
+    /// Only this action.
+    pub action: Option<String>,
+    /// Only this outcome.
+    pub outcome: Option<String>,
+    /// At most this many.
+    pub limit: usize,
+}

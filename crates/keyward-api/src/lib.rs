@@ -1,0 +1,762 @@
+//! Wire types of the Keyward REST API v1 (`API.md`).
+//!
+//! Requests reject unknown fields, so a typo in a field name is a `ValidationError` rather than a silently
+//! ignored option. Binary values travel as standard base64 with padding; secret ones ([`SecretB64`]) are
+//! zeroized on drop and never appear in `Debug` output.
+
+mod b64;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use b64::{SecretB64, B64};
+
+/// An encryption context.
+pub type Context = BTreeMap<String, String>;
+
+/// The body of every non-2xx response.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Code and message of an error.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// Stable code from the API's table (`ValidationError`, `NotFound`, ...).
+    pub code: String,
+    /// Human-readable explanation; never contains secrets.
+    pub message: String,
+}
+
+/// `202 Accepted` for an operation waiting on quorum approval.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApprovalPending {
+    /// The approval request to approve or reject.
+    pub approval_id: String,
+    /// Always `pending`.
+    pub status: String,
+}
+
+// ----- system -----
+
+/// `GET /v1/health`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Health {
+    /// `ok`, `sealed` or `uninitialized`.
+    pub status: String,
+    /// Server version.
+    pub version: String,
+    /// This node's id.
+    pub node_id: String,
+}
+
+/// `GET /v1/sys/status`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SysStatus {
+    /// Whether init has run.
+    pub initialized: bool,
+    /// Whether key material is unavailable.
+    pub sealed: bool,
+    /// Shares needed to unseal.
+    pub threshold: u8,
+    /// Shares issued.
+    pub shares: u8,
+    /// Shares submitted so far.
+    pub progress: u8,
+    /// `shamir`, `pkcs11` or `dev`.
+    pub root_of_trust: Option<String>,
+}
+
+/// `POST /v1/sys/init`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitRequest {
+    /// Number of shares (1 to 255).
+    pub shares: u8,
+    /// Shares needed to unseal.
+    pub threshold: u8,
+}
+
+/// Response of `POST /v1/sys/init`; shown once.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct InitResponse {
+    /// Base64 unseal shares, one per operator.
+    pub shares: Vec<String>,
+    /// The initial root token.
+    pub root_token: String,
+}
+
+impl std::fmt::Debug for InitResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "InitResponse({} shares, root token redacted)",
+            self.shares.len()
+        )
+    }
+}
+
+/// `POST /v1/sys/unseal`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnsealRequest {
+    /// One base64 share.
+    pub share: String,
+}
+
+impl std::fmt::Debug for UnsealRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UnsealRequest(share redacted)")
+    }
+}
+
+/// Response of `POST /v1/sys/rotate-root`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RotateRootResponse {
+    /// The new root key generation.
+    pub generation: u32,
+}
+
+// ----- keys -----
+
+/// Quorum settings of a key.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Quorum {
+    /// Distinct approvals needed.
+    pub approvals: u32,
+}
+
+/// `POST /v1/keys`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    /// Key spec.
+    pub spec: String,
+    /// Key usage; the spec's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<String>,
+    /// Description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `alias/NAME` to create with the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// Tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// Automatic rotation period in days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_period_days: Option<u32>,
+    /// Whether wrapped export is allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exportable: Option<bool>,
+    /// `KEYWARD`, `HSM` or `EXTERNAL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// Quorum settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<Quorum>,
+    /// Needed for legacy specs (TDES).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_legacy: Option<bool>,
+}
+
+/// A key as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyObject {
+    /// UUID.
+    pub key_id: String,
+    /// First alias.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// Key spec.
+    pub spec: String,
+    /// Usage.
+    pub usage: String,
+    /// `Enabled`, `Disabled`, `PendingDeletion` or `Destroyed`.
+    pub state: String,
+    /// Description.
+    pub description: String,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Primary version.
+    pub primary_version: u32,
+    /// Lowest version that decrypts.
+    pub min_decryption_version: u32,
+    /// Rotation period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_period_days: Option<u32>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_at: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotated_at: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_date: Option<String>,
+    /// `KEYWARD`, `EXTERNAL` or `HSM`.
+    pub origin: String,
+    /// Whether wrapped export is allowed.
+    pub exportable: bool,
+    /// Quorum settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<Quorum>,
+}
+
+/// `GET /v1/keys`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyList {
+    /// One page of keys.
+    pub keys: Vec<KeyObject>,
+    /// Token of the next page; absent on the last page.
+    #[serde(default)]
+    pub next_token: Option<String>,
+}
+
+/// `PATCH /v1/keys/{key}`. `rotation_period_days: null` turns automatic rotation off.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKeyRequest {
+    /// New description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// New tags, replacing all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// New rotation period; `null` to stop rotating.
+    #[serde(
+        default,
+        with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rotation_period_days: Option<Option<u32>>,
+    /// New lowest decryptable version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_decryption_version: Option<u32>,
+}
+
+mod double_option {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Option<u32>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(inner) => inner.serialize(s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
+        Option::<u32>::deserialize(d).map(Some)
+    }
+}
+
+/// A key version.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VersionObject {
+    /// Number.
+    pub version: u32,
+    /// `Enabled`, `Disabled`, `Archived` or `Destroyed`.
+    pub state: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroyed_at: Option<String>,
+}
+
+/// `GET /v1/keys/{key}/versions`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VersionList {
+    /// All versions.
+    pub versions: Vec<VersionObject>,
+}
+
+/// `POST /v1/keys/{key}/primary`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetPrimaryRequest {
+    /// The version to make primary.
+    pub version: u32,
+}
+
+/// `POST /v1/keys/{key}/schedule-deletion`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleDeletionRequest {
+    /// Waiting period, 7 to 30 days (30 when absent).
+    #[serde(default)]
+    pub pending_days: Option<u32>,
+}
+
+/// `GET /v1/keys/{key}/public-key`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PublicKeyResponse {
+    /// Key id.
+    pub key_id: String,
+    /// Primary version.
+    pub version: u32,
+    /// Key spec.
+    pub spec: String,
+    /// SPKI in PEM.
+    pub public_key_pem: String,
+    /// SPKI DER.
+    pub public_key_der: B64,
+}
+
+/// `GET /v1/keys/{key}/import-parameters`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImportParametersResponse {
+    /// RSA-4096 SPKI DER to wrap the ephemeral AES key with (RSA-OAEP-SHA-256).
+    pub wrapping_public_key_der: B64,
+    /// Single-use token.
+    pub import_token: String,
+    /// RFC 3339.
+    pub expires_at: String,
+}
+
+/// `POST /v1/keys/{key}/import`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    /// From import-parameters.
+    pub import_token: String,
+    /// RSA-OAEP-SHA-256(ephemeral AES-256 key) || AES-KWP(material).
+    pub wrapped_key_material: SecretB64,
+}
+
+/// `POST /v1/keys/{key}/export`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRequest {
+    /// The recipient's RSA public key (SPKI DER).
+    pub wrapping_public_key_der: B64,
+    /// Version to export; the primary when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+}
+
+/// Response of export.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExportResponse {
+    /// Same scheme as import.
+    pub wrapped_key_material: B64,
+}
+
+/// `PUT /v1/aliases/{name}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutAliasRequest {
+    /// Target key.
+    pub key_id: String,
+}
+
+/// One alias.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AliasObject {
+    /// `alias/NAME`.
+    pub alias: String,
+    /// Target key.
+    pub key_id: String,
+}
+
+/// `GET /v1/aliases`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AliasList {
+    /// One page.
+    pub aliases: Vec<AliasObject>,
+    /// Next page token.
+    #[serde(default)]
+    pub next_token: Option<String>,
+}
+
+// ----- cryptographic operations -----
+
+/// One encryption request (also a batch item).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptRequest {
+    /// Up to 64 KiB.
+    pub plaintext: SecretB64,
+    /// Encryption context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Context>,
+    /// Algorithm (required for asymmetric keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+}
+
+/// Body of `encrypt`: a single request, or `{"items": [...]}`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptBody {
+    /// Single request: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plaintext: Option<SecretB64>,
+    /// Single request: context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Context>,
+    /// Single request: algorithm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    /// Batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<EncryptRequest>>,
+}
+
+/// Result of one encryption.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EncryptResponse {
+    /// The ciphertext.
+    pub ciphertext: B64,
+    /// Key id.
+    pub key_id: String,
+    /// Version used.
+    pub version: u32,
+}
+
+/// One decryption request (also a batch item).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecryptRequest {
+    /// The ciphertext.
+    pub ciphertext: B64,
+    /// Encryption context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Context>,
+    /// Algorithm (required for asymmetric keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+}
+
+/// Body of `decrypt`: a single request, or `{"items": [...]}`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecryptBody {
+    /// Single request: ciphertext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ciphertext: Option<B64>,
+    /// Single request: context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Context>,
+    /// Single request: algorithm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    /// Batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<DecryptRequest>>,
+}
+
+/// Result of one decryption.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DecryptResponse {
+    /// The plaintext.
+    pub plaintext: SecretB64,
+    /// Key id.
+    pub key_id: String,
+    /// Version used.
+    pub version: u32,
+}
+
+/// One re-encryption request (also a batch item).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReencryptRequest {
+    /// The source ciphertext.
+    pub ciphertext: B64,
+    /// Its context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Context>,
+    /// The new context; the old one is kept when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_context: Option<Context>,
+}
+
+/// Body of `reencrypt`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReencryptBody {
+    /// Single request: ciphertext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ciphertext: Option<B64>,
+    /// Single request: context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Context>,
+    /// Single request: new context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_context: Option<Context>,
+    /// Batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<ReencryptRequest>>,
+}
+
+/// A batch answer: each item is a response or an error, in request order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BatchResponse<T> {
+    /// Results.
+    pub items: Vec<BatchItem<T>>,
+}
+
+/// One batch result.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BatchItem<T> {
+    /// Failed.
+    Err(ErrorBody),
+    /// Succeeded.
+    Ok(T),
+}
+
+/// `POST /v1/keys/{key}/data-key`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataKeyRequest {
+    /// `AES_256` or `AES_128`.
+    pub spec: String,
+    /// Encryption context for the encrypted copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Context>,
+    /// Return the plaintext too (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_plaintext: Option<bool>,
+}
+
+/// Response of data-key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DataKeyResponse {
+    /// The plaintext data key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plaintext: Option<SecretB64>,
+    /// The data key encrypted under the KMS key.
+    pub ciphertext: B64,
+    /// Key id.
+    pub key_id: String,
+    /// Version used.
+    pub version: u32,
+}
+
+/// `POST /v1/keys/{key}/data-key-pair`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataKeyPairRequest {
+    /// Asymmetric key spec.
+    pub spec: String,
+    /// Encryption context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Context>,
+    /// Return the private key in plaintext too (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_plaintext: Option<bool>,
+}
+
+/// Response of data-key-pair.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DataKeyPairResponse {
+    /// SPKI DER.
+    pub public_key_der: B64,
+    /// PKCS#8 DER encrypted under the KMS key.
+    pub private_key_ciphertext: B64,
+    /// PKCS#8 DER.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_der: Option<SecretB64>,
+    /// Key id.
+    pub key_id: String,
+    /// Version used.
+    pub version: u32,
+}
+
+/// `POST /v1/keys/{key}/sign`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignRequest {
+    /// The message (or give `digest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<B64>,
+    /// A digest made with the algorithm's hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<B64>,
+    /// Signing algorithm.
+    pub algorithm: String,
+}
+
+/// Response of sign.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SignResponse {
+    /// The signature.
+    pub signature: B64,
+    /// Key id.
+    pub key_id: String,
+    /// Version used.
+    pub version: u32,
+    /// Algorithm.
+    pub algorithm: String,
+}
+
+/// `POST /v1/keys/{key}/verify`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// The message (or `digest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<B64>,
+    /// The digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<B64>,
+    /// The signature.
+    pub signature: B64,
+    /// Algorithm.
+    pub algorithm: String,
+    /// Version to verify with; the primary when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+}
+
+/// `{"valid": bool}`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Validity {
+    /// Whether the signature or MAC is valid.
+    pub valid: bool,
+}
+
+/// `POST /v1/keys/{key}/mac`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MacRequest {
+    /// The message.
+    pub message: B64,
+    /// MAC algorithm.
+    pub algorithm: String,
+}
+
+/// Response of mac.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MacResponse {
+    /// The tag.
+    pub mac: B64,
+    /// Key id.
+    pub key_id: String,
+    /// Version used.
+    pub version: u32,
+}
+
+/// `POST /v1/keys/{key}/verify-mac`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyMacRequest {
+    /// The message.
+    pub message: B64,
+    /// The tag.
+    pub mac: B64,
+    /// MAC algorithm.
+    pub algorithm: String,
+}
+
+/// `POST /v1/keys/{key}/derive`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeriveRequest {
+    /// HKDF info.
+    pub context: B64,
+    /// 16 to 64 bytes.
+    pub length: usize,
+    /// Return the derived key in plaintext too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_plaintext: Option<bool>,
+}
+
+/// Response of derive.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeriveResponse {
+    /// The derived key encrypted under the KMS key.
+    pub ciphertext: B64,
+    /// The derived key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plaintext: Option<SecretB64>,
+}
+
+/// `POST /v1/keys/{key}/agree`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgreeRequest {
+    /// The peer's SPKI DER.
+    pub peer_public_key_der: B64,
+}
+
+/// Response of agree.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgreeResponse {
+    /// The raw ECDH secret.
+    pub shared_secret: SecretB64,
+}
+
+/// `POST /v1/random`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RandomRequest {
+    /// 1 to 1024.
+    pub length: usize,
+}
+
+/// Response of random.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RandomResponse {
+    /// The bytes.
+    pub random: B64,
+}
+
+/// `POST /v1/keys/{key}/csr`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsrRequest {
+    /// Distinguished name, e.g. `CN=api.example.com,O=Example`.
+    pub subject: String,
+    /// DNS names or IP addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sans: Option<Vec<String>>,
+}
+
+/// Response of csr.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CsrResponse {
+    /// PKCS#10 in PEM.
+    pub csr_pem: String,
+}
+
+/// `POST /v1/keys/{key}/certificate`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateRequest {
+    /// A CSR to issue a certificate for; self-signed when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr_pem: Option<String>,
+    /// Subject of a self-signed certificate (and issuer name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Validity in days.
+    pub days: u32,
+    /// Whether the certificate is a CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_ca: Option<bool>,
+}
+
+/// Response of certificate.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CertificateResponse {
+    /// X.509 in PEM.
+    pub certificate_pem: String,
+}
+
+/// Validates a `limit` query parameter: default 100, at most 1000.
+pub fn page_limit(limit: Option<usize>) -> Result<usize, &'static str> {
+    match limit {
+        None => Ok(100),
+        Some(n) if (1..=1000).contains(&n) => Ok(n),
+        Some(_) => Err("limit must be 1 to 1000"),
+    }
+}

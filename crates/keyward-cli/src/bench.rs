@@ -1,0 +1,245 @@
+//! The load generator (`keyward bench`) and the HTTP floor server (`keyward bench-floor`).
+//!
+//! `bench` keeps `--concurrency` requests in flight over keep-alive connections for `--duration` seconds
+//! (bounded by `--max-requests`), then prints throughput and latency percentiles. Run it against the floor
+//! server in the same session to see what share of the machine's raw HTTP capacity Keyward reaches.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use clap::Args;
+
+/// Options of `keyward bench`.
+#[derive(Args, Clone)]
+pub struct BenchArgs {
+    /// Server base URL (defaults to KEYWARD_ADDR).
+    #[arg(long, env = "KEYWARD_ADDR", default_value = "http://127.0.0.1:9700")]
+    addr: String,
+    /// Bearer token (defaults to KEYWARD_TOKEN).
+    #[arg(long, env = "KEYWARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// encrypt | decrypt | sign | data-key | floor.
+    #[arg(long, default_value = "encrypt")]
+    op: String,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds to measure.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Seconds of warm-up, not measured.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Stop after this many measured requests.
+    #[arg(long, default_value_t = 5_000_000)]
+    max_requests: u64,
+    /// Plaintext or message size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Key to use (one is created when absent).
+    #[arg(long)]
+    key: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Target {
+    url: String,
+    body: Option<Vec<u8>>,
+}
+
+async fn prepare(a: &BenchArgs, http: &reqwest::Client) -> Result<Target, String> {
+    let base = a
+        .addr
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_string();
+    if a.op == "floor" {
+        return Ok(Target {
+            url: format!("{base}/"),
+            body: None,
+        });
+    }
+    let token = a.token.clone().ok_or("a token is needed (KEYWARD_TOKEN)")?;
+    let post = |path: String, body: serde_json::Value| {
+        let req = http
+            .post(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .json(&body);
+        async move {
+            let resp = req.send().await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let v: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                return Err(format!("setup failed: {v}"));
+            }
+            Ok::<_, String>(v)
+        }
+    };
+    let spec = if a.op == "sign" {
+        "ECC_NIST_P256"
+    } else {
+        "SYMMETRIC_DEFAULT"
+    };
+    let key = match &a.key {
+        Some(k) => k.clone(),
+        None => post(
+            "/v1/keys".into(),
+            serde_json::json!({"spec": spec, "description": "keyward bench"}),
+        )
+        .await?["key_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    };
+    let key_path = keyward_client::segment(&key);
+    let payload = base64::engine::general_purpose::STANDARD.encode(vec![0x42u8; a.size]);
+    let (path, body) = match a.op.as_str() {
+        "encrypt" => (
+            format!("/v1/keys/{key_path}/encrypt"),
+            serde_json::json!({"plaintext": payload}),
+        ),
+        "decrypt" => {
+            let ct = post(
+                format!("/v1/keys/{key_path}/encrypt"),
+                serde_json::json!({"plaintext": payload}),
+            )
+            .await?;
+            (
+                "/v1/decrypt".to_string(),
+                serde_json::json!({"ciphertext": ct["ciphertext"]}),
+            )
+        }
+        "sign" => (
+            format!("/v1/keys/{key_path}/sign"),
+            serde_json::json!({"message": payload, "algorithm": "ECDSA_SHA_256"}),
+        ),
+        "data-key" => (
+            format!("/v1/keys/{key_path}/data-key"),
+            serde_json::json!({"spec": "AES_256"}),
+        ),
+        other => return Err(format!("unknown --op {other}")),
+    };
+    Ok(Target {
+        url: format!("{base}{path}"),
+        body: Some(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
+    })
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or_default() as f64 / 1000.0
+}
+
+/// Runs the load and prints the result.
+pub async fn run(a: BenchArgs) -> Result<(), String> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(a.concurrency)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let target = Arc::new(prepare(&a, &http).await?);
+    let token = Arc::new(a.token.clone().unwrap_or_default());
+    let start = Instant::now();
+    let warm_end = start + Duration::from_secs(a.warmup);
+    let end = warm_end + Duration::from_secs(a.duration);
+    let budget = Arc::new(std::sync::atomic::AtomicU64::new(a.max_requests));
+    let mut tasks = Vec::new();
+    for _ in 0..a.concurrency.max(1) {
+        let (http, target, token, budget) =
+            (http.clone(), target.clone(), token.clone(), budget.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat: Vec<u32> = Vec::with_capacity(64 * 1024);
+            let mut errors = 0u64;
+            loop {
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                let measured = now >= warm_end;
+                if measured && budget.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                    break;
+                }
+                let req = match &target.body {
+                    Some(b) => http
+                        .post(&target.url)
+                        .bearer_auth(token.as_str())
+                        .header("content-type", "application/json")
+                        .body(b.clone()),
+                    None => http.get(&target.url),
+                };
+                let t0 = Instant::now();
+                let ok = match req.send().await {
+                    Ok(resp) => {
+                        let good = resp.status().is_success();
+                        good && resp.bytes().await.is_ok()
+                    }
+                    Err(_) => false,
+                };
+                if measured {
+                    if ok {
+                        lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.map_err(|e| e.to_string())?;
+        all.extend(l);
+        errors += e;
+    }
+    let measured_secs = (Instant::now().min(end) - warm_end).as_secs_f64().max(1e-9);
+    all.sort_unstable();
+    let rps = all.len() as f64 / measured_secs;
+    let (p50, p99, p999) = (
+        percentile(&all, 0.50),
+        percentile(&all, 0.99),
+        percentile(&all, 0.999),
+    );
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"op": a.op, "concurrency": a.concurrency, "requests": all.len(), "errors": errors,
+                "rps": rps, "p50_ms": p50, "p99_ms": p99, "p999_ms": p999})
+        );
+    } else {
+        println!(
+            "{:<10} c={:<4} requests={:<8} errors={:<5} {:>10.0} req/s  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms",
+            a.op, a.concurrency, all.len(), errors, rps, p50, p99, p999
+        );
+    }
+    Ok(())
+}
+
+/// A server that answers every request with a fixed 200 body: the HTTP floor of the machine.
+pub async fn floor(listen: SocketAddr) -> Result<(), String> {
+    const BODY: &str = r#"{"status":"ok","detail":"fixed response of the HTTP floor server used as the reference for keyward bench; about two hundred bytes long, like a small API answer"}"#;
+    let app = axum::Router::new().fallback(|| async {
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            BODY,
+        )
+    });
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| e.to_string())?;
+    eprintln!("floor listening on http://{listen}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(keyward_server::shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,862 @@
+//! `keyward`: the server, the operator tools, and a client for every endpoint.
+//!
+//! Reads `KEYWARD_ADDR` (several comma-separated for failover) and `KEYWARD_TOKEN`. Output is a human table
+//! by default and JSON with `--json`. Secrets (plaintexts, data keys, shares, tokens) are only ever written
+//! to stdout or the file asked for, never to stderr.
+
+mod bench;
+mod output;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use base64::Engine as _;
+use clap::{Args, Parser, Subcommand};
+use keyward_api::*;
+use keyward_client::{envelope, Client};
+use output::Out;
+
+#[derive(Parser)]
+#[command(name = "keyward", version, about = "Keyward key management service")]
+struct Cli {
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Initialise, unseal, seal and inspect the service.
+    #[command(subcommand)]
+    Operator(Operator),
+    /// Manage keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Manage aliases.
+    #[command(subcommand)]
+    Alias(AliasCmd),
+    /// Encrypt stdin, a file (`--in`), or a large file with envelope encryption (`--file`).
+    Encrypt(EncryptArgs),
+    /// Decrypt stdin, a file (`--in`), or an envelope-encrypted file (`--file`).
+    Decrypt(DecryptArgs),
+    /// Generate a data key.
+    DataKey {
+        /// Key id or alias.
+        key: String,
+        /// AES_256 or AES_128.
+        #[arg(long, default_value = "AES_256")]
+        spec: String,
+        /// Encryption context, k=v (repeatable).
+        #[arg(long = "context", value_parser = kv)]
+        context: Vec<(String, String)>,
+    },
+    /// Sign stdin or a file.
+    Sign(SignArgs),
+    /// Verify a signature over stdin or a file.
+    Verify(VerifyArgs),
+    /// Compute a MAC over stdin or a file.
+    Mac {
+        /// Key id or alias.
+        key: String,
+        /// HMAC_SHA_256, ...
+        #[arg(long)]
+        algorithm: String,
+        /// Input file (default stdin).
+        #[arg(long = "in")]
+        input: Option<PathBuf>,
+    },
+    /// Random bytes from the HSM, base64.
+    Random {
+        /// 1 to 1024.
+        length: usize,
+    },
+    /// Drive load against a server and print req/s and latency percentiles.
+    Bench(bench::BenchArgs),
+    /// A minimal HTTP server answering 200: the machine's HTTP floor for `bench`.
+    BenchFloor {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:9799")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Development mode: embedded store, initialised and unsealed, root token printed.
+    #[arg(long)]
+    dev: bool,
+    /// Listen address.
+    #[arg(long, env = "KEYWARD_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Data directory.
+    #[arg(long, env = "KEYWARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Store URL (sqlite://PATH).
+    #[arg(long, env = "KEYWARD_STORE")]
+    store: Option<String>,
+    /// TOML configuration file.
+    #[arg(long, env = "KEYWARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// PEM certificate chain.
+    #[arg(long, env = "KEYWARD_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(long, env = "KEYWARD_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle for client certificates.
+    #[arg(long, env = "KEYWARD_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback address.
+    #[arg(long)]
+    insecure_http: bool,
+}
+
+#[derive(Subcommand)]
+enum Operator {
+    /// Initialise: prints the unseal shares and the root token, once.
+    Init {
+        /// Number of shares.
+        #[arg(long, default_value_t = 5)]
+        shares: u8,
+        /// Shares needed to unseal.
+        #[arg(long, default_value_t = 3)]
+        threshold: u8,
+    },
+    /// Give one unseal share (read from stdin when not given).
+    Unseal {
+        /// A share.
+        share: Option<String>,
+    },
+    /// Seal: drop every key from memory.
+    Seal,
+    /// Seal status.
+    Status,
+    /// Generate a new root key and re-wrap every key version.
+    RotateRoot,
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Create a key.
+    Create(CreateArgs),
+    /// List keys.
+    List {
+        /// Only this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this spec.
+        #[arg(long)]
+        spec: Option<String>,
+        /// Only keys with this tag, k:v.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Page size.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Show one key.
+    Show {
+        /// Key id or alias.
+        key: String,
+    },
+    /// Change description, tags, rotation or min_decryption_version.
+    Update {
+        /// Key id or alias.
+        key: String,
+        /// New description.
+        #[arg(long)]
+        description: Option<String>,
+        /// Tags replacing the current ones, k=v (repeatable).
+        #[arg(long = "tag", value_parser = kv)]
+        tags: Vec<(String, String)>,
+        /// Rotation period in days.
+        #[arg(long)]
+        rotation_days: Option<u32>,
+        /// Turn automatic rotation off.
+        #[arg(long)]
+        no_rotation: bool,
+        /// Lowest version that may decrypt.
+        #[arg(long)]
+        min_decryption_version: Option<u32>,
+    },
+    /// Enable a key.
+    Enable {
+        /// Key id or alias.
+        key: String,
+    },
+    /// Disable a key.
+    Disable {
+        /// Key id or alias.
+        key: String,
+    },
+    /// Rotate: new primary version.
+    Rotate {
+        /// Key id or alias.
+        key: String,
+    },
+    /// List versions.
+    Versions {
+        /// Key id or alias.
+        key: String,
+    },
+    /// enable | disable | archive | restore | destroy one version.
+    Version {
+        /// Key id or alias.
+        key: String,
+        /// Version number.
+        version: u32,
+        /// The action.
+        action: String,
+    },
+    /// Make a version primary (roll back or forward).
+    Primary {
+        /// Key id or alias.
+        key: String,
+        /// Version number.
+        version: u32,
+    },
+    /// Schedule deletion after a waiting period.
+    ScheduleDeletion {
+        /// Key id or alias.
+        key: String,
+        /// 7 to 30.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
+    /// Cancel a scheduled deletion (the key comes back disabled).
+    CancelDeletion {
+        /// Key id or alias.
+        key: String,
+    },
+    /// Print the public key (PEM).
+    PublicKey {
+        /// Key id or alias.
+        key: String,
+    },
+    /// Import key material (raw bytes, or PKCS#8 DER) into an EXTERNAL key, wrapped locally for transport.
+    Import {
+        /// Key id or alias.
+        key: String,
+        /// File with the material.
+        #[arg(long)]
+        material: PathBuf,
+    },
+    /// Export an exportable key wrapped for the holder of an RSA public key (SPKI DER file).
+    Export {
+        /// Key id or alias.
+        key: String,
+        /// The recipient's RSA public key (DER).
+        #[arg(long)]
+        wrapping_key: PathBuf,
+        /// Version (the primary by default).
+        #[arg(long)]
+        version: Option<u32>,
+    },
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    /// Key spec.
+    #[arg(long, default_value = "SYMMETRIC_DEFAULT")]
+    spec: String,
+    /// Usage.
+    #[arg(long)]
+    usage: Option<String>,
+    /// Description.
+    #[arg(long)]
+    description: Option<String>,
+    /// alias/NAME.
+    #[arg(long)]
+    alias: Option<String>,
+    /// Tag, k=v (repeatable).
+    #[arg(long = "tag", value_parser = kv)]
+    tags: Vec<(String, String)>,
+    /// Automatic rotation period in days.
+    #[arg(long)]
+    rotation_days: Option<u32>,
+    /// Allow wrapped export.
+    #[arg(long)]
+    exportable: bool,
+    /// KEYWARD, EXTERNAL or HSM.
+    #[arg(long)]
+    origin: Option<String>,
+    /// Approvals needed for destructive operations.
+    #[arg(long)]
+    quorum: Option<u32>,
+    /// Allow legacy specs (TDES).
+    #[arg(long)]
+    allow_legacy: bool,
+}
+
+#[derive(Subcommand)]
+enum AliasCmd {
+    /// Point an alias at a key.
+    Set {
+        /// alias/NAME.
+        name: String,
+        /// Key id.
+        key: String,
+    },
+    /// Delete an alias.
+    Delete {
+        /// alias/NAME.
+        name: String,
+    },
+    /// List aliases.
+    List,
+}
+
+#[derive(Args)]
+struct EncryptArgs {
+    /// Key id or alias.
+    key: String,
+    /// Encryption context, k=v (repeatable).
+    #[arg(long = "context", value_parser = kv)]
+    context: Vec<(String, String)>,
+    /// Input file (default stdin; at most 64 KiB).
+    #[arg(long = "in")]
+    input: Option<PathBuf>,
+    /// Large file to encrypt with a data key, streaming.
+    #[arg(long, conflicts_with = "input")]
+    file: Option<PathBuf>,
+    /// Output file (default stdout; with --file: FILE.kws).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Segment size for --file.
+    #[arg(long, default_value_t = envelope::DEFAULT_SEGMENT)]
+    segment: u32,
+    /// Algorithm for asymmetric keys.
+    #[arg(long)]
+    algorithm: Option<String>,
+}
+
+#[derive(Args)]
+struct DecryptArgs {
+    /// Key id or alias (required for asymmetric keys).
+    #[arg(long)]
+    key: Option<String>,
+    /// Encryption context, k=v (repeatable).
+    #[arg(long = "context", value_parser = kv)]
+    context: Vec<(String, String)>,
+    /// Input file with base64 ciphertext (default stdin).
+    #[arg(long = "in")]
+    input: Option<PathBuf>,
+    /// Envelope-encrypted file.
+    #[arg(long, conflicts_with = "input")]
+    file: Option<PathBuf>,
+    /// Output file (default stdout).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Algorithm for asymmetric keys.
+    #[arg(long)]
+    algorithm: Option<String>,
+}
+
+#[derive(Args)]
+struct SignArgs {
+    /// Key id or alias.
+    key: String,
+    /// Signing algorithm.
+    #[arg(long)]
+    algorithm: String,
+    /// Input file (default stdin).
+    #[arg(long = "in")]
+    input: Option<PathBuf>,
+    /// The input is already a digest.
+    #[arg(long)]
+    digest: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// Key id or alias.
+    key: String,
+    /// Signing algorithm.
+    #[arg(long)]
+    algorithm: String,
+    /// Base64 signature.
+    #[arg(long)]
+    signature: String,
+    /// Input file (default stdin).
+    #[arg(long = "in")]
+    input: Option<PathBuf>,
+    /// The input is already a digest.
+    #[arg(long)]
+    digest: bool,
+}
+
+fn kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected k=v, got '{s}'"))
+}
+
+fn context(pairs: Vec<(String, String)>) -> Option<Context> {
+    (!pairs.is_empty()).then(|| pairs.into_iter().collect())
+}
+
+fn read_input(path: &Option<PathBuf>) -> Result<Vec<u8>, String> {
+    match path {
+        Some(p) => std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display())),
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| format!("cannot read stdin: {e}"))?;
+            Ok(buf)
+        }
+    }
+}
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+fn unb64(s: &str) -> Result<Vec<u8>, String> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .map_err(|_| "input is not base64".to_string())
+}
+
+fn write_output(path: &Option<PathBuf>, data: &[u8]) -> Result<(), String> {
+    match path {
+        Some(p) => {
+            std::fs::write(p, data).map_err(|e| format!("cannot write {}: {e}", p.display()))
+        }
+        None => std::io::stdout().write_all(data).map_err(|e| e.to_string()),
+    }
+}
+
+type Res = Result<(), String>;
+
+async fn run(cli: Cli) -> Res {
+    let out = Out { json: cli.json };
+    match cli.command {
+        Command::Serve(a) => return serve(a).await,
+        Command::BenchFloor { listen } => return bench::floor(listen).await,
+        Command::Bench(a) => return bench::run(a).await,
+        _ => {}
+    }
+    let client = Client::from_env().map_err(|e| e.to_string())?;
+    let c = &client;
+    let e = |e: keyward_client::Error| e.to_string();
+    match cli.command {
+        Command::Operator(op) => match op {
+            Operator::Init { shares, threshold } => {
+                let r = c.init(shares, threshold).await.map_err(e)?;
+                if out.json {
+                    out.value(&serde_json::json!({"shares": r.shares, "root_token": r.root_token}));
+                } else {
+                    for (i, s) in r.shares.iter().enumerate() {
+                        println!("Unseal share {}: {s}", i + 1);
+                    }
+                    println!("Root token: {}", r.root_token);
+                    eprintln!("Give each share to a different operator; {threshold} of them unseal the service.");
+                }
+            }
+            Operator::Unseal { share } => {
+                let share = match share {
+                    Some(s) => s,
+                    None => {
+                        String::from_utf8(read_input(&None)?).map_err(|_| "share is not text")?
+                    }
+                };
+                out.status(&c.unseal(share.trim()).await.map_err(e)?);
+            }
+            Operator::Seal => {
+                c.seal().await.map_err(e)?;
+                eprintln!("sealed");
+            }
+            Operator::Status => out.status(&c.status().await.map_err(e)?),
+            Operator::RotateRoot => out.value(&c.rotate_root().await.map_err(e)?),
+        },
+        Command::Key(k) => match k {
+            KeyCmd::Create(a) => {
+                let req = CreateKeyRequest {
+                    spec: a.spec,
+                    usage: a.usage,
+                    description: a.description,
+                    alias: a.alias,
+                    tags: (!a.tags.is_empty()).then(|| a.tags.into_iter().collect()),
+                    rotation_period_days: a.rotation_days,
+                    exportable: a.exportable.then_some(true),
+                    origin: a.origin,
+                    quorum: a.quorum.map(|approvals| Quorum { approvals }),
+                    allow_legacy: a.allow_legacy.then_some(true),
+                };
+                out.key(&c.create_key(&req).await.map_err(e)?);
+            }
+            KeyCmd::List {
+                state,
+                spec,
+                tag,
+                limit,
+            } => {
+                let mut q = Vec::new();
+                for (k, v) in [
+                    ("state", state),
+                    ("spec", spec),
+                    ("tag", tag),
+                    ("limit", limit.map(|l| l.to_string())),
+                ] {
+                    if let Some(v) = v {
+                        q.push(format!("{k}={}", keyward_client::segment(&v)));
+                    }
+                }
+                let mut all = Vec::new();
+                let mut query = q.join("&");
+                loop {
+                    let page = c.list_keys(&query).await.map_err(e)?;
+                    all.extend(page.keys);
+                    match page.next_token {
+                        Some(t) => {
+                            query = [q.join("&"), format!("next_token={t}")]
+                                .iter()
+                                .filter(|s| !s.is_empty())
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join("&")
+                        }
+                        None => break,
+                    }
+                }
+                out.keys(&all);
+            }
+            KeyCmd::Show { key } => out.key(&c.describe_key(&key).await.map_err(e)?),
+            KeyCmd::Update {
+                key,
+                description,
+                tags,
+                rotation_days,
+                no_rotation,
+                min_decryption_version,
+            } => {
+                let req = UpdateKeyRequest {
+                    description,
+                    tags: (!tags.is_empty()).then(|| tags.into_iter().collect()),
+                    rotation_period_days: if no_rotation {
+                        Some(None)
+                    } else {
+                        rotation_days.map(Some)
+                    },
+                    min_decryption_version,
+                };
+                out.key(&c.update_key(&key, &req).await.map_err(e)?);
+            }
+            KeyCmd::Enable { key } => out.key(&c.key_action(&key, "enable").await.map_err(e)?),
+            KeyCmd::Disable { key } => out.key(&c.key_action(&key, "disable").await.map_err(e)?),
+            KeyCmd::Rotate { key } => out.key(&c.key_action(&key, "rotate").await.map_err(e)?),
+            KeyCmd::CancelDeletion { key } => {
+                out.key(&c.key_action(&key, "cancel-deletion").await.map_err(e)?)
+            }
+            KeyCmd::Versions { key } => out.versions(&c.versions(&key).await.map_err(e)?.versions),
+            KeyCmd::Version {
+                key,
+                version,
+                action,
+            } => out.versions(&[c.version_action(&key, version, &action).await.map_err(e)?]),
+            KeyCmd::Primary { key, version } => {
+                out.key(&c.set_primary(&key, version).await.map_err(e)?)
+            }
+            KeyCmd::ScheduleDeletion { key, days } => {
+                out.key(&c.schedule_deletion(&key, days).await.map_err(e)?)
+            }
+            KeyCmd::PublicKey { key } => {
+                let pk = c.public_key(&key).await.map_err(e)?;
+                if out.json {
+                    out.value(&pk);
+                } else {
+                    print!("{}", pk.public_key_pem);
+                }
+            }
+            KeyCmd::Import { key, material } => {
+                let material =
+                    zeroize::Zeroizing::new(std::fs::read(&material).map_err(|x| x.to_string())?);
+                let params = c.import_parameters(&key).await.map_err(e)?;
+                let wrapped =
+                    keyward_client::byok::wrap(&params.wrapping_public_key_der.0, &material)
+                        .map_err(e)?;
+                let req = ImportRequest {
+                    import_token: params.import_token,
+                    wrapped_key_material: SecretB64::new(wrapped),
+                };
+                out.key(&c.import(&key, &req).await.map_err(e)?);
+            }
+            KeyCmd::Export {
+                key,
+                wrapping_key,
+                version,
+            } => {
+                let spki = std::fs::read(&wrapping_key).map_err(|x| x.to_string())?;
+                let r = c
+                    .export(
+                        &key,
+                        &ExportRequest {
+                            wrapping_public_key_der: B64(spki),
+                            version,
+                        },
+                    )
+                    .await
+                    .map_err(e)?;
+                println!("{}", b64(&r.wrapped_key_material.0));
+            }
+        },
+        Command::Alias(a) => match a {
+            AliasCmd::Set { name, key } => out.value(&c.put_alias(&name, &key).await.map_err(e)?),
+            AliasCmd::Delete { name } => c.delete_alias(&name).await.map_err(e)?,
+            AliasCmd::List => {
+                let mut all = Vec::new();
+                let mut query = String::new();
+                loop {
+                    let page = c.list_aliases(&query).await.map_err(e)?;
+                    all.extend(page.aliases);
+                    match page.next_token {
+                        Some(t) => query = format!("next_token={t}"),
+                        None => break,
+                    }
+                }
+                out.aliases(&all);
+            }
+        },
+        Command::Encrypt(a) => {
+            let ctx = context(a.context);
+            if let Some(file) = a.file {
+                let dest = a
+                    .out
+                    .unwrap_or_else(|| PathBuf::from(format!("{}.kws", file.display())));
+                let input = tokio::fs::File::open(&file)
+                    .await
+                    .map_err(|x| format!("cannot open {}: {x}", file.display()))?;
+                let tmp = PathBuf::from(format!("{}.partial", dest.display()));
+                let output = tokio::fs::File::create(&tmp)
+                    .await
+                    .map_err(|x| format!("cannot create {}: {x}", tmp.display()))?;
+                let n = envelope::encrypt(
+                    c,
+                    &a.key,
+                    ctx,
+                    a.segment,
+                    tokio::io::BufReader::new(input),
+                    tokio::io::BufWriter::new(output),
+                )
+                .await
+                .map_err(|x| {
+                    let _ = std::fs::remove_file(&tmp);
+                    x.to_string()
+                })?;
+                std::fs::rename(&tmp, &dest).map_err(|x| x.to_string())?;
+                eprintln!("encrypted {n} bytes into {}", dest.display());
+            } else {
+                let pt = zeroize::Zeroizing::new(read_input(&a.input)?);
+                let body = EncryptBody {
+                    plaintext: Some(SecretB64::new(pt.to_vec())),
+                    context: ctx,
+                    algorithm: a.algorithm,
+                    items: None,
+                };
+                let v = c.encrypt_with(&a.key, &body).await.map_err(e)?;
+                if out.json {
+                    out.value(&v);
+                } else {
+                    let ct = v
+                        .get("ciphertext")
+                        .and_then(|x| x.as_str())
+                        .unwrap_or_default();
+                    write_output(&a.out, format!("{ct}\n").as_bytes())?;
+                }
+            }
+        }
+        Command::Decrypt(a) => {
+            let ctx = context(a.context);
+            if let Some(file) = a.file {
+                let dest = a.out.ok_or("--out is required with --file")?;
+                let input = tokio::fs::File::open(&file)
+                    .await
+                    .map_err(|x| format!("cannot open {}: {x}", file.display()))?;
+                let tmp = PathBuf::from(format!("{}.partial", dest.display()));
+                let output = tokio::fs::File::create(&tmp)
+                    .await
+                    .map_err(|x| x.to_string())?;
+                let r = envelope::decrypt(
+                    c,
+                    ctx,
+                    tokio::io::BufReader::new(input),
+                    tokio::io::BufWriter::new(output),
+                )
+                .await;
+                match r {
+                    Ok(n) => {
+                        std::fs::rename(&tmp, &dest).map_err(|x| x.to_string())?;
+                        eprintln!("decrypted {n} bytes into {}", dest.display());
+                    }
+                    Err(x) => {
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(x.to_string());
+                    }
+                }
+            } else {
+                let input = read_input(&a.input)?;
+                let ct = unb64(&String::from_utf8_lossy(&input))?;
+                let r = c
+                    .decrypt(a.key.as_deref(), &ct, ctx, a.algorithm.as_deref())
+                    .await
+                    .map_err(e)?;
+                if out.json {
+                    out.value(&r);
+                } else {
+                    write_output(&a.out, r.plaintext.expose())?;
+                }
+            }
+        }
+        Command::DataKey {
+            key,
+            spec,
+            context: ctx,
+        } => {
+            let r = c
+                .data_key(
+                    &key,
+                    &DataKeyRequest {
+                        spec,
+                        context: context(ctx),
+                        include_plaintext: Some(true),
+                    },
+                )
+                .await
+                .map_err(e)?;
+            out.value(&r);
+        }
+        Command::Sign(a) => {
+            let data = read_input(&a.input)?;
+            let (message, digest) = if a.digest {
+                (None, Some(B64(data)))
+            } else {
+                (Some(B64(data)), None)
+            };
+            let r = c
+                .sign(
+                    &a.key,
+                    &SignRequest {
+                        message,
+                        digest,
+                        algorithm: a.algorithm,
+                    },
+                )
+                .await
+                .map_err(e)?;
+            if out.json {
+                out.value(&r);
+            } else {
+                println!("{}", b64(&r.signature.0));
+            }
+        }
+        Command::Verify(a) => {
+            let data = read_input(&a.input)?;
+            let (message, digest) = if a.digest {
+                (None, Some(B64(data)))
+            } else {
+                (Some(B64(data)), None)
+            };
+            let req = VerifyRequest {
+                message,
+                digest,
+                signature: B64(unb64(&a.signature)?),
+                algorithm: a.algorithm,
+                version: None,
+            };
+            let valid = c.verify(&a.key, &req).await.map_err(e)?;
+            if out.json {
+                out.value(&Validity { valid });
+            } else {
+                println!("{}", if valid { "valid" } else { "INVALID" });
+            }
+            if !valid {
+                return Err("signature is not valid".into());
+            }
+        }
+        Command::Mac {
+            key,
+            algorithm,
+            input,
+        } => {
+            let r = c
+                .mac(
+                    &key,
+                    &MacRequest {
+                        message: B64(read_input(&input)?),
+                        algorithm,
+                    },
+                )
+                .await
+                .map_err(e)?;
+            if out.json {
+                out.value(&r);
+            } else {
+                println!("{}", b64(&r.mac.0));
+            }
+        }
+        Command::Random { length } => println!("{}", b64(&c.random(length).await.map_err(e)?)),
+        Command::Serve(_) | Command::Bench(_) | Command::BenchFloor { .. } => {}
+    }
+    Ok(())
+}
+
+async fn serve(a: ServeArgs) -> Res {
+    let overrides = keyward_server::Overrides {
+        listen: a.listen,
+        data_dir: a.data_dir,
+        store: a.store,
+        tls_cert: a.tls_cert,
+        tls_key: a.tls_key,
+        tls_client_ca: a.tls_client_ca,
+        insecure_http: a.insecure_http,
+        dev: a.dev,
+    };
+    let config = keyward_server::Config::load(a.config.as_deref(), overrides)?;
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let (app, startup) = keyward_server::build(config)?;
+    for note in &startup.notes {
+        eprintln!("{note}");
+    }
+    if let Some(token) = &startup.root_token {
+        println!("Root token: {token}");
+    }
+    let listen = app.config.listen;
+    let listener_note = format!("listening on {scheme}://{listen}");
+    eprintln!("{listener_note}");
+    let _ = std::io::stdout().flush();
+    keyward_server::serve(app, keyward_server::shutdown_signal()).await?;
+    eprintln!("shut down; keys dropped from memory");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keyward: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keyward: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

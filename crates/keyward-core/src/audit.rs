@@ -1,0 +1,443 @@
+//! The tamper-evident audit log.
+//!
+//! Every record carries `prev_hash` (the previous record's `hash`) and `hash = HMAC-SHA-256(audit key, record
+//! without its hash)`, the record serialised as canonical JSON (fixed field order). The audit key is derived
+//! with HKDF from the unseal key, so someone who can write the database but does not hold the unseal key
+//! cannot forge, reorder, insert or delete records without [`Kms::verify_audit`] naming the first bad one.
+//!
+//! Appends are group-committed: one writer thread takes every record waiting in its queue and makes them
+//! durable in a single store transaction, then completes each request. A request's response waits for its
+//! record; if the batch cannot be written the request fails closed with `Unavailable`.
+//!
+//! While the service is sealed there is no audit key: records of that time (status, init, unseal calls) are
+//! held in memory, in order, and chained and written at the next unseal.
+
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyward_hsm::{KeyHandle, MacAlgorithm};
+use keyward_store::{transact, AuditQuery, AuditRow, Tx};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Kms;
+use crate::error::{ErrorCode, KmsError, KmsResult};
+
+/// Hash of "no previous record".
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What the caller knows about a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Unix milliseconds.
+    pub time_ms: i64,
+    /// The request id (also in the `x-request-id` header).
+    pub request_id: String,
+    /// Identity name, or `anonymous`.
+    pub principal: String,
+    /// Client address.
+    pub source_ip: String,
+    /// `kms:<Action>`.
+    pub action: String,
+    /// The key concerned.
+    pub key_id: Option<String>,
+    /// The version concerned.
+    pub version: Option<u32>,
+    /// `allow`, `deny` or `error`.
+    pub outcome: &'static str,
+    /// Error code when not allowed.
+    pub error_code: Option<String>,
+}
+
+/// A stored audit record, as `GET /v1/audit` returns it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Sequence number.
+    pub seq: u64,
+    /// RFC 3339 with milliseconds.
+    pub time: String,
+    /// Request id.
+    pub request_id: String,
+    /// Principal.
+    pub principal: String,
+    /// Client address.
+    pub source_ip: String,
+    /// Action.
+    pub action: String,
+    /// Key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// Version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// Outcome.
+    pub outcome: String,
+    /// Error code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// Hash of the previous record.
+    pub prev_hash: String,
+    /// This record's keyed hash.
+    #[serde(default)]
+    pub hash: String,
+}
+
+/// Result of a chain verification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditVerification {
+    /// Whether every record checked out.
+    pub valid: bool,
+    /// Records checked.
+    pub records: u64,
+    /// Hash of the last good record.
+    pub head: String,
+    /// The first record that is missing, altered, inserted or out of order.
+    pub first_bad_seq: Option<u64>,
+}
+
+/// Called once the record is durable (with its sequence number) or could not be written.
+pub type Completion = Box<dyn FnOnce(KmsResult<u64>) + Send>;
+
+struct Pending {
+    event: AuditEvent,
+    done: Completion,
+}
+
+/// Handle to the audit writer. Cloning is cheap.
+#[derive(Clone)]
+pub struct AuditLog {
+    queue: SyncSender<Pending>,
+}
+
+/// Formats unix milliseconds as RFC 3339 UTC with milliseconds.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Formats unix seconds as RFC 3339 UTC (`2026-11-29T08:10:16Z`).
+pub fn rfc3339(secs: i64) -> String {
+    let mut s = rfc3339_ms(secs.saturating_mul(1000));
+    s.replace_range(s.len() - 5..s.len() - 1, "");
+    s
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len() / 2)
+        .map(|i| {
+            s.get(2 * i..2 * i + 2)
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+        })
+        .collect()
+}
+
+fn record_bytes(rec: &AuditRecord) -> KmsResult<Vec<u8>> {
+    let mut unhashed = rec.clone();
+    unhashed.hash = String::new();
+    serde_json::to_vec(&unhashed)
+        .map_err(|_| KmsError::new(ErrorCode::Unavailable, "audit record encoding"))
+}
+
+struct Writer {
+    kms: Arc<Kms>,
+    queue: Receiver<Pending>,
+    next_seq: u64,
+    last_hash: String,
+    held: Vec<Pending>,
+}
+
+impl Writer {
+    fn chain(&self, key: &KeyHandle, batch: &[Pending]) -> KmsResult<Vec<AuditRow>> {
+        let mut prev = self.last_hash.clone();
+        let mut rows = Vec::with_capacity(batch.len());
+        for (i, p) in batch.iter().enumerate() {
+            let e = &p.event;
+            let mut rec = AuditRecord {
+                seq: self.next_seq + i as u64,
+                time: rfc3339_ms(e.time_ms),
+                request_id: e.request_id.clone(),
+                principal: e.principal.clone(),
+                source_ip: e.source_ip.clone(),
+                action: e.action.clone(),
+                key_id: e.key_id.clone(),
+                version: e.version,
+                outcome: e.outcome.to_string(),
+                error_code: e.error_code.clone(),
+                prev_hash: prev,
+                hash: String::new(),
+            };
+            let mac = self
+                .kms
+                .hsm
+                .mac(key, MacAlgorithm::HmacSha256, &record_bytes(&rec)?)?;
+            rec.hash = hex(&mac);
+            prev = rec.hash.clone();
+            rows.push(AuditRow {
+                seq: rec.seq,
+                time_ms: e.time_ms,
+                principal: rec.principal.clone(),
+                action: rec.action.clone(),
+                key_id: rec.key_id.clone(),
+                outcome: rec.outcome.clone(),
+                record: serde_json::to_string(&rec)
+                    .map_err(|_| KmsError::new(ErrorCode::Unavailable, "audit record encoding"))?,
+            });
+        }
+        Ok(rows)
+    }
+
+    fn write(&mut self, batch: Vec<Pending>) {
+        let Some(key) = self.kms.audit_key() else {
+            // Sealed: hold the records (in order) and let the requests proceed.
+            for p in batch {
+                let Pending { event, done } = p;
+                done(Ok(0));
+                self.held.push(Pending {
+                    event,
+                    done: Box::new(|_| {}),
+                });
+            }
+            return;
+        };
+        let mut all = std::mem::take(&mut self.held);
+        all.extend(batch);
+        let result = self.chain(&key, &all).and_then(|rows| {
+            transact(self.kms.store.as_ref(), |tx: &mut dyn Tx| {
+                tx.append_audit(&rows)
+            })?;
+            Ok(rows)
+        });
+        match result {
+            Ok(rows) => {
+                if let Some(last) = rows.last() {
+                    self.next_seq = last.seq + 1;
+                    if let Ok(rec) = serde_json::from_str::<AuditRecord>(&last.record) {
+                        self.last_hash = rec.hash;
+                    }
+                }
+                for (p, row) in all.into_iter().zip(rows) {
+                    (p.done)(Ok(row.seq));
+                }
+            }
+            Err(e) => {
+                let err = KmsError::new(
+                    ErrorCode::Unavailable,
+                    format!("audit log cannot be written: {}", e.message()),
+                );
+                for p in all {
+                    (p.done)(Err(err.clone()));
+                }
+                // The chain head may have moved if another node or a retry committed; reload it.
+                let _ = self.reload_tail();
+            }
+        }
+    }
+
+    fn reload_tail(&mut self) -> KmsResult<()> {
+        let tail = transact(self.kms.store.as_ref(), |tx: &mut dyn Tx| tx.audit_tail())?;
+        match tail {
+            Some(row) => {
+                let rec: AuditRecord = serde_json::from_str(&row.record)
+                    .map_err(|_| crate::engine::corrupt("audit record"))?;
+                self.next_seq = row.seq + 1;
+                self.last_hash = rec.hash;
+            }
+            None => {
+                self.next_seq = 1;
+                self.last_hash = GENESIS.to_string();
+            }
+        }
+        Ok(())
+    }
+
+    fn run(mut self) {
+        loop {
+            let first = match self.queue.recv_timeout(Duration::from_millis(200)) {
+                Ok(p) => p,
+                Err(RecvTimeoutError::Timeout) => {
+                    if !self.held.is_empty() && self.kms.audit_key().is_some() {
+                        self.write(Vec::new());
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < 4096 {
+                match self.queue.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            self.write(batch);
+        }
+    }
+}
+
+impl AuditLog {
+    /// Starts the writer thread for an engine.
+    pub fn start(kms: Arc<Kms>) -> KmsResult<AuditLog> {
+        let (tx, rx) = sync_channel(65_536);
+        let mut writer = Writer {
+            kms,
+            queue: rx,
+            next_seq: 1,
+            last_hash: GENESIS.to_string(),
+            held: Vec::new(),
+        };
+        writer.reload_tail()?;
+        std::thread::Builder::new()
+            .name("keyward-audit".into())
+            .spawn(move || writer.run())
+            .map_err(|_| KmsError::new(ErrorCode::Unavailable, "cannot start the audit writer"))?;
+        Ok(AuditLog { queue: tx })
+    }
+
+    /// Queues a record; `done` runs once it is durable or has failed.
+    pub fn append(&self, event: AuditEvent, done: Completion) {
+        match self.queue.try_send(Pending { event, done }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(p)) | Err(TrySendError::Disconnected(p)) => (p.done)(Err(
+                KmsError::new(ErrorCode::Unavailable, "audit queue is full"),
+            )),
+        }
+    }
+
+    /// Appends and blocks until durable.
+    pub fn append_blocking(&self, event: AuditEvent) -> KmsResult<u64> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.append(event, Box::new(move |r| drop(tx.send(r))));
+        rx.recv()
+            .map_err(|_| KmsError::new(ErrorCode::Unavailable, "audit writer stopped"))?
+    }
+}
+
+impl Kms {
+    /// Audit records matching a query.
+    pub fn query_audit(&self, query: &AuditQuery) -> KmsResult<Vec<AuditRecord>> {
+        let rows = transact(self.store.as_ref(), |tx: &mut dyn Tx| tx.query_audit(query))?;
+        rows.iter()
+            .map(|r| {
+                serde_json::from_str(&r.record).map_err(|_| crate::engine::corrupt("audit record"))
+            })
+            .collect()
+    }
+
+    /// Walks the whole chain and names the first record that does not check out.
+    pub fn verify_audit(&self) -> KmsResult<AuditVerification> {
+        let key = self.audit_key().ok_or_else(KmsError::sealed)?;
+        let mut expected_seq = 1u64;
+        let mut prev = GENESIS.to_string();
+        let mut checked = 0u64;
+        let bad = |seq: u64, checked: u64, head: String| {
+            Ok(AuditVerification {
+                valid: false,
+                records: checked,
+                head,
+                first_bad_seq: Some(seq),
+            })
+        };
+        loop {
+            let query = AuditQuery {
+                after_seq: expected_seq - 1,
+                limit: 1000,
+                ..AuditQuery::default()
+            };
+            let rows = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+                tx.query_audit(&query)
+            })?;
+            if rows.is_empty() {
+                return Ok(AuditVerification {
+                    valid: true,
+                    records: checked,
+                    head: prev,
+                    first_bad_seq: None,
+                });
+            }
+            for row in rows {
+                if row.seq != expected_seq {
+                    return bad(expected_seq, checked, prev);
+                }
+                let Ok(rec) = serde_json::from_str::<AuditRecord>(&row.record) else {
+                    return bad(row.seq, checked, prev);
+                };
+                let consistent = rec.seq == row.seq
+                    && rec.prev_hash == prev
+                    && rec.principal == row.principal
+                    && rec.action == row.action
+                    && rec.key_id == row.key_id
+                    && rec.outcome == row.outcome;
+                let mac_ok = match unhex(&rec.hash) {
+                    Some(mac) => self.hsm.verify_mac(
+                        &key,
+                        MacAlgorithm::HmacSha256,
+                        &record_bytes(&rec)?,
+                        &mac,
+                    )?,
+                    None => false,
+                };
+                if !consistent || !mac_ok {
+                    return bad(row.seq, checked, prev);
+                }
+                prev = rec.hash;
+                checked += 1;
+                expected_seq += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339_ms(1_798_761_599_999), "2026-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(1_798_761_599), "2026-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        assert_eq!(
+            unhex(&hex(&[0, 1, 0xab, 0xff])),
+            Some(vec![0, 1, 0xab, 0xff])
+        );
+        assert_eq!(unhex("abc"), None);
+        assert_eq!(unhex("zz"), None);
+    }
+}

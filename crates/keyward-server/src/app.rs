@@ -1,0 +1,443 @@
+//! Shared state, the request pipeline, and the router.
+//!
+//! Every API call goes through [`call`]: authenticate → rate-limit → authorize (role) → run → append the audit
+//! record and wait until it is durable → respond. Failures at any step are audited too; if the audit record
+//! cannot be written, the request fails closed with `503 Unavailable`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use keyward_core::audit::{AuditEvent, AuditLog};
+use keyward_core::{Clock, ErrorCode, Kms, SystemClock};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::auth::{Auth, Principal};
+use crate::authz::{Action, Class};
+use crate::error::{json_response, ApiError};
+use crate::limiter::Limiter;
+use crate::metrics::{Metrics, Outcome};
+use crate::{handlers, Config};
+
+/// Largest request body (API: 1 MiB).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// Everything a request handler needs.
+pub struct App {
+    /// The engine.
+    pub kms: Arc<Kms>,
+    /// The audit writer.
+    pub audit: AuditLog,
+    /// Tokens.
+    pub auth: Auth,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Rate limiting.
+    pub limiter: Limiter,
+    /// This node's id.
+    pub node_id: String,
+    /// Effective configuration.
+    pub config: Config,
+    /// Wall clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Shared state.
+pub type AppState = Arc<App>;
+
+impl App {
+    /// Assembles the state.
+    pub fn new(kms: Arc<Kms>, audit: AuditLog, config: Config, node_id: String) -> Self {
+        let auth = Auth::new(kms_store(&kms));
+        App {
+            limiter: Limiter::new(config.rate_limit_per_second, config.rate_limit_burst),
+            kms,
+            audit,
+            auth,
+            metrics: Metrics::default(),
+            node_id,
+            config,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+fn kms_store(kms: &Kms) -> Arc<dyn keyward_store::Store> {
+    kms.store_handle()
+}
+
+/// Per-request facts gathered by the middleware.
+#[derive(Clone, Debug)]
+pub struct Meta {
+    /// The `x-request-id`.
+    pub request_id: String,
+    /// The client address.
+    pub source_ip: String,
+    /// The bearer token, if any.
+    pub bearer: Option<String>,
+    /// When the request arrived.
+    pub start: Instant,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Meta {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
+        let mut meta = parts
+            .extensions
+            .get::<Meta>()
+            .cloned()
+            .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "request context missing"))?;
+        meta.bearer = bearer(&parts.headers);
+        Ok(meta)
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let v = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+}
+
+/// The raw body, read with the size limit; parsing happens inside [`call`] so bad input is audited too.
+pub struct RawBody(pub Result<Bytes, ApiError>);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(RawBody(Bytes::from_request(req, state).await.map_err(
+            |e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(ErrorCode::PayloadTooLarge, "request body is over 1 MiB")
+                } else {
+                    ApiError::validation("request body could not be read")
+                }
+            },
+        )))
+    }
+}
+
+/// Parses a JSON body. Error messages name fields and positions, never values (which may be secrets).
+pub fn parse<T: DeserializeOwned>(body: &RawBody) -> Result<T, ApiError> {
+    let bytes = body.0.as_ref().map_err(Clone::clone)?;
+    let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { bytes };
+    serde_json::from_slice(bytes).map_err(|e| {
+        let text = e.to_string();
+        let detail = if text.starts_with("unknown field")
+            || text.starts_with("missing field")
+            || text.starts_with("invalid base64")
+        {
+            text.split(" at line")
+                .next()
+                .unwrap_or("invalid field")
+                .to_string()
+        } else if e.is_syntax() || e.is_eof() {
+            "malformed JSON".to_string()
+        } else {
+            "a field has the wrong type or an invalid value".to_string()
+        };
+        ApiError::validation(format!(
+            "{detail} (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+/// What a handler produced.
+pub struct Reply {
+    status: StatusCode,
+    body: Vec<u8>,
+    key_id: Option<String>,
+    version: Option<u32>,
+}
+
+impl Reply {
+    /// `200` with a JSON body.
+    pub fn ok<T: Serialize>(v: &T) -> Result<Reply, ApiError> {
+        Self::with_status(StatusCode::OK, v)
+    }
+
+    /// A JSON body with a status.
+    pub fn with_status<T: Serialize>(status: StatusCode, v: &T) -> Result<Reply, ApiError> {
+        let body = serde_json::to_vec(v)
+            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "response encoding failed"))?;
+        Ok(Reply {
+            status,
+            body,
+            key_id: None,
+            version: None,
+        })
+    }
+
+    /// `204 No Content`.
+    pub fn empty() -> Reply {
+        Reply {
+            status: StatusCode::NO_CONTENT,
+            body: Vec::new(),
+            key_id: None,
+            version: None,
+        }
+    }
+
+    /// Names the key and version for the audit record.
+    pub fn key(mut self, key_id: impl Into<String>, version: Option<u32>) -> Reply {
+        self.key_id = Some(key_id.into());
+        self.version = version;
+        self
+    }
+}
+
+/// Whether the work may block (store writes, key generation) and must leave the async workers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Microseconds of CPU: run on the async worker.
+    Inline,
+    /// Disk or long CPU: run on the blocking pool.
+    Blocking,
+}
+
+/// The request pipeline (see the module docs).
+pub async fn call<F>(
+    app: &AppState,
+    meta: &Meta,
+    action: Action,
+    key_ref: Option<String>,
+    mode: Mode,
+    f: F,
+) -> Response
+where
+    F: FnOnce(Arc<Principal>) -> Result<Reply, ApiError> + Send + 'static,
+{
+    let now = app.clock.now();
+    let (principal, result) = match authorize(app, meta, action, now) {
+        Err((p, e)) => (p, Err(e)),
+        Ok(p) => {
+            let pp = p.clone();
+            let result = match mode {
+                Mode::Inline => f(pp),
+                Mode::Blocking => tokio::task::spawn_blocking(move || f(pp))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ApiError::new(
+                            ErrorCode::Unavailable,
+                            "request worker failed",
+                        ))
+                    }),
+            };
+            (p, result)
+        }
+    };
+    let (outcome, error_code) = match &result {
+        Ok(_) => (Outcome::Allow, None),
+        Err(e)
+            if matches!(
+                e.code(),
+                ErrorCode::Unauthenticated | ErrorCode::AccessDenied | ErrorCode::Throttled
+            ) =>
+        {
+            (Outcome::Deny, Some(e.code().as_str().to_string()))
+        }
+        Err(e) => (Outcome::Error, Some(e.code().as_str().to_string())),
+    };
+    let (key_id, version) = match &result {
+        Ok(r) => (r.key_id.clone().or(key_ref), r.version),
+        Err(_) => (key_ref, None),
+    };
+    let event = AuditEvent {
+        time_ms: now_ms(),
+        request_id: meta.request_id.clone(),
+        principal: principal.name.clone(),
+        source_ip: meta.source_ip.clone(),
+        action: action.name().to_string(),
+        key_id,
+        version,
+        outcome: outcome.name(),
+        error_code,
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    app.audit.append(event, Box::new(move |r| drop(tx.send(r))));
+    let durable = rx.await.unwrap_or_else(|_| {
+        Err(keyward_core::KmsError::new(
+            ErrorCode::Unavailable,
+            "audit writer stopped",
+        ))
+    });
+    app.metrics.record(action, outcome, meta.start.elapsed());
+    if let Err(e) = durable {
+        app.metrics.audit_failed();
+        return ApiError(e).into_response();
+    }
+    match result {
+        Ok(reply) => json_response(reply.status, reply.body),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn authorize(
+    app: &AppState,
+    meta: &Meta,
+    action: Action,
+    now: i64,
+) -> Result<Arc<Principal>, (Arc<Principal>, ApiError)> {
+    let anonymous = || Arc::new(Principal::anonymous());
+    if action.class() == Class::Public {
+        return Ok(anonymous());
+    }
+    let token = meta.bearer.as_deref().unwrap_or("");
+    let principal = app
+        .auth
+        .authenticate(token, now)
+        .map_err(|e| (anonymous(), e))?;
+    if !app.limiter.allow(&principal.name) {
+        return Err((
+            principal,
+            ApiError::new(ErrorCode::Throttled, "rate limit exceeded; retry shortly"),
+        ));
+    }
+    if !principal.roles.iter().any(|r| r.allows(action)) {
+        let e = ApiError::new(
+            ErrorCode::AccessDenied,
+            format!("{} may not perform {}", principal.name, action.name()),
+        );
+        return Err((principal, e));
+    }
+    Ok(principal)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Assigns the request id, bounds the request time, and stamps `x-request-id` on the response.
+async fn context(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let source_ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    req.extensions_mut().insert(Meta {
+        request_id: request_id.clone(),
+        source_ip,
+        bearer: None,
+        start: Instant::now(),
+    });
+    let timeout = Duration::from_secs(app.config.request_timeout_seconds.max(1));
+    let mut resp = match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(ErrorCode::Unavailable, "request timed out").into_response(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+async fn not_found() -> Response {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint").into_response()
+}
+
+/// The API router.
+pub fn router(app: AppState) -> Router {
+    use handlers::{crypto, keys, sys};
+    Router::new()
+        .route("/v1/health", get(sys::health))
+        .route("/v1/sys/status", get(sys::status))
+        .route("/v1/sys/init", post(sys::init))
+        .route("/v1/sys/unseal", post(sys::unseal))
+        .route("/v1/sys/seal", post(sys::seal))
+        .route("/v1/sys/rotate-root", post(sys::rotate_root))
+        .route("/v1/openapi.json", get(sys::openapi))
+        .route("/metrics", get(sys::metrics))
+        .route("/v1/keys", post(keys::create).get(keys::list))
+        .route("/v1/keys/{key}", get(keys::describe).patch(keys::update))
+        .route("/v1/keys/{key}/enable", post(keys::enable))
+        .route("/v1/keys/{key}/disable", post(keys::disable))
+        .route("/v1/keys/{key}/rotate", post(keys::rotate))
+        .route("/v1/keys/{key}/versions", get(keys::versions))
+        .route(
+            "/v1/keys/{key}/versions/{n}/{action}",
+            post(keys::version_action),
+        )
+        .route("/v1/keys/{key}/primary", post(keys::set_primary))
+        .route(
+            "/v1/keys/{key}/schedule-deletion",
+            post(keys::schedule_deletion),
+        )
+        .route(
+            "/v1/keys/{key}/cancel-deletion",
+            post(keys::cancel_deletion),
+        )
+        .route("/v1/keys/{key}/public-key", get(keys::public_key))
+        .route(
+            "/v1/keys/{key}/import-parameters",
+            get(keys::import_parameters),
+        )
+        .route("/v1/keys/{key}/import", post(keys::import))
+        .route("/v1/keys/{key}/export", post(keys::export))
+        .route("/v1/aliases", get(keys::list_aliases))
+        .route(
+            "/v1/aliases/{name}",
+            put(keys::put_alias).delete(keys::delete_alias),
+        )
+        .route("/v1/keys/{key}/encrypt", post(crypto::encrypt))
+        .route("/v1/decrypt", post(crypto::decrypt_any))
+        .route("/v1/keys/{key}/decrypt", post(crypto::decrypt))
+        .route("/v1/keys/{key}/reencrypt", post(crypto::reencrypt))
+        .route("/v1/keys/{key}/data-key", post(crypto::data_key))
+        .route("/v1/keys/{key}/data-key-pair", post(crypto::data_key_pair))
+        .route("/v1/keys/{key}/sign", post(crypto::sign))
+        .route("/v1/keys/{key}/verify", post(crypto::verify))
+        .route("/v1/keys/{key}/mac", post(crypto::mac))
+        .route("/v1/keys/{key}/verify-mac", post(crypto::verify_mac))
+        .route("/v1/keys/{key}/derive", post(crypto::derive))
+        .route("/v1/keys/{key}/agree", post(crypto::agree))
+        .route("/v1/random", post(crypto::random))
+        .route("/v1/keys/{key}/csr", post(crate::pki::csr))
+        .route("/v1/keys/{key}/certificate", post(crate::pki::certificate))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(app.clone(), context))
+        .with_state(app)
+}
+
+/// A `Body` helper for handlers that stream nothing.
+pub fn text(status: StatusCode, content_type: &'static str, body: impl Into<Body>) -> Response {
+    let mut resp = (status, body.into()).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    resp
+}

@@ -1,0 +1,194 @@
+//! Tokens: 256 random bits, shown once, stored only as a SHA-256 hash.
+//!
+//! A token is looked up by its hash, so the comparison never touches the token itself; a token has far more
+//! entropy than any guessing attack can cover, which is what makes a fast hash sufficient (passwords, which
+//! do not, use Argon2id). Successful lookups are cached; revocation drops the cache entry.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use keyward_core::{ErrorCode, KmsError, KmsResult};
+use keyward_store::{transact, Store, Tx};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::authz::Role;
+use crate::error::ApiError;
+
+const TOKENS: &str = "token";
+const TOKEN_IDS: &str = "token_id";
+
+/// Who is calling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// Identity name.
+    pub name: String,
+    /// Built-in roles.
+    pub roles: Vec<Role>,
+    /// The token's id (not the token).
+    pub token_id: String,
+    /// Unix seconds.
+    pub expires_at: Option<i64>,
+}
+
+impl Principal {
+    /// The caller of an unauthenticated endpoint.
+    pub fn anonymous() -> Self {
+        Principal {
+            name: "anonymous".into(),
+            roles: Vec::new(),
+            token_id: String::new(),
+            expires_at: None,
+        }
+    }
+}
+
+/// A stored token (by hash).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Public id used for revocation.
+    pub token_id: String,
+    /// Identity name.
+    pub identity: String,
+    /// Role names.
+    pub roles: Vec<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub expires_at: Option<i64>,
+}
+
+/// Token issuing and checking.
+pub struct Auth {
+    store: Arc<dyn Store>,
+    cache: RwLock<HashMap<[u8; 32], Arc<Principal>>>,
+}
+
+fn token_hash(token: &str) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unauthenticated() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unauthenticated,
+        "missing, unknown, expired or revoked token",
+    )
+}
+
+impl Auth {
+    /// Token checks over a store.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Auth {
+            store,
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Issues a token. `fixed` sets the value (dev mode's `KEYWARD_DEV_ROOT_TOKEN`); otherwise 256 random bits.
+    pub fn mint(
+        &self,
+        identity: &str,
+        roles: &[Role],
+        now: i64,
+        ttl_seconds: Option<i64>,
+        fixed: Option<&str>,
+    ) -> KmsResult<(String, TokenRecord)> {
+        let token = match fixed {
+            Some(t) => t.to_string(),
+            None => {
+                let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+                aws_lc_rs::rand::fill(raw.as_mut()).map_err(|_| {
+                    KmsError::new(ErrorCode::Unavailable, "random generator failed")
+                })?;
+                format!(
+                    "kw.{}",
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref())
+                )
+            }
+        };
+        let mut id_raw = [0u8; 12];
+        aws_lc_rs::rand::fill(&mut id_raw)
+            .map_err(|_| KmsError::new(ErrorCode::Unavailable, "random generator failed"))?;
+        let rec = TokenRecord {
+            token_id: format!("tok_{}", hex(&id_raw)),
+            identity: identity.to_string(),
+            roles: roles.iter().map(|r| r.name().to_string()).collect(),
+            created_at: now,
+            expires_at: ttl_seconds.map(|t| now + t),
+        };
+        let hash = hex(&token_hash(&token));
+        let json = serde_json::to_vec(&rec)
+            .map_err(|_| KmsError::new(ErrorCode::Unavailable, "token encoding"))?;
+        transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            tx.put_meta(TOKENS, &hash, &json)?;
+            tx.put_meta(TOKEN_IDS, &rec.token_id, hash.as_bytes())
+        })?;
+        Ok((token, rec))
+    }
+
+    /// Checks a bearer token.
+    pub fn authenticate(&self, token: &str, now: i64) -> Result<Arc<Principal>, ApiError> {
+        if token.is_empty() || token.len() > 256 {
+            return Err(unauthenticated());
+        }
+        let hash = token_hash(token);
+        let cached = self.cache.read().get(&hash).cloned();
+        let principal = match cached {
+            Some(p) => p,
+            None => {
+                let rec = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+                    tx.get_meta(TOKENS, &hex(&hash))
+                })
+                .map_err(|e| ApiError(KmsError::from(e)))?
+                .ok_or_else(unauthenticated)?;
+                let rec: TokenRecord = serde_json::from_slice(&rec).map_err(|_| {
+                    ApiError::new(ErrorCode::Unavailable, "store corrupt: token record")
+                })?;
+                let p = Arc::new(Principal {
+                    name: rec.identity,
+                    roles: rec.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+                    token_id: rec.token_id,
+                    expires_at: rec.expires_at,
+                });
+                self.cache.write().insert(hash, p.clone());
+                p
+            }
+        };
+        if principal.expires_at.is_some_and(|t| t <= now) {
+            return Err(unauthenticated());
+        }
+        Ok(principal)
+    }
+
+    /// Revokes a token by id; false if there was none.
+    pub fn revoke(&self, token_id: &str) -> KmsResult<bool> {
+        let hash = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            let Some(hash) = tx.get_meta(TOKEN_IDS, token_id)? else {
+                return Ok(None);
+            };
+            let hash = String::from_utf8(hash).unwrap_or_default();
+            tx.delete_meta(TOKENS, &hash)?;
+            tx.delete_meta(TOKEN_IDS, token_id)?;
+            Ok::<_, KmsError>(Some(hash))
+        })?;
+        // Drop every cached principal of that token (the cache is keyed by hash).
+        self.cache.write().retain(|_, p| p.token_id != token_id);
+        Ok(hash.is_some())
+    }
+
+    /// Whether any token exists (the service was bootstrapped).
+    pub fn has_tokens(&self) -> KmsResult<bool> {
+        Ok(!transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            tx.list_meta(TOKEN_IDS)
+        })?
+        .is_empty())
+    }
+}

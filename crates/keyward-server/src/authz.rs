@@ -1,0 +1,183 @@
+//! Actions and built-in roles.
+//!
+//! Every endpoint is one `kms:<Action>`. Roles are fixed sets of actions with separation of duties: a
+//! key-admin manages keys but cannot use them, a key-user uses keys but cannot manage them, an auditor only
+//! reads. Evaluation is a bit test: the role table is built once.
+
+macro_rules! actions {
+    ($($variant:ident = $name:literal : $class:ident),+ $(,)?) => {
+        /// One API action.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum Action { $(#[doc = $name] $variant),+ }
+
+        impl Action {
+            /// Every action, in declaration order.
+            pub const ALL: &'static [Action] = &[$(Action::$variant),+];
+            /// The `kms:<Action>` name.
+            pub const fn name(self) -> &'static str { match self { $(Action::$variant => $name),+ } }
+            /// The class that decides which built-in roles may perform it.
+            pub const fn class(self) -> Class { match self { $(Action::$variant => Class::$class),+ } }
+            /// Parses `kms:<Action>`.
+            pub fn parse(s: &str) -> Option<Action> { match s { $($name => Some(Action::$variant),)+ _ => None } }
+        }
+    };
+}
+
+/// What kind of action, for the built-in roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// No authentication: health, status, init, unseal, login.
+    Public,
+    /// Operator actions on the service itself: admin only.
+    System,
+    /// Key management: admin, key-admin.
+    Manage,
+    /// Read key metadata: everyone authenticated with a role.
+    Read,
+    /// Cryptographic use: admin, key-user.
+    Use,
+    /// Audit and reports: admin, auditor.
+    Audit,
+    /// Identities, tokens, policies: admin only.
+    Access,
+}
+
+actions! {
+    Health = "kms:Health": Public,
+    Status = "kms:Status": Public,
+    Init = "kms:Init": Public,
+    Unseal = "kms:Unseal": Public,
+    Seal = "kms:Seal": System,
+    RotateRoot = "kms:RotateRoot": System,
+    Backup = "kms:Backup": System,
+    Restore = "kms:Restore": System,
+    GetMetrics = "kms:GetMetrics": System,
+    CreateKey = "kms:CreateKey": Manage,
+    ListKeys = "kms:ListKeys": Read,
+    DescribeKey = "kms:DescribeKey": Read,
+    UpdateKey = "kms:UpdateKey": Manage,
+    EnableKey = "kms:EnableKey": Manage,
+    DisableKey = "kms:DisableKey": Manage,
+    RotateKey = "kms:RotateKey": Manage,
+    ListKeyVersions = "kms:ListKeyVersions": Read,
+    EnableKeyVersion = "kms:EnableKeyVersion": Manage,
+    DisableKeyVersion = "kms:DisableKeyVersion": Manage,
+    ArchiveKeyVersion = "kms:ArchiveKeyVersion": Manage,
+    RestoreKeyVersion = "kms:RestoreKeyVersion": Manage,
+    DestroyKeyVersion = "kms:DestroyKeyVersion": Manage,
+    SetPrimaryVersion = "kms:SetPrimaryVersion": Manage,
+    ScheduleKeyDeletion = "kms:ScheduleKeyDeletion": Manage,
+    CancelKeyDeletion = "kms:CancelKeyDeletion": Manage,
+    GetPublicKey = "kms:GetPublicKey": Read,
+    GetImportParameters = "kms:GetImportParameters": Manage,
+    ImportKeyMaterial = "kms:ImportKeyMaterial": Manage,
+    ExportKey = "kms:ExportKey": Manage,
+    PutAlias = "kms:PutAlias": Manage,
+    DeleteAlias = "kms:DeleteAlias": Manage,
+    ListAliases = "kms:ListAliases": Read,
+    Encrypt = "kms:Encrypt": Use,
+    Decrypt = "kms:Decrypt": Use,
+    ReEncrypt = "kms:ReEncrypt": Use,
+    GenerateDataKey = "kms:GenerateDataKey": Use,
+    GenerateDataKeyPair = "kms:GenerateDataKeyPair": Use,
+    Sign = "kms:Sign": Use,
+    Verify = "kms:Verify": Use,
+    GenerateMac = "kms:GenerateMac": Use,
+    VerifyMac = "kms:VerifyMac": Use,
+    DeriveKey = "kms:DeriveKey": Use,
+    DeriveSharedSecret = "kms:DeriveSharedSecret": Use,
+    GenerateRandom = "kms:GenerateRandom": Use,
+    CreateCsr = "kms:CreateCsr": Use,
+    IssueCertificate = "kms:IssueCertificate": Use,
+    CreateIdentity = "kms:CreateIdentity": Access,
+    CreateToken = "kms:CreateToken": Access,
+    RevokeToken = "kms:RevokeToken": Access,
+    EnrollMfa = "kms:EnrollMfa": Access,
+    Login = "kms:Login": Public,
+    PutPolicy = "kms:PutPolicy": Access,
+    GetPolicy = "kms:GetPolicy": Access,
+    DeletePolicy = "kms:DeletePolicy": Access,
+    ListApprovals = "kms:ListApprovals": Read,
+    Approve = "kms:Approve": Manage,
+    Reject = "kms:Reject": Manage,
+    ReadAudit = "kms:ReadAudit": Audit,
+    VerifyAudit = "kms:VerifyAudit": Audit,
+    GetComplianceReport = "kms:GetComplianceReport": Audit,
+    DestroyKey = "kms:DestroyKey": System,
+}
+
+/// A built-in role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Manage keys, never use them.
+    KeyAdmin,
+    /// Use keys, never manage them.
+    KeyUser,
+    /// Read audit and reports.
+    Auditor,
+}
+
+impl Role {
+    /// Parses a role name.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "key-admin" => Some(Role::KeyAdmin),
+            "key-user" => Some(Role::KeyUser),
+            "auditor" => Some(Role::Auditor),
+            _ => None,
+        }
+    }
+
+    /// The role's name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::KeyAdmin => "key-admin",
+            Role::KeyUser => "key-user",
+            Role::Auditor => "auditor",
+        }
+    }
+
+    /// Whether the role allows an action.
+    pub const fn allows(self, action: Action) -> bool {
+        matches!(
+            (self, action.class()),
+            (_, Class::Public)
+                | (Role::Admin, _)
+                | (Role::KeyAdmin, Class::Manage | Class::Read)
+                | (Role::KeyUser, Class::Use | Class::Read)
+                | (Role::Auditor, Class::Audit | Class::Read)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_parse_back() {
+        let mut seen = std::collections::HashSet::new();
+        for a in Action::ALL {
+            assert!(seen.insert(a.name()), "duplicate {}", a.name());
+            assert_eq!(Action::parse(a.name()), Some(*a));
+        }
+    }
+
+    #[test]
+    fn separation_of_duties() {
+        assert!(
+            Role::KeyAdmin.allows(Action::CreateKey) && !Role::KeyAdmin.allows(Action::Encrypt)
+        );
+        assert!(
+            Role::KeyUser.allows(Action::Decrypt)
+                && !Role::KeyUser.allows(Action::ScheduleKeyDeletion)
+        );
+        assert!(Role::Auditor.allows(Action::ReadAudit) && !Role::Auditor.allows(Action::Sign));
+        assert!(!Role::KeyAdmin.allows(Action::Seal) && Role::Admin.allows(Action::Seal));
+    }
+}

@@ -1,0 +1,208 @@
+//! Configuration: a TOML file, then environment variables, then flags (flags win). Unknown keys in the file
+//! are an error, not silently ignored: a misspelt `tls_cert` must not start a plain-HTTP server.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The server's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listen address (`KEYWARD_LISTEN`).
+    pub listen: SocketAddr,
+    /// Data directory (`KEYWARD_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// Store URL (`KEYWARD_STORE`): `sqlite://PATH` or `postgres://...`.
+    pub store: Option<String>,
+    /// PEM certificate chain (`KEYWARD_TLS_CERT`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (`KEYWARD_TLS_KEY`).
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: when set, clients may authenticate with certificates it issued.
+    pub tls_client_ca: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback address.
+    pub insecure_http: bool,
+    /// Development mode: embedded store, initialised and unsealed at start. Never for production.
+    pub dev: bool,
+    /// Requests per second allowed per principal (0 turns limiting off).
+    pub rate_limit_per_second: u32,
+    /// Burst size per principal.
+    pub rate_limit_burst: u32,
+    /// Longest time a request may take.
+    pub request_timeout_seconds: u64,
+    /// How often scheduled rotation and destruction run.
+    pub background_interval_seconds: u64,
+    /// This node's id (defaults to a value kept in the data directory).
+    pub node_id: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9700)),
+            data_dir: PathBuf::from("./keyward-data"),
+            store: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            insecure_http: false,
+            dev: false,
+            rate_limit_per_second: 20_000,
+            rate_limit_burst: 40_000,
+            request_timeout_seconds: 30,
+            background_interval_seconds: 60,
+            node_id: None,
+        }
+    }
+}
+
+/// Values given on the command line or in the environment; `None` leaves the file's (or default) value.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--store`.
+    pub store: Option<String>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// `--tls-client-ca`.
+    pub tls_client_ca: Option<PathBuf>,
+    /// `--insecure-http`.
+    pub insecure_http: bool,
+    /// `--dev`.
+    pub dev: bool,
+}
+
+impl Config {
+    /// Reads the TOML file (if any) and applies the overrides.
+    pub fn load(file: Option<&Path>, o: Overrides) -> Result<Config, String> {
+        let mut c = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+                toml::from_str::<Config>(&text)
+                    .map_err(|e| format!("config file {}: {}", path.display(), e.message()))?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = o.listen {
+            c.listen = v;
+        }
+        if let Some(v) = o.data_dir {
+            c.data_dir = v;
+        }
+        if o.store.is_some() {
+            c.store = o.store;
+        }
+        if o.tls_cert.is_some() {
+            c.tls_cert = o.tls_cert;
+        }
+        if o.tls_key.is_some() {
+            c.tls_key = o.tls_key;
+        }
+        if o.tls_client_ca.is_some() {
+            c.tls_client_ca = o.tls_client_ca;
+        }
+        c.insecure_http |= o.insecure_http;
+        c.dev |= o.dev;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Refuses combinations that would be unsafe or cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("tls_cert and tls_key go together".into());
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err("tls_client_ca needs tls_cert and tls_key".into());
+        }
+        if self.tls_cert.is_none() && !self.listen.ip().is_loopback() && !self.insecure_http {
+            return Err(format!(
+                "refusing plain HTTP on {}: configure tls_cert/tls_key, or pass --insecure-http",
+                self.listen
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where the SQLite database lives.
+    pub fn sqlite_path(&self) -> Result<PathBuf, String> {
+        match self.store.as_deref() {
+            None => Ok(self.data_dir.join("keyward.db")),
+            Some(url) => match url.strip_prefix("sqlite://") {
+                Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
+                _ if url.starts_with("postgres://") || url.starts_with("postgresql://") => Err(
+                    "the PostgreSQL store is not part of this build yet; use sqlite://PATH".into(),
+                ),
+                _ => Err(format!(
+                    "unsupported store URL scheme in '{}': use sqlite://PATH",
+                    url.split("://").next().unwrap_or("")
+                )),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused_and_flags_win() {
+        let dir = tempfile_dir();
+        let path = dir.join("k.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9800\"\ntls_crt = \"x\"\n").unwrap_or_default();
+        assert!(Config::load(Some(&path), Overrides::default())
+            .unwrap_err()
+            .contains("tls_crt"));
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9800\"\nrate_limit_per_second = 5\n",
+        )
+        .unwrap_or_default();
+        let c = Config::load(Some(&path), Overrides::default()).unwrap_or_default();
+        assert_eq!((c.listen.port(), c.rate_limit_per_second), (9800, 5));
+        let o = Overrides {
+            listen: Some("127.0.0.1:9900".parse().unwrap_or(c.listen)),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            Config::load(Some(&path), o)
+                .unwrap_or_default()
+                .listen
+                .port(),
+            9900
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn plain_http_off_loopback_needs_the_flag() {
+        let mut c = Config {
+            listen: "0.0.0.0:9700".parse().unwrap_or(Config::default().listen),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        c.insecure_http = true;
+        assert!(c.validate().is_ok());
+        assert!(Config {
+            store: Some("mysql://x".into()),
+            ..Config::default()
+        }
+        .sqlite_path()
+        .is_err());
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("keyward-config-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&d);
+        d
+    }
+}

@@ -1,0 +1,86 @@
+//! Between wire types and engine types.
+
+use keyward_api::{KeyObject, Quorum, VersionObject};
+use keyward_core::audit::rfc3339;
+use keyward_core::{
+    EncryptionAlgorithm, KeyInfo, KeySpec, KeyUsage, MacAlgorithm, SigningAlgorithm, VersionInfo,
+};
+
+use crate::error::ApiError;
+
+/// A key for the API.
+pub fn key_object(k: &KeyInfo) -> KeyObject {
+    KeyObject {
+        key_id: k.key_id.clone(),
+        alias: k.alias.clone(),
+        spec: k.spec.as_str().into(),
+        usage: k.usage.as_str().into(),
+        state: k.state.as_str().into(),
+        description: k.description.clone(),
+        tags: k.tags.clone(),
+        created_at: rfc3339(k.created_at),
+        primary_version: k.primary_version,
+        min_decryption_version: k.min_decryption_version,
+        rotation_period_days: k.rotation_period_days,
+        next_rotation_at: k.next_rotation_at.map(rfc3339),
+        last_rotated_at: k.last_rotated_at.map(rfc3339),
+        deletion_date: k.deletion_date.map(rfc3339),
+        origin: k.origin.as_str().into(),
+        exportable: k.exportable,
+        quorum: k.quorum_approvals.map(|approvals| Quorum { approvals }),
+    }
+}
+
+/// A version for the API.
+pub fn version_object(v: &VersionInfo) -> VersionObject {
+    VersionObject {
+        version: v.version,
+        state: v.state.as_str().into(),
+        created_at: rfc3339(v.created_at),
+        destroyed_at: v.destroyed_at.map(rfc3339),
+    }
+}
+
+fn named<T>(what: &str, value: &str, parse: impl Fn(&str) -> Option<T>) -> Result<T, ApiError> {
+    parse(value)
+        .ok_or_else(|| ApiError::validation(format!("unknown {what} '{}'", value.escape_debug())))
+}
+
+/// Parses a key spec.
+pub fn spec(s: &str) -> Result<KeySpec, ApiError> {
+    named("key spec", s, KeySpec::parse)
+}
+
+/// Parses a usage.
+pub fn usage(s: &str) -> Result<KeyUsage, ApiError> {
+    named("key usage", s, KeyUsage::parse)
+}
+
+/// Parses an encryption algorithm.
+pub fn encryption_algorithm(s: Option<&str>) -> Result<Option<EncryptionAlgorithm>, ApiError> {
+    s.map(|s| named("encryption algorithm", s, EncryptionAlgorithm::parse))
+        .transpose()
+}
+
+/// Parses a signing algorithm.
+pub fn signing_algorithm(s: &str) -> Result<SigningAlgorithm, ApiError> {
+    named("signing algorithm", s, SigningAlgorithm::parse)
+}
+
+/// Parses a MAC algorithm.
+pub fn mac_algorithm(s: &str) -> Result<MacAlgorithm, ApiError> {
+    named("MAC algorithm", s, MacAlgorithm::parse)
+}
+
+/// PEM armour of a DER blob.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}

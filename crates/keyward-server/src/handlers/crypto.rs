@@ -1,0 +1,490 @@
+//! Cryptographic operations. These run inline on the async workers: they take microseconds and touch no disk
+//! (keys come from the engine's cache), except where noted.
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use keyward_api::{
+    AgreeRequest, AgreeResponse, BatchItem, BatchResponse, Context, DataKeyPairRequest,
+    DataKeyPairResponse, DataKeyRequest, DataKeyResponse, DecryptBody, DecryptRequest,
+    DecryptResponse, DeriveRequest, DeriveResponse, EncryptBody, EncryptRequest, EncryptResponse,
+    MacRequest, MacResponse, RandomRequest, RandomResponse, ReencryptBody, ReencryptRequest,
+    SecretB64, SignRequest, SignResponse, Validity, VerifyMacRequest, VerifyRequest, B64,
+};
+use keyward_core::{Kms, SignInput};
+
+use crate::app::{call, parse, AppState, Meta, Mode, RawBody, Reply};
+use crate::authz::Action;
+use crate::convert::{encryption_algorithm, mac_algorithm, signing_algorithm, spec};
+use crate::error::ApiError;
+
+/// Most items in one batch.
+pub const MAX_BATCH: usize = 1000;
+
+fn ctx(c: Option<Context>) -> Context {
+    c.unwrap_or_default()
+}
+
+fn secret(s: keyward_core::SecretBytes) -> SecretB64 {
+    SecretB64::new(s.expose().to_vec())
+}
+
+fn batch<T, R>(
+    items: Vec<T>,
+    f: impl Fn(T) -> Result<R, ApiError>,
+) -> Result<BatchResponse<R>, ApiError> {
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(ApiError::validation(format!(
+            "a batch has 1 to {MAX_BATCH} items"
+        )));
+    }
+    Ok(BatchResponse {
+        items: items
+            .into_iter()
+            .map(|i| {
+                f(i).map(BatchItem::Ok)
+                    .unwrap_or_else(|e| BatchItem::Err(e.body()))
+            })
+            .collect(),
+    })
+}
+
+fn encrypt_one(kms: &Kms, key: &str, r: EncryptRequest) -> Result<EncryptResponse, ApiError> {
+    let alg = encryption_algorithm(r.algorithm.as_deref())?;
+    let e = kms.encrypt(key, r.plaintext.expose(), &ctx(r.context), alg)?;
+    Ok(EncryptResponse {
+        ciphertext: B64(e.ciphertext),
+        key_id: e.key_id.to_string(),
+        version: e.version,
+    })
+}
+
+/// `POST /v1/keys/{key}/encrypt` (single or batch).
+pub async fn encrypt(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(key): Path<String>,
+    body: RawBody,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::Encrypt,
+        Some(key.clone()),
+        Mode::Inline,
+        move |_| {
+            let b: EncryptBody = parse(&body)?;
+            match (b.items, b.plaintext) {
+                (Some(items), None) if b.context.is_none() && b.algorithm.is_none() => {
+                    Reply::ok(&batch(items, |i| encrypt_one(&a.kms, &key, i))?)
+                }
+                (None, Some(plaintext)) => {
+                    let r = encrypt_one(
+                        &a.kms,
+                        &key,
+                        EncryptRequest {
+                            plaintext,
+                            context: b.context,
+                            algorithm: b.algorithm,
+                        },
+                    )?;
+                    let (id, v) = (r.key_id.clone(), r.version);
+                    Reply::ok(&r).map(|x| x.key(id, Some(v)))
+                }
+                _ => Err(ApiError::validation("give either plaintext or items")),
+            }
+        },
+    )
+    .await
+}
+
+fn decrypt_one(
+    kms: &Kms,
+    key: Option<&str>,
+    r: DecryptRequest,
+) -> Result<DecryptResponse, ApiError> {
+    let alg = encryption_algorithm(r.algorithm.as_deref())?;
+    let d = kms.decrypt(key, &r.ciphertext.0, &ctx(r.context), alg)?;
+    Ok(DecryptResponse {
+        plaintext: secret(d.plaintext),
+        key_id: d.key_id.to_string(),
+        version: d.version,
+    })
+}
+
+async fn decrypt_with(app: AppState, meta: Meta, key: Option<String>, body: RawBody) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::Decrypt,
+        key.clone(),
+        Mode::Inline,
+        move |_| {
+            let b: DecryptBody = parse(&body)?;
+            match (b.items, b.ciphertext) {
+                (Some(items), None) if b.context.is_none() && b.algorithm.is_none() => {
+                    Reply::ok(&batch(items, |i| decrypt_one(&a.kms, key.as_deref(), i))?)
+                }
+                (None, Some(ciphertext)) => {
+                    let req = DecryptRequest {
+                        ciphertext,
+                        context: b.context,
+                        algorithm: b.algorithm,
+                    };
+                    let r = decrypt_one(&a.kms, key.as_deref(), req)?;
+                    let (id, v) = (r.key_id.clone(), r.version);
+                    Reply::ok(&r).map(|x| x.key(id, Some(v)))
+                }
+                _ => Err(ApiError::validation("give either ciphertext or items")),
+            }
+        },
+    )
+    .await
+}
+
+/// `POST /v1/decrypt`: the key is read from the ciphertext.
+pub async fn decrypt_any(State(app): State<AppState>, meta: Meta, body: RawBody) -> Response {
+    decrypt_with(app, meta, None, body).await
+}
+
+/// `POST /v1/keys/{key}/decrypt`.
+pub async fn decrypt(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(key): Path<String>,
+    body: RawBody,
+) -> Response {
+    decrypt_with(app, meta, Some(key), body).await
+}
+
+fn reencrypt_one(kms: &Kms, key: &str, r: ReencryptRequest) -> Result<EncryptResponse, ApiError> {
+    let e = kms.reencrypt(
+        key,
+        &r.ciphertext.0,
+        &ctx(r.context),
+        r.new_context.as_ref(),
+    )?;
+    Ok(EncryptResponse {
+        ciphertext: B64(e.ciphertext),
+        key_id: e.key_id.to_string(),
+        version: e.version,
+    })
+}
+
+/// `POST /v1/keys/{key}/reencrypt` (single or batch).
+pub async fn reencrypt(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(key): Path<String>,
+    body: RawBody,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::ReEncrypt,
+        Some(key.clone()),
+        Mode::Inline,
+        move |_| {
+            let b: ReencryptBody = parse(&body)?;
+            match (b.items, b.ciphertext) {
+                (Some(items), None) if b.context.is_none() && b.new_context.is_none() => {
+                    Reply::ok(&batch(items, |i| reencrypt_one(&a.kms, &key, i))?)
+                }
+                (None, Some(ciphertext)) => {
+                    let req = ReencryptRequest {
+                        ciphertext,
+                        context: b.context,
+                        new_context: b.new_context,
+                    };
+                    let r = reencrypt_one(&a.kms, &key, req)?;
+                    let (id, v) = (r.key_id.clone(), r.version);
+                    Reply::ok(&r).map(|x| x.key(id, Some(v)))
+                }
+                _ => Err(ApiError::validation("give either ciphertext or items")),
+            }
+        },
+    )
+    .await
+}
+
+/// `POST /v1/keys/{key}/data-key`.
+pub async fn data_key(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(key): Path<String>,
+    body: RawBody,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::GenerateDataKey,
+        Some(key.clone()),
+        Mode::Inline,
+        move |_| {
+            let r: DataKeyRequest = parse(&body)?;
+            let s = spec(&r.spec)?;
+            let d = a.kms.generate_data_key(
+                &key,
+                s,
+                &ctx(r.context),
+                r.include_plaintext.unwrap_or(true),
+            )?;
+            let (id, v) = (d.key_id.to_string(), d.version);
+            Reply::ok(&DataKeyResponse {
+                plaintext: d.plaintext.map(secret),
+                ciphertext: B64(d.ciphertext),
+                key_id: id.clone(),
+                version: v,
+            })
+            .map(|x| x.key(id, Some(v)))
+        },
+    )
+    .await
+}
+
+/// `POST /v1/keys/{key}/data-key-pair` (blocking: RSA key generation takes milliseconds to seconds).
+pub async fn data_key_pair(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(key): Path<String>,
+    body: RawBody,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::GenerateDataKeyPair,
+        Some(key.clone()),
+        Mode::Blocking,
+        move |_| {
+            let r: DataKeyPairRequest = parse(&body)?;
+            let s = spec(&r.spec)?;
+            let d = a.kms.generate_data_key_pair(
+                &key,
+                s,
+                &ctx(r.context),
+                r.include_plaintext.unwrap_or(true),
+            )?;
+            let (id, v) = (d.key_id.to_string(), d.version);
+            Reply::ok(&DataKeyPairResponse {
+                public_key_der: B64(d.public_key_der),
+                private_key_ciphertext: B64(d.private_key_ciphertext),
+                private_key_der: d.private_key_der.map(secret),
+                key_id: id.clone(),
+                version: v,
+            })
+            .map(|x| x.key(id, Some(v)))
+        },
+    )
+    .await
+}
+
+fn sign_input<'a>(
+    message: &'a Option<B64>,
+    digest: &'a Option<B64>,
+) -> Result<SignInput<'a>, ApiError> {
+    match (message, digest) {
+        (Some(m), None) => Ok(SignInput::Message(&m.0)),
+        (None, Some(d)) => Ok(SignInput::Digest(&d.0)),
+        _ => Err(ApiError::validation(
+            "give exactly one of message or digest",
+        )),
+    }
+}
+
+/// `POST /v1/keys/{key}/sign`.
+pub async fn sign(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(key): Path<String>,
+    body: RawBody,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::Sign,
+        Some(key.clone()),
+        Mode::Inline,
+        move |_| {
+            let r: SignRequest = parse(&body)?;
+            let alg = signing_algorithm(&r.algorithm)?;
+            let s = a.kms.sign(&key, sign_input(&r.message, &r.digest)?, alg)?;
+            let (id, v) = (s.key_id.to_string(), s.version);
+            Reply::ok(&SignResponse {
+                signature: B64(s.signature),
+                key_id: id.clone(),
+                version: v,
+                algorithm: alg.as_str().into(),
+            })
+            .map(|x| x.key(id, Some(v)))
+        },
+    )
+    .await
+}
+
+/// `POST /v1/keys/{key}/verify`.
+pub async fn verify(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(key): Path<String>,
+    body: RawBody,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::Verify,
+        Some(key.clone()),
+        Mode::Inline,
+        move |_| {
+            let r: VerifyRequest = parse(&body)?;
+            let alg = signing_algorithm(&r.algorithm)?;
+            let valid = a.kms.verify(
+                &key,
+                sign_input(&r.message, &r.digest)?,
+                &r.signature.0,
+                alg,
+                r.version,
+            )?;
+            Reply::ok(&Validity { valid })
+        },
+    )
+    .await
+}
+
+/// `POST /v1/keys/{key}/mac`.
+pub async fn mac(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(key): Path<String>,
+    body: RawBody,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::GenerateMac,
+        Some(key.clone()),
+        Mode::Inline,
+        move |_| {
+            let r: MacRequest = parse(&body)?;
+            let m = a
+                .kms
+                .mac(&key, &r.message.0, mac_algorithm(&r.algorithm)?)?;
+            let (id, v) = (m.key_id.to_string(), m.version);
+            Reply::ok(&MacResponse {
+                mac: B64(m.mac),
+                key_id: id.clone(),
+                version: v,
+            })
+            .map(|x| x.key(id, Some(v)))
+        },
+    )
+    .await
+}
+
+/// `POST /v1/keys/{key}/verify-mac`.
+pub async fn verify_mac(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(key): Path<String>,
+    body: RawBody,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::VerifyMac,
+        Some(key.clone()),
+        Mode::Inline,
+        move |_| {
+            let r: VerifyMacRequest = parse(&body)?;
+            let valid =
+                a.kms
+                    .verify_mac(&key, &r.message.0, &r.mac.0, mac_algorithm(&r.algorithm)?)?;
+            Reply::ok(&Validity { valid })
+        },
+    )
+    .await
+}
+
+/// `POST /v1/keys/{key}/derive`.
+pub async fn derive(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(key): Path<String>,
+    body: RawBody,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::DeriveKey,
+        Some(key.clone()),
+        Mode::Inline,
+        move |_| {
+            let r: DeriveRequest = parse(&body)?;
+            let d = a.kms.derive(
+                &key,
+                &r.context.0,
+                r.length,
+                r.include_plaintext.unwrap_or(false),
+            )?;
+            let (id, v) = (d.key_id.to_string(), d.version);
+            Reply::ok(&DeriveResponse {
+                ciphertext: B64(d.ciphertext),
+                plaintext: d.plaintext.map(secret),
+            })
+            .map(|x| x.key(id, Some(v)))
+        },
+    )
+    .await
+}
+
+/// `POST /v1/keys/{key}/agree`.
+pub async fn agree(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(key): Path<String>,
+    body: RawBody,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::DeriveSharedSecret,
+        Some(key.clone()),
+        Mode::Inline,
+        move |_| {
+            let r: AgreeRequest = parse(&body)?;
+            let s = a.kms.agree(&key, &r.peer_public_key_der.0)?;
+            Reply::ok(&AgreeResponse {
+                shared_secret: secret(s),
+            })
+        },
+    )
+    .await
+}
+
+/// `POST /v1/random`.
+pub async fn random(State(app): State<AppState>, meta: Meta, body: RawBody) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::GenerateRandom,
+        None,
+        Mode::Inline,
+        move |_| {
+            let r: RandomRequest = parse(&body)?;
+            Reply::ok(&RandomResponse {
+                random: B64(a.kms.random(r.length)?),
+            })
+        },
+    )
+    .await
+}

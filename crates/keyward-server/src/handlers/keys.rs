@@ -1,0 +1,368 @@
+//! Key management: `/v1/keys*` (except cryptographic operations) and `/v1/aliases*`.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use base64::Engine as _;
+use keyward_api::{
+    page_limit, AliasList, AliasObject, CreateKeyRequest, ExportRequest, ExportResponse,
+    ImportParametersResponse, ImportRequest, KeyList, PublicKeyResponse, PutAliasRequest,
+    ScheduleDeletionRequest, SetPrimaryRequest, UpdateKeyRequest, VersionList, B64,
+};
+use keyward_core::audit::rfc3339;
+use keyward_core::{CreateKey, KeyFilter, KeyState, Origin, UpdateKey, VersionAction};
+
+use crate::app::{call, parse, AppState, Meta, Mode, RawBody, Reply};
+use crate::authz::Action;
+use crate::convert::{key_object, pem, spec, usage, version_object};
+use crate::error::ApiError;
+
+type Q = Query<HashMap<String, String>>;
+
+fn encode_token(s: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
+fn decode_token(s: &str) -> Result<String, ApiError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| ApiError::validation("next_token is not one this service issued"))
+}
+
+fn only(query: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
+    match query.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::validation(format!(
+            "unknown query parameter '{}'",
+            k.escape_debug()
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn limit(query: &HashMap<String, String>) -> Result<usize, ApiError> {
+    let n = query
+        .get("limit")
+        .map(|v| {
+            v.parse::<usize>()
+                .map_err(|_| ApiError::validation("limit must be a number"))
+        })
+        .transpose()?;
+    page_limit(n).map_err(ApiError::validation)
+}
+
+/// `POST /v1/keys`.
+pub async fn create(State(app): State<AppState>, meta: Meta, body: RawBody) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::CreateKey,
+        None,
+        Mode::Blocking,
+        move |_| {
+            let req: CreateKeyRequest = parse(&body)?;
+            let mut c = CreateKey::new(spec(&req.spec)?);
+            c.usage = req.usage.as_deref().map(usage).transpose()?;
+            c.description = req.description.unwrap_or_default();
+            c.alias = req.alias;
+            c.tags = req.tags.unwrap_or_default();
+            c.rotation_period_days = req.rotation_period_days;
+            c.exportable = req.exportable.unwrap_or(false);
+            c.origin = match req.origin.as_deref() {
+                None => Origin::Keyward,
+                Some(o) => Origin::parse(o).ok_or_else(|| {
+                    ApiError::validation(format!("unknown origin '{}'", o.escape_debug()))
+                })?,
+            };
+            c.quorum_approvals = req.quorum.map(|q| q.approvals);
+            c.allow_legacy = req.allow_legacy.unwrap_or(false);
+            let info = a.kms.create_key(c)?;
+            Reply::with_status(axum::http::StatusCode::CREATED, &key_object(&info))
+                .map(|r| r.key(info.key_id, Some(1)))
+        },
+    )
+    .await
+}
+
+/// `GET /v1/keys?state=&spec=&tag=k:v&limit=&next_token=`.
+pub async fn list(State(app): State<AppState>, meta: Meta, Query(q): Q) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::ListKeys,
+        None,
+        Mode::Blocking,
+        move |_| {
+            only(&q, &["state", "spec", "tag", "limit", "next_token"])?;
+            let filter = KeyFilter {
+                state: q
+                    .get("state")
+                    .map(|s| {
+                        KeyState::parse(s)
+                            .ok_or_else(|| ApiError::validation("unknown state filter"))
+                    })
+                    .transpose()?,
+                spec: q.get("spec").map(|s| spec(s)).transpose()?,
+                tag: q
+                    .get("tag")
+                    .map(|t| {
+                        t.split_once(':')
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .ok_or_else(|| ApiError::validation("tag filter is key:value"))
+                    })
+                    .transpose()?,
+            };
+            let after = q.get("next_token").map(|t| decode_token(t)).transpose()?;
+            let (keys, next) = a.kms.list_keys(&filter, after.as_deref(), limit(&q)?)?;
+            Reply::ok(&KeyList {
+                keys: keys.iter().map(key_object).collect(),
+                next_token: next.as_deref().map(encode_token),
+            })
+        },
+    )
+    .await
+}
+
+macro_rules! key_op {
+    ($(#[$m:meta])* $name:ident, $action:expr, |$a:ident, $key:ident, $body:ident| $work:expr) => {
+        $(#[$m])*
+        pub async fn $name(State(app): State<AppState>, meta: Meta, Path($key): Path<String>, $body: RawBody) -> Response {
+            let $a = app.clone();
+            let key_ref = $key.clone();
+            call(&app, &meta, $action, Some(key_ref), Mode::Blocking, move |_| {
+                let _ = &$body;
+                $work
+            })
+            .await
+        }
+    };
+}
+
+fn key_reply(info: keyward_core::KeyInfo) -> Result<Reply, ApiError> {
+    Reply::ok(&key_object(&info)).map(|r| r.key(info.key_id, Some(info.primary_version)))
+}
+
+key_op!(
+    /// `GET /v1/keys/{key}`.
+    describe, Action::DescribeKey, |a, key, body| key_reply(a.kms.describe_key(&key)?)
+);
+
+key_op!(
+    /// `PATCH /v1/keys/{key}`.
+    update, Action::UpdateKey, |a, key, body| {
+        let req: UpdateKeyRequest = parse(&body)?;
+        let patch = UpdateKey {
+            description: req.description,
+            tags: req.tags,
+            rotation_period_days: req.rotation_period_days,
+            min_decryption_version: req.min_decryption_version,
+        };
+        key_reply(a.kms.update_key(&key, patch)?)
+    }
+);
+
+key_op!(
+    /// `POST /v1/keys/{key}/enable`.
+    enable, Action::EnableKey, |a, key, body| key_reply(a.kms.enable_key(&key)?)
+);
+
+key_op!(
+    /// `POST /v1/keys/{key}/disable`.
+    disable, Action::DisableKey, |a, key, body| key_reply(a.kms.disable_key(&key)?)
+);
+
+key_op!(
+    /// `POST /v1/keys/{key}/rotate`.
+    rotate, Action::RotateKey, |a, key, body| key_reply(a.kms.rotate_key(&key)?)
+);
+
+key_op!(
+    /// `GET /v1/keys/{key}/versions`.
+    versions, Action::ListKeyVersions, |a, key, body| {
+        let v = a.kms.list_versions(&key)?;
+        Reply::ok(&VersionList { versions: v.iter().map(version_object).collect() })
+    }
+);
+
+key_op!(
+    /// `POST /v1/keys/{key}/primary`.
+    set_primary, Action::SetPrimaryVersion, |a, key, body| {
+        let req: SetPrimaryRequest = parse(&body)?;
+        key_reply(a.kms.set_primary(&key, req.version)?)
+    }
+);
+
+key_op!(
+    /// `POST /v1/keys/{key}/schedule-deletion`.
+    schedule_deletion, Action::ScheduleKeyDeletion, |a, key, body| {
+        let req: ScheduleDeletionRequest = parse(&body)?;
+        key_reply(a.kms.schedule_deletion(&key, req.pending_days.unwrap_or(30))?)
+    }
+);
+
+key_op!(
+    /// `POST /v1/keys/{key}/cancel-deletion`.
+    cancel_deletion, Action::CancelKeyDeletion, |a, key, body| key_reply(a.kms.cancel_deletion(&key)?)
+);
+
+key_op!(
+    /// `GET /v1/keys/{key}/public-key`.
+    public_key, Action::GetPublicKey, |a, key, body| {
+        let pk = a.kms.public_key(&key)?;
+        Reply::ok(&PublicKeyResponse {
+            key_id: pk.key_id.to_string(),
+            version: pk.version,
+            spec: pk.spec.as_str().into(),
+            public_key_pem: pem("PUBLIC KEY", &pk.der),
+            public_key_der: B64(pk.der),
+        })
+        .map(|r| r.key(pk.key_id.to_string(), Some(pk.version)))
+    }
+);
+
+key_op!(
+    /// `GET /v1/keys/{key}/import-parameters`.
+    import_parameters, Action::GetImportParameters, |a, key, body| {
+        let p = a.kms.import_parameters(&key)?;
+        Reply::ok(&ImportParametersResponse {
+            wrapping_public_key_der: B64(p.wrapping_public_key_der),
+            import_token: p.import_token,
+            expires_at: rfc3339(p.expires_at),
+        })
+    }
+);
+
+key_op!(
+    /// `POST /v1/keys/{key}/import`.
+    import, Action::ImportKeyMaterial, |a, key, body| {
+        let req: ImportRequest = parse(&body)?;
+        key_reply(a.kms.import_key_material(&key, &req.import_token, req.wrapped_key_material.expose())?)
+    }
+);
+
+key_op!(
+    /// `POST /v1/keys/{key}/export`.
+    export, Action::ExportKey, |a, key, body| {
+        let req: ExportRequest = parse(&body)?;
+        let wrapped = a.kms.export_key(&key, &req.wrapping_public_key_der.0, req.version)?;
+        Reply::ok(&ExportResponse { wrapped_key_material: B64(wrapped) })
+    }
+);
+
+/// `POST /v1/keys/{key}/versions/{n}/{enable|disable|archive|restore|destroy}`.
+pub async fn version_action(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path((key, n, action)): Path<(String, String, String)>,
+) -> Response {
+    let act = VersionAction::parse(&action);
+    let audit_action = match act {
+        Some(VersionAction::Enable) => Action::EnableKeyVersion,
+        Some(VersionAction::Disable) => Action::DisableKeyVersion,
+        Some(VersionAction::Archive) => Action::ArchiveKeyVersion,
+        Some(VersionAction::Restore) => Action::RestoreKeyVersion,
+        Some(VersionAction::Destroy) | None => Action::DestroyKeyVersion,
+    };
+    let a = app.clone();
+    let key_ref = key.clone();
+    call(
+        &app,
+        &meta,
+        audit_action,
+        Some(key_ref),
+        Mode::Blocking,
+        move |_| {
+            let act = act.ok_or_else(|| {
+                ApiError::new(keyward_core::ErrorCode::NotFound, "no such version action")
+            })?;
+            let n: u32 = n
+                .parse()
+                .map_err(|_| ApiError::validation("version must be a positive number"))?;
+            let v = a.kms.version_action(&key, n, act)?;
+            Reply::ok(&version_object(&v)).map(|r| r.key(key.clone(), Some(n)))
+        },
+    )
+    .await
+}
+
+/// `PUT /v1/aliases/{name}`.
+pub async fn put_alias(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(name): Path<String>,
+    body: RawBody,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::PutAlias,
+        None,
+        Mode::Blocking,
+        move |_| {
+            let req: PutAliasRequest = parse(&body)?;
+            a.kms.put_alias(&name, &req.key_id)?;
+            let alias = if name.starts_with("alias/") {
+                name.clone()
+            } else {
+                format!("alias/{}", name.trim_start_matches("alias:"))
+            };
+            Reply::ok(&AliasObject {
+                alias,
+                key_id: req.key_id.clone(),
+            })
+            .map(|r| r.key(req.key_id, None))
+        },
+    )
+    .await
+}
+
+/// `DELETE /v1/aliases/{name}`.
+pub async fn delete_alias(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(name): Path<String>,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::DeleteAlias,
+        None,
+        Mode::Blocking,
+        move |_| {
+            a.kms.delete_alias(&name)?;
+            Ok(Reply::empty())
+        },
+    )
+    .await
+}
+
+/// `GET /v1/aliases`.
+pub async fn list_aliases(State(app): State<AppState>, meta: Meta, Query(q): Q) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::ListAliases,
+        None,
+        Mode::Blocking,
+        move |_| {
+            only(&q, &["limit", "next_token"])?;
+            let after = q.get("next_token").map(|t| decode_token(t)).transpose()?;
+            let (page, next) = a.kms.list_aliases(after.as_deref(), limit(&q)?)?;
+            Reply::ok(&AliasList {
+                aliases: page
+                    .into_iter()
+                    .map(|(alias, key_id)| AliasObject { alias, key_id })
+                    .collect(),
+                next_token: next.as_deref().map(encode_token),
+            })
+        },
+    )
+    .await
+}

@@ -1,0 +1,5 @@
+//! Request handlers, one module per area of the API.
+
+pub mod crypto;
+pub mod keys;
+pub mod sys;

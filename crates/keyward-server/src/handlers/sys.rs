@@ -1,0 +1,153 @@
+//! `/v1/health`, `/v1/sys/*`, `/metrics`, `/v1/openapi.json`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use keyward_api::{
+    Health, InitRequest, InitResponse, RotateRootResponse, SysStatus, UnsealRequest,
+};
+use keyward_core::{ErrorCode, SealStatus};
+
+use crate::app::{call, parse, text, AppState, Meta, Mode, RawBody, Reply};
+use crate::authz::{Action, Role};
+use crate::error::{json_response, ApiError};
+
+/// The OpenAPI document, kept in the repository beside the code.
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+fn status_body(s: SealStatus) -> SysStatus {
+    SysStatus {
+        initialized: s.initialized,
+        sealed: s.sealed,
+        threshold: s.threshold,
+        shares: s.shares,
+        progress: s.progress,
+        root_of_trust: s.root_of_trust.map(|r| r.as_str().to_string()),
+    }
+}
+
+/// `GET /v1/health`: 200 when ready to serve keys, 503 otherwise; for load balancers, so not audited.
+pub async fn health(State(app): State<AppState>) -> Response {
+    let s = app.kms.status();
+    let status = if !s.initialized {
+        "uninitialized"
+    } else if s.sealed {
+        "sealed"
+    } else {
+        "ok"
+    };
+    let body = Health {
+        status: status.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        node_id: app.node_id.clone(),
+    };
+    let code = if status == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(code, serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// `GET /v1/sys/status`.
+pub async fn status(State(app): State<AppState>, meta: Meta) -> Response {
+    let a = app.clone();
+    call(&app, &meta, Action::Status, None, Mode::Inline, move |_| {
+        Reply::ok(&status_body(a.kms.status()))
+    })
+    .await
+}
+
+/// `POST /v1/sys/init`: once; returns the unseal shares and the root token.
+pub async fn init(State(app): State<AppState>, meta: Meta, body: RawBody) -> Response {
+    let a = app.clone();
+    call(&app, &meta, Action::Init, None, Mode::Blocking, move |_| {
+        let req: InitRequest = parse(&body)?;
+        if a.config.dev {
+            return Err(ApiError::new(
+                ErrorCode::InvalidState,
+                "a dev-mode server is initialised at start",
+            ));
+        }
+        let shares = a.kms.init_shamir(req.shares, req.threshold)?;
+        let (root_token, _) = a
+            .auth
+            .mint("root", &[Role::Admin], a.clock.now(), None, None)?;
+        Reply::ok(&InitResponse { shares, root_token })
+    })
+    .await
+}
+
+/// `POST /v1/sys/unseal`.
+pub async fn unseal(State(app): State<AppState>, meta: Meta, body: RawBody) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::Unseal,
+        None,
+        Mode::Blocking,
+        move |_| {
+            let req: UnsealRequest = parse(&body)?;
+            let s = a.kms.unseal(&req.share)?;
+            Reply::ok(&status_body(s))
+        },
+    )
+    .await
+}
+
+/// `POST /v1/sys/seal`: drops every key from memory.
+pub async fn seal(State(app): State<AppState>, meta: Meta) -> Response {
+    let a = app.clone();
+    call(&app, &meta, Action::Seal, None, Mode::Blocking, move |_| {
+        a.kms.seal()?;
+        Ok(Reply::empty())
+    })
+    .await
+}
+
+/// `POST /v1/sys/rotate-root`.
+pub async fn rotate_root(State(app): State<AppState>, meta: Meta) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::RotateRoot,
+        None,
+        Mode::Blocking,
+        move |_| {
+            Reply::ok(&RotateRootResponse {
+                generation: a.kms.rotate_root()?,
+            })
+        },
+    )
+    .await
+}
+
+/// `GET /metrics` (Prometheus text). Admin only: metrics reveal key usage patterns.
+pub async fn metrics(State(app): State<AppState>, meta: Meta) -> Response {
+    let a = app.clone();
+    let resp = call(
+        &app,
+        &meta,
+        Action::GetMetrics,
+        None,
+        Mode::Inline,
+        move |_| Ok(Reply::empty()),
+    )
+    .await;
+    if resp.status() != StatusCode::NO_CONTENT {
+        return resp;
+    }
+    let (hits, misses) = a.kms.cache_stats();
+    text(
+        StatusCode::OK,
+        "text/plain; version=0.0.4",
+        a.metrics.render(a.kms.is_sealed(), hits, misses),
+    )
+}
+
+/// `GET /v1/openapi.json`: public, like the API contract itself.
+pub async fn openapi() -> Response {
+    text(StatusCode::OK, "application/json", OPENAPI)
+}

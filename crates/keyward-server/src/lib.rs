@@ -1,0 +1,314 @@
+//! Keyward's HTTP server: the REST API v1 (`API.md`) over the KMS core.
+//!
+//! Layout: [`app`] holds the request pipeline and router, [`handlers`] one module per area of the API,
+//! [`pki`] CSRs and certificates, [`auth`]/[`authz`] tokens and roles, [`metrics`] and [`limiter`] the
+//! operational side, [`config`] the configuration. [`serve`] wires it together.
+
+pub mod app;
+pub mod auth;
+pub mod authz;
+pub mod config;
+mod convert;
+pub mod error;
+pub mod handlers;
+pub mod limiter;
+pub mod metrics;
+pub mod pki;
+mod tls;
+
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyward_core::audit::{AuditEvent, AuditLog};
+use keyward_core::{Kms, KmsConfig, RootOfTrust, SecretBytes, SystemClock};
+use keyward_hsm_soft::SoftHsm;
+use keyward_store_sqlite::SqliteStore;
+
+pub use app::{router, App, AppState};
+pub use config::{Config, Overrides};
+
+use authz::{Action, Role};
+
+/// File in the data directory holding the dev-mode unseal key.
+pub const DEV_UNSEAL_FILE: &str = "dev-unseal-key.UNSAFE";
+
+/// What `build` prints for the operator.
+#[derive(Debug, Default)]
+pub struct Startup {
+    /// Lines for the operator (warnings, next steps). Printed to stderr.
+    pub notes: Vec<String>,
+    /// The root token, when one was created at this start (dev mode). Printed to stdout.
+    pub root_token: Option<String>,
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot restrict data directory {}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), String> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    f.write_all(contents)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn node_id(config: &Config) -> Result<String, String> {
+    if let Some(id) = &config.node_id {
+        return Ok(id.clone());
+    }
+    let path = config.data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        _ => {
+            let id = uuid::Uuid::new_v4().to_string();
+            let _ = std::fs::remove_file(&path);
+            write_private_file(&path, id.as_bytes())?;
+            Ok(id)
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len() / 2)
+        .map(|i| {
+            s.get(2 * i..2 * i + 2)
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+        })
+        .collect()
+}
+
+fn dev_bootstrap(
+    kms: &Kms,
+    app_auth: &auth::Auth,
+    config: &Config,
+    out: &mut Startup,
+) -> Result<(), String> {
+    let key_path = config.data_dir.join(DEV_UNSEAL_FILE);
+    let fixed = std::env::var("KEYWARD_DEV_ROOT_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    out.notes.push("WARNING: dev mode. The unseal key is stored in plain text in the data directory; never use this in production.".into());
+    if !kms.status().initialized {
+        let key = kms
+            .init_with_key(RootOfTrust::Dev)
+            .map_err(|e| e.to_string())?;
+        let text = format!(
+            "# Keyward DEV MODE unseal key. UNSAFE: anyone who can read this file can decrypt every key.\n{}\n",
+            hex(key.expose())
+        );
+        write_private_file(&key_path, text.as_bytes())?;
+        kms.unseal_with_key(&key).map_err(|e| e.to_string())?;
+        let (token, _) = app_auth
+            .mint(
+                "root",
+                &[Role::Admin],
+                SystemClock.now_secs(),
+                None,
+                fixed.as_deref(),
+            )
+            .map_err(|e| e.to_string())?;
+        out.root_token = Some(token);
+        return Ok(());
+    }
+    if kms.status().root_of_trust != Some(RootOfTrust::Dev) {
+        return Err(
+            "this data directory belongs to a production (Shamir) deployment; start without --dev"
+                .into(),
+        );
+    }
+    let text = std::fs::read_to_string(&key_path)
+        .map_err(|e| format!("cannot read {}: {e}", key_path.display()))?;
+    let key = text
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .and_then(|l| unhex(l.trim()))
+        .ok_or_else(|| format!("{} is not a Keyward dev unseal key", key_path.display()))?;
+    kms.unseal_with_key(&SecretBytes::new(key))
+        .map_err(|e| e.to_string())?;
+    if let Some(token) = fixed {
+        if app_auth
+            .authenticate(&token, SystemClock.now_secs())
+            .is_err()
+        {
+            app_auth
+                .mint(
+                    "root",
+                    &[Role::Admin],
+                    SystemClock.now_secs(),
+                    None,
+                    Some(&token),
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        out.root_token = Some(token);
+    } else {
+        out.notes.push(
+            "The root token printed at the first start of this data directory is still valid."
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+trait NowSecs {
+    fn now_secs(&self) -> i64;
+}
+
+impl NowSecs for SystemClock {
+    fn now_secs(&self) -> i64 {
+        keyward_core::Clock::now(self)
+    }
+}
+
+/// Opens the store and the engine, bootstraps dev mode, and starts the audit writer.
+pub fn build(config: Config) -> Result<(AppState, Startup), String> {
+    config.validate()?;
+    create_private_dir(&config.data_dir)?;
+    let db = config.sqlite_path()?;
+    let store = Arc::new(SqliteStore::open(&db).map_err(|e| e.to_string())?);
+    let kms = Arc::new(
+        Kms::open(
+            Arc::new(SoftHsm::new()),
+            store,
+            Arc::new(SystemClock),
+            KmsConfig::default(),
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let mut startup = Startup::default();
+    let node = node_id(&config)?;
+    let audit = AuditLog::start(kms.clone()).map_err(|e| e.to_string())?;
+    let dev = config.dev;
+    let app = Arc::new(App::new(kms.clone(), audit, config, node));
+    if dev {
+        dev_bootstrap(&kms, &app.auth, &app.config, &mut startup)?;
+    } else {
+        let s = kms.status();
+        if !s.initialized {
+            startup.notes.push(
+                "Keyward is not initialised: POST /v1/sys/init (or `keyward operator init`)."
+                    .into(),
+            );
+        } else if s.root_of_trust == Some(RootOfTrust::Dev) {
+            return Err("this data directory was created in dev mode; start it with --dev".into());
+        } else {
+            startup.notes.push(format!(
+                "Keyward is sealed: give {} unseal shares (`keyward operator unseal`).",
+                s.threshold
+            ));
+        }
+    }
+    Ok((app, startup))
+}
+
+async fn background(app: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(
+        app.config.background_interval_seconds.max(1),
+    ));
+    loop {
+        tick.tick().await;
+        if app.kms.is_sealed() {
+            continue;
+        }
+        let a = app.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let Ok(work) = a.kms.run_due_work() else {
+                return;
+            };
+            let events = work
+                .rotated
+                .into_iter()
+                .map(|k| (Action::RotateKey, k))
+                .chain(work.destroyed.into_iter().map(|k| (Action::DestroyKey, k)));
+            for (action, key) in events {
+                let _ = a.audit.append_blocking(AuditEvent {
+                    time_ms: keyward_core::Clock::now(&SystemClock) * 1000,
+                    request_id: uuid::Uuid::new_v4().to_string(),
+                    principal: "system:scheduler".into(),
+                    source_ip: "local".into(),
+                    action: action.name().into(),
+                    key_id: Some(key),
+                    version: None,
+                    outcome: "allow",
+                    error_code: None,
+                });
+            }
+        })
+        .await;
+    }
+}
+
+/// Serves until `shutdown` resolves; then lets in-flight requests finish and seals (dropping every key).
+pub async fn serve(
+    app: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<SocketAddr, String> {
+    let listener = tokio::net::TcpListener::bind(app.config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", app.config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let bg = tokio::spawn(background(app.clone()));
+    let result = match (&app.config.tls_cert, &app.config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = tls::server_config(cert, key, app.config.tls_client_ca.as_deref())?;
+            tls::serve(listener, tls, router(app.clone()), shutdown).await
+        }
+        _ => axum::serve(
+            listener,
+            router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| e.to_string()),
+    };
+    bg.abort();
+    let _ = app.kms.seal();
+    result.map(|_| addr)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,146 @@
+//! Prometheus metrics without a metrics library: fixed arrays of atomics indexed by action, so recording a
+//! request is a handful of relaxed atomic adds and never takes a lock.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::authz::Action;
+
+/// Histogram bucket upper bounds, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+struct PerAction {
+    outcomes: [AtomicU64; 3],
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl PerAction {
+    fn new() -> Self {
+        PerAction {
+            outcomes: Default::default(),
+            buckets: Default::default(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Request outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Allowed and succeeded.
+    Allow = 0,
+    /// Refused by authentication, authorization or rate limiting.
+    Deny = 1,
+    /// Failed.
+    Error = 2,
+}
+
+impl Outcome {
+    /// The audit name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// All metrics of a node.
+pub struct Metrics {
+    per_action: Vec<PerAction>,
+    audit_failures: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            per_action: Action::ALL.iter().map(|_| PerAction::new()).collect(),
+            audit_failures: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one request.
+    pub fn record(&self, action: Action, outcome: Outcome, elapsed: Duration) {
+        let Some(m) = self.per_action.get(action as usize) else {
+            return;
+        };
+        m.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            m.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        m.count.fetch_add(1, Ordering::Relaxed);
+        m.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts an audit write failure.
+    pub fn audit_failed(&self) {
+        self.audit_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, sealed: bool, cache_hits: u64, cache_misses: u64) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        out.push_str("# HELP keyward_requests_total Requests by action and outcome.\n# TYPE keyward_requests_total counter\n");
+        for (a, m) in Action::ALL.iter().zip(&self.per_action) {
+            for o in [Outcome::Allow, Outcome::Deny, Outcome::Error] {
+                let n = m.outcomes[o as usize].load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "keyward_requests_total{{action=\"{}\",outcome=\"{}\"}} {n}",
+                        a.name(),
+                        o.name()
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP keyward_request_duration_seconds Request latency by action.\n# TYPE keyward_request_duration_seconds histogram\n");
+        for (a, m) in Action::ALL.iter().zip(&self.per_action) {
+            let count = m.count.load(Ordering::Relaxed);
+            if count == 0 {
+                continue;
+            }
+            let mut cumulative = 0;
+            for (b, c) in BUCKETS.iter().zip(&m.buckets) {
+                cumulative += c.load(Ordering::Relaxed);
+                let _ = writeln!(out, "keyward_request_duration_seconds_bucket{{action=\"{}\",le=\"{b}\"}} {cumulative}", a.name());
+            }
+            let _ = writeln!(
+                out,
+                "keyward_request_duration_seconds_bucket{{action=\"{}\",le=\"+Inf\"}} {count}",
+                a.name()
+            );
+            let sum = m.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "keyward_request_duration_seconds_sum{{action=\"{}\"}} {sum}",
+                a.name()
+            );
+            let _ = writeln!(
+                out,
+                "keyward_request_duration_seconds_count{{action=\"{}\"}} {count}",
+                a.name()
+            );
+        }
+        let _ = writeln!(out, "# HELP keyward_sealed Whether the node is sealed.\n# TYPE keyward_sealed gauge\nkeyward_sealed {}", u8::from(sealed));
+        let _ = writeln!(out, "# HELP keyward_key_cache_hits_total Key cache hits.\n# TYPE keyward_key_cache_hits_total counter\nkeyward_key_cache_hits_total {cache_hits}");
+        let _ = writeln!(out, "# HELP keyward_key_cache_misses_total Key cache misses.\n# TYPE keyward_key_cache_misses_total counter\nkeyward_key_cache_misses_total {cache_misses}");
+        let _ = writeln!(
+            out,
+            "# HELP keyward_audit_failures_total Requests failed closed because the audit log could not be written.\n# TYPE keyward_audit_failures_total counter\nkeyward_audit_failures_total {}",
+            self.audit_failures.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
