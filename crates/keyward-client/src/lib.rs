@@ -98,7 +98,7 @@ impl std::fmt::Debug for Client {
 /// Builder options.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// PEM CA certificates to trust for HTTPS endpoints (besides the system roots).
+    /// PEM CA certificates to trust for HTTPS endpoints, instead of the system roots.
     pub ca_pem: Option<Vec<u8>>,
     /// Client certificate and key (PEM, concatenated) for mutual TLS.
     pub identity_pem: Option<Vec<u8>>,
@@ -153,11 +153,11 @@ impl Client {
             .pool_max_idle_per_host(opts.pool_max_idle_per_host.unwrap_or(64))
             .tcp_nodelay(true);
         if let Some(pem) = &opts.ca_pem {
-            for cert in reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| Error::Invalid(format!("CA bundle: {e}")))?
-            {
-                b = b.add_root_certificate(cert);
-            }
+            // The operator's CA bundle replaces the system roots: a Keyward endpoint is trusted because the
+            // deployment's own CA issued its certificate, not because any public CA did.
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| Error::Invalid(format!("CA bundle: {e}")))?;
+            b = b.tls_certs_only(certs);
         }
         if let Some(pem) = &opts.identity_pem {
             b = b.identity(
@@ -218,10 +218,10 @@ impl Client {
                     return Ok((status, bytes.to_vec()));
                 }
                 Err(e) if e.is_connect() => {
-                    last_err = format!("{base}: {e}");
+                    last_err = format!("{base}: {}", chain(&e));
                     continue;
                 }
-                Err(e) => return Err(Error::Transport(e.to_string())),
+                Err(e) => return Err(Error::Transport(chain(&e))),
             }
         }
         Err(Error::Transport(last_err))
@@ -511,6 +511,18 @@ impl Client {
     ) -> Result<CertificateResponse> {
         self.post(&Self::key_path(key, "/certificate"), req).await
     }
+}
+
+/// An error with its causes, so "error sending request" says why (refused, certificate, timeout).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Placeholder for endpoints that answer `204` or an object the caller ignores.

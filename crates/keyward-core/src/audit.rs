@@ -98,8 +98,63 @@ pub struct AuditVerification {
 /// Called once the record is durable (with its sequence number) or could not be written.
 pub type Completion = Box<dyn FnOnce(KmsResult<u64>) + Send>;
 
+/// The event fields in the canonical order of a stored record, serialised by the request's own thread so
+/// the single writer only chains, MACs and writes.
+#[derive(Serialize)]
+struct Body<'a> {
+    time: &'a str,
+    request_id: &'a str,
+    principal: &'a str,
+    source_ip: &'a str,
+    action: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<u32>,
+    outcome: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_code: Option<&'a str>,
+}
+
+impl<'a> Body<'a> {
+    fn of_record(r: &'a AuditRecord) -> Self {
+        Body {
+            time: &r.time,
+            request_id: &r.request_id,
+            principal: &r.principal,
+            source_ip: &r.source_ip,
+            action: &r.action,
+            key_id: r.key_id.as_deref(),
+            version: r.version,
+            outcome: &r.outcome,
+            error_code: r.error_code.as_deref(),
+        }
+    }
+
+    fn encode(&self) -> KmsResult<Vec<u8>> {
+        serde_json::to_vec(self)
+            .map_err(|_| KmsError::new(ErrorCode::Unavailable, "audit record encoding"))
+    }
+}
+
+/// What the MAC covers: sequence number, previous hash and the canonical body.
+fn mac_input(seq: u64, prev: &str, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(body.len() + 90);
+    m.extend_from_slice(seq.to_string().as_bytes());
+    m.push(b'|');
+    m.extend_from_slice(prev.as_bytes());
+    m.push(b'|');
+    m.extend_from_slice(body);
+    m
+}
+
 struct Pending {
-    event: AuditEvent,
+    time_ms: i64,
+    principal: String,
+    action: String,
+    key_id: Option<String>,
+    outcome: &'static str,
+    body: Vec<u8>,
     done: Completion,
 }
 
@@ -163,13 +218,6 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn record_bytes(rec: &AuditRecord) -> KmsResult<Vec<u8>> {
-    let mut unhashed = rec.clone();
-    unhashed.hash = String::new();
-    serde_json::to_vec(&unhashed)
-        .map_err(|_| KmsError::new(ErrorCode::Unavailable, "audit record encoding"))
-}
-
 struct Writer {
     kms: Arc<Kms>,
     queue: Receiver<Pending>,
@@ -179,41 +227,48 @@ struct Writer {
 }
 
 impl Writer {
-    fn chain(&self, key: &KeyHandle, batch: &[Pending]) -> KmsResult<Vec<AuditRow>> {
+    fn chain(&self, key: &KeyHandle, batch: &[Pending]) -> KmsResult<Vec<(AuditRow, String)>> {
         let mut prev = self.last_hash.clone();
         let mut rows = Vec::with_capacity(batch.len());
         for (i, p) in batch.iter().enumerate() {
-            let e = &p.event;
-            let mut rec = AuditRecord {
-                seq: self.next_seq + i as u64,
-                time: rfc3339_ms(e.time_ms),
-                request_id: e.request_id.clone(),
-                principal: e.principal.clone(),
-                source_ip: e.source_ip.clone(),
-                action: e.action.clone(),
-                key_id: e.key_id.clone(),
-                version: e.version,
-                outcome: e.outcome.to_string(),
-                error_code: e.error_code.clone(),
-                prev_hash: prev,
-                hash: String::new(),
-            };
-            let mac = self
-                .kms
-                .hsm
-                .mac(key, MacAlgorithm::HmacSha256, &record_bytes(&rec)?)?;
-            rec.hash = hex(&mac);
-            prev = rec.hash.clone();
-            rows.push(AuditRow {
-                seq: rec.seq,
-                time_ms: e.time_ms,
-                principal: rec.principal.clone(),
-                action: rec.action.clone(),
-                key_id: rec.key_id.clone(),
-                outcome: rec.outcome.clone(),
-                record: serde_json::to_string(&rec)
+            let seq = self.next_seq + i as u64;
+            let mac = self.kms.hsm.mac(
+                key,
+                MacAlgorithm::HmacSha256,
+                &mac_input(seq, &prev, &p.body),
+            )?;
+            let hash = hex(&mac);
+            // {"seq":N, <body fields>, "prev_hash":"..", "hash":".."}
+            let inner = p
+                .body
+                .get(1..p.body.len().saturating_sub(1))
+                .unwrap_or_default();
+            let mut record = String::with_capacity(p.body.len() + 170);
+            record.push_str("{\"seq\":");
+            record.push_str(&seq.to_string());
+            record.push(',');
+            record.push_str(
+                std::str::from_utf8(inner)
                     .map_err(|_| KmsError::new(ErrorCode::Unavailable, "audit record encoding"))?,
-            });
+            );
+            record.push_str(",\"prev_hash\":\"");
+            record.push_str(&prev);
+            record.push_str("\",\"hash\":\"");
+            record.push_str(&hash);
+            record.push_str("\"}");
+            rows.push((
+                AuditRow {
+                    seq,
+                    time_ms: p.time_ms,
+                    principal: p.principal.clone(),
+                    action: p.action.clone(),
+                    key_id: p.key_id.clone(),
+                    outcome: p.outcome.to_string(),
+                    record,
+                },
+                hash.clone(),
+            ));
+            prev = hash;
         }
         Ok(rows)
     }
@@ -221,33 +276,29 @@ impl Writer {
     fn write(&mut self, batch: Vec<Pending>) {
         let Some(key) = self.kms.audit_key() else {
             // Sealed: hold the records (in order) and let the requests proceed.
-            for p in batch {
-                let Pending { event, done } = p;
+            for mut p in batch {
+                let done = std::mem::replace(&mut p.done, Box::new(|_| {}));
                 done(Ok(0));
-                self.held.push(Pending {
-                    event,
-                    done: Box::new(|_| {}),
-                });
+                self.held.push(p);
             }
             return;
         };
         let mut all = std::mem::take(&mut self.held);
         all.extend(batch);
-        let result = self.chain(&key, &all).and_then(|rows| {
+        let result = self.chain(&key, &all).and_then(|chained| {
+            let rows: Vec<AuditRow> = chained.iter().map(|(r, _)| r.clone()).collect();
             transact(self.kms.store.as_ref(), |tx: &mut dyn Tx| {
                 tx.append_audit(&rows)
             })?;
-            Ok(rows)
+            Ok(chained)
         });
         match result {
-            Ok(rows) => {
-                if let Some(last) = rows.last() {
+            Ok(chained) => {
+                if let Some((last, hash)) = chained.last() {
                     self.next_seq = last.seq + 1;
-                    if let Ok(rec) = serde_json::from_str::<AuditRecord>(&last.record) {
-                        self.last_hash = rec.hash;
-                    }
+                    self.last_hash = hash.clone();
                 }
-                for (p, row) in all.into_iter().zip(rows) {
+                for (p, (row, _)) in all.into_iter().zip(chained) {
                     (p.done)(Ok(row.seq));
                 }
             }
@@ -327,7 +378,33 @@ impl AuditLog {
 
     /// Queues a record; `done` runs once it is durable or has failed.
     pub fn append(&self, event: AuditEvent, done: Completion) {
-        match self.queue.try_send(Pending { event, done }) {
+        let time = rfc3339_ms(event.time_ms);
+        let body = Body {
+            time: &time,
+            request_id: &event.request_id,
+            principal: &event.principal,
+            source_ip: &event.source_ip,
+            action: &event.action,
+            key_id: event.key_id.as_deref(),
+            version: event.version,
+            outcome: event.outcome,
+            error_code: event.error_code.as_deref(),
+        }
+        .encode();
+        let body = match body {
+            Ok(b) => b,
+            Err(e) => return done(Err(e)),
+        };
+        let pending = Pending {
+            time_ms: event.time_ms,
+            principal: event.principal,
+            action: event.action,
+            key_id: event.key_id,
+            outcome: event.outcome,
+            body,
+            done,
+        };
+        match self.queue.try_send(pending) {
             Ok(()) => {}
             Err(TrySendError::Full(p)) | Err(TrySendError::Disconnected(p)) => (p.done)(Err(
                 KmsError::new(ErrorCode::Unavailable, "audit queue is full"),
@@ -400,12 +477,15 @@ impl Kms {
                     && rec.key_id == row.key_id
                     && rec.outcome == row.outcome;
                 let mac_ok = match unhex(&rec.hash) {
-                    Some(mac) => self.hsm.verify_mac(
-                        &key,
-                        MacAlgorithm::HmacSha256,
-                        &record_bytes(&rec)?,
-                        &mac,
-                    )?,
+                    Some(mac) => {
+                        let body = Body::of_record(&rec).encode()?;
+                        self.hsm.verify_mac(
+                            &key,
+                            MacAlgorithm::HmacSha256,
+                            &mac_input(rec.seq, &rec.prev_hash, &body),
+                            &mac,
+                        )?
+                    }
                     None => false,
                 };
                 if !consistent || !mac_ok {
@@ -429,6 +509,31 @@ mod tests {
         assert_eq!(rfc3339_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(rfc3339_ms(1_798_761_599_999), "2026-12-31T23:59:59.999Z");
         assert_eq!(rfc3339(1_798_761_599), "2026-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn stored_record_parses_and_rebuilds_the_mac_input() {
+        let body = Body {
+            time: "1970-01-01T00:00:00.000Z",
+            request_id: "r",
+            principal: "p",
+            source_ip: "127.0.0.1",
+            action: "kms:Encrypt",
+            key_id: Some("k"),
+            version: Some(2),
+            outcome: "allow",
+            error_code: None,
+        }
+        .encode()
+        .unwrap_or_default();
+        let inner = std::str::from_utf8(&body[1..body.len() - 1]).unwrap_or_default();
+        let stored = format!("{{\"seq\":7,{inner},\"prev_hash\":\"{GENESIS}\",\"hash\":\"ab\"}}");
+        let rec: AuditRecord = serde_json::from_str(&stored).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (rec.seq, rec.version, rec.key_id.as_deref()),
+            (7, Some(2), Some("k"))
+        );
+        assert_eq!(Body::of_record(&rec).encode().unwrap_or_default(), body);
     }
 
     #[test]

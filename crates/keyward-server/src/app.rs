@@ -48,6 +48,33 @@ pub struct App {
     pub config: Config,
     /// Wall clock.
     pub clock: Arc<dyn Clock>,
+    /// Request id source.
+    pub request_ids: RequestIds,
+}
+
+/// Request ids: a random per-process prefix and a counter. Unique within the node, unguessable across
+/// restarts, and free of a system call per request.
+pub struct RequestIds {
+    prefix: String,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let u = uuid::Uuid::new_v4().simple().to_string();
+        RequestIds {
+            prefix: u.chars().take(16).collect(),
+            counter: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The next id.
+    pub fn next(&self) -> String {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}-{n:012x}", self.prefix)
+    }
 }
 
 /// Shared state.
@@ -66,6 +93,7 @@ impl App {
             node_id,
             config,
             clock: Arc::new(SystemClock),
+            request_ids: RequestIds::new(),
         }
     }
 }
@@ -272,14 +300,19 @@ where
         outcome: outcome.name(),
         error_code,
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    app.audit.append(event, Box::new(move |r| drop(tx.send(r))));
-    let durable = rx.await.unwrap_or_else(|_| {
-        Err(keyward_core::KmsError::new(
-            ErrorCode::Unavailable,
-            "audit writer stopped",
-        ))
-    });
+    let durable = if app.config.audit {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        app.audit.append(event, Box::new(move |r| drop(tx.send(r))));
+        rx.await.unwrap_or_else(|_| {
+            Err(keyward_core::KmsError::new(
+                ErrorCode::Unavailable,
+                "audit writer stopped",
+            ))
+        })
+    } else {
+        drop(event);
+        Ok(0)
+    };
     app.metrics.record(action, outcome, meta.start.elapsed());
     if let Err(e) = durable {
         app.metrics.audit_failed();
@@ -341,7 +374,7 @@ async fn context(State(app): State<AppState>, mut req: Request, next: Next) -> R
                 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
         .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(|| app.request_ids.next());
     let source_ip = req
         .extensions()
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
@@ -424,9 +457,12 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/keys/{key}/derive", post(crypto::derive))
         .route("/v1/keys/{key}/agree", post(crypto::agree))
         .route("/v1/random", post(crypto::random))
+        .route("/v1/audit", get(handlers::audit::query))
+        .route("/v1/audit/verify", get(handlers::audit::verify))
         .route("/v1/keys/{key}/csr", post(crate::pki::csr))
         .route("/v1/keys/{key}/certificate", post(crate::pki::certificate))
         .fallback(not_found)
+        .method_not_allowed_fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(app.clone(), context))
         .with_state(app)

@@ -62,7 +62,14 @@ pub struct TokenRecord {
 /// Token issuing and checking.
 pub struct Auth {
     store: Arc<dyn Store>,
-    cache: RwLock<HashMap<[u8; 32], Arc<Principal>>>,
+    /// Sharded by the hash's first byte so concurrent requests rarely share a lock.
+    cache: Vec<RwLock<HashMap<[u8; 32], Arc<Principal>>>>,
+}
+
+const SHARDS: usize = 16;
+
+fn shard(hash: &[u8; 32]) -> usize {
+    hash[0] as usize % SHARDS
 }
 
 fn token_hash(token: &str) -> [u8; 32] {
@@ -88,7 +95,7 @@ impl Auth {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Auth {
             store,
-            cache: RwLock::new(HashMap::new()),
+            cache: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
         }
     }
 
@@ -140,7 +147,7 @@ impl Auth {
             return Err(unauthenticated());
         }
         let hash = token_hash(token);
-        let cached = self.cache.read().get(&hash).cloned();
+        let cached = self.cache[shard(&hash)].read().get(&hash).cloned();
         let principal = match cached {
             Some(p) => p,
             None => {
@@ -158,7 +165,7 @@ impl Auth {
                     token_id: rec.token_id,
                     expires_at: rec.expires_at,
                 });
-                self.cache.write().insert(hash, p.clone());
+                self.cache[shard(&hash)].write().insert(hash, p.clone());
                 p
             }
         };
@@ -180,7 +187,9 @@ impl Auth {
             Ok::<_, KmsError>(Some(hash))
         })?;
         // Drop every cached principal of that token (the cache is keyed by hash).
-        self.cache.write().retain(|_, p| p.token_id != token_id);
+        for s in &self.cache {
+            s.write().retain(|_, p| p.token_id != token_id);
+        }
         Ok(hash.is_some())
     }
 

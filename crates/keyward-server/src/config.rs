@@ -36,6 +36,8 @@ pub struct Config {
     pub background_interval_seconds: u64,
     /// This node's id (defaults to a value kept in the data directory).
     pub node_id: Option<String>,
+    /// The audit log. Only a dev-mode server accepts `false`, to measure what auditing costs.
+    pub audit: bool,
 }
 
 impl Default for Config {
@@ -54,6 +56,7 @@ impl Default for Config {
             request_timeout_seconds: 30,
             background_interval_seconds: 60,
             node_id: None,
+            audit: true,
         }
     }
 }
@@ -119,6 +122,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("tls_cert and tls_key go together".into());
+        }
+        if !self.audit && !self.dev {
+            return Err("the audit log can only be turned off in dev mode (for benchmarks)".into());
         }
         if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
             return Err("tls_client_ca needs tls_cert and tls_key".into());

@@ -1,5 +1,6 @@
 //! Request handlers, one module per area of the API.
 
+pub mod audit;
 pub mod crypto;
 pub mod keys;
 pub mod sys;

@@ -1,0 +1,1057 @@
+//! End-to-end tests of the real `keyward` binary: every endpoint, every error code of the contract, on a
+//! fresh server and again after a restart.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::type_complexity
+)]
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use common::{code_of, raw, Server, ROOT};
+use keyward_api::*;
+use keyward_client::{Client, Error};
+use serde_json::json;
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+fn ctx(pairs: &[(&str, &str)]) -> Option<Context> {
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+fn api_code<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
+    match r {
+        Err(Error::Api { code, .. }) => code,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+async fn create(c: &Client, spec: &str, usage: Option<&str>) -> KeyObject {
+    c.create_key(&CreateKeyRequest {
+        spec: spec.into(),
+        usage: usage.map(str::to_string),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_on_a_fresh_server_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::dev(&dir.path().join("data"));
+    let c = server.root();
+
+    // System.
+    let h = c.health().await.unwrap();
+    assert_eq!(h.status, "ok");
+    let s = c.status().await.unwrap();
+    assert!(s.initialized && !s.sealed);
+    assert_eq!(s.root_of_trust.as_deref(), Some("dev"));
+    let (st, openapi, _) = raw(&server.addr, "GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        openapi["openapi"].as_str().map(|v| v.starts_with("3.")),
+        Some(true)
+    );
+
+    // Symmetric key life: create with alias and tags, use, rotate, version rules.
+    let k = c
+        .create_key(&CreateKeyRequest {
+            spec: "SYMMETRIC_DEFAULT".into(),
+            alias: Some("alias/orders".into()),
+            description: Some("order records".into()),
+            tags: Some(BTreeMap::from([("team".into(), "payments".into())])),
+            rotation_period_days: Some(90),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (k.state.as_str(), k.primary_version, k.alias.as_deref()),
+        ("Enabled", 1, Some("alias/orders"))
+    );
+    assert!(k.next_rotation_at.is_some());
+    for r in [k.key_id.as_str(), "alias/orders", "alias:orders"] {
+        assert_eq!(c.describe_key(r).await.unwrap().key_id, k.key_id);
+    }
+    let e1 = c
+        .encrypt("alias/orders", b"order #1", ctx(&[("tenant", "acme")]))
+        .await
+        .unwrap();
+    assert_eq!(e1.key_id, k.key_id);
+    let d = c
+        .decrypt(None, &e1.ciphertext.0, ctx(&[("tenant", "acme")]), None)
+        .await
+        .unwrap();
+    assert_eq!(d.plaintext.expose(), b"order #1");
+    let d = c
+        .decrypt(
+            Some(&k.key_id),
+            &e1.ciphertext.0,
+            ctx(&[("tenant", "acme")]),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(d.version, 1);
+    let k2 = c.key_action(&k.key_id, "rotate").await.unwrap();
+    assert_eq!(k2.primary_version, 2);
+    assert_eq!(c.versions(&k.key_id).await.unwrap().versions.len(), 2);
+    assert_eq!(
+        c.version_action(&k.key_id, 1, "archive")
+            .await
+            .unwrap()
+            .state,
+        "Archived"
+    );
+    assert_eq!(
+        c.version_action(&k.key_id, 1, "restore")
+            .await
+            .unwrap()
+            .state,
+        "Enabled"
+    );
+    assert_eq!(
+        c.set_primary(&k.key_id, 1).await.unwrap().primary_version,
+        1
+    );
+    assert_eq!(
+        c.set_primary(&k.key_id, 2).await.unwrap().primary_version,
+        2
+    );
+    assert_eq!(
+        c.version_action(&k.key_id, 1, "disable")
+            .await
+            .unwrap()
+            .state,
+        "Disabled"
+    );
+    assert_eq!(
+        c.version_action(&k.key_id, 1, "enable")
+            .await
+            .unwrap()
+            .state,
+        "Enabled"
+    );
+    let patched = c
+        .update_key(
+            &k.key_id,
+            &UpdateKeyRequest {
+                description: Some("renamed".into()),
+                rotation_period_days: Some(None),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (patched.description.as_str(), patched.rotation_period_days),
+        ("renamed", None)
+    );
+    assert_eq!(
+        c.key_action(&k.key_id, "disable").await.unwrap().state,
+        "Disabled"
+    );
+    assert_eq!(
+        c.key_action(&k.key_id, "enable").await.unwrap().state,
+        "Enabled"
+    );
+    let pending = c.schedule_deletion(&k.key_id, 7).await.unwrap();
+    assert_eq!(pending.state, "PendingDeletion");
+    assert!(pending.deletion_date.is_some());
+    assert_eq!(
+        c.key_action(&k.key_id, "cancel-deletion")
+            .await
+            .unwrap()
+            .state,
+        "Disabled"
+    );
+    c.key_action(&k.key_id, "enable").await.unwrap();
+
+    // Batch encrypt / decrypt / reencrypt; one bad item does not fail the others.
+    let batch = c
+        .encrypt_with(
+            &k.key_id,
+            &EncryptBody {
+                items: Some(vec![
+                    EncryptRequest {
+                        plaintext: SecretB64::new(b"a".to_vec()),
+                        context: None,
+                        algorithm: None,
+                    },
+                    EncryptRequest {
+                        plaintext: SecretB64::new(b"b".to_vec()),
+                        context: None,
+                        algorithm: Some("RSAES_OAEP_SHA_1".into()),
+                    },
+                ]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(batch["items"][0]["ciphertext"].is_string());
+    assert_eq!(batch["items"][1]["error"]["code"], "IncorrectKeyUsage");
+    let (st, body, _) = raw(
+        &server.addr,
+        "POST",
+        "/v1/decrypt",
+        Some(ROOT),
+        Some(serde_json::to_vec(&json!({"items": [{"ciphertext": batch["items"][0]["ciphertext"]}, {"ciphertext": "AAAA"}]})).unwrap()),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(body["items"][0]["plaintext"], b64(b"a"));
+    assert_eq!(body["items"][1]["error"]["code"], "InvalidCiphertext");
+    let other = create(&c, "AES_256", None).await;
+    let moved = c
+        .reencrypt(
+            &other.key_id,
+            &ReencryptBody {
+                ciphertext: Some(e1.ciphertext.clone()),
+                context: ctx(&[("tenant", "acme")]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(moved.key_id, other.key_id);
+    assert_eq!(
+        c.decrypt(None, &moved.ciphertext.0, ctx(&[("tenant", "acme")]), None)
+            .await
+            .unwrap()
+            .plaintext
+            .expose(),
+        b"order #1"
+    );
+
+    // Data keys.
+    let dk = c
+        .data_key(
+            &k.key_id,
+            &DataKeyRequest {
+                spec: "AES_256".into(),
+                context: None,
+                include_plaintext: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(dk.plaintext.as_ref().unwrap().expose().len(), 32);
+    assert_eq!(
+        c.decrypt(None, &dk.ciphertext.0, None, None)
+            .await
+            .unwrap()
+            .plaintext,
+        dk.plaintext.clone().unwrap()
+    );
+    let dkp = c
+        .data_key_pair(
+            &k.key_id,
+            &DataKeyPairRequest {
+                spec: "ECC_NIST_P256".into(),
+                context: None,
+                include_plaintext: Some(false),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(dkp.private_key_der.is_none() && !dkp.public_key_der.0.is_empty());
+
+    // Signing, digest signing, MACs, derivation, agreement, random.
+    let signer = create(&c, "ECC_NIST_P256", Some("SIGN_VERIFY")).await;
+    let sig = c
+        .sign(
+            &signer.key_id,
+            &SignRequest {
+                message: Some(B64(b"m".to_vec())),
+                digest: None,
+                algorithm: "ECDSA_SHA_256".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(c
+        .verify(
+            &signer.key_id,
+            &VerifyRequest {
+                message: Some(B64(b"m".to_vec())),
+                digest: None,
+                signature: sig.signature.clone(),
+                algorithm: "ECDSA_SHA_256".into(),
+                version: None
+            }
+        )
+        .await
+        .unwrap());
+    assert!(!c
+        .verify(
+            &signer.key_id,
+            &VerifyRequest {
+                message: Some(B64(b"n".to_vec())),
+                digest: None,
+                signature: sig.signature.clone(),
+                algorithm: "ECDSA_SHA_256".into(),
+                version: None
+            }
+        )
+        .await
+        .unwrap());
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"m");
+    assert!(c
+        .verify(
+            &signer.key_id,
+            &VerifyRequest {
+                message: None,
+                digest: Some(B64(digest.as_ref().to_vec())),
+                signature: sig.signature.clone(),
+                algorithm: "ECDSA_SHA_256".into(),
+                version: Some(1)
+            }
+        )
+        .await
+        .unwrap());
+    let pk = c.public_key(&signer.key_id).await.unwrap();
+    assert!(pk.public_key_pem.starts_with("-----BEGIN PUBLIC KEY-----"));
+    let hm = create(&c, "HMAC_256", None).await;
+    let m = c
+        .mac(
+            &hm.key_id,
+            &MacRequest {
+                message: B64(b"x".to_vec()),
+                algorithm: "HMAC_SHA_256".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(c
+        .verify_mac(
+            &hm.key_id,
+            &VerifyMacRequest {
+                message: B64(b"x".to_vec()),
+                mac: m.mac.clone(),
+                algorithm: "HMAC_SHA_256".into()
+            }
+        )
+        .await
+        .unwrap());
+    let dv = c
+        .derive(
+            &k.key_id,
+            &DeriveRequest {
+                context: B64(b"session".to_vec()),
+                length: 32,
+                include_plaintext: Some(true),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(dv.plaintext.unwrap().expose().len(), 32);
+    let agree_a = create(&c, "ECC_NIST_P384", Some("KEY_AGREEMENT")).await;
+    let agree_b = create(&c, "ECC_NIST_P384", Some("KEY_AGREEMENT")).await;
+    let ab = c
+        .agree(
+            &agree_a.key_id,
+            &c.public_key(&agree_b.key_id)
+                .await
+                .unwrap()
+                .public_key_der
+                .0,
+        )
+        .await
+        .unwrap();
+    let ba = c
+        .agree(
+            &agree_b.key_id,
+            &c.public_key(&agree_a.key_id)
+                .await
+                .unwrap()
+                .public_key_der
+                .0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ab.shared_secret, ba.shared_secret);
+    assert_eq!(c.random(64).await.unwrap().len(), 64);
+
+    // RSA encryption and certificates.
+    let rsa = create(&c, "RSA_2048", Some("ENCRYPT_DECRYPT")).await;
+    let enc = c
+        .encrypt_with(
+            &rsa.key_id,
+            &EncryptBody {
+                plaintext: Some(SecretB64::new(b"rsa".to_vec())),
+                algorithm: Some("RSAES_OAEP_SHA_256".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let ct = base64::engine::general_purpose::STANDARD
+        .decode(enc["ciphertext"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        c.decrypt(Some(&rsa.key_id), &ct, None, Some("RSAES_OAEP_SHA_256"))
+            .await
+            .unwrap()
+            .plaintext
+            .expose(),
+        b"rsa"
+    );
+    let ca = create(&c, "ECC_NIST_P256", Some("SIGN_VERIFY")).await;
+    let cert = c
+        .certificate(
+            &ca.key_id,
+            &CertificateRequest {
+                csr_pem: None,
+                subject: Some("CN=Keyward Test CA,O=Keyward".into()),
+                days: 30,
+                is_ca: Some(true),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(cert
+        .certificate_pem
+        .starts_with("-----BEGIN CERTIFICATE-----"));
+    let leaf = create(&c, "ED25519", Some("SIGN_VERIFY")).await;
+    let csr = c
+        .csr(
+            &leaf.key_id,
+            &CsrRequest {
+                subject: "CN=api.example.com".into(),
+                sans: Some(vec!["api.example.com".into()]),
+            },
+        )
+        .await
+        .unwrap();
+    let issued = c
+        .certificate(
+            &ca.key_id,
+            &CertificateRequest {
+                csr_pem: Some(csr.csr_pem),
+                subject: Some("CN=Keyward Test CA,O=Keyward".into()),
+                days: 7,
+                is_ca: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(issued.certificate_pem.contains("BEGIN CERTIFICATE"));
+
+    // BYOK import into an EXTERNAL key and wrapped export.
+    let ext = c
+        .create_key(&CreateKeyRequest {
+            spec: "HMAC_256".into(),
+            origin: Some("EXTERNAL".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ext.primary_version, 0);
+    let params = c.import_parameters(&ext.key_id).await.unwrap();
+    let material = [0x5au8; 32];
+    let wrapped = keyward_client::byok::wrap(&params.wrapping_public_key_der.0, &material).unwrap();
+    let imported = c
+        .import(
+            &ext.key_id,
+            &ImportRequest {
+                import_token: params.import_token,
+                wrapped_key_material: SecretB64::new(wrapped),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(imported.primary_version, 1);
+    let mac = c
+        .mac(
+            &ext.key_id,
+            &MacRequest {
+                message: B64(b"byok".to_vec()),
+                algorithm: "HMAC_SHA_256".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let expected = aws_lc_rs::hmac::sign(
+        &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &material),
+        b"byok",
+    );
+    assert_eq!(mac.mac.0, expected.as_ref());
+    let exp = c
+        .create_key(&CreateKeyRequest {
+            spec: "AES_256".into(),
+            exportable: Some(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let recipient =
+        aws_lc_rs::rsa::PrivateDecryptingKey::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let recipient_spki = aws_lc_rs::encoding::AsDer::as_der(&recipient.public_key()).unwrap();
+    let out = c
+        .export(
+            &exp.key_id,
+            &ExportRequest {
+                wrapping_public_key_der: B64(recipient_spki.as_ref().to_vec()),
+                version: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(out.wrapped_key_material.0.len() > 256 + 32);
+
+    // Aliases.
+    c.put_alias("alias/ledger", &other.key_id).await.unwrap();
+    let aliases = c.list_aliases("").await.unwrap();
+    assert!(aliases
+        .aliases
+        .iter()
+        .any(|a| a.alias == "alias/ledger" && a.key_id == other.key_id));
+    c.delete_alias("alias/ledger").await.unwrap();
+    assert_eq!(api_code(c.describe_key("alias/ledger").await), "NotFound");
+
+    // Listing, filters, paging.
+    let page = c.list_keys("limit=2").await.unwrap();
+    assert_eq!(page.keys.len(), 2);
+    let next = page.next_token.clone().unwrap();
+    let page2 = c
+        .list_keys(&format!("limit=2&next_token={next}"))
+        .await
+        .unwrap();
+    assert!(page2
+        .keys
+        .iter()
+        .all(|k| !page.keys.iter().any(|p| p.key_id == k.key_id)));
+    let hmacs = c.list_keys("spec=HMAC_256").await.unwrap();
+    assert_eq!(hmacs.keys.len(), 2);
+    let tagged = c.list_keys("tag=team:payments").await.unwrap();
+    assert_eq!(tagged.keys.len(), 1);
+
+    // Every request was audited with its request id; the chain verifies.
+    let (_, _, rid) = raw(
+        &server.addr,
+        "GET",
+        &format!("/v1/keys/{}", k.key_id),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    let (st, audit, _) = raw(
+        &server.addr,
+        "GET",
+        &format!("/v1/audit?key_id={}&limit=1000", k.key_id),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let records = audit["records"].as_array().unwrap();
+    assert!(records
+        .iter()
+        .any(|r| r["request_id"] == rid.clone().unwrap() && r["action"] == "kms:DescribeKey"));
+    let (_, verify, _) = raw(&server.addr, "GET", "/v1/audit/verify", Some(ROOT), None).await;
+    assert_eq!(verify["valid"], true);
+    assert!(verify["records"].as_u64().unwrap() > 50);
+    let metrics = c.metrics().await.unwrap();
+    assert!(metrics.contains("keyward_requests_total{action=\"kms:Encrypt\",outcome=\"allow\"}"));
+    assert!(metrics.contains("keyward_sealed 0"));
+
+    // Sealing: everything refuses with 503 Sealed until unsealed (dev mode unseals again on restart).
+    c.seal().await.unwrap();
+    assert_eq!(api_code(c.encrypt(&k.key_id, b"x", None).await), "Sealed");
+    assert_eq!(c.health().await.unwrap().status, "sealed");
+
+    // Restart: every key and ciphertext is still there.
+    server.restart(&[("KEYWARD_DEV_ROOT_TOKEN", ROOT)]);
+    let c = server.root();
+    assert_eq!(c.health().await.unwrap().status, "ok");
+    assert_eq!(
+        c.decrypt(None, &e1.ciphertext.0, ctx(&[("tenant", "acme")]), None)
+            .await
+            .unwrap()
+            .plaintext
+            .expose(),
+        b"order #1"
+    );
+    assert_eq!(
+        c.describe_key("alias/orders")
+            .await
+            .unwrap()
+            .primary_version,
+        2
+    );
+    assert!(c
+        .verify(
+            &signer.key_id,
+            &VerifyRequest {
+                message: Some(B64(b"m".to_vec())),
+                digest: None,
+                signature: sig.signature,
+                algorithm: "ECDSA_SHA_256".into(),
+                version: None
+            }
+        )
+        .await
+        .unwrap());
+    assert_eq!(
+        c.mac(
+            &ext.key_id,
+            &MacRequest {
+                message: B64(b"byok".to_vec()),
+                algorithm: "HMAC_SHA_256".into()
+            }
+        )
+        .await
+        .unwrap()
+        .mac,
+        mac.mac
+    );
+    let (_, verify, _) = raw(&server.addr, "GET", "/v1/audit/verify", Some(ROOT), None).await;
+    assert_eq!(verify["valid"], true, "{verify}");
+
+    // Nothing secret reached the logs.
+    let logs = server.logs();
+    for secret in ["order #1", &b64(b"order #1"), &b64(&material)] {
+        assert!(!logs.contains(secret), "a secret reached the server log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_right_code_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(&dir.path().join("data"));
+    let c = server.root();
+    let a = &server.addr;
+    let k = create(&c, "AES_256", None).await;
+    let ct = c
+        .encrypt(&k.key_id, b"secret", ctx(&[("x", "1")]))
+        .await
+        .unwrap()
+        .ciphertext
+        .0;
+    let enc_path = format!("/v1/keys/{}/encrypt", k.key_id);
+    let snapshot = |c: Client, id: String| async move {
+        (
+            c.describe_key(&id).await.unwrap(),
+            c.versions(&id).await.unwrap(),
+        )
+    };
+    let before = snapshot(server.root(), k.key_id.clone()).await;
+
+    let cases: Vec<(&str, String, Option<Vec<u8>>, u16, &str)> = vec![
+        (
+            "POST",
+            enc_path.clone(),
+            Some(b"{not json".to_vec()),
+            400,
+            "ValidationError",
+        ),
+        (
+            "POST",
+            enc_path.clone(),
+            Some(br#"{"plaintext": "***"}"#.to_vec()),
+            400,
+            "ValidationError",
+        ),
+        (
+            "POST",
+            enc_path.clone(),
+            Some(br#"{"plaintext": 42}"#.to_vec()),
+            400,
+            "ValidationError",
+        ),
+        (
+            "POST",
+            enc_path.clone(),
+            Some(br#"{"plaintext": "AA==", "colour": "red"}"#.to_vec()),
+            400,
+            "ValidationError",
+        ),
+        (
+            "POST",
+            enc_path.clone(),
+            Some(br#"{}"#.to_vec()),
+            400,
+            "ValidationError",
+        ),
+        (
+            "POST",
+            enc_path.clone(),
+            Some(format!(r#"{{"plaintext": "{}"}}"#, b64(&vec![0u8; 64 * 1024 + 1])).into_bytes()),
+            413,
+            "PayloadTooLarge",
+        ),
+        (
+            "POST",
+            enc_path.clone(),
+            Some(vec![b' '; 1024 * 1024 + 10]),
+            413,
+            "PayloadTooLarge",
+        ),
+        (
+            "POST",
+            "/v1/keys".into(),
+            Some(br#"{"spec": "AES_512"}"#.to_vec()),
+            400,
+            "ValidationError",
+        ),
+        (
+            "POST",
+            "/v1/keys".into(),
+            Some(br#"{"spec": "AES_256", "usage": "SIGN_VERIFY"}"#.to_vec()),
+            400,
+            "IncorrectKeyUsage",
+        ),
+        (
+            "POST",
+            "/v1/keys".into(),
+            Some(br#"{"spec": "TDES"}"#.to_vec()),
+            400,
+            "ValidationError",
+        ),
+        (
+            "GET",
+            "/v1/keys/6f0c4b0e-0000-4000-8000-000000000000".into(),
+            None,
+            404,
+            "NotFound",
+        ),
+        (
+            "GET",
+            "/v1/keys/not-a-key".into(),
+            None,
+            400,
+            "ValidationError",
+        ),
+        (
+            "GET",
+            "/v1/keys?colour=red".into(),
+            None,
+            400,
+            "ValidationError",
+        ),
+        (
+            "GET",
+            "/v1/keys?limit=5000".into(),
+            None,
+            400,
+            "ValidationError",
+        ),
+        (
+            "POST",
+            format!("/v1/keys/{}/versions/9/enable", k.key_id),
+            None,
+            404,
+            "NotFound",
+        ),
+        (
+            "POST",
+            format!("/v1/keys/{}/versions/x/enable", k.key_id),
+            None,
+            400,
+            "ValidationError",
+        ),
+        (
+            "POST",
+            format!("/v1/keys/{}/versions/1/explode", k.key_id),
+            None,
+            404,
+            "NotFound",
+        ),
+        (
+            "POST",
+            format!("/v1/keys/{}/versions/1/destroy", k.key_id),
+            None,
+            409,
+            "InvalidState",
+        ),
+        (
+            "POST",
+            format!("/v1/keys/{}/cancel-deletion", k.key_id),
+            None,
+            409,
+            "InvalidState",
+        ),
+        (
+            "POST",
+            format!("/v1/keys/{}/schedule-deletion", k.key_id),
+            Some(br#"{"pending_days": 3}"#.to_vec()),
+            400,
+            "ValidationError",
+        ),
+        (
+            "POST",
+            format!("/v1/keys/{}/sign", k.key_id),
+            Some(br#"{"message": "AA==", "algorithm": "ECDSA_SHA_256"}"#.to_vec()),
+            400,
+            "IncorrectKeyUsage",
+        ),
+        (
+            "POST",
+            format!("/v1/keys/{}/public-key", k.key_id),
+            None,
+            404,
+            "NotFound",
+        ),
+        (
+            "GET",
+            format!("/v1/keys/{}/public-key", k.key_id),
+            None,
+            400,
+            "IncorrectKeyUsage",
+        ),
+        (
+            "POST",
+            "/v1/decrypt".into(),
+            Some(
+                serde_json::to_vec(
+                    &json!({"ciphertext": b64(&ct[..ct.len() - 1]), "context": {"x": "1"}}),
+                )
+                .unwrap(),
+            ),
+            400,
+            "InvalidCiphertext",
+        ),
+        (
+            "POST",
+            "/v1/decrypt".into(),
+            Some(
+                serde_json::to_vec(&json!({"ciphertext": b64(&ct), "context": {"x": "2"}}))
+                    .unwrap(),
+            ),
+            400,
+            "InvalidCiphertext",
+        ),
+        (
+            "POST",
+            "/v1/decrypt".into(),
+            Some(serde_json::to_vec(&json!({"ciphertext": b64(&ct)})).unwrap()),
+            400,
+            "InvalidCiphertext",
+        ),
+        (
+            "POST",
+            "/v1/random".into(),
+            Some(br#"{"length": 0}"#.to_vec()),
+            400,
+            "ValidationError",
+        ),
+        (
+            "PUT",
+            "/v1/aliases/alias%2Fbad%20name".into(),
+            Some(serde_json::to_vec(&json!({"key_id": k.key_id})).unwrap()),
+            400,
+            "ValidationError",
+        ),
+        ("GET", "/v1/no-such-endpoint".into(), None, 404, "NotFound"),
+    ];
+    for (method, path, body, status, code) in cases {
+        let (st, v, rid) = raw(a, method, &path, Some(ROOT), body).await;
+        assert_eq!((st, code_of(&v)), (status, code), "{method} {path}: {v}");
+        assert!(rid.is_some(), "no x-request-id on {path}");
+        assert!(!v["error"]["message"].as_str().unwrap_or("").is_empty());
+    }
+    // Tampered ciphertext, every byte.
+    for i in [0, 1, 5, 20, 25, ct.len() - 1] {
+        let mut bad = ct.clone();
+        bad[i] ^= 0x40;
+        let (st, v, _) = raw(
+            a,
+            "POST",
+            "/v1/decrypt",
+            Some(ROOT),
+            Some(
+                serde_json::to_vec(&json!({"ciphertext": b64(&bad), "context": {"x": "1"}}))
+                    .unwrap(),
+            ),
+        )
+        .await;
+        assert_eq!(st, 400, "flip {i}: {v}");
+    }
+    // Authentication.
+    assert_eq!(raw(a, "GET", "/v1/keys", None, None).await.0, 401);
+    assert_eq!(
+        code_of(&raw(a, "GET", "/v1/keys", Some("kw.wrong"), None).await.1),
+        "Unauthenticated"
+    );
+    // Conflicts.
+    c.put_alias("alias/taken", &k.key_id).await.unwrap();
+    let dup = c
+        .create_key(&CreateKeyRequest {
+            spec: "AES_256".into(),
+            alias: Some("alias/taken".into()),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(api_code(dup), "AlreadyExists");
+    c.delete_alias("alias/taken").await.unwrap();
+
+    assert_eq!(
+        snapshot(server.root(), k.key_id.clone()).await,
+        before,
+        "refused requests changed the key"
+    );
+
+    // State errors.
+    c.key_action(&k.key_id, "disable").await.unwrap();
+    assert_eq!(
+        api_code(c.encrypt(&k.key_id, b"x", None).await),
+        "KeyDisabled"
+    );
+    assert_eq!(
+        api_code(c.decrypt(None, &ct, ctx(&[("x", "1")]), None).await),
+        "KeyDisabled"
+    );
+    c.key_action(&k.key_id, "enable").await.unwrap();
+    c.schedule_deletion(&k.key_id, 7).await.unwrap();
+    assert_eq!(
+        api_code(c.encrypt(&k.key_id, b"x", None).await),
+        "KeyPendingDeletion"
+    );
+    assert_eq!(
+        api_code(c.key_action(&k.key_id, "rotate").await),
+        "KeyPendingDeletion"
+    );
+    let rotated = create(&c, "AES_256", None).await;
+    c.key_action(&rotated.key_id, "rotate").await.unwrap();
+    c.version_action(&rotated.key_id, 1, "destroy")
+        .await
+        .unwrap();
+    assert_eq!(
+        api_code(c.set_primary(&rotated.key_id, 1).await),
+        "KeyDestroyed"
+    );
+    c.version_action(&rotated.key_id, 2, "enable")
+        .await
+        .unwrap();
+    assert_eq!(
+        api_code(c.version_action(&rotated.key_id, 1, "enable").await),
+        "KeyDestroyed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_init_unseal_seal_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &[], &[]);
+    let anon = server.client(None);
+    assert_eq!(anon.health().await.unwrap().status, "uninitialized");
+    assert_eq!(api_code(anon.init(3, 5).await), "ValidationError");
+    let init = anon.init(5, 3).await.unwrap();
+    assert_eq!(init.shares.len(), 5);
+    assert_eq!(api_code(anon.init(5, 3).await), "InvalidState");
+    let c = server.client(Some(&init.root_token));
+    assert_eq!(
+        api_code(
+            c.create_key(&CreateKeyRequest {
+                spec: "AES_256".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        "Sealed"
+    );
+    assert_eq!(anon.unseal(&init.shares[0]).await.unwrap().progress, 1);
+    assert_eq!(anon.unseal(&init.shares[3]).await.unwrap().progress, 2);
+    assert!(!anon.unseal(&init.shares[4]).await.unwrap().sealed);
+    let k = create(&c, "AES_256", None).await;
+    let ct = c
+        .encrypt(&k.key_id, b"prod", None)
+        .await
+        .unwrap()
+        .ciphertext
+        .0;
+    // Only admins seal.
+    assert_eq!(api_code(anon.seal().await), "Unauthenticated");
+    server.restart(&[]);
+    let anon = server.client(None);
+    let c = server.client(Some(&init.root_token));
+    assert!(anon.status().await.unwrap().sealed);
+    assert_eq!(api_code(c.decrypt(None, &ct, None, None).await), "Sealed");
+    for s in &init.shares[2..5] {
+        anon.unseal(s).await.unwrap();
+    }
+    assert_eq!(
+        c.decrypt(None, &ct, None, None)
+            .await
+            .unwrap()
+            .plaintext
+            .expose(),
+        b"prod"
+    );
+    assert_eq!(c.rotate_root().await.unwrap().generation, 2);
+    assert_eq!(
+        c.decrypt(None, &ct, None, None)
+            .await
+            .unwrap()
+            .plaintext
+            .expose(),
+        b"prod"
+    );
+    let status = server.stop();
+    assert!(status.success(), "graceful shutdown failed: {status}");
+    assert!(server.logs().contains("keys dropped from memory"));
+    for share in &init.shares {
+        assert!(
+            !server.logs().contains(share.as_str()),
+            "a share reached the log"
+        );
+    }
+    assert!(
+        !server.logs().contains(&init.root_token),
+        "the root token reached the log"
+    );
+}
+
+#[test]
+fn unsafe_or_wrong_configuration_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args(args)
+            .env_remove("KEYWARD_LISTEN")
+            .output()
+            .unwrap()
+    };
+    let data = dir.path().join("d");
+    let d = data.to_str().unwrap();
+    let out = run(&["serve", "--dev", "--data-dir", d, "--listen", "0.0.0.0:0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure-http"));
+    let cfg = dir.path().join("k.toml");
+    std::fs::write(&cfg, "tls_crt = \"/x\"\n").unwrap();
+    let out = run(&[
+        "serve",
+        "--dev",
+        "--data-dir",
+        d,
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tls_crt"));
+    let out = run(&[
+        "serve",
+        "--dev",
+        "--data-dir",
+        d,
+        "--tls-cert",
+        "/nonexistent.pem",
+    ]);
+    assert!(!out.status.success());
+}

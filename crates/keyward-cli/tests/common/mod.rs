@@ -1,0 +1,168 @@
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keyward_client::Client;
+
+pub const ROOT: &str = "kw.test-root-token-0123456789abcdef";
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real `keyward serve` process.
+pub struct Server {
+    pub child: Option<Child>,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    args: Vec<String>,
+}
+
+impl Server {
+    /// `keyward serve --dev` on a fresh port, with the fixed root token.
+    pub fn dev(data_dir: &Path) -> Server {
+        Self::start(data_dir, &["--dev"], &[("KEYWARD_DEV_ROOT_TOKEN", ROOT)])
+    }
+
+    pub fn start(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let port = free_port();
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+        ];
+        args.push(data_dir.display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut s = Server {
+            child: None,
+            addr: format!("http://127.0.0.1:{port}"),
+            data_dir: data_dir.to_path_buf(),
+            log: data_dir.with_extension(format!("{port}.log")),
+            args,
+        };
+        s.spawn(env);
+        s
+    }
+
+    fn spawn(&mut self, env: &[(&str, &str)]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyward"));
+        cmd.args(&self.args)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log));
+        cmd.env_remove("KEYWARD_DEV_ROOT_TOKEN");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().unwrap());
+        self.wait_listening();
+    }
+
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port = self.addr.rsplit(':').next().unwrap().to_string();
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("server exited with {status}: {}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server did not start: {}", self.logs());
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn client(&self, token: Option<&str>) -> Client {
+        Client::new(&self.addr, token.map(str::to_string)).unwrap()
+    }
+
+    pub fn root(&self) -> Client {
+        self.client(Some(ROOT))
+    }
+
+    /// SIGTERM and wait: the graceful path.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("server did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops and starts again on the same port and data directory.
+    pub fn restart(&mut self, env: &[(&str, &str)]) {
+        self.stop();
+        self.spawn(env);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A raw HTTP call for bad-input tests: returns status, headers' request id, and the JSON body.
+pub async fn raw(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> (u16, serde_json::Value, Option<String>) {
+    let http = reqwest::Client::new();
+    let mut req = http.request(
+        reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+        format!("{addr}{path}"),
+    );
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let rid = resp
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_string());
+    let bytes = resp.bytes().await.unwrap();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, json, rid)
+}
+
+pub fn code_of(v: &serde_json::Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}

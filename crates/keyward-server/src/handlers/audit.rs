@@ -1,0 +1,181 @@
+//! `/v1/audit` and `/v1/audit/verify`.
+
+use std::collections::HashMap;
+
+use axum::extract::{Query, State};
+use axum::response::Response;
+use keyward_core::audit::AuditRecord;
+use keyward_store::AuditQuery;
+use serde::Serialize;
+
+use crate::app::{call, AppState, Meta, Mode, Reply};
+use crate::authz::Action;
+use crate::error::ApiError;
+
+#[derive(Serialize)]
+struct AuditPage {
+    records: Vec<AuditRecord>,
+    next_token: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Verification {
+    valid: bool,
+    records: u64,
+    head: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_bad_seq: Option<u64>,
+}
+
+/// Parses an RFC 3339 UTC timestamp (`2026-11-29T08:10:16Z`, optional fraction) to unix milliseconds.
+pub fn parse_time(s: &str) -> Option<i64> {
+    let s = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00"))?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let millis: i64 = format!("{:0<3}", frac.get(..3.min(frac.len()))?)
+        .parse()
+        .ok()?;
+    // Days from civil date (Howard Hinnant).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + millis)
+}
+
+/// `GET /v1/audit?since=&until=&principal=&key_id=&action=&outcome=&limit=&next_token=`.
+pub async fn query(
+    State(app): State<AppState>,
+    meta: Meta,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::ReadAudit,
+        None,
+        Mode::Blocking,
+        move |_| {
+            const ALLOWED: [&str; 8] = [
+                "since",
+                "until",
+                "principal",
+                "key_id",
+                "action",
+                "outcome",
+                "limit",
+                "next_token",
+            ];
+            if let Some(k) = q.keys().find(|k| !ALLOWED.contains(&k.as_str())) {
+                return Err(ApiError::validation(format!(
+                    "unknown query parameter '{}'",
+                    k.escape_debug()
+                )));
+            }
+            let time = |name: &str| {
+                q.get(name)
+                    .map(|v| {
+                        parse_time(v).ok_or_else(|| {
+                            ApiError::validation(format!("{name} must be an RFC 3339 UTC time"))
+                        })
+                    })
+                    .transpose()
+            };
+            let limit = keyward_api::page_limit(
+                q.get("limit")
+                    .map(|v| {
+                        v.parse()
+                            .map_err(|_| ApiError::validation("limit must be a number"))
+                    })
+                    .transpose()?,
+            )
+            .map_err(ApiError::validation)?;
+            let after_seq = q
+                .get("next_token")
+                .map(|t| {
+                    t.parse::<u64>().map_err(|_| {
+                        ApiError::validation("next_token is not one this service issued")
+                    })
+                })
+                .transpose()?
+                .unwrap_or(0);
+            if let Some(o) = q.get("outcome") {
+                if !matches!(o.as_str(), "allow" | "deny" | "error") {
+                    return Err(ApiError::validation("outcome is allow, deny or error"));
+                }
+            }
+            let query = AuditQuery {
+                after_seq,
+                since_ms: time("since")?,
+                until_ms: time("until")?,
+                principal: q.get("principal").cloned(),
+                key_id: q.get("key_id").cloned(),
+                action: q.get("action").cloned(),
+                outcome: q.get("outcome").cloned(),
+                limit: limit + 1,
+            };
+            let mut records = a.kms.query_audit(&query)?;
+            let next_token = if records.len() > limit {
+                records.truncate(limit);
+                records.last().map(|r| r.seq.to_string())
+            } else {
+                None
+            };
+            Reply::ok(&AuditPage {
+                records,
+                next_token,
+            })
+        },
+    )
+    .await
+}
+
+/// `GET /v1/audit/verify`.
+pub async fn verify(State(app): State<AppState>, meta: Meta) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::VerifyAudit,
+        None,
+        Mode::Blocking,
+        move |_| {
+            let v = a.kms.verify_audit()?;
+            Reply::ok(&Verification {
+                valid: v.valid,
+                records: v.records,
+                head: v.head,
+                first_bad_seq: v.first_bad_seq,
+            })
+        },
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn parses_rfc3339() {
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_time("2000-02-29T00:00:00.123Z"),
+            Some(951_782_400_123)
+        );
+        assert_eq!(parse_time("2026-12-31T23:59:59Z"), Some(1_798_761_599_000));
+        assert_eq!(parse_time("2026-13-01T00:00:00Z"), None);
+        assert_eq!(parse_time("yesterday"), None);
+    }
+}

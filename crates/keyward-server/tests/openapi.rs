@@ -1,0 +1,80 @@
+//! The OpenAPI document served at /v1/openapi.json covers every route of the server, and names each action.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use keyward_server::authz::Action;
+use keyward_server::handlers::sys::OPENAPI;
+
+const ROUTES: &[(&str, &str)] = &[
+    ("get", "/v1/health"),
+    ("get", "/v1/sys/status"),
+    ("post", "/v1/sys/init"),
+    ("post", "/v1/sys/unseal"),
+    ("post", "/v1/sys/seal"),
+    ("post", "/v1/sys/rotate-root"),
+    ("get", "/metrics"),
+    ("get", "/v1/openapi.json"),
+    ("post", "/v1/keys"),
+    ("get", "/v1/keys"),
+    ("get", "/v1/keys/{key}"),
+    ("patch", "/v1/keys/{key}"),
+    ("post", "/v1/keys/{key}/enable"),
+    ("post", "/v1/keys/{key}/disable"),
+    ("post", "/v1/keys/{key}/rotate"),
+    ("get", "/v1/keys/{key}/versions"),
+    ("post", "/v1/keys/{key}/versions/{n}/{action}"),
+    ("post", "/v1/keys/{key}/primary"),
+    ("post", "/v1/keys/{key}/schedule-deletion"),
+    ("post", "/v1/keys/{key}/cancel-deletion"),
+    ("get", "/v1/keys/{key}/public-key"),
+    ("get", "/v1/keys/{key}/import-parameters"),
+    ("post", "/v1/keys/{key}/import"),
+    ("post", "/v1/keys/{key}/export"),
+    ("get", "/v1/aliases"),
+    ("put", "/v1/aliases/{name}"),
+    ("delete", "/v1/aliases/{name}"),
+    ("post", "/v1/keys/{key}/encrypt"),
+    ("post", "/v1/decrypt"),
+    ("post", "/v1/keys/{key}/decrypt"),
+    ("post", "/v1/keys/{key}/reencrypt"),
+    ("post", "/v1/keys/{key}/data-key"),
+    ("post", "/v1/keys/{key}/data-key-pair"),
+    ("post", "/v1/keys/{key}/sign"),
+    ("post", "/v1/keys/{key}/verify"),
+    ("post", "/v1/keys/{key}/mac"),
+    ("post", "/v1/keys/{key}/verify-mac"),
+    ("post", "/v1/keys/{key}/derive"),
+    ("post", "/v1/keys/{key}/agree"),
+    ("post", "/v1/random"),
+    ("post", "/v1/keys/{key}/csr"),
+    ("post", "/v1/keys/{key}/certificate"),
+    ("get", "/v1/audit"),
+    ("get", "/v1/audit/verify"),
+];
+
+#[test]
+fn every_route_is_documented_with_a_known_action() {
+    let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for (method, path) in ROUTES {
+        let op = &doc["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} is not in openapi.json");
+        for action in op["x-keyward-action"].as_str().unwrap().split(" | ") {
+            assert!(
+                action == "kms:OpenApi" || Action::parse(action).is_some(),
+                "{path}: unknown action {action}"
+            );
+        }
+    }
+    let documented: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p.as_object().unwrap().len())
+        .sum();
+    assert_eq!(
+        documented,
+        ROUTES.len(),
+        "openapi.json documents routes the server does not have"
+    );
+}

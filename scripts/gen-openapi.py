@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Writes crates/keyward-server/openapi.json, the OpenAPI 3 description of Keyward's REST API v1.
+
+The document is generated from the tables below so that every path, its action name and its schemas stay in
+one place; CI checks that the server's routes and this document agree (keyward-server's openapi test).
+"""
+import json
+import os
+
+S = {"type": "string"}
+B64 = {"type": "string", "format": "byte"}
+INT = {"type": "integer", "minimum": 0}
+BOOL = {"type": "boolean"}
+CTX = {"type": "object", "additionalProperties": {"type": "string"}, "description": "Encryption context"}
+
+
+def obj(props, required=(), extra=False):
+    o = {"type": "object", "properties": props, "additionalProperties": extra}
+    if required:
+        o["required"] = list(required)
+    return o
+
+
+def ref(name):
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+schemas = {
+    "Error": obj({"error": obj({"code": S, "message": S}, ["code", "message"])}, ["error"]),
+    "ApprovalPending": obj({"approval_id": S, "status": {"type": "string", "enum": ["pending"]}}),
+    "Health": obj({"status": {"type": "string", "enum": ["ok", "sealed", "uninitialized"]}, "version": S, "node_id": S}),
+    "SysStatus": obj({"initialized": BOOL, "sealed": BOOL, "threshold": INT, "shares": INT, "progress": INT,
+                      "root_of_trust": {"type": "string", "enum": ["shamir", "pkcs11", "dev"]}}),
+    "InitRequest": obj({"shares": INT, "threshold": INT}, ["shares", "threshold"]),
+    "InitResponse": obj({"shares": {"type": "array", "items": S}, "root_token": S}),
+    "UnsealRequest": obj({"share": S}, ["share"]),
+    "RotateRootResponse": obj({"generation": INT}),
+    "Quorum": obj({"approvals": INT}, ["approvals"]),
+    "CreateKeyRequest": obj({
+        "spec": {"type": "string", "enum": ["SYMMETRIC_DEFAULT", "AES_128", "AES_256", "SM4", "TDES", "RSA_2048", "RSA_3072",
+                                             "RSA_4096", "ECC_NIST_P256", "ECC_NIST_P384", "ECC_NIST_P521", "ECC_SECG_P256K1",
+                                             "ED25519", "SM2", "HMAC_224", "HMAC_256", "HMAC_384", "HMAC_512"]},
+        "usage": {"type": "string", "enum": ["ENCRYPT_DECRYPT", "SIGN_VERIFY", "GENERATE_VERIFY_MAC", "KEY_AGREEMENT"]},
+        "description": S, "alias": S, "tags": {"type": "object", "additionalProperties": S},
+        "rotation_period_days": INT, "exportable": BOOL,
+        "origin": {"type": "string", "enum": ["KEYWARD", "HSM", "EXTERNAL"]}, "quorum": ref("Quorum"), "allow_legacy": BOOL,
+    }, ["spec"]),
+    "Key": obj({"key_id": S, "alias": S, "spec": S, "usage": S,
+                "state": {"type": "string", "enum": ["Enabled", "Disabled", "PendingDeletion", "Destroyed"]},
+                "description": S, "tags": {"type": "object", "additionalProperties": S}, "created_at": {"type": "string", "format": "date-time"},
+                "primary_version": INT, "min_decryption_version": INT, "rotation_period_days": INT,
+                "next_rotation_at": {"type": "string", "format": "date-time"}, "last_rotated_at": {"type": "string", "format": "date-time"},
+                "deletion_date": {"type": "string", "format": "date-time"}, "origin": S, "exportable": BOOL, "quorum": ref("Quorum")}),
+    "KeyList": obj({"keys": {"type": "array", "items": ref("Key")}, "next_token": {"type": "string", "nullable": True}}),
+    "UpdateKeyRequest": obj({"description": S, "tags": {"type": "object", "additionalProperties": S},
+                             "rotation_period_days": {"type": "integer", "nullable": True}, "min_decryption_version": INT}),
+    "Version": obj({"version": INT, "state": {"type": "string", "enum": ["Enabled", "Disabled", "Archived", "Destroyed"]},
+                    "created_at": {"type": "string", "format": "date-time"}, "destroyed_at": {"type": "string", "format": "date-time"}}),
+    "VersionList": obj({"versions": {"type": "array", "items": ref("Version")}}),
+    "SetPrimaryRequest": obj({"version": INT}, ["version"]),
+    "ScheduleDeletionRequest": obj({"pending_days": {"type": "integer", "minimum": 7, "maximum": 30}}),
+    "PublicKey": obj({"key_id": S, "version": INT, "spec": S, "public_key_pem": S, "public_key_der": B64}),
+    "ImportParameters": obj({"wrapping_public_key_der": B64, "import_token": S, "expires_at": {"type": "string", "format": "date-time"}}),
+    "ImportRequest": obj({"import_token": S, "wrapped_key_material": B64}, ["import_token", "wrapped_key_material"]),
+    "ExportRequest": obj({"wrapping_public_key_der": B64, "version": INT}, ["wrapping_public_key_der"]),
+    "ExportResponse": obj({"wrapped_key_material": B64}),
+    "PutAliasRequest": obj({"key_id": S}, ["key_id"]),
+    "Alias": obj({"alias": S, "key_id": S}),
+    "AliasList": obj({"aliases": {"type": "array", "items": ref("Alias")}, "next_token": {"type": "string", "nullable": True}}),
+    "EncryptItem": obj({"plaintext": B64, "context": CTX, "algorithm": {"type": "string", "enum": ["SYMMETRIC_DEFAULT", "RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256", "SM2PKE"]}}, ["plaintext"]),
+    "EncryptRequest": {"oneOf": [ref("EncryptItem"), obj({"items": {"type": "array", "maxItems": 1000, "items": ref("EncryptItem")}}, ["items"])]},
+    "EncryptResponse": obj({"ciphertext": B64, "key_id": S, "version": INT}),
+    "DecryptItem": obj({"ciphertext": B64, "context": CTX, "algorithm": S}, ["ciphertext"]),
+    "DecryptRequest": {"oneOf": [ref("DecryptItem"), obj({"items": {"type": "array", "maxItems": 1000, "items": ref("DecryptItem")}}, ["items"])]},
+    "DecryptResponse": obj({"plaintext": B64, "key_id": S, "version": INT}),
+    "ReencryptItem": obj({"ciphertext": B64, "context": CTX, "new_context": CTX}, ["ciphertext"]),
+    "ReencryptRequest": {"oneOf": [ref("ReencryptItem"), obj({"items": {"type": "array", "maxItems": 1000, "items": ref("ReencryptItem")}}, ["items"])]},
+    "BatchResponse": obj({"items": {"type": "array", "items": {"type": "object"}}}),
+    "DataKeyRequest": obj({"spec": {"type": "string", "enum": ["AES_256", "AES_128"]}, "context": CTX, "include_plaintext": BOOL}, ["spec"]),
+    "DataKeyResponse": obj({"plaintext": B64, "ciphertext": B64, "key_id": S, "version": INT}),
+    "DataKeyPairRequest": obj({"spec": S, "context": CTX, "include_plaintext": BOOL}, ["spec"]),
+    "DataKeyPairResponse": obj({"public_key_der": B64, "private_key_ciphertext": B64, "private_key_der": B64, "key_id": S, "version": INT}),
+    "SignRequest": obj({"message": B64, "digest": B64, "algorithm": {"type": "string", "enum": [
+        "RSASSA_PSS_SHA_256", "RSASSA_PSS_SHA_384", "RSASSA_PSS_SHA_512", "RSASSA_PKCS1_V1_5_SHA_256", "RSASSA_PKCS1_V1_5_SHA_384",
+        "RSASSA_PKCS1_V1_5_SHA_512", "ECDSA_SHA_256", "ECDSA_SHA_384", "ECDSA_SHA_512", "ED25519", "SM2DSA"]}}, ["algorithm"]),
+    "SignResponse": obj({"signature": B64, "key_id": S, "version": INT, "algorithm": S}),
+    "VerifyRequest": obj({"message": B64, "digest": B64, "signature": B64, "algorithm": S, "version": INT}, ["signature", "algorithm"]),
+    "Validity": obj({"valid": BOOL}),
+    "MacRequest": obj({"message": B64, "algorithm": {"type": "string", "enum": ["HMAC_SHA_224", "HMAC_SHA_256", "HMAC_SHA_384", "HMAC_SHA_512"]}}, ["message", "algorithm"]),
+    "MacResponse": obj({"mac": B64, "key_id": S, "version": INT}),
+    "VerifyMacRequest": obj({"message": B64, "mac": B64, "algorithm": S}, ["message", "mac", "algorithm"]),
+    "DeriveRequest": obj({"context": B64, "length": {"type": "integer", "minimum": 16, "maximum": 64}, "include_plaintext": BOOL}, ["context", "length"]),
+    "DeriveResponse": obj({"ciphertext": B64, "plaintext": B64}),
+    "AgreeRequest": obj({"peer_public_key_der": B64}, ["peer_public_key_der"]),
+    "AgreeResponse": obj({"shared_secret": B64}),
+    "RandomRequest": obj({"length": {"type": "integer", "minimum": 1, "maximum": 1024}}, ["length"]),
+    "RandomResponse": obj({"random": B64}),
+    "CsrRequest": obj({"subject": S, "sans": {"type": "array", "items": S}}, ["subject"]),
+    "CsrResponse": obj({"csr_pem": S}),
+    "CertificateRequest": obj({"csr_pem": S, "subject": S, "days": INT, "is_ca": BOOL}, ["days"]),
+    "CertificateResponse": obj({"certificate_pem": S}),
+    "AuditRecord": obj({"seq": INT, "time": {"type": "string", "format": "date-time"}, "request_id": S, "principal": S, "source_ip": S,
+                        "action": S, "key_id": S, "version": INT, "outcome": {"type": "string", "enum": ["allow", "deny", "error"]},
+                        "error_code": S, "prev_hash": S, "hash": S}),
+    "AuditPage": obj({"records": {"type": "array", "items": ref("AuditRecord")}, "next_token": {"type": "string", "nullable": True}}),
+    "AuditVerification": obj({"valid": BOOL, "records": INT, "head": S, "first_bad_seq": INT}),
+}
+
+KEY = {"name": "key", "in": "path", "required": True, "schema": S, "description": "Key id (UUID), alias%2FNAME or alias:NAME"}
+LIMIT = [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+         {"name": "next_token", "in": "query", "schema": S}]
+
+# (method, path, action, request schema or None, (status, response schema or None), parameters, public)
+ops = [
+    ("get", "/v1/health", "kms:Health", None, (200, "Health"), [], True),
+    ("get", "/v1/sys/status", "kms:Status", None, (200, "SysStatus"), [], True),
+    ("post", "/v1/sys/init", "kms:Init", "InitRequest", (200, "InitResponse"), [], True),
+    ("post", "/v1/sys/unseal", "kms:Unseal", "UnsealRequest", (200, "SysStatus"), [], True),
+    ("post", "/v1/sys/seal", "kms:Seal", None, (204, None), [], False),
+    ("post", "/v1/sys/rotate-root", "kms:RotateRoot", None, (200, "RotateRootResponse"), [], False),
+    ("get", "/metrics", "kms:GetMetrics", None, (200, None), [], False),
+    ("get", "/v1/openapi.json", "kms:OpenApi", None, (200, None), [], True),
+    ("post", "/v1/keys", "kms:CreateKey", "CreateKeyRequest", (201, "Key"), [], False),
+    ("get", "/v1/keys", "kms:ListKeys", None, (200, "KeyList"), LIMIT + [
+        {"name": "state", "in": "query", "schema": S}, {"name": "spec", "in": "query", "schema": S},
+        {"name": "tag", "in": "query", "schema": S, "description": "key:value"}], False),
+    ("get", "/v1/keys/{key}", "kms:DescribeKey", None, (200, "Key"), [KEY], False),
+    ("patch", "/v1/keys/{key}", "kms:UpdateKey", "UpdateKeyRequest", (200, "Key"), [KEY], False),
+    ("post", "/v1/keys/{key}/enable", "kms:EnableKey", None, (200, "Key"), [KEY], False),
+    ("post", "/v1/keys/{key}/disable", "kms:DisableKey", None, (200, "Key"), [KEY], False),
+    ("post", "/v1/keys/{key}/rotate", "kms:RotateKey", None, (200, "Key"), [KEY], False),
+    ("get", "/v1/keys/{key}/versions", "kms:ListKeyVersions", None, (200, "VersionList"), [KEY], False),
+    ("post", "/v1/keys/{key}/versions/{n}/{action}", "kms:EnableKeyVersion | kms:DisableKeyVersion | kms:ArchiveKeyVersion | kms:RestoreKeyVersion | kms:DestroyKeyVersion",
+     None, (200, "Version"), [KEY, {"name": "n", "in": "path", "required": True, "schema": INT},
+                              {"name": "action", "in": "path", "required": True, "schema": {"type": "string", "enum": ["enable", "disable", "archive", "restore", "destroy"]}}], False),
+    ("post", "/v1/keys/{key}/primary", "kms:SetPrimaryVersion", "SetPrimaryRequest", (200, "Key"), [KEY], False),
+    ("post", "/v1/keys/{key}/schedule-deletion", "kms:ScheduleKeyDeletion", "ScheduleDeletionRequest", (200, "Key"), [KEY], False),
+    ("post", "/v1/keys/{key}/cancel-deletion", "kms:CancelKeyDeletion", None, (200, "Key"), [KEY], False),
+    ("get", "/v1/keys/{key}/public-key", "kms:GetPublicKey", None, (200, "PublicKey"), [KEY], False),
+    ("get", "/v1/keys/{key}/import-parameters", "kms:GetImportParameters", None, (200, "ImportParameters"), [KEY], False),
+    ("post", "/v1/keys/{key}/import", "kms:ImportKeyMaterial", "ImportRequest", (200, "Key"), [KEY], False),
+    ("post", "/v1/keys/{key}/export", "kms:ExportKey", "ExportRequest", (200, "ExportResponse"), [KEY], False),
+    ("get", "/v1/aliases", "kms:ListAliases", None, (200, "AliasList"), LIMIT, False),
+    ("put", "/v1/aliases/{name}", "kms:PutAlias", "PutAliasRequest", (200, "Alias"), [{"name": "name", "in": "path", "required": True, "schema": S}], False),
+    ("delete", "/v1/aliases/{name}", "kms:DeleteAlias", None, (204, None), [{"name": "name", "in": "path", "required": True, "schema": S}], False),
+    ("post", "/v1/keys/{key}/encrypt", "kms:Encrypt", "EncryptRequest", (200, "EncryptResponse"), [KEY], False),
+    ("post", "/v1/decrypt", "kms:Decrypt", "DecryptRequest", (200, "DecryptResponse"), [], False),
+    ("post", "/v1/keys/{key}/decrypt", "kms:Decrypt", "DecryptRequest", (200, "DecryptResponse"), [KEY], False),
+    ("post", "/v1/keys/{key}/reencrypt", "kms:ReEncrypt", "ReencryptRequest", (200, "EncryptResponse"), [KEY], False),
+    ("post", "/v1/keys/{key}/data-key", "kms:GenerateDataKey", "DataKeyRequest", (200, "DataKeyResponse"), [KEY], False),
+    ("post", "/v1/keys/{key}/data-key-pair", "kms:GenerateDataKeyPair", "DataKeyPairRequest", (200, "DataKeyPairResponse"), [KEY], False),
+    ("post", "/v1/keys/{key}/sign", "kms:Sign", "SignRequest", (200, "SignResponse"), [KEY], False),
+    ("post", "/v1/keys/{key}/verify", "kms:Verify", "VerifyRequest", (200, "Validity"), [KEY], False),
+    ("post", "/v1/keys/{key}/mac", "kms:GenerateMac", "MacRequest", (200, "MacResponse"), [KEY], False),
+    ("post", "/v1/keys/{key}/verify-mac", "kms:VerifyMac", "VerifyMacRequest", (200, "Validity"), [KEY], False),
+    ("post", "/v1/keys/{key}/derive", "kms:DeriveKey", "DeriveRequest", (200, "DeriveResponse"), [KEY], False),
+    ("post", "/v1/keys/{key}/agree", "kms:DeriveSharedSecret", "AgreeRequest", (200, "AgreeResponse"), [KEY], False),
+    ("post", "/v1/random", "kms:GenerateRandom", "RandomRequest", (200, "RandomResponse"), [], False),
+    ("post", "/v1/keys/{key}/csr", "kms:CreateCsr", "CsrRequest", (200, "CsrResponse"), [KEY], False),
+    ("post", "/v1/keys/{key}/certificate", "kms:IssueCertificate", "CertificateRequest", (200, "CertificateResponse"), [KEY], False),
+    ("get", "/v1/audit", "kms:ReadAudit", None, (200, "AuditPage"), LIMIT + [
+        {"name": n, "in": "query", "schema": S} for n in ["since", "until", "principal", "key_id", "action", "outcome"]], False),
+    ("get", "/v1/audit/verify", "kms:VerifyAudit", None, (200, "AuditVerification"), [], False),
+]
+
+ERRORS = {
+    "400": "ValidationError, IncorrectKeyUsage or InvalidCiphertext",
+    "401": "Unauthenticated", "403": "AccessDenied", "404": "NotFound",
+    "409": "AlreadyExists, KeyDisabled, KeyPendingDeletion, KeyDestroyed or InvalidState",
+    "413": "PayloadTooLarge", "429": "Throttled", "503": "Sealed or Unavailable",
+}
+
+paths = {}
+for method, path, action, req, (status, resp), params, public in ops:
+    op = {"operationId": f"{method}{path.replace('/', '_').replace('{', '').replace('}', '').replace('-', '_')}",
+          "summary": action, "x-keyward-action": action, "parameters": params, "responses": {}}
+    if public:
+        op["security"] = []
+    if req:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(req)}}}
+    if resp:
+        op["responses"][str(status)] = {"description": "Success", "content": {"application/json": {"schema": ref(resp)}}}
+    else:
+        op["responses"][str(status)] = {"description": "Success"}
+    for code, text in ERRORS.items():
+        op["responses"][code] = {"description": text, "content": {"application/json": {"schema": ref("Error")}}}
+    paths.setdefault(path, {})[method] = op
+
+doc = {
+    "openapi": "3.0.3",
+    "info": {"title": "Keyward REST API", "version": "1.0.0",
+             "description": "Key management service. Binary values are standard base64 with padding. Every response carries x-request-id."},
+    "servers": [{"url": "http://127.0.0.1:9700"}],
+    "security": [{"bearer": []}],
+    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": schemas},
+    "paths": paths,
+}
+
+out = os.path.join(os.path.dirname(__file__), "..", "crates", "keyward-server", "openapi.json")
+with open(out, "w") as f:
+    json.dump(doc, f, indent=1, sort_keys=False)
+    f.write("\n")
+print(f"wrote {len(paths)} paths")
