@@ -1,0 +1,69 @@
+"""Starts a real `keyward serve --dev` for the Python suite, which acts as an independent client."""
+import os
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+import requests
+
+ROOT = "kw.python-suite-root-token-0123456789"
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.environ.get("KEYWARD_BIN", os.path.join(REPO, "target", "debug", "keyward"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Api:
+    def __init__(self, base):
+        self.base = base
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {ROOT}"
+
+    def call(self, method, path, body=None, expect=200):
+        r = self.session.request(method, self.base + path, json=body, timeout=60)
+        assert r.status_code == expect, f"{method} {path}: {r.status_code} {r.text}"
+        assert "x-request-id" in r.headers
+        return r.json() if r.content else None
+
+    def create(self, spec, usage=None, **extra):
+        body = {"spec": spec, **extra}
+        if usage:
+            body["usage"] = usage
+        return self.call("POST", "/v1/keys", body, expect=201)
+
+
+@pytest.fixture(scope="session")
+def server():
+    assert os.path.exists(BIN), f"build the binary first: {BIN}"
+    data = tempfile.mkdtemp(prefix="keyward-py-")
+    port = free_port()
+    env = dict(os.environ, KEYWARD_DEV_ROOT_TOKEN=ROOT)
+    log = open(os.path.join(data, "server.log"), "wb")
+    proc = subprocess.Popen(
+        [BIN, "serve", "--dev", "--listen", f"127.0.0.1:{port}", "--data-dir", os.path.join(data, "d")],
+        stdout=log, stderr=log, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            if requests.get(base + "/v1/health", timeout=1).status_code == 200:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError("keyward did not start")
+    yield {"base": base, "data": data, "log": os.path.join(data, "server.log"), "port": port}
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def api(server):
+    return Api(server["base"])
