@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Load test: Keyward over HTTP next to the machine's HTTP floor, measured in one run.
+#
+#   benches/load.sh                 # 10 s per measurement, 32 connections
+#   DURATION=5 CONCURRENCY=64 benches/load.sh
+#
+# Starts, on loopback only: the floor server (`keyward bench-floor`, a fixed 200 answer), Keyward in dev mode
+# with the durable audit log, and Keyward in dev mode with the audit log off (to show what auditing costs).
+# The load generator shares the two cores with the servers, so only figures from the same run compare.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CONCURRENCY=${CONCURRENCY:-32}
+cargo build --release --locked -p keyward-cli >/dev/null 2>&1 || cargo build --release --locked -p keyward-cli
+BIN=target/release/keyward
+TMP=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+FLOOR=$(port); AUDITED=$(port); UNAUDITED=$(port)
+TOKEN="kw.bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+
+printf 'rate_limit_per_second = 0\n' > "$TMP/audited.toml"
+printf 'rate_limit_per_second = 0\naudit = false\n' > "$TMP/unaudited.toml"
+"$BIN" bench-floor --listen "127.0.0.1:$FLOOR" 2>/dev/null & pids+=($!)
+KEYWARD_DEV_ROOT_TOKEN=$TOKEN "$BIN" serve --dev --config "$TMP/audited.toml" --data-dir "$TMP/a" --listen "127.0.0.1:$AUDITED" >/dev/null 2>&1 & pids+=($!)
+KEYWARD_DEV_ROOT_TOKEN=$TOKEN "$BIN" serve --dev --config "$TMP/unaudited.toml" --data-dir "$TMP/u" --listen "127.0.0.1:$UNAUDITED" >/dev/null 2>&1 & pids+=($!)
+for p in $FLOOR $AUDITED $UNAUDITED; do
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
+done
+
+run() { KEYWARD_TOKEN=$TOKEN "$BIN" bench --duration "$DURATION" --warmup 2 --concurrency "$CONCURRENCY" "$@"; }
+echo "# $(nproc) cores, $CONCURRENCY connections, ${DURATION}s per line, $(date -u +%FT%TZ)"
+run --addr "http://127.0.0.1:$FLOOR" --op floor
+run --addr "http://127.0.0.1:$AUDITED" --op encrypt
+run --addr "http://127.0.0.1:$AUDITED" --op decrypt
+run --addr "http://127.0.0.1:$AUDITED" --op sign
+run --addr "http://127.0.0.1:$AUDITED" --op data-key
+echo "# audit log off (dev-mode switch, for this comparison only)"
+run --addr "http://127.0.0.1:$UNAUDITED" --op encrypt
+run --addr "http://127.0.0.1:$FLOOR" --op floor
