@@ -71,6 +71,132 @@ enum Command {
         #[arg(long = "in")]
         input: Option<PathBuf>,
     },
+    /// Re-encrypt a base64 ciphertext (stdin or --in) under another key.
+    Reencrypt {
+        /// Destination key id or alias.
+        key: String,
+        /// Context of the source ciphertext, k=v (repeatable).
+        #[arg(long = "context", value_parser = kv)]
+        context: Vec<(String, String)>,
+        /// New context, k=v (repeatable); the old one is kept when absent.
+        #[arg(long = "new-context", value_parser = kv)]
+        new_context: Vec<(String, String)>,
+        /// Input file (default stdin).
+        #[arg(long = "in")]
+        input: Option<PathBuf>,
+    },
+    /// Generate a data key pair (private key returned encrypted, and in plaintext).
+    DataKeyPair {
+        /// Key id or alias of the symmetric KMS key.
+        key: String,
+        /// RSA_2048, ECC_NIST_P256, ...
+        #[arg(long)]
+        spec: String,
+    },
+    /// Verify a MAC (base64) over stdin or a file.
+    VerifyMac {
+        /// Key id or alias.
+        key: String,
+        /// HMAC_SHA_256, ...
+        #[arg(long)]
+        algorithm: String,
+        /// Base64 MAC.
+        #[arg(long)]
+        mac: String,
+        /// Input file (default stdin).
+        #[arg(long = "in")]
+        input: Option<PathBuf>,
+    },
+    /// Derive a key (HKDF-SHA-256) from a symmetric key with a context.
+    Derive {
+        /// Key id or alias.
+        key: String,
+        /// Derivation context (text).
+        #[arg(long)]
+        context: String,
+        /// Length in bytes (16 to 64).
+        #[arg(long, default_value_t = 32)]
+        length: usize,
+    },
+    /// ECDH with a peer public key (SPKI DER file).
+    Agree {
+        /// Key id or alias.
+        key: String,
+        /// The peer's public key (DER).
+        #[arg(long)]
+        peer: PathBuf,
+    },
+    /// Create a CSR signed by a key.
+    Csr {
+        /// Key id or alias.
+        key: String,
+        /// Subject, e.g. "CN=api.example.com,O=Example".
+        #[arg(long)]
+        subject: String,
+        /// Subject alternative name (repeatable).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+    },
+    /// Issue a certificate: self-signed, or for a CSR (--csr FILE) with this key as the CA.
+    Certificate {
+        /// Key id or alias.
+        key: String,
+        /// Subject (of a self-signed certificate, or the issuer name).
+        #[arg(long)]
+        subject: Option<String>,
+        /// A PEM CSR to issue a certificate for.
+        #[arg(long)]
+        csr: Option<PathBuf>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Mark the certificate as a CA.
+        #[arg(long)]
+        ca: bool,
+    },
+    /// Read or verify the audit log.
+    Audit {
+        /// Verify the hash chain instead of listing.
+        #[arg(long)]
+        verify: bool,
+        /// Query string filters, e.g. "principal=app&outcome=deny".
+        #[arg(long, default_value = "")]
+        filter: String,
+    },
+    /// Prometheus metrics.
+    Metrics,
+    /// Create an identity.
+    Identity {
+        /// Name.
+        name: String,
+        /// service or user.
+        #[arg(long, default_value = "service")]
+        kind: String,
+        /// Role (repeatable): admin, key-admin, key-user, auditor.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Read a password from stdin (user identities).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Create a token for an identity (printed once).
+    Token {
+        /// Identity name.
+        name: String,
+        /// Lifetime in seconds.
+        #[arg(long)]
+        ttl: Option<i64>,
+    },
+    /// Revoke a token by its id.
+    Revoke {
+        /// Token id (tok_...).
+        token_id: String,
+    },
+    /// Log in with a password read from stdin; prints a token.
+    Login {
+        /// Identity name.
+        name: String,
+    },
     /// Random bytes from the HSM, base64.
     Random {
         /// 1 to 1024.
@@ -802,8 +928,216 @@ async fn run(cli: Cli) -> Res {
             }
         }
         Command::Random { length } => println!("{}", b64(&c.random(length).await.map_err(e)?)),
+        Command::Reencrypt {
+            key,
+            context: ctx,
+            new_context,
+            input,
+        } => {
+            let ct = unb64(&String::from_utf8_lossy(&read_input(&input)?))?;
+            let body = ReencryptBody {
+                ciphertext: Some(B64(ct)),
+                context: context(ctx),
+                new_context: context(new_context),
+                items: None,
+            };
+            let r = c.reencrypt(&key, &body).await.map_err(e)?;
+            if out.json {
+                out.value(&r);
+            } else {
+                println!("{}", b64(&r.ciphertext.0));
+            }
+        }
+        Command::DataKeyPair { key, spec } => out.value(
+            &c.data_key_pair(
+                &key,
+                &DataKeyPairRequest {
+                    spec,
+                    context: None,
+                    include_plaintext: Some(true),
+                },
+            )
+            .await
+            .map_err(e)?,
+        ),
+        Command::VerifyMac {
+            key,
+            algorithm,
+            mac,
+            input,
+        } => {
+            let req = VerifyMacRequest {
+                message: B64(read_input(&input)?),
+                mac: B64(unb64(&mac)?),
+                algorithm,
+            };
+            let valid = c.verify_mac(&key, &req).await.map_err(e)?;
+            println!("{}", if valid { "valid" } else { "INVALID" });
+            if !valid {
+                return Err("MAC is not valid".into());
+            }
+        }
+        Command::Derive {
+            key,
+            context: dctx,
+            length,
+        } => {
+            let req = DeriveRequest {
+                context: B64(dctx.into_bytes()),
+                length,
+                include_plaintext: Some(true),
+            };
+            out.value(&c.derive(&key, &req).await.map_err(e)?);
+        }
+        Command::Agree { key, peer } => {
+            let der =
+                std::fs::read(&peer).map_err(|x| format!("cannot read {}: {x}", peer.display()))?;
+            let r = c.agree(&key, &der).await.map_err(e)?;
+            println!("{}", b64(r.shared_secret.expose()));
+        }
+        Command::Csr { key, subject, sans } => {
+            let r = c
+                .csr(
+                    &key,
+                    &CsrRequest {
+                        subject,
+                        sans: (!sans.is_empty()).then_some(sans),
+                    },
+                )
+                .await
+                .map_err(e)?;
+            print!("{}", r.csr_pem);
+        }
+        Command::Certificate {
+            key,
+            subject,
+            csr,
+            days,
+            ca,
+        } => {
+            let csr_pem = csr
+                .map(|p| {
+                    std::fs::read_to_string(&p)
+                        .map_err(|x| format!("cannot read {}: {x}", p.display()))
+                })
+                .transpose()?;
+            let r = c
+                .certificate(
+                    &key,
+                    &CertificateRequest {
+                        csr_pem,
+                        subject,
+                        days,
+                        is_ca: ca.then_some(true),
+                    },
+                )
+                .await
+                .map_err(e)?;
+            print!("{}", r.certificate_pem);
+        }
+        Command::Audit { verify, filter } => {
+            let path = if verify {
+                "/v1/audit/verify".to_string()
+            } else if filter.is_empty() {
+                "/v1/audit".into()
+            } else {
+                format!("/v1/audit?{filter}")
+            };
+            let (status, body) = c.raw(reqwest::Method::GET, &path, None).await.map_err(e)?;
+            let v: serde_json::Value = serde_json::from_slice(&body).map_err(|x| x.to_string())?;
+            if !status.is_success() {
+                return Err(format!("{}: {}", v["error"]["code"], v["error"]["message"]));
+            }
+            out.value(&v);
+            if verify && v["valid"] != serde_json::Value::Bool(true) {
+                return Err("the audit chain does not verify".into());
+            }
+        }
+        Command::Metrics => print!("{}", c.metrics().await.map_err(e)?),
+        Command::Identity {
+            name,
+            kind,
+            roles,
+            password_stdin,
+        } => {
+            let mut body = serde_json::json!({"name": name, "kind": kind, "roles": roles});
+            if password_stdin {
+                let pw = zeroize::Zeroizing::new(
+                    String::from_utf8(read_input(&None)?).map_err(|_| "password is not text")?,
+                );
+                body["password"] = serde_json::Value::String(pw.trim_end_matches('\n').to_string());
+            }
+            let bytes =
+                zeroize::Zeroizing::new(serde_json::to_vec(&body).map_err(|x| x.to_string())?);
+            let (status, resp) = c
+                .raw(
+                    reqwest::Method::POST,
+                    "/v1/identities",
+                    Some(bytes.to_vec()),
+                )
+                .await
+                .map_err(e)?;
+            print_raw(&out, status, &resp)?;
+        }
+        Command::Token { name, ttl } => {
+            let body = serde_json::to_vec(&serde_json::json!({"ttl_seconds": ttl}))
+                .map_err(|x| x.to_string())?;
+            let (status, resp) = c
+                .raw(
+                    reqwest::Method::POST,
+                    &format!("/v1/identities/{}/tokens", keyward_client::segment(&name)),
+                    Some(body),
+                )
+                .await
+                .map_err(e)?;
+            print_raw(&out, status, &resp)?;
+        }
+        Command::Revoke { token_id } => {
+            let (status, resp) = c
+                .raw(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/tokens/{}", keyward_client::segment(&token_id)),
+                    None,
+                )
+                .await
+                .map_err(e)?;
+            if !status.is_success() {
+                print_raw(&out, status, &resp)?;
+            }
+        }
+        Command::Login { name } => {
+            let pw = zeroize::Zeroizing::new(
+                String::from_utf8(read_input(&None)?).map_err(|_| "password is not text")?,
+            );
+            let body = zeroize::Zeroizing::new(
+                serde_json::to_vec(
+                    &serde_json::json!({"name": name, "password": pw.trim_end_matches('\n')}),
+                )
+                .map_err(|x| x.to_string())?,
+            );
+            let (status, resp) = c
+                .raw(reqwest::Method::POST, "/v1/auth/login", Some(body.to_vec()))
+                .await
+                .map_err(e)?;
+            print_raw(&out, status, &resp)?;
+        }
         Command::Serve(_) | Command::Bench(_) | Command::BenchFloor { .. } => {}
     }
+    Ok(())
+}
+
+fn print_raw(out: &Out, status: reqwest::StatusCode, body: &[u8]) -> Res {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        return Err(format!(
+            "{} ({}): {}",
+            v["error"]["code"],
+            status.as_u16(),
+            v["error"]["message"]
+        ));
+    }
+    let _ = out.json;
+    out.value(&v);
     Ok(())
 }
 

@@ -1055,3 +1055,199 @@ fn unsafe_or_wrong_configuration_is_refused() {
     ]);
     assert!(!out.status.success());
 }
+
+async fn token_for(server: &Server, name: &str, roles: &[&str]) -> String {
+    let (st, v, _) = raw(
+        &server.addr,
+        "POST",
+        "/v1/identities",
+        Some(ROOT),
+        Some(
+            serde_json::to_vec(&json!({"name": name, "kind": "service", "roles": roles})).unwrap(),
+        ),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v, _) = raw(
+        &server.addr,
+        "POST",
+        &format!("/v1/identities/{name}/tokens"),
+        Some(ROOT),
+        Some(b"{}".to_vec()),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    v["token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_separate_duties_and_tokens_expire_and_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(&dir.path().join("data"));
+    let root = server.root();
+    let key = create(&root, "AES_256", None).await.key_id;
+    let ct = root.encrypt(&key, b"x", None).await.unwrap().ciphertext.0;
+    let key_admin = server.client(Some(&token_for(&server, "ops", &["key-admin"]).await));
+    let key_user = server.client(Some(&token_for(&server, "app", &["key-user"]).await));
+    let auditor = server.client(Some(&token_for(&server, "audit", &["auditor"]).await));
+    let nobody = server.client(Some(&token_for(&server, "nobody", &[]).await));
+
+    // key-admin manages, never uses.
+    let made = create(&key_admin, "AES_256", None).await.key_id;
+    key_admin.key_action(&made, "rotate").await.unwrap();
+    assert_eq!(
+        api_code(key_admin.encrypt(&key, b"x", None).await),
+        "AccessDenied"
+    );
+    assert_eq!(
+        api_code(key_admin.decrypt(None, &ct, None, None).await),
+        "AccessDenied"
+    );
+    assert_eq!(api_code(key_admin.seal().await), "AccessDenied");
+    // key-user uses, never manages.
+    assert!(key_user.encrypt(&key, b"x", None).await.is_ok());
+    assert!(key_user.decrypt(None, &ct, None, None).await.is_ok());
+    assert!(key_user.describe_key(&key).await.is_ok());
+    assert_eq!(
+        api_code(
+            key_user
+                .create_key(&CreateKeyRequest {
+                    spec: "AES_256".into(),
+                    ..Default::default()
+                })
+                .await
+        ),
+        "AccessDenied"
+    );
+    assert_eq!(
+        api_code(key_user.schedule_deletion(&key, 7).await),
+        "AccessDenied"
+    );
+    // auditor reads audit and metadata only.
+    let (st, _, _) = raw(&server.addr, "GET", "/v1/audit/verify", None, None).await;
+    assert_eq!(st, 401);
+    assert!(auditor.list_keys("").await.is_ok());
+    assert_eq!(
+        api_code(auditor.encrypt(&key, b"x", None).await),
+        "AccessDenied"
+    );
+    assert_eq!(
+        api_code(auditor.key_action(&key, "disable").await),
+        "AccessDenied"
+    );
+    // No role, no access.
+    assert_eq!(api_code(nobody.list_keys("").await), "AccessDenied");
+    // Only admins create identities.
+    let (st, v, _) = raw(
+        &server.addr,
+        "POST",
+        "/v1/identities",
+        Some(&token_for(&server, "ops2", &["key-admin"]).await),
+        Some(serde_json::to_vec(&json!({"name": "x", "kind": "service"})).unwrap()),
+    )
+    .await;
+    assert_eq!((st, code_of(&v)), (403, "AccessDenied"));
+    // Denials are audited with the principal.
+    let (_, denied, _) = raw(
+        &server.addr,
+        "GET",
+        "/v1/audit?outcome=deny&principal=ops",
+        Some(ROOT),
+        None,
+    )
+    .await;
+    assert!(denied["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["action"] == "kms:Encrypt" && r["error_code"] == "AccessDenied"));
+
+    // Short-lived tokens expire; revoked tokens stop working at once.
+    let (_, t, _) = raw(
+        &server.addr,
+        "POST",
+        "/v1/identities/app/tokens",
+        Some(ROOT),
+        Some(br#"{"ttl_seconds": 1}"#.to_vec()),
+    )
+    .await;
+    let short = server.client(Some(t["token"].as_str().unwrap()));
+    assert!(short.describe_key(&key).await.is_ok());
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(api_code(short.describe_key(&key).await), "Unauthenticated");
+    let (_, t, _) = raw(
+        &server.addr,
+        "POST",
+        "/v1/identities/app/tokens",
+        Some(ROOT),
+        Some(b"{}".to_vec()),
+    )
+    .await;
+    let revocable = server.client(Some(t["token"].as_str().unwrap()));
+    assert!(revocable.describe_key(&key).await.is_ok());
+    let (st, _, _) = raw(
+        &server.addr,
+        "DELETE",
+        &format!("/v1/tokens/{}", t["token_id"].as_str().unwrap()),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    assert_eq!(st, 204);
+    assert_eq!(
+        api_code(revocable.describe_key(&key).await),
+        "Unauthenticated"
+    );
+    let (st, _, _) = raw(
+        &server.addr,
+        "DELETE",
+        "/v1/tokens/tok_unknown",
+        Some(ROOT),
+        None,
+    )
+    .await;
+    assert_eq!(st, 404);
+
+    // Password login (Argon2id).
+    let (st, _, _) = raw(&server.addr, "POST", "/v1/identities", Some(ROOT),
+        Some(serde_json::to_vec(&json!({"name": "alice", "kind": "user", "roles": ["auditor"], "password": "correct horse battery"})).unwrap())).await;
+    assert_eq!(st, 201);
+    let (st, v, _) = raw(
+        &server.addr,
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(br#"{"name": "alice", "password": "wrong password!!"}"#.to_vec()),
+    )
+    .await;
+    assert_eq!((st, code_of(&v)), (401, "Unauthenticated"));
+    let (st, v, _) = raw(
+        &server.addr,
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(br#"{"name": "mallory", "password": "whatever at all"}"#.to_vec()),
+    )
+    .await;
+    assert_eq!((st, code_of(&v)), (401, "Unauthenticated"));
+    let (st, v, _) = raw(
+        &server.addr,
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(br#"{"name": "alice", "password": "correct horse battery"}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let alice = server.client(Some(v["token"].as_str().unwrap()));
+    assert!(alice.list_keys("").await.is_ok());
+    assert_eq!(
+        api_code(alice.encrypt(&key, b"x", None).await),
+        "AccessDenied"
+    );
+    let logs = server.logs();
+    assert!(
+        !logs.contains("correct horse battery"),
+        "a password reached the log"
+    );
+}

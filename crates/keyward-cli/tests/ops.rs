@@ -379,3 +379,98 @@ fn the_cli_drives_the_service() {
     let status = String::from_utf8(cli(&["operator", "status"], None)).unwrap();
     assert!(status.contains("sealed") && status.contains("false"));
 }
+
+#[test]
+fn the_cli_covers_identities_pki_and_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(&dir.path().join("data"));
+    let run = |args: &[&str], stdin: &[u8]| {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args(args)
+            .env("KEYWARD_ADDR", &server.addr)
+            .env("KEYWARD_TOKEN", ROOT)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let ok = |args: &[&str], stdin: &[u8]| {
+        let out = run(args, stdin);
+        assert!(
+            out.status.success(),
+            "keyward {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    ok(
+        &[
+            "identity",
+            "bob",
+            "--kind",
+            "user",
+            "--role",
+            "key-user",
+            "--password-stdin",
+        ],
+        b"a long enough password\n",
+    );
+    let login: serde_json::Value =
+        serde_json::from_str(&ok(&["login", "bob"], b"a long enough password\n")).unwrap();
+    assert!(login["token"].as_str().unwrap().starts_with("kw."));
+    let bad = run(&["login", "bob"], b"wrong password here\n");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("Unauthenticated"));
+    let token: serde_json::Value =
+        serde_json::from_str(&ok(&["token", "bob", "--ttl", "600"], b"")).unwrap();
+    ok(&["revoke", token["token_id"].as_str().unwrap()], b"");
+
+    let key: serde_json::Value = serde_json::from_str(&ok(
+        &[
+            "--json",
+            "key",
+            "create",
+            "--spec",
+            "ECC_NIST_P256",
+            "--usage",
+            "SIGN_VERIFY",
+        ],
+        b"",
+    ))
+    .unwrap();
+    let id = key["key_id"].as_str().unwrap();
+    let cert = ok(
+        &[
+            "certificate",
+            id,
+            "--subject",
+            "CN=cli test",
+            "--days",
+            "2",
+            "--ca",
+        ],
+        b"",
+    );
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
+    let csr = ok(
+        &["csr", id, "--subject", "CN=svc", "--san", "svc.local"],
+        b"",
+    );
+    assert!(csr.contains("CERTIFICATE REQUEST"));
+    let verify: serde_json::Value = serde_json::from_str(&ok(&["audit", "--verify"], b"")).unwrap();
+    assert_eq!(verify["valid"], true);
+    let denied: serde_json::Value = serde_json::from_str(&ok(
+        &["audit", "--filter", "action=kms:Login&outcome=deny"],
+        b"",
+    ))
+    .unwrap();
+    assert!(
+        !denied["records"].as_array().unwrap().is_empty(),
+        "the failed login was not audited"
+    );
+    assert!(ok(&["metrics"], b"").contains("keyward_requests_total"));
+}

@@ -58,6 +58,15 @@ impl Header {
         out.extend_from_slice(&self.version.to_be_bytes());
     }
 
+    /// Writes the header into a fixed buffer (no allocation on the hot path).
+    pub fn write_into(&self, out: &mut [u8; HEADER_LEN]) {
+        let (head, version) = out.split_at_mut(18);
+        let (fixed, id) = head.split_at_mut(2);
+        fixed.copy_from_slice(&[FORMAT_V1, self.algorithm]);
+        id.copy_from_slice(&self.key_id);
+        version.copy_from_slice(&self.version.to_be_bytes());
+    }
+
     /// Parses the header of a ciphertext; returns it with the rest (`nonce || ciphertext || tag`).
     pub fn parse(ciphertext: &[u8]) -> KmsResult<(Header, &[u8])> {
         let (head, rest) = ciphertext
@@ -121,6 +130,9 @@ mod tests {
         let mut out = Vec::new();
         h.write(&mut out);
         assert_eq!(out.len(), HEADER_LEN);
+        let mut fixed = [0u8; HEADER_LEN];
+        h.write_into(&mut fixed);
+        assert_eq!(&out[..], &fixed[..]);
         out.extend_from_slice(b"body");
         let (parsed, rest) = Header::parse(&out).unwrap();
         assert_eq!(parsed, h);

@@ -18,7 +18,7 @@ use keyward_store::{transact, KeyRecord, Store, Tx};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{CachedKey, CachedVersion, ShardedMap};
+use crate::cache::{CachedKey, CachedVersion, KeyIdHash, ShardedMap};
 use crate::clock::Clock;
 use crate::error::{ErrorCode, KmsError, KmsResult};
 use crate::model::{KeyState, Origin, VersionState};
@@ -130,9 +130,8 @@ pub struct Kms {
     pub(crate) config: KmsConfig,
     seal: RwLock<SealState>,
     sealed: AtomicBool,
-    pub(crate) cache: ShardedMap<[u8; 16], Arc<CachedKey>>,
+    pub(crate) cache: ShardedMap<[u8; 16], Arc<CachedKey>, KeyIdHash>,
     pub(crate) aliases: ShardedMap<String, [u8; 16]>,
-    cache_hits: std::sync::atomic::AtomicU64,
     cache_misses: std::sync::atomic::AtomicU64,
 }
 
@@ -195,17 +194,13 @@ impl Kms {
             sealed: AtomicBool::new(true),
             cache: ShardedMap::new(),
             aliases: ShardedMap::new(),
-            cache_hits: Default::default(),
             cache_misses: Default::default(),
         })
     }
 
     /// Key cache hits and misses since start.
     pub fn cache_stats(&self) -> (u64, u64) {
-        (
-            self.cache_hits.load(Ordering::Relaxed),
-            self.cache_misses.load(Ordering::Relaxed),
-        )
+        (self.cache.hits(), self.cache_misses.load(Ordering::Relaxed))
     }
 
     /// The HSM backend's name.
@@ -555,7 +550,6 @@ impl Kms {
             return Err(KmsError::sealed());
         }
         if let Some(k) = self.cache.get(id) {
-            self.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(k);
         }
         self.cache_misses.fetch_add(1, Ordering::Relaxed);

@@ -170,6 +170,27 @@ pub(crate) fn alias_name(s: &str) -> Option<KmsResult<String>> {
     })
 }
 
+/// Fast path for the canonical hyphenated form every API response uses; other UUID spellings fall back to
+/// the uuid crate.
+fn parse_key_id(s: &str) -> Option<[u8; 16]> {
+    let b = s.as_bytes();
+    if b.len() != 36 || b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 16];
+    let mut hex = b.iter().copied().filter(|c| *c != b'-');
+    for byte in out.iter_mut() {
+        *byte = (nibble(hex.next()?)? << 4) | nibble(hex.next()?)?;
+    }
+    Some(out)
+}
+
 fn validate_tags(tags: &BTreeMap<String, String>) -> KmsResult<()> {
     if tags.len() > MAX_TAGS {
         return Err(KmsError::validation(format!("at most {MAX_TAGS} tags")));
@@ -242,9 +263,11 @@ impl Kms {
                 self.aliases.insert(name, id);
                 Ok(id)
             }
-            None => uuid::Uuid::parse_str(key_ref)
-                .map(|u| *u.as_bytes())
-                .map_err(|_| KmsError::validation("a key is named by its id (UUID) or alias/NAME")),
+            None => parse_key_id(key_ref)
+                .or_else(|| uuid::Uuid::parse_str(key_ref).ok().map(|u| *u.as_bytes()))
+                .ok_or_else(|| {
+                    KmsError::validation("a key is named by its id (UUID) or alias/NAME")
+                }),
         }
     }
 
@@ -854,5 +877,23 @@ impl Kms {
             None
         };
         Ok((page, next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_key_id;
+
+    #[test]
+    fn key_id_fast_path_matches_the_uuid_crate() {
+        for s in [
+            "19af7376-f302-43b0-80a5-19ab3fd789a7",
+            "19AF7376-F302-43B0-80A5-19AB3FD789A7",
+        ] {
+            let expected = uuid::Uuid::parse_str(s).map(|u| *u.as_bytes()).ok();
+            assert_eq!(parse_key_id(s), expected);
+        }
+        assert_eq!(parse_key_id("19af7376-f302-43b0-80a5-19ab3fd789aZ"), None);
+        assert_eq!(parse_key_id("19af7376f30243b080a519ab3fd789a7"), None);
     }
 }

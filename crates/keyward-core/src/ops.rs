@@ -233,13 +233,13 @@ impl Kms {
     ) -> KmsResult<Vec<u8>> {
         let algorithm =
             algorithm_id(key.spec).ok_or_else(|| KmsError::usage("not a symmetric key"))?;
-        let mut header = Vec::with_capacity(HEADER_LEN);
+        let mut header = [0u8; HEADER_LEN];
         Header {
             algorithm,
             key_id: key.id_bytes,
             version,
         }
-        .write(&mut header);
+        .write_into(&mut header);
         let overhead =
             key.spec.aead_nonce_len().unwrap_or(0) + key.spec.aead_tag_len().unwrap_or(0) + 16;
         let mut out = Vec::with_capacity(HEADER_LEN + pt.len() + overhead);

@@ -13,7 +13,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use keyward_core::audit::{AuditEvent, AuditLog};
 use keyward_core::{Clock, ErrorCode, Kms, SystemClock};
@@ -457,6 +457,16 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/keys/{key}/derive", post(crypto::derive))
         .route("/v1/keys/{key}/agree", post(crypto::agree))
         .route("/v1/random", post(crypto::random))
+        .route("/v1/identities", post(handlers::identities::create))
+        .route(
+            "/v1/identities/{name}/tokens",
+            post(handlers::identities::token),
+        )
+        .route(
+            "/v1/tokens/{token_id}",
+            delete(handlers::identities::revoke),
+        )
+        .route("/v1/auth/login", post(handlers::identities::login))
         .route("/v1/audit", get(handlers::audit::query))
         .route("/v1/audit/verify", get(handlers::audit::verify))
         .route("/v1/keys/{key}/csr", post(crate::pki::csr))

@@ -48,6 +48,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/random"),
     ("post", "/v1/keys/{key}/csr"),
     ("post", "/v1/keys/{key}/certificate"),
+    ("post", "/v1/identities"),
+    ("post", "/v1/identities/{name}/tokens"),
+    ("delete", "/v1/tokens/{token_id}"),
+    ("post", "/v1/auth/login"),
     ("get", "/v1/audit"),
     ("get", "/v1/audit/verify"),
 ];

@@ -2,5 +2,6 @@
 
 pub mod audit;
 pub mod crypto;
+pub mod identities;
 pub mod keys;
 pub mod sys;

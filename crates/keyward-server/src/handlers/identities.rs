@@ -1,0 +1,333 @@
+//! Identities, tokens and password login.
+//!
+//! Passwords are stored as Argon2id PHC strings; a login for an unknown name still runs Argon2 against a
+//! fixed hash so the answer takes the same time either way. Failed logins are rate-limited per name and
+//! audited like every request.
+
+use std::sync::OnceLock;
+
+use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use keyward_core::audit::rfc3339;
+use keyward_core::{ErrorCode, KmsError};
+use keyward_store::{transact, Tx};
+use serde::{Deserialize, Serialize};
+
+use crate::app::{call, parse, AppState, Meta, Mode, RawBody, Reply};
+use crate::authz::{Action, Role};
+use crate::error::ApiError;
+
+const IDENTITIES: &str = "identity";
+/// Token lifetime when the request names none.
+pub const DEFAULT_TTL: i64 = 24 * 3600;
+/// Longest token lifetime.
+pub const MAX_TTL: i64 = 366 * 24 * 3600;
+
+#[derive(Clone, Serialize, Deserialize)]
+struct IdentityRecord {
+    name: String,
+    kind: String,
+    roles: Vec<String>,
+    policies: Vec<String>,
+    created_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    password_hash: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateIdentity {
+    name: String,
+    kind: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    policies: Vec<String>,
+    #[serde(default)]
+    password: Option<zeroize::Zeroizing<String>>,
+}
+
+#[derive(Serialize)]
+struct IdentityObject {
+    name: String,
+    kind: String,
+    roles: Vec<String>,
+    policies: Vec<String>,
+    created_at: String,
+    password: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    #[serde(default)]
+    ttl_seconds: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct TokenResponse {
+    token: String,
+    token_id: String,
+    expires_at: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    name: String,
+    password: zeroize::Zeroizing<String>,
+    #[serde(default)]
+    totp: Option<String>,
+}
+
+#[derive(Serialize)]
+struct LoginResponse {
+    token: String,
+    token_id: String,
+    expires_at: String,
+    mfa: bool,
+}
+
+fn object(r: &IdentityRecord) -> IdentityObject {
+    IdentityObject {
+        name: r.name.clone(),
+        kind: r.kind.clone(),
+        roles: r.roles.clone(),
+        policies: r.policies.clone(),
+        created_at: rfc3339(r.created_at),
+        password: r.password_hash.is_some(),
+    }
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n != "root"
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
+}
+
+fn load(app: &AppState, name: &str) -> Result<Option<IdentityRecord>, ApiError> {
+    let raw = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+        tx.get_meta(IDENTITIES, name)
+    })
+    .map_err(|e| ApiError(KmsError::from(e)))?;
+    raw.map(|b| {
+        serde_json::from_slice(&b)
+            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "store corrupt: identity"))
+    })
+    .transpose()
+}
+
+fn roles_of(rec: &IdentityRecord) -> Vec<Role> {
+    rec.roles.iter().filter_map(|r| Role::parse(r)).collect()
+}
+
+fn unauthenticated() -> ApiError {
+    ApiError::new(ErrorCode::Unauthenticated, "unknown name or wrong password")
+}
+
+/// A PHC string for a password nobody has, so unknown names cost a full Argon2 verification too.
+fn decoy_hash() -> &'static str {
+    static DECOY: OnceLock<String> = OnceLock::new();
+    DECOY.get_or_init(|| {
+        Argon2::default()
+            .hash_password(b"keyward decoy password")
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// `POST /v1/identities`.
+pub async fn create(State(app): State<AppState>, meta: Meta, body: RawBody) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::CreateIdentity,
+        None,
+        Mode::Blocking,
+        move |_| {
+            let req: CreateIdentity = parse(&body)?;
+            if !valid_name(&req.name) {
+                return Err(ApiError::validation(
+                    "identity names are 1 to 64 characters of A-Z a-z 0-9 . _ - @ (not root)",
+                ));
+            }
+            if !matches!(req.kind.as_str(), "service" | "user") {
+                return Err(ApiError::validation("kind is service or user"));
+            }
+            if let Some(r) = req.roles.iter().find(|r| Role::parse(r).is_none()) {
+                return Err(ApiError::validation(format!(
+                    "unknown role '{}'",
+                    r.escape_debug()
+                )));
+            }
+            let password_hash = match &req.password {
+                None => None,
+                Some(_) if req.kind != "user" => {
+                    return Err(ApiError::validation(
+                        "only user identities log in with a password",
+                    ))
+                }
+                Some(p) if p.chars().count() < 12 || p.len() > 1024 => {
+                    return Err(ApiError::validation("passwords are 12 to 1024 characters"))
+                }
+                Some(p) => Some(
+                    Argon2::default()
+                        .hash_password(p.as_bytes())
+                        .map_err(|_| {
+                            ApiError::new(ErrorCode::Unavailable, "password hashing failed")
+                        })?
+                        .to_string(),
+                ),
+            };
+            let rec = IdentityRecord {
+                name: req.name.clone(),
+                kind: req.kind,
+                roles: req.roles,
+                policies: req.policies,
+                created_at: a.clock.now(),
+                password_hash,
+            };
+            let json = serde_json::to_vec(&rec)
+                .map_err(|_| ApiError::new(ErrorCode::Unavailable, "identity encoding"))?;
+            transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+                if tx.get_meta(IDENTITIES, &rec.name)?.is_some() {
+                    return Err(KmsError::new(
+                        ErrorCode::AlreadyExists,
+                        format!("identity {} already exists", rec.name),
+                    ));
+                }
+                Ok(tx.put_meta(IDENTITIES, &rec.name, &json)?)
+            })?;
+            Reply::with_status(StatusCode::CREATED, &object(&rec))
+        },
+    )
+    .await
+}
+
+/// `POST /v1/identities/{name}/tokens`.
+pub async fn token(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(name): Path<String>,
+    body: RawBody,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::CreateToken,
+        None,
+        Mode::Blocking,
+        move |_| {
+            let req: TokenRequest = parse(&body)?;
+            let ttl = req.ttl_seconds.unwrap_or(DEFAULT_TTL);
+            if !(1..=MAX_TTL).contains(&ttl) {
+                return Err(ApiError::validation(
+                    "ttl_seconds must be 1 to 31622400 (366 days)",
+                ));
+            }
+            let rec = load(&a, &name)?.ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("identity {name} does not exist"),
+                )
+            })?;
+            let (token, t) =
+                a.auth
+                    .mint(&rec.name, &roles_of(&rec), a.clock.now(), Some(ttl), None)?;
+            Reply::with_status(
+                StatusCode::CREATED,
+                &TokenResponse {
+                    token,
+                    token_id: t.token_id,
+                    expires_at: rfc3339(t.expires_at.unwrap_or_default()),
+                },
+            )
+        },
+    )
+    .await
+}
+
+/// `DELETE /v1/tokens/{token_id}`.
+pub async fn revoke(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(token_id): Path<String>,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::RevokeToken,
+        None,
+        Mode::Blocking,
+        move |_| {
+            if a.auth.revoke(&token_id)? {
+                Ok(Reply::empty())
+            } else {
+                Err(ApiError::new(ErrorCode::NotFound, "no such token"))
+            }
+        },
+    )
+    .await
+}
+
+/// `POST /v1/auth/login`.
+pub async fn login(State(app): State<AppState>, meta: Meta, body: RawBody) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::Login,
+        None,
+        Mode::Blocking,
+        move |_| {
+            let req: LoginRequest = parse(&body)?;
+            if req.name.len() > 64 || req.password.len() > 1024 {
+                return Err(unauthenticated());
+            }
+            if !a.limiter.allow(&format!("login:{}", req.name)) {
+                return Err(ApiError::new(
+                    ErrorCode::Throttled,
+                    "too many login attempts; retry shortly",
+                ));
+            }
+            if req.totp.is_some() {
+                return Err(ApiError::validation(
+                    "TOTP is not enrolled for this identity",
+                ));
+            }
+            let rec = load(&a, &req.name)?;
+            let stored = rec
+                .as_ref()
+                .and_then(|r| r.password_hash.clone())
+                .unwrap_or_else(|| decoy_hash().to_string());
+            let ok = Argon2::default()
+                .verify_password(req.password.as_bytes(), stored.as_str())
+                .is_ok();
+            let rec = match rec {
+                Some(r) if ok && r.password_hash.is_some() => r,
+                _ => return Err(unauthenticated()),
+            };
+            let (token, t) = a.auth.mint(
+                &rec.name,
+                &roles_of(&rec),
+                a.clock.now(),
+                Some(DEFAULT_TTL),
+                None,
+            )?;
+            Reply::ok(&LoginResponse {
+                token,
+                token_id: t.token_id,
+                expires_at: rfc3339(t.expires_at.unwrap_or_default()),
+                mfa: false,
+            })
+        },
+    )
+    .await
+}
