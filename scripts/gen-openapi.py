@@ -112,6 +112,9 @@ schemas = {
                         "action": S, "key_id": S, "version": INT, "outcome": {"type": "string", "enum": ["allow", "deny", "error"]},
                         "error_code": S, "prev_hash": S, "hash": S}),
     "AuditPage": obj({"records": {"type": "array", "items": ref("AuditRecord")}, "next_token": {"type": "string", "nullable": True}}),
+    "Checkpoint": obj({"seq": INT, "head": S, "time": {"type": "string", "format": "date-time"}, "public_key": S, "signature": S},
+                       ["seq", "head", "time", "public_key", "signature"]),
+    "VerifyAgainstCheckpoint": obj({"checkpoint": ref("Checkpoint")}, ["checkpoint"]),
     "AuditVerification": obj({"valid": BOOL, "records": INT, "head": S, "first_bad_seq": INT}),
 }
 
@@ -175,6 +178,11 @@ ops = [
     ("get", "/v1/audit", "kms:ReadAudit", None, (200, "AuditPage"), LIMIT + [
         {"name": n, "in": "query", "schema": S} for n in ["since", "until", "principal", "key_id", "action", "outcome"]], False),
     ("get", "/v1/audit/verify", "kms:VerifyAudit", None, (200, "AuditVerification"), [], False),
+    ("post", "/v1/audit/verify", "kms:VerifyAudit", "VerifyAgainstCheckpoint", (200, "AuditVerification"), [], False),
+    ("get", "/v1/reports/compliance", "kms:GetComplianceReport", None, (200, None),
+     [{"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "html"]}},
+      {"name": "dormant_days", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 3650}}], False),
+    ("get", "/v1/audit/checkpoint", "kms:ExportAuditCheckpoint", None, (200, "Checkpoint"), [], False),
 ]
 
 ERRORS = {

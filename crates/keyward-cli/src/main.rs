@@ -165,6 +165,20 @@ enum Command {
     },
     /// Prometheus metrics.
     Metrics,
+    /// The compliance report (JSON, or a self-contained HTML page with --html).
+    Report {
+        /// HTML instead of JSON.
+        #[arg(long)]
+        html: bool,
+        /// Keys unused for this many days are reported dormant.
+        #[arg(long, default_value_t = 90)]
+        dormant_days: u32,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Export a signed checkpoint of the audit chain head (keep it outside Keyward).
+    Checkpoint,
     /// Create an identity.
     Identity {
         /// Name.
@@ -1054,6 +1068,27 @@ async fn run(cli: Cli) -> Res {
             }
         }
         Command::Metrics => print!("{}", c.metrics().await.map_err(e)?),
+        Command::Report {
+            html,
+            dormant_days,
+            out: dest,
+        } => {
+            let format = if html { "html" } else { "json" };
+            let path =
+                format!("/v1/reports/compliance?format={format}&dormant_days={dormant_days}");
+            let (status, body) = c.raw(reqwest::Method::GET, &path, None).await.map_err(e)?;
+            if !status.is_success() {
+                return print_raw(&out, status, &body);
+            }
+            write_output(&dest, &body)?;
+        }
+        Command::Checkpoint => {
+            let (status, body) = c
+                .raw(reqwest::Method::GET, "/v1/audit/checkpoint", None)
+                .await
+                .map_err(e)?;
+            print_raw(&out, status, &body)?;
+        }
         Command::Identity {
             name,
             kind,

@@ -1251,3 +1251,126 @@ async fn roles_separate_duties_and_tokens_expire_and_revoke() {
         "a password reached the log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compliance_report_and_audit_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(&dir.path().join("data"));
+    let c = server.root();
+    let tdes = c
+        .create_key(&CreateKeyRequest {
+            spec: "TDES".into(),
+            allow_legacy: Some(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let rotating = c
+        .create_key(&CreateKeyRequest {
+            spec: "AES_256".into(),
+            rotation_period_days: Some(30),
+            quorum: Some(Quorum { approvals: 2 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let doomed = create(&c, "AES_256", None).await;
+    c.schedule_deletion(&doomed.key_id, 10).await.unwrap();
+    c.encrypt(&rotating.key_id, b"x", None).await.unwrap();
+    let _ = raw(&server.addr, "GET", "/v1/keys", Some("kw.bogus"), None).await;
+
+    let (st, r, _) = raw(
+        &server.addr,
+        "GET",
+        "/v1/reports/compliance?dormant_days=1",
+        Some(ROOT),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["inventory"]["total"], 3);
+    assert_eq!(r["inventory"]["by_spec"]["TDES"], 1);
+    assert_eq!(r["weak_keys"][0]["key_id"], tdes.key_id.as_str());
+    assert_eq!(r["pending_deletions"][0]["key_id"], doomed.key_id.as_str());
+    assert_eq!(r["quorum"][0]["approvals"], 2);
+    assert_eq!(r["audit_chain_valid"], true);
+    let rot = r["rotation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["key_id"] == rotating.key_id.as_str())
+        .unwrap();
+    assert_eq!(rot["status"], "ok");
+    assert!(
+        r["access_by_principal"]["anonymous"]["deny"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    assert!(r["refused_and_failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["error_code"] == "Unauthenticated"));
+
+    let http = reqwest::Client::new();
+    let resp = http
+        .get(format!("{}/v1/reports/compliance?format=html", server.addr))
+        .bearer_auth(ROOT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = resp.text().await.unwrap();
+    assert!(
+        page.contains("Keyward compliance report")
+            && page.contains(&tdes.key_id)
+            && page.contains("</html>")
+    );
+    let (st, v, _) = raw(
+        &server.addr,
+        "GET",
+        "/v1/reports/compliance?format=pdf",
+        Some(ROOT),
+        None,
+    )
+    .await;
+    assert_eq!((st, code_of(&v)), (400, "ValidationError"));
+
+    // Checkpoints: signed, and verified against the chain.
+    let (st, cp, _) = raw(
+        &server.addr,
+        "GET",
+        "/v1/audit/checkpoint",
+        Some(ROOT),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{cp}");
+    assert!(cp["seq"].as_u64().unwrap() > 5);
+    let body = serde_json::to_vec(&json!({ "checkpoint": cp })).unwrap();
+    let (st, v, _) = raw(
+        &server.addr,
+        "POST",
+        "/v1/audit/verify",
+        Some(ROOT),
+        Some(body),
+    )
+    .await;
+    assert_eq!((st, v["valid"].as_bool()), (200, Some(true)), "{v}");
+    let mut forged = cp.clone();
+    forged["head"] = json!("00");
+    let (st, v, _) = raw(
+        &server.addr,
+        "POST",
+        "/v1/audit/verify",
+        Some(ROOT),
+        Some(serde_json::to_vec(&json!({ "checkpoint": forged })).unwrap()),
+    )
+    .await;
+    assert_eq!((st, code_of(&v)), (400, "ValidationError"));
+}

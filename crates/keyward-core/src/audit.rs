@@ -421,7 +421,102 @@ impl AuditLog {
     }
 }
 
+/// A signed statement of the chain head: keep it outside Keyward, and a later truncation of the log (which
+/// the chain alone cannot reveal) shows as a missing or different record at `seq`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Sequence number of the head.
+    pub seq: u64,
+    /// Hash of the head record.
+    pub head: String,
+    /// When the checkpoint was made (RFC 3339).
+    pub time: String,
+    /// Ed25519 public key (SPKI DER, hex) that verifies `signature`.
+    pub public_key: String,
+    /// Ed25519 signature (hex) over `keyward-audit-checkpoint-v1|seq|head|time`.
+    pub signature: String,
+}
+
+impl Checkpoint {
+    /// The signed message.
+    pub fn message(seq: u64, head: &str, time: &str) -> Vec<u8> {
+        format!("keyward-audit-checkpoint-v1|{seq}|{head}|{time}").into_bytes()
+    }
+}
+
 impl Kms {
+    /// Signs the current head of the chain.
+    pub fn audit_checkpoint(&self, now_ms: i64) -> KmsResult<Checkpoint> {
+        let key = self.checkpoint_key().ok_or_else(KmsError::sealed)?;
+        let tail = transact(self.store.as_ref(), |tx: &mut dyn Tx| tx.audit_tail())?;
+        let (seq, head) = match tail {
+            Some(row) => {
+                let rec: AuditRecord = serde_json::from_str(&row.record)
+                    .map_err(|_| crate::engine::corrupt("audit record"))?;
+                (row.seq, rec.hash)
+            }
+            None => (0, GENESIS.to_string()),
+        };
+        let time = rfc3339_ms(now_ms);
+        let sig = self.hsm.sign(
+            &key,
+            keyward_hsm::SigningAlgorithm::Ed25519,
+            keyward_hsm::SignInput::Message(&Checkpoint::message(seq, &head, &time)),
+        )?;
+        Ok(Checkpoint {
+            seq,
+            head,
+            time,
+            public_key: hex(&self.hsm.public_key_der(&key)?),
+            signature: hex(&sig),
+        })
+    }
+
+    /// Verifies the chain and that it still contains a checkpointed head (so the tail was not cut off).
+    pub fn verify_audit_against(&self, checkpoint: &Checkpoint) -> KmsResult<AuditVerification> {
+        let key = self.checkpoint_key().ok_or_else(KmsError::sealed)?;
+        let sig = unhex(&checkpoint.signature).unwrap_or_default();
+        let msg = Checkpoint::message(checkpoint.seq, &checkpoint.head, &checkpoint.time);
+        let genuine = self.hsm.verify(
+            &key,
+            keyward_hsm::SigningAlgorithm::Ed25519,
+            keyward_hsm::SignInput::Message(&msg),
+            &sig,
+        )?;
+        if !genuine {
+            return Err(KmsError::validation(
+                "the checkpoint's signature is not this deployment's",
+            ));
+        }
+        let v = self.verify_audit()?;
+        if !v.valid || checkpoint.seq == 0 {
+            return Ok(v);
+        }
+        let query = AuditQuery {
+            after_seq: checkpoint.seq - 1,
+            limit: 1,
+            ..AuditQuery::default()
+        };
+        let row = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            tx.query_audit(&query)
+        })?;
+        let matches = row.first().is_some_and(|r| {
+            r.seq == checkpoint.seq
+                && serde_json::from_str::<AuditRecord>(&r.record)
+                    .is_ok_and(|rec| rec.hash == checkpoint.head)
+        });
+        if matches {
+            Ok(v)
+        } else {
+            Ok(AuditVerification {
+                valid: false,
+                records: v.records,
+                head: v.head,
+                first_bad_seq: Some(v.records + 1),
+            })
+        }
+    }
+
     /// Audit records matching a query.
     pub fn query_audit(&self, query: &AuditQuery) -> KmsResult<Vec<AuditRecord>> {
         let rows = transact(self.store.as_ref(), |tx: &mut dyn Tx| tx.query_audit(query))?;

@@ -90,6 +90,8 @@ pub(crate) struct Keyring {
     unseal_kek: KeyHandle,
     /// HMAC key of the audit chain, derived from the unseal key so root rotation does not change it.
     audit: KeyHandle,
+    /// Ed25519 key that signs audit checkpoints, also derived from the unseal key.
+    checkpoint: KeyHandle,
 }
 
 enum SealState {
@@ -134,6 +136,11 @@ pub struct Kms {
     pub(crate) aliases: ShardedMap<String, [u8; 16]>,
     cache_misses: std::sync::atomic::AtomicU64,
 }
+
+/// PKCS#8 v1 prefix of an Ed25519 private key (RFC 8410), followed by the 32-byte seed.
+const ED25519_PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
 
 /// The associated data binding a version's wrapped material to its key and version.
 pub(crate) fn version_aad(key_id: &str, version: u32) -> Vec<u8> {
@@ -260,6 +267,14 @@ impl Kms {
     pub(crate) fn audit_key(&self) -> Option<KeyHandle> {
         match &*self.seal.read() {
             SealState::Unsealed { keyring, .. } => Some(keyring.audit.clone()),
+            _ => None,
+        }
+    }
+
+    /// The audit checkpoint signing key; `None` while sealed.
+    pub(crate) fn checkpoint_key(&self) -> Option<KeyHandle> {
+        match &*self.seal.read() {
+            SealState::Unsealed { keyring, .. } => Some(keyring.checkpoint.clone()),
             _ => None,
         }
     }
@@ -427,11 +442,20 @@ impl Kms {
             &audit_material,
             &KeyAttributes::internal(),
         )?;
+        let seed = self
+            .hsm
+            .derive_hkdf(&kek, b"keyward", b"audit-checkpoint-v1", 32)?;
+        let mut pkcs8 = SecretBytes::from_slice(&ED25519_PKCS8_PREFIX);
+        pkcs8.expose_mut().extend_from_slice(seed.expose());
+        let checkpoint =
+            self.hsm
+                .import_plaintext(KeySpec::Ed25519, &pkcs8, &KeyAttributes::internal())?;
         let keyring = Arc::new(Keyring {
             root,
             generation: rec.generation,
             unseal_kek: kek,
             audit,
+            checkpoint,
         });
         *seal = SealState::Unsealed { init, keyring };
         self.sealed.store(false, Ordering::Release);
@@ -537,6 +561,7 @@ impl Kms {
             generation,
             unseal_kek: old.unseal_kek.clone(),
             audit: old.audit.clone(),
+            checkpoint: old.checkpoint.clone(),
         });
         *seal = SealState::Unsealed { init, keyring };
         // Cached snapshots hold the wrapped blobs of the old generation: reload from the store.

@@ -64,9 +64,21 @@ fn an_untouched_chain_verifies_and_survives_restart() {
     assert_eq!(log.append_blocking(event(21)).unwrap(), 21);
     let v = kms.verify_audit().unwrap();
     assert!(v.valid && v.records == 21, "{v:?}");
-    let page = kms.query_audit(&AuditQuery { principal: Some("app".into()), limit: 5, after_seq: 10, ..Default::default() }).unwrap();
-    assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![11, 12, 13, 14, 15]);
-    assert!(page.iter().all(|r| r.hash.len() == 64 && r.prev_hash.len() == 64));
+    let page = kms
+        .query_audit(&AuditQuery {
+            principal: Some("app".into()),
+            limit: 5,
+            after_seq: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![11, 12, 13, 14, 15]
+    );
+    assert!(page
+        .iter()
+        .all(|r| r.hash.len() == 64 && r.prev_hash.len() == 64));
 }
 
 #[test]
@@ -114,11 +126,54 @@ fn an_unwritable_store_fails_appends_closed() {
     assert!(log.append_blocking(event(1)).is_ok());
     // Lock the database from outside for longer than the busy timeout would wait? Simpler and sharper:
     // take the table away.
-    sql(&h.dir.path().join("keyward.db"), "ALTER TABLE audit RENAME TO audit_moved;");
+    sql(
+        &h.dir.path().join("keyward.db"),
+        "ALTER TABLE audit RENAME TO audit_moved;",
+    );
     let err = log.append_blocking(event(2)).unwrap_err();
     assert_eq!(err.code(), keyward_core::ErrorCode::Unavailable);
-    sql(&h.dir.path().join("keyward.db"), "ALTER TABLE audit_moved RENAME TO audit;");
+    sql(
+        &h.dir.path().join("keyward.db"),
+        "ALTER TABLE audit_moved RENAME TO audit;",
+    );
     // Nothing was lost or half-written: the next append continues the chain at 2.
     assert_eq!(log.append_blocking(event(3)).unwrap(), 2);
     assert!(h.restart().verify_audit().unwrap().valid);
+}
+
+#[test]
+fn a_truncated_tail_is_found_with_a_checkpoint() {
+    let (h, db) = fresh(10);
+    let kms = h.restart();
+    let cp = kms.audit_checkpoint(1_790_000_100_000).unwrap();
+    assert_eq!(cp.seq, 10);
+    assert!(kms.verify_audit_against(&cp).unwrap().valid);
+    // The checkpoint verifies with any Ed25519 implementation.
+    let spki = (0..cp.public_key.len() / 2)
+        .map(|i| u8::from_str_radix(&cp.public_key[2 * i..2 * i + 2], 16).unwrap())
+        .collect::<Vec<u8>>();
+    let sig = (0..cp.signature.len() / 2)
+        .map(|i| u8::from_str_radix(&cp.signature[2 * i..2 * i + 2], 16).unwrap())
+        .collect::<Vec<u8>>();
+    let pk = aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, &spki);
+    pk.verify(
+        &keyward_core::audit::Checkpoint::message(cp.seq, &cp.head, &cp.time),
+        &sig,
+    )
+    .unwrap();
+    // Cutting off the last records leaves a valid-looking chain...
+    sql(&db, "DELETE FROM audit WHERE seq >= 9");
+    let kms = h.restart();
+    assert!(kms.verify_audit().unwrap().valid);
+    // ...but not against the checkpoint.
+    let v = kms.verify_audit_against(&cp).unwrap();
+    assert!(!v.valid);
+    assert_eq!(v.first_bad_seq, Some(9));
+    // A forged checkpoint is refused.
+    let mut forged = cp.clone();
+    forged.seq = 8;
+    assert_eq!(
+        kms.verify_audit_against(&forged).unwrap_err().code(),
+        keyward_core::ErrorCode::ValidationError
+    );
 }

@@ -468,7 +468,12 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/v1/auth/login", post(handlers::identities::login))
         .route("/v1/audit", get(handlers::audit::query))
-        .route("/v1/audit/verify", get(handlers::audit::verify))
+        .route(
+            "/v1/audit/verify",
+            get(handlers::audit::verify).post(handlers::audit::verify_against),
+        )
+        .route("/v1/audit/checkpoint", get(handlers::audit::checkpoint))
+        .route("/v1/reports/compliance", get(handlers::reports::compliance))
         .route("/v1/keys/{key}/csr", post(crate::pki::csr))
         .route("/v1/keys/{key}/certificate", post(crate::pki::certificate))
         .fallback(not_found)

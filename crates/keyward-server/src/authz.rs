@@ -105,6 +105,7 @@ actions! {
     VerifyAudit = "kms:VerifyAudit": Audit,
     GetComplianceReport = "kms:GetComplianceReport": Audit,
     DestroyKey = "kms:DestroyKey": System,
+    ExportAuditCheckpoint = "kms:ExportAuditCheckpoint": Audit,
 }
 
 /// A built-in role.

@@ -54,6 +54,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/auth/login"),
     ("get", "/v1/audit"),
     ("get", "/v1/audit/verify"),
+    ("post", "/v1/audit/verify"),
+    ("get", "/v1/audit/checkpoint"),
+    ("get", "/v1/reports/compliance"),
 ];
 
 #[test]

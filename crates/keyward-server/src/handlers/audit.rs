@@ -141,6 +141,56 @@ pub async fn query(
     .await
 }
 
+/// `GET /v1/audit/checkpoint`: a signed statement of the chain head, to keep outside Keyward.
+pub async fn checkpoint(State(app): State<AppState>, meta: Meta) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::ExportAuditCheckpoint,
+        None,
+        Mode::Blocking,
+        move |_| {
+            let now_ms = a.clock.now() * 1000;
+            Reply::ok(&a.kms.audit_checkpoint(now_ms)?)
+        },
+    )
+    .await
+}
+
+/// `POST /v1/audit/verify` with `{"checkpoint": {...}}`: verifies the chain and that the checkpointed head
+/// is still in it (detects a truncated tail).
+pub async fn verify_against(
+    State(app): State<AppState>,
+    meta: Meta,
+    body: crate::app::RawBody,
+) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Req {
+        checkpoint: keyward_core::audit::Checkpoint,
+    }
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::VerifyAudit,
+        None,
+        Mode::Blocking,
+        move |_| {
+            let req: Req = crate::app::parse(&body)?;
+            let v = a.kms.verify_audit_against(&req.checkpoint)?;
+            Reply::ok(&Verification {
+                valid: v.valid,
+                records: v.records,
+                head: v.head,
+                first_bad_seq: v.first_bad_seq,
+            })
+        },
+    )
+    .await
+}
+
 /// `GET /v1/audit/verify`.
 pub async fn verify(State(app): State<AppState>, meta: Meta) -> Response {
     let a = app.clone();

@@ -4,4 +4,5 @@ pub mod audit;
 pub mod crypto;
 pub mod identities;
 pub mod keys;
+pub mod reports;
 pub mod sys;

@@ -1,0 +1,507 @@
+//! `GET /v1/reports/compliance?format=json|html&dormant_days=N`: what an auditor asks for under PCI DSS 3.5/3.6
+//! and similar regimes — the key inventory, weak algorithms, each key's rotation against its cryptoperiod,
+//! pending deletions, dormant keys, who did what, what was refused, and quorum settings.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use keyward_core::audit::{rfc3339, AuditRecord};
+use keyward_core::{KeyFilter, KeyInfo, KeySpec, KeyState, DAY};
+use keyward_store::AuditQuery;
+use serde::Serialize;
+
+use crate::app::{call, text, AppState, Meta, Mode, Reply};
+use crate::authz::{Action, Class};
+use crate::error::ApiError;
+
+#[derive(Serialize, Default)]
+struct Inventory {
+    total: usize,
+    by_spec: BTreeMap<String, usize>,
+    by_origin: BTreeMap<String, usize>,
+    by_state: BTreeMap<String, usize>,
+}
+
+#[derive(Serialize)]
+struct WeakKey {
+    key_id: String,
+    spec: String,
+    reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct Rotation {
+    key_id: String,
+    alias: Option<String>,
+    spec: String,
+    rotation_period_days: Option<u32>,
+    last_rotated_at: String,
+    primary_version_age_days: i64,
+    status: &'static str,
+}
+
+#[derive(Serialize)]
+struct PendingDeletion {
+    key_id: String,
+    deletion_date: String,
+}
+
+#[derive(Serialize)]
+struct Dormant {
+    key_id: String,
+    last_used_at: Option<String>,
+}
+
+#[derive(Serialize, Default)]
+struct Access {
+    allow: u64,
+    deny: u64,
+    error: u64,
+}
+
+#[derive(Serialize)]
+struct QuorumSetting {
+    key_id: String,
+    approvals: u32,
+}
+
+#[derive(Serialize)]
+struct Report {
+    generated_at: String,
+    node_id: String,
+    version: &'static str,
+    root_of_trust: Option<&'static str>,
+    dormant_after_days: i64,
+    inventory: Inventory,
+    weak_keys: Vec<WeakKey>,
+    rotation: Vec<Rotation>,
+    rotation_overdue: usize,
+    pending_deletions: Vec<PendingDeletion>,
+    dormant_keys: Vec<Dormant>,
+    access_by_principal: BTreeMap<String, Access>,
+    refused_and_failed: Vec<AuditRecord>,
+    quorum: Vec<QuorumSetting>,
+    audit_chain_valid: bool,
+    audit_records: u64,
+}
+
+fn all_keys(app: &AppState) -> Result<Vec<KeyInfo>, ApiError> {
+    let mut keys = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let (page, next) = app
+            .kms
+            .list_keys(&KeyFilter::default(), after.as_deref(), 1000)?;
+        keys.extend(page);
+        match next {
+            Some(n) => after = Some(n),
+            None => return Ok(keys),
+        }
+    }
+}
+
+fn build(app: &AppState, dormant_days: i64) -> Result<Report, ApiError> {
+    let now = app.clock.now();
+    let keys = all_keys(app)?;
+    let mut inventory = Inventory {
+        total: keys.len(),
+        ..Inventory::default()
+    };
+    let mut weak_keys = Vec::new();
+    let mut rotation = Vec::new();
+    let mut pending_deletions = Vec::new();
+    let mut quorum = Vec::new();
+    for k in &keys {
+        *inventory.by_spec.entry(k.spec.as_str().into()).or_default() += 1;
+        *inventory
+            .by_origin
+            .entry(k.origin.as_str().into())
+            .or_default() += 1;
+        *inventory
+            .by_state
+            .entry(k.state.as_str().into())
+            .or_default() += 1;
+        if k.spec == KeySpec::Tdes {
+            weak_keys.push(WeakKey {
+                key_id: k.key_id.clone(),
+                spec: k.spec.as_str().into(),
+                reason: "TDES: 112-bit security, legacy only",
+            });
+        }
+        if let Some(d) = k
+            .deletion_date
+            .filter(|_| k.state == KeyState::PendingDeletion)
+        {
+            pending_deletions.push(PendingDeletion {
+                key_id: k.key_id.clone(),
+                deletion_date: rfc3339(d),
+            });
+        }
+        if let Some(m) = k.quorum_approvals {
+            quorum.push(QuorumSetting {
+                key_id: k.key_id.clone(),
+                approvals: m,
+            });
+        }
+        if k.state == KeyState::Destroyed {
+            continue;
+        }
+        let since = k.last_rotated_at.unwrap_or(k.created_at);
+        let age = (now - since).max(0) / DAY;
+        let status = match k.rotation_period_days {
+            Some(p) if age > p as i64 => "overdue",
+            Some(_) => "ok",
+            None => "no cryptoperiod set",
+        };
+        rotation.push(Rotation {
+            key_id: k.key_id.clone(),
+            alias: k.alias.clone(),
+            spec: k.spec.as_str().into(),
+            rotation_period_days: k.rotation_period_days,
+            last_rotated_at: rfc3339(since),
+            primary_version_age_days: age,
+            status,
+        });
+    }
+    // One pass over the audit log: last use per key, access per principal, refusals.
+    let mut last_used: HashMap<String, i64> = HashMap::new();
+    let mut access: BTreeMap<String, Access> = BTreeMap::new();
+    let mut refused: Vec<AuditRecord> = Vec::new();
+    let mut after_seq = 0;
+    loop {
+        let batch = app.kms.query_audit(&AuditQuery {
+            after_seq,
+            limit: 5000,
+            ..AuditQuery::default()
+        })?;
+        let Some(last) = batch.last() else { break };
+        after_seq = last.seq;
+        for r in batch {
+            let a = access.entry(r.principal.clone()).or_default();
+            match r.outcome.as_str() {
+                "allow" => a.allow += 1,
+                "deny" => a.deny += 1,
+                _ => a.error += 1,
+            }
+            let is_use = Action::parse(&r.action).is_some_and(|a| a.class() == Class::Use);
+            if is_use && r.outcome == "allow" {
+                if let (Some(k), Some(t)) = (&r.key_id, crate::handlers::audit::parse_time(&r.time))
+                {
+                    last_used.insert(k.clone(), t / 1000);
+                }
+            }
+            if r.outcome != "allow" {
+                refused.push(r);
+                if refused.len() > 200 {
+                    refused.remove(0);
+                }
+            }
+        }
+    }
+    let dormant_keys = keys
+        .iter()
+        .filter(|k| k.state == KeyState::Enabled)
+        .filter_map(|k| {
+            let used = last_used.get(&k.key_id).copied();
+            let idle_since = used.unwrap_or(k.created_at);
+            (now - idle_since > dormant_days * DAY).then(|| Dormant {
+                key_id: k.key_id.clone(),
+                last_used_at: used.map(rfc3339),
+            })
+        })
+        .collect();
+    let chain = app.kms.verify_audit()?;
+    Ok(Report {
+        generated_at: rfc3339(now),
+        node_id: app.node_id.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        root_of_trust: app.kms.status().root_of_trust.map(|r| r.as_str()),
+        dormant_after_days: dormant_days,
+        rotation_overdue: rotation.iter().filter(|r| r.status == "overdue").count(),
+        inventory,
+        weak_keys,
+        rotation,
+        pending_deletions,
+        dormant_keys,
+        access_by_principal: access,
+        refused_and_failed: refused,
+        quorum,
+        audit_chain_valid: chain.valid,
+        audit_records: chain.records,
+    })
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn table(out: &mut String, title: &str, headers: &[&str], rows: Vec<Vec<String>>) {
+    out.push_str(&format!(
+        "<h2>{} <small>({})</small></h2>",
+        esc(title),
+        rows.len()
+    ));
+    if rows.is_empty() {
+        out.push_str("<p class=\"none\">None.</p>");
+        return;
+    }
+    out.push_str("<table><tr>");
+    for h in headers {
+        out.push_str(&format!("<th>{}</th>", esc(h)));
+    }
+    out.push_str("</tr>");
+    for r in rows {
+        out.push_str("<tr>");
+        for c in r {
+            let class = if c == "overdue" || c == "deny" || c.starts_with("TDES") {
+                " class=\"flag\""
+            } else {
+                ""
+            };
+            out.push_str(&format!("<td{class}>{}</td>", esc(&c)));
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</table>");
+}
+
+fn html(r: &Report) -> String {
+    let mut o = String::from(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Keyward compliance report</title><style>\
+         body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}h1{margin-bottom:0}table{border-collapse:collapse;margin:.5em 0 1.5em}\
+         th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}.flag{background:#fde2e1;font-weight:600}\
+         .none{color:#777}.ok{color:#1a7f37}.bad{color:#c62828}small{color:#777;font-weight:normal}</style></head><body>",
+    );
+    o.push_str(&format!(
+        "<h1>Keyward compliance report</h1><p>Generated {} on node {} (Keyward {}), root of trust: {}.</p>",
+        esc(&r.generated_at),
+        esc(&r.node_id),
+        r.version,
+        r.root_of_trust.unwrap_or("none")
+    ));
+    o.push_str(&format!(
+        "<p>Audit chain: <b class=\"{}\">{}</b> over {} records. Keys: {}. Rotation overdue: <b>{}</b>.</p>",
+        if r.audit_chain_valid { "ok" } else { "bad" },
+        if r.audit_chain_valid { "intact" } else { "BROKEN" },
+        r.audit_records,
+        r.inventory.total,
+        r.rotation_overdue
+    ));
+    let counts = |m: &BTreeMap<String, usize>| {
+        m.iter()
+            .map(|(k, v)| vec![k.clone(), v.to_string()])
+            .collect()
+    };
+    table(
+        &mut o,
+        "Keys by spec",
+        &["spec", "keys"],
+        counts(&r.inventory.by_spec),
+    );
+    table(
+        &mut o,
+        "Keys by origin",
+        &["origin", "keys"],
+        counts(&r.inventory.by_origin),
+    );
+    table(
+        &mut o,
+        "Keys by state",
+        &["state", "keys"],
+        counts(&r.inventory.by_state),
+    );
+    table(
+        &mut o,
+        "Weak keys",
+        &["key", "spec", "reason"],
+        r.weak_keys
+            .iter()
+            .map(|w| vec![w.key_id.clone(), w.spec.clone(), w.reason.into()])
+            .collect(),
+    );
+    table(
+        &mut o,
+        "Rotation against cryptoperiod (PCI DSS 3.6.4)",
+        &[
+            "key",
+            "alias",
+            "spec",
+            "period (days)",
+            "last rotated",
+            "age (days)",
+            "status",
+        ],
+        r.rotation
+            .iter()
+            .map(|x| {
+                vec![
+                    x.key_id.clone(),
+                    x.alias.clone().unwrap_or_default(),
+                    x.spec.clone(),
+                    x.rotation_period_days
+                        .map(|d| d.to_string())
+                        .unwrap_or_default(),
+                    x.last_rotated_at.clone(),
+                    x.primary_version_age_days.to_string(),
+                    x.status.into(),
+                ]
+            })
+            .collect(),
+    );
+    table(
+        &mut o,
+        "Pending deletions",
+        &["key", "deletion date"],
+        r.pending_deletions
+            .iter()
+            .map(|p| vec![p.key_id.clone(), p.deletion_date.clone()])
+            .collect(),
+    );
+    table(
+        &mut o,
+        &format!("Dormant keys (unused for {} days)", r.dormant_after_days),
+        &["key", "last used"],
+        r.dormant_keys
+            .iter()
+            .map(|d| {
+                vec![
+                    d.key_id.clone(),
+                    d.last_used_at.clone().unwrap_or_else(|| "never".into()),
+                ]
+            })
+            .collect(),
+    );
+    table(
+        &mut o,
+        "Access by principal",
+        &["principal", "allowed", "denied", "failed"],
+        r.access_by_principal
+            .iter()
+            .map(|(p, a)| {
+                vec![
+                    p.clone(),
+                    a.allow.to_string(),
+                    a.deny.to_string(),
+                    a.error.to_string(),
+                ]
+            })
+            .collect(),
+    );
+    table(
+        &mut o,
+        "Refused and failed requests (latest)",
+        &[
+            "time",
+            "principal",
+            "source",
+            "action",
+            "key",
+            "outcome",
+            "code",
+        ],
+        r.refused_and_failed
+            .iter()
+            .rev()
+            .map(|a| {
+                vec![
+                    a.time.clone(),
+                    a.principal.clone(),
+                    a.source_ip.clone(),
+                    a.action.clone(),
+                    a.key_id.clone().unwrap_or_default(),
+                    a.outcome.clone(),
+                    a.error_code.clone().unwrap_or_default(),
+                ]
+            })
+            .collect(),
+    );
+    table(
+        &mut o,
+        "Quorum settings",
+        &["key", "approvals"],
+        r.quorum
+            .iter()
+            .map(|q| vec![q.key_id.clone(), q.approvals.to_string()])
+            .collect(),
+    );
+    o.push_str("</body></html>\n");
+    o
+}
+
+/// `GET /v1/reports/compliance`.
+pub async fn compliance(
+    State(app): State<AppState>,
+    meta: Meta,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let a = app.clone();
+    let format = q.get("format").cloned().unwrap_or_else(|| "json".into());
+    let want_html = format == "html";
+    let resp = call(
+        &app,
+        &meta,
+        Action::GetComplianceReport,
+        None,
+        Mode::Blocking,
+        move |_| {
+            if let Some(k) = q
+                .keys()
+                .find(|k| !["format", "dormant_days"].contains(&k.as_str()))
+            {
+                return Err(ApiError::validation(format!(
+                    "unknown query parameter '{}'",
+                    k.escape_debug()
+                )));
+            }
+            if !matches!(format.as_str(), "json" | "html") {
+                return Err(ApiError::validation("format is json or html"));
+            }
+            let dormant_days = q
+                .get("dormant_days")
+                .map(|d| {
+                    d.parse::<i64>()
+                        .ok()
+                        .filter(|d| (1..=3650).contains(d))
+                        .ok_or_else(|| ApiError::validation("dormant_days is 1 to 3650"))
+                })
+                .transpose()?
+                .unwrap_or(90);
+            let report = build(&a, dormant_days)?;
+            if format == "html" {
+                // Carried as a JSON string through the pipeline, unwrapped below.
+                return Reply::with_status(
+                    StatusCode::OK,
+                    &serde_json::json!({ "html": html(&report) }),
+                );
+            }
+            Reply::ok(&report)
+        },
+    )
+    .await;
+    if want_html {
+        compliance_html(resp).await
+    } else {
+        resp
+    }
+}
+
+/// Unwraps the HTML report carried through the pipeline as `{"html": ...}`.
+async fn compliance_html(resp: Response) -> Response {
+    let (parts, body) = resp.into_parts();
+    if parts.status != StatusCode::OK {
+        return Response::from_parts(parts, body);
+    }
+    let bytes = axum::body::to_bytes(body, 64 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let html = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["html"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    text(StatusCode::OK, "text/html; charset=utf-8", html)
+}
