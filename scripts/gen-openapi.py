@@ -106,6 +106,7 @@ schemas = {
                      "created_at": {"type": "string", "format": "date-time"}, "password": BOOL}),
     "TokenRequest": obj({"ttl_seconds": {"type": "integer", "minimum": 1, "maximum": 31622400}}),
     "TokenResponse": obj({"token": S, "token_id": S, "expires_at": {"type": "string", "format": "date-time"}}),
+    "MfaResponse": obj({"totp_uri": S}),
     "LoginRequest": obj({"name": S, "password": S, "totp": S}, ["name", "password"]),
     "LoginResponse": obj({"token": S, "token_id": S, "expires_at": {"type": "string", "format": "date-time"}, "mfa": BOOL}),
     "AuditRecord": obj({"seq": INT, "time": {"type": "string", "format": "date-time"}, "request_id": S, "principal": S, "source_ip": S,
@@ -174,6 +175,8 @@ ops = [
     ("post", "/v1/identities/{name}/tokens", "kms:CreateToken", "TokenRequest", (201, "TokenResponse"),
      [{"name": "name", "in": "path", "required": True, "schema": S}], False),
     ("delete", "/v1/tokens/{token_id}", "kms:RevokeToken", None, (204, None), [{"name": "token_id", "in": "path", "required": True, "schema": S}], False),
+    ("post", "/v1/identities/{name}/mfa", "kms:EnrollMfa", None, (200, "MfaResponse"),
+     [{"name": "name", "in": "path", "required": True, "schema": S}], False),
     ("post", "/v1/auth/login", "kms:Login", "LoginRequest", (200, "LoginResponse"), [], True),
     ("get", "/v1/audit", "kms:ReadAudit", None, (200, "AuditPage"), LIMIT + [
         {"name": n, "in": "query", "schema": S} for n in ["since", "until", "principal", "key_id", "action", "outcome"]], False),

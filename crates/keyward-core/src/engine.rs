@@ -92,6 +92,8 @@ pub(crate) struct Keyring {
     audit: KeyHandle,
     /// Ed25519 key that signs audit checkpoints, also derived from the unseal key.
     checkpoint: KeyHandle,
+    /// AES-256 key for service secrets (TOTP seeds), derived from the unseal key.
+    secrets: KeyHandle,
 }
 
 enum SealState {
@@ -269,6 +271,28 @@ impl Kms {
             SealState::Unsealed { keyring, .. } => Some(keyring.audit.clone()),
             _ => None,
         }
+    }
+
+    /// Encrypts a service secret (a TOTP seed) for storage, bound to `aad`. The key is derived from the
+    /// unseal key, so root rotation leaves these blobs valid; like key material they are unreadable while
+    /// sealed and to anyone holding only the database.
+    pub fn protect(&self, aad: &[u8], secret: &[u8]) -> KmsResult<Vec<u8>> {
+        let key = match &*self.seal.read() {
+            SealState::Unsealed { keyring, .. } => keyring.secrets.clone(),
+            _ => return Err(KmsError::sealed()),
+        };
+        let mut out = Vec::with_capacity(secret.len() + 28);
+        self.hsm.encrypt_symmetric(&key, aad, secret, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decrypts a blob made by [`Kms::protect`].
+    pub fn unprotect(&self, aad: &[u8], blob: &[u8]) -> KmsResult<SecretBytes> {
+        let key = match &*self.seal.read() {
+            SealState::Unsealed { keyring, .. } => keyring.secrets.clone(),
+            _ => return Err(KmsError::sealed()),
+        };
+        Ok(self.hsm.decrypt_symmetric(&key, aad, blob)?)
     }
 
     /// The audit checkpoint signing key; `None` while sealed.
@@ -450,12 +474,19 @@ impl Kms {
         let checkpoint =
             self.hsm
                 .import_plaintext(KeySpec::Ed25519, &pkcs8, &KeyAttributes::internal())?;
+        let secrets_key = self
+            .hsm
+            .derive_hkdf(&kek, b"keyward", b"service-secrets-v1", 32)?;
+        let secrets =
+            self.hsm
+                .import_plaintext(KeySpec::Aes256, &secrets_key, &KeyAttributes::internal())?;
         let keyring = Arc::new(Keyring {
             root,
             generation: rec.generation,
             unseal_kek: kek,
             audit,
             checkpoint,
+            secrets,
         });
         *seal = SealState::Unsealed { init, keyring };
         self.sealed.store(false, Ordering::Release);
@@ -562,6 +593,7 @@ impl Kms {
             unseal_kek: old.unseal_kek.clone(),
             audit: old.audit.clone(),
             checkpoint: old.checkpoint.clone(),
+            secrets: old.secrets.clone(),
         });
         *seal = SealState::Unsealed { init, keyring };
         // Cached snapshots hold the wrapped blobs of the old generation: reload from the store.

@@ -466,6 +466,10 @@ pub fn router(app: AppState) -> Router {
             "/v1/tokens/{token_id}",
             delete(handlers::identities::revoke),
         )
+        .route(
+            "/v1/identities/{name}/mfa",
+            post(handlers::identities::enroll_mfa),
+        )
         .route("/v1/auth/login", post(handlers::identities::login))
         .route("/v1/audit", get(handlers::audit::query))
         .route(
@@ -481,6 +485,19 @@ pub fn router(app: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(app.clone(), context))
         .with_state(app)
+}
+
+/// Percent-encodes a URI component.
+pub fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// A `Body` helper for handlers that stream nothing.

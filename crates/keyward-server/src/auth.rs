@@ -30,6 +30,8 @@ pub struct Principal {
     pub token_id: String,
     /// Unix seconds.
     pub expires_at: Option<i64>,
+    /// Whether the token was issued after a TOTP check.
+    pub mfa: bool,
 }
 
 impl Principal {
@@ -40,6 +42,7 @@ impl Principal {
             roles: Vec::new(),
             token_id: String::new(),
             expires_at: None,
+            mfa: false,
         }
     }
 }
@@ -57,6 +60,9 @@ pub struct TokenRecord {
     pub created_at: i64,
     /// Unix seconds.
     pub expires_at: Option<i64>,
+    /// Issued after a TOTP check.
+    #[serde(default)]
+    pub mfa: bool,
 }
 
 /// Token issuing and checking.
@@ -108,6 +114,30 @@ impl Auth {
         ttl_seconds: Option<i64>,
         fixed: Option<&str>,
     ) -> KmsResult<(String, TokenRecord)> {
+        self.mint_inner(identity, roles, now, ttl_seconds, fixed, false)
+    }
+
+    /// Issues a token after a password login, recording whether MFA was used.
+    pub fn mint_with_mfa(
+        &self,
+        identity: &str,
+        roles: &[Role],
+        now: i64,
+        ttl_seconds: Option<i64>,
+        mfa: bool,
+    ) -> KmsResult<(String, TokenRecord)> {
+        self.mint_inner(identity, roles, now, ttl_seconds, None, mfa)
+    }
+
+    fn mint_inner(
+        &self,
+        identity: &str,
+        roles: &[Role],
+        now: i64,
+        ttl_seconds: Option<i64>,
+        fixed: Option<&str>,
+        mfa: bool,
+    ) -> KmsResult<(String, TokenRecord)> {
         let token = match fixed {
             Some(t) => t.to_string(),
             None => {
@@ -130,6 +160,7 @@ impl Auth {
             roles: roles.iter().map(|r| r.name().to_string()).collect(),
             created_at: now,
             expires_at: ttl_seconds.map(|t| now + t),
+            mfa,
         };
         let hash = hex(&token_hash(&token));
         let json = serde_json::to_vec(&rec)
@@ -164,6 +195,7 @@ impl Auth {
                     roles: rec.roles.iter().filter_map(|r| Role::parse(r)).collect(),
                     token_id: rec.token_id,
                     expires_at: rec.expires_at,
+                    mfa: rec.mfa,
                 });
                 self.cache[shard(&hash)].write().insert(hash, p.clone());
                 p

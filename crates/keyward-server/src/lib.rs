@@ -15,6 +15,7 @@ pub mod limiter;
 pub mod metrics;
 pub mod pki;
 mod tls;
+pub mod totp;
 
 use std::future::Future;
 use std::io::Write as _;

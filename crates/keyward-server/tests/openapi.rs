@@ -51,6 +51,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/identities"),
     ("post", "/v1/identities/{name}/tokens"),
     ("delete", "/v1/tokens/{token_id}"),
+    ("post", "/v1/identities/{name}/mfa"),
     ("post", "/v1/auth/login"),
     ("get", "/v1/audit"),
     ("get", "/v1/audit/verify"),

@@ -34,6 +34,12 @@ struct IdentityRecord {
     created_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     password_hash: Option<String>,
+    /// The TOTP seed, encrypted under the service-secrets key (hex), when MFA is enrolled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    totp_seed: Option<String>,
+    /// The last TOTP step used: codes are single-use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    totp_last_step: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +63,7 @@ struct IdentityObject {
     policies: Vec<String>,
     created_at: String,
     password: bool,
+    mfa: bool,
 }
 
 #[derive(Deserialize)]
@@ -98,6 +105,7 @@ fn object(r: &IdentityRecord) -> IdentityObject {
         policies: r.policies.clone(),
         created_at: rfc3339(r.created_at),
         password: r.password_hash.is_some(),
+        mfa: r.totp_seed.is_some(),
     }
 }
 
@@ -191,6 +199,8 @@ pub async fn create(State(app): State<AppState>, meta: Meta, body: RawBody) -> R
                 policies: req.policies,
                 created_at: a.clock.now(),
                 password_hash,
+                totp_seed: None,
+                totp_last_step: None,
             };
             let json = serde_json::to_vec(&rec)
                 .map_err(|_| ApiError::new(ErrorCode::Unavailable, "identity encoding"))?;
@@ -277,7 +287,7 @@ pub async fn revoke(
     .await
 }
 
-/// `POST /v1/auth/login`.
+/// `POST /v1/auth/login`: password, and the TOTP code when MFA is enrolled.
 pub async fn login(State(app): State<AppState>, meta: Meta, body: RawBody) -> Response {
     let a = app.clone();
     call(
@@ -297,11 +307,6 @@ pub async fn login(State(app): State<AppState>, meta: Meta, body: RawBody) -> Re
                     "too many login attempts; retry shortly",
                 ));
             }
-            if req.totp.is_some() {
-                return Err(ApiError::validation(
-                    "TOTP is not enrolled for this identity",
-                ));
-            }
             let rec = load(&a, &req.name)?;
             let stored = rec
                 .as_ref()
@@ -310,23 +315,141 @@ pub async fn login(State(app): State<AppState>, meta: Meta, body: RawBody) -> Re
             let ok = Argon2::default()
                 .verify_password(req.password.as_bytes(), stored.as_str())
                 .is_ok();
-            let rec = match rec {
+            let mut rec = match rec {
                 Some(r) if ok && r.password_hash.is_some() => r,
                 _ => return Err(unauthenticated()),
             };
-            let (token, t) = a.auth.mint(
+            let mfa = match rec.totp_seed.clone() {
+                None => {
+                    if req.totp.is_some() {
+                        return Err(ApiError::validation("this identity has no TOTP enrolled"));
+                    }
+                    false
+                }
+                Some(blob) => {
+                    let code = req.totp.as_deref().ok_or_else(|| {
+                        ApiError::new(
+                            ErrorCode::AccessDenied,
+                            "MFA is required: give the current TOTP code",
+                        )
+                    })?;
+                    let seed = a.kms.unprotect(&totp_aad(&rec.name), &unhex(&blob))?;
+                    let step =
+                        crate::totp::verify(seed.expose(), code, a.clock.now(), rec.totp_last_step)
+                            .ok_or_else(|| {
+                                ApiError::new(
+                                    ErrorCode::Unauthenticated,
+                                    "wrong or already used TOTP code",
+                                )
+                            })?;
+                    rec.totp_last_step = Some(step);
+                    save_if_step_unused(&a, &rec, step)?;
+                    true
+                }
+            };
+            let (token, t) = a.auth.mint_with_mfa(
                 &rec.name,
                 &roles_of(&rec),
                 a.clock.now(),
                 Some(DEFAULT_TTL),
-                None,
+                mfa,
             )?;
             Reply::ok(&LoginResponse {
                 token,
                 token_id: t.token_id,
                 expires_at: rfc3339(t.expires_at.unwrap_or_default()),
-                mfa: false,
+                mfa,
             })
+        },
+    )
+    .await
+}
+
+fn totp_aad(name: &str) -> Vec<u8> {
+    format!("keyward:totp:{name}").into_bytes()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| {
+            s.get(2 * i..2 * i + 2)
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+        })
+        .collect()
+}
+
+/// Records the used step, refusing if a concurrent login already used it or a later one.
+fn save_if_step_unused(app: &AppState, rec: &IdentityRecord, step: u64) -> Result<(), ApiError> {
+    let json = serde_json::to_vec(rec)
+        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "identity encoding"))?;
+    transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+        let current: Option<IdentityRecord> = tx
+            .get_meta(IDENTITIES, &rec.name)?
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if current
+            .and_then(|c| c.totp_last_step)
+            .is_some_and(|last| last >= step)
+        {
+            return Err(KmsError::new(
+                ErrorCode::Unauthenticated,
+                "wrong or already used TOTP code",
+            ));
+        }
+        Ok(tx.put_meta(IDENTITIES, &rec.name, &json)?)
+    })?;
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct MfaResponse {
+    totp_uri: String,
+}
+
+/// `POST /v1/identities/{name}/mfa`: enrols TOTP and returns the `otpauth://` URI, once.
+pub async fn enroll_mfa(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(name): Path<String>,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::EnrollMfa,
+        None,
+        Mode::Blocking,
+        move |_| {
+            let mut rec = load(&a, &name)?.ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("identity {name} does not exist"),
+                )
+            })?;
+            if rec.kind != "user" {
+                return Err(ApiError::validation("TOTP is for user identities"));
+            }
+            let seed = zeroize::Zeroizing::new(a.kms.random(20)?);
+            rec.totp_seed = Some(hex(&a.kms.protect(&totp_aad(&rec.name), &seed)?));
+            rec.totp_last_step = None;
+            let json = serde_json::to_vec(&rec)
+                .map_err(|_| ApiError::new(ErrorCode::Unavailable, "identity encoding"))?;
+            transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+                tx.put_meta(IDENTITIES, &rec.name, &json)
+            })
+            .map_err(|e| ApiError(KmsError::from(e)))?;
+            let secret = zeroize::Zeroizing::new(crate::totp::base32(&seed));
+            let uri = format!(
+            "otpauth://totp/Keyward:{}?secret={}&issuer=Keyward&algorithm=SHA1&digits={}&period={}",
+            crate::app::percent(&rec.name),
+            secret.as_str(),
+            crate::totp::DIGITS,
+            crate::totp::STEP
+        );
+            Reply::ok(&MfaResponse { totp_uri: uri })
         },
     )
     .await

@@ -1,0 +1,42 @@
+"""TOTP MFA checked with an independent authenticator implementation (pyotp)."""
+import time
+import urllib.parse
+
+import pyotp
+import requests
+
+
+def test_totp_login_with_and_without_a_code(api, server):
+    api.call("POST", "/v1/identities", {"name": "carol", "kind": "user", "roles": ["auditor"],
+                                         "password": "carol's long password"}, expect=201)
+    # Before enrolment, a password alone logs in.
+    r = requests.post(server["base"] + "/v1/auth/login", json={"name": "carol", "password": "carol's long password"})
+    assert r.status_code == 200 and r.json()["mfa"] is False
+    uri = api.call("POST", "/v1/identities/carol/mfa")["totp_uri"]
+    parsed = urllib.parse.urlparse(uri)
+    assert parsed.scheme == "otpauth" and parsed.netloc == "totp"
+    totp = pyotp.parse_uri(uri)
+    base = server["base"]
+    # Now the password alone is refused (403: MFA required), a wrong code is 401, the right code works once.
+    r = requests.post(base + "/v1/auth/login", json={"name": "carol", "password": "carol's long password"})
+    assert (r.status_code, r.json()["error"]["code"]) == (403, "AccessDenied")
+    wrong = "%06d" % ((int(totp.now()) + 1) % 1000000)
+    r = requests.post(base + "/v1/auth/login", json={"name": "carol", "password": "carol's long password", "totp": wrong})
+    assert (r.status_code, r.json()["error"]["code"]) == (401, "Unauthenticated")
+    code = totp.now()
+    r = requests.post(base + "/v1/auth/login", json={"name": "carol", "password": "carol's long password", "totp": code})
+    assert r.status_code == 200, r.text
+    assert r.json()["mfa"] is True
+    token = r.json()["token"]
+    assert requests.get(base + "/v1/keys", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    # The same code cannot be used twice.
+    r = requests.post(base + "/v1/auth/login", json={"name": "carol", "password": "carol's long password", "totp": code})
+    assert (r.status_code, r.json()["error"]["code"]) == (401, "Unauthenticated")
+    # Wrong password with a right code is still refused.
+    r = requests.post(base + "/v1/auth/login", json={"name": "carol", "password": "not the password!", "totp": totp.now()})
+    assert r.status_code == 401
+    # The seed never reaches the log or the audit log.
+    secret = totp.secret
+    assert secret.encode() not in open(server["log"], "rb").read()
+    records = api.call("GET", "/v1/audit?principal=carol&limit=1000")["records"]
+    assert records and all(secret not in str(r) for r in records)
