@@ -107,6 +107,13 @@ schemas = {
     "TokenRequest": obj({"ttl_seconds": {"type": "integer", "minimum": 1, "maximum": 31622400}}),
     "TokenResponse": obj({"token": S, "token_id": S, "expires_at": {"type": "string", "format": "date-time"}}),
     "MfaResponse": obj({"totp_uri": S}),
+    "Policy": obj({"statements": {"type": "array", "minItems": 1, "maxItems": 100, "items": obj({
+        "effect": {"type": "string", "enum": ["allow", "deny"]},
+        "actions": {"type": "array", "items": S, "description": "kms:<Action>, * wildcards"},
+        "resources": {"type": "array", "items": S, "description": "key/<id>, alias/<name>, *; * wildcards"},
+        "conditions": obj({"context_equals": {"type": "object", "additionalProperties": S},
+                           "source_cidr": {"type": "array", "items": S}, "mfa": BOOL}),
+    }, ["effect", "actions", "resources"])}}, ["statements"]),
     "LoginRequest": obj({"name": S, "password": S, "totp": S}, ["name", "password"]),
     "LoginResponse": obj({"token": S, "token_id": S, "expires_at": {"type": "string", "format": "date-time"}, "mfa": BOOL}),
     "AuditRecord": obj({"seq": INT, "time": {"type": "string", "format": "date-time"}, "request_id": S, "principal": S, "source_ip": S,
@@ -178,6 +185,9 @@ ops = [
     ("post", "/v1/identities/{name}/mfa", "kms:EnrollMfa", None, (200, "MfaResponse"),
      [{"name": "name", "in": "path", "required": True, "schema": S}], False),
     ("post", "/v1/auth/login", "kms:Login", "LoginRequest", (200, "LoginResponse"), [], True),
+    ("put", "/v1/policies/{name}", "kms:PutPolicy", "Policy", (200, "Policy"), [{"name": "name", "in": "path", "required": True, "schema": S}], False),
+    ("get", "/v1/policies/{name}", "kms:GetPolicy", None, (200, "Policy"), [{"name": "name", "in": "path", "required": True, "schema": S}], False),
+    ("delete", "/v1/policies/{name}", "kms:DeletePolicy", None, (204, None), [{"name": "name", "in": "path", "required": True, "schema": S}], False),
     ("get", "/v1/audit", "kms:ReadAudit", None, (200, "AuditPage"), LIMIT + [
         {"name": n, "in": "query", "schema": S} for n in ["since", "until", "principal", "key_id", "action", "outcome"]], False),
     ("get", "/v1/audit/verify", "kms:VerifyAudit", None, (200, "AuditVerification"), [], False),

@@ -1374,3 +1374,180 @@ async fn compliance_report_and_audit_checkpoints() {
     .await;
     assert_eq!((st, code_of(&v)), (400, "ValidationError"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_grant_scope_condition_and_deny() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(&dir.path().join("data"));
+    let root = server.root();
+    let main = root
+        .create_key(&CreateKeyRequest {
+            spec: "AES_256".into(),
+            alias: Some("alias/app-main".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let secret = root
+        .create_key(&CreateKeyRequest {
+            spec: "AES_256".into(),
+            alias: Some("alias/app-secret".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let signer = root
+        .create_key(&CreateKeyRequest {
+            spec: "ED25519".into(),
+            usage: Some("SIGN_VERIFY".into()),
+            alias: Some("alias/app-signer".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let policy = json!({"statements": [
+        {"effect": "allow", "actions": ["kms:Encrypt", "kms:Decrypt"], "resources": ["alias/app-*", format!("key/{}", main.key_id)],
+         "conditions": {"context_equals": {"tenant": "acme"}}},
+        {"effect": "deny", "actions": ["kms:*"], "resources": ["alias/app-secret", format!("key/{}", secret.key_id)]},
+        {"effect": "allow", "actions": ["kms:Sign"], "resources": ["alias/app-signer"], "conditions": {"mfa": true}},
+        {"effect": "allow", "actions": ["kms:GenerateRandom"], "resources": ["*"], "conditions": {"source_cidr": ["10.0.0.0/8"]}},
+        {"effect": "allow", "actions": ["kms:DescribeKey"], "resources": ["alias/app-*"], "conditions": {"source_cidr": ["127.0.0.0/8", "::1/128"]}}
+    ]});
+    let (st, v, _) = raw(
+        &server.addr,
+        "PUT",
+        "/v1/policies/app",
+        Some(ROOT),
+        Some(serde_json::to_vec(&policy).unwrap()),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v, _) = raw(&server.addr, "GET", "/v1/policies/app", Some(ROOT), None).await;
+    assert_eq!(
+        (st, v["statements"].as_array().map(|a| a.len())),
+        (200, Some(5))
+    );
+    let bad = json!({"statements": [{"effect": "allow", "actions": ["kms:Teleport"], "resources": ["*"]}]});
+    let (st, v, _) = raw(
+        &server.addr,
+        "PUT",
+        "/v1/policies/bad",
+        Some(ROOT),
+        Some(serde_json::to_vec(&bad).unwrap()),
+    )
+    .await;
+    assert_eq!((st, code_of(&v)), (400, "ValidationError"));
+
+    let (st, _, _) = raw(
+        &server.addr,
+        "POST",
+        "/v1/identities",
+        Some(ROOT),
+        Some(
+            serde_json::to_vec(&json!({"name": "svc", "kind": "service", "policies": ["app"]}))
+                .unwrap(),
+        ),
+    )
+    .await;
+    assert_eq!(st, 201);
+    let (_, t, _) = raw(
+        &server.addr,
+        "POST",
+        "/v1/identities/svc/tokens",
+        Some(ROOT),
+        Some(b"{}".to_vec()),
+    )
+    .await;
+    let svc = server.client(Some(t["token"].as_str().unwrap()));
+
+    // Scoped by alias and context.
+    let acme = ctx(&[("tenant", "acme")]);
+    let ct = svc
+        .encrypt("alias/app-main", b"p", acme.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        api_code(svc.encrypt("alias/app-main", b"p", None).await),
+        "AccessDenied"
+    );
+    assert_eq!(
+        api_code(
+            svc.encrypt("alias/app-main", b"p", ctx(&[("tenant", "evil")]))
+                .await
+        ),
+        "AccessDenied"
+    );
+    // The ciphertext names its key: /v1/decrypt is checked against key/<id>.
+    assert_eq!(
+        svc.decrypt(None, &ct.ciphertext.0, acme.clone(), None)
+            .await
+            .unwrap()
+            .plaintext
+            .expose(),
+        b"p"
+    );
+    assert_eq!(
+        api_code(
+            svc.decrypt(None, &ct.ciphertext.0, ctx(&[("tenant", "evil")]), None)
+                .await
+        ),
+        "InvalidCiphertext"
+            .to_string()
+            .replace("InvalidCiphertext", "AccessDenied")
+    );
+    // Explicit deny wins over the alias wildcard.
+    assert_eq!(
+        api_code(svc.encrypt("alias/app-secret", b"p", acme.clone()).await),
+        "AccessDenied"
+    );
+    let secret_ct = root
+        .encrypt(&secret.key_id, b"s", acme.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        api_code(
+            svc.decrypt(None, &secret_ct.ciphertext.0, acme.clone(), None)
+                .await
+        ),
+        "AccessDenied"
+    );
+    // Not in the policy at all: default deny.
+    assert_eq!(
+        api_code(
+            svc.create_key(&CreateKeyRequest {
+                spec: "AES_256".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        "AccessDenied"
+    );
+    // MFA condition: a service token has no MFA.
+    assert_eq!(
+        api_code(
+            svc.sign(
+                "alias/app-signer",
+                &SignRequest {
+                    message: Some(B64(b"m".to_vec())),
+                    digest: None,
+                    algorithm: "ED25519".into()
+                }
+            )
+            .await
+        ),
+        "AccessDenied"
+    );
+    let _ = signer;
+    // Source address condition.
+    assert_eq!(api_code(svc.random(8).await), "AccessDenied");
+    assert!(svc.describe_key("alias/app-main").await.is_ok());
+    // Deleting the policy takes effect at once.
+    let (st, _, _) = raw(&server.addr, "DELETE", "/v1/policies/app", Some(ROOT), None).await;
+    assert_eq!(st, 204);
+    assert_eq!(
+        api_code(svc.encrypt("alias/app-main", b"p", acme).await),
+        "AccessDenied"
+    );
+    let (st, _, _) = raw(&server.addr, "GET", "/v1/policies/app", Some(ROOT), None).await;
+    assert_eq!(st, 404);
+}

@@ -271,6 +271,11 @@ impl Kms {
         }
     }
 
+    /// The key id a reference (id or alias) stands for, from the alias cache when possible.
+    pub fn key_id_of(&self, key_ref: &str) -> KmsResult<String> {
+        self.resolve_id(key_ref)
+    }
+
     fn resolve_id(&self, key_ref: &str) -> KmsResult<String> {
         Ok(uuid::Uuid::from_bytes(self.resolve(key_ref)?).to_string())
     }

@@ -50,6 +50,8 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     /// Request id source.
     pub request_ids: RequestIds,
+    /// Compiled policies.
+    pub policies: crate::handlers::policies::PolicyCache,
 }
 
 /// Request ids: a random per-process prefix and a counter. Unique within the node, unguessable across
@@ -94,6 +96,7 @@ impl App {
             config,
             clock: Arc::new(SystemClock),
             request_ids: RequestIds::new(),
+            policies: Default::default(),
         }
     }
 }
@@ -242,6 +245,78 @@ pub enum Mode {
     Blocking,
 }
 
+/// Who is calling, and what the policies still require of the request's encryption context.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The authenticated principal.
+    pub principal: Arc<Principal>,
+    /// Conditions on the encryption context that only the handler can check.
+    pub context_rule: Option<Arc<crate::policy::ContextRule>>,
+    /// For `/v1/decrypt`, where the key is only known from the ciphertext: the evaluation still to do.
+    pub pending: Option<Arc<Pending>>,
+}
+
+/// A policy evaluation deferred until the handler knows the key.
+#[derive(Debug)]
+pub struct Pending {
+    policies: Vec<Arc<crate::policy::Compiled>>,
+    role_allows: bool,
+    action: Action,
+    source_ip: Option<std::net::IpAddr>,
+    mfa: bool,
+}
+
+impl Caller {
+    /// For a request whose key comes from the ciphertext: evaluates the policies for that key and context.
+    pub fn check_key(&self, key_id: &str, context: &keyward_api::Context) -> Result<(), ApiError> {
+        let Some(p) = &self.pending else {
+            return self.check_context(context);
+        };
+        let resources = [format!("key/{key_id}")];
+        let request = crate::policy::Request {
+            action: p.action,
+            resources: &resources,
+            source_ip: p.source_ip,
+            mfa: p.mfa,
+        };
+        let allowed = match crate::policy::evaluate(
+            p.policies.iter().map(|x| x.as_ref()),
+            p.role_allows,
+            &request,
+        ) {
+            crate::policy::Decision::Allow => true,
+            crate::policy::Decision::Context(rule) => rule.allows(context),
+            crate::policy::Decision::Deny => false,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::AccessDenied,
+                format!(
+                    "{} may not perform {} with key {key_id}",
+                    self.principal.name,
+                    p.action.name()
+                ),
+            ))
+        }
+    }
+
+    /// Refuses the request if a policy condition on the encryption context does not hold.
+    pub fn check_context(&self, context: &keyward_api::Context) -> Result<(), ApiError> {
+        match &self.context_rule {
+            Some(rule) if !rule.allows(context) => Err(ApiError::new(
+                ErrorCode::AccessDenied,
+                format!(
+                    "{}'s policies do not allow this encryption context",
+                    self.principal.name
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The request pipeline (see the module docs).
 pub async fn call<F>(
     app: &AppState,
@@ -252,16 +327,16 @@ pub async fn call<F>(
     f: F,
 ) -> Response
 where
-    F: FnOnce(Arc<Principal>) -> Result<Reply, ApiError> + Send + 'static,
+    F: FnOnce(Caller) -> Result<Reply, ApiError> + Send + 'static,
 {
     let now = app.clock.now();
-    let (principal, result) = match authorize(app, meta, action, now) {
+    let (principal, result) = match authorize(app, meta, action, key_ref.as_deref(), now) {
         Err((p, e)) => (p, Err(e)),
-        Ok(p) => {
-            let pp = p.clone();
+        Ok(caller) => {
+            let p = caller.principal.clone();
             let result = match mode {
-                Mode::Inline => f(pp),
-                Mode::Blocking => tokio::task::spawn_blocking(move || f(pp))
+                Mode::Inline => f(caller),
+                Mode::Blocking => tokio::task::spawn_blocking(move || f(caller))
                     .await
                     .unwrap_or_else(|_| {
                         Err(ApiError::new(
@@ -324,15 +399,32 @@ where
     }
 }
 
+/// Actions whose requests carry an encryption context the handler checks against policy conditions.
+fn carries_context(action: Action) -> bool {
+    matches!(
+        action,
+        Action::Encrypt
+            | Action::Decrypt
+            | Action::ReEncrypt
+            | Action::GenerateDataKey
+            | Action::GenerateDataKeyPair
+    )
+}
+
 fn authorize(
     app: &AppState,
     meta: &Meta,
     action: Action,
+    key_ref: Option<&str>,
     now: i64,
-) -> Result<Arc<Principal>, (Arc<Principal>, ApiError)> {
+) -> Result<Caller, (Arc<Principal>, ApiError)> {
     let anonymous = || Arc::new(Principal::anonymous());
     if action.class() == Class::Public {
-        return Ok(anonymous());
+        return Ok(Caller {
+            principal: anonymous(),
+            context_rule: None,
+            pending: None,
+        });
     }
     let token = meta.bearer.as_deref().unwrap_or("");
     let principal = app
@@ -345,14 +437,88 @@ fn authorize(
             ApiError::new(ErrorCode::Throttled, "rate limit exceeded; retry shortly"),
         ));
     }
-    if !principal.roles.iter().any(|r| r.allows(action)) {
-        let e = ApiError::new(
+    let role_allows = principal.roles.iter().any(|r| r.allows(action));
+    let denied = |p: &Arc<Principal>| {
+        ApiError::new(
             ErrorCode::AccessDenied,
-            format!("{} may not perform {}", principal.name, action.name()),
-        );
-        return Err((principal, e));
+            format!("{} may not perform {}", p.name, action.name()),
+        )
+    };
+    if principal.policies.is_empty() {
+        return if role_allows {
+            Ok(Caller {
+                principal,
+                context_rule: None,
+                pending: None,
+            })
+        } else {
+            let e = denied(&principal);
+            Err((principal, e))
+        };
     }
-    Ok(principal)
+    let policies = app.policies.load(app, &principal.policies);
+    if key_ref.is_none() && action == Action::Decrypt {
+        let pending = Pending {
+            policies,
+            role_allows,
+            action,
+            source_ip: meta.source_ip.parse().ok(),
+            mfa: principal.mfa,
+        };
+        return Ok(Caller {
+            principal,
+            context_rule: None,
+            pending: Some(Arc::new(pending)),
+        });
+    }
+    let resources = resources(app, key_ref);
+    let request = crate::policy::Request {
+        action,
+        resources: &resources,
+        source_ip: meta.source_ip.parse().ok(),
+        mfa: principal.mfa,
+    };
+    match crate::policy::evaluate(policies.iter().map(|p| p.as_ref()), role_allows, &request) {
+        crate::policy::Decision::Allow => Ok(Caller {
+            principal,
+            context_rule: None,
+            pending: None,
+        }),
+        crate::policy::Decision::Context(rule) if carries_context(action) => Ok(Caller {
+            principal,
+            context_rule: Some(Arc::new(rule)),
+            pending: None,
+        }),
+        crate::policy::Decision::Context(rule) if rule.allows(&keyward_api::Context::new()) => {
+            Ok(Caller {
+                principal,
+                context_rule: None,
+                pending: None,
+            })
+        }
+        _ => {
+            let e = denied(&principal);
+            Err((principal, e))
+        }
+    }
+}
+
+/// The resource names a key reference stands for: the alias as given and the key it resolves to.
+fn resources(app: &AppState, key_ref: Option<&str>) -> Vec<String> {
+    let Some(r) = key_ref else { return Vec::new() };
+    let mut out = Vec::with_capacity(2);
+    if let Some(name) = r
+        .strip_prefix("alias/")
+        .or_else(|| r.strip_prefix("alias:"))
+    {
+        out.push(format!("alias/{name}"));
+        if let Ok(id) = app.kms.key_id_of(r) {
+            out.push(format!("key/{id}"));
+        }
+    } else {
+        out.push(format!("key/{r}"));
+    }
+    out
 }
 
 fn now_ms() -> i64 {
@@ -471,6 +637,12 @@ pub fn router(app: AppState) -> Router {
             post(handlers::identities::enroll_mfa),
         )
         .route("/v1/auth/login", post(handlers::identities::login))
+        .route(
+            "/v1/policies/{name}",
+            put(handlers::policies::put)
+                .get(handlers::policies::get)
+                .delete(handlers::policies::delete),
+        )
         .route("/v1/audit", get(handlers::audit::query))
         .route(
             "/v1/audit/verify",

@@ -32,6 +32,8 @@ pub struct Principal {
     pub expires_at: Option<i64>,
     /// Whether the token was issued after a TOTP check.
     pub mfa: bool,
+    /// Names of the policies attached to the identity.
+    pub policies: Vec<String>,
 }
 
 impl Principal {
@@ -43,6 +45,7 @@ impl Principal {
             token_id: String::new(),
             expires_at: None,
             mfa: false,
+            policies: Vec::new(),
         }
     }
 }
@@ -63,6 +66,9 @@ pub struct TokenRecord {
     /// Issued after a TOTP check.
     #[serde(default)]
     pub mfa: bool,
+    /// Policies of the identity when the token was issued.
+    #[serde(default)]
+    pub policies: Vec<String>,
 }
 
 /// Token issuing and checking.
@@ -114,25 +120,29 @@ impl Auth {
         ttl_seconds: Option<i64>,
         fixed: Option<&str>,
     ) -> KmsResult<(String, TokenRecord)> {
-        self.mint_inner(identity, roles, now, ttl_seconds, fixed, false)
+        self.mint_inner(identity, roles, &[], now, ttl_seconds, fixed, false)
     }
 
-    /// Issues a token after a password login, recording whether MFA was used.
+    /// Issues a token for an identity with policies, recording whether MFA was used.
+    #[allow(clippy::too_many_arguments)]
     pub fn mint_with_mfa(
         &self,
         identity: &str,
         roles: &[Role],
+        policies: &[String],
         now: i64,
         ttl_seconds: Option<i64>,
         mfa: bool,
     ) -> KmsResult<(String, TokenRecord)> {
-        self.mint_inner(identity, roles, now, ttl_seconds, None, mfa)
+        self.mint_inner(identity, roles, policies, now, ttl_seconds, None, mfa)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn mint_inner(
         &self,
         identity: &str,
         roles: &[Role],
+        policies: &[String],
         now: i64,
         ttl_seconds: Option<i64>,
         fixed: Option<&str>,
@@ -161,6 +171,7 @@ impl Auth {
             created_at: now,
             expires_at: ttl_seconds.map(|t| now + t),
             mfa,
+            policies: policies.to_vec(),
         };
         let hash = hex(&token_hash(&token));
         let json = serde_json::to_vec(&rec)
@@ -196,6 +207,7 @@ impl Auth {
                     token_id: rec.token_id,
                     expires_at: rec.expires_at,
                     mfa: rec.mfa,
+                    policies: rec.policies,
                 });
                 self.cache[shard(&hash)].write().insert(hash, p.clone());
                 p

@@ -14,6 +14,7 @@ pub mod handlers;
 pub mod limiter;
 pub mod metrics;
 pub mod pki;
+pub mod policy;
 mod tls;
 pub mod totp;
 

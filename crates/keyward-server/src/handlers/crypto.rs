@@ -12,7 +12,7 @@ use keyward_api::{
 };
 use keyward_core::{Kms, SignInput};
 
-use crate::app::{call, parse, AppState, Meta, Mode, RawBody, Reply};
+use crate::app::{call, parse, AppState, Caller, Meta, Mode, RawBody, Reply};
 use crate::authz::Action;
 use crate::convert::{encryption_algorithm, mac_algorithm, signing_algorithm, spec};
 use crate::error::ApiError;
@@ -48,9 +48,16 @@ fn batch<T, R>(
     })
 }
 
-fn encrypt_one(kms: &Kms, key: &str, r: EncryptRequest) -> Result<EncryptResponse, ApiError> {
+fn encrypt_one(
+    caller: &Caller,
+    kms: &Kms,
+    key: &str,
+    r: EncryptRequest,
+) -> Result<EncryptResponse, ApiError> {
+    let context = ctx(r.context);
+    caller.check_context(&context)?;
     let alg = encryption_algorithm(r.algorithm.as_deref())?;
-    let e = kms.encrypt(key, r.plaintext.expose(), &ctx(r.context), alg)?;
+    let e = kms.encrypt(key, r.plaintext.expose(), &context, alg)?;
     Ok(EncryptResponse {
         ciphertext: B64(e.ciphertext),
         key_id: e.key_id.to_string(),
@@ -72,14 +79,15 @@ pub async fn encrypt(
         Action::Encrypt,
         Some(key.clone()),
         Mode::Inline,
-        move |_| {
+        move |caller| {
             let b: EncryptBody = parse(&body)?;
             match (b.items, b.plaintext) {
                 (Some(items), None) if b.context.is_none() && b.algorithm.is_none() => {
-                    Reply::ok(&batch(items, |i| encrypt_one(&a.kms, &key, i))?)
+                    Reply::ok(&batch(items, |i| encrypt_one(&caller, &a.kms, &key, i))?)
                 }
                 (None, Some(plaintext)) => {
                     let r = encrypt_one(
+                        &caller,
                         &a.kms,
                         &key,
                         EncryptRequest {
@@ -99,12 +107,25 @@ pub async fn encrypt(
 }
 
 fn decrypt_one(
+    caller: &Caller,
     kms: &Kms,
     key: Option<&str>,
     r: DecryptRequest,
 ) -> Result<DecryptResponse, ApiError> {
+    let context = ctx(r.context);
+    match key {
+        Some(_) => caller.check_context(&context)?,
+        None => {
+            // The key is named by the ciphertext; a ciphertext that does not parse is refused by the engine.
+            if let Ok((h, _)) = keyward_core::ciphertext::Header::parse(&r.ciphertext.0) {
+                caller.check_key(&uuid::Uuid::from_bytes(h.key_id).to_string(), &context)?;
+            } else {
+                caller.check_context(&context)?;
+            }
+        }
+    }
     let alg = encryption_algorithm(r.algorithm.as_deref())?;
-    let d = kms.decrypt(key, &r.ciphertext.0, &ctx(r.context), alg)?;
+    let d = kms.decrypt(key, &r.ciphertext.0, &context, alg)?;
     Ok(DecryptResponse {
         plaintext: secret(d.plaintext),
         key_id: d.key_id.to_string(),
@@ -120,11 +141,13 @@ async fn decrypt_with(app: AppState, meta: Meta, key: Option<String>, body: RawB
         Action::Decrypt,
         key.clone(),
         Mode::Inline,
-        move |_| {
+        move |caller| {
             let b: DecryptBody = parse(&body)?;
             match (b.items, b.ciphertext) {
                 (Some(items), None) if b.context.is_none() && b.algorithm.is_none() => {
-                    Reply::ok(&batch(items, |i| decrypt_one(&a.kms, key.as_deref(), i))?)
+                    Reply::ok(&batch(items, |i| {
+                        decrypt_one(&caller, &a.kms, key.as_deref(), i)
+                    })?)
                 }
                 (None, Some(ciphertext)) => {
                     let req = DecryptRequest {
@@ -132,7 +155,7 @@ async fn decrypt_with(app: AppState, meta: Meta, key: Option<String>, body: RawB
                         context: b.context,
                         algorithm: b.algorithm,
                     };
-                    let r = decrypt_one(&a.kms, key.as_deref(), req)?;
+                    let r = decrypt_one(&caller, &a.kms, key.as_deref(), req)?;
                     let (id, v) = (r.key_id.clone(), r.version);
                     Reply::ok(&r).map(|x| x.key(id, Some(v)))
                 }
@@ -158,7 +181,17 @@ pub async fn decrypt(
     decrypt_with(app, meta, Some(key), body).await
 }
 
-fn reencrypt_one(kms: &Kms, key: &str, r: ReencryptRequest) -> Result<EncryptResponse, ApiError> {
+fn reencrypt_one(
+    caller: &Caller,
+    kms: &Kms,
+    key: &str,
+    r: ReencryptRequest,
+) -> Result<EncryptResponse, ApiError> {
+    let source = ctx(r.context.clone());
+    caller.check_context(&source)?;
+    if let Some(n) = &r.new_context {
+        caller.check_context(n)?;
+    }
     let e = kms.reencrypt(
         key,
         &r.ciphertext.0,
@@ -186,11 +219,11 @@ pub async fn reencrypt(
         Action::ReEncrypt,
         Some(key.clone()),
         Mode::Inline,
-        move |_| {
+        move |caller| {
             let b: ReencryptBody = parse(&body)?;
             match (b.items, b.ciphertext) {
                 (Some(items), None) if b.context.is_none() && b.new_context.is_none() => {
-                    Reply::ok(&batch(items, |i| reencrypt_one(&a.kms, &key, i))?)
+                    Reply::ok(&batch(items, |i| reencrypt_one(&caller, &a.kms, &key, i))?)
                 }
                 (None, Some(ciphertext)) => {
                     let req = ReencryptRequest {
@@ -198,7 +231,7 @@ pub async fn reencrypt(
                         context: b.context,
                         new_context: b.new_context,
                     };
-                    let r = reencrypt_one(&a.kms, &key, req)?;
+                    let r = reencrypt_one(&caller, &a.kms, &key, req)?;
                     let (id, v) = (r.key_id.clone(), r.version);
                     Reply::ok(&r).map(|x| x.key(id, Some(v)))
                 }
@@ -223,15 +256,14 @@ pub async fn data_key(
         Action::GenerateDataKey,
         Some(key.clone()),
         Mode::Inline,
-        move |_| {
+        move |caller| {
             let r: DataKeyRequest = parse(&body)?;
             let s = spec(&r.spec)?;
-            let d = a.kms.generate_data_key(
-                &key,
-                s,
-                &ctx(r.context),
-                r.include_plaintext.unwrap_or(true),
-            )?;
+            let context = ctx(r.context.clone());
+            caller.check_context(&context)?;
+            let d =
+                a.kms
+                    .generate_data_key(&key, s, &context, r.include_plaintext.unwrap_or(true))?;
             let (id, v) = (d.key_id.to_string(), d.version);
             Reply::ok(&DataKeyResponse {
                 plaintext: d.plaintext.map(secret),
@@ -259,13 +291,15 @@ pub async fn data_key_pair(
         Action::GenerateDataKeyPair,
         Some(key.clone()),
         Mode::Blocking,
-        move |_| {
+        move |caller| {
             let r: DataKeyPairRequest = parse(&body)?;
             let s = spec(&r.spec)?;
+            let context = ctx(r.context.clone());
+            caller.check_context(&context)?;
             let d = a.kms.generate_data_key_pair(
                 &key,
                 s,
-                &ctx(r.context),
+                &context,
                 r.include_plaintext.unwrap_or(true),
             )?;
             let (id, v) = (d.key_id.to_string(), d.version);

@@ -247,9 +247,14 @@ pub async fn token(
                     format!("identity {name} does not exist"),
                 )
             })?;
-            let (token, t) =
-                a.auth
-                    .mint(&rec.name, &roles_of(&rec), a.clock.now(), Some(ttl), None)?;
+            let (token, t) = a.auth.mint_with_mfa(
+                &rec.name,
+                &roles_of(&rec),
+                &rec.policies,
+                a.clock.now(),
+                Some(ttl),
+                false,
+            )?;
             Reply::with_status(
                 StatusCode::CREATED,
                 &TokenResponse {
@@ -350,6 +355,7 @@ pub async fn login(State(app): State<AppState>, meta: Meta, body: RawBody) -> Re
             let (token, t) = a.auth.mint_with_mfa(
                 &rec.name,
                 &roles_of(&rec),
+                &rec.policies,
                 a.clock.now(),
                 Some(DEFAULT_TTL),
                 mfa,

@@ -4,5 +4,6 @@ pub mod audit;
 pub mod crypto;
 pub mod identities;
 pub mod keys;
+pub mod policies;
 pub mod reports;
 pub mod sys;

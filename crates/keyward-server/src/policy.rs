@@ -1,0 +1,412 @@
+//! Policy documents: default deny, explicit deny wins, wildcards in actions and resources, conditions on the
+//! encryption context, the source address and MFA.
+//!
+//! Documents are compiled once when stored (patterns split at `*`, CIDRs parsed) and cached; evaluating a
+//! request is a few string comparisons. Conditions on the encryption context can only be checked once the
+//! body is parsed, so evaluation may return a [`ContextRule`] the handler applies to each context it sees.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::authz::Action;
+
+/// A policy document as the API takes it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDoc {
+    /// Statements.
+    pub statements: Vec<StatementDoc>,
+}
+
+/// One statement.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatementDoc {
+    /// `allow` or `deny`.
+    pub effect: String,
+    /// `kms:Encrypt`, `kms:Get*`, `kms:*`.
+    pub actions: Vec<String>,
+    /// `key/<id>`, `alias/app-*`, `*`.
+    pub resources: Vec<String>,
+    /// Extra conditions, all of which must hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<ConditionsDoc>,
+}
+
+/// Conditions of a statement.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionsDoc {
+    /// The encryption context must contain these pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_equals: Option<BTreeMap<String, String>>,
+    /// The client address must be in one of these networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_cidr: Option<Vec<String>>,
+    /// The token must (true) or must not (false) come from an MFA login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mfa: Option<bool>,
+}
+
+/// A `*` pattern, split once.
+#[derive(Clone, Debug)]
+struct Glob(Vec<String>);
+
+impl Glob {
+    fn new(p: &str) -> Self {
+        Glob(p.split('*').map(str::to_string).collect())
+    }
+
+    fn matches(&self, s: &str) -> bool {
+        let parts = &self.0;
+        match parts.as_slice() {
+            [only] => only == s,
+            [first, middle @ .., last] => {
+                if s.len() < first.len() + last.len()
+                    || !s.starts_with(first.as_str())
+                    || !s.ends_with(last.as_str())
+                {
+                    return false;
+                }
+                let mut rest = &s[first.len()..s.len() - last.len()];
+                for m in middle {
+                    match rest.find(m.as_str()) {
+                        Some(i) => rest = &rest[i + m.len()..],
+                        None => return false,
+                    }
+                }
+                true
+            }
+            [] => false,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Cidr {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    fn parse(s: &str) -> Option<Cidr> {
+        let (addr, prefix) = s.split_once('/').unwrap_or((s, ""));
+        let net: IpAddr = addr.parse().ok()?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = if prefix.is_empty() {
+            max
+        } else {
+            prefix.parse().ok()?
+        };
+        (prefix <= max).then_some(Cidr { net, prefix })
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match (self.net, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            _ => ip,
+        };
+        match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Statement {
+    allow: bool,
+    actions: Vec<Glob>,
+    resources: Vec<Glob>,
+    context: Option<BTreeMap<String, String>>,
+    cidrs: Option<Vec<Cidr>>,
+    mfa: Option<bool>,
+}
+
+/// A compiled policy.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    statements: Vec<Statement>,
+}
+
+/// Compiles a document, refusing anything that could not match as written.
+pub fn compile(doc: &PolicyDoc) -> Result<Compiled, String> {
+    if doc.statements.is_empty() || doc.statements.len() > 100 {
+        return Err("a policy has 1 to 100 statements".into());
+    }
+    let mut statements = Vec::with_capacity(doc.statements.len());
+    for (i, s) in doc.statements.iter().enumerate() {
+        let allow = match s.effect.as_str() {
+            "allow" => true,
+            "deny" => false,
+            _ => return Err(format!("statement {i}: effect is allow or deny")),
+        };
+        if s.actions.is_empty() || s.resources.is_empty() {
+            return Err(format!("statement {i}: actions and resources are required"));
+        }
+        for a in &s.actions {
+            let known = Action::ALL.iter().any(|x| Glob::new(a).matches(x.name()));
+            if !a.starts_with("kms:") || !known {
+                return Err(format!(
+                    "statement {i}: action '{}' matches no kms: action",
+                    a.escape_debug()
+                ));
+            }
+        }
+        for r in &s.resources {
+            if !(r == "*" || r.starts_with("key/") || r.starts_with("alias/")) {
+                return Err(format!(
+                    "statement {i}: resources are key/<id>, alias/<name> or *"
+                ));
+            }
+        }
+        let c = s.conditions.clone().unwrap_or_default();
+        let cidrs = match &c.source_cidr {
+            None => None,
+            Some(list) => Some(
+                list.iter()
+                    .map(|x| {
+                        Cidr::parse(x).ok_or_else(|| {
+                            format!("statement {i}: '{}' is not a CIDR", x.escape_debug())
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        statements.push(Statement {
+            allow,
+            actions: s.actions.iter().map(|a| Glob::new(a)).collect(),
+            resources: s.resources.iter().map(|r| Glob::new(r)).collect(),
+            context: c.context_equals,
+            cidrs,
+            mfa: c.mfa,
+        });
+    }
+    Ok(Compiled { statements })
+}
+
+/// What a request looks like to the policy engine.
+pub struct Request<'a> {
+    /// The action.
+    pub action: Action,
+    /// Resource names the request touches (`key/<id>`, `alias/<name>`); empty for key-less actions.
+    pub resources: &'a [String],
+    /// Client address.
+    pub source_ip: Option<IpAddr>,
+    /// Whether the token came from an MFA login.
+    pub mfa: bool,
+}
+
+/// Conditions on the encryption context left to check once the body is parsed.
+#[derive(Clone, Debug, Default)]
+pub struct ContextRule {
+    base_allow: bool,
+    allow_if: Vec<BTreeMap<String, String>>,
+    deny_if: Vec<BTreeMap<String, String>>,
+}
+
+impl ContextRule {
+    /// Whether a request with this encryption context is allowed.
+    pub fn allows(&self, context: &BTreeMap<String, String>) -> bool {
+        let holds =
+            |req: &BTreeMap<String, String>| req.iter().all(|(k, v)| context.get(k) == Some(v));
+        if self.deny_if.iter().any(holds) {
+            return false;
+        }
+        self.base_allow || self.allow_if.iter().any(holds)
+    }
+}
+
+/// The decision before the body is read.
+#[derive(Clone, Debug)]
+pub enum Decision {
+    /// Refused.
+    Deny,
+    /// Allowed whatever the context.
+    Allow,
+    /// Depends on the encryption context.
+    Context(ContextRule),
+}
+
+/// Evaluates `policies` (with `role_allows` from the built-in roles) for a request.
+pub fn evaluate<'a>(
+    policies: impl IntoIterator<Item = &'a Compiled>,
+    role_allows: bool,
+    req: &Request<'_>,
+) -> Decision {
+    let mut rule = ContextRule {
+        base_allow: role_allows,
+        ..ContextRule::default()
+    };
+    for p in policies {
+        for s in &p.statements {
+            if !s.actions.iter().any(|g| g.matches(req.action.name())) {
+                continue;
+            }
+            let resource_matches = if req.resources.is_empty() {
+                s.resources.iter().any(|g| g.matches("*"))
+            } else {
+                req.resources
+                    .iter()
+                    .any(|r| s.resources.iter().any(|g| g.matches(r)))
+            };
+            if !resource_matches {
+                continue;
+            }
+            if let Some(cidrs) = &s.cidrs {
+                if !req
+                    .source_ip
+                    .is_some_and(|ip| cidrs.iter().any(|c| c.contains(ip)))
+                {
+                    continue;
+                }
+            }
+            if s.mfa.is_some_and(|m| m != req.mfa) {
+                continue;
+            }
+            match (&s.context, s.allow) {
+                (None, false) => return Decision::Deny,
+                (None, true) => rule.base_allow = true,
+                (Some(c), true) => rule.allow_if.push(c.clone()),
+                (Some(c), false) => rule.deny_if.push(c.clone()),
+            }
+        }
+    }
+    if rule.allow_if.is_empty() && rule.deny_if.is_empty() {
+        if rule.base_allow {
+            Decision::Allow
+        } else {
+            Decision::Deny
+        }
+    } else if !rule.base_allow && rule.allow_if.is_empty() {
+        Decision::Deny
+    } else {
+        Decision::Context(rule)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(json: &str) -> Compiled {
+        compile(&serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn req<'a>(action: Action, resources: &'a [String], ip: &str, mfa: bool) -> Request<'a> {
+        Request {
+            action,
+            resources,
+            source_ip: ip.parse().ok(),
+            mfa,
+        }
+    }
+
+    #[test]
+    fn globs_and_cidrs() {
+        assert!(Glob::new("alias/app-*").matches("alias/app-payments"));
+        assert!(!Glob::new("alias/app-*").matches("alias/other"));
+        assert!(Glob::new("kms:*").matches("kms:Encrypt"));
+        assert!(Glob::new("kms:Get*Key*").matches("kms:GetPublicKey"));
+        assert!(Glob::new("*").matches("anything"));
+        let c = Cidr::parse("10.1.0.0/16").unwrap_or_else(|| panic!());
+        assert!(c.contains("10.1.200.3".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
+        assert!(!c.contains("10.2.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
+        assert!(Cidr::parse("::1/128").is_some() && Cidr::parse("10.0.0.0/33").is_none());
+    }
+
+    #[test]
+    fn default_deny_explicit_deny_wins_and_conditions_apply() {
+        let p = doc(r#"{"statements": [
+            {"effect": "allow", "actions": ["kms:Encrypt", "kms:Decrypt"], "resources": ["alias/app-*"]},
+            {"effect": "deny", "actions": ["kms:*"], "resources": ["alias/app-secret"]},
+            {"effect": "allow", "actions": ["kms:Sign"], "resources": ["*"], "conditions": {"source_cidr": ["10.0.0.0/8"], "mfa": true}},
+            {"effect": "allow", "actions": ["kms:GenerateDataKey"], "resources": ["*"], "conditions": {"context_equals": {"tenant": "acme"}}}
+        ]}"#);
+        let app = vec!["alias/app-1".to_string()];
+        let secret = vec!["alias/app-secret".to_string()];
+        let other = vec!["alias/other".to_string()];
+        assert!(matches!(
+            evaluate([&p], false, &req(Action::Encrypt, &app, "127.0.0.1", false)),
+            Decision::Allow
+        ));
+        assert!(matches!(
+            evaluate(
+                [&p],
+                false,
+                &req(Action::Encrypt, &other, "127.0.0.1", false)
+            ),
+            Decision::Deny
+        ));
+        assert!(
+            matches!(
+                evaluate(
+                    [&p],
+                    true,
+                    &req(Action::Encrypt, &secret, "127.0.0.1", false)
+                ),
+                Decision::Deny
+            ),
+            "deny must beat the role"
+        );
+        assert!(matches!(
+            evaluate([&p], false, &req(Action::Sign, &app, "10.3.4.5", true)),
+            Decision::Allow
+        ));
+        assert!(matches!(
+            evaluate([&p], false, &req(Action::Sign, &app, "10.3.4.5", false)),
+            Decision::Deny
+        ));
+        assert!(matches!(
+            evaluate([&p], false, &req(Action::Sign, &app, "192.168.1.1", true)),
+            Decision::Deny
+        ));
+        match evaluate(
+            [&p],
+            false,
+            &req(Action::GenerateDataKey, &app, "127.0.0.1", false),
+        ) {
+            Decision::Context(rule) => {
+                let acme = BTreeMap::from([("tenant".to_string(), "acme".to_string())]);
+                let evil = BTreeMap::from([("tenant".to_string(), "evil".to_string())]);
+                assert!(
+                    rule.allows(&acme) && !rule.allows(&evil) && !rule.allows(&BTreeMap::new())
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_documents_are_refused() {
+        for bad in [
+            r#"{"statements": []}"#,
+            r#"{"statements": [{"effect": "maybe", "actions": ["kms:*"], "resources": ["*"]}]}"#,
+            r#"{"statements": [{"effect": "allow", "actions": ["kms:Nope"], "resources": ["*"]}]}"#,
+            r#"{"statements": [{"effect": "allow", "actions": ["kms:*"], "resources": ["bucket/x"]}]}"#,
+            r#"{"statements": [{"effect": "allow", "actions": ["kms:*"], "resources": ["*"], "conditions": {"source_cidr": ["nope"]}}]}"#,
+        ] {
+            let doc: PolicyDoc = serde_json::from_str(bad).unwrap_or_else(|e| panic!("{e}"));
+            assert!(compile(&doc).is_err(), "{bad}");
+        }
+        assert!(serde_json::from_str::<PolicyDoc>(r#"{"statements": [], "extra": 1}"#).is_err());
+    }
+}
