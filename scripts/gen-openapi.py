@@ -107,6 +107,11 @@ schemas = {
     "TokenRequest": obj({"ttl_seconds": {"type": "integer", "minimum": 1, "maximum": 31622400}}),
     "TokenResponse": obj({"token": S, "token_id": S, "expires_at": {"type": "string", "format": "date-time"}}),
     "MfaResponse": obj({"totp_uri": S}),
+    "Approval": {"type": "object", "properties": {"approval_id": S, "status": {"type": "string", "enum": ["pending", "executed", "rejected", "expired", "failed"]},
+                 "operation": {"type": "string", "enum": ["schedule_deletion", "destroy_version", "export", "rotate_root", "put_policy", "delete_policy"]},
+                 "requested_by": S, "required": INT, "approvals": {"type": "array", "items": S}, "rejected_by": S,
+                 "created_at": {"type": "string", "format": "date-time"}, "expires_at": INT, "result": {"type": "object"}}},
+    "ApprovalList": obj({"approvals": {"type": "array", "items": ref("Approval")}}),
     "Policy": obj({"statements": {"type": "array", "minItems": 1, "maxItems": 100, "items": obj({
         "effect": {"type": "string", "enum": ["allow", "deny"]},
         "actions": {"type": "array", "items": S, "description": "kms:<Action>, * wildcards"},
@@ -188,6 +193,9 @@ ops = [
     ("put", "/v1/policies/{name}", "kms:PutPolicy", "Policy", (200, "Policy"), [{"name": "name", "in": "path", "required": True, "schema": S}], False),
     ("get", "/v1/policies/{name}", "kms:GetPolicy", None, (200, "Policy"), [{"name": "name", "in": "path", "required": True, "schema": S}], False),
     ("delete", "/v1/policies/{name}", "kms:DeletePolicy", None, (204, None), [{"name": "name", "in": "path", "required": True, "schema": S}], False),
+    ("get", "/v1/approvals", "kms:ListApprovals", None, (200, "ApprovalList"), [{"name": "status", "in": "query", "schema": S}], False),
+    ("post", "/v1/approvals/{id}/approve", "kms:Approve", None, (200, "Approval"), [{"name": "id", "in": "path", "required": True, "schema": S}], False),
+    ("post", "/v1/approvals/{id}/reject", "kms:Reject", None, (200, "Approval"), [{"name": "id", "in": "path", "required": True, "schema": S}], False),
     ("get", "/v1/audit", "kms:ReadAudit", None, (200, "AuditPage"), LIMIT + [
         {"name": n, "in": "query", "schema": S} for n in ["since", "until", "principal", "key_id", "action", "outcome"]], False),
     ("get", "/v1/audit/verify", "kms:VerifyAudit", None, (200, "AuditVerification"), [], False),

@@ -1551,3 +1551,157 @@ async fn policies_grant_scope_condition_and_deny() {
     let (st, _, _) = raw(&server.addr, "GET", "/v1/policies/app", Some(ROOT), None).await;
     assert_eq!(st, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_deletion_waits_for_two_other_approvers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(&dir.path().join("data"));
+    let root = server.root();
+    let key = root
+        .create_key(&CreateKeyRequest {
+            spec: "AES_256".into(),
+            quorum: Some(Quorum { approvals: 2 }),
+            exportable: Some(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .key_id;
+    root.key_action(&key, "rotate").await.unwrap();
+    let ops1 = token_for(&server, "ops1", &["key-admin"]).await;
+    let ops2 = token_for(&server, "ops2", &["key-admin"]).await;
+    let ops3 = token_for(&server, "ops3", &["key-admin"]).await;
+    let user = token_for(&server, "user", &["key-user"]).await;
+    let a = &server.addr;
+
+    let (st, v, _) = raw(
+        a,
+        "POST",
+        &format!("/v1/keys/{key}/schedule-deletion"),
+        Some(&ops1),
+        Some(br#"{"pending_days": 7}"#.to_vec()),
+    )
+    .await;
+    assert_eq!((st, v["status"].as_str()), (202, Some("pending")), "{v}");
+    let id = v["approval_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        root.describe_key(&key).await.unwrap().state,
+        "Enabled",
+        "ran before approval"
+    );
+    let approve = |tok: String| {
+        let path = format!("/v1/approvals/{id}/approve");
+        async move { raw(a, "POST", &path, Some(&tok), None).await }
+    };
+    let (st, v, _) = approve(ops1.clone()).await;
+    assert_eq!((st, code_of(&v)), (403, "AccessDenied"), "self-approval");
+    let (st, v, _) = approve(user.clone()).await;
+    assert_eq!(
+        (st, code_of(&v)),
+        (403, "AccessDenied"),
+        "key-user approval"
+    );
+    let (st, v, _) = approve(ops2.clone()).await;
+    assert_eq!((st, v["status"].as_str()), (200, Some("pending")), "{v}");
+    let (st, v, _) = approve(ops2.clone()).await;
+    assert_eq!((st, code_of(&v)), (409, "AlreadyExists"));
+    assert_eq!(root.describe_key(&key).await.unwrap().state, "Enabled");
+    let (st, v, _) = approve(ops3.clone()).await;
+    assert_eq!((st, v["status"].as_str()), (200, Some("executed")), "{v}");
+    assert_eq!(
+        root.describe_key(&key).await.unwrap().state,
+        "PendingDeletion"
+    );
+    let (st, v, _) = approve(root_token()).await;
+    assert_eq!((st, code_of(&v)), (409, "InvalidState"));
+    root.key_action(&key, "cancel-deletion").await.unwrap();
+    root.key_action(&key, "enable").await.unwrap();
+
+    // A rejection ends a request.
+    let (st, v, _) = raw(
+        a,
+        "POST",
+        &format!("/v1/keys/{key}/versions/1/destroy"),
+        Some(&ops1),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{v}");
+    let id2 = v["approval_id"].as_str().unwrap().to_string();
+    let (st, v, _) = raw(
+        a,
+        "POST",
+        &format!("/v1/approvals/{id2}/reject"),
+        Some(&ops2),
+        None,
+    )
+    .await;
+    assert_eq!((st, v["status"].as_str()), (200, Some("rejected")));
+    let (st, _, _) = raw(
+        a,
+        "POST",
+        &format!("/v1/approvals/{id2}/approve"),
+        Some(&ops3),
+        None,
+    )
+    .await;
+    assert_eq!(st, 409);
+    assert_eq!(
+        root.versions(&key).await.unwrap().versions[0].state,
+        "Enabled"
+    );
+
+    // Export waits too, and the approvers' final call carries the wrapped key.
+    let recipient =
+        aws_lc_rs::rsa::PrivateDecryptingKey::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let spki = aws_lc_rs::encoding::AsDer::as_der(&recipient.public_key()).unwrap();
+    let body = serde_json::to_vec(&json!({"wrapping_public_key_der": b64(spki.as_ref())})).unwrap();
+    let (st, v, _) = raw(
+        a,
+        "POST",
+        &format!("/v1/keys/{key}/export"),
+        Some(ROOT),
+        Some(body),
+    )
+    .await;
+    assert_eq!(st, 202, "{v}");
+    let id3 = v["approval_id"].as_str().unwrap().to_string();
+    raw(
+        a,
+        "POST",
+        &format!("/v1/approvals/{id3}/approve"),
+        Some(&ops1),
+        None,
+    )
+    .await;
+    let (st, v, _) = raw(
+        a,
+        "POST",
+        &format!("/v1/approvals/{id3}/approve"),
+        Some(&ops2),
+        None,
+    )
+    .await;
+    assert_eq!((st, v["status"].as_str()), (200, Some("executed")), "{v}");
+    assert!(v["result"]["wrapped_key_material"].as_str().unwrap().len() > 300);
+
+    // A policy naming the key needs the quorum as well.
+    let policy = json!({"statements": [{"effect": "allow", "actions": ["kms:Encrypt"], "resources": [format!("key/{key}")]}]});
+    let (st, _, _) = raw(
+        a,
+        "PUT",
+        "/v1/policies/touching",
+        Some(ROOT),
+        Some(serde_json::to_vec(&policy).unwrap()),
+    )
+    .await;
+    assert_eq!(st, 202);
+    let (st, list, _) = raw(a, "GET", "/v1/approvals?status=pending", Some(&ops1), None).await;
+    assert_eq!(st, 200);
+    assert_eq!(list["approvals"].as_array().unwrap().len(), 1);
+    assert_eq!(list["approvals"][0]["operation"], "put_policy");
+}
+
+fn root_token() -> String {
+    ROOT.to_string()
+}

@@ -643,6 +643,15 @@ pub fn router(app: AppState) -> Router {
                 .get(handlers::policies::get)
                 .delete(handlers::policies::delete),
         )
+        .route("/v1/approvals", get(handlers::approvals::list))
+        .route(
+            "/v1/approvals/{id}/approve",
+            post(handlers::approvals::approve),
+        )
+        .route(
+            "/v1/approvals/{id}/reject",
+            post(handlers::approvals::reject),
+        )
         .route("/v1/audit", get(handlers::audit::query))
         .route(
             "/v1/audit/verify",

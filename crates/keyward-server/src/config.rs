@@ -38,6 +38,9 @@ pub struct Config {
     pub node_id: Option<String>,
     /// The audit log. Only a dev-mode server accepts `false`, to measure what auditing costs.
     pub audit: bool,
+    /// Approvals every destructive operation needs unless its key says otherwise (0: none). Root rotation
+    /// follows this setting.
+    pub quorum_approvals: u32,
 }
 
 impl Default for Config {
@@ -57,6 +60,7 @@ impl Default for Config {
             background_interval_seconds: 60,
             node_id: None,
             audit: true,
+            quorum_approvals: 0,
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::app::{call, parse, AppState, Meta, Mode, RawBody, Reply};
 use crate::authz::Action;
 use crate::convert::{key_object, pem, spec, usage, version_object};
 use crate::error::ApiError;
+use crate::handlers::approvals;
 
 type Q = Query<HashMap<String, String>>;
 
@@ -129,11 +130,14 @@ pub async fn list(State(app): State<AppState>, meta: Meta, Query(q): Q) -> Respo
 
 macro_rules! key_op {
     ($(#[$m:meta])* $name:ident, $action:expr, |$a:ident, $key:ident, $body:ident| $work:expr) => {
+        key_op!($(#[$m])* $name, $action, |$a, $key, $body, _caller| $work);
+    };
+    ($(#[$m:meta])* $name:ident, $action:expr, |$a:ident, $key:ident, $body:ident, $caller:ident| $work:expr) => {
         $(#[$m])*
         pub async fn $name(State(app): State<AppState>, meta: Meta, Path($key): Path<String>, $body: RawBody) -> Response {
             let $a = app.clone();
             let key_ref = $key.clone();
-            call(&app, &meta, $action, Some(key_ref), Mode::Blocking, move |_| {
+            call(&app, &meta, $action, Some(key_ref), Mode::Blocking, move |$caller| {
                 let _ = &$body;
                 $work
             })
@@ -198,9 +202,18 @@ key_op!(
 
 key_op!(
     /// `POST /v1/keys/{key}/schedule-deletion`.
-    schedule_deletion, Action::ScheduleKeyDeletion, |a, key, body| {
+    schedule_deletion, Action::ScheduleKeyDeletion, |a, key, body, caller| {
         let req: ScheduleDeletionRequest = parse(&body)?;
-        key_reply(a.kms.schedule_deletion(&key, req.pending_days.unwrap_or(30))?)
+        let days = req.pending_days.unwrap_or(30);
+        if !keyward_core::PENDING_DAYS.contains(&days) {
+            return Err(ApiError::validation("pending_days must be 7 to 30"));
+        }
+        let m = approvals::required_for_key(&a, &key)?;
+        if m > 0 {
+            let key_id = a.kms.key_id_of(&key)?;
+            return approvals::request(&a, &caller, approvals::Operation::ScheduleDeletion { key_id, pending_days: days }, m);
+        }
+        key_reply(a.kms.schedule_deletion(&key, days)?)
     }
 );
 
@@ -246,8 +259,17 @@ key_op!(
 
 key_op!(
     /// `POST /v1/keys/{key}/export`.
-    export, Action::ExportKey, |a, key, body| {
+    export, Action::ExportKey, |a, key, body, caller| {
         let req: ExportRequest = parse(&body)?;
+        let m = approvals::required_for_key(&a, &key)?;
+        if m > 0 {
+            let op = approvals::Operation::Export {
+                key_id: a.kms.key_id_of(&key)?,
+                wrapping_public_key_der: req.wrapping_public_key_der.0.iter().map(|b| format!("{b:02x}")).collect(),
+                version: req.version,
+            };
+            return approvals::request(&a, &caller, op, m);
+        }
         let wrapped = a.kms.export_key(&key, &req.wrapping_public_key_der.0, req.version)?;
         Reply::ok(&ExportResponse { wrapped_key_material: B64(wrapped) })
     }
@@ -275,13 +297,25 @@ pub async fn version_action(
         audit_action,
         Some(key_ref),
         Mode::Blocking,
-        move |_| {
+        move |caller| {
             let act = act.ok_or_else(|| {
                 ApiError::new(keyward_core::ErrorCode::NotFound, "no such version action")
             })?;
             let n: u32 = n
                 .parse()
                 .map_err(|_| ApiError::validation("version must be a positive number"))?;
+            if act == VersionAction::Destroy {
+                let m = approvals::required_for_key(&a, &key)?;
+                if m > 0 {
+                    let key_id = a.kms.key_id_of(&key)?;
+                    return approvals::request(
+                        &a,
+                        &caller,
+                        approvals::Operation::DestroyVersion { key_id, version: n },
+                        m,
+                    );
+                }
+            }
             let v = a.kms.version_action(&key, n, act)?;
             Reply::ok(&version_object(&v)).map(|r| r.key(key.clone(), Some(n)))
         },

@@ -1,5 +1,6 @@
 //! Request handlers, one module per area of the API.
 
+pub mod approvals;
 pub mod audit;
 pub mod crypto;
 pub mod identities;

@@ -12,6 +12,7 @@ use parking_lot::RwLock;
 use crate::app::{call, parse, App, AppState, Meta, Mode, RawBody, Reply};
 use crate::authz::Action;
 use crate::error::ApiError;
+use crate::handlers::approvals;
 use crate::policy::{compile, Compiled, PolicyDoc};
 
 const POLICIES: &str = "policy";
@@ -50,6 +51,36 @@ impl PolicyCache {
     }
 }
 
+/// Stores a validated policy (used directly and by approved quorum requests).
+pub fn store(app: &App, name: &str, doc: &PolicyDoc) -> Result<(), ApiError> {
+    compile(doc).map_err(ApiError::validation)?;
+    let json = serde_json::to_vec(doc)
+        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "policy encoding"))?;
+    transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+        tx.put_meta(POLICIES, name, &json)
+    })
+    .map_err(|e| ApiError(KmsError::from(e)))?;
+    app.policies.forget(name);
+    Ok(())
+}
+
+/// Deletes a policy; `NotFound` if there was none.
+pub fn remove(app: &App, name: &str) -> Result<(), ApiError> {
+    let existed = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+        tx.delete_meta(POLICIES, name)
+    })
+    .map_err(|e| ApiError(KmsError::from(e)))?;
+    app.policies.forget(name);
+    if existed {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("policy {name} does not exist"),
+        ))
+    }
+}
+
 fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 128
@@ -71,7 +102,7 @@ pub async fn put(
         Action::PutPolicy,
         None,
         Mode::Blocking,
-        move |_| {
+        move |caller| {
             if !valid_name(&name) {
                 return Err(ApiError::validation(
                     "policy names are 1 to 128 characters of A-Z a-z 0-9 . _ -",
@@ -79,13 +110,19 @@ pub async fn put(
             }
             let doc: PolicyDoc = parse(&body)?;
             compile(&doc).map_err(ApiError::validation)?;
-            let json = serde_json::to_vec(&doc)
-                .map_err(|_| ApiError::new(ErrorCode::Unavailable, "policy encoding"))?;
-            transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-                tx.put_meta(POLICIES, &name, &json)
-            })
-            .map_err(|e| ApiError(KmsError::from(e)))?;
-            a.policies.forget(&name);
+            let m = approvals::required_for_policy(&a, Some(&doc))?;
+            if m > 0 {
+                return approvals::request(
+                    &a,
+                    &caller,
+                    approvals::Operation::PutPolicy {
+                        name,
+                        document: doc,
+                    },
+                    m,
+                );
+            }
+            store(&a, &name, &doc)?;
             Reply::ok(&doc)
         },
     )
@@ -126,20 +163,18 @@ pub async fn delete(State(app): State<AppState>, meta: Meta, Path(name): Path<St
         Action::DeletePolicy,
         None,
         Mode::Blocking,
-        move |_| {
-            let existed = transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-                tx.delete_meta(POLICIES, &name)
-            })
-            .map_err(|e| ApiError(KmsError::from(e)))?;
-            a.policies.forget(&name);
-            if existed {
-                Ok(Reply::empty())
-            } else {
-                Err(ApiError::new(
-                    ErrorCode::NotFound,
-                    format!("policy {name} does not exist"),
-                ))
+        move |caller| {
+            let m = approvals::required_for_policy(&a, None)?;
+            if m > 0 {
+                return approvals::request(
+                    &a,
+                    &caller,
+                    approvals::Operation::DeletePolicy { name },
+                    m,
+                );
             }
+            remove(&a, &name)?;
+            Ok(Reply::empty())
         },
     )
     .await

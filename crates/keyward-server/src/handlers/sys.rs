@@ -106,7 +106,7 @@ pub async fn seal(State(app): State<AppState>, meta: Meta) -> Response {
     .await
 }
 
-/// `POST /v1/sys/rotate-root`.
+/// `POST /v1/sys/rotate-root` (waits for quorum when the service requires approvals).
 pub async fn rotate_root(State(app): State<AppState>, meta: Meta) -> Response {
     let a = app.clone();
     call(
@@ -115,7 +115,16 @@ pub async fn rotate_root(State(app): State<AppState>, meta: Meta) -> Response {
         Action::RotateRoot,
         None,
         Mode::Blocking,
-        move |_| {
+        move |caller| {
+            if a.config.quorum_approvals > 0 {
+                let m = a.config.quorum_approvals;
+                return crate::handlers::approvals::request(
+                    &a,
+                    &caller,
+                    crate::handlers::approvals::Operation::RotateRoot,
+                    m,
+                );
+            }
             Reply::ok(&RotateRootResponse {
                 generation: a.kms.rotate_root()?,
             })

@@ -1,0 +1,389 @@
+//! Quorum (M-of-N) approval of destructive operations.
+//!
+//! Scheduling deletion, destroying a version, exporting a key, changing a policy that touches a key, and
+//! rotating the root key wait for `m` approvals when the key (its `quorum.approvals`) or the service
+//! (`quorum_approvals` in the configuration) asks for them. The request answers `202` with an approval id;
+//! distinct identities allowed to perform the operation approve it (the requester cannot), and the last
+//! approval executes it. A rejection ends the request; so does expiry (24 hours by default).
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use keyward_api::{ApprovalPending, ExportResponse, B64};
+use keyward_core::audit::rfc3339;
+use keyward_core::{ErrorCode, KmsError, VersionAction};
+use keyward_store::{transact, Tx};
+use serde::{Deserialize, Serialize};
+
+use crate::app::{call, AppState, Caller, Meta, Mode, Reply};
+use crate::authz::Action;
+use crate::convert::{key_object, version_object};
+use crate::error::ApiError;
+
+const APPROVALS: &str = "approval";
+/// How long a request waits for its approvals.
+pub const APPROVAL_TTL: i64 = 24 * 3600;
+
+/// The operation an approval will run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "operation", rename_all = "snake_case")]
+pub enum Operation {
+    /// Schedule a key's deletion.
+    ScheduleDeletion {
+        /// Key id.
+        key_id: String,
+        /// Waiting period.
+        pending_days: u32,
+    },
+    /// Destroy one version.
+    DestroyVersion {
+        /// Key id.
+        key_id: String,
+        /// Version.
+        version: u32,
+    },
+    /// Export a key wrapped for a recipient.
+    Export {
+        /// Key id.
+        key_id: String,
+        /// Recipient's SPKI DER, hex.
+        wrapping_public_key_der: String,
+        /// Version.
+        version: Option<u32>,
+    },
+    /// Rotate the root key.
+    RotateRoot,
+    /// Store a policy document.
+    PutPolicy {
+        /// Name.
+        name: String,
+        /// The document.
+        document: crate::policy::PolicyDoc,
+    },
+    /// Delete a policy.
+    DeletePolicy {
+        /// Name.
+        name: String,
+    },
+}
+
+impl Operation {
+    /// The action an approver must be allowed to perform.
+    pub fn action(&self) -> Action {
+        match self {
+            Operation::ScheduleDeletion { .. } => Action::ScheduleKeyDeletion,
+            Operation::DestroyVersion { .. } => Action::DestroyKeyVersion,
+            Operation::Export { .. } => Action::ExportKey,
+            Operation::RotateRoot => Action::RotateRoot,
+            Operation::PutPolicy { .. } => Action::PutPolicy,
+            Operation::DeletePolicy { .. } => Action::DeletePolicy,
+        }
+    }
+
+    fn key_id(&self) -> Option<&str> {
+        match self {
+            Operation::ScheduleDeletion { key_id, .. }
+            | Operation::DestroyVersion { key_id, .. }
+            | Operation::Export { key_id, .. } => Some(key_id),
+            _ => None,
+        }
+    }
+}
+
+/// A stored approval request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Approval {
+    /// Id.
+    pub approval_id: String,
+    /// `pending`, `executed`, `rejected`, `expired` or `failed`.
+    pub status: String,
+    /// What runs when approved.
+    #[serde(flatten)]
+    pub operation: Operation,
+    /// Who asked.
+    pub requested_by: String,
+    /// Approvals needed.
+    pub required: u32,
+    /// Who approved, in order.
+    pub approvals: Vec<String>,
+    /// Who rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_by: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// The operation's result once executed (never key material in plaintext).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+}
+
+fn load(app: &AppState, id: &str) -> Result<Approval, ApiError> {
+    let raw = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+        tx.get_meta(APPROVALS, id)
+    })
+    .map_err(|e| ApiError(KmsError::from(e)))?
+    .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("approval {id} does not exist")))?;
+    serde_json::from_slice(&raw)
+        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "store corrupt: approval"))
+}
+
+fn save(app: &AppState, a: &Approval) -> Result<(), ApiError> {
+    let json = serde_json::to_vec(a)
+        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "approval encoding"))?;
+    transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+        tx.put_meta(APPROVALS, &a.approval_id, &json)
+    })
+    .map_err(|e| ApiError(KmsError::from(e)))
+}
+
+/// Approvals an operation on `key_ref` needs: the key's own setting, else the service's.
+pub fn required_for_key(app: &AppState, key_ref: &str) -> Result<u32, ApiError> {
+    let key = app.kms.describe_key(key_ref)?;
+    Ok(key.quorum_approvals.unwrap_or(app.config.quorum_approvals))
+}
+
+/// Approvals a policy change needs: the highest of the keys it names (and the service's setting).
+pub fn required_for_policy(
+    app: &AppState,
+    doc: Option<&crate::policy::PolicyDoc>,
+) -> Result<u32, ApiError> {
+    let mut m = app.config.quorum_approvals;
+    let (keys, _) = app
+        .kms
+        .list_keys(&keyward_core::KeyFilter::default(), None, 1000)?;
+    for k in keys.iter().filter(|k| k.quorum_approvals.is_some()) {
+        let touched = match doc {
+            None => true,
+            Some(d) => d.statements.iter().flat_map(|s| &s.resources).any(|r| {
+                r.contains('*')
+                    || *r == format!("key/{}", k.key_id)
+                    || k.alias.as_ref().is_some_and(|a| a == r)
+            }),
+        };
+        if touched {
+            m = m.max(k.quorum_approvals.unwrap_or(0));
+        }
+    }
+    Ok(m)
+}
+
+/// Records a pending request and answers `202`.
+pub fn request(
+    app: &AppState,
+    caller: &Caller,
+    operation: Operation,
+    required: u32,
+) -> Result<Reply, ApiError> {
+    let now = app.clock.now();
+    let approval = Approval {
+        approval_id: format!("apr_{}", uuid::Uuid::new_v4().simple()),
+        status: "pending".into(),
+        operation,
+        requested_by: caller.principal.name.clone(),
+        required,
+        approvals: Vec::new(),
+        rejected_by: None,
+        created_at: rfc3339(now),
+        expires_at: now + APPROVAL_TTL,
+        result: None,
+    };
+    save(app, &approval)?;
+    let key = approval.operation.key_id().map(str::to_string);
+    let reply = Reply::with_status(
+        StatusCode::ACCEPTED,
+        &ApprovalPending {
+            approval_id: approval.approval_id.clone(),
+            status: "pending".into(),
+        },
+    )?;
+    Ok(match key {
+        Some(k) => reply.key(k, None),
+        None => reply,
+    })
+}
+
+/// Runs an approved operation.
+pub fn execute(app: &AppState, op: &Operation) -> Result<serde_json::Value, ApiError> {
+    let v = |x: Result<serde_json::Value, serde_json::Error>| {
+        x.map_err(|_| ApiError::new(ErrorCode::Unavailable, "result encoding"))
+    };
+    match op {
+        Operation::ScheduleDeletion {
+            key_id,
+            pending_days,
+        } => v(serde_json::to_value(key_object(
+            &app.kms.schedule_deletion(key_id, *pending_days)?,
+        ))),
+        Operation::DestroyVersion { key_id, version } => v(serde_json::to_value(version_object(
+            &app.kms
+                .version_action(key_id, *version, VersionAction::Destroy)?,
+        ))),
+        Operation::Export {
+            key_id,
+            wrapping_public_key_der,
+            version,
+        } => {
+            let spki: Vec<u8> = (0..wrapping_public_key_der.len() / 2)
+                .filter_map(|i| {
+                    u8::from_str_radix(wrapping_public_key_der.get(2 * i..2 * i + 2)?, 16).ok()
+                })
+                .collect();
+            let wrapped = app.kms.export_key(key_id, &spki, *version)?;
+            v(serde_json::to_value(ExportResponse {
+                wrapped_key_material: B64(wrapped),
+            }))
+        }
+        Operation::RotateRoot => Ok(serde_json::json!({ "generation": app.kms.rotate_root()? })),
+        Operation::PutPolicy { name, document } => {
+            crate::handlers::policies::store(app, name, document)?;
+            v(serde_json::to_value(document))
+        }
+        Operation::DeletePolicy { name } => {
+            crate::handlers::policies::remove(app, name)?;
+            Ok(serde_json::json!({ "deleted": name }))
+        }
+    }
+}
+
+fn decide(app: &AppState, caller: &Caller, id: &str, approve: bool) -> Result<Reply, ApiError> {
+    let mut a = load(app, id)?;
+    let now = app.clock.now();
+    if a.status == "pending" && a.expires_at <= now {
+        a.status = "expired".into();
+        save(app, &a)?;
+    }
+    if a.status != "pending" {
+        return Err(ApiError::new(
+            ErrorCode::InvalidState,
+            format!("approval {id} is {}", a.status),
+        ));
+    }
+    let who = caller.principal.name.clone();
+    if who == a.requested_by {
+        return Err(ApiError::new(
+            ErrorCode::AccessDenied,
+            "the requester cannot approve or reject its own request",
+        ));
+    }
+    // The approver must itself be allowed to perform the operation.
+    let action = a.operation.action();
+    if !caller.principal.roles.iter().any(|r| r.allows(action)) {
+        return Err(ApiError::new(
+            ErrorCode::AccessDenied,
+            format!("{who} may not perform {}", action.name()),
+        ));
+    }
+    if !approve {
+        a.status = "rejected".into();
+        a.rejected_by = Some(who);
+        save(app, &a)?;
+        return Reply::ok(&a);
+    }
+    if a.approvals.contains(&who) {
+        return Err(ApiError::new(
+            ErrorCode::AlreadyExists,
+            format!("{who} already approved {id}"),
+        ));
+    }
+    a.approvals.push(who);
+    if a.approvals.len() as u32 >= a.required {
+        match execute(app, &a.operation) {
+            Ok(result) => {
+                a.status = "executed".into();
+                a.result = Some(result);
+            }
+            Err(e) => {
+                a.status = "failed".into();
+                a.result = Some(serde_json::to_value(e.body()).unwrap_or_default());
+                save(app, &a)?;
+                return Err(e);
+            }
+        }
+    }
+    save(app, &a)?;
+    let key = a.operation.key_id().map(str::to_string);
+    let reply = Reply::ok(&a)?;
+    Ok(match key {
+        Some(k) => reply.key(k, None),
+        None => reply,
+    })
+}
+
+/// `POST /v1/approvals/{id}/approve`.
+pub async fn approve(State(app): State<AppState>, meta: Meta, Path(id): Path<String>) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::Approve,
+        None,
+        Mode::Blocking,
+        move |caller| decide(&a, &caller, &id, true),
+    )
+    .await
+}
+
+/// `POST /v1/approvals/{id}/reject`.
+pub async fn reject(State(app): State<AppState>, meta: Meta, Path(id): Path<String>) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::Reject,
+        None,
+        Mode::Blocking,
+        move |caller| decide(&a, &caller, &id, false),
+    )
+    .await
+}
+
+#[derive(Serialize)]
+struct ApprovalList {
+    approvals: Vec<Approval>,
+}
+
+/// `GET /v1/approvals?status=pending`.
+pub async fn list(
+    State(app): State<AppState>,
+    meta: Meta,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::ListApprovals,
+        None,
+        Mode::Blocking,
+        move |_| {
+            if let Some(k) = q.keys().find(|k| k.as_str() != "status") {
+                return Err(ApiError::validation(format!(
+                    "unknown query parameter '{}'",
+                    k.escape_debug()
+                )));
+            }
+            let now = a.clock.now();
+            let all = transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+                tx.list_meta(APPROVALS)
+            })
+            .map_err(|e| ApiError(KmsError::from(e)))?;
+            let mut approvals: Vec<Approval> = all
+                .into_iter()
+                .filter_map(|(_, b)| serde_json::from_slice::<Approval>(&b).ok())
+                .map(|mut x| {
+                    if x.status == "pending" && x.expires_at <= now {
+                        x.status = "expired".into();
+                    }
+                    x
+                })
+                .filter(|x| q.get("status").is_none_or(|s| *s == x.status))
+                .collect();
+            approvals.sort_by(|x, y| x.created_at.cmp(&y.created_at));
+            Reply::ok(&ApprovalList { approvals })
+        },
+    )
+    .await
+}
