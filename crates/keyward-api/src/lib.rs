@@ -87,6 +87,9 @@ pub struct InitResponse {
     pub shares: Vec<String>,
     /// The initial root token.
     pub root_token: String,
+    /// Its id, to revoke it once an admin identity exists.
+    #[serde(default)]
+    pub root_token_id: String,
 }
 
 impl std::fmt::Debug for InitResponse {

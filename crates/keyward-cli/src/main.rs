@@ -279,6 +279,8 @@ enum Operator {
     Status,
     /// Generate a new root key and re-wrap every key version.
     RotateRoot,
+    /// Mint a new root token from a threshold of unseal shares (read from stdin, one per line).
+    GenerateRoot,
 }
 
 #[derive(Subcommand)]
@@ -615,6 +617,29 @@ async fn run(cli: Cli) -> Res {
             }
             Operator::Status => out.status(&c.status().await.map_err(e)?),
             Operator::RotateRoot => out.value(&c.rotate_root().await.map_err(e)?),
+            Operator::GenerateRoot => {
+                let input = zeroize::Zeroizing::new(
+                    String::from_utf8(read_input(&None)?).map_err(|_| "shares are not text")?,
+                );
+                let shares: Vec<&str> = input
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                let body = zeroize::Zeroizing::new(
+                    serde_json::to_vec(&serde_json::json!({ "shares": shares }))
+                        .map_err(|x| x.to_string())?,
+                );
+                let (status, resp) = c
+                    .raw(
+                        reqwest::Method::POST,
+                        "/v1/sys/generate-root",
+                        Some(body.to_vec()),
+                    )
+                    .await
+                    .map_err(e)?;
+                print_raw(&out, status, &resp)?;
+            }
         },
         Command::Key(k) => match k {
             KeyCmd::Create(a) => {

@@ -1003,6 +1003,69 @@ async fn production_init_unseal_seal_and_restart() {
             .expose(),
         b"prod"
     );
+    // The root token can be revoked once an admin exists, and a new one minted from the shares.
+    let admin = {
+        let body =
+            serde_json::to_vec(&json!({"name": "admin1", "kind": "service", "roles": ["admin"]}))
+                .unwrap();
+        let (st, _, _) = raw(
+            &server.addr,
+            "POST",
+            "/v1/identities",
+            Some(&init.root_token),
+            Some(body),
+        )
+        .await;
+        assert_eq!(st, 201);
+        let (_, t, _) = raw(
+            &server.addr,
+            "POST",
+            "/v1/identities/admin1/tokens",
+            Some(&init.root_token),
+            Some(b"{}".to_vec()),
+        )
+        .await;
+        t["token"].as_str().unwrap().to_string()
+    };
+    let (st, _, _) = raw(
+        &server.addr,
+        "DELETE",
+        &format!("/v1/tokens/{}", init.root_token_id),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(st, 204);
+    assert_eq!(
+        api_code(c.status().await.map(drop).and(c.list_keys("").await)),
+        "Unauthenticated"
+    );
+    let wrong = json!({"shares": [init.shares[0], init.shares[1]]});
+    let (st, v, _) = raw(
+        &server.addr,
+        "POST",
+        "/v1/sys/generate-root",
+        None,
+        Some(serde_json::to_vec(&wrong).unwrap()),
+    )
+    .await;
+    assert_eq!(
+        (st, code_of(&v)),
+        (400, "ValidationError"),
+        "two shares of three"
+    );
+    let good = json!({"shares": [init.shares[4], init.shares[1], init.shares[2]]});
+    let (st, v, _) = raw(
+        &server.addr,
+        "POST",
+        "/v1/sys/generate-root",
+        None,
+        Some(serde_json::to_vec(&good).unwrap()),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let new_root = server.client(Some(v["root_token"].as_str().unwrap()));
+    assert!(new_root.list_keys("").await.is_ok());
     let status = server.stop();
     assert!(status.success(), "graceful shutdown failed: {status}");
     assert!(server.logs().contains("keys dropped from memory"));

@@ -432,6 +432,58 @@ impl Kms {
         Ok(self.status())
     }
 
+    /// Checks that a full set of Shamir shares reconstructs this deployment's unseal key, without changing
+    /// the seal state: the proof of possession behind minting a new root token.
+    pub fn check_shares(&self, shares_b64: &[String]) -> KmsResult<()> {
+        let init = match &*self.seal.read() {
+            SealState::Uninitialized => {
+                return Err(KmsError::invalid_state("the service is not initialized"))
+            }
+            SealState::Sealed { init, .. } | SealState::Unsealed { init, .. } => *init,
+        };
+        if init.root_of_trust != RootOfTrust::Shamir {
+            return Err(KmsError::invalid_state(
+                "this service does not use unseal shares",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut shares = Vec::new();
+        for s in shares_b64 {
+            let (x, share) = shamir::decode(s)?;
+            if seen.insert(x) {
+                shares.push(share);
+            }
+        }
+        if shares.len() < init.threshold as usize {
+            return Err(KmsError::validation(format!(
+                "{} distinct shares are needed",
+                init.threshold
+            )));
+        }
+        let key = shamir::combine(&shares, init.threshold)?;
+        let kek = self
+            .hsm
+            .import_plaintext(KeySpec::Aes256, &key, &KeyAttributes::internal())?;
+        let root_json = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            tx.get_meta(SYS, "root")
+        })?
+        .ok_or_else(|| corrupt("root record missing"))?;
+        let rec: RootRecord =
+            serde_json::from_slice(&root_json).map_err(|_| corrupt("root record"))?;
+        self.hsm
+            .unwrap_from_storage(
+                &kek,
+                KeySpec::Aes256,
+                &unb64(&rec.wrapped)?,
+                &root_aad(rec.generation),
+                &KeyAttributes::internal(),
+            )
+            .map(drop)
+            .map_err(|_| {
+                KmsError::validation("the shares do not reconstruct this deployment's unseal key")
+            })
+    }
+
     /// Unseals with the whole unseal key.
     pub fn unseal_with_key(&self, unseal_key: &SecretBytes) -> KmsResult<()> {
         let mut seal = self.seal.write();

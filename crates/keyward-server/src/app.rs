@@ -576,6 +576,7 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/sys/init", post(sys::init))
         .route("/v1/sys/unseal", post(sys::unseal))
         .route("/v1/sys/seal", post(sys::seal))
+        .route("/v1/sys/generate-root", post(sys::generate_root))
         .route("/v1/sys/rotate-root", post(sys::rotate_root))
         .route("/v1/openapi.json", get(sys::openapi))
         .route("/metrics", get(sys::metrics))

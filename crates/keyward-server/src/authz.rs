@@ -48,6 +48,7 @@ actions! {
     Status = "kms:Status": Public,
     Init = "kms:Init": Public,
     Unseal = "kms:Unseal": Public,
+    GenerateRoot = "kms:GenerateRoot": Public,
     Seal = "kms:Seal": System,
     RotateRoot = "kms:RotateRoot": System,
     Backup = "kms:Backup": System,

@@ -11,6 +11,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/sys/init"),
     ("post", "/v1/sys/unseal"),
     ("post", "/v1/sys/seal"),
+    ("post", "/v1/sys/generate-root"),
     ("post", "/v1/sys/rotate-root"),
     ("get", "/metrics"),
     ("get", "/v1/openapi.json"),

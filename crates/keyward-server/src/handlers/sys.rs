@@ -70,10 +70,14 @@ pub async fn init(State(app): State<AppState>, meta: Meta, body: RawBody) -> Res
             ));
         }
         let shares = a.kms.init_shamir(req.shares, req.threshold)?;
-        let (root_token, _) = a
+        let (root_token, rec) = a
             .auth
             .mint("root", &[Role::Admin], a.clock.now(), None, None)?;
-        Reply::ok(&InitResponse { shares, root_token })
+        Reply::ok(&InitResponse {
+            shares,
+            root_token,
+            root_token_id: rec.token_id,
+        })
     })
     .await
 }
@@ -128,6 +132,45 @@ pub async fn rotate_root(State(app): State<AppState>, meta: Meta) -> Response {
             Reply::ok(&RotateRootResponse {
                 generation: a.kms.rotate_root()?,
             })
+        },
+    )
+    .await
+}
+
+/// `POST /v1/sys/generate-root` `{"shares": [...]}`: mints a new root token for holders of a threshold of
+/// unseal shares (the way back in after the root token was revoked or lost). Rate-limited and audited.
+pub async fn generate_root(State(app): State<AppState>, meta: Meta, body: RawBody) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Req {
+        shares: Vec<zeroize::Zeroizing<String>>,
+    }
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::GenerateRoot,
+        None,
+        Mode::Blocking,
+        move |_| {
+            if !a.limiter.allow("sys:generate-root") {
+                return Err(ApiError::new(
+                    ErrorCode::Throttled,
+                    "too many attempts; retry shortly",
+                ));
+            }
+            let req: Req = parse(&body)?;
+            if req.shares.len() > 255 {
+                return Err(ApiError::validation("at most 255 shares"));
+            }
+            let shares: Vec<String> = req.shares.iter().map(|s| s.to_string()).collect();
+            let checked = a.kms.check_shares(&shares);
+            drop(shares);
+            checked?;
+            let (token, rec) = a
+                .auth
+                .mint("root", &[Role::Admin], a.clock.now(), None, None)?;
+            Reply::ok(&serde_json::json!({ "root_token": token, "token_id": rec.token_id }))
         },
     )
     .await
