@@ -7,6 +7,7 @@ mod common;
 use std::io::Cursor;
 use std::process::Command;
 
+use base64::Engine as _;
 use common::{Server, ROOT};
 use keyward_api::CreateKeyRequest;
 use keyward_client::{envelope, Client, Error, Options};
@@ -473,4 +474,167 @@ fn the_cli_covers_identities_pki_and_audit() {
         "the failed login was not audited"
     );
     assert!(ok(&["metrics"], b"").contains("keyward_requests_total"));
+}
+
+fn file_seqs(path: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_file_gets_every_record_once_and_no_secret_is_written_anywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit_file = dir.path().join("audit.jsonl");
+    let cfg = dir.path().join("keyward.toml");
+    std::fs::write(
+        &cfg,
+        format!("audit_file = {:?}\n", audit_file.display().to_string()),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let env = [("KEYWARD_DEV_ROOT_TOKEN", ROOT)];
+    let mut server = Server::start(&data, &["--dev", "--config", cfg.to_str().unwrap()], &env);
+    let c = server.root();
+    let marker = b"PLAINTEXT-MARKER-5d1c9f0e";
+    let password = "PASSWORD-MARKER-8e7f6a5b";
+    let k = c
+        .create_key(&CreateKeyRequest {
+            spec: "AES_256".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ct = c.encrypt(&k.key_id, marker, None).await.unwrap();
+    assert_eq!(
+        c.decrypt(None, &ct.ciphertext.0, None, None)
+            .await
+            .unwrap()
+            .plaintext
+            .expose(),
+        marker
+    );
+    let dk = c
+        .data_key(
+            &k.key_id,
+            &keyward_api::DataKeyRequest {
+                spec: "AES_256".into(),
+                context: None,
+                include_plaintext: Some(true),
+            },
+        )
+        .await
+        .unwrap();
+    let (st, _, _) = common::raw(&server.addr, "POST", "/v1/identities", Some(ROOT),
+        Some(serde_json::to_vec(&serde_json::json!({"name": "u", "kind": "user", "roles": ["auditor"], "password": password})).unwrap())).await;
+    assert_eq!(st, 201);
+    let (_, login, _) = common::raw(
+        &server.addr,
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(serde_json::to_vec(&serde_json::json!({"name": "u", "password": password})).unwrap()),
+    )
+    .await;
+    let user_token = login["token"].as_str().unwrap().to_string();
+    let (_, shares, _) = common::raw(
+        &server.addr,
+        "POST",
+        "/v1/keys",
+        Some(&user_token),
+        Some(br#"{"spec":"AES_256"}"#.to_vec()),
+    )
+    .await;
+    let _ = shares;
+
+    // Every stored record is in the file, once, in order.
+    let (_, audit, _) = common::raw(
+        &server.addr,
+        "GET",
+        "/v1/audit?limit=1000",
+        Some(ROOT),
+        None,
+    )
+    .await;
+    let stored: Vec<u64> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    let in_file = file_seqs(&audit_file);
+    assert!(
+        in_file.len() + 1 >= stored.len(),
+        "file {in_file:?} vs store {stored:?}"
+    );
+    assert_eq!(in_file, (1..=in_file.len() as u64).collect::<Vec<_>>());
+
+    // A torn last line and a lost tail are repaired from the store at the next start.
+    server.stop();
+    let text = std::fs::read_to_string(&audit_file).unwrap();
+    let keep: Vec<&str> = text.lines().take(3).collect();
+    std::fs::write(
+        &audit_file,
+        format!("{}\n{{\"seq\":4,\"ti", keep.join("\n")),
+    )
+    .unwrap();
+    server.restart(&env);
+    let (_, audit, _) = common::raw(
+        &server.addr,
+        "GET",
+        "/v1/audit?limit=1000",
+        Some(ROOT),
+        None,
+    )
+    .await;
+    let stored: Vec<u64> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    let in_file = file_seqs(&audit_file);
+    assert_eq!(
+        in_file,
+        (1..=in_file.len() as u64).collect::<Vec<_>>(),
+        "duplicates or gaps after repair"
+    );
+    assert!(in_file.len() + 1 >= stored.len());
+    server.stop();
+
+    // Nothing secret anywhere: logs, database, WAL, audit file, every file of the data directory.
+    let mut needles: Vec<Vec<u8>> = vec![
+        marker.to_vec(),
+        base64::engine::general_purpose::STANDARD
+            .encode(marker)
+            .into_bytes(),
+        password.as_bytes().to_vec(),
+        user_token.as_bytes().to_vec(),
+        dk.plaintext.unwrap().expose().to_vec(),
+    ];
+    needles.push(
+        base64::engine::general_purpose::STANDARD
+            .encode(&needles[4])
+            .into_bytes(),
+    );
+    let mut files = vec![server.log.clone(), audit_file.clone()];
+    for entry in std::fs::read_dir(&data).unwrap() {
+        files.push(entry.unwrap().path());
+    }
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        for n in &needles {
+            assert!(
+                !bytes.windows(n.len()).any(|w| w == &n[..]),
+                "a secret was found in {}",
+                f.display()
+            );
+        }
+    }
 }

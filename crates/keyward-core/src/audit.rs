@@ -95,6 +95,16 @@ pub struct AuditVerification {
     pub first_bad_seq: Option<u64>,
 }
 
+/// A copy of the log beside the store (a JSON-lines file, syslog). The store stays the source of truth: a
+/// sink that falls behind (a crash between the store's commit and the sink's write, a full disk) is caught up
+/// from the store, so every record reaches the sink exactly once and in order.
+pub trait AuditSink: Send {
+    /// The last sequence number the sink holds (0 when empty).
+    fn last_seq(&mut self) -> std::io::Result<u64>;
+    /// Appends stored records (JSON, one per record) in sequence order.
+    fn write(&mut self, records: &[&str]) -> std::io::Result<()>;
+}
+
 /// Called once the record is durable (with its sequence number) or could not be written.
 pub type Completion = Box<dyn FnOnce(KmsResult<u64>) + Send>;
 
@@ -224,6 +234,9 @@ struct Writer {
     next_seq: u64,
     last_hash: String,
     held: Vec<Pending>,
+    sinks: Vec<Box<dyn AuditSink>>,
+    /// Sinks that failed and must be caught up from the store before the next write.
+    behind: bool,
 }
 
 impl Writer {
@@ -298,6 +311,15 @@ impl Writer {
                     self.next_seq = last.seq + 1;
                     self.last_hash = hash.clone();
                 }
+                if !self.sinks.is_empty() {
+                    if self.behind {
+                        self.behind = self.catch_up().is_err();
+                    } else {
+                        let lines: Vec<&str> =
+                            chained.iter().map(|(r, _)| r.record.as_str()).collect();
+                        self.behind = self.sinks.iter_mut().any(|s| s.write(&lines).is_err());
+                    }
+                }
                 for (p, (row, _)) in all.into_iter().zip(chained) {
                     (p.done)(Ok(row.seq));
                 }
@@ -314,6 +336,29 @@ impl Writer {
                 let _ = self.reload_tail();
             }
         }
+    }
+
+    /// Brings every sink up to the store's last record.
+    fn catch_up(&mut self) -> KmsResult<()> {
+        let io = |_| KmsError::new(ErrorCode::Unavailable, "audit sink cannot be written");
+        for sink in self.sinks.iter_mut() {
+            let mut after = sink.last_seq().map_err(io)?;
+            loop {
+                let query = AuditQuery {
+                    after_seq: after,
+                    limit: 1000,
+                    ..AuditQuery::default()
+                };
+                let rows = transact(self.kms.store.as_ref(), |tx: &mut dyn Tx| {
+                    tx.query_audit(&query)
+                })?;
+                let Some(last) = rows.last() else { break };
+                after = last.seq;
+                let lines: Vec<&str> = rows.iter().map(|r| r.record.as_str()).collect();
+                sink.write(&lines).map_err(io)?;
+            }
+        }
+        Ok(())
     }
 
     fn reload_tail(&mut self) -> KmsResult<()> {
@@ -360,6 +405,11 @@ impl Writer {
 impl AuditLog {
     /// Starts the writer thread for an engine.
     pub fn start(kms: Arc<Kms>) -> KmsResult<AuditLog> {
+        Self::start_with_sinks(kms, Vec::new())
+    }
+
+    /// Starts the writer with sinks beside the store; they are caught up first.
+    pub fn start_with_sinks(kms: Arc<Kms>, sinks: Vec<Box<dyn AuditSink>>) -> KmsResult<AuditLog> {
         let (tx, rx) = sync_channel(65_536);
         let mut writer = Writer {
             kms,
@@ -367,8 +417,11 @@ impl AuditLog {
             next_seq: 1,
             last_hash: GENESIS.to_string(),
             held: Vec::new(),
+            sinks,
+            behind: false,
         };
         writer.reload_tail()?;
+        writer.catch_up()?;
         std::thread::Builder::new()
             .name("keyward-audit".into())
             .spawn(move || writer.run())

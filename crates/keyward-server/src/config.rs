@@ -41,6 +41,8 @@ pub struct Config {
     /// Approvals every destructive operation needs unless its key says otherwise (0: none). Root rotation
     /// follows this setting.
     pub quorum_approvals: u32,
+    /// A JSON-lines copy of the audit log (each record once, in order).
+    pub audit_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             node_id: None,
             audit: true,
             quorum_approvals: 0,
+            audit_file: None,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod limiter;
 pub mod metrics;
 pub mod pki;
 pub mod policy;
+pub mod sink;
 mod tls;
 pub mod totp;
 
@@ -204,7 +205,13 @@ pub fn build(config: Config) -> Result<(AppState, Startup), String> {
     );
     let mut startup = Startup::default();
     let node = node_id(&config)?;
-    let audit = AuditLog::start(kms.clone()).map_err(|e| e.to_string())?;
+    let mut sinks: Vec<Box<dyn keyward_core::audit::AuditSink>> = Vec::new();
+    if let Some(path) = &config.audit_file {
+        let sink = sink::FileSink::open(path)
+            .map_err(|e| format!("cannot open audit file {}: {e}", path.display()))?;
+        sinks.push(Box::new(sink));
+    }
+    let audit = AuditLog::start_with_sinks(kms.clone(), sinks).map_err(|e| e.to_string())?;
     let dev = config.dev;
     let app = Arc::new(App::new(kms.clone(), audit, config, node));
     if dev {

@@ -119,7 +119,9 @@ impl Server {
 
     /// Stops and starts again on the same port and data directory.
     pub fn restart(&mut self, env: &[(&str, &str)]) {
-        self.stop();
+        if self.child.is_some() {
+            self.stop();
+        }
         self.spawn(env);
     }
 }
