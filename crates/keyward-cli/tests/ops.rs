@@ -638,3 +638,201 @@ async fn the_audit_file_gets_every_record_once_and_no_secret_is_written_anywhere
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_authenticate_as_identities() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "1",
+                "-subj",
+                "/CN=Test CA",
+                "-keyout",
+                &p("ca.key"),
+                "-out",
+                &p("ca.pem"),
+            ],
+        ]
+        .concat(),
+    );
+    let issue = |name: &str, subj: &str, ext: &str| {
+        openssl(
+            &[
+                &["req", "-new"][..],
+                &ec,
+                &[
+                    "-subj",
+                    subj,
+                    "-keyout",
+                    &p(&format!("{name}.key")),
+                    "-out",
+                    &p(&format!("{name}.csr")),
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(p(&format!("{name}.cnf")), ext).unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &p(&format!("{name}.csr")),
+            "-CA",
+            &p("ca.pem"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &p(&format!("{name}.cnf")),
+            "-out",
+            &p(&format!("{name}.pem")),
+        ]);
+    };
+    issue(
+        "server",
+        "/CN=localhost",
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    );
+    issue(
+        "app1",
+        "/CN=app1/O=Payments",
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    );
+    issue(
+        "stranger",
+        "/CN=stranger",
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    );
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--dev",
+            "--tls-cert",
+            &p("server.pem"),
+            "--tls-key",
+            &p("server.key"),
+            "--tls-client-ca",
+            &p("ca.pem"),
+        ],
+        &[("KEYWARD_DEV_ROOT_TOKEN", ROOT)],
+    );
+    let https = server.addr.replace("http://", "https://");
+    let ca = std::fs::read(p("ca.pem")).unwrap();
+    let root = Client::with_options(
+        &https,
+        Some(ROOT.into()),
+        Options {
+            ca_pem: Some(ca.clone()),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let key = root
+        .create_key(&CreateKeyRequest {
+            spec: "AES_256".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .key_id;
+    let (st, v, _) = {
+        let http = reqwest::Client::builder()
+            .tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca).unwrap())
+            .build()
+            .unwrap();
+        let body = serde_json::json!({"name": "app1", "kind": "service", "roles": ["key-user"], "certificate_subject": "O=Payments, CN=app1"});
+        let r = http
+            .post(format!("{https}/v1/identities"))
+            .bearer_auth(ROOT)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let st = r.status().as_u16();
+        (st, r.json::<serde_json::Value>().await.unwrap(), ())
+    };
+    assert_eq!(st, 201, "{v}");
+    let with_cert = |name: &str| {
+        let identity = [
+            std::fs::read(p(&format!("{name}.pem"))).unwrap(),
+            std::fs::read(p(&format!("{name}.key"))).unwrap(),
+        ]
+        .concat();
+        Client::with_options(
+            &https,
+            None,
+            Options {
+                ca_pem: Some(ca.clone()),
+                identity_pem: Some(identity),
+                ..Options::default()
+            },
+        )
+        .unwrap()
+    };
+    let app1 = with_cert("app1");
+    let ct = app1.encrypt(&key, b"mtls", None).await.unwrap();
+    assert_eq!(
+        app1.decrypt(None, &ct.ciphertext.0, None, None)
+            .await
+            .unwrap()
+            .plaintext
+            .expose(),
+        b"mtls"
+    );
+    assert_eq!(
+        app1.create_key(&CreateKeyRequest {
+            spec: "AES_256".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Some("AccessDenied")
+    );
+    let stranger = with_cert("stranger");
+    assert_eq!(
+        stranger.encrypt(&key, b"x", None).await.unwrap_err().code(),
+        Some("Unauthenticated")
+    );
+    // No certificate and no token: refused; a token still works without a certificate.
+    let anonymous = Client::with_options(
+        &https,
+        None,
+        Options {
+            ca_pem: Some(ca.clone()),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        anonymous
+            .encrypt(&key, b"x", None)
+            .await
+            .unwrap_err()
+            .code(),
+        Some("Unauthenticated")
+    );
+    assert!(root.encrypt(&key, b"x", None).await.is_ok());
+}

@@ -105,6 +105,10 @@ fn kms_store(kms: &Kms) -> Arc<dyn keyward_store::Store> {
     kms.store_handle()
 }
 
+/// The subject of a client certificate the TLS layer verified against `tls_client_ca`.
+#[derive(Clone, Debug)]
+pub struct ClientSubject(pub String);
+
 /// Per-request facts gathered by the middleware.
 #[derive(Clone, Debug)]
 pub struct Meta {
@@ -114,6 +118,8 @@ pub struct Meta {
     pub source_ip: String,
     /// The bearer token, if any.
     pub bearer: Option<String>,
+    /// The verified client certificate's subject, if any.
+    pub client_subject: Option<String>,
     /// When the request arrived.
     pub start: Instant,
 }
@@ -131,6 +137,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Meta {
             .cloned()
             .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "request context missing"))?;
         meta.bearer = bearer(&parts.headers);
+        meta.client_subject = parts.extensions.get::<ClientSubject>().map(|s| s.0.clone());
         Ok(meta)
     }
 }
@@ -426,11 +433,14 @@ fn authorize(
             pending: None,
         });
     }
-    let token = meta.bearer.as_deref().unwrap_or("");
-    let principal = app
-        .auth
-        .authenticate(token, now)
-        .map_err(|e| (anonymous(), e))?;
+    let principal = match (&meta.bearer, &meta.client_subject) {
+        (None, Some(subject)) => crate::handlers::identities::by_certificate(app, subject)
+            .map_err(|e| (anonymous(), e))?,
+        (token, _) => app
+            .auth
+            .authenticate(token.as_deref().unwrap_or(""), now)
+            .map_err(|e| (anonymous(), e))?,
+    };
     if !app.limiter.allow(&principal.name) {
         return Err((
             principal,
@@ -550,6 +560,7 @@ async fn context(State(app): State<AppState>, mut req: Request, next: Next) -> R
         request_id: request_id.clone(),
         source_ip,
         bearer: None,
+        client_subject: None,
         start: Instant::now(),
     });
     let timeout = Duration::from_secs(app.config.request_timeout_seconds.max(1));

@@ -82,13 +82,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let acceptor = acceptor.clone();
-        let svc = router
-            .clone()
-            .map_request(move |req: hyper::Request<hyper::body::Incoming>| {
-                let mut req = req.map(axum::body::Body::new);
-                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                req
-            });
+        let router = router.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let Ok(Ok(stream)) =
@@ -96,6 +90,22 @@ pub async fn serve(
             else {
                 return;
             };
+            // A client certificate, if one was presented, was verified against tls_client_ca by rustls.
+            let subject = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|der| x509_parser::parse_x509_certificate(der.as_ref()).ok())
+                .map(|(_, cert)| crate::app::ClientSubject(cert.subject().to_string()));
+            let svc = router.map_request(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                if let Some(s) = &subject {
+                    req.extensions_mut().insert(s.clone());
+                }
+                req
+            });
             let builder = Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(
                 TokioIo::new(stream),

@@ -20,6 +20,53 @@ use crate::authz::{Action, Role};
 use crate::error::ApiError;
 
 const IDENTITIES: &str = "identity";
+const SUBJECTS: &str = "identity_subject";
+
+/// Subjects compare without spaces around separators, with upper-case attribute types, and in any
+/// attribute order (`O=Payments, CN=app1` matches a certificate issued to `CN=app1, O=Payments`).
+fn normalize(subject: &str) -> String {
+    let mut parts: Vec<String> = subject
+        .split(',')
+        .map(|part| {
+            let part = part.trim();
+            match part.split_once('=') {
+                Some((t, v)) => format!("{}={}", t.trim().to_ascii_uppercase(), v.trim()),
+                None => part.to_string(),
+            }
+        })
+        .collect();
+    parts.sort();
+    parts.join(",")
+}
+
+/// The principal a verified client certificate stands for.
+pub fn by_certificate(
+    app: &AppState,
+    subject: &str,
+) -> Result<std::sync::Arc<crate::auth::Principal>, ApiError> {
+    let unknown = || {
+        ApiError::new(
+            ErrorCode::Unauthenticated,
+            "the client certificate maps to no identity",
+        )
+    };
+    let key = normalize(subject);
+    let name = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+        tx.get_meta(SUBJECTS, &key)
+    })
+    .map_err(|e| ApiError(KmsError::from(e)))?
+    .ok_or_else(unknown)?;
+    let name = String::from_utf8(name).map_err(|_| unknown())?;
+    let rec = load(app, &name)?.ok_or_else(unknown)?;
+    Ok(std::sync::Arc::new(crate::auth::Principal {
+        name: rec.name.clone(),
+        roles: roles_of(&rec),
+        token_id: "mtls".into(),
+        expires_at: None,
+        mfa: false,
+        policies: rec.policies.clone(),
+    }))
+}
 /// Token lifetime when the request names none.
 pub const DEFAULT_TTL: i64 = 24 * 3600;
 /// Longest token lifetime.
@@ -40,6 +87,9 @@ struct IdentityRecord {
     /// The last TOTP step used: codes are single-use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     totp_last_step: Option<u64>,
+    /// A client certificate subject that authenticates as this identity (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    certificate_subject: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -53,6 +103,8 @@ struct CreateIdentity {
     policies: Vec<String>,
     #[serde(default)]
     password: Option<zeroize::Zeroizing<String>>,
+    #[serde(default)]
+    certificate_subject: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -64,6 +116,8 @@ struct IdentityObject {
     created_at: String,
     password: bool,
     mfa: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificate_subject: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +160,7 @@ fn object(r: &IdentityRecord) -> IdentityObject {
         created_at: rfc3339(r.created_at),
         password: r.password_hash.is_some(),
         mfa: r.totp_seed.is_some(),
+        certificate_subject: r.certificate_subject.clone(),
     }
 }
 
@@ -201,15 +256,32 @@ pub async fn create(State(app): State<AppState>, meta: Meta, body: RawBody) -> R
                 password_hash,
                 totp_seed: None,
                 totp_last_step: None,
+                certificate_subject: req.certificate_subject.clone(),
             };
             let json = serde_json::to_vec(&rec)
                 .map_err(|_| ApiError::new(ErrorCode::Unavailable, "identity encoding"))?;
+            if let Some(subject) = &rec.certificate_subject {
+                if subject.is_empty() || subject.len() > 1024 {
+                    return Err(ApiError::validation(
+                        "certificate_subject is 1 to 1024 characters",
+                    ));
+                }
+            }
             transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
                 if tx.get_meta(IDENTITIES, &rec.name)?.is_some() {
                     return Err(KmsError::new(
                         ErrorCode::AlreadyExists,
                         format!("identity {} already exists", rec.name),
                     ));
+                }
+                if let Some(subject) = &rec.certificate_subject {
+                    if tx.get_meta(SUBJECTS, &normalize(subject))?.is_some() {
+                        return Err(KmsError::new(
+                            ErrorCode::AlreadyExists,
+                            "another identity has this certificate subject",
+                        ));
+                    }
+                    tx.put_meta(SUBJECTS, &normalize(subject), rec.name.as_bytes())?;
                 }
                 Ok(tx.put_meta(IDENTITIES, &rec.name, &json)?)
             })?;
