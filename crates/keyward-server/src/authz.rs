@@ -170,6 +170,106 @@ mod tests {
         }
     }
 
+    /// The whole matrix, written out independently of the class table above.
+    #[test]
+    fn every_role_against_every_action() {
+        use Action::*;
+        let public = [Health, Status, Init, Unseal, GenerateRoot, Login];
+        let read = [
+            ListKeys,
+            DescribeKey,
+            ListKeyVersions,
+            GetPublicKey,
+            ListAliases,
+            ListApprovals,
+        ];
+        let manage = [
+            CreateKey,
+            UpdateKey,
+            EnableKey,
+            DisableKey,
+            RotateKey,
+            EnableKeyVersion,
+            DisableKeyVersion,
+            ArchiveKeyVersion,
+            RestoreKeyVersion,
+            DestroyKeyVersion,
+            SetPrimaryVersion,
+            ScheduleKeyDeletion,
+            CancelKeyDeletion,
+            GetImportParameters,
+            ImportKeyMaterial,
+            ExportKey,
+            PutAlias,
+            DeleteAlias,
+            Approve,
+            Reject,
+        ];
+        let usage = [
+            Encrypt,
+            Decrypt,
+            ReEncrypt,
+            GenerateDataKey,
+            GenerateDataKeyPair,
+            Sign,
+            Verify,
+            GenerateMac,
+            VerifyMac,
+            DeriveKey,
+            DeriveSharedSecret,
+            GenerateRandom,
+            CreateCsr,
+            IssueCertificate,
+        ];
+        let audit = [
+            ReadAudit,
+            VerifyAudit,
+            GetComplianceReport,
+            ExportAuditCheckpoint,
+        ];
+        let expected = |role: Role, a: Action| match role {
+            Role::Admin => true,
+            Role::KeyAdmin => public.contains(&a) || read.contains(&a) || manage.contains(&a),
+            Role::KeyUser => public.contains(&a) || read.contains(&a) || usage.contains(&a),
+            Role::Auditor => public.contains(&a) || read.contains(&a) || audit.contains(&a),
+        };
+        for role in [Role::Admin, Role::KeyAdmin, Role::KeyUser, Role::Auditor] {
+            for &a in Action::ALL {
+                assert_eq!(
+                    role.allows(a),
+                    expected(role, a),
+                    "{} / {}",
+                    role.name(),
+                    a.name()
+                );
+            }
+        }
+        // Nothing but admin may touch the service, identities or policies.
+        for a in [
+            Seal,
+            RotateRoot,
+            Backup,
+            Restore,
+            GetMetrics,
+            CreateIdentity,
+            CreateToken,
+            RevokeToken,
+            EnrollMfa,
+            PutPolicy,
+            GetPolicy,
+            DeletePolicy,
+            DestroyKey,
+        ] {
+            assert!(
+                [Role::KeyAdmin, Role::KeyUser, Role::Auditor]
+                    .iter()
+                    .all(|r| !r.allows(a)),
+                "{}",
+                a.name()
+            );
+        }
+    }
+
     #[test]
     fn separation_of_duties() {
         assert!(
