@@ -836,3 +836,109 @@ async fn client_certificates_authenticate_as_identities() {
     );
     assert!(root.encrypt(&key, b"x", None).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_fail_closed_when_the_audit_log_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::dev(&data);
+    let c = server.root();
+    let k = c
+        .create_key(&CreateKeyRequest {
+            spec: "AES_256".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ct = c.encrypt(&k.key_id, b"before", None).await.unwrap();
+    let db = data.join("keyward.db");
+    let sql = |statement: &str| {
+        let ok = Command::new("python3")
+            .arg("-c")
+            .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1], timeout=30); c.executescript(sys.argv[2]); c.commit()")
+            .arg(&db)
+            .arg(statement)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{statement}");
+    };
+    // Take the audit table away: every cryptographic request must now fail with 503 Unavailable.
+    sql("ALTER TABLE audit RENAME TO audit_away;");
+    let refused = c.encrypt(&k.key_id, b"during", None).await.unwrap_err();
+    assert_eq!(refused.code(), Some("Unavailable"));
+    let refused = c
+        .decrypt(None, &ct.ciphertext.0, None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some("Unavailable"));
+    sql("ALTER TABLE audit_away RENAME TO audit;");
+    // Back: requests succeed, the chain is intact, and no record of the refused requests was half-written.
+    assert_eq!(
+        c.decrypt(None, &ct.ciphertext.0, None, None)
+            .await
+            .unwrap()
+            .plaintext
+            .expose(),
+        b"before"
+    );
+    let (st, v, _) = common::raw(&server.addr, "GET", "/v1/audit/verify", Some(ROOT), None).await;
+    assert_eq!((st, v["valid"].as_bool()), (200, Some(true)), "{v}");
+    let metrics = c.metrics().await.unwrap();
+    assert!(
+        metrics.contains("keyward_audit_failures_total 2"),
+        "{metrics}"
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_reach_syslog() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("log.sock");
+    let syslog = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    syslog
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let cfg = dir.path().join("keyward.toml");
+    std::fs::write(
+        &cfg,
+        format!("audit_syslog = {:?}\n", socket_path.display().to_string()),
+    )
+    .unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--config", cfg.to_str().unwrap()],
+        &[("KEYWARD_DEV_ROOT_TOKEN", ROOT)],
+    );
+    let c = server.root();
+    let k = c
+        .create_key(&CreateKeyRequest {
+            spec: "AES_256".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    c.encrypt(&k.key_id, b"to syslog", None).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while seen.len() < 2 {
+        let n = syslog.recv(&mut buf).expect("a syslog datagram");
+        let line = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(line.starts_with("<110>keyward["), "{line}");
+        let json = &line[line.find(": ").unwrap() + 2..];
+        let rec: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert!(!line.contains("to syslog"));
+        seen.push((
+            rec["seq"].as_u64().unwrap(),
+            rec["action"].as_str().unwrap().to_string(),
+        ));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (1, "kms:CreateKey".to_string()),
+            (2, "kms:Encrypt".to_string())
+        ]
+    );
+}

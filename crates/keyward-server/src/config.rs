@@ -43,6 +43,8 @@ pub struct Config {
     pub quorum_approvals: u32,
     /// A JSON-lines copy of the audit log (each record once, in order).
     pub audit_file: Option<PathBuf>,
+    /// The syslog datagram socket to copy audit records to (usually `/dev/log`).
+    pub audit_syslog: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -64,6 +66,7 @@ impl Default for Config {
             audit: true,
             quorum_approvals: 0,
             audit_file: None,
+            audit_syslog: None,
         }
     }
 }

@@ -211,6 +211,13 @@ pub fn build(config: Config) -> Result<(AppState, Startup), String> {
             .map_err(|e| format!("cannot open audit file {}: {e}", path.display()))?;
         sinks.push(Box::new(sink));
     }
+    #[cfg(unix)]
+    if let Some(target) = &config.audit_syslog {
+        let state = config.data_dir.join("audit-syslog.seq");
+        let sink = sink::SyslogSink::open(target, &state)
+            .map_err(|e| format!("cannot open syslog socket: {e}"))?;
+        sinks.push(Box::new(sink));
+    }
     let audit = AuditLog::start_with_sinks(kms.clone(), sinks).map_err(|e| e.to_string())?;
     let dev = config.dev;
     let app = Arc::new(App::new(kms.clone(), audit, config, node));
