@@ -158,7 +158,8 @@ fn mac_input(seq: u64, prev: &str, body: &[u8]) -> Vec<u8> {
     m
 }
 
-struct Pending {
+/// A record waiting to be chained and written, with what to call once it is durable.
+pub struct Pending {
     time_ms: i64,
     principal: String,
     action: String,
@@ -228,9 +229,11 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-struct Writer {
+/// The chain writer: assigns sequence numbers, chains and MACs records, writes each batch in one store
+/// transaction, feeds the sinks and completes the requests. One per deployment's node; callers serialise
+/// access (the writer thread of [`AuditLog`], or a server's own group-commit leader).
+pub struct AuditWriter {
     kms: Arc<Kms>,
-    queue: Receiver<Pending>,
     next_seq: u64,
     last_hash: String,
     held: Vec<Pending>,
@@ -239,7 +242,63 @@ struct Writer {
     behind: bool,
 }
 
-impl Writer {
+impl Pending {
+    /// Serialises the record's body on the caller's thread; `None` (with `done` called) if that fails.
+    pub fn new(event: AuditEvent, done: Completion) -> Option<Pending> {
+        let time = rfc3339_ms(event.time_ms);
+        let body = Body {
+            time: &time,
+            request_id: &event.request_id,
+            principal: &event.principal,
+            source_ip: &event.source_ip,
+            action: &event.action,
+            key_id: event.key_id.as_deref(),
+            version: event.version,
+            outcome: event.outcome,
+            error_code: event.error_code.as_deref(),
+        }
+        .encode();
+        match body {
+            Ok(body) => Some(Pending {
+                time_ms: event.time_ms,
+                principal: event.principal,
+                action: event.action,
+                key_id: event.key_id,
+                outcome: event.outcome,
+                body,
+                done,
+            }),
+            Err(e) => {
+                done(Err(e));
+                None
+            }
+        }
+    }
+}
+
+impl AuditWriter {
+    /// A writer continuing the stored chain, with its sinks caught up.
+    pub fn new(kms: Arc<Kms>, sinks: Vec<Box<dyn AuditSink>>) -> KmsResult<AuditWriter> {
+        let mut w = AuditWriter {
+            kms,
+            next_seq: 1,
+            last_hash: GENESIS.to_string(),
+            held: Vec::new(),
+            sinks,
+            behind: false,
+        };
+        w.reload_tail()?;
+        w.catch_up()?;
+        Ok(w)
+    }
+
+    /// Writes records held while sealed, once the service is unsealed.
+    pub fn flush_held(&mut self) {
+        if !self.held.is_empty() && self.kms.audit_key().is_some() {
+            self.write(Vec::new());
+        }
+    }
+
     fn chain(&self, key: &KeyHandle, batch: &[Pending]) -> KmsResult<Vec<(AuditRow, String)>> {
         let mut prev = self.last_hash.clone();
         let mut rows = Vec::with_capacity(batch.len());
@@ -286,7 +345,8 @@ impl Writer {
         Ok(rows)
     }
 
-    fn write(&mut self, batch: Vec<Pending>) {
+    /// Chains and durably writes a batch, then completes every record's request.
+    pub fn write(&mut self, batch: Vec<Pending>) {
         let Some(key) = self.kms.audit_key() else {
             // Sealed: hold the records (in order) and let the requests proceed.
             for mut p in batch {
@@ -378,21 +438,19 @@ impl Writer {
         Ok(())
     }
 
-    fn run(mut self) {
+    fn run(mut self, queue: Receiver<Pending>) {
         loop {
-            let first = match self.queue.recv_timeout(Duration::from_millis(200)) {
+            let first = match queue.recv_timeout(Duration::from_millis(200)) {
                 Ok(p) => p,
                 Err(RecvTimeoutError::Timeout) => {
-                    if !self.held.is_empty() && self.kms.audit_key().is_some() {
-                        self.write(Vec::new());
-                    }
+                    self.flush_held();
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             let mut batch = vec![first];
             while batch.len() < 4096 {
-                match self.queue.try_recv() {
+                match queue.try_recv() {
                     Ok(p) => batch.push(p),
                     Err(_) => break,
                 }
@@ -411,51 +469,18 @@ impl AuditLog {
     /// Starts the writer with sinks beside the store; they are caught up first.
     pub fn start_with_sinks(kms: Arc<Kms>, sinks: Vec<Box<dyn AuditSink>>) -> KmsResult<AuditLog> {
         let (tx, rx) = sync_channel(65_536);
-        let mut writer = Writer {
-            kms,
-            queue: rx,
-            next_seq: 1,
-            last_hash: GENESIS.to_string(),
-            held: Vec::new(),
-            sinks,
-            behind: false,
-        };
-        writer.reload_tail()?;
-        writer.catch_up()?;
+        let writer = AuditWriter::new(kms, sinks)?;
         std::thread::Builder::new()
             .name("keyward-audit".into())
-            .spawn(move || writer.run())
+            .spawn(move || writer.run(rx))
             .map_err(|_| KmsError::new(ErrorCode::Unavailable, "cannot start the audit writer"))?;
         Ok(AuditLog { queue: tx })
     }
 
     /// Queues a record; `done` runs once it is durable or has failed.
     pub fn append(&self, event: AuditEvent, done: Completion) {
-        let time = rfc3339_ms(event.time_ms);
-        let body = Body {
-            time: &time,
-            request_id: &event.request_id,
-            principal: &event.principal,
-            source_ip: &event.source_ip,
-            action: &event.action,
-            key_id: event.key_id.as_deref(),
-            version: event.version,
-            outcome: event.outcome,
-            error_code: event.error_code.as_deref(),
-        }
-        .encode();
-        let body = match body {
-            Ok(b) => b,
-            Err(e) => return done(Err(e)),
-        };
-        let pending = Pending {
-            time_ms: event.time_ms,
-            principal: event.principal,
-            action: event.action,
-            key_id: event.key_id,
-            outcome: event.outcome,
-            body,
-            done,
+        let Some(pending) = Pending::new(event, done) else {
+            return;
         };
         match self.queue.try_send(pending) {
             Ok(()) => {}
