@@ -872,6 +872,17 @@ async fn requests_fail_closed_when_the_audit_log_cannot_be_written() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Some("Unavailable"));
+    // A change is recorded before it is made: with no record possible, nothing is changed.
+    let refused = c
+        .create_key(&CreateKeyRequest {
+            spec: "AES_256".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some("Unavailable"));
+    let refused = c.key_action(&k.key_id, "disable").await.unwrap_err();
+    assert_eq!(refused.code(), Some("Unavailable"));
     sql("ALTER TABLE audit_away RENAME TO audit;");
     // Back: requests succeed, the chain is intact, and no record of the refused requests was half-written.
     assert_eq!(
@@ -886,8 +897,18 @@ async fn requests_fail_closed_when_the_audit_log_cannot_be_written() {
     assert_eq!((st, v["valid"].as_bool()), (200, Some(true)), "{v}");
     let metrics = c.metrics().await.unwrap();
     assert!(
-        metrics.contains("keyward_audit_failures_total 2"),
+        metrics.contains("keyward_audit_failures_total 4"),
         "{metrics}"
+    );
+    assert_eq!(
+        c.list_keys("").await.unwrap().keys.len(),
+        1,
+        "a key was created without its audit record"
+    );
+    assert_eq!(
+        c.describe_key(&k.key_id).await.unwrap().state,
+        "Enabled",
+        "a change was made without its audit record"
     );
 }
 

@@ -49,6 +49,9 @@ pub struct CreateKey {
     pub quorum_approvals: Option<u32>,
     /// Required for legacy specs (TDES).
     pub allow_legacy: bool,
+    /// The id to give the key (a UUID the caller generated, so it can be audited before the key exists);
+    /// a fresh random one when `None`.
+    pub key_id: Option<String>,
 }
 
 impl CreateKey {
@@ -65,6 +68,7 @@ impl CreateKey {
             origin: Origin::Keyward,
             quorum_approvals: None,
             allow_legacy: false,
+            key_id: None,
         }
     }
 }
@@ -368,7 +372,12 @@ impl Kms {
                 })
             })
             .transpose()?;
-        let key_id = uuid::Uuid::new_v4().to_string();
+        let key_id = match &req.key_id {
+            Some(id) => uuid::Uuid::parse_str(id)
+                .map(|u| u.to_string())
+                .map_err(|_| KmsError::validation("a key id is a UUID"))?,
+            None => uuid::Uuid::new_v4().to_string(),
+        };
         let now = self.clock.now();
         // Generate before the transaction: RSA-4096 takes seconds and must not hold the store's write lock.
         let material = match req.origin {
@@ -417,6 +426,12 @@ impl Kms {
             None => None,
         };
         let info = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            if tx.get_key(&key_id)?.is_some() {
+                return Err(KmsError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("key {key_id} already exists"),
+                ));
+            }
             if let Some(a) = &alias {
                 if tx.get_alias(a)?.is_some() {
                     return Err(KmsError::new(

@@ -337,10 +337,26 @@ where
     F: FnOnce(Caller) -> Result<Reply, ApiError> + Send + 'static,
 {
     let now = app.clock.now();
+    let mut written_ahead = false;
     let (principal, result) = match authorize(app, meta, action, key_ref.as_deref(), now) {
         Err((p, e)) => (p, Err(e)),
         Ok(caller) => {
             let p = caller.principal.clone();
+            // A change is recorded before it is made: if the record cannot be made durable, nothing
+            // happens (fail closed). A failure afterwards adds an `error` record.
+            if mutates(action) && app.config.audit && !app.kms.is_sealed() {
+                let key_id = key_ref
+                    .as_deref()
+                    .map(|r| app.kms.key_id_of(r).unwrap_or_else(|_| r.to_string()));
+                let intent = event(meta, &p, action, key_id, None, Outcome::Allow, None);
+                if let Err(e) = append(app, intent).await {
+                    app.metrics.audit_failed();
+                    app.metrics
+                        .record(action, Outcome::Error, meta.start.elapsed());
+                    return ApiError(e).into_response();
+                }
+                written_ahead = true;
+            }
             let result = match mode {
                 Mode::Inline => f(caller),
                 Mode::Blocking => tokio::task::spawn_blocking(move || f(caller))
@@ -371,29 +387,16 @@ where
         Ok(r) => (r.key_id.clone().or(key_ref), r.version),
         Err(_) => (key_ref, None),
     };
-    let event = AuditEvent {
-        time_ms: now_ms(),
-        request_id: meta.request_id.clone(),
-        principal: principal.name.clone(),
-        source_ip: meta.source_ip.clone(),
-        action: action.name().to_string(),
-        key_id,
-        version,
-        outcome: outcome.name(),
-        error_code,
-    };
-    let durable = if app.config.audit {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        app.audit.append(event, Box::new(move |r| drop(tx.send(r))));
-        rx.await.unwrap_or_else(|_| {
-            Err(keyward_core::KmsError::new(
-                ErrorCode::Unavailable,
-                "audit writer stopped",
-            ))
-        })
-    } else {
-        drop(event);
+    let durable = if !app.config.audit || (written_ahead && result.is_ok()) {
         Ok(0)
+    } else {
+        append(
+            app,
+            event(
+                meta, &principal, action, key_id, version, outcome, error_code,
+            ),
+        )
+        .await
     };
     app.metrics.record(action, outcome, meta.start.elapsed());
     if let Err(e) = durable {
@@ -416,6 +419,49 @@ fn carries_context(action: Action) -> bool {
             | Action::GenerateDataKey
             | Action::GenerateDataKeyPair
     )
+}
+
+/// Actions that change state, whose records are written before the change.
+fn mutates(action: Action) -> bool {
+    match action.class() {
+        Class::Manage | Class::System | Class::Access => {
+            !matches!(action, Action::GetPolicy | Action::GetMetrics)
+        }
+        Class::Public | Class::Read | Class::Use | Class::Audit => false,
+    }
+}
+
+fn event(
+    meta: &Meta,
+    principal: &Principal,
+    action: Action,
+    key_id: Option<String>,
+    version: Option<u32>,
+    outcome: Outcome,
+    error_code: Option<String>,
+) -> AuditEvent {
+    AuditEvent {
+        time_ms: now_ms(),
+        request_id: meta.request_id.clone(),
+        principal: principal.name.clone(),
+        source_ip: meta.source_ip.clone(),
+        action: action.name().to_string(),
+        key_id,
+        version,
+        outcome: outcome.name(),
+        error_code,
+    }
+}
+
+async fn append(app: &AppState, event: AuditEvent) -> Result<u64, keyward_core::KmsError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    app.audit.append(event, Box::new(move |r| drop(tx.send(r))));
+    rx.await.unwrap_or_else(|_| {
+        Err(keyward_core::KmsError::new(
+            ErrorCode::Unavailable,
+            "audit writer stopped",
+        ))
+    })
 }
 
 fn authorize(

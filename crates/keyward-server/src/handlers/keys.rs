@@ -54,14 +54,16 @@ fn limit(query: &HashMap<String, String>) -> Result<usize, ApiError> {
     page_limit(n).map_err(ApiError::validation)
 }
 
-/// `POST /v1/keys`.
+/// `POST /v1/keys`. The key id is chosen here so the audit record written before the key exists names it.
 pub async fn create(State(app): State<AppState>, meta: Meta, body: RawBody) -> Response {
     let a = app.clone();
+    let new_id = uuid::Uuid::new_v4().to_string();
+    let audit_id = new_id.clone();
     call(
         &app,
         &meta,
         Action::CreateKey,
-        None,
+        Some(audit_id),
         Mode::Blocking,
         move |_| {
             let req: CreateKeyRequest = parse(&body)?;
@@ -80,6 +82,7 @@ pub async fn create(State(app): State<AppState>, meta: Meta, body: RawBody) -> R
             };
             c.quorum_approvals = req.quorum.map(|q| q.approvals);
             c.allow_legacy = req.allow_legacy.unwrap_or(false);
+            c.key_id = Some(new_id);
             let info = a.kms.create_key(c)?;
             Reply::with_status(axum::http::StatusCode::CREATED, &key_object(&info))
                 .map(|r| r.key(info.key_id, Some(1)))
