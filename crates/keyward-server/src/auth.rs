@@ -14,6 +14,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::authz::Role;
+use crate::convert::hex;
 use crate::error::ApiError;
 
 const TOKENS: &str = "token";
@@ -89,10 +90,6 @@ fn token_hash(token: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn unauthenticated() -> ApiError {

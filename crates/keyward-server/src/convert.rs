@@ -84,3 +84,35 @@ pub fn pem(label: &str, der: &[u8]) -> String {
     out.push_str(&format!("-----END {label}-----\n"));
     out
 }
+
+/// Lower-case hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Decodes hex; `None` for anything that is not an even run of hex digits.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len() / 2)
+        .map(|i| {
+            s.get(2 * i..2 * i + 2)
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+        })
+        .collect()
+}
+
+/// Refuses query parameters an endpoint does not know (a misspelt filter must not silently match all).
+pub fn only(
+    query: &std::collections::HashMap<String, String>,
+    allowed: &[&str],
+) -> Result<(), ApiError> {
+    match query.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::validation(format!(
+            "unknown query parameter '{}'",
+            k.escape_debug()
+        ))),
+        None => Ok(()),
+    }
+}

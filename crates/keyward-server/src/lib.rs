@@ -35,6 +35,7 @@ pub use app::{router, App, AppState};
 pub use config::{Config, Overrides};
 
 use authz::{Action, Role};
+use convert::{hex, unhex};
 
 /// File in the data directory holding the dev-mode unseal key.
 pub const DEV_UNSEAL_FILE: &str = "dev-unseal-key.UNSAFE";
@@ -90,19 +91,6 @@ fn node_id(config: &Config) -> Result<String, String> {
             Ok(id)
         }
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    (0..s.len() / 2)
-        .map(|i| {
-            s.get(2 * i..2 * i + 2)
-                .and_then(|p| u8::from_str_radix(p, 16).ok())
-        })
-        .collect()
 }
 
 fn dev_bootstrap(

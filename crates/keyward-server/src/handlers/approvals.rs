@@ -226,11 +226,8 @@ pub fn execute(app: &AppState, op: &Operation) -> Result<serde_json::Value, ApiE
             wrapping_public_key_der,
             version,
         } => {
-            let spki: Vec<u8> = (0..wrapping_public_key_der.len() / 2)
-                .filter_map(|i| {
-                    u8::from_str_radix(wrapping_public_key_der.get(2 * i..2 * i + 2)?, 16).ok()
-                })
-                .collect();
+            let spki = crate::convert::unhex(wrapping_public_key_der)
+                .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "store corrupt: approval"))?;
             let wrapped = app.kms.export_key(key_id, &spki, *version)?;
             v(serde_json::to_value(ExportResponse {
                 wrapped_key_material: B64(wrapped),
@@ -359,12 +356,7 @@ pub async fn list(
         None,
         Mode::Blocking,
         move |_| {
-            if let Some(k) = q.keys().find(|k| k.as_str() != "status") {
-                return Err(ApiError::validation(format!(
-                    "unknown query parameter '{}'",
-                    k.escape_debug()
-                )));
-            }
+            crate::convert::only(&q, &["status"])?;
             let now = a.clock.now();
             let all = transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
                 tx.list_meta(APPROVALS)

@@ -77,12 +77,7 @@ pub async fn query(
                 "limit",
                 "next_token",
             ];
-            if let Some(k) = q.keys().find(|k| !ALLOWED.contains(&k.as_str())) {
-                return Err(ApiError::validation(format!(
-                    "unknown query parameter '{}'",
-                    k.escape_debug()
-                )));
-            }
+            crate::convert::only(&q, &ALLOWED)?;
             let time = |name: &str| {
                 q.get(name)
                     .map(|v| {

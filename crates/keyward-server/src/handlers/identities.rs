@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::{call, parse, AppState, Meta, Mode, RawBody, Reply};
 use crate::authz::{Action, Role};
+use crate::convert::hex;
 use crate::error::ApiError;
 
 const IDENTITIES: &str = "identity";
@@ -410,7 +411,10 @@ pub async fn login(State(app): State<AppState>, meta: Meta, body: RawBody) -> Re
                             "MFA is required: give the current TOTP code",
                         )
                     })?;
-                    let seed = a.kms.unprotect(&totp_aad(&rec.name), &unhex(&blob))?;
+                    let seed = a.kms.unprotect(
+                        &totp_aad(&rec.name),
+                        &crate::convert::unhex(&blob).unwrap_or_default(),
+                    )?;
                     let step =
                         crate::totp::verify(seed.expose(), code, a.clock.now(), rec.totp_last_step)
                             .ok_or_else(|| {
@@ -445,19 +449,6 @@ pub async fn login(State(app): State<AppState>, meta: Meta, body: RawBody) -> Re
 
 fn totp_aad(name: &str) -> Vec<u8> {
     format!("keyward:totp:{name}").into_bytes()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2)
-        .filter_map(|i| {
-            s.get(2 * i..2 * i + 2)
-                .and_then(|p| u8::from_str_radix(p, 16).ok())
-        })
-        .collect()
 }
 
 /// Records the used step, refusing if a concurrent login already used it or a later one.

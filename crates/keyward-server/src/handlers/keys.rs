@@ -15,7 +15,7 @@ use keyward_core::{CreateKey, KeyFilter, KeyState, Origin, UpdateKey, VersionAct
 
 use crate::app::{call, parse, AppState, Meta, Mode, RawBody, Reply};
 use crate::authz::Action;
-use crate::convert::{key_object, pem, spec, usage, version_object};
+use crate::convert::{key_object, only, pem, spec, usage, version_object};
 use crate::error::ApiError;
 use crate::handlers::approvals;
 
@@ -31,16 +31,6 @@ fn decode_token(s: &str) -> Result<String, ApiError> {
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(|| ApiError::validation("next_token is not one this service issued"))
-}
-
-fn only(query: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
-    match query.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(ApiError::validation(format!(
-            "unknown query parameter '{}'",
-            k.escape_debug()
-        ))),
-        None => Ok(()),
-    }
 }
 
 fn limit(query: &HashMap<String, String>) -> Result<usize, ApiError> {
@@ -268,7 +258,7 @@ key_op!(
         if m > 0 {
             let op = approvals::Operation::Export {
                 key_id: a.kms.key_id_of(&key)?,
-                wrapping_public_key_der: req.wrapping_public_key_der.0.iter().map(|b| format!("{b:02x}")).collect(),
+                wrapping_public_key_der: crate::convert::hex(&req.wrapping_public_key_der.0),
                 version: req.version,
             };
             return approvals::request(&a, &caller, op, m);

@@ -449,15 +449,7 @@ pub async fn compliance(
         None,
         Mode::Blocking,
         move |_| {
-            if let Some(k) = q
-                .keys()
-                .find(|k| !["format", "dormant_days"].contains(&k.as_str()))
-            {
-                return Err(ApiError::validation(format!(
-                    "unknown query parameter '{}'",
-                    k.escape_debug()
-                )));
-            }
+            crate::convert::only(&q, &["format", "dormant_days"])?;
             if !matches!(format.as_str(), "json" | "html") {
                 return Err(ApiError::validation("format is json or html"));
             }
