@@ -1231,12 +1231,13 @@ async fn roles_separate_duties_and_tokens_expire_and_revoke() {
         "POST",
         "/v1/identities/app/tokens",
         Some(ROOT),
-        Some(br#"{"ttl_seconds": 1}"#.to_vec()),
+        Some(br#"{"ttl_seconds": 2}"#.to_vec()),
     )
     .await;
     let short = server.client(Some(t["token"].as_str().unwrap()));
+    // Expiry is checked in whole seconds: a 2-second token is valid for at least one full second.
     assert!(short.describe_key(&key).await.is_ok());
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
     assert_eq!(api_code(short.describe_key(&key).await), "Unauthenticated");
     let (_, t, _) = raw(
         &server.addr,
