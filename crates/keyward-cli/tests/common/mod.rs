@@ -8,12 +8,23 @@ use keyward_client::Client;
 
 pub const ROOT: &str = "kw.test-root-token-0123456789abcdef";
 
+/// A port no other test of this process has been given: a server of an earlier test may still be draining
+/// on a port the kernel now reports free, and a new server there would fail to bind while the old one still
+/// answers the readiness probe.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A real `keyward serve` process.
