@@ -6,25 +6,33 @@ use keyward_store::conformance as suite;
 use keyward_store::{transact, Store, StoreError, Tx};
 use keyward_store_sqlite::SqliteStore;
 
-macro_rules! conformance_tests {
-    ($($name:ident),+ $(,)?) => {
-        $(#[test] fn $name() {
-            let dir = tempfile::tempdir().unwrap();
-            suite::$name(&SqliteStore::open(&dir.path().join("k.db")).unwrap());
-            suite::$name(&SqliteStore::in_memory().unwrap());
-        })+
-    };
+/// A store with the directory it lives in, removed after the store is closed.
+struct Scoped {
+    store: SqliteStore,
+    _dir: Option<tempfile::TempDir>,
 }
 
-conformance_tests!(
-    keys_round_trip,
-    versions_round_trip,
-    aliases_round_trip,
-    meta_round_trip,
-    uncommitted_transactions_roll_back,
-    due_keys_selects_by_time_and_state,
-    audit_appends_and_queries,
-);
+impl std::ops::Deref for Scoped {
+    type Target = SqliteStore;
+    fn deref(&self) -> &SqliteStore {
+        &self.store
+    }
+}
+
+// Every check runs on disk and in memory.
+keyward_store::store_conformance_tests!({
+    let dir = tempfile::tempdir().unwrap();
+    [
+        Scoped {
+            store: SqliteStore::open(&dir.path().join("k.db")).unwrap(),
+            _dir: Some(dir),
+        },
+        Scoped {
+            store: SqliteStore::in_memory().unwrap(),
+            _dir: None,
+        },
+    ]
+});
 
 #[test]
 fn committed_data_survives_reopen() {

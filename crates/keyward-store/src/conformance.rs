@@ -10,6 +10,34 @@ use crate::{
     transact, AuditQuery, AuditRow, KeyRecord, Store, StoreError, StoreResult, Tx, VersionRecord,
 };
 
+/// Declares one `#[test]` per conformance check. `$stores` is evaluated afresh for each test and yields the
+/// stores to run it on (anything iterable over values that deref to a `Store`), so a backend cannot forget a
+/// check that is added here later.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($stores:expr) => {
+        $crate::store_conformance_tests!(@each $stores;
+            keys_round_trip,
+            versions_round_trip,
+            aliases_round_trip,
+            meta_round_trip,
+            uncommitted_transactions_roll_back,
+            due_keys_selects_by_time_and_state,
+            audit_appends_and_queries,
+        );
+    };
+    (@each $stores:expr; $($name:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                for store in $stores {
+                    $crate::conformance::$name(&*store);
+                }
+            }
+        )+
+    };
+}
+
 pub fn key(id: &str) -> KeyRecord {
     KeyRecord {
         key_id: id.to_string(),
