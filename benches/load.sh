@@ -5,7 +5,9 @@
 #   DURATION=5 CONCURRENCY=64 benches/load.sh
 #
 # Starts, on loopback only: the floor server (`keyward bench-floor`, a fixed 200 answer), Keyward in dev mode
-# with the durable audit log, and Keyward in dev mode with the audit log off (to show what auditing costs).
+# with the durable audit log, the same on the PostgreSQL store (in a scratch schema of KEYWARD_BENCH_POSTGRES,
+# default postgres://postgres@127.0.0.1:5432/test; needs psql), and Keyward in dev mode with the audit log
+# off (to show what auditing costs).
 # The load generator shares the two cores with the servers, so only figures from the same run compare.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,11 +18,16 @@ cargo build --release --locked -p keyward-cli >/dev/null 2>&1 || cargo build --r
 BIN=target/release/keyward
 TMP=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
+PG=${KEYWARD_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}
+SCHEMA=kwbench_$$
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"
+  psql "$PG" -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-FLOOR=$(port); AUDITED=$(port); UNAUDITED=$(port)
+FLOOR=$(port); AUDITED=$(port); UNAUDITED=$(port); ONPG=$(port)
 TOKEN="kw.bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 
 printf 'rate_limit_per_second = 0\n' > "$TMP/audited.toml"
@@ -28,7 +35,10 @@ printf 'rate_limit_per_second = 0\naudit = false\n' > "$TMP/unaudited.toml"
 "$BIN" bench-floor --listen "127.0.0.1:$FLOOR" 2>/dev/null & pids+=($!)
 KEYWARD_DEV_ROOT_TOKEN=$TOKEN "$BIN" serve --dev --config "$TMP/audited.toml" --data-dir "$TMP/a" --listen "127.0.0.1:$AUDITED" >/dev/null 2>&1 & pids+=($!)
 KEYWARD_DEV_ROOT_TOKEN=$TOKEN "$BIN" serve --dev --config "$TMP/unaudited.toml" --data-dir "$TMP/u" --listen "127.0.0.1:$UNAUDITED" >/dev/null 2>&1 & pids+=($!)
-for p in $FLOOR $AUDITED $UNAUDITED; do
+psql "$PG" -qc "CREATE SCHEMA $SCHEMA" >/dev/null
+case $PG in *\?*) PGSTORE="$PG&options=-csearch_path%3D$SCHEMA";; *) PGSTORE="$PG?options=-csearch_path%3D$SCHEMA";; esac
+KEYWARD_DEV_ROOT_TOKEN=$TOKEN "$BIN" serve --dev --config "$TMP/audited.toml" --data-dir "$TMP/p" --store "$PGSTORE" --listen "127.0.0.1:$ONPG" >/dev/null 2>&1 & pids+=($!)
+for p in $FLOOR $AUDITED $UNAUDITED $ONPG; do
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -39,6 +49,9 @@ run --addr "http://127.0.0.1:$AUDITED" --op encrypt
 run --addr "http://127.0.0.1:$AUDITED" --op decrypt
 run --addr "http://127.0.0.1:$AUDITED" --op sign
 run --addr "http://127.0.0.1:$AUDITED" --op data-key
+echo "# PostgreSQL store (audited)"
+run --addr "http://127.0.0.1:$ONPG" --op encrypt
+run --addr "http://127.0.0.1:$ONPG" --op decrypt
 echo "# audit log off (dev-mode switch, for this comparison only)"
 run --addr "http://127.0.0.1:$UNAUDITED" --op encrypt
 run --addr "http://127.0.0.1:$FLOOR" --op floor

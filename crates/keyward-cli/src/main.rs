@@ -237,7 +237,7 @@ struct ServeArgs {
     /// Data directory.
     #[arg(long, env = "KEYWARD_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Store URL (sqlite://PATH).
+    /// Store URL: sqlite://PATH (default: keyward.db in the data directory) or postgres://USER@HOST/DB.
     #[arg(long, env = "KEYWARD_STORE")]
     store: Option<String>,
     /// TOML configuration file.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 /// The server's configuration.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Listen address (`KEYWARD_LISTEN`).
@@ -72,7 +72,7 @@ impl Default for Config {
 }
 
 /// Values given on the command line or in the environment; `None` leaves the file's (or default) value.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Overrides {
     /// `--listen`.
     pub listen: Option<SocketAddr>,
@@ -148,22 +148,31 @@ impl Config {
         Ok(())
     }
 
-    /// Where the SQLite database lives.
-    pub fn sqlite_path(&self) -> Result<PathBuf, String> {
+    /// Which store to open: the embedded SQLite file (default: in the data directory) or a PostgreSQL
+    /// database shared by several nodes.
+    pub fn store_location(&self) -> Result<StoreLocation, String> {
         match self.store.as_deref() {
-            None => Ok(self.data_dir.join("keyward.db")),
+            None => Ok(StoreLocation::Sqlite(self.data_dir.join("keyward.db"))),
             Some(url) => match url.strip_prefix("sqlite://") {
-                Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
-                _ if url.starts_with("postgres://") || url.starts_with("postgresql://") => Err(
-                    "the PostgreSQL store is not part of this build yet; use sqlite://PATH".into(),
-                ),
+                Some(path) if !path.is_empty() => Ok(StoreLocation::Sqlite(PathBuf::from(path))),
+                _ if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                    Ok(StoreLocation::Postgres(url.to_string()))
+                }
                 _ => Err(format!(
-                    "unsupported store URL scheme in '{}': use sqlite://PATH",
+                    "unsupported store URL scheme in '{}': use sqlite://PATH or postgres://USER@HOST/DB",
                     url.split("://").next().unwrap_or("")
                 )),
             },
         }
     }
+}
+
+/// A store the configuration selects.
+pub enum StoreLocation {
+    /// The SQLite database file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL (it may hold a password: never print it).
+    Postgres(String),
 }
 
 #[cfg(test)]
@@ -176,7 +185,8 @@ mod tests {
         let path = dir.join("k.toml");
         std::fs::write(&path, "listen = \"127.0.0.1:9800\"\ntls_crt = \"x\"\n").unwrap_or_default();
         assert!(Config::load(Some(&path), Overrides::default())
-            .unwrap_err()
+            .err()
+            .unwrap_or_default()
             .contains("tls_crt"));
         std::fs::write(
             &path,
@@ -212,8 +222,16 @@ mod tests {
             store: Some("mysql://x".into()),
             ..Config::default()
         }
-        .sqlite_path()
+        .store_location()
         .is_err());
+        assert!(matches!(
+            Config {
+                store: Some("postgres://kw@db.internal/keyward".into()),
+                ..Config::default()
+            }
+            .store_location(),
+            Ok(StoreLocation::Postgres(_))
+        ));
     }
 
     fn tempfile_dir() -> PathBuf {

@@ -26,9 +26,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use config::StoreLocation;
 use keyward_core::audit::{AuditEvent, AuditLog};
 use keyward_core::{Kms, KmsConfig, RootOfTrust, SecretBytes, SystemClock};
 use keyward_hsm_soft::SoftHsm;
+use keyward_store_postgres::{PgOptions, PgStore};
 use keyward_store_sqlite::SqliteStore;
 
 pub use app::{router, App, AppState};
@@ -180,8 +182,12 @@ impl NowSecs for SystemClock {
 pub fn build(config: Config) -> Result<(AppState, Startup), String> {
     config.validate()?;
     create_private_dir(&config.data_dir)?;
-    let db = config.sqlite_path()?;
-    let store = Arc::new(SqliteStore::open(&db).map_err(|e| e.to_string())?);
+    let store: Arc<dyn keyward_store::Store> = match config.store_location()? {
+        StoreLocation::Sqlite(db) => Arc::new(SqliteStore::open(&db).map_err(|e| e.to_string())?),
+        StoreLocation::Postgres(url) => {
+            Arc::new(PgStore::open(&url, PgOptions::default()).map_err(|e| e.to_string())?)
+        }
+    };
     let kms = Arc::new(
         Kms::open(
             Arc::new(SoftHsm::new()),
