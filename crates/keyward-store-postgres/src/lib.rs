@@ -713,30 +713,46 @@ impl Tx for PgTx<'_> {
     }
 
     fn append_audit(&mut self, rows: &[AuditRow]) -> StoreResult<()> {
-        for r in rows {
-            let seq = i64::try_from(r.seq)
-                .map_err(|_| StoreError::Corrupt("audit sequence number out of range".into()))?;
-            self.query(
-                "append_audit",
-                "INSERT INTO keyward_audit (seq, time_ms, principal, action, key_id, outcome, record)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                &[
-                    &seq,
-                    &r.time_ms,
-                    &r.principal,
-                    &r.action,
-                    &r.key_id,
-                    &r.outcome,
-                    &r.record,
-                ],
-            )
-            .map_err(|e| match e {
-                StoreError::Conflict(_) => {
-                    StoreError::Conflict("audit sequence number already used".into())
-                }
-                other => other,
-            })?;
+        if rows.is_empty() {
+            return Ok(());
         }
+        // One statement per batch, whatever its size: the writer's batches are what keep the audited request
+        // rate up, and a round trip per record would undo them.
+        let mut seq = Vec::with_capacity(rows.len());
+        let mut time_ms = Vec::with_capacity(rows.len());
+        let mut principal = Vec::with_capacity(rows.len());
+        let mut action = Vec::with_capacity(rows.len());
+        let mut key_id = Vec::with_capacity(rows.len());
+        let mut outcome = Vec::with_capacity(rows.len());
+        let mut record = Vec::with_capacity(rows.len());
+        for r in rows {
+            seq.push(
+                i64::try_from(r.seq).map_err(|_| {
+                    StoreError::Corrupt("audit sequence number out of range".into())
+                })?,
+            );
+            time_ms.push(r.time_ms);
+            principal.push(r.principal.as_str());
+            action.push(r.action.as_str());
+            key_id.push(r.key_id.as_deref());
+            outcome.push(r.outcome.as_str());
+            record.push(r.record.as_str());
+        }
+        self.query(
+            "append_audit",
+            "INSERT INTO keyward_audit (seq, time_ms, principal, action, key_id, outcome, record)
+             SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[],
+                                  $6::TEXT[], $7::TEXT[])",
+            &[
+                &seq, &time_ms, &principal, &action, &key_id, &outcome, &record,
+            ],
+        )
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => {
+                StoreError::Conflict("audit sequence number already used".into())
+            }
+            other => other,
+        })?;
         Ok(())
     }
 
