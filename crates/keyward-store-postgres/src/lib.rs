@@ -67,10 +67,13 @@ CREATE TABLE keyward_audit (
 );
 "#];
 
-/// The advisory lock every transaction holds: one number for the whole cluster ("KEYWARD" in ASCII).
-const WRITE_LOCK: i64 = 0x004b_4559_5741_5244;
-/// A different lock for schema migrations, held for the session while they run.
-const MIGRATE_LOCK: i64 = WRITE_LOCK + 1;
+/// With the schema's hash, the advisory lock every transaction holds ("KWWR"): one per deployment, so
+/// deployments in other schemas of the same database do not wait on each other.
+const WRITE_LOCK: i32 = 0x4b57_5752;
+/// With the schema's hash, the lock held for the session while migrations run ("KWMG").
+const MIGRATE_LOCK: i32 = 0x4b57_4d47;
+/// How often a node confirms, on its way into a transaction, that it still holds its database.
+const LEASE_CHECK: Duration = Duration::from_secs(1);
 /// With the schema's hash, the lock held for its whole life by the node that serves the schema alone (see
 /// [`PgOptions::exclusive`]).
 const NODE_LOCK: i32 = 0x4b57_4e4c;
@@ -115,6 +118,8 @@ pub struct PgStore {
     idle: Mutex<Vec<Conn>>,
     /// The connection holding the node lock, for an exclusive store.
     lease: Mutex<Option<Conn>>,
+    /// When the lease was last confirmed.
+    lease_checked: Mutex<Option<std::time::Instant>>,
     /// Connections handed out or idle; guarded with `idle`'s condition variable.
     open: Mutex<usize>,
     freed: Condvar,
@@ -176,12 +181,15 @@ impl PgStore {
             },
             idle: Mutex::new(Vec::new()),
             lease: Mutex::new(None),
+            lease_checked: Mutex::new(None),
             open: Mutex::new(0),
             freed: Condvar::new(),
         };
         blocking(|| store.migrate())?;
         if store.options.exclusive {
-            blocking(|| store.take_lease())?;
+            let conn = blocking(|| store.take_lease())?;
+            *store.lease.lock() = Some(conn);
+            *store.lease_checked.lock() = Some(std::time::Instant::now());
         }
         Ok(store)
     }
@@ -255,7 +263,7 @@ impl PgStore {
         self.freed.notify_one();
     }
 
-    fn take_lease(&self) -> StoreResult<()> {
+    fn take_lease(&self) -> StoreResult<Conn> {
         let mut conn = self.connect()?;
         let got: bool = conn
             .client
@@ -271,7 +279,39 @@ impl PgStore {
                     .into(),
             ));
         }
-        *self.lease.lock() = Some(conn);
+        Ok(conn)
+    }
+
+    /// Confirms, at most once per [`LEASE_CHECK`], that this node still holds its database. A lease lost
+    /// with its connection (PostgreSQL restarted, a failover, a terminated backend) is taken again; if
+    /// another node took it meanwhile, this node refuses to work on the database rather than serve a view of
+    /// it that the other node is changing.
+    fn check_lease(&self) -> StoreResult<()> {
+        if !self.options.exclusive {
+            return Ok(());
+        }
+        if self
+            .lease_checked
+            .lock()
+            .is_some_and(|t| t.elapsed() < LEASE_CHECK)
+        {
+            return Ok(());
+        }
+        let mut lease = self.lease.lock();
+        let alive = match lease.as_mut() {
+            Some(c) => c.client.simple_query("SELECT 1").is_ok(),
+            None => false,
+        };
+        if !alive {
+            drop(lease.take());
+            *lease = Some(self.take_lease().map_err(|e| match e {
+                StoreError::Conflict(_) => StoreError::Unavailable(
+                    "this node lost its hold on the PostgreSQL database to another node".into(),
+                ),
+                other => other,
+            })?);
+        }
+        *self.lease_checked.lock() = Some(std::time::Instant::now());
         Ok(())
     }
 
@@ -279,8 +319,11 @@ impl PgStore {
         let mut conn = self.acquire()?;
         let result = (|| {
             let c = &mut conn.client;
-            c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])
-                .map_err(|e| unavailable("migrate", &e))?;
+            c.execute(
+                "SELECT pg_advisory_lock($1, hashtext(current_schema()))",
+                &[&MIGRATE_LOCK],
+            )
+            .map_err(|e| unavailable("migrate", &e))?;
             let outcome = (|| {
                 let mut tx = c.transaction().map_err(|e| unavailable("migrate", &e))?;
                 tx.batch_execute(
@@ -313,7 +356,10 @@ impl PgStore {
                 tx.commit().map_err(|e| unavailable("migrate", &e))
             })();
             let unlock = c
-                .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK])
+                .execute(
+                    "SELECT pg_advisory_unlock($1, hashtext(current_schema()))",
+                    &[&MIGRATE_LOCK],
+                )
                 .map_err(|e| unavailable("migrate", &e));
             outcome.and(unlock.map(|_| ()))
         })();
@@ -337,11 +383,13 @@ impl Store for PgStore {
 
     fn begin(&self) -> StoreResult<Box<dyn Tx + '_>> {
         blocking(|| {
+            self.check_lease()?;
             let mut conn = self.acquire()?;
             let started = conn
                 .client
                 .batch_execute(&format!(
-                    "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+                    "BEGIN ISOLATION LEVEL READ COMMITTED; \
+                     SELECT pg_advisory_xact_lock({WRITE_LOCK}, hashtext(current_schema()))"
                 ))
                 .map_err(|e| unavailable("begin", &e));
             match started {

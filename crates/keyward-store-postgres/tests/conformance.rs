@@ -181,6 +181,66 @@ fn a_second_exclusive_node_is_refused_until_the_first_closes() {
     scratch.open(true).unwrap();
 }
 
+/// Terminates every session a store opened under `application` (its connection pool and its lease), as a
+/// PostgreSQL restart or failover would.
+fn terminate_sessions_of(application: &str) {
+    let mut c = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+    c.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        &[&application],
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_lost_connection_fails_cleanly_and_recovers_and_a_lost_lease_is_not_served() {
+    let scratch = Scratch::new();
+    let open = |app: &str| {
+        PgStore::open(
+            &format!("{}?application_name={app}", url()),
+            PgOptions {
+                schema: Some(scratch.0.clone()),
+                exclusive: true,
+                ..PgOptions::default()
+            },
+        )
+    };
+    let a = open("kwtest_node_a").unwrap();
+    transact(&a, |t: &mut dyn Tx| t.put_key(&suite::key("k1"))).unwrap();
+
+    // Every connection of node A dies (a restart of PostgreSQL, seen from A).
+    terminate_sessions_of("kwtest_node_a");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // A notices, takes its lease again, and serves; a pooled connection that died fails one transaction
+    // cleanly (Unavailable, nothing written) and is replaced.
+    let recovered = |id: &str| {
+        let mut failures = 0;
+        loop {
+            match transact(&a, |t: &mut dyn Tx| t.get_key(id)) {
+                Ok(k) => return k,
+                Err(StoreError::Unavailable(_)) if failures < 2 => failures += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    assert_eq!(recovered("k1"), Some(suite::key("k1")));
+
+    // A loses its connections again, and node B starts meanwhile: B now holds the database, and A refuses.
+    terminate_sessions_of("kwtest_node_a");
+    let b = open("kwtest_node_b").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let err = transact(&a, |t: &mut dyn Tx| t.get_key("k1"))
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains("another node"), "{err}");
+    transact(&b, |t: &mut dyn Tx| t.put_key(&suite::key("k2"))).unwrap();
+    // Once B is gone, A takes over again.
+    drop(b);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(recovered("k2"), Some(suite::key("k2")));
+}
+
 #[test]
 fn an_unreachable_server_is_unavailable_and_the_url_is_not_echoed() {
     let err = PgStore::open(
