@@ -6,8 +6,9 @@
 #
 # Starts, on loopback only: the floor server (`keyward bench-floor`, a fixed 200 answer), Keyward in dev mode
 # with the durable audit log, the same on the PostgreSQL store (in a scratch schema of KEYWARD_BENCH_POSTGRES,
-# default postgres://postgres@127.0.0.1:5432/test; needs psql), and Keyward in dev mode with the audit log
-# off (to show what auditing costs).
+# default postgres://postgres@127.0.0.1:5432/test; needs psql), three production-mode nodes sharing one
+# database (initialised once, each unsealed with the share; the load is spread over them), and Keyward in dev
+# mode with the audit log off (to show what auditing costs).
 # The load generator shares the two cores with the servers, so only figures from the same run compare.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,11 +24,12 @@ SCHEMA=kwbench_$$
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"
   psql "$PG" -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >/dev/null 2>&1 || true
+  psql "$PG" -qc "DROP SCHEMA IF EXISTS ${SCHEMA}_cluster CASCADE" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-FLOOR=$(port); AUDITED=$(port); UNAUDITED=$(port); ONPG=$(port)
+FLOOR=$(port); AUDITED=$(port); UNAUDITED=$(port); ONPG=$(port); N1=$(port); N2=$(port); N3=$(port)
 TOKEN="kw.bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 
 printf 'rate_limit_per_second = 0\n' > "$TMP/audited.toml"
@@ -38,9 +40,21 @@ KEYWARD_DEV_ROOT_TOKEN=$TOKEN "$BIN" serve --dev --config "$TMP/unaudited.toml" 
 psql "$PG" -qc "CREATE SCHEMA $SCHEMA" >/dev/null
 case $PG in *\?*) PGSTORE="$PG&options=-csearch_path%3D$SCHEMA";; *) PGSTORE="$PG?options=-csearch_path%3D$SCHEMA";; esac
 KEYWARD_DEV_ROOT_TOKEN=$TOKEN "$BIN" serve --dev --config "$TMP/audited.toml" --data-dir "$TMP/p" --store "$PGSTORE" --listen "127.0.0.1:$ONPG" >/dev/null 2>&1 & pids+=($!)
-for p in $FLOOR $AUDITED $UNAUDITED $ONPG; do
+# Three nodes on one database (another schema), initialised once and each unsealed with the share.
+psql "$PG" -qc "CREATE SCHEMA ${SCHEMA}_cluster" >/dev/null
+case $PG in *\?*) CLSTORE="$PG&options=-csearch_path%3D${SCHEMA}_cluster";; *) CLSTORE="$PG?options=-csearch_path%3D${SCHEMA}_cluster";; esac
+for n in $N1 $N2 $N3; do
+  "$BIN" serve --config "$TMP/audited.toml" --data-dir "$TMP/n$n" --store "$CLSTORE" --listen "127.0.0.1:$n" >/dev/null 2>&1 & pids+=($!)
+done
+for p in $FLOOR $AUDITED $UNAUDITED $ONPG $N1 $N2 $N3; do
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
 done
+INIT=$(KEYWARD_ADDR="http://127.0.0.1:$N1" "$BIN" --json operator init --shares 1 --threshold 1)
+SHARE=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["shares"][0])' "$INIT")
+CLTOKEN=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["root_token"])' "$INIT")
+sleep 1
+for n in $N1 $N2 $N3; do KEYWARD_ADDR="http://127.0.0.1:$n" "$BIN" operator unseal "$SHARE" >/dev/null; done
+CLUSTER="http://127.0.0.1:$N1,http://127.0.0.1:$N2,http://127.0.0.1:$N3"
 
 run() { KEYWARD_TOKEN=$TOKEN "$BIN" bench --duration "$DURATION" --warmup 2 --concurrency "$CONCURRENCY" "$@"; }
 echo "# $(nproc) cores, $CONCURRENCY connections, ${DURATION}s per line, $(date -u +%FT%TZ)"
@@ -52,6 +66,9 @@ run --addr "http://127.0.0.1:$AUDITED" --op data-key
 echo "# PostgreSQL store (audited)"
 run --addr "http://127.0.0.1:$ONPG" --op encrypt
 run --addr "http://127.0.0.1:$ONPG" --op decrypt
+echo "# PostgreSQL store, three nodes on one database (connections spread evenly)"
+KEYWARD_TOKEN=$CLTOKEN "$BIN" bench --duration "$DURATION" --warmup 2 --concurrency "$CONCURRENCY" --addr "$CLUSTER" --op encrypt
+KEYWARD_TOKEN=$CLTOKEN "$BIN" bench --duration "$DURATION" --warmup 2 --concurrency "$CONCURRENCY" --addr "$CLUSTER" --op decrypt
 echo "# audit log off (dev-mode switch, for this comparison only)"
 run --addr "http://127.0.0.1:$UNAUDITED" --op encrypt
 run --addr "http://127.0.0.1:$FLOOR" --op floor

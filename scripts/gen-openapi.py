@@ -37,6 +37,11 @@ schemas = {
     "GenerateRootResponse": obj({"root_token": S, "token_id": S}),
     "UnsealRequest": obj({"share": S}, ["share"]),
     "RotateRootResponse": obj({"generation": INT}),
+    "BackupResponse": obj({"backup": B64}),
+    "RestoreRequest": obj({"backup": B64, "shares": {"type": "array", "items": S,
+                           "description": "A threshold of unseal shares: required on a fresh node, refused otherwise"},
+                           "force": BOOL}, ["backup"]),
+    "RestoreResponse": obj({"restored_keys": INT, "initialized": BOOL}),
     "Quorum": obj({"approvals": INT}, ["approvals"]),
     "CreateKeyRequest": obj({
         "spec": {"type": "string", "enum": ["SYMMETRIC_DEFAULT", "AES_128", "AES_256", "SM4", "TDES", "RSA_2048", "RSA_3072",
@@ -146,6 +151,9 @@ ops = [
     ("post", "/v1/sys/seal", "kms:Seal", None, (204, None), [], False),
     ("post", "/v1/sys/generate-root", "kms:GenerateRoot", "GenerateRootRequest", (200, "GenerateRootResponse"), [], True),
     ("post", "/v1/sys/rotate-root", "kms:RotateRoot", None, (200, "RotateRootResponse"), [], False),
+    ("post", "/v1/sys/backup", "kms:Backup", None, (200, "BackupResponse"), [], False),
+    # Public on an uninitialised node (audited as kms:Init, authenticated by the shares); admin otherwise.
+    ("post", "/v1/sys/restore", "kms:Restore", "RestoreRequest", (200, "RestoreResponse"), [], False),
     ("get", "/metrics", "kms:GetMetrics", None, (200, None), [], False),
     ("get", "/v1/openapi.json", "kms:OpenApi", None, (200, None), [], True),
     ("post", "/v1/keys", "kms:CreateKey", "CreateKeyRequest", (201, "Key"), [], False),

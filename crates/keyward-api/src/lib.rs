@@ -123,6 +123,48 @@ pub struct RotateRootResponse {
     pub generation: u32,
 }
 
+/// Response of `POST /v1/sys/backup`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupResponse {
+    /// The encrypted, authenticated snapshot.
+    pub backup: B64,
+}
+
+/// Body of `POST /v1/sys/restore`.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// A backup made by `POST /v1/sys/backup`.
+    pub backup: B64,
+    /// A threshold of the cluster's unseal shares: required on a fresh (uninitialised) node, refused on
+    /// an initialised one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shares: Option<Vec<zeroize::Zeroizing<String>>>,
+    /// Let older state in the backup replace newer state in the store.
+    #[serde(default)]
+    pub force: bool,
+}
+
+impl std::fmt::Debug for RestoreRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoreRequest")
+            .field("backup_bytes", &self.backup.0.len())
+            .field("shares", &self.shares.as_ref().map(Vec::len))
+            .field("force", &self.force)
+            .finish()
+    }
+}
+
+/// Response of `POST /v1/sys/restore`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RestoreResponse {
+    /// Keys written by the restore.
+    pub restored_keys: usize,
+    /// Whether the restore initialised this node (which is then unsealed).
+    #[serde(default)]
+    pub initialized: bool,
+}
+
 // ----- keys -----
 
 /// Quorum settings of a key.

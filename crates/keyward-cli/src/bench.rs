@@ -2,7 +2,8 @@
 //!
 //! `bench` keeps `--concurrency` requests in flight over keep-alive connections for `--duration` seconds
 //! (bounded by `--max-requests`), then prints throughput and latency percentiles. Run it against the floor
-//! server in the same session to see what share of the machine's raw HTTP capacity Keyward reaches.
+//! server in the same session to see what share of the machine's raw HTTP capacity Keyward reaches. With
+//! several comma-separated addresses the connections are spread evenly over the nodes of a cluster.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use clap::Args;
 /// Options of `keyward bench`.
 #[derive(Args, Clone)]
 pub struct BenchArgs {
-    /// Server base URL (defaults to KEYWARD_ADDR).
+    /// Server base URL, or several comma-separated nodes to spread the load over (defaults to KEYWARD_ADDR).
     #[arg(long, env = "KEYWARD_ADDR", default_value = "http://127.0.0.1:9700")]
     addr: String,
     /// Bearer token (defaults to KEYWARD_TOKEN).
@@ -47,7 +48,8 @@ pub struct BenchArgs {
 }
 
 struct Target {
-    url: String,
+    /// Every node's URL of the request.
+    urls: Vec<String>,
     body: Option<Vec<u8>>,
 }
 
@@ -59,9 +61,15 @@ async fn prepare(a: &BenchArgs, http: &reqwest::Client) -> Result<Target, String
         .unwrap_or_default()
         .trim_end_matches('/')
         .to_string();
+    let urls = |path: &str| -> Vec<String> {
+        a.addr
+            .split(',')
+            .map(|b| format!("{}{path}", b.trim().trim_end_matches('/')))
+            .collect()
+    };
     if a.op == "floor" {
         return Ok(Target {
-            url: format!("{base}/"),
+            urls: urls("/"),
             body: None,
         });
     }
@@ -126,7 +134,7 @@ async fn prepare(a: &BenchArgs, http: &reqwest::Client) -> Result<Target, String
         other => return Err(format!("unknown --op {other}")),
     };
     Ok(Target {
-        url: format!("{base}{path}"),
+        urls: urls(&path),
         body: Some(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
     })
 }
@@ -153,10 +161,11 @@ pub async fn run(a: BenchArgs) -> Result<(), String> {
     let end = warm_end + Duration::from_secs(a.duration);
     let budget = Arc::new(std::sync::atomic::AtomicU64::new(a.max_requests));
     let mut tasks = Vec::new();
-    for _ in 0..a.concurrency.max(1) {
+    for i in 0..a.concurrency.max(1) {
         let (http, target, token, budget) =
             (http.clone(), target.clone(), token.clone(), budget.clone());
         tasks.push(tokio::spawn(async move {
+            let url = target.urls[i % target.urls.len()].as_str();
             let mut lat: Vec<u32> = Vec::with_capacity(64 * 1024);
             let mut errors = 0u64;
             loop {
@@ -170,11 +179,11 @@ pub async fn run(a: BenchArgs) -> Result<(), String> {
                 }
                 let req = match &target.body {
                     Some(b) => http
-                        .post(&target.url)
+                        .post(url)
                         .bearer_auth(token.as_str())
                         .header("content-type", "application/json")
                         .body(b.clone()),
-                    None => http.get(&target.url),
+                    None => http.get(url),
                 };
                 let t0 = Instant::now();
                 let ok = match req.send().await {

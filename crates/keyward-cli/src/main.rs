@@ -281,6 +281,24 @@ enum Operator {
     RotateRoot,
     /// Mint a new root token from a threshold of unseal shares (read from stdin, one per line).
     GenerateRoot,
+    /// Write an encrypted, authenticated snapshot of the whole service to a file.
+    Backup {
+        /// Where to write it; written to a temporary file, flushed, then renamed into place.
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Restore a backup: into a fresh node (with unseal shares), or into a running cluster.
+    Restore {
+        /// The backup file.
+        #[arg(long, short)]
+        input: PathBuf,
+        /// File of unseal shares, one per line: needed on a fresh, uninitialised node.
+        #[arg(long)]
+        shares_file: Option<PathBuf>,
+        /// Let older state in the backup replace newer state in the store.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -575,6 +593,29 @@ fn write_output(path: &Option<PathBuf>, data: &[u8]) -> Result<(), String> {
     }
 }
 
+/// Writes a file so that a crash leaves either the old file or the whole new one: a temporary file beside
+/// it, flushed to disk, renamed into place, and the directory flushed.
+fn write_durably(path: &std::path::Path, data: &[u8]) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{} is not a file name", path.display()))?;
+    let tmp = dir.join(format!(".{}.partial", name.to_string_lossy()));
+    let fail = |x: std::io::Error| format!("cannot write {}: {x}", path.display());
+    let mut f = std::fs::File::create(&tmp).map_err(fail)?;
+    f.write_all(data).map_err(fail)?;
+    f.sync_all().map_err(fail)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(fail)?;
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 type Res = Result<(), String>;
 
 async fn run(cli: Cli) -> Res {
@@ -639,6 +680,48 @@ async fn run(cli: Cli) -> Res {
                     .await
                     .map_err(e)?;
                 print_raw(&out, status, &resp)?;
+            }
+            Operator::Backup { output } => {
+                let bytes = c.backup().await.map_err(e)?;
+                write_durably(&output, &bytes)?;
+                eprintln!(
+                    "backup written to {} ({} bytes)",
+                    output.display(),
+                    bytes.len()
+                );
+            }
+            Operator::Restore {
+                input,
+                shares_file,
+                force,
+            } => {
+                let backup = std::fs::read(&input)
+                    .map_err(|x| format!("cannot read {}: {x}", input.display()))?;
+                let shares = match shares_file {
+                    None => None,
+                    Some(p) => {
+                        let text = zeroize::Zeroizing::new(
+                            std::fs::read_to_string(&p)
+                                .map_err(|x| format!("cannot read {}: {x}", p.display()))?,
+                        );
+                        Some(
+                            text.lines()
+                                .map(str::trim)
+                                .filter(|l| !l.is_empty())
+                                .map(|l| zeroize::Zeroizing::new(l.to_string()))
+                                .collect(),
+                        )
+                    }
+                };
+                let r = c
+                    .restore(&RestoreRequest {
+                        backup: B64(backup),
+                        shares,
+                        force,
+                    })
+                    .await
+                    .map_err(e)?;
+                out.value(&r);
             }
         },
         Command::Key(k) => match k {

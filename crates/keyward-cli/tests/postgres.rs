@@ -135,13 +135,6 @@ async fn a_node_on_postgres_keeps_keys_ciphertexts_and_audit_across_restarts() {
     assert!(verified > 10);
     assert!((verified..=verified + 1).contains(&scratch.rows("keyward_audit")));
     assert_eq!(c.health().await.unwrap().status, "ok");
-
-    // A second node on the same database is refused with a clear message, and the first keeps serving.
-    let other = tempfile::tempdir().unwrap();
-    let (ok, text) = start_and_fail(other.path(), &url);
-    assert!(!ok);
-    assert!(text.contains("another Keyward node"), "{text}");
-    assert_eq!(c.describe_key(&sym.key_id).await.unwrap().state, "Enabled");
 }
 
 /// Runs `keyward serve` expecting it to exit at start; returns success and everything it printed.
@@ -176,4 +169,572 @@ fn a_bad_store_url_is_refused_at_start_without_echoing_the_password() {
     assert!(!ok);
     assert!(text.contains("postgres"), "{text}");
     assert!(!text.contains("s3cret-pw"), "{text}");
+}
+
+/// Three nodes on one database, initialised once and each unsealed with the shares.
+struct Cluster {
+    nodes: Vec<Server>,
+    _dirs: Vec<tempfile::TempDir>,
+    root: String,
+    shares: Vec<String>,
+}
+
+impl Cluster {
+    async fn start(url: &str) -> Cluster {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let nodes: Vec<Server> = dirs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let store = format!("{url}&application_name=kwcli_node_{i}");
+                Server::start(d.path(), &["--store", &store], &[])
+            })
+            .collect();
+        let init = nodes[0].client(None).init(3, 2).await.unwrap();
+        for n in &nodes {
+            // The other nodes learn of the init through the database, then take the shares like the first.
+            wait_for(|| async { n.client(None).status().await.unwrap().initialized }).await;
+            let c = n.client(None);
+            c.unseal(&init.shares[0]).await.unwrap();
+            assert!(!c.unseal(&init.shares[2]).await.unwrap().sealed);
+        }
+        Cluster {
+            nodes,
+            _dirs: dirs,
+            root: init.root_token,
+            shares: init.shares,
+        }
+    }
+    fn client(&self, i: usize) -> keyward_client::Client {
+        self.nodes[i].client(Some(&self.root))
+    }
+    fn all(&self) -> keyward_client::Client {
+        let addrs: Vec<&str> = self.nodes.iter().map(|n| n.addr.as_str()).collect();
+        keyward_client::Client::new(&addrs.join(","), Some(self.root.clone())).unwrap()
+    }
+}
+
+/// Polls until `f` holds, for at most ten seconds.
+async fn wait_for<F, Fut>(f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !f().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met in 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// How long after a change committed on one node the others still answered as before it. The bound the
+/// cluster guarantees is one second (the trust window of the change feed); this measures it.
+async fn seen_within<F, Fut>(f: F) -> std::time::Duration
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    wait_for(f).await;
+    started.elapsed()
+}
+
+fn code(e: &keyward_client::Error) -> &str {
+    match e {
+        keyward_client::Error::Api { code, .. } => code,
+        other => panic!("{other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_one_database_and_see_each_others_changes_within_a_second() {
+    let scratch = Scratch::new();
+    let cluster = Cluster::start(&scratch.url()).await;
+    let (a, b, c) = (cluster.client(0), cluster.client(1), cluster.client(2));
+    let key = a
+        .create_key(&CreateKeyRequest {
+            spec: "SYMMETRIC_DEFAULT".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    a.put_alias("alias/shared", &key.key_id).await.unwrap();
+    // Every node serves the key (and now holds it in its cache).
+    let ct = b.encrypt("alias/shared", b"from b", None).await.unwrap();
+    assert_eq!(
+        c.decrypt(None, &ct.ciphertext.0, None, None)
+            .await
+            .unwrap()
+            .plaintext
+            .expose(),
+        b"from b"
+    );
+    c.encrypt(&key.key_id, b"warm", None).await.unwrap();
+
+    // Disabled on A: refused by B and C within a second.
+    a.key_action(&key.key_id, "disable").await.unwrap();
+    for node in [&b, &c] {
+        let took = seen_within(|| async {
+            matches!(node.encrypt(&key.key_id, b"x", None).await, Err(ref e) if code(e) == "KeyDisabled")
+        })
+        .await;
+        assert!(took < std::time::Duration::from_secs(1), "{took:?}");
+    }
+    // Enabled and rotated on B: A and C encrypt under the new primary version.
+    b.key_action(&key.key_id, "enable").await.unwrap();
+    b.key_action(&key.key_id, "rotate").await.unwrap();
+    for node in [&a, &c] {
+        let took = seen_within(|| async {
+            node.encrypt(&key.key_id, b"x", None)
+                .await
+                .is_ok_and(|e| e.version == 2)
+        })
+        .await;
+        assert!(took < std::time::Duration::from_secs(1), "{took:?}");
+    }
+    // The alias moved on C: A and B follow it.
+    let other = c
+        .create_key(&CreateKeyRequest {
+            spec: "SYMMETRIC_DEFAULT".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    c.put_alias("alias/shared", &other.key_id).await.unwrap();
+    for node in [&a, &b] {
+        let took = seen_within(|| async {
+            node.encrypt("alias/shared", b"x", None)
+                .await
+                .is_ok_and(|e| e.key_id == other.key_id)
+        })
+        .await;
+        assert!(took < std::time::Duration::from_secs(1), "{took:?}");
+    }
+
+    // A token minted on A, used (and cached) on C, revoked on B: C refuses it within a second.
+    let (status, _, _) = raw(
+        &cluster.nodes[0].addr,
+        "POST",
+        "/v1/identities",
+        Some(&cluster.root),
+        Some(br#"{"name":"app","kind":"service","roles":["key-user"]}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, minted, _) = raw(
+        &cluster.nodes[0].addr,
+        "POST",
+        "/v1/identities/app/tokens",
+        Some(&cluster.root),
+        Some(b"{}".to_vec()),
+    )
+    .await;
+    assert!(status == 200 || status == 201, "{minted}");
+    let token = minted["token"].as_str().unwrap().to_string();
+    let token_id = minted["token_id"].as_str().unwrap().to_string();
+    let app_on_c = cluster.nodes[2].client(Some(&token));
+    app_on_c.encrypt(&key.key_id, b"ok", None).await.unwrap();
+    let (status, _, _) = raw(
+        &cluster.nodes[1].addr,
+        "DELETE",
+        &format!("/v1/tokens/{token_id}"),
+        Some(&cluster.root),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let took = seen_within(|| async {
+        matches!(app_on_c.encrypt(&key.key_id, b"x", None).await, Err(ref e) if code(e) == "Unauthenticated")
+    })
+    .await;
+    assert!(took < std::time::Duration::from_secs(1), "{took:?}");
+
+    // A root rotation on C: A and B keep decrypting old ciphertexts and encrypting new ones.
+    c.rotate_root().await.unwrap();
+    let fresh = b
+        .encrypt(&key.key_id, b"after root rotation", None)
+        .await
+        .unwrap();
+    for node in [&a, &b, &c] {
+        for (ct, plain) in [
+            (&ct.ciphertext.0, &b"from b"[..]),
+            (&fresh.ciphertext.0, &b"after root rotation"[..]),
+        ] {
+            let d = node.decrypt(None, ct, None, None).await.unwrap();
+            assert_eq!(d.plaintext.expose(), plain);
+        }
+    }
+    let created_on_a = a
+        .create_key(&CreateKeyRequest {
+            spec: "SYMMETRIC_DEFAULT".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ct = a
+        .encrypt(&created_on_a.key_id, b"new key", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.decrypt(None, &ct.ciphertext.0, None, None)
+            .await
+            .unwrap()
+            .plaintext
+            .expose(),
+        b"new key"
+    );
+
+    // All three nodes wrote one audit chain: no gap, no fork.
+    let (status, verify, _) = raw(
+        &cluster.nodes[1].addr,
+        "GET",
+        "/v1/audit/verify",
+        Some(&cluster.root),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{verify}");
+    assert_eq!(verify["valid"], true, "{verify}");
+    let max: i64 = sql(|cl| {
+        cl.query_one(
+            &format!(
+                "SELECT max(seq) - count(*) FROM {}.keyward_audit",
+                scratch.0
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    });
+    assert_eq!(max, 0, "the sequence has a gap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_under_load_loses_no_request_and_no_data() {
+    let scratch = Scratch::new();
+    let mut cluster = Cluster::start(&scratch.url()).await;
+    let key = cluster
+        .client(0)
+        .create_key(&CreateKeyRequest {
+            spec: "SYMMETRIC_DEFAULT".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let client = std::sync::Arc::new(cluster.all());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let (client, stop, key_id) = (client.clone(), stop.clone(), key.key_id.clone());
+        workers.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let plain = format!("worker {w} message {i}");
+                // Every request must succeed: the client moves to a live node when its node dies.
+                let ct = client
+                    .encrypt(&key_id, plain.as_bytes(), None)
+                    .await
+                    .unwrap_or_else(|e| panic!("encrypt {i} failed: {e}"));
+                let d = client
+                    .decrypt(None, &ct.ciphertext.0, None, None)
+                    .await
+                    .unwrap_or_else(|e| panic!("decrypt {i} failed: {e}"));
+                assert_eq!(d.plaintext.expose(), plain.as_bytes());
+                done.push((plain, ct.ciphertext.0));
+                i += 1;
+            }
+            done
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    // The node the client is talking to dies without warning.
+    let victim = cluster.nodes[0].child.as_mut().unwrap();
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    assert!(all.len() > 50, "too little load: {}", all.len());
+    // Every ciphertext handed out decrypts on the surviving nodes.
+    let survivor = cluster.client(2);
+    for (plain, ct) in all.iter().step_by(7) {
+        let d = survivor.decrypt(None, ct, None, None).await.unwrap();
+        assert_eq!(d.plaintext.expose(), plain.as_bytes());
+    }
+    let (status, verify, _) = raw(
+        &cluster.nodes[1].addr,
+        "GET",
+        "/v1/audit/verify",
+        Some(&cluster.root),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{verify}");
+    assert_eq!(verify["valid"], true, "{verify}");
+}
+
+/// Runs the `keyward` CLI against a node; returns success, stdout and stderr.
+fn keyward_cli(addr: &str, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"));
+    cmd.args(args)
+        .env("KEYWARD_ADDR", addr)
+        .env_remove("KEYWARD_TOKEN");
+    if let Some(t) = token {
+        cmd.env("KEYWARD_TOKEN", t);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_then_restore_into_a_new_database_then_every_ciphertext_decrypts() {
+    let source = Scratch::new();
+    let cluster = Cluster::start(&source.url()).await;
+    let c = cluster.client(0);
+    let key = c
+        .create_key(&CreateKeyRequest {
+            spec: "SYMMETRIC_DEFAULT".into(),
+            alias: Some("alias/dr".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ct1 = c
+        .encrypt("alias/dr", b"before rotation", None)
+        .await
+        .unwrap();
+    c.key_action(&key.key_id, "rotate").await.unwrap();
+    let ct2 = cluster
+        .client(1)
+        .encrypt("alias/dr", b"after rotation", None)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keyward.backup");
+    let (ok, _, err) = keyward_cli(
+        &cluster.nodes[2].addr,
+        Some(&cluster.root),
+        &["operator", "backup", "--output", file.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    let backup = std::fs::read(&file).unwrap();
+    assert!(!backup.windows(8).any(|w| w == b"alias/dr"));
+    let shares_file = dir.path().join("shares");
+    std::fs::write(&shares_file, cluster.shares[1..].join("\n")).unwrap();
+    let (root, shares) = (cluster.root.clone(), cluster.shares.clone());
+    drop(cluster);
+
+    // The region is lost. A new database, a new node, started uninitialised.
+    let target = Scratch::new();
+    let node_dir = tempfile::tempdir().unwrap();
+    let node = Server::start(node_dir.path(), &["--store", &target.url()], &[]);
+    let restore = |input: &std::path::Path, with_shares: bool| {
+        let mut args = vec![
+            "--json",
+            "operator",
+            "restore",
+            "--input",
+            input.to_str().unwrap(),
+        ];
+        if with_shares {
+            args.extend(["--shares-file", shares_file.to_str().unwrap()]);
+        }
+        keyward_cli(&node.addr, None, &args)
+    };
+
+    // Without shares, corrupted, or another cluster's: refused with a clear error, and nothing is written.
+    let (ok, _, err) = restore(&file, false);
+    assert!(!ok);
+    assert!(err.contains("2 unseal shares"), "{err}");
+    let mut bad = backup.clone();
+    let n = bad.len();
+    bad[n / 2] ^= 0x40;
+    let corrupt = dir.path().join("corrupt.backup");
+    std::fs::write(&corrupt, &bad).unwrap();
+    let (ok, _, err) = restore(&corrupt, true);
+    assert!(!ok);
+    assert!(
+        err.contains("corrupted") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    let foreign_source = Scratch::new();
+    let foreign = Cluster::start(&foreign_source.url()).await;
+    let foreign_file = dir.path().join("foreign.backup");
+    std::fs::write(&foreign_file, foreign.client(0).backup().await.unwrap()).unwrap();
+    let (ok, _, err) = restore(&foreign_file, true);
+    assert!(!ok);
+    assert!(err.contains("another cluster"), "{err}");
+    assert_eq!(target.rows("keyward_keys"), 0);
+    assert_eq!(target.rows("keyward_meta"), 0);
+    assert_eq!(target.rows("keyward_audit"), 0);
+    assert!(!node.client(None).status().await.unwrap().initialized);
+
+    // With the original shares: restored and unsealed; every ciphertext decrypts, the old root token works.
+    let (ok, out, err) = restore(&file, true);
+    assert!(ok, "{err}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["restored_keys"], 1, "{out}");
+    assert_eq!(answer["initialized"], true, "{out}");
+    let c = node.client(Some(&root));
+    for (ct, plain) in [
+        (&ct1, &b"before rotation"[..]),
+        (&ct2, &b"after rotation"[..]),
+    ] {
+        let d = c.decrypt(None, &ct.ciphertext.0, None, None).await.unwrap();
+        assert_eq!(d.plaintext.expose(), plain);
+    }
+    assert_eq!(c.describe_key("alias/dr").await.unwrap().key_id, key.key_id);
+    // The audit chain came along and continues unbroken on the new node.
+    let (status, verify, _) = raw(&node.addr, "GET", "/v1/audit/verify", Some(&root), None).await;
+    assert_eq!(status, 200, "{verify}");
+    assert_eq!(verify["valid"], true, "{verify}");
+    // A second node joining the restored database unseals with the same original shares.
+    let second_dir = tempfile::tempdir().unwrap();
+    let second = Server::start(second_dir.path(), &["--store", &target.url()], &[]);
+    let s = second.client(None);
+    s.unseal(&shares[0]).await.unwrap();
+    assert!(!s.unseal(&shares[2]).await.unwrap().sealed);
+    let d = second
+        .client(Some(&root))
+        .decrypt(None, &ct2.ciphertext.0, None, None)
+        .await
+        .unwrap();
+    assert_eq!(d.plaintext.expose(), b"after rotation");
+}
+
+/// A database of its own, which a test can cut off from its nodes as a PostgreSQL restart would.
+struct ScratchDb(String);
+
+impl ScratchDb {
+    fn new() -> ScratchDb {
+        let name = format!("kwcli_db_{}_{}", std::process::id(), free_suffix());
+        sql(|c| c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap());
+        ScratchDb(name)
+    }
+    fn url(&self) -> String {
+        let base = base_url();
+        let (head, query) = match base.split_once('?') {
+            Some((h, q)) => (h.to_string(), format!("?{q}")),
+            None => (base.clone(), String::new()),
+        };
+        let (server, _) = head.rsplit_once('/').unwrap();
+        format!("{server}/{}{query}", self.0)
+    }
+    /// Refuses new connections and ends the open ones: the database is gone until `up`.
+    fn down(&self) {
+        sql(|c| {
+            c.batch_execute(&format!(
+                "ALTER DATABASE {0} ALLOW_CONNECTIONS false; \
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{0}'",
+                self.0
+            ))
+            .unwrap()
+        });
+    }
+    fn up(&self) {
+        sql(|c| {
+            c.batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", self.0))
+                .unwrap()
+        });
+    }
+}
+
+impl Drop for ScratchDb {
+    fn drop(&mut self) {
+        sql(|c| {
+            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0));
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_under_load_fails_cleanly_and_recovers_by_itself() {
+    let db = ScratchDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("KEYWARD_DEV_ROOT_TOKEN", ROOT)];
+    let server = Server::start(dir.path(), &["--dev", "--store", &db.url()], &env);
+    let key = server
+        .root()
+        .create_key(&CreateKeyRequest {
+            spec: "SYMMETRIC_DEFAULT".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    #[derive(Default)]
+    struct Seen {
+        ok: Vec<(String, Vec<u8>)>,
+        unavailable: usize,
+        /// Whether the last request of the run succeeded.
+        last_ok: bool,
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let (client, stop, key_id) = (server.root(), stop.clone(), key.key_id.clone());
+        workers.push(tokio::spawn(async move {
+            let mut seen = Seen::default();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let plain = format!("w{w} #{i}");
+                i += 1;
+                match client.encrypt(&key_id, plain.as_bytes(), None).await {
+                    Ok(ct) => {
+                        seen.ok.push((plain, ct.ciphertext.0));
+                        seen.last_ok = true;
+                    }
+                    // The only acceptable failure: a clean 503 while the database is away.
+                    Err(keyward_client::Error::Api {
+                        status: 503, code, ..
+                    }) => {
+                        assert_eq!(code, "Unavailable");
+                        seen.unavailable += 1;
+                        seen.last_ok = false;
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    Err(e) => panic!("request {i} of worker {w}: {e}"),
+                }
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    db.down();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    db.up();
+    // Nobody restarts anything: the node reconnects by itself.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut unavailable = 0;
+    for w in workers {
+        let seen = w.await.unwrap();
+        assert!(
+            seen.last_ok,
+            "a worker was still failing after the database came back"
+        );
+        unavailable += seen.unavailable;
+        all.extend(seen.ok);
+    }
+    assert!(unavailable > 0, "the outage was not noticed");
+    // Every ciphertext the node handed out decrypts, and the audit chain has no half-written batch.
+    let c = server.root();
+    for (plain, ct) in &all {
+        let d = c.decrypt(None, ct, None, None).await.unwrap();
+        assert_eq!(d.plaintext.expose(), plain.as_bytes());
+    }
+    let (status, verify, _) = raw(&server.addr, "GET", "/v1/audit/verify", Some(ROOT), None).await;
+    assert_eq!(status, 200, "{verify}");
+    assert_eq!(verify["valid"], true, "{verify}");
 }

@@ -1,9 +1,10 @@
 //! Async client of the Keyward REST API.
 //!
 //! Give it one or more endpoints (`KEYWARD_ADDR`, comma-separated): a request that cannot connect to one node
-//! moves on to the next, and the client remembers the node that answered. A request that reached a node is
-//! never retried elsewhere, so a non-idempotent call is never applied twice. API errors come back typed, with
-//! the contract's error code.
+//! moves on to the next, and the client remembers the node that answered. A sealed node is skipped the same
+//! way. A request whose connection broke after it was sent is retried on another node only when repeating it
+//! is harmless (reads and cryptographic operations, which change no state); a management call is never
+//! applied twice. API errors come back typed, with the contract's error code.
 
 pub mod envelope;
 
@@ -207,17 +208,27 @@ impl Client {
                     .header("content-type", "application/json")
                     .body(b.clone());
             }
-            match req.send().await {
+            let repeatable = repeatable(&method, path);
+            let answer = match req.send().await {
                 Ok(resp) => {
-                    self.current.store(i, Ordering::Relaxed);
                     let status = resp.status();
-                    let bytes = resp
-                        .bytes()
-                        .await
-                        .map_err(|e| Error::Transport(e.to_string()))?;
+                    resp.bytes().await.map(|b| (status, b))
+                }
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok((status, bytes)) => {
+                    if status == StatusCode::SERVICE_UNAVAILABLE
+                        && attempt + 1 < n
+                        && is_sealed_answer(&bytes)
+                    {
+                        last_err = format!("{base}: sealed");
+                        continue;
+                    }
+                    self.current.store(i, Ordering::Relaxed);
                     return Ok((status, bytes.to_vec()));
                 }
-                Err(e) if e.is_connect() => {
+                Err(e) if e.is_connect() || repeatable => {
                     last_err = format!("{base}: {}", chain(&e));
                     continue;
                 }
@@ -290,6 +301,15 @@ impl Client {
     /// `POST /v1/sys/rotate-root`.
     pub async fn rotate_root(&self) -> Result<RotateRootResponse> {
         self.post_empty("/v1/sys/rotate-root").await
+    }
+    /// `POST /v1/sys/backup`: the encrypted snapshot's bytes.
+    pub async fn backup(&self) -> Result<Vec<u8>> {
+        let r: BackupResponse = self.post_empty("/v1/sys/backup").await?;
+        Ok(r.backup.0)
+    }
+    /// `POST /v1/sys/restore`.
+    pub async fn restore(&self, req: &RestoreRequest) -> Result<RestoreResponse> {
+        self.post("/v1/sys/restore", req).await
     }
     /// `GET /metrics`.
     pub async fn metrics(&self) -> Result<String> {
@@ -523,6 +543,36 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Whether a request may be sent again after its connection broke mid-way: it either never reached the node
+/// or changed nothing there. Cryptographic operations qualify; an encrypt repeated yields a second,
+/// equally valid ciphertext and the first one was never delivered.
+fn repeatable(method: &Method, path: &str) -> bool {
+    if method == Method::GET || method == Method::HEAD {
+        return true;
+    }
+    const CRYPTO: [&str; 12] = [
+        "/encrypt",
+        "/decrypt",
+        "/reencrypt",
+        "/data-key",
+        "/data-key-pair",
+        "/sign",
+        "/verify",
+        "/mac",
+        "/verify-mac",
+        "/derive",
+        "/public-key",
+        "/v1/random",
+    ];
+    method == Method::POST && CRYPTO.iter().any(|suffix| path.ends_with(suffix))
+}
+
+fn is_sealed_answer(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .is_some_and(|v| v["error"]["code"] == "Sealed")
 }
 
 /// Placeholder for endpoints that answer `204` or an object the caller ignores.

@@ -358,13 +358,21 @@ impl AuditWriter {
         };
         let mut all = std::mem::take(&mut self.held);
         all.extend(batch);
-        let result = self.chain(&key, &all).and_then(|chained| {
-            let rows: Vec<AuditRow> = chained.iter().map(|(r, _)| r.clone()).collect();
-            transact(self.kms.store.as_ref(), |tx: &mut dyn Tx| {
-                tx.append_audit(&rows)
-            })?;
-            Ok(chained)
-        });
+        let moved = self
+            .kms
+            .audit_moved
+            .swap(false, std::sync::atomic::Ordering::AcqRel);
+        let result = if moved || self.kms.store.shared() {
+            self.write_shared(&key, &all)
+        } else {
+            self.chain(&key, &all).and_then(|chained| {
+                let rows: Vec<AuditRow> = chained.iter().map(|(r, _)| r.clone()).collect();
+                transact(self.kms.store.as_ref(), |tx: &mut dyn Tx| {
+                    tx.append_audit(&rows)
+                })?;
+                Ok(chained)
+            })
+        };
         match result {
             Ok(chained) => {
                 if let Some((last, hash)) = chained.last() {
@@ -396,6 +404,36 @@ impl AuditWriter {
                 let _ = self.reload_tail();
             }
         }
+    }
+
+    /// Several nodes append to one chain: inside the transaction (which holds the store's writer lock) the
+    /// head is read again and the batch chained onto it, so sequence numbers come from the database and the
+    /// chain can neither fork nor leave a gap.
+    fn write_shared(
+        &mut self,
+        key: &KeyHandle,
+        batch: &[Pending],
+    ) -> KmsResult<Vec<(AuditRow, String)>> {
+        let store = self.kms.store.clone();
+        transact(store.as_ref(), |tx: &mut dyn Tx| {
+            match tx.audit_tail()? {
+                Some(row) if row.seq + 1 != self.next_seq => {
+                    let rec: AuditRecord = serde_json::from_str(&row.record)
+                        .map_err(|_| crate::engine::corrupt("audit record"))?;
+                    self.next_seq = row.seq + 1;
+                    self.last_hash = rec.hash;
+                }
+                Some(_) => {}
+                None => {
+                    self.next_seq = 1;
+                    self.last_hash = GENESIS.to_string();
+                }
+            }
+            let chained = self.chain(key, batch)?;
+            let rows: Vec<AuditRow> = chained.iter().map(|(r, _)| r.clone()).collect();
+            tx.append_audit(&rows)?;
+            Ok(chained)
+        })
     }
 
     /// Brings every sink up to the store's last record.

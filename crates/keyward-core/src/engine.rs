@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::{CachedKey, CachedVersion, KeyIdHash, ShardedMap};
 use crate::clock::Clock;
+use crate::cluster::Freshness;
 use crate::error::{ErrorCode, KmsError, KmsResult};
 use crate::model::{KeyState, Origin, VersionState};
 use crate::shamir;
@@ -53,10 +54,10 @@ impl RootOfTrust {
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-struct InitRecord {
-    root_of_trust: RootOfTrust,
-    shares: u8,
-    threshold: u8,
+pub(crate) struct InitRecord {
+    pub(crate) root_of_trust: RootOfTrust,
+    pub(crate) shares: u8,
+    pub(crate) threshold: u8,
     created_at: i64,
 }
 
@@ -87,7 +88,7 @@ pub struct SealStatus {
 pub(crate) struct Keyring {
     pub root: KeyHandle,
     pub generation: u32,
-    unseal_kek: KeyHandle,
+    pub(crate) unseal_kek: KeyHandle,
     /// HMAC key of the audit chain, derived from the unseal key so root rotation does not change it.
     audit: KeyHandle,
     /// Ed25519 key that signs audit checkpoints, also derived from the unseal key.
@@ -137,6 +138,10 @@ pub struct Kms {
     pub(crate) cache: ShardedMap<[u8; 16], Arc<CachedKey>, KeyIdHash>,
     pub(crate) aliases: ShardedMap<String, [u8; 16]>,
     cache_misses: std::sync::atomic::AtomicU64,
+    pub(crate) freshness: Arc<Freshness>,
+    /// Set when the stored audit chain changed under the writer (a restore): its next batch re-reads the
+    /// head inside its transaction.
+    pub(crate) audit_moved: AtomicBool,
 }
 
 /// PKCS#8 v1 prefix of an Ed25519 private key (RFC 8410), followed by the 32-byte seed.
@@ -149,8 +154,14 @@ pub(crate) fn version_aad(key_id: &str, version: u32) -> Vec<u8> {
     format!("keyward:key:{key_id}:{version}").into_bytes()
 }
 
-fn root_aad(generation: u32) -> Vec<u8> {
+pub(crate) fn root_aad(generation: u32) -> Vec<u8> {
     format!("keyward:root:{generation}").into_bytes()
+}
+
+/// Parses a stored root record into its generation and wrapped key.
+pub(crate) fn parse_root(json: &[u8]) -> KmsResult<(u32, Vec<u8>)> {
+    let rec: RootRecord = serde_json::from_slice(json).map_err(|_| corrupt("root record"))?;
+    Ok((rec.generation, unb64(&rec.wrapped)?))
 }
 
 pub(crate) fn b64(bytes: &[u8]) -> String {
@@ -196,7 +207,6 @@ impl Kms {
         };
         Ok(Kms {
             hsm,
-            store,
             clock,
             config,
             seal: RwLock::new(seal),
@@ -204,6 +214,9 @@ impl Kms {
             cache: ShardedMap::new(),
             aliases: ShardedMap::new(),
             cache_misses: Default::default(),
+            freshness: Arc::new(Freshness::new(store.shared())),
+            audit_moved: AtomicBool::new(false),
+            store,
         })
     }
 
@@ -446,21 +459,7 @@ impl Kms {
                 "this service does not use unseal shares",
             ));
         }
-        let mut seen = std::collections::BTreeSet::new();
-        let mut shares = Vec::new();
-        for s in shares_b64 {
-            let (x, share) = shamir::decode(s)?;
-            if seen.insert(x) {
-                shares.push(share);
-            }
-        }
-        if shares.len() < init.threshold as usize {
-            return Err(KmsError::validation(format!(
-                "{} distinct shares are needed",
-                init.threshold
-            )));
-        }
-        let key = shamir::combine(&shares, init.threshold)?;
+        let key = shamir::combine_encoded(shares_b64, init.threshold)?;
         let kek = self
             .hsm
             .import_plaintext(KeySpec::Aes256, &key, &KeyAttributes::internal())?;
@@ -653,13 +652,53 @@ impl Kms {
         Ok(generation)
     }
 
+    /// Swaps in a root key another node rotated to; everything else in the keyring stays.
+    pub(crate) fn replace_root(&self, root: KeyHandle, generation: u32) {
+        let mut seal = self.seal.write();
+        if let SealState::Unsealed { init, keyring } = &*seal {
+            if keyring.generation >= generation {
+                return;
+            }
+            let next = Arc::new(Keyring {
+                root,
+                generation,
+                unseal_kek: keyring.unseal_kek.clone(),
+                audit: keyring.audit.clone(),
+                checkpoint: keyring.checkpoint.clone(),
+                secrets: keyring.secrets.clone(),
+            });
+            *seal = SealState::Unsealed {
+                init: *init,
+                keyring: next,
+            };
+        }
+    }
+
+    /// Another node initialised the store (or a backup was restored into it): this node becomes sealed,
+    /// waiting for the shares, instead of offering to initialise again.
+    pub(crate) fn reload_init(&self) -> KmsResult<()> {
+        let init = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            tx.get_meta(SYS, "init")
+        })?;
+        let mut seal = self.seal.write();
+        if let (SealState::Uninitialized, Some(bytes)) = (&*seal, init) {
+            *seal = SealState::Sealed {
+                init: serde_json::from_slice(&bytes).map_err(|_| corrupt("init record"))?,
+                progress: Vec::new(),
+            };
+        }
+        Ok(())
+    }
+
     /// Loads a key snapshot from the store into the cache (or returns the cached one).
     pub(crate) fn load(&self, id: &[u8; 16]) -> KmsResult<Arc<CachedKey>> {
         if self.is_sealed() {
             return Err(KmsError::sealed());
         }
         if let Some(k) = self.cache.get(id) {
-            return Ok(k);
+            if self.freshness.trusted() {
+                return Ok(k);
+            }
         }
         self.cache_misses.fetch_add(1, Ordering::Relaxed);
         self.reload(id)

@@ -5,9 +5,11 @@
 //! HTTP statuses; stores and HSMs plug in behind their traits.
 
 pub mod audit;
+pub mod backup;
 mod cache;
 pub mod ciphertext;
 mod clock;
+pub mod cluster;
 mod engine;
 mod error;
 mod import;

@@ -259,7 +259,9 @@ impl Kms {
             Some(name) => {
                 let name = name?;
                 if let Some(id) = self.aliases.get(&name) {
-                    return Ok(id);
+                    if self.freshness.trusted() {
+                        return Ok(id);
+                    }
                 }
                 let key_id = transact(self.store.as_ref(), |tx: &mut dyn Tx| tx.get_alias(&name))?
                     .ok_or_else(|| KmsError::not_found(format!("{name} does not exist")))?;
@@ -581,6 +583,18 @@ impl Kms {
 
     /// Adds a new version with fresh material and makes it primary.
     pub fn rotate_key(&self, key_ref: &str) -> KmsResult<KeyInfo> {
+        self.rotate(key_ref, false)?
+            .ok_or_else(|| KmsError::invalid_state("the key was not rotated"))
+    }
+
+    /// Rotates only if the key is still due when the transaction reads it: another node (or an earlier
+    /// run) may have rotated it since the due list was read, and a key must never be rotated twice for one
+    /// period.
+    fn rotate_if_due(&self, key_ref: &str) -> KmsResult<bool> {
+        Ok(self.rotate(key_ref, true)?.is_some())
+    }
+
+    fn rotate(&self, key_ref: &str, only_if_due: bool) -> KmsResult<Option<KeyInfo>> {
         let key = self.load(&self.resolve(key_ref)?)?;
         if key.origin == Origin::External {
             return Err(KmsError::invalid_state(
@@ -597,8 +611,11 @@ impl Kms {
             if state != KeyState::Enabled {
                 return Err(state_error(state, &rec.key_id));
             }
+            if only_if_due && rec.next_rotation_at.is_none_or(|t| t > now) {
+                return Ok(None);
+            }
             self.add_primary_version(tx, rec, versions, &material, now)?;
-            info_in_tx(tx, rec)
+            info_in_tx(tx, rec).map(Some)
         })
     }
 
@@ -833,8 +850,8 @@ impl Kms {
                 work.destroyed.push(key_id);
             } else if rec.state == KeyState::Enabled.as_str()
                 && rec.next_rotation_at.is_some_and(|t| t <= now)
+                && self.rotate_if_due(&key_id)?
             {
-                self.rotate_key(&key_id)?;
                 work.rotated.push(key_id);
             }
         }

@@ -50,6 +50,25 @@ pub fn encode(share: &SecretBytes) -> String {
     base64::engine::general_purpose::STANDARD.encode(share.expose())
 }
 
+/// Decodes base64 shares as operators hand them in, ignores repeats of one share, and combines them once
+/// at least `threshold` distinct ones are there.
+pub fn combine_encoded(shares_b64: &[String], threshold: u8) -> KmsResult<SecretBytes> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut shares = Vec::new();
+    for s in shares_b64 {
+        let (x, share) = decode(s)?;
+        if seen.insert(x) {
+            shares.push(share);
+        }
+    }
+    if shares.len() < threshold as usize {
+        return Err(KmsError::validation(format!(
+            "{threshold} distinct shares are needed"
+        )));
+    }
+    combine(&shares, threshold)
+}
+
 /// Combines at least `threshold` distinct shares.
 pub fn combine(shares: &[SecretBytes], threshold: u8) -> KmsResult<SecretBytes> {
     let parsed: Vec<Share> = shares

@@ -29,6 +29,8 @@ use crate::{handlers, Config};
 
 /// Largest request body (API: 1 MiB).
 pub const MAX_BODY: usize = 1024 * 1024;
+/// Body limit of `POST /v1/sys/restore`, which carries a whole backup.
+pub const MAX_BACKUP_BODY: usize = 1024 * 1024 * 1024;
 
 /// Everything a request handler needs.
 pub struct App {
@@ -85,7 +87,7 @@ pub type AppState = Arc<App>;
 impl App {
     /// Assembles the state.
     pub fn new(kms: Arc<Kms>, audit: AuditLog, config: Config, node_id: String) -> Self {
-        let auth = Auth::new(kms_store(&kms));
+        let auth = Auth::new(kms_store(&kms), kms.freshness());
         App {
             limiter: Limiter::new(config.rate_limit_per_second, config.rate_limit_burst),
             kms,
@@ -635,6 +637,11 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/sys/seal", post(sys::seal))
         .route("/v1/sys/generate-root", post(sys::generate_root))
         .route("/v1/sys/rotate-root", post(sys::rotate_root))
+        .route("/v1/sys/backup", post(sys::backup))
+        .route(
+            "/v1/sys/restore",
+            post(sys::restore).layer(DefaultBodyLimit::max(MAX_BACKUP_BODY)),
+        )
         .route("/v1/openapi.json", get(sys::openapi))
         .route("/metrics", get(sys::metrics))
         .route("/v1/keys", post(keys::create).get(keys::list))

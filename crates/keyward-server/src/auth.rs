@@ -8,16 +8,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::Engine as _;
+use keyward_core::cluster::Freshness;
 use keyward_core::{ErrorCode, KmsError, KmsResult};
 use keyward_store::{transact, Store, Tx};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::authz::Role;
-use crate::convert::hex;
+use crate::convert::{hex, unhex};
 use crate::error::ApiError;
 
-const TOKENS: &str = "token";
+pub(crate) const TOKENS: &str = "token";
 const TOKEN_IDS: &str = "token_id";
 
 /// Who is calling.
@@ -75,6 +76,8 @@ pub struct TokenRecord {
 /// Token issuing and checking.
 pub struct Auth {
     store: Arc<dyn Store>,
+    /// Whether cached principals are known to be current (other nodes may revoke tokens).
+    freshness: Arc<Freshness>,
     /// Sharded by the hash's first byte so concurrent requests rarely share a lock.
     cache: Vec<RwLock<HashMap<[u8; 32], Arc<Principal>>>>,
 }
@@ -101,9 +104,10 @@ fn unauthenticated() -> ApiError {
 
 impl Auth {
     /// Token checks over a store.
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn Store>, freshness: Arc<Freshness>) -> Self {
         Auth {
             store,
+            freshness,
             cache: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
         }
     }
@@ -186,7 +190,11 @@ impl Auth {
             return Err(unauthenticated());
         }
         let hash = token_hash(token);
-        let cached = self.cache[shard(&hash)].read().get(&hash).cloned();
+        let cached = if self.freshness.trusted() {
+            self.cache[shard(&hash)].read().get(&hash).cloned()
+        } else {
+            None
+        };
         let principal = match cached {
             Some(p) => p,
             None => {
@@ -232,6 +240,23 @@ impl Auth {
             s.write().retain(|_, p| p.token_id != token_id);
         }
         Ok(hash.is_some())
+    }
+
+    /// Forgets the cached principal of a token whose stored record changed on another node; `hash_hex` is
+    /// the record's name.
+    pub fn forget(&self, hash_hex: &str) {
+        let Some(bytes) = unhex(hash_hex) else { return };
+        let Ok(hash) = <[u8; 32]>::try_from(bytes.as_slice()) else {
+            return;
+        };
+        self.cache[shard(&hash)].write().remove(&hash);
+    }
+
+    /// Drops every cached principal.
+    pub fn forget_all(&self) {
+        for s in &self.cache {
+            s.write().clear();
+        }
     }
 
     /// Whether any token exists (the service was bootstrapped).

@@ -30,6 +30,7 @@ use config::StoreLocation;
 use keyward_core::audit::{AuditEvent, AuditLog};
 use keyward_core::{Kms, KmsConfig, RootOfTrust, SecretBytes, SystemClock};
 use keyward_hsm_soft::SoftHsm;
+use keyward_store::Change;
 use keyward_store_postgres::{PgOptions, PgStore};
 use keyward_store_sqlite::SqliteStore;
 
@@ -214,7 +215,14 @@ pub fn build(config: Config) -> Result<(AppState, Startup), String> {
     }
     let audit = AuditLog::start_with_sinks(kms.clone(), sinks).map_err(|e| e.to_string())?;
     let dev = config.dev;
+    let feed = kms
+        .store_handle()
+        .change_feed()
+        .map_err(|e| format!("cannot follow the store's changes: {e}"))?;
     let app = Arc::new(App::new(kms.clone(), audit, config, node));
+    if let Some(feed) = feed {
+        follow_changes(Arc::downgrade(&app), feed)?;
+    }
     if dev {
         dev_bootstrap(&kms, &app.auth, &app.config, &mut startup)?;
     } else {
@@ -236,6 +244,59 @@ pub fn build(config: Config) -> Result<(AppState, Startup), String> {
     Ok((app, startup))
 }
 
+/// How long a poll of the change feed waits for a notification before reading the log anyway.
+const FEED_WAIT: Duration = Duration::from_millis(250);
+
+/// Follows other nodes' changes on a thread of its own for as long as the app lives: each poll's changes are
+/// applied to the engine's and the server's caches, then the caches are confirmed fresh as of the poll's
+/// start. A failed poll stops trusting the caches at once, so while the database is unreachable every
+/// lookup asks the store (and fails cleanly) instead of serving what may have changed.
+fn follow_changes(
+    app: std::sync::Weak<App>,
+    mut feed: Box<dyn keyward_store::ChangeFeed>,
+) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("keyward-changes".into())
+        .spawn(move || loop {
+            let started = std::time::Instant::now();
+            let polled = feed.poll(FEED_WAIT);
+            let Some(app) = app.upgrade() else { return };
+            let freshness = app.kms.freshness();
+            match polled {
+                Ok(changes) => {
+                    let applied = app.kms.apply_changes(&changes);
+                    for c in &changes {
+                        match c {
+                            Change::Meta { ns, name } if ns == auth::TOKENS => {
+                                app.auth.forget(name)
+                            }
+                            Change::Meta { ns, name } if ns == handlers::policies::POLICIES => {
+                                app.policies.forget(name)
+                            }
+                            Change::Everything => {
+                                app.auth.forget_all();
+                                app.policies.forget_all();
+                            }
+                            _ => {}
+                        }
+                    }
+                    if applied.is_ok() {
+                        freshness.confirm(started);
+                    } else {
+                        freshness.revoke();
+                    }
+                }
+                Err(_) => {
+                    freshness.revoke();
+                    drop(app);
+                    std::thread::sleep(FEED_WAIT);
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the change feed thread: {e}"))
+}
+
 async fn background(app: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(
         app.config.background_interval_seconds.max(1),
@@ -247,6 +308,12 @@ async fn background(app: AppState) {
         }
         let a = app.clone();
         let _ = tokio::task::spawn_blocking(move || {
+            // On a shared store one node leads; the others stand by until it goes away.
+            let store = a.kms.store_handle();
+            if !store.leads().unwrap_or(false) {
+                return;
+            }
+            let _ = store.housekeeping();
             let Ok(work) = a.kms.run_due_work() else {
                 return;
             };

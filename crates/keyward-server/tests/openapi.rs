@@ -13,6 +13,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/sys/seal"),
     ("post", "/v1/sys/generate-root"),
     ("post", "/v1/sys/rotate-root"),
+    ("post", "/v1/sys/backup"),
+    ("post", "/v1/sys/restore"),
     ("get", "/metrics"),
     ("get", "/v1/openapi.json"),
     ("post", "/v1/keys"),

@@ -17,15 +17,18 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use keyward_store::{
-    AuditQuery, AuditRow, KeyRecord, Store, StoreError, StoreResult, Tx, VersionRecord,
+    AuditQuery, AuditRow, Change, ChangeFeed, KeyRecord, Store, StoreError, StoreResult, Tx,
+    VersionRecord,
 };
 use parking_lot::{Condvar, Mutex};
 use postgres::error::SqlState;
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE keyward_keys (
     key_id TEXT PRIMARY KEY,
     state TEXT NOT NULL,
@@ -65,18 +68,27 @@ CREATE TABLE keyward_audit (
     outcome TEXT NOT NULL,
     record TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE keyward_changes (
+    seq BIGSERIAL PRIMARY KEY,
+    at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    kind TEXT NOT NULL,
+    a TEXT NOT NULL,
+    b TEXT NOT NULL
+);
+"#,
+];
 
 /// With the schema's hash, the advisory lock every transaction holds ("KWWR"): one per deployment, so
 /// deployments in other schemas of the same database do not wait on each other.
 const WRITE_LOCK: i32 = 0x4b57_5752;
 /// With the schema's hash, the lock held for the session while migrations run ("KWMG").
 const MIGRATE_LOCK: i32 = 0x4b57_4d47;
-/// How often a node confirms, on its way into a transaction, that it still holds its database.
-const LEASE_CHECK: Duration = Duration::from_secs(1);
-/// With the schema's hash, the lock held for its whole life by the node that serves the schema alone (see
-/// [`PgOptions::exclusive`]).
-const NODE_LOCK: i32 = 0x4b57_4e4c;
+/// With the schema's hash, the lock held for the session by the node that runs background jobs ("KWJB").
+const JOBS_LOCK: i32 = 0x4b57_4a42;
+/// How long the change log keeps a record: a node whose feed falls further behind drops all its caches.
+const CHANGE_RETENTION: &str = "1 hour";
 
 /// Tunables of the connection pool.
 #[derive(Clone, Debug)]
@@ -88,10 +100,6 @@ pub struct PgOptions {
     pub acquire_timeout: Duration,
     /// The schema that holds Keyward's tables; `None` uses the role's default search path.
     pub schema: Option<String>,
-    /// Refuse to open while another process holds the database this way. A node caches keys and chains
-    /// audit records in memory, so two nodes on one database would each serve their own view of a key's
-    /// state; until the nodes share cache invalidation and audit sequencing, a second node is refused.
-    pub exclusive: bool,
 }
 
 impl Default for PgOptions {
@@ -100,7 +108,6 @@ impl Default for PgOptions {
             max_connections: 8,
             acquire_timeout: Duration::from_secs(10),
             schema: None,
-            exclusive: true,
         }
     }
 }
@@ -116,10 +123,8 @@ pub struct PgStore {
     config: postgres::Config,
     options: PgOptions,
     idle: Mutex<Vec<Conn>>,
-    /// The connection holding the node lock, for an exclusive store.
+    /// The connection holding the jobs lock while this node leads.
     lease: Mutex<Option<Conn>>,
-    /// When the lease was last confirmed.
-    lease_checked: Mutex<Option<std::time::Instant>>,
     /// Connections handed out or idle; guarded with `idle`'s condition variable.
     open: Mutex<usize>,
     freed: Condvar,
@@ -181,16 +186,10 @@ impl PgStore {
             },
             idle: Mutex::new(Vec::new()),
             lease: Mutex::new(None),
-            lease_checked: Mutex::new(None),
             open: Mutex::new(0),
             freed: Condvar::new(),
         };
         blocking(|| store.migrate())?;
-        if store.options.exclusive {
-            let conn = blocking(|| store.take_lease())?;
-            *store.lease.lock() = Some(conn);
-            *store.lease_checked.lock() = Some(std::time::Instant::now());
-        }
         Ok(store)
     }
 
@@ -263,56 +262,29 @@ impl PgStore {
         self.freed.notify_one();
     }
 
-    fn take_lease(&self) -> StoreResult<Conn> {
+    /// Holds the jobs lock on a connection of its own, for as long as that session lives: a node that dies
+    /// or loses its connection releases it, and another node's next [`Store::leads`] takes it over.
+    fn lead(&self) -> StoreResult<bool> {
+        let mut lease = self.lease.lock();
+        if let Some(conn) = lease.as_mut() {
+            if conn.client.simple_query("SELECT 1").is_ok() {
+                return Ok(true);
+            }
+            drop(lease.take());
+        }
         let mut conn = self.connect()?;
         let got: bool = conn
             .client
             .query_one(
                 "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))",
-                &[&NODE_LOCK],
+                &[&JOBS_LOCK],
             )
             .and_then(|row| row.try_get(0))
-            .map_err(|e| unavailable("node lock", &e))?;
-        if !got {
-            return Err(StoreError::Conflict(
-                "another Keyward node is serving this PostgreSQL database (schema); one node per database"
-                    .into(),
-            ));
+            .map_err(|e| unavailable("jobs lock", &e))?;
+        if got {
+            *lease = Some(conn);
         }
-        Ok(conn)
-    }
-
-    /// Confirms, at most once per [`LEASE_CHECK`], that this node still holds its database. A lease lost
-    /// with its connection (PostgreSQL restarted, a failover, a terminated backend) is taken again; if
-    /// another node took it meanwhile, this node refuses to work on the database rather than serve a view of
-    /// it that the other node is changing.
-    fn check_lease(&self) -> StoreResult<()> {
-        if !self.options.exclusive {
-            return Ok(());
-        }
-        if self
-            .lease_checked
-            .lock()
-            .is_some_and(|t| t.elapsed() < LEASE_CHECK)
-        {
-            return Ok(());
-        }
-        let mut lease = self.lease.lock();
-        let alive = match lease.as_mut() {
-            Some(c) => c.client.simple_query("SELECT 1").is_ok(),
-            None => false,
-        };
-        if !alive {
-            drop(lease.take());
-            *lease = Some(self.take_lease().map_err(|e| match e {
-                StoreError::Conflict(_) => StoreError::Unavailable(
-                    "this node lost its hold on the PostgreSQL database to another node".into(),
-                ),
-                other => other,
-            })?);
-        }
-        *self.lease_checked.lock() = Some(std::time::Instant::now());
-        Ok(())
+        Ok(got)
     }
 
     fn migrate(&self) -> StoreResult<()> {
@@ -381,9 +353,31 @@ impl Store for PgStore {
         "postgres"
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn change_feed(&self) -> StoreResult<Option<Box<dyn ChangeFeed>>> {
+        let feed = blocking(|| PgFeed::open(self))?;
+        Ok(Some(Box::new(feed)))
+    }
+
+    fn leads(&self) -> StoreResult<bool> {
+        blocking(|| self.lead())
+    }
+
+    fn housekeeping(&self) -> StoreResult<()> {
+        let mut conn = blocking(|| self.acquire())?;
+        let sql =
+            format!("DELETE FROM keyward_changes WHERE at < now() - interval '{CHANGE_RETENTION}'");
+        let out = blocking(|| conn.client.batch_execute(&sql))
+            .map_err(|e| unavailable("housekeeping", &e));
+        self.release(conn);
+        out
+    }
+
     fn begin(&self) -> StoreResult<Box<dyn Tx + '_>> {
         blocking(|| {
-            self.check_lease()?;
             let mut conn = self.acquire()?;
             let started = conn
                 .client
@@ -397,6 +391,7 @@ impl Store for PgStore {
                     store: self,
                     conn: Some(conn),
                     failed: false,
+                    changes: Vec::new(),
                 }) as Box<dyn Tx + '_>),
                 Err(e) => {
                     // The connection may be half-way into a transaction: never reuse it.
@@ -414,6 +409,8 @@ struct PgTx<'a> {
     conn: Option<Conn>,
     /// A statement failed: PostgreSQL has aborted the transaction, and `COMMIT` would quietly roll it back.
     failed: bool,
+    /// What this transaction changed, written to the change log with the commit: (kind, a, b).
+    changes: Vec<(&'static str, String, String)>,
 }
 
 impl Drop for PgTx<'_> {
@@ -475,6 +472,39 @@ fn ended() -> StoreError {
 }
 
 impl PgTx<'_> {
+    fn changed(&mut self, kind: &'static str, a: &str, b: &str) {
+        if !self
+            .changes
+            .iter()
+            .any(|(k, x, y)| *k == kind && x == a && y == b)
+        {
+            self.changes.push((kind, a.to_string(), b.to_string()));
+        }
+    }
+
+    /// Writes the change log rows and wakes the other nodes' feeds; both take effect with the commit.
+    fn publish_changes(&mut self) -> StoreResult<()> {
+        if self.changes.is_empty() {
+            return Ok(());
+        }
+        let changes = std::mem::take(&mut self.changes);
+        let kinds: Vec<&str> = changes.iter().map(|c| c.0).collect();
+        let a: Vec<&str> = changes.iter().map(|c| c.1.as_str()).collect();
+        let b: Vec<&str> = changes.iter().map(|c| c.2.as_str()).collect();
+        self.query(
+            "changes",
+            "INSERT INTO keyward_changes (kind, a, b)
+             SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[])",
+            &[&kinds, &a, &b],
+        )?;
+        self.query(
+            "notify",
+            "SELECT pg_notify('keyward_' || current_schema(), '')",
+            &[],
+        )?;
+        Ok(())
+    }
+
     /// Runs a fixed statement, prepared once per connection.
     fn query(
         &mut self,
@@ -566,6 +596,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn put_key(&mut self, key: &KeyRecord) -> StoreResult<()> {
+        self.changed("key", &key.key_id, "");
         let json =
             serde_json::to_string(key).map_err(|_| StoreError::Corrupt("key encode".into()))?;
         self.query(
@@ -623,6 +654,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn put_version(&mut self, v: &VersionRecord) -> StoreResult<()> {
+        self.changed("key", &v.key_id, "");
         self.query(
             "put_version",
             "INSERT INTO keyward_versions (key_id, version, state, created_at, destroyed_at, material, root_generation)
@@ -665,6 +697,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn put_alias(&mut self, name: &str, key_id: &str) -> StoreResult<()> {
+        self.changed("alias", name, "");
         self.query(
             "put_alias",
             "INSERT INTO keyward_aliases (name, key_id) VALUES ($1, $2)
@@ -675,6 +708,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn delete_alias(&mut self, name: &str) -> StoreResult<bool> {
+        self.changed("alias", name, "");
         let rows = self.query(
             "delete_alias",
             "DELETE FROM keyward_aliases WHERE name = $1 RETURNING name",
@@ -726,6 +760,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn put_meta(&mut self, ns: &str, name: &str, value: &[u8]) -> StoreResult<()> {
+        self.changed("meta", ns, name);
         self.query(
             "put_meta",
             "INSERT INTO keyward_meta (ns, name, value) VALUES ($1, $2, $3)
@@ -736,6 +771,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn delete_meta(&mut self, ns: &str, name: &str) -> StoreResult<bool> {
+        self.changed("meta", ns, name);
         let rows = self.query(
             "delete_meta",
             "DELETE FROM keyward_meta WHERE ns = $1 AND name = $2 RETURNING name",
@@ -757,6 +793,17 @@ impl Tx for PgTx<'_> {
                     r.try_get(1).map_err(|e| unavailable("list_meta", &e))?,
                 ))
             })
+            .collect()
+    }
+
+    fn meta_namespaces(&mut self) -> StoreResult<Vec<String>> {
+        let rows = self.query(
+            "meta_namespaces",
+            "SELECT DISTINCT ns FROM keyward_meta ORDER BY ns",
+            &[],
+        )?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(|e| unavailable("meta_namespaces", &e)))
             .collect()
     }
 
@@ -817,6 +864,10 @@ impl Tx for PgTx<'_> {
     }
 
     fn commit(mut self: Box<Self>) -> StoreResult<()> {
+        if !self.failed {
+            // A failure here sets `failed` and is reported just below.
+            let _ = self.publish_changes();
+        }
         if self.failed {
             // Dropping `self` rolls back.
             return Err(StoreError::Unavailable(
@@ -835,5 +886,135 @@ impl Tx for PgTx<'_> {
                 Err(unavailable("commit", &e))
             }
         }
+    }
+}
+
+/// The change log as seen by one node: a connection of its own that listens for commit notifications and
+/// reads the log from its cursor. Notifications only shorten the wait; the log is the truth, so a lost
+/// notification costs at most one poll interval.
+struct PgFeed {
+    config: postgres::Config,
+    schema: Option<String>,
+    conn: Option<Client>,
+    /// The last change applied.
+    cursor: i64,
+    /// Set after a reconnect: changes may have been pruned while away.
+    check_gap: bool,
+}
+
+impl PgFeed {
+    fn open(store: &PgStore) -> StoreResult<PgFeed> {
+        let mut feed = PgFeed {
+            config: store.config.clone(),
+            schema: store.options.schema.clone(),
+            conn: None,
+            cursor: 0,
+            check_gap: false,
+        };
+        let client = feed.connect()?;
+        let mut client = client;
+        feed.cursor = client
+            .query_one("SELECT coalesce(max(seq), 0) FROM keyward_changes", &[])
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| unavailable("change feed", &e))?;
+        feed.conn = Some(client);
+        Ok(feed)
+    }
+
+    fn connect(&self) -> StoreResult<Client> {
+        let mut client = self
+            .config
+            .connect(NoTls)
+            .map_err(|e| unavailable("change feed connect", &e))?;
+        if let Some(schema) = &self.schema {
+            client
+                .batch_execute(&format!("SET search_path TO {schema}"))
+                .map_err(|e| unavailable("change feed", &e))?;
+        }
+        // A hung query must not leave the node trusting its caches: the caller stops trusting them when a
+        // poll does not come back in time, and this bounds how long one can take.
+        client
+            .batch_execute("SET statement_timeout = 2000")
+            .map_err(|e| unavailable("change feed", &e))?;
+        let channel: String = client
+            .query_one("SELECT 'keyward_' || current_schema()", &[])
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| unavailable("change feed", &e))?;
+        client
+            .batch_execute(&format!("LISTEN \"{}\"", channel.replace('"', "")))
+            .map_err(|e| unavailable("change feed listen", &e))?;
+        Ok(client)
+    }
+
+    fn read(&mut self) -> StoreResult<Vec<Change>> {
+        let conn = self.conn.as_mut().ok_or_else(ended)?;
+        let mut out = Vec::new();
+        if self.check_gap {
+            let oldest: Option<i64> = conn
+                .query_one("SELECT min(seq) FROM keyward_changes", &[])
+                .and_then(|r| r.try_get(0))
+                .map_err(|e| unavailable("change feed", &e))?;
+            if oldest.is_some_and(|o| o > self.cursor + 1) {
+                out.push(Change::Everything);
+            }
+            self.check_gap = false;
+        }
+        loop {
+            let rows = conn
+                .query(
+                    "SELECT seq, kind, a, b FROM keyward_changes WHERE seq > $1 ORDER BY seq LIMIT 10000",
+                    &[&self.cursor],
+                )
+                .map_err(|e| unavailable("change feed", &e))?;
+            let full = rows.len() == 10000;
+            for r in &rows {
+                let get = |e: postgres::Error| unavailable("change feed", &e);
+                let seq: i64 = r.try_get(0).map_err(get)?;
+                let kind: &str = r.try_get(1).map_err(get)?;
+                let a: String = r.try_get(2).map_err(get)?;
+                let b: String = r.try_get(3).map_err(get)?;
+                out.push(match kind {
+                    "key" => Change::Key(a),
+                    "alias" => Change::Alias(a),
+                    "meta" => Change::Meta { ns: a, name: b },
+                    _ => Change::Everything,
+                });
+                self.cursor = seq;
+            }
+            if !full {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+impl ChangeFeed for PgFeed {
+    fn poll(&mut self, wait: Duration) -> StoreResult<Vec<Change>> {
+        blocking(|| {
+            if self.conn.as_ref().is_none_or(|c| c.is_closed()) {
+                self.conn = None;
+                self.conn = Some(self.connect()?);
+                self.check_gap = true;
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                return Err(ended());
+            };
+            // Wait for the first notification, then drain whatever else arrived; the log read below
+            // covers every change committed before it started, notified or not.
+            let waited = {
+                let mut notes = conn.notifications();
+                let first = notes.timeout_iter(wait).next().map(|_| ());
+                first.and_then(|()| notes.iter().count().map(|_| ()))
+            };
+            if let Err(e) = waited {
+                self.conn = None;
+                return Err(unavailable("change feed", &e));
+            }
+            let out = self.read();
+            if out.is_err() {
+                self.conn = None;
+            }
+            out
+        })
     }
 }

@@ -442,6 +442,18 @@ impl Tx for SqliteTx<'_> {
             .map_err(|e| unavailable("list_meta", e))
     }
 
+    fn meta_namespaces(&mut self) -> StoreResult<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT DISTINCT ns FROM meta ORDER BY ns")
+            .map_err(|e| unavailable("meta_namespaces", e))?;
+        let rows = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(|e| unavailable("meta_namespaces", e))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| unavailable("meta_namespaces", e))
+    }
+
     fn append_audit(&mut self, rows: &[AuditRow]) -> StoreResult<()> {
         let mut stmt = self
             .conn

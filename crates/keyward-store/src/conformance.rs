@@ -169,6 +169,12 @@ pub fn meta_round_trip(store: &dyn Store) {
     assert!(tx(store, |t| t.delete_meta("sys", "a")));
     assert_eq!(tx(store, |t| t.get_meta("sys", "a")), None);
     assert_eq!(tx(store, |t| t.get_meta("other", "a")), Some(b"x".to_vec()));
+    assert_eq!(
+        tx(store, |t| t.meta_namespaces()),
+        vec!["other".to_string(), "sys".to_string()]
+    );
+    assert!(tx(store, |t| t.delete_meta("other", "a")));
+    assert_eq!(tx(store, |t| t.meta_namespaces()), vec!["sys".to_string()]);
 }
 
 pub fn uncommitted_transactions_roll_back(store: &dyn Store) {
@@ -383,6 +389,9 @@ impl Tx for FailingTx<'_> {
     }
     fn list_meta(&mut self, ns: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
         self.inner.list_meta(ns)
+    }
+    fn meta_namespaces(&mut self) -> StoreResult<Vec<String>> {
+        self.inner.meta_namespaces()
     }
     fn append_audit(&mut self, rows: &[AuditRow]) -> StoreResult<()> {
         self.write()?;

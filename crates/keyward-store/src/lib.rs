@@ -14,6 +14,7 @@ mod records;
 pub mod conformance;
 
 use core::fmt;
+use std::time::Duration;
 
 pub use records::{AuditQuery, AuditRow, KeyRecord, VersionRecord};
 
@@ -88,6 +89,8 @@ pub trait Tx {
     fn delete_meta(&mut self, ns: &str, name: &str) -> StoreResult<bool>;
     /// Names and values in a namespace, ordered by name.
     fn list_meta(&mut self, ns: &str) -> StoreResult<Vec<(String, Vec<u8>)>>;
+    /// Every namespace that holds a value, ordered: what a backup walks.
+    fn meta_namespaces(&mut self) -> StoreResult<Vec<String>>;
 
     /// Appends audit records (already chained by the caller), in order.
     fn append_audit(&mut self, rows: &[AuditRow]) -> StoreResult<()>;
@@ -100,12 +103,62 @@ pub trait Tx {
     fn commit(self: Box<Self>) -> StoreResult<()>;
 }
 
+/// A record another node changed, so that a node caching it must read it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A key's metadata or one of its versions.
+    Key(String),
+    /// An alias, by name.
+    Alias(String),
+    /// A value in a namespace.
+    Meta {
+        /// The namespace.
+        ns: String,
+        /// The name in it.
+        name: String,
+    },
+    /// Changes may have been missed (the feed fell too far behind): drop every cache.
+    Everything,
+}
+
+/// Changes committed by any node of a shared store, in commit order.
+pub trait ChangeFeed: Send {
+    /// Waits up to `wait` for a notification, then returns every change committed since the previous call
+    /// (possibly none). A change committed before this call started is always in its answer or an earlier
+    /// one: callers rely on that to bound how stale their caches can be. An error means the feed could not
+    /// confirm anything; the next call reconnects and catches up.
+    fn poll(&mut self, wait: Duration) -> StoreResult<Vec<Change>>;
+}
+
 /// A store backend.
 pub trait Store: Send + Sync + 'static {
     /// A short name for diagnostics ("sqlite", "postgres").
     fn backend_name(&self) -> &'static str;
     /// Starts a transaction. Dropping it uncommitted rolls back.
     fn begin(&self) -> StoreResult<Box<dyn Tx + '_>>;
+
+    /// Whether other nodes may write this store concurrently. A node of a shared store must not trust its
+    /// caches beyond what [`Store::change_feed`] confirms, and must re-read the audit chain head inside the
+    /// transaction that extends it.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// The feed of other nodes' changes; `None` for a store only this process writes.
+    fn change_feed(&self) -> StoreResult<Option<Box<dyn ChangeFeed>>> {
+        Ok(None)
+    }
+
+    /// Whether this node is the one that runs background jobs (scheduled rotation and destruction,
+    /// housekeeping). Exactly one node of a shared store leads at a time; when it dies another takes over.
+    fn leads(&self) -> StoreResult<bool> {
+        Ok(true)
+    }
+
+    /// Periodic upkeep run by the leading node (pruning the change log).
+    fn housekeeping(&self) -> StoreResult<()> {
+        Ok(())
+    }
 }
 
 /// Runs `f` in a transaction and commits when it returns `Ok`.

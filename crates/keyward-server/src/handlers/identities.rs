@@ -20,8 +20,8 @@ use crate::authz::{Action, Role};
 use crate::convert::hex;
 use crate::error::ApiError;
 
-const IDENTITIES: &str = "identity";
-const SUBJECTS: &str = "identity_subject";
+pub(crate) const IDENTITIES: &str = "identity";
+pub(crate) const SUBJECTS: &str = "identity_subject";
 
 /// Subjects compare without spaces around separators, with upper-case attribute types, and in any
 /// attribute order (`O=Payments, CN=app1` matches a certificate issued to `CN=app1, O=Payments`).

@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::handlers::approvals;
 use crate::policy::{compile, Compiled, PolicyDoc};
 
-const POLICIES: &str = "policy";
+pub(crate) const POLICIES: &str = "policy";
 
 /// Compiled policies by name; a name that does not exist compiles to nothing (default deny).
 #[derive(Default)]
@@ -28,9 +28,11 @@ impl PolicyCache {
     pub fn load(&self, app: &App, names: &[String]) -> Vec<Arc<Compiled>> {
         let mut out = Vec::with_capacity(names.len());
         for name in names {
-            if let Some(entry) = self.compiled.read().get(name) {
-                out.extend(entry.clone());
-                continue;
+            if app.kms.caches_trusted() {
+                if let Some(entry) = self.compiled.read().get(name) {
+                    out.extend(entry.clone());
+                    continue;
+                }
             }
             let stored = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
                 tx.get_meta(POLICIES, name)
@@ -46,8 +48,14 @@ impl PolicyCache {
         out
     }
 
-    fn forget(&self, name: &str) {
+    /// Forgets one compiled policy (changed here or on another node).
+    pub fn forget(&self, name: &str) {
         self.compiled.write().remove(name);
+    }
+
+    /// Forgets every compiled policy.
+    pub fn forget_all(&self) {
+        self.compiled.write().clear();
     }
 }
 

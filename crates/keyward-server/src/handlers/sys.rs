@@ -4,7 +4,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use keyward_api::{
-    Health, InitRequest, InitResponse, RotateRootResponse, SysStatus, UnsealRequest,
+    BackupResponse, Health, InitRequest, InitResponse, RestoreRequest, RestoreResponse,
+    RotateRootResponse, SysStatus, UnsealRequest, B64,
 };
 use keyward_core::{ErrorCode, SealStatus};
 
@@ -134,6 +135,76 @@ pub async fn rotate_root(State(app): State<AppState>, meta: Meta) -> Response {
             })
         },
     )
+    .await
+}
+
+/// Namespace records a restore into a running cluster brings back beside the keys: identities (with their
+/// certificate subjects) and policies. Tokens are not among them: a token revoked since the backup stays
+/// revoked.
+const RESTORED_NAMESPACES: [&str; 3] = [
+    crate::handlers::identities::IDENTITIES,
+    crate::handlers::identities::SUBJECTS,
+    crate::handlers::policies::POLICIES,
+];
+
+/// `POST /v1/sys/backup`: a consistent, encrypted and authenticated snapshot of the whole store.
+pub async fn backup(State(app): State<AppState>, meta: Meta) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::Backup,
+        None,
+        Mode::Blocking,
+        move |_| {
+            Reply::ok(&BackupResponse {
+                backup: B64(a.kms.backup()?),
+            })
+        },
+    )
+    .await
+}
+
+/// `POST /v1/sys/restore`. On an uninitialised node it is the disaster-recovery form of init (public, like
+/// init, and authenticated by the unseal shares it carries); on a running node it is an admin action.
+pub async fn restore(State(app): State<AppState>, meta: Meta, body: RawBody) -> Response {
+    let a = app.clone();
+    let action = if app.kms.status().initialized {
+        Action::Restore
+    } else {
+        Action::Init
+    };
+    call(&app, &meta, action, None, Mode::Blocking, move |_| {
+        if a.config.dev {
+            return Err(ApiError::new(
+                ErrorCode::InvalidState,
+                "a dev-mode server does not restore backups; restore into a node started without --dev",
+            ));
+        }
+        let req: RestoreRequest = parse(&body)?;
+        let shares: Option<Vec<String>> = req
+            .shares
+            .as_ref()
+            .map(|v| v.iter().map(|s| s.to_string()).collect());
+        let done = a.kms.restore(
+            &req.backup.0,
+            shares.as_deref(),
+            req.force,
+            &RESTORED_NAMESPACES,
+        );
+        if let Some(mut s) = shares {
+            for share in s.iter_mut() {
+                zeroize::Zeroize::zeroize(share);
+            }
+        }
+        let done = done?;
+        a.auth.forget_all();
+        a.policies.forget_all();
+        Reply::ok(&RestoreResponse {
+            restored_keys: done.restored_keys,
+            initialized: done.initialized,
+        })
+    })
     .await
 }
 

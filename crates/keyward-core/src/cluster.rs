@@ -1,0 +1,140 @@
+//! Keeping a node's caches true when other nodes write the same store.
+//!
+//! A node caches key snapshots, alias targets, token principals and compiled policies. With one node those
+//! caches are refreshed by the node's own writes. With several nodes on one database, every commit is also
+//! written to the store's change log, and each node follows that log ([`keyward_store::ChangeFeed`]). The
+//! caches are trusted only while the feed keeps confirming that nothing was missed: each successful poll
+//! extends a short trust window measured from the moment the poll began; if polls stop succeeding (the
+//! database or the network failed), the window closes and every lookup goes to the store, so a node never
+//! answers from a snapshot older than the window, even while cut off.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyward_hsm::{KeyAttributes, KeySpec};
+use keyward_store::{transact, Change, Tx};
+
+use crate::engine::{corrupt, parse_id, Kms, SYS};
+use crate::error::KmsResult;
+
+/// How long one successful poll of the change feed keeps the caches trusted.
+pub const TRUST_WINDOW: Duration = Duration::from_millis(1000);
+
+/// Whether this node's caches may be used without asking the store.
+pub struct Freshness {
+    shared: bool,
+    epoch: Instant,
+    /// Milliseconds after `epoch` until which caches are trusted.
+    valid_until: AtomicU64,
+}
+
+impl Freshness {
+    /// For a store that only this process writes, caches are always true.
+    pub(crate) fn new(shared: bool) -> Freshness {
+        Freshness {
+            shared,
+            epoch: Instant::now(),
+            valid_until: AtomicU64::new(0),
+        }
+    }
+
+    /// True when cached records may be served.
+    #[inline]
+    pub fn trusted(&self) -> bool {
+        !self.shared
+            || (self.epoch.elapsed().as_millis() as u64) < self.valid_until.load(Ordering::Acquire)
+    }
+
+    /// Records that every change committed before `poll_started` has been applied.
+    pub fn confirm(&self, poll_started: Instant) {
+        let until = poll_started.saturating_duration_since(self.epoch) + TRUST_WINDOW;
+        self.valid_until
+            .fetch_max(until.as_millis() as u64, Ordering::AcqRel);
+    }
+
+    /// Stops trusting the caches until the next confirmation.
+    pub fn revoke(&self) {
+        self.valid_until.store(0, Ordering::Release);
+    }
+}
+
+impl Kms {
+    /// The trust state of this node's caches, shared with the server's own caches.
+    pub fn freshness(&self) -> Arc<Freshness> {
+        self.freshness.clone()
+    }
+
+    /// Whether cached records may be served right now (always, unless other nodes share the store and the
+    /// change feed has not confirmed recently).
+    #[inline]
+    pub fn caches_trusted(&self) -> bool {
+        self.freshness.trusted()
+    }
+
+    /// Applies changes other nodes committed: reloads changed keys (so a stale load in flight cannot win, the
+    /// fresh snapshot replaces it by revision), forgets changed aliases, and follows root rotation and
+    /// initialisation done elsewhere. Meta records of other namespaces belong to the server's caches.
+    pub fn apply_changes(&self, changes: &[Change]) -> KmsResult<()> {
+        let everything = changes.contains(&Change::Everything);
+        let sys = |name: &str| {
+            changes
+                .iter()
+                .any(|c| matches!(c, Change::Meta { ns, name: n } if ns == SYS && n == name))
+        };
+        if everything || sys("init") {
+            self.reload_init()?;
+        }
+        if everything || sys("root") {
+            self.reload_root()?;
+        }
+        if everything {
+            self.cache.clear();
+            self.aliases.clear();
+            return Ok(());
+        }
+        for c in changes {
+            match c {
+                Change::Key(key_id) => {
+                    let Ok(id) = parse_id(key_id) else { continue };
+                    if self.is_sealed() || self.reload(&id).is_err() {
+                        self.cache.remove(&id);
+                    }
+                }
+                Change::Alias(name) => self.aliases.remove(name),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Another node rotated the root key: unwrap the new generation with the unseal key this node holds.
+    fn reload_root(&self) -> KmsResult<()> {
+        let Ok(keyring) = self.keyring() else {
+            return Ok(());
+        };
+        let Some((generation, wrapped)) = self.stored_root()? else {
+            return Err(corrupt("root record missing"));
+        };
+        if generation == keyring.generation {
+            return Ok(());
+        }
+        let root = self.hsm.unwrap_from_storage(
+            &keyring.unseal_kek,
+            KeySpec::Aes256,
+            &wrapped,
+            &crate::engine::root_aad(generation),
+            &KeyAttributes::internal(),
+        )?;
+        self.replace_root(root, generation);
+        self.cache.clear();
+        Ok(())
+    }
+
+    pub(crate) fn stored_root(&self) -> KmsResult<Option<(u32, Vec<u8>)>> {
+        let json = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            tx.get_meta(SYS, "root")
+        })?;
+        json.map(|j| crate::engine::parse_root(&j)).transpose()
+    }
+}
