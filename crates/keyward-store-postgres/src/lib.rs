@@ -535,7 +535,7 @@ impl PgTx<'_> {
         out
     }
 
-    fn audit_rows(&mut self, q: &AuditQuery, last: bool) -> StoreResult<Vec<AuditRow>> {
+    fn audit_rows(&mut self, q: &AuditQuery) -> StoreResult<Vec<AuditRow>> {
         let after = i64::try_from(q.after_seq).unwrap_or(i64::MAX);
         let mut sql = String::from(
             "SELECT seq, time_ms, principal, action, key_id, outcome, record FROM keyward_audit WHERE seq > $1",
@@ -563,11 +563,7 @@ impl PgTx<'_> {
         if let Some(o) = &q.outcome {
             push("outcome =", Box::new(o.clone()));
         }
-        sql.push_str(if last {
-            " ORDER BY seq DESC"
-        } else {
-            " ORDER BY seq"
-        });
+        sql.push_str(" ORDER BY seq");
         sql.push_str(&format!(" LIMIT {}", q.limit.min(100_000)));
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|b| b.as_ref()).collect();
         let conn = self.conn.as_mut().ok_or_else(ended)?;
@@ -852,15 +848,18 @@ impl Tx for PgTx<'_> {
     }
 
     fn audit_tail(&mut self) -> StoreResult<Option<AuditRow>> {
-        let q = AuditQuery {
-            limit: 1,
-            ..AuditQuery::default()
-        };
-        self.audit_rows(&q, true).map(|mut v| v.pop())
+        // Prepared once per connection: every audit batch of a cluster node reads the chain head.
+        let rows = self.query(
+            "audit_tail",
+            "SELECT seq, time_ms, principal, action, key_id, outcome, record FROM keyward_audit
+             ORDER BY seq DESC LIMIT 1",
+            &[],
+        )?;
+        rows.first().map(audit_from_row).transpose()
     }
 
     fn query_audit(&mut self, query: &AuditQuery) -> StoreResult<Vec<AuditRow>> {
-        self.audit_rows(query, false)
+        self.audit_rows(query)
     }
 
     fn commit(mut self: Box<Self>) -> StoreResult<()> {
