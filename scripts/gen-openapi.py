@@ -28,7 +28,7 @@ def ref(name):
 schemas = {
     "Error": obj({"error": obj({"code": S, "message": S}, ["code", "message"])}, ["error"]),
     "ApprovalPending": obj({"approval_id": S, "status": {"type": "string", "enum": ["pending"]}}),
-    "Health": obj({"status": {"type": "string", "enum": ["ok", "sealed", "uninitialized"]}, "version": S, "node_id": S}),
+    "Health": obj({"status": {"type": "string", "enum": ["ok", "sealed", "uninitialized", "unavailable"]}, "version": S, "node_id": S}),
     "SysStatus": obj({"initialized": BOOL, "sealed": BOOL, "threshold": INT, "shares": INT, "progress": INT,
                       "root_of_trust": {"type": "string", "enum": ["shamir", "pkcs11", "dev"]}}),
     "InitRequest": obj({"shares": INT, "threshold": INT}, ["shares", "threshold"]),

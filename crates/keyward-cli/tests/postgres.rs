@@ -710,11 +710,22 @@ async fn a_database_outage_under_load_fails_cleanly_and_recovers_by_itself() {
         }));
     }
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let health = || async {
+        let (status, body, _) = raw(&server.addr, "GET", "/v1/health", None, None).await;
+        (
+            status,
+            body["status"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    assert_eq!(health().await, (200, "ok".to_string()));
     db.down();
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // A load balancer sees the node drop out while its database is away...
+    wait_for(|| async { health().await == (503, "unavailable".to_string()) }).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     db.up();
-    // Nobody restarts anything: the node reconnects by itself.
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // ...and come back by itself: nobody restarts anything.
+    wait_for(|| async { health().await == (200, "ok".to_string()) }).await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut all = Vec::new();
     let mut unavailable = 0;

@@ -27,13 +27,17 @@ fn status_body(s: SealStatus) -> SysStatus {
     }
 }
 
-/// `GET /v1/health`: 200 when ready to serve keys, 503 otherwise; for load balancers, so not audited.
+/// `GET /v1/health`: 200 when ready to serve keys, 503 otherwise; for load balancers, so not audited. A node
+/// of a shared store that has not heard from its database within the cache trust window answers
+/// `unavailable`, so a load balancer drains a node cut off from the database.
 pub async fn health(State(app): State<AppState>) -> Response {
     let s = app.kms.status();
     let status = if !s.initialized {
         "uninitialized"
     } else if s.sealed {
         "sealed"
+    } else if !app.kms.caches_trusted() {
+        "unavailable"
     } else {
         "ok"
     };
@@ -179,6 +183,13 @@ pub async fn restore(State(app): State<AppState>, meta: Meta, body: RawBody) -> 
             return Err(ApiError::new(
                 ErrorCode::InvalidState,
                 "a dev-mode server does not restore backups; restore into a node started without --dev",
+            ));
+        }
+        // On a fresh node this is public, like generate-root: slow down whoever guesses at it.
+        if !a.kms.status().initialized && !a.limiter.allow("sys:restore") {
+            return Err(ApiError::new(
+                ErrorCode::Throttled,
+                "too many attempts; retry shortly",
             ));
         }
         let req: RestoreRequest = parse(&body)?;
