@@ -75,7 +75,9 @@ pub fn every_spec_round_trips(hsm: &dyn Hsm) {
                     sign_round_trip(hsm, &key, alg);
                 }
                 for &alg in spec.encryption_algorithms() {
-                    asym_encrypt_round_trip(hsm, &key, alg);
+                    if hsm.supports_encryption(spec, alg) {
+                        asym_encrypt_round_trip(hsm, &key, alg);
+                    }
                 }
                 if spec.supports_agreement() {
                     agreement_round_trip(hsm, &key);
@@ -558,7 +560,13 @@ pub fn wycheproof_aead(hsm: &dyn Hsm) {
                 tally.ran += 1;
             }
         }
-        tally.done(if label == "AES-GCM" { 100 } else { 10 });
+        let offered = match label {
+            "AES-GCM" => hsm.supports(KeySpec::Aes128) || hsm.supports(KeySpec::Aes256),
+            _ => hsm.supports(KeySpec::Sm4),
+        };
+        if offered {
+            tally.done(if label == "AES-GCM" { 100 } else { 10 });
+        }
     }
 }
 
@@ -582,9 +590,16 @@ pub fn wycheproof_hmac(hsm: &dyn Hsm) {
                 continue;
             }
             for t in group.tests {
-                let key = hsm
-                    .import_plaintext(spec, &secret(&t.key), &KeyAttributes::internal())
-                    .unwrap();
+                let key =
+                    match hsm.import_plaintext(spec, &secret(&t.key), &KeyAttributes::internal()) {
+                        Ok(k) => k,
+                        // A token may enforce SP 800-107's floor: keys at least as long as the digest. It must
+                        // say so at import, never later.
+                        Err(HsmError::InvalidInput(_)) if t.key.len() < alg.output_len() => {
+                            continue
+                        }
+                        Err(e) => panic!("{spec} tc {}: {e}", t.tc_id),
+                    };
                 let ok = hsm.verify_mac(&key, alg, &t.msg, &t.tag).unwrap();
                 must_match(t.result, ok, spec.as_str(), t.tc_id);
                 if t.result == TestResult::Valid {

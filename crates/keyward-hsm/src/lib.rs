@@ -147,6 +147,13 @@ pub trait Hsm: Send + Sync + 'static {
     /// Whether the backend can generate and use keys of this spec.
     fn supports(&self, spec: KeySpec) -> bool;
 
+    /// Whether the backend offers this encryption algorithm for a spec it supports. Tokens differ here
+    /// (SoftHSM2 offers RSA-OAEP with SHA-1 only), and the service refuses an algorithm its HSM lacks with
+    /// a clear error instead of failing at the first decryption.
+    fn supports_encryption(&self, spec: KeySpec, alg: EncryptionAlgorithm) -> bool {
+        self.supports(spec) && spec.encryption_algorithms().contains(&alg)
+    }
+
     /// Generates a fresh key from the backend's CSPRNG.
     fn generate(&self, spec: KeySpec, attrs: &KeyAttributes) -> HsmResult<KeyHandle>;
 
