@@ -255,6 +255,15 @@ struct ServeArgs {
     /// Allow plain HTTP on a non-loopback address.
     #[arg(long)]
     insecure_http: bool,
+    /// PKCS#11 module: the token becomes the root of trust and the service unseals itself.
+    #[arg(long, env = "KEYWARD_PKCS11_MODULE")]
+    pkcs11_module: Option<PathBuf>,
+    /// Label of the PKCS#11 token.
+    #[arg(long, env = "KEYWARD_PKCS11_TOKEN_LABEL")]
+    pkcs11_token_label: Option<String>,
+    /// File holding the token's user PIN (or set KEYWARD_PKCS11_PIN).
+    #[arg(long, env = "KEYWARD_PKCS11_PIN_FILE")]
+    pkcs11_pin_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -1294,6 +1303,13 @@ async fn serve(a: ServeArgs) -> Res {
         tls_client_ca: a.tls_client_ca,
         insecure_http: a.insecure_http,
         dev: a.dev,
+        pkcs11_module: a.pkcs11_module,
+        pkcs11_token_label: a.pkcs11_token_label,
+        // Only from the environment: a PIN on the command line would show in the process list.
+        pkcs11_pin: std::env::var("KEYWARD_PKCS11_PIN")
+            .ok()
+            .map(zeroize::Zeroizing::new),
+        pkcs11_pin_file: a.pkcs11_pin_file,
     };
     let config = keyward_server::Config::load(a.config.as_deref(), overrides)?;
     let scheme = if config.tls_cert.is_some() {

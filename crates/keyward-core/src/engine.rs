@@ -334,12 +334,26 @@ impl Kms {
         Ok(key)
     }
 
+    /// How the root key is held: a persistent, non-extractable token object when a PKCS#11 token is the root
+    /// of trust, a software key wrapped under the unseal key otherwise.
+    fn root_attrs(root_of_trust: RootOfTrust, generation: u32) -> KeyAttributes {
+        match root_of_trust {
+            RootOfTrust::Pkcs11 => KeyAttributes {
+                extractable: false,
+                token_resident: true,
+                label: Some(format!("keyward-root-{generation}")),
+            },
+            _ => KeyAttributes::internal(),
+        }
+    }
+
     fn initialize(
         &self,
         root_of_trust: RootOfTrust,
         shares: u8,
         threshold: u8,
         unseal_key: &SecretBytes,
+        sealed_unseal_key: Option<Vec<u8>>,
     ) -> KmsResult<()> {
         let mut seal = self.seal.write();
         if !matches!(*seal, SealState::Uninitialized) {
@@ -352,7 +366,7 @@ impl Kms {
                 .import_plaintext(KeySpec::Aes256, unseal_key, &KeyAttributes::internal())?;
         let root = self
             .hsm
-            .generate(KeySpec::Aes256, &KeyAttributes::internal())?;
+            .generate(KeySpec::Aes256, &Self::root_attrs(root_of_trust, 1))?;
         let wrapped = self.hsm.wrap_for_storage(&kek, &root, &root_aad(1))?;
         let init = InitRecord {
             root_of_trust,
@@ -373,6 +387,9 @@ impl Kms {
                 ));
             }
             tx.put_meta(SYS, "root", &root_json)?;
+            if let Some(sealed) = &sealed_unseal_key {
+                tx.put_meta(SYS, "sealed_unseal_key", sealed)?;
+            }
             tx.put_meta(SYS, "init", &init_json)?;
             Ok(())
         })?;
@@ -391,15 +408,44 @@ impl Kms {
         }
         let unseal_key = self.new_unseal_key()?;
         let split = shamir::split(&unseal_key, shares, threshold)?;
-        self.initialize(RootOfTrust::Shamir, shares, threshold, &unseal_key)?;
+        self.initialize(RootOfTrust::Shamir, shares, threshold, &unseal_key, None)?;
         Ok(split.iter().map(shamir::encode).collect())
     }
 
     /// Initialises with a single unseal key the caller keeps (dev mode file, or a PKCS#11 token's wrap key).
     pub fn init_with_key(&self, root_of_trust: RootOfTrust) -> KmsResult<SecretBytes> {
         let unseal_key = self.new_unseal_key()?;
-        self.initialize(root_of_trust, 1, 1, &unseal_key)?;
+        self.initialize(root_of_trust, 1, 1, &unseal_key, None)?;
         Ok(unseal_key)
+    }
+
+    /// Initialises with an unseal key sealed by an external root of trust (a PKCS#11 token's key), stored
+    /// beside the init record in the same transaction, then unseals. Nobody ever sees the unseal key: the
+    /// service opens it again at every start with [`Kms::unseal_with_sealed_key`].
+    pub fn init_sealed(
+        &self,
+        root_of_trust: RootOfTrust,
+        seal: impl FnOnce(&SecretBytes) -> KmsResult<Vec<u8>>,
+    ) -> KmsResult<()> {
+        let unseal_key = self.new_unseal_key()?;
+        let sealed = seal(&unseal_key)?;
+        self.initialize(root_of_trust, 1, 1, &unseal_key, Some(sealed))?;
+        self.unseal_with_key(&unseal_key)
+    }
+
+    /// Unseals with the unseal key stored sealed by the root of trust; `open` is the root of trust's side.
+    pub fn unseal_with_sealed_key(
+        &self,
+        open: impl FnOnce(&[u8]) -> KmsResult<SecretBytes>,
+    ) -> KmsResult<()> {
+        let sealed = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            tx.get_meta(SYS, "sealed_unseal_key")
+        })?
+        .ok_or_else(|| {
+            KmsError::invalid_state("this service was not initialised with a PKCS#11 root of trust")
+        })?;
+        let key = open(&sealed)?;
+        self.unseal_with_key(&key)
     }
 
     /// Adds one Shamir share; unseals once enough distinct shares are in. A wrong set of shares resets the
@@ -573,10 +619,11 @@ impl Kms {
             SealState::Unsealed { init, keyring } => (*init, keyring.clone()),
             _ => return Err(KmsError::sealed()),
         };
-        let new_root = self
-            .hsm
-            .generate(KeySpec::Aes256, &KeyAttributes::internal())?;
         let generation = old.generation + 1;
+        let new_root = self.hsm.generate(
+            KeySpec::Aes256,
+            &Self::root_attrs(init.root_of_trust, generation),
+        )?;
         let wrapped_root =
             self.hsm
                 .wrap_for_storage(&old.unseal_kek, &new_root, &root_aad(generation))?;

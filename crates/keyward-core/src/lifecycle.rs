@@ -13,7 +13,7 @@ use keyward_hsm::{KeyAttributes, KeySpec, KeyUsage};
 use keyward_store::{transact, KeyRecord, Tx, VersionRecord};
 
 use crate::clock::DAY;
-use crate::engine::{corrupt, parse_id, Kms};
+use crate::engine::{corrupt, parse_id, Kms, RootOfTrust};
 use crate::error::{ErrorCode, KmsError, KmsResult};
 use crate::model::{KeyInfo, KeyState, Origin, VersionInfo, VersionState};
 
@@ -249,6 +249,23 @@ fn info_in_tx(tx: &mut dyn Tx, rec: &KeyRecord) -> KmsResult<KeyInfo> {
     key_info(rec, alias)
 }
 
+/// How a new version's material is held: `HSM` keys are persistent, non-extractable token objects labelled
+/// after the key and version (so an operator can find them with the token's own tools); others are software
+/// keys wrapped under the root key.
+fn version_attrs(origin: Origin, exportable: bool, key_id: &str, version: u32) -> KeyAttributes {
+    match origin {
+        Origin::Hsm => KeyAttributes {
+            extractable: false,
+            token_resident: true,
+            label: Some(format!("keyward:{key_id}:{version}")),
+        },
+        _ => KeyAttributes {
+            extractable: exportable,
+            ..KeyAttributes::default()
+        },
+    }
+}
+
 impl Kms {
     /// Resolves a key reference (UUID, `alias/NAME` or `alias:NAME`) to the key id bytes.
     pub(crate) fn resolve(&self, key_ref: &str) -> KmsResult<[u8; 16]> {
@@ -356,7 +373,7 @@ impl Kms {
                 return Err(KmsError::validation("quorum approvals must be 1 to 16"));
             }
         }
-        if req.origin == Origin::Hsm {
+        if req.origin == Origin::Hsm && self.status().root_of_trust != Some(RootOfTrust::Pkcs11) {
             return Err(KmsError::validation(
                 "origin HSM needs a PKCS#11 HSM as the key store",
             ));
@@ -384,13 +401,10 @@ impl Kms {
         // Generate before the transaction: RSA-4096 takes seconds and must not hold the store's write lock.
         let material = match req.origin {
             Origin::External => None,
-            _ => {
-                let attrs = KeyAttributes {
-                    extractable: req.exportable,
-                    ..KeyAttributes::default()
-                };
-                Some(self.hsm.generate(req.spec, &attrs)?)
-            }
+            _ => Some(self.hsm.generate(
+                req.spec,
+                &version_attrs(req.origin, req.exportable, &key_id, 1),
+            )?),
         };
         let rec = KeyRecord {
             key_id: key_id.clone(),
@@ -601,10 +615,12 @@ impl Kms {
                 "EXTERNAL keys rotate by importing new material",
             ));
         }
-        let attrs = KeyAttributes {
-            extractable: key.record.exportable,
-            ..KeyAttributes::default()
-        };
+        let attrs = version_attrs(
+            key.origin,
+            key.record.exportable,
+            &key.key_id,
+            key.versions.len() as u32 + 1,
+        );
         let material = self.hsm.generate(key.spec, &attrs)?;
         self.mutate(key_ref, |tx, rec, versions, now| {
             let state = parse_state(&rec.state, KeyState::parse)?;
@@ -664,7 +680,8 @@ impl Kms {
         version: u32,
         action: VersionAction,
     ) -> KmsResult<VersionInfo> {
-        self.mutate(key_ref, |tx, rec, versions, now| {
+        let mut erased = Vec::new();
+        let info = self.mutate(key_ref, |tx, rec, versions, now| {
             let key_state = parse_state(&rec.state, KeyState::parse)?;
             if matches!(key_state, KeyState::Destroyed | KeyState::PendingDeletion) {
                 return Err(state_error(key_state, &rec.key_id));
@@ -722,12 +739,39 @@ impl Kms {
             };
             v.state = new_state.as_str().into();
             if new_state == VersionState::Destroyed {
+                if rec.origin == Origin::Hsm.as_str() {
+                    erased.extend(v.material.clone().map(|m| (rec.clone(), v.version, m)));
+                }
                 v.material = None;
                 v.destroyed_at = Some(now);
             }
             tx.put_version(v)?;
             version_info(v)
-        })
+        })?;
+        self.erase_token_objects(erased);
+        Ok(info)
+    }
+
+    /// Deletes the token objects of destroyed `HSM` versions, once the store no longer refers to them: a
+    /// destroyed HSM key must be gone from the token, not merely forgotten. A deletion the token refuses
+    /// leaves an object nothing refers to any more; the next start does not bring it back.
+    fn erase_token_objects(&self, erased: Vec<(KeyRecord, u32, Vec<u8>)>) {
+        let Ok(keyring) = self.keyring() else { return };
+        for (rec, version, blob) in erased {
+            let Some(spec) = KeySpec::parse(&rec.spec) else {
+                continue;
+            };
+            let handle = self.hsm.unwrap_from_storage(
+                &keyring.root,
+                spec,
+                &blob,
+                &crate::engine::version_aad(&rec.key_id, version),
+                &KeyAttributes::internal(),
+            );
+            if let Ok(h) = handle {
+                let _ = self.hsm.destroy(h);
+            }
+        }
     }
 
     /// Makes an Enabled version primary (roll back or forward).
@@ -838,12 +882,19 @@ impl Kms {
                 let aliases = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
                     tx.aliases_of(&key_id)
                 })?;
+                let mut erased = Vec::new();
                 self.mutate(&key_id, |tx, rec, versions, now| {
                     if rec.state != KeyState::PendingDeletion.as_str() {
                         return Ok(());
                     }
+                    if rec.origin == Origin::Hsm.as_str() {
+                        erased.extend(versions.iter().filter_map(|v| {
+                            v.material.clone().map(|m| (rec.clone(), v.version, m))
+                        }));
+                    }
                     Self::destroy_in_tx(tx, rec, versions, now)
                 })?;
+                self.erase_token_objects(erased);
                 for a in aliases {
                     self.aliases.remove(&a);
                 }

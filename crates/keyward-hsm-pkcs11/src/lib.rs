@@ -22,6 +22,9 @@
 //! zeroizing buffer and appears in no message.
 
 mod der;
+mod hybrid;
+
+pub use hybrid::HybridHsm;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -669,6 +672,43 @@ impl Pkcs11Hsm {
         probe.unwrap_or(false)
     }
 
+    /// The `CKA_ID` of a persistent token key: what a stored reference to it holds.
+    pub fn persistent_id(&self, key: &KeyHandle) -> HsmResult<Vec<u8>> {
+        match self.token_key(key)? {
+            P11Key::Token {
+                id: Some(id),
+                persistent: true,
+                ..
+            } => Ok(id.clone()),
+            _ => Err(HsmError::IncorrectKeyUsage("not a persistent token key")),
+        }
+    }
+
+    /// A persistent token key by its `CKA_ID`, with its public half for a key pair.
+    pub fn find_persistent(&self, spec: KeySpec, id: &[u8]) -> HsmResult<KeyHandle> {
+        let object = self.find_by_id(spec, id)?;
+        let public = match spec.family() {
+            KeyFamily::Rsa | KeyFamily::Ec => {
+                let pair = self.with_session("find public key", |s| {
+                    s.find_objects(&[
+                        Attribute::Class(ObjectClass::PUBLIC_KEY),
+                        Attribute::Id(id.to_vec()),
+                    ])
+                })?;
+                match pair.first() {
+                    Some(p) => Some(self.public_of(spec, *p)?),
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        let attrs = KeyAttributes {
+            token_resident: true,
+            ..KeyAttributes::internal()
+        };
+        Ok(self.wrap_handle(spec, object, public, &attrs, Some(id.to_vec())))
+    }
+
     fn find_by_id(&self, spec: KeySpec, id: &[u8]) -> HsmResult<ObjectHandle> {
         let class = match spec.family() {
             KeyFamily::Symmetric | KeyFamily::Hmac => ObjectClass::SECRET_KEY,
@@ -871,33 +911,7 @@ impl Hsm for Pkcs11Hsm {
         let (tag, sealed) = blob.split_at(blob.len().min(4));
         let inner = self.gcm_open(seal, aad, sealed)?;
         if tag == REFERENCE {
-            let object = self.find_by_id(spec, inner.expose())?;
-            let public = match spec.family() {
-                KeyFamily::Rsa | KeyFamily::Ec => {
-                    let pair = self.with_session("find public key", |s| {
-                        s.find_objects(&[
-                            Attribute::Class(ObjectClass::PUBLIC_KEY),
-                            Attribute::Id(inner.expose().to_vec()),
-                        ])
-                    })?;
-                    match pair.first() {
-                        Some(p) => Some(self.public_of(spec, *p)?),
-                        None => None,
-                    }
-                }
-                _ => None,
-            };
-            let attrs = KeyAttributes {
-                token_resident: true,
-                ..attrs.clone()
-            };
-            return Ok(self.wrap_handle(
-                spec,
-                object,
-                public,
-                &attrs,
-                Some(inner.expose().to_vec()),
-            ));
+            return self.find_persistent(spec, inner.expose());
         }
         if tag != WRAPPED || !self.supports(spec) {
             return Err(HsmError::DecryptFailed);

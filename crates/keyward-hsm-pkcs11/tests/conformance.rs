@@ -203,3 +203,149 @@ fn concurrent_calls_share_the_session_pool() {
         }
     });
 }
+
+#[test]
+fn the_hybrid_backend_seals_everything_under_the_token_and_keeps_token_keys_inside() {
+    use keyward_hsm_pkcs11::HybridHsm;
+    let token = std::sync::Arc::new(Pkcs11Hsm::open(&common::config()).unwrap());
+    let hy = HybridHsm::new(token);
+    // Software keys of every spec pass the suite through the hybrid.
+    suite::every_spec_round_trips(&hy);
+    suite::storage_wrapping_binds_aad(&hy);
+
+    // The chain of a PKCS#11 deployment: unseal key (software) -> root (token object) -> versions.
+    let unseal = hy
+        .import_plaintext(
+            KeySpec::Aes256,
+            &SecretBytes::from_slice(&[9u8; 32]),
+            &KeyAttributes::internal(),
+        )
+        .unwrap();
+    let root = hy
+        .generate(
+            KeySpec::Aes256,
+            &KeyAttributes {
+                token_resident: true,
+                label: Some("keyward-test-root".into()),
+                ..KeyAttributes::internal()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        hy.export_plaintext(&root).err(),
+        Some(HsmError::NotExtractable)
+    );
+    let root_blob = hy
+        .wrap_for_storage(&unseal, &root, b"keyward:root:1")
+        .unwrap();
+    let root_again = hy
+        .unwrap_from_storage(
+            &unseal,
+            KeySpec::Aes256,
+            &root_blob,
+            b"keyward:root:1",
+            &KeyAttributes::internal(),
+        )
+        .unwrap();
+    // A software version sealed by the token root; opened by the root found again.
+    let version = hy
+        .generate(KeySpec::SymmetricDefault, &KeyAttributes::internal())
+        .unwrap();
+    let blob = hy
+        .wrap_for_storage(&root, &version, b"keyward:key:k:1")
+        .unwrap();
+    assert!(blob.starts_with(b"KWH1"));
+    let back = hy
+        .unwrap_from_storage(
+            &root_again,
+            KeySpec::SymmetricDefault,
+            &blob,
+            b"keyward:key:k:1",
+            &KeyAttributes::internal(),
+        )
+        .unwrap();
+    let mut sealed = Vec::new();
+    hy.encrypt_symmetric(&version, b"", b"data", &mut sealed)
+        .unwrap();
+    assert_eq!(
+        hy.decrypt_symmetric(&back, b"", &sealed).unwrap().expose(),
+        b"data"
+    );
+    assert_eq!(
+        hy.unwrap_from_storage(
+            &root_again,
+            KeySpec::SymmetricDefault,
+            &blob,
+            b"keyward:key:k:2",
+            &KeyAttributes::internal()
+        )
+        .err(),
+        Some(HsmError::DecryptFailed)
+    );
+    // Internal software keys stay unexportable through the hybrid, whatever they are inside.
+    assert_eq!(
+        hy.export_plaintext(&back).err(),
+        Some(HsmError::NotExtractable)
+    );
+    // An HSM-origin key: generated in the token, stored as a reference, never exported.
+    let hsm_key = hy
+        .generate(
+            KeySpec::EccNistP256,
+            &KeyAttributes {
+                token_resident: true,
+                ..KeyAttributes::internal()
+            },
+        )
+        .unwrap();
+    let spki = hy.public_key_der(&hsm_key).unwrap();
+    assert_eq!(
+        hy.export_wrapped(&hsm_key, &spki).err(),
+        Some(HsmError::NotExtractable)
+    );
+    let blob = hy
+        .wrap_for_storage(&root, &hsm_key, b"keyward:key:h:1")
+        .unwrap();
+    let back = hy
+        .unwrap_from_storage(
+            &root_again,
+            KeySpec::EccNistP256,
+            &blob,
+            b"keyward:key:h:1",
+            &KeyAttributes::internal(),
+        )
+        .unwrap();
+    let sig = hy
+        .sign(
+            &back,
+            keyward_hsm::SigningAlgorithm::EcdsaSha256,
+            keyward_hsm::SignInput::Message(b"m"),
+        )
+        .unwrap();
+    assert!(hy
+        .verify(
+            &hsm_key,
+            keyward_hsm::SigningAlgorithm::EcdsaSha256,
+            keyward_hsm::SignInput::Message(b"m"),
+            &sig
+        )
+        .unwrap());
+    // Another token's root (a different object) opens nothing.
+    let other_root = hy
+        .generate(
+            KeySpec::Aes256,
+            &KeyAttributes {
+                token_resident: true,
+                ..KeyAttributes::internal()
+            },
+        )
+        .unwrap();
+    assert!(hy
+        .unwrap_from_storage(
+            &other_root,
+            KeySpec::SymmetricDefault,
+            &hy.wrap_for_storage(&root, &version, b"a").unwrap(),
+            b"a",
+            &KeyAttributes::internal()
+        )
+        .is_err());
+}

@@ -54,6 +54,8 @@ pub struct App {
     pub request_ids: RequestIds,
     /// Compiled policies.
     pub policies: crate::handlers::policies::PolicyCache,
+    /// The PKCS#11 token when it is the root of trust.
+    pub token: Option<Arc<keyward_hsm_pkcs11::Pkcs11Hsm>>,
 }
 
 /// Request ids: a random per-process prefix and a counter. Unique within the node, unguessable across
@@ -99,6 +101,7 @@ impl App {
             clock: Arc::new(SystemClock),
             request_ids: RequestIds::new(),
             policies: Default::default(),
+            token: None,
         }
     }
 }

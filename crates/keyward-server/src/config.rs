@@ -45,6 +45,14 @@ pub struct Config {
     pub audit_file: Option<PathBuf>,
     /// The syslog datagram socket to copy audit records to (usually `/dev/log`).
     pub audit_syslog: Option<PathBuf>,
+    /// PKCS#11 module (`KEYWARD_PKCS11_MODULE`): when set, the token is the root of trust.
+    pub pkcs11_module: Option<PathBuf>,
+    /// Label of the token (`KEYWARD_PKCS11_TOKEN_LABEL`).
+    pub pkcs11_token_label: Option<String>,
+    /// The token's user PIN (`KEYWARD_PKCS11_PIN`); prefer `pkcs11_pin_file`.
+    pub pkcs11_pin: Option<zeroize::Zeroizing<String>>,
+    /// A file holding the PIN (`KEYWARD_PKCS11_PIN_FILE`), readable by the service only.
+    pub pkcs11_pin_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -67,6 +75,10 @@ impl Default for Config {
             quorum_approvals: 0,
             audit_file: None,
             audit_syslog: None,
+            pkcs11_module: None,
+            pkcs11_token_label: None,
+            pkcs11_pin: None,
+            pkcs11_pin_file: None,
         }
     }
 }
@@ -90,6 +102,14 @@ pub struct Overrides {
     pub insecure_http: bool,
     /// `--dev`.
     pub dev: bool,
+    /// `--pkcs11-module`.
+    pub pkcs11_module: Option<PathBuf>,
+    /// `--pkcs11-token-label`.
+    pub pkcs11_token_label: Option<String>,
+    /// `KEYWARD_PKCS11_PIN`.
+    pub pkcs11_pin: Option<zeroize::Zeroizing<String>>,
+    /// `--pkcs11-pin-file`.
+    pub pkcs11_pin_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -124,6 +144,18 @@ impl Config {
         }
         c.insecure_http |= o.insecure_http;
         c.dev |= o.dev;
+        if o.pkcs11_module.is_some() {
+            c.pkcs11_module = o.pkcs11_module;
+        }
+        if o.pkcs11_token_label.is_some() {
+            c.pkcs11_token_label = o.pkcs11_token_label;
+        }
+        if o.pkcs11_pin.is_some() {
+            c.pkcs11_pin = o.pkcs11_pin;
+        }
+        if o.pkcs11_pin_file.is_some() {
+            c.pkcs11_pin_file = o.pkcs11_pin_file;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -135,6 +167,19 @@ impl Config {
         }
         if !self.audit && !self.dev {
             return Err("the audit log can only be turned off in dev mode (for benchmarks)".into());
+        }
+        if self.pkcs11_module.is_some() {
+            if self.pkcs11_token_label.is_none() {
+                return Err("pkcs11_module needs pkcs11_token_label".into());
+            }
+            if self.pkcs11_pin.is_none() == self.pkcs11_pin_file.is_none() {
+                return Err(
+                    "pkcs11_module needs exactly one of pkcs11_pin and pkcs11_pin_file".into(),
+                );
+            }
+            if self.dev {
+                return Err("dev mode keeps its unseal key in the data directory; it does not use a PKCS#11 token".into());
+            }
         }
         if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
             return Err("tls_client_ca needs tls_cert and tls_key".into());
@@ -164,6 +209,31 @@ impl Config {
                 )),
             },
         }
+    }
+}
+
+impl Config {
+    /// The token to use as the root of trust, if one is configured. The PIN is read from its file here, once.
+    pub fn pkcs11(&self) -> Result<Option<keyward_hsm_pkcs11::Pkcs11Config>, String> {
+        let Some(module) = &self.pkcs11_module else {
+            return Ok(None);
+        };
+        let pin = match (&self.pkcs11_pin, &self.pkcs11_pin_file) {
+            (Some(pin), _) => pin.clone(),
+            (None, Some(path)) => {
+                let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                    format!("cannot read the PKCS#11 PIN file {}: {e}", path.display())
+                })?);
+                zeroize::Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_string())
+            }
+            (None, None) => return Err("pkcs11_module needs a PIN".into()),
+        };
+        Ok(Some(keyward_hsm_pkcs11::Pkcs11Config {
+            module: module.clone(),
+            token_label: self.pkcs11_token_label.clone().unwrap_or_default(),
+            pin,
+            sessions: 8,
+        }))
     }
 }
 

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use config::StoreLocation;
+use error::ApiError;
 use keyward_core::audit::{AuditEvent, AuditLog};
 use keyward_core::{Kms, KmsConfig, RootOfTrust, SecretBytes, SystemClock};
 use keyward_hsm_soft::SoftHsm;
@@ -189,15 +190,23 @@ pub fn build(config: Config) -> Result<(AppState, Startup), String> {
             Arc::new(PgStore::open(&url, PgOptions::default()).map_err(|e| e.to_string())?)
         }
     };
+    let token = match config.pkcs11()? {
+        Some(p11) => Some(Arc::new(
+            keyward_hsm_pkcs11::Pkcs11Hsm::open(&p11).map_err(|e| e.to_string())?,
+        )),
+        None => None,
+    };
+    let hsm: Arc<dyn keyward_hsm::Hsm> = match &token {
+        Some(t) => Arc::new(keyward_hsm_pkcs11::HybridHsm::new(t.clone())),
+        None => Arc::new(SoftHsm::new()),
+    };
     let kms = Arc::new(
-        Kms::open(
-            Arc::new(SoftHsm::new()),
-            store,
-            Arc::new(SystemClock),
-            KmsConfig::default(),
-        )
-        .map_err(|e| e.to_string())?,
+        Kms::open(hsm, store, Arc::new(SystemClock), KmsConfig::default())
+            .map_err(|e| e.to_string())?,
     );
+    if let Some(t) = &token {
+        pkcs11_unseal(&kms, t)?;
+    }
     let mut startup = Startup::default();
     let node = node_id(&config)?;
     let mut sinks: Vec<Box<dyn keyward_core::audit::AuditSink>> = Vec::new();
@@ -219,7 +228,9 @@ pub fn build(config: Config) -> Result<(AppState, Startup), String> {
         .store_handle()
         .change_feed()
         .map_err(|e| format!("cannot follow the store's changes: {e}"))?;
-    let app = Arc::new(App::new(kms.clone(), audit, config, node));
+    let mut app = App::new(kms.clone(), audit, config, node);
+    app.token = token;
+    let app = Arc::new(app);
     if let Some(feed) = feed {
         follow_changes(Arc::downgrade(&app), feed)?;
     }
@@ -295,6 +306,58 @@ fn follow_changes(
         })
         .map(drop)
         .map_err(|e| format!("cannot start the change feed thread: {e}"))
+}
+
+/// Label of the token key that seals the unseal key: the PKCS#11 root of trust.
+pub const PKCS11_ROOT_OF_TRUST: &str = "keyward-root-of-trust";
+/// Binds the sealed unseal key to its purpose.
+const PKCS11_SEAL_AAD: &[u8] = b"keyward:pkcs11:unseal-key";
+
+/// With a PKCS#11 root of trust the service unseals itself: the unseal key is stored sealed by the token's
+/// root-of-trust key (AES-GCM inside the token) and opened at every start. An uninitialised service waits
+/// for `POST /v1/sys/init`, which seals a fresh unseal key the same way.
+fn pkcs11_unseal(kms: &Kms, token: &keyward_hsm_pkcs11::Pkcs11Hsm) -> Result<(), String> {
+    let s = kms.status();
+    if !s.initialized {
+        return Ok(());
+    }
+    if s.root_of_trust != Some(RootOfTrust::Pkcs11) {
+        return Err(format!(
+            "this store was initialised with root of trust {}; it cannot be opened with a PKCS#11 token",
+            s.root_of_trust.map(RootOfTrust::as_str).unwrap_or("none")
+        ));
+    }
+    let rot = token
+        .root_of_trust_key(PKCS11_ROOT_OF_TRUST)
+        .map_err(|e| e.to_string())?;
+    kms.unseal_with_sealed_key(|sealed| {
+        token
+            .open_from_storage(&rot, PKCS11_SEAL_AAD, sealed)
+            .map_err(|_| {
+                keyward_core::KmsError::new(
+                    keyward_core::ErrorCode::Unavailable,
+                    "the PKCS#11 token cannot open this service's unseal key: it is another token, or its root-of-trust key was replaced",
+                )
+            })
+    })
+    .map_err(|e| e.message().to_string())
+}
+
+/// Initialises a service whose root of trust is the token: no shares, the service unseals itself.
+pub fn pkcs11_init(app: &App) -> Result<(), ApiError> {
+    let Some(token) = &app.token else {
+        return Err(ApiError::new(
+            keyward_core::ErrorCode::InvalidState,
+            "no PKCS#11 token is configured",
+        ));
+    };
+    let rot = token
+        .root_of_trust_key(PKCS11_ROOT_OF_TRUST)
+        .map_err(keyward_core::KmsError::from)?;
+    app.kms.init_sealed(RootOfTrust::Pkcs11, |unseal_key| {
+        Ok(token.seal_for_storage(&rot, PKCS11_SEAL_AAD, unseal_key.expose())?)
+    })?;
+    Ok(())
 }
 
 async fn background(app: AppState) {

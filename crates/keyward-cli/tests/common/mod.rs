@@ -179,3 +179,58 @@ pub async fn raw(
 pub fn code_of(v: &serde_json::Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
 }
+
+/// The PKCS#11 token for end-to-end tests: (module, label, pin). `scripts/test` creates one and names it in
+/// `KEYWARD_TEST_PKCS11_*`; otherwise a fresh SoftHSM2 token is made in a temporary directory for this
+/// process (and its children, through `SOFTHSM2_CONF`). Without SoftHSM2 the tests fail, never skip.
+pub fn pkcs11_token() -> (String, String, String) {
+    static SETUP: std::sync::OnceLock<(String, String, String)> = std::sync::OnceLock::new();
+    SETUP
+        .get_or_init(|| {
+            if let Ok(module) = std::env::var("KEYWARD_TEST_PKCS11_MODULE") {
+                return (
+                    module,
+                    std::env::var("KEYWARD_TEST_PKCS11_TOKEN")
+                        .unwrap_or_else(|_| "keyward-test".into()),
+                    std::env::var("KEYWARD_TEST_PKCS11_PIN").unwrap_or_else(|_| "1234".into()),
+                );
+            }
+            let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
+            let conf = dir.path().join("softhsm2.conf");
+            std::fs::write(
+                &conf,
+                format!("directories.tokendir = {}\n", dir.path().display()),
+            )
+            .unwrap();
+            std::env::set_var("SOFTHSM2_CONF", &conf);
+            new_softhsm_token("keyward-test", "1234");
+            (
+                "/usr/lib/softhsm/libsofthsm2.so".into(),
+                "keyward-test".into(),
+                "1234".into(),
+            )
+        })
+        .clone()
+}
+
+/// Creates another token in the same SoftHSM2 directory.
+pub fn new_softhsm_token(label: &str, pin: &str) {
+    let out = Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--pin",
+            pin,
+            "--so-pin",
+            "5678",
+        ])
+        .output()
+        .expect("softhsm2-util (package softhsm2) is needed for these tests");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -67,14 +67,23 @@ pub async fn status(State(app): State<AppState>, meta: Meta) -> Response {
 pub async fn init(State(app): State<AppState>, meta: Meta, body: RawBody) -> Response {
     let a = app.clone();
     call(&app, &meta, Action::Init, None, Mode::Blocking, move |_| {
-        let req: InitRequest = parse(&body)?;
         if a.config.dev {
             return Err(ApiError::new(
                 ErrorCode::InvalidState,
                 "a dev-mode server is initialised at start",
             ));
         }
-        let shares = a.kms.init_shamir(req.shares, req.threshold)?;
+        let shares = if a.token.is_some() {
+            // The token is the root of trust: no shares to hand out, and the service unseals itself.
+            if !body.0.as_ref().is_ok_and(|b| b.is_empty()) {
+                let _: serde_json::Value = parse(&body)?;
+            }
+            crate::pkcs11_init(&a)?;
+            Vec::new()
+        } else {
+            let req: InitRequest = parse(&body)?;
+            a.kms.init_shamir(req.shares, req.threshold)?
+        };
         let (root_token, rec) = a
             .auth
             .mint("root", &[Role::Admin], a.clock.now(), None, None)?;
