@@ -54,6 +54,8 @@ const REFERENCE: &[u8; 4] = b"KWR1";
 /// Marks a blob of wrapped material.
 const WRAPPED: &[u8; 4] = b"KWW1";
 const GCM_NONCE: usize = 12;
+/// How a call reports a handle the token no longer knows (after a logout, a token reset, a new session).
+const STALE: &str = "the token no longer knows this key's handle";
 const GCM_TAG: usize = 16;
 
 /// Where the token is and how to log in to it.
@@ -82,14 +84,14 @@ impl std::fmt::Debug for Pkcs11Config {
 /// A key inside the token, or a public key held in software.
 enum P11Key {
     Token {
-        /// The object (for a key pair, the private key).
-        object: ObjectHandle,
+        /// The object (for a key pair, the private key); replaced when the token forgot the handle.
+        object: Mutex<ObjectHandle>,
         /// `CKA_ID` of a persistent object: how it is found again after the token came back.
         id: Option<Vec<u8>>,
         /// The public half in the software HSM, for verification and encryption.
         public: Option<KeyHandle>,
         /// Subkeys of a KEK for storage wrapping, derived on first use.
-        storage: OnceLock<(ObjectHandle, ObjectHandle)>,
+        storage: Mutex<Option<(ObjectHandle, ObjectHandle)>>,
         /// Whether `destroy` should delete a persistent object.
         persistent: bool,
     },
@@ -126,6 +128,9 @@ fn token_error(op: &str, e: CkError) -> HsmError {
         | Some(RvError::WrappedKeyLenRange) => HsmError::DecryptFailed,
         Some(RvError::MechanismInvalid) => {
             HsmError::Backend(format!("the token does not offer the mechanism {op} needs"))
+        }
+        Some(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid) => {
+            HsmError::Backend(format!("token {op}: {STALE}"))
         }
         Some(r) => HsmError::Backend(format!("token {op}: {r:?}")),
         None => HsmError::Backend(format!("token {op}: {e}")),
@@ -319,7 +324,7 @@ impl Pkcs11Hsm {
     /// The token object of a key, found again by `CKA_ID` if the token lost its handles.
     fn object(&self, handle: &KeyHandle) -> HsmResult<ObjectHandle> {
         match self.token_key(handle)? {
-            P11Key::Token { object, .. } => Ok(*object),
+            P11Key::Token { object, .. } => Ok(*object.lock()),
             P11Key::Public(_) => Err(HsmError::IncorrectKeyUsage(
                 "a public key cannot do this operation",
             )),
@@ -346,11 +351,11 @@ impl Pkcs11Hsm {
             attrs.extractable && !attrs.token_resident,
             false,
             P11Key::Token {
-                object,
+                object: Mutex::new(object),
                 persistent: id.is_some(),
                 id,
                 public,
-                storage: OnceLock::new(),
+                storage: Mutex::new(None),
             },
         )
     }
@@ -391,6 +396,46 @@ impl Pkcs11Hsm {
             t.push(Attribute::Id(id.clone()));
         }
         Ok(t)
+    }
+
+    /// Runs `f`; if the token no longer knows a handle of `key`, finds the key again (persistent keys, by
+    /// `CKA_ID`; storage subkeys are derived again) and runs `f` once more. Session keys the token dropped
+    /// are gone with it, and the error says so.
+    fn retrying<T>(&self, key: &KeyHandle, mut f: impl FnMut() -> HsmResult<T>) -> HsmResult<T> {
+        match f() {
+            Err(HsmError::Backend(m)) if m.ends_with(STALE) && self.refresh(key)? => f(),
+            other => other,
+        }
+    }
+
+    fn refresh(&self, key: &KeyHandle) -> HsmResult<bool> {
+        let P11Key::Token {
+            object,
+            id,
+            persistent,
+            storage,
+            ..
+        } = self.token_key(key)?
+        else {
+            return Ok(false);
+        };
+        let had_subkeys = storage.lock().take().is_some();
+        // Handles die with the login (a logout, a token reset): log in again first, or private objects
+        // stay invisible to the search. The login holds for every session of the process.
+        let session = self.open_session()?;
+        {
+            let mut idle = self.idle.lock();
+            if idle.len() < self.max_sessions {
+                idle.push(session);
+            }
+        }
+        match (persistent, id) {
+            (true, Some(id)) => {
+                *object.lock() = self.find_by_id(key.spec(), id)?;
+                Ok(true)
+            }
+            _ => Ok(had_subkeys),
+        }
     }
 
     /// A persistent AES-256 key found by label, created non-extractable on first use: the root of trust.
@@ -442,15 +487,17 @@ impl Pkcs11Hsm {
         if kek.spec().family() != KeyFamily::Symmetric {
             return Err(HsmError::IncorrectKeyUsage("the KEK must be an AES key"));
         }
-        if let Some(keys) = storage.get() {
-            return Ok(*keys);
+        let mut storage = storage.lock();
+        if let Some(keys) = *storage {
+            return Ok(keys);
         }
+        let object = *object.lock();
         let derive = |label: &'static [u8; 32]| {
             self.with_owner("derive storage key", |s| {
                 let params = AesCbcDeriveParams::new([0u8; 16], label);
                 s.derive_key(
                     &Mechanism::AesCbcEncryptData(params),
-                    *object,
+                    object,
                     &[
                         Attribute::Class(ObjectClass::SECRET_KEY),
                         Attribute::KeyType(KeyType::AES),
@@ -468,7 +515,8 @@ impl Pkcs11Hsm {
         };
         let wrap = derive(b"keyward storage wrap key v1.....")?;
         let seal = derive(b"keyward storage seal key v1.....")?;
-        Ok(*storage.get_or_init(|| (wrap, seal)))
+        *storage = Some((wrap, seal));
+        Ok((wrap, seal))
     }
 
     /// AES-GCM in the token: `nonce || ciphertext || tag`.
@@ -499,6 +547,8 @@ impl Pkcs11Hsm {
         });
         match plain {
             Ok(p) => Ok(SecretBytes::new(p)),
+            // A forgotten handle is retried by the caller; a lost session was already retried.
+            Err(HsmError::Backend(m)) if m.ends_with(STALE) => Err(HsmError::Backend(m)),
             // Tokens report a failed tag check in several ways; none of them is more than "does not open".
             Err(HsmError::Backend(_)) | Err(HsmError::DecryptFailed) => {
                 Err(HsmError::DecryptFailed)
@@ -515,8 +565,10 @@ impl Pkcs11Hsm {
         aad: &[u8],
         bytes: &[u8],
     ) -> HsmResult<Vec<u8>> {
-        let (_, seal) = self.storage_keys(kek)?;
-        self.gcm_seal(seal, aad, bytes)
+        self.retrying(kek, || {
+            let (_, seal) = self.storage_keys(kek)?;
+            self.gcm_seal(seal, aad, bytes)
+        })
     }
 
     /// Inverse of [`Pkcs11Hsm::seal_for_storage`].
@@ -526,8 +578,10 @@ impl Pkcs11Hsm {
         aad: &[u8],
         blob: &[u8],
     ) -> HsmResult<SecretBytes> {
-        let (_, seal) = self.storage_keys(kek)?;
-        self.gcm_open(seal, aad, blob)
+        self.retrying(kek, || {
+            let (_, seal) = self.storage_keys(kek)?;
+            self.gcm_open(seal, aad, blob)
+        })
     }
 
     fn public_of(&self, spec: KeySpec, public: ObjectHandle) -> HsmResult<KeyHandle> {
@@ -729,6 +783,104 @@ impl Pkcs11Hsm {
     }
 }
 
+impl Pkcs11Hsm {
+    fn wrap_once(&self, kek: &KeyHandle, key: &KeyHandle, aad: &[u8]) -> HsmResult<Vec<u8>> {
+        let (wrap, seal) = self.storage_keys(kek)?;
+        let P11Key::Token {
+            object,
+            id,
+            persistent,
+            ..
+        } = self.token_key(key)?
+        else {
+            return Err(HsmError::IncorrectKeyUsage("a public key is not stored"));
+        };
+        let object = *object.lock();
+        let (tag, inner) = if *persistent {
+            (REFERENCE, id.clone().unwrap_or_default())
+        } else {
+            let wrapped = self.with_session("wrap key", |s| {
+                s.wrap_key(&Mechanism::AesKeyWrapPad, wrap, object)
+            })?;
+            // A private key travels with its public half, which the token cannot recompute for EC keys.
+            let spki = match key.spec().family() {
+                KeyFamily::Rsa | KeyFamily::Ec => self.public_key_der(key)?,
+                _ => Vec::new(),
+            };
+            let len = u16::try_from(spki.len())
+                .map_err(|_| HsmError::InvalidInput("public key too large"))?;
+            let mut inner = len.to_be_bytes().to_vec();
+            inner.extend_from_slice(&spki);
+            inner.extend_from_slice(&wrapped);
+            (WRAPPED, inner)
+        };
+        let mut out = tag.to_vec();
+        out.extend_from_slice(&self.gcm_seal(seal, aad, &inner)?);
+        Ok(out)
+    }
+
+    fn unwrap_once(
+        &self,
+        kek: &KeyHandle,
+        spec: KeySpec,
+        blob: &[u8],
+        aad: &[u8],
+        attrs: &KeyAttributes,
+    ) -> HsmResult<KeyHandle> {
+        let (wrap, seal) = self.storage_keys(kek)?;
+        let (tag, sealed) = blob.split_at(blob.len().min(4));
+        let inner = self.gcm_open(seal, aad, sealed)?;
+        if tag == REFERENCE {
+            return self.find_persistent(spec, inner.expose());
+        }
+        if tag != WRAPPED || !self.supports(spec) {
+            return Err(HsmError::DecryptFailed);
+        }
+        let (len, rest) = inner.expose().split_at(inner.expose().len().min(2));
+        let len = match len {
+            [a, b] => u16::from_be_bytes([*a, *b]) as usize,
+            _ => return Err(HsmError::DecryptFailed),
+        };
+        if rest.len() < len {
+            return Err(HsmError::DecryptFailed);
+        }
+        let (spki, wrapped) = rest.split_at(len);
+        let (template, public) = match spec.family() {
+            KeyFamily::Symmetric | KeyFamily::Hmac => {
+                let t = self.secret_template(spec, attrs, &None)?;
+                let t: Vec<Attribute> = t
+                    .into_iter()
+                    .filter(|a| !matches!(a, Attribute::ValueLen(_)))
+                    .collect();
+                (t, None)
+            }
+            family => {
+                let rsa = family == KeyFamily::Rsa;
+                let t = vec![
+                    Attribute::Class(ObjectClass::PRIVATE_KEY),
+                    Attribute::KeyType(if rsa { KeyType::RSA } else { KeyType::EC }),
+                    Attribute::Token(false),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(true),
+                    Attribute::Sign(true),
+                    Attribute::Decrypt(rsa),
+                    Attribute::Derive(!rsa),
+                ];
+                (t, Some(self.soft.import_public(spec, spki)?))
+            }
+        };
+        let object = self.with_owner("unwrap key", |s| {
+            s.unwrap_key(&Mechanism::AesKeyWrapPad, wrap, wrapped, &template)
+        })?;
+        let attrs = KeyAttributes {
+            extractable: attrs.extractable && public.is_none(),
+            ..attrs.clone()
+        };
+        Ok(self.wrap_handle(spec, object, public, &attrs, None))
+    }
+}
+
 fn load(module: &Path) -> HsmResult<Pkcs11> {
     let ctx = Pkcs11::new(module).map_err(|e| {
         HsmError::Backend(format!(
@@ -848,17 +1000,19 @@ impl Hsm for Pkcs11Hsm {
         if !key.is_extractable() || key.is_public_only() {
             return Err(HsmError::NotExtractable);
         }
-        let object = self.object(key)?;
-        let value = self.with_session("export key", |s| {
-            s.get_attributes(object, &[AttributeType::Value])
-        })?;
-        value
-            .into_iter()
-            .find_map(|a| match a {
-                Attribute::Value(v) => Some(SecretBytes::new(v)),
-                _ => None,
-            })
-            .ok_or(HsmError::NotExtractable)
+        self.retrying(key, || {
+            let object = self.object(key)?;
+            let value = self.with_session("export key", |s| {
+                s.get_attributes(object, &[AttributeType::Value])
+            })?;
+            value
+                .into_iter()
+                .find_map(|a| match a {
+                    Attribute::Value(v) => Some(SecretBytes::new(v)),
+                    _ => None,
+                })
+                .ok_or(HsmError::NotExtractable)
+        })
     }
 
     fn public_key_der(&self, key: &KeyHandle) -> HsmResult<Vec<u8>> {
@@ -866,37 +1020,7 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn wrap_for_storage(&self, kek: &KeyHandle, key: &KeyHandle, aad: &[u8]) -> HsmResult<Vec<u8>> {
-        let (wrap, seal) = self.storage_keys(kek)?;
-        let P11Key::Token {
-            object,
-            id,
-            persistent,
-            ..
-        } = self.token_key(key)?
-        else {
-            return Err(HsmError::IncorrectKeyUsage("a public key is not stored"));
-        };
-        let (tag, inner) = if *persistent {
-            (REFERENCE, id.clone().unwrap_or_default())
-        } else {
-            let wrapped = self.with_session("wrap key", |s| {
-                s.wrap_key(&Mechanism::AesKeyWrapPad, wrap, *object)
-            })?;
-            // A private key travels with its public half, which the token cannot recompute for EC keys.
-            let spki = match key.spec().family() {
-                KeyFamily::Rsa | KeyFamily::Ec => self.public_key_der(key)?,
-                _ => Vec::new(),
-            };
-            let len = u16::try_from(spki.len())
-                .map_err(|_| HsmError::InvalidInput("public key too large"))?;
-            let mut inner = len.to_be_bytes().to_vec();
-            inner.extend_from_slice(&spki);
-            inner.extend_from_slice(&wrapped);
-            (WRAPPED, inner)
-        };
-        let mut out = tag.to_vec();
-        out.extend_from_slice(&self.gcm_seal(seal, aad, &inner)?);
-        Ok(out)
+        self.retrying(kek, || self.retrying(key, || self.wrap_once(kek, key, aad)))
     }
 
     fn unwrap_from_storage(
@@ -907,57 +1031,7 @@ impl Hsm for Pkcs11Hsm {
         aad: &[u8],
         attrs: &KeyAttributes,
     ) -> HsmResult<KeyHandle> {
-        let (wrap, seal) = self.storage_keys(kek)?;
-        let (tag, sealed) = blob.split_at(blob.len().min(4));
-        let inner = self.gcm_open(seal, aad, sealed)?;
-        if tag == REFERENCE {
-            return self.find_persistent(spec, inner.expose());
-        }
-        if tag != WRAPPED || !self.supports(spec) {
-            return Err(HsmError::DecryptFailed);
-        }
-        let (len, rest) = inner.expose().split_at(inner.expose().len().min(2));
-        let len = match len {
-            [a, b] => u16::from_be_bytes([*a, *b]) as usize,
-            _ => return Err(HsmError::DecryptFailed),
-        };
-        if rest.len() < len {
-            return Err(HsmError::DecryptFailed);
-        }
-        let (spki, wrapped) = rest.split_at(len);
-        let (template, public) = match spec.family() {
-            KeyFamily::Symmetric | KeyFamily::Hmac => {
-                let t = self.secret_template(spec, attrs, &None)?;
-                let t: Vec<Attribute> = t
-                    .into_iter()
-                    .filter(|a| !matches!(a, Attribute::ValueLen(_)))
-                    .collect();
-                (t, None)
-            }
-            family => {
-                let rsa = family == KeyFamily::Rsa;
-                let t = vec![
-                    Attribute::Class(ObjectClass::PRIVATE_KEY),
-                    Attribute::KeyType(if rsa { KeyType::RSA } else { KeyType::EC }),
-                    Attribute::Token(false),
-                    Attribute::Private(true),
-                    Attribute::Sensitive(true),
-                    Attribute::Extractable(true),
-                    Attribute::Sign(true),
-                    Attribute::Decrypt(rsa),
-                    Attribute::Derive(!rsa),
-                ];
-                (t, Some(self.soft.import_public(spec, spki)?))
-            }
-        };
-        let object = self.with_owner("unwrap key", |s| {
-            s.unwrap_key(&Mechanism::AesKeyWrapPad, wrap, wrapped, &template)
-        })?;
-        let attrs = KeyAttributes {
-            extractable: attrs.extractable && public.is_none(),
-            ..attrs.clone()
-        };
-        Ok(self.wrap_handle(spec, object, public, &attrs, None))
+        self.retrying(kek, || self.unwrap_once(kek, spec, blob, aad, attrs))
     }
 
     fn export_wrapped(&self, _key: &KeyHandle, _wrapping_spki_der: &[u8]) -> HsmResult<Vec<u8>> {
@@ -984,9 +1058,11 @@ impl Hsm for Pkcs11Hsm {
         if key.spec().family() != KeyFamily::Symmetric {
             return Err(HsmError::IncorrectKeyUsage("not a symmetric key"));
         }
-        let object = self.object(key)?;
-        out.extend_from_slice(&self.gcm_seal(object, aad, plaintext)?);
-        Ok(())
+        self.retrying(key, || {
+            let object = self.object(key)?;
+            out.extend_from_slice(&self.gcm_seal(object, aad, plaintext)?);
+            Ok(())
+        })
     }
 
     fn decrypt_symmetric(
@@ -998,8 +1074,10 @@ impl Hsm for Pkcs11Hsm {
         if key.spec().family() != KeyFamily::Symmetric {
             return Err(HsmError::IncorrectKeyUsage("not a symmetric key"));
         }
-        let object = self.object(key)?;
-        self.gcm_open(object, aad, sealed)
+        self.retrying(key, || {
+            let object = self.object(key)?;
+            self.gcm_open(object, aad, sealed)
+        })
     }
 
     fn encrypt_asymmetric(
@@ -1031,16 +1109,19 @@ impl Hsm for Pkcs11Hsm {
             }
             _ => return Err(HsmError::IncorrectKeyUsage("not an RSA algorithm")),
         };
-        let object = self.object(key)?;
-        let plain = self.with_session("decrypt", |s| {
-            let params = PkcsOaepParams::new(hash, mgf, PkcsOaepSource::empty());
-            s.decrypt(&Mechanism::RsaPkcsOaep(params), object, ciphertext)
-        });
-        match plain {
-            Ok(p) => Ok(SecretBytes::new(p)),
-            // A token reports a bad ciphertext as a general failure; the mechanism was checked to exist.
-            Err(_) => Err(HsmError::DecryptFailed),
-        }
+        self.retrying(key, || {
+            let object = self.object(key)?;
+            let plain = self.with_session("decrypt", |s| {
+                let params = PkcsOaepParams::new(hash, mgf, PkcsOaepSource::empty());
+                s.decrypt(&Mechanism::RsaPkcsOaep(params), object, ciphertext)
+            });
+            match plain {
+                Ok(p) => Ok(SecretBytes::new(p)),
+                Err(HsmError::Backend(m)) if m.ends_with(STALE) => Err(HsmError::Backend(m)),
+                // A token reports a bad ciphertext as a general failure; the mechanism was checked to exist.
+                Err(_) => Err(HsmError::DecryptFailed),
+            }
+        })
     }
 
     fn sign(
@@ -1054,35 +1135,37 @@ impl Hsm for Pkcs11Hsm {
                 "algorithm does not fit the key",
             ));
         }
-        let object = self.object(key)?;
-        let digest = digest(alg, input)?;
-        use SigningAlgorithm::*;
-        match alg {
-            EcdsaSha256 | EcdsaSha384 | EcdsaSha512 => {
-                let raw =
-                    self.with_session("sign", |s| s.sign(&Mechanism::Ecdsa, object, &digest))?;
-                der::ecdsa_der(&raw)
+        self.retrying(key, || {
+            let object = self.object(key)?;
+            let digest = digest(alg, input)?;
+            use SigningAlgorithm::*;
+            match alg {
+                EcdsaSha256 | EcdsaSha384 | EcdsaSha512 => {
+                    let raw =
+                        self.with_session("sign", |s| s.sign(&Mechanism::Ecdsa, object, &digest))?;
+                    der::ecdsa_der(&raw)
+                }
+                RsassaPkcs1V15Sha256 | RsassaPkcs1V15Sha384 | RsassaPkcs1V15Sha512 => {
+                    let prefix = der::digest_info_prefix(digest.len()).ok_or(
+                        HsmError::InvalidInput("digest length does not match the algorithm"),
+                    )?;
+                    let info = [prefix, digest.as_slice()].concat();
+                    self.with_session("sign", |s| s.sign(&Mechanism::RsaPkcs, object, &info))
+                }
+                RsassaPssSha256 | RsassaPssSha384 | RsassaPssSha512 => {
+                    let (hash_alg, mgf) = hash_mechanism(digest.len())?;
+                    let params = PkcsPssParams {
+                        hash_alg,
+                        mgf,
+                        s_len: (digest.len() as u64).into(),
+                    };
+                    self.with_session("sign", |s| {
+                        s.sign(&Mechanism::RsaPkcsPss(params), object, &digest)
+                    })
+                }
+                Ed25519 | Sm2Dsa => Err(HsmError::UnsupportedSpec(key.spec())),
             }
-            RsassaPkcs1V15Sha256 | RsassaPkcs1V15Sha384 | RsassaPkcs1V15Sha512 => {
-                let prefix = der::digest_info_prefix(digest.len()).ok_or(
-                    HsmError::InvalidInput("digest length does not match the algorithm"),
-                )?;
-                let info = [prefix, digest.as_slice()].concat();
-                self.with_session("sign", |s| s.sign(&Mechanism::RsaPkcs, object, &info))
-            }
-            RsassaPssSha256 | RsassaPssSha384 | RsassaPssSha512 => {
-                let (hash_alg, mgf) = hash_mechanism(digest.len())?;
-                let params = PkcsPssParams {
-                    hash_alg,
-                    mgf,
-                    s_len: (digest.len() as u64).into(),
-                };
-                self.with_session("sign", |s| {
-                    s.sign(&Mechanism::RsaPkcsPss(params), object, &digest)
-                })
-            }
-            Ed25519 | Sm2Dsa => Err(HsmError::UnsupportedSpec(key.spec())),
-        }
+        })
     }
 
     fn verify(
@@ -1102,8 +1185,10 @@ impl Hsm for Pkcs11Hsm {
                 "MAC algorithm does not fit the key",
             ));
         }
-        let object = self.object(key)?;
-        self.with_session("mac", |s| s.sign(&mac_mechanism(alg), object, message))
+        self.retrying(key, || {
+            let object = self.object(key)?;
+            self.with_session("mac", |s| s.sign(&mac_mechanism(alg), object, message))
+        })
     }
 
     fn verify_mac(
@@ -1121,17 +1206,19 @@ impl Hsm for Pkcs11Hsm {
         if mac.len() != alg.output_len() {
             return Ok(false);
         }
-        let object = self.object(key)?;
-        // The token compares in its own code; a mismatch is an answer, not an error.
-        let checked = self.with_session("verify mac", |s| {
-            match s.verify(&mac_mechanism(alg), object, message, mac) {
-                Ok(()) => Ok(true),
-                Err(e) if rv(&e) == Some(RvError::SignatureInvalid) => Ok(false),
-                Err(e) if rv(&e) == Some(RvError::SignatureLenRange) => Ok(false),
-                Err(e) => Err(e),
-            }
-        })?;
-        Ok(checked)
+        self.retrying(key, || {
+            let object = self.object(key)?;
+            // The token compares in its own code; a mismatch is an answer, not an error.
+            let checked = self.with_session("verify mac", |s| {
+                match s.verify(&mac_mechanism(alg), object, message, mac) {
+                    Ok(()) => Ok(true),
+                    Err(e) if rv(&e) == Some(RvError::SignatureInvalid) => Ok(false),
+                    Err(e) if rv(&e) == Some(RvError::SignatureLenRange) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })?;
+            Ok(checked)
+        })
     }
 
     fn derive_hkdf(
@@ -1150,33 +1237,35 @@ impl Hsm for Pkcs11Hsm {
         // The software HSM checks the peer key is a valid point of this curve before the token sees it.
         self.soft.import_public(spec, peer_spki_der)?;
         let point = der::spki_point(peer_spki_der)?;
-        let object = self.object(key)?;
-        let secret = self.with_owner("derive shared secret", |s| {
-            let params = Ecdh1DeriveParams::new(EcKdf::null(), point);
-            s.derive_key(
-                &Mechanism::Ecdh1Derive(params),
-                object,
-                &[
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::KeyType(KeyType::GENERIC_SECRET),
-                    Attribute::ValueLen((len as u64).into()),
-                    Attribute::Token(false),
-                    Attribute::Sensitive(false),
-                    Attribute::Extractable(true),
-                ],
-            )
-        })?;
-        let value = self.with_session("read shared secret", |s| {
-            s.get_attributes(secret, &[AttributeType::Value])
-        });
-        let _ = self.with_owner("destroy shared secret", |s| s.destroy_object(secret));
-        value?
-            .into_iter()
-            .find_map(|a| match a {
-                Attribute::Value(v) => Some(SecretBytes::new(v)),
-                _ => None,
-            })
-            .ok_or_else(|| HsmError::Backend("the token hid the shared secret".into()))
+        self.retrying(key, || {
+            let object = self.object(key)?;
+            let secret = self.with_owner("derive shared secret", |s| {
+                let params = Ecdh1DeriveParams::new(EcKdf::null(), point);
+                s.derive_key(
+                    &Mechanism::Ecdh1Derive(params),
+                    object,
+                    &[
+                        Attribute::Class(ObjectClass::SECRET_KEY),
+                        Attribute::KeyType(KeyType::GENERIC_SECRET),
+                        Attribute::ValueLen((len as u64).into()),
+                        Attribute::Token(false),
+                        Attribute::Sensitive(false),
+                        Attribute::Extractable(true),
+                    ],
+                )
+            })?;
+            let value = self.with_session("read shared secret", |s| {
+                s.get_attributes(secret, &[AttributeType::Value])
+            });
+            let _ = self.with_owner("destroy shared secret", |s| s.destroy_object(secret));
+            value?
+                .into_iter()
+                .find_map(|a| match a {
+                    Attribute::Value(v) => Some(SecretBytes::new(v)),
+                    _ => None,
+                })
+                .ok_or_else(|| HsmError::Backend("the token hid the shared secret".into()))
+        })
     }
 
     fn fill_random(&self, out: &mut [u8]) -> HsmResult<()> {
@@ -1188,11 +1277,14 @@ impl Hsm for Pkcs11Hsm {
             object, storage, ..
         }) = self.token_key(&key)
         {
-            if let Some((wrap, seal)) = storage.get() {
-                let _ = self.with_owner("destroy", |s| s.destroy_object(*wrap));
-                let _ = self.with_owner("destroy", |s| s.destroy_object(*seal));
+            if let Some((wrap, seal)) = storage.lock().take() {
+                let _ = self.with_owner("destroy", |s| s.destroy_object(wrap));
+                let _ = self.with_owner("destroy", |s| s.destroy_object(seal));
             }
-            self.with_owner("destroy", |s| s.destroy_object(*object))?;
+            self.retrying(&key, || {
+                let object = *object.lock();
+                self.with_owner("destroy", |s| s.destroy_object(object))
+            })?;
         }
         Ok(())
     }
