@@ -106,6 +106,27 @@ async fn a_token_rooted_service_unseals_itself_and_keeps_hsm_keys_in_the_token()
     )
     .await;
     assert_eq!((status, code_of(&err)), (400, "ValidationError"), "{err}");
+    // ...nor exported later, to anyone.
+    let rsa = c
+        .create_key(&CreateKeyRequest {
+            spec: "RSA_2048".into(),
+            usage: Some("ENCRYPT_DECRYPT".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let wrapping = c.public_key(&rsa.key_id).await.unwrap().public_key_der;
+    let (status, err, _) = raw(
+        &server.addr,
+        "POST",
+        &format!("/v1/keys/{}/export", in_token.key_id),
+        Some(&root),
+        Some(
+            serde_json::to_vec(&serde_json::json!({"wrapping_public_key_der": wrapping})).unwrap(),
+        ),
+    )
+    .await;
+    assert_eq!((status, code_of(&err)), (409, "InvalidState"), "{err}");
     // A spec the token does not offer is refused with a clear error.
     let (status, err, _) = raw(
         &server.addr,
