@@ -749,3 +749,64 @@ async fn a_database_outage_under_load_fails_cleanly_and_recovers_by_itself() {
     assert_eq!(status, 200, "{verify}");
     assert_eq!(verify["valid"], true, "{verify}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_sharing_a_pkcs11_token_unseal_themselves_when_another_node_initialises() {
+    let scratch = Scratch::new();
+    let (module, label, pin) = common::pkcs11_token();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes: Vec<Server> = dirs
+        .iter()
+        .map(|d| {
+            Server::start(
+                d.path(),
+                &[
+                    "--store",
+                    &scratch.url(),
+                    "--pkcs11-module",
+                    &module,
+                    "--pkcs11-token-label",
+                    &label,
+                ],
+                &[("KEYWARD_PKCS11_PIN", pin.as_str())],
+            )
+        })
+        .collect();
+    let (status, init, _) = raw(
+        &nodes[0].addr,
+        "POST",
+        "/v1/sys/init",
+        None,
+        Some(b"{}".to_vec()),
+    )
+    .await;
+    assert_eq!(status, 200, "{init}");
+    let root = init["root_token"].as_str().unwrap().to_string();
+    // The second node learns of the init through the database and opens the unseal key with the token.
+    wait_for(|| async { !nodes[1].client(None).status().await.unwrap().sealed }).await;
+    let key = nodes[0]
+        .client(Some(&root))
+        .create_key(&CreateKeyRequest {
+            spec: "AES_256".into(),
+            origin: Some("HSM".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ct = nodes[0]
+        .client(Some(&root))
+        .encrypt(&key.key_id, b"token key", None)
+        .await
+        .unwrap();
+    let d = nodes[1]
+        .client(Some(&root))
+        .decrypt(None, &ct.ciphertext.0, None, None)
+        .await
+        .unwrap();
+    assert_eq!(d.plaintext.expose(), b"token key");
+    // An operator's seal holds: the node does not unseal itself behind the operator's back.
+    let (status, _, _) = raw(&nodes[1].addr, "POST", "/v1/sys/seal", Some(&root), None).await;
+    assert_eq!(status, 204);
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(nodes[1].client(None).status().await.unwrap().sealed);
+}

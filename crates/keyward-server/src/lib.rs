@@ -275,6 +275,7 @@ fn follow_changes(
             let freshness = app.kms.freshness();
             match polled {
                 Ok(changes) => {
+                    let was_initialized = app.kms.status().initialized;
                     let applied = app.kms.apply_changes(&changes);
                     for c in &changes {
                         match c {
@@ -295,6 +296,13 @@ fn follow_changes(
                         freshness.confirm(started);
                     } else {
                         freshness.revoke();
+                    }
+                    // Another node initialised the cluster on the token: this node unseals itself too, as
+                    // it would at start. (A node an operator sealed stays sealed.)
+                    if let Some(token) = &app.token {
+                        if !was_initialized && app.kms.status().initialized {
+                            let _ = pkcs11_unseal(&app.kms, token);
+                        }
                     }
                 }
                 Err(_) => {
