@@ -809,4 +809,20 @@ async fn nodes_sharing_a_pkcs11_token_unseal_themselves_when_another_node_initia
     assert_eq!(status, 204);
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     assert!(nodes[1].client(None).status().await.unwrap().sealed);
+    // Unsealing it again takes no share: the token opens the unseal key.
+    let (status, s, _) = raw(
+        &nodes[1].addr,
+        "POST",
+        "/v1/sys/unseal",
+        None,
+        Some(b"{}".to_vec()),
+    )
+    .await;
+    assert_eq!((status, s["sealed"].as_bool()), (200, Some(false)), "{s}");
+    let d = nodes[1]
+        .client(Some(&root))
+        .decrypt(None, &ct.ciphertext.0, None, None)
+        .await
+        .unwrap();
+    assert_eq!(d.plaintext.expose(), b"token key");
 }

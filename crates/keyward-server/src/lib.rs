@@ -324,7 +324,10 @@ const PKCS11_SEAL_AAD: &[u8] = b"keyward:pkcs11:unseal-key";
 /// With a PKCS#11 root of trust the service unseals itself: the unseal key is stored sealed by the token's
 /// root-of-trust key (AES-GCM inside the token) and opened at every start. An uninitialised service waits
 /// for `POST /v1/sys/init`, which seals a fresh unseal key the same way.
-fn pkcs11_unseal(kms: &Kms, token: &keyward_hsm_pkcs11::Pkcs11Hsm) -> Result<(), String> {
+pub(crate) fn pkcs11_unseal(
+    kms: &Kms,
+    token: &keyward_hsm_pkcs11::Pkcs11Hsm,
+) -> Result<(), String> {
     let s = kms.status();
     if !s.initialized {
         return Ok(());

@@ -106,6 +106,14 @@ pub async fn unseal(State(app): State<AppState>, meta: Meta, body: RawBody) -> R
         None,
         Mode::Blocking,
         move |_| {
+            // A token-rooted node needs no share: the token opens its unseal key, as at start.
+            if let Some(token) = &a.token {
+                if a.kms.status().root_of_trust == Some(keyward_core::RootOfTrust::Pkcs11) {
+                    crate::pkcs11_unseal(&a.kms, token)
+                        .map_err(|m| ApiError::new(ErrorCode::Unavailable, m))?;
+                    return Reply::ok(&status_body(a.kms.status()));
+                }
+            }
             let req: UnsealRequest = parse(&body)?;
             let s = a.kms.unseal(&req.share)?;
             Reply::ok(&status_body(s))
