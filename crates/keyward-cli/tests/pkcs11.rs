@@ -96,6 +96,79 @@ async fn a_token_rooted_service_unseals_itself_and_keeps_hsm_keys_in_the_token()
         }
     };
     let sig = sign(signer.key_id.clone()).await;
+    // OpenSSL, independently, verifies what the token signed, with the public key the API hands out.
+    let files = tempfile::tempdir().unwrap();
+    let pem = c.public_key(&signer.key_id).await.unwrap().public_key_pem;
+    std::fs::write(files.path().join("pub.pem"), pem).unwrap();
+    std::fs::write(files.path().join("msg"), b"signed in the token").unwrap();
+    std::fs::write(files.path().join("sig.der"), &sig.signature.0).unwrap();
+    let out = std::process::Command::new("openssl")
+        .current_dir(files.path())
+        .args([
+            "dgst",
+            "-sha256",
+            "-verify",
+            "pub.pem",
+            "-signature",
+            "sig.der",
+            "msg",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rsa_signer = c
+        .create_key(&CreateKeyRequest {
+            spec: "RSA_2048".into(),
+            usage: Some("SIGN_VERIFY".into()),
+            origin: Some("HSM".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pss = c
+        .sign(
+            &rsa_signer.key_id,
+            &SignRequest {
+                message: Some(B64(b"signed in the token".to_vec())),
+                digest: None,
+                algorithm: "RSASSA_PSS_SHA_256".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let pem = c
+        .public_key(&rsa_signer.key_id)
+        .await
+        .unwrap()
+        .public_key_pem;
+    std::fs::write(files.path().join("rsa.pem"), pem).unwrap();
+    std::fs::write(files.path().join("pss.sig"), &pss.signature.0).unwrap();
+    let out = std::process::Command::new("openssl")
+        .current_dir(files.path())
+        .args([
+            "dgst",
+            "-sha256",
+            "-verify",
+            "rsa.pem",
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:32",
+            "-signature",
+            "pss.sig",
+            "msg",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // HSM keys are never exportable, whatever is asked.
     let (status, err, _) = raw(
         &server.addr,
