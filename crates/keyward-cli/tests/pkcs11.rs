@@ -9,6 +9,22 @@ mod common;
 use common::{code_of, pkcs11_token, raw, Server};
 use keyward_api::*;
 
+async fn create(
+    c: &keyward_client::Client,
+    spec: &str,
+    usage: Option<&str>,
+    origin: Option<&str>,
+) -> KeyObject {
+    c.create_key(&CreateKeyRequest {
+        spec: spec.into(),
+        usage: usage.map(Into::into),
+        origin: origin.map(Into::into),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
 fn start(dir: &std::path::Path, label: &str, pin: &str) -> Server {
     let (module, _, _) = pkcs11_token();
     Server::start(
@@ -47,31 +63,10 @@ async fn a_token_rooted_service_unseals_itself_and_keeps_hsm_keys_in_the_token()
     assert!(!status.sealed);
 
     let c = server.client(Some(&root));
-    let soft = c
-        .create_key(&CreateKeyRequest {
-            spec: "SYMMETRIC_DEFAULT".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let in_token = c
-        .create_key(&CreateKeyRequest {
-            spec: "AES_256".into(),
-            origin: Some("HSM".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let soft = create(&c, "SYMMETRIC_DEFAULT", None, None).await;
+    let in_token = create(&c, "AES_256", None, Some("HSM")).await;
     assert_eq!(in_token.origin, "HSM");
-    let signer = c
-        .create_key(&CreateKeyRequest {
-            spec: "ECC_NIST_P256".into(),
-            usage: Some("SIGN_VERIFY".into()),
-            origin: Some("HSM".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let signer = create(&c, "ECC_NIST_P256", Some("SIGN_VERIFY"), Some("HSM")).await;
     let ct_soft = c
         .encrypt(&soft.key_id, b"software key", None)
         .await
@@ -120,15 +115,7 @@ async fn a_token_rooted_service_unseals_itself_and_keeps_hsm_keys_in_the_token()
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rsa_signer = c
-        .create_key(&CreateKeyRequest {
-            spec: "RSA_2048".into(),
-            usage: Some("SIGN_VERIFY".into()),
-            origin: Some("HSM".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let rsa_signer = create(&c, "RSA_2048", Some("SIGN_VERIFY"), Some("HSM")).await;
     let pss = c
         .sign(
             &rsa_signer.key_id,
@@ -180,14 +167,7 @@ async fn a_token_rooted_service_unseals_itself_and_keeps_hsm_keys_in_the_token()
     .await;
     assert_eq!((status, code_of(&err)), (400, "ValidationError"), "{err}");
     // ...nor exported later, to anyone.
-    let rsa = c
-        .create_key(&CreateKeyRequest {
-            spec: "RSA_2048".into(),
-            usage: Some("ENCRYPT_DECRYPT".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let rsa = create(&c, "RSA_2048", Some("ENCRYPT_DECRYPT"), None).await;
     let wrapping = c.public_key(&rsa.key_id).await.unwrap().public_key_der;
     let (status, err, _) = raw(
         &server.addr,
