@@ -98,6 +98,47 @@ pub fn read_tlv(input: &[u8]) -> HsmResult<(u8, &[u8], &[u8])> {
     Ok((tag, &rest[..len], &rest[len..]))
 }
 
+/// The private parts of a PKCS#8 `PrivateKeyInfo`: the EC scalar, or RSA's eight integers in
+/// `RSAPrivateKey` order (n, e, d, p, q, dp, dq, qinv), leading zeros stripped. The caller has already had
+/// the structure, curve and size checked by the software HSM; this only takes it apart.
+pub fn pkcs8_private_parts(pkcs8: &[u8], rsa: bool) -> HsmResult<Vec<Vec<u8>>> {
+    let bad = || HsmError::InvalidInput("malformed PKCS#8 private key");
+    let (tag, info, _) = read_tlv(pkcs8)?;
+    if tag != 0x30 {
+        return Err(bad());
+    }
+    let (_, _version, rest) = read_tlv(info)?;
+    let (_, _alg, rest) = read_tlv(rest)?;
+    let (tag, private, _) = read_tlv(rest)?;
+    if tag != 0x04 {
+        return Err(bad());
+    }
+    let (tag, body, _) = read_tlv(private)?;
+    if tag != 0x30 {
+        return Err(bad());
+    }
+    let (_, _inner_version, mut rest) = read_tlv(body)?;
+    if !rsa {
+        let (tag, scalar, _) = read_tlv(rest)?;
+        return if tag == 0x04 {
+            Ok(vec![scalar.to_vec()])
+        } else {
+            Err(bad())
+        };
+    }
+    let mut parts = Vec::with_capacity(8);
+    for _ in 0..8 {
+        let (tag, int, next) = read_tlv(rest)?;
+        if tag != 0x02 {
+            return Err(bad());
+        }
+        let skip = int.iter().take_while(|b| **b == 0).count();
+        parts.push(int.get(skip..).unwrap_or_default().to_vec());
+        rest = next;
+    }
+    Ok(parts)
+}
+
 /// SPKI of an RSA public key from `CKA_MODULUS` and `CKA_PUBLIC_EXPONENT`.
 pub fn rsa_spki(modulus: &[u8], exponent: &[u8]) -> Vec<u8> {
     let key = seq(&[&uint(modulus), &uint(exponent)]);

@@ -693,6 +693,83 @@ impl Pkcs11Hsm {
         }
     }
 
+    /// Imports a PKCS#8 private key into the token. The software HSM parses it first (structure, curve, key
+    /// size, and the public half, which an EC `PrivateKeyInfo` need not carry); then the token gets the
+    /// private parts as a sensitive object. Every copy of the parts outside the token is zeroized.
+    fn import_private(
+        &self,
+        spec: KeySpec,
+        pkcs8: &SecretBytes,
+        attrs: &KeyAttributes,
+    ) -> HsmResult<KeyHandle> {
+        let checked = self
+            .soft
+            .import_plaintext(spec, pkcs8, &KeyAttributes::internal())?;
+        let public = self
+            .soft
+            .import_public(spec, &self.soft.public_key_der(&checked)?)?;
+        drop(checked);
+        let rsa = spec.family() == KeyFamily::Rsa;
+        let mut parts = der::pkcs8_private_parts(pkcs8.expose(), rsa)?;
+        let id = attrs.token_resident.then(|| self.new_id()).transpose()?;
+        let mut template = vec![
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(if rsa { KeyType::RSA } else { KeyType::EC }),
+            Attribute::Token(attrs.token_resident),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(!attrs.token_resident),
+            Attribute::Sign(true),
+            Attribute::Decrypt(rsa),
+            Attribute::Derive(!rsa),
+        ];
+        if rsa {
+            let mut it = parts.drain(..);
+            let mut next = || it.next().unwrap_or_default();
+            template.extend([
+                Attribute::Modulus(next()),
+                Attribute::PublicExponent(next()),
+                Attribute::PrivateExponent(next()),
+                Attribute::Prime1(next()),
+                Attribute::Prime2(next()),
+                Attribute::Exponent1(next()),
+                Attribute::Exponent2(next()),
+                Attribute::Coefficient(next()),
+            ]);
+        } else {
+            let oid = der::curve_oid(spec).ok_or(HsmError::UnsupportedSpec(spec))?;
+            template.push(Attribute::EcParams(oid.to_vec()));
+            template.push(Attribute::Value(parts.pop().unwrap_or_default()));
+        }
+        for p in parts.iter_mut() {
+            zeroize::Zeroize::zeroize(p);
+        }
+        if let Some(label) = &attrs.label {
+            template.push(Attribute::Label(label.as_bytes().to_vec()));
+        }
+        if let Some(id) = &id {
+            template.push(Attribute::Id(id.clone()));
+        }
+        let object = self.with_owner("import private key", |s| s.create_object(&template));
+        for a in template.iter_mut() {
+            match a {
+                Attribute::Value(v)
+                | Attribute::PrivateExponent(v)
+                | Attribute::Prime1(v)
+                | Attribute::Prime2(v)
+                | Attribute::Exponent1(v)
+                | Attribute::Exponent2(v)
+                | Attribute::Coefficient(v) => zeroize::Zeroize::zeroize(v),
+                _ => {}
+            }
+        }
+        let attrs = KeyAttributes {
+            extractable: false,
+            ..attrs.clone()
+        };
+        Ok(self.wrap_handle(spec, object?, Some(public), &attrs, id))
+    }
+
     /// Tokens do not say which OAEP hashes they accept; a throwaway key pair answers once.
     fn probe_oaep(&self, alg: EncryptionAlgorithm) -> bool {
         let (hash, mgf) = match alg {
@@ -960,9 +1037,11 @@ impl Hsm for Pkcs11Hsm {
         material: &SecretBytes,
         attrs: &KeyAttributes,
     ) -> HsmResult<KeyHandle> {
-        if !matches!(spec.family(), KeyFamily::Symmetric | KeyFamily::Hmac) || !self.supports(spec)
-        {
+        if !self.supports(spec) {
             return Err(HsmError::UnsupportedSpec(spec));
+        }
+        if matches!(spec.family(), KeyFamily::Rsa | KeyFamily::Ec) {
+            return self.import_private(spec, material, attrs);
         }
         let len = material.expose().len();
         let fits = match spec.family() {

@@ -805,6 +805,7 @@ pub fn wycheproof_rsa_oaep(hsm: &dyn Hsm) {
         return;
     }
     let mut tally = Tally::new("RSA-OAEP");
+    let mut offered = 0;
     for (name, alg) in [
         (
             TestName::Rsa2048Sha1Mgf1Sha1,
@@ -815,6 +816,10 @@ pub fn wycheproof_rsa_oaep(hsm: &dyn Hsm) {
             EncryptionAlgorithm::RsaesOaepSha256,
         ),
     ] {
+        if !hsm.supports_encryption(KeySpec::Rsa2048, alg) {
+            continue;
+        }
+        offered += 1;
         for group in TestSet::load(name).unwrap().test_groups {
             let key = hsm
                 .import_plaintext(
@@ -834,7 +839,8 @@ pub fn wycheproof_rsa_oaep(hsm: &dyn Hsm) {
             }
         }
     }
-    tally.done(30);
+    // At least 15 vectors per hash the backend offers (29 with an empty label for SHA-1, as many for SHA-256).
+    tally.done(15 * offered);
 }
 
 /// Minimal DER for a PKCS#8 EC private key, for importing vectors given as raw scalars (RFC 5915 inside RFC 5208), without the optional public key.
