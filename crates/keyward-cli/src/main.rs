@@ -649,7 +649,11 @@ async fn run(cli: Cli) -> Res {
                         println!("Unseal share {}: {s}", i + 1);
                     }
                     println!("Root token: {}", r.root_token);
-                    eprintln!("Give each share to a different operator; {threshold} of them unseal the service.");
+                    if r.shares.is_empty() {
+                        eprintln!("The PKCS#11 token holds the root of trust: the service unseals itself.");
+                    } else {
+                        eprintln!("Give each share to a different operator; {threshold} of them unseal the service.");
+                    }
                 }
             }
             Operator::Unseal { share } => {
