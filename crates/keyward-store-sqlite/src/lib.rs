@@ -5,6 +5,7 @@
 //! service never reads the store (keys are cached in memory), so one connection behind a mutex is enough.
 
 use std::path::Path;
+use std::sync::{Arc, Weak};
 
 use keyward_store::{
     AuditQuery, AuditRow, KeyRecord, Store, StoreError, StoreResult, Tx, VersionRecord,
@@ -57,11 +58,42 @@ CREATE TABLE audit (
 );
 "#];
 
+/// How often the background connection copies the WAL into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// WAL size (in frames, 4 KiB each by default) above which the log is restarted from the top.
+const WAL_RESTART_FRAMES: i64 = 4096;
+
+/// One checkpoint pass; `None` once the store is dropped.
+///
+/// PASSIVE never blocks the writer, but under a steady stream of commits it never catches up with the last
+/// frame, so the WAL would never restart and would grow without bound (tens of MB per second of audited
+/// load), each commit then also extending the file and syncing its block map. Once the log is large, a
+/// RESTART follows the PASSIVE pass while the store's connection is held (no transaction open, none can
+/// start): it copies only the frames committed during the PASSIVE pass, and the next commit writes from the
+/// top of the log again, into blocks that already exist.
+fn checkpoint_pass(conn: &Connection, writer: &Weak<Mutex<Connection>>) -> Option<()> {
+    let pass = |mode: &str| {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+            r.get::<_, i64>(1)
+        })
+        .unwrap_or(0)
+    };
+    let frames = pass("PASSIVE");
+    if frames < WAL_RESTART_FRAMES {
+        return writer.upgrade().map(|_| ());
+    }
+    let writer = writer.upgrade()?;
+    let _idle = writer.lock();
+    pass("RESTART");
+    Some(())
+}
+
 /// The SQLite store.
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
-    /// Dropped with the store, which tells the checkpoint thread to stop.
-    alive: std::sync::Arc<()>,
+    /// Shared with the checkpoint thread (as a weak reference, so dropping the store stops it), which
+    /// takes it to restart the WAL while no transaction is open.
+    conn: Arc<Mutex<Connection>>,
 }
 
 fn unavailable(op: &str, e: rusqlite::Error) -> StoreError {
@@ -82,17 +114,16 @@ impl SqliteStore {
             .pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(|e| unavailable("wal_autocheckpoint", e))?;
         let checkpointer = Connection::open(path).map_err(|e| unavailable("open", e))?;
-        let stop = std::sync::Arc::downgrade(&store.alive);
+        let writer = Arc::downgrade(&store.conn);
         std::thread::Builder::new()
             .name("keyward-sqlite-checkpoint".into())
             .spawn(move || {
                 let _ = checkpointer.busy_timeout(std::time::Duration::from_millis(100));
-                while stop.upgrade().is_some() {
-                    std::thread::sleep(std::time::Duration::from_millis(500));
-                    // PASSIVE never blocks writers; it copies what it can and the WAL restarts from the top
-                    // once everything is copied.
-                    let _ =
-                        checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                loop {
+                    std::thread::sleep(CHECKPOINT_EVERY);
+                    if checkpoint_pass(&checkpointer, &writer).is_none() {
+                        break;
+                    }
                 }
             })
             .map_err(|_| StoreError::Unavailable("cannot start the checkpoint thread".into()))?;
@@ -135,8 +166,7 @@ impl SqliteStore {
         }
         tx.commit().map_err(|e| unavailable("migrate", e))?;
         Ok(SqliteStore {
-            conn: Mutex::new(conn),
-            alive: std::sync::Arc::new(()),
+            conn: Arc::new(Mutex::new(conn)),
         })
     }
 }
