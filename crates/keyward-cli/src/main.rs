@@ -18,6 +18,12 @@ use keyward_api::*;
 use keyward_client::{envelope, Client};
 use output::Out;
 
+/// mimalloc instead of the system allocator: requests allocate on a runtime worker and the audit writer frees
+/// on its own thread, and glibc's arenas then spend a measurable share of every request in their locks and
+/// consolidation (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "keyward", version, about = "Keyward key management service")]
 struct Cli {
