@@ -141,21 +141,20 @@ impl<'a> Body<'a> {
         }
     }
 
-    fn encode(&self) -> KmsResult<Vec<u8>> {
-        serde_json::to_vec(self)
+    fn encode(&self) -> KmsResult<String> {
+        serde_json::to_string(self)
             .map_err(|_| KmsError::new(ErrorCode::Unavailable, "audit record encoding"))
     }
 }
 
 /// What the MAC covers: sequence number, previous hash and the canonical body.
-fn mac_input(seq: u64, prev: &str, body: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(body.len() + 90);
+fn mac_input(m: &mut Vec<u8>, seq: u64, prev: &str, body: &[u8]) {
+    m.reserve(body.len() + 90);
     m.extend_from_slice(seq.to_string().as_bytes());
     m.push(b'|');
     m.extend_from_slice(prev.as_bytes());
     m.push(b'|');
     m.extend_from_slice(body);
-    m
 }
 
 /// A record waiting to be chained and written, with what to call once it is durable.
@@ -165,7 +164,8 @@ pub struct Pending {
     action: String,
     key_id: Option<String>,
     outcome: &'static str,
-    body: Vec<u8>,
+    /// The canonical JSON of the event fields (an object).
+    body: String,
     done: Completion,
 }
 
@@ -299,50 +299,41 @@ impl AuditWriter {
         }
     }
 
-    fn chain(&self, key: &KeyHandle, batch: &[Pending]) -> KmsResult<Vec<(AuditRow, String)>> {
+    /// Chains a batch onto the current head: the rows to store and the hash of the last one.
+    fn chain(&self, key: &KeyHandle, batch: &[Pending]) -> KmsResult<(Vec<AuditRow>, String)> {
         let mut prev = self.last_hash.clone();
         let mut rows = Vec::with_capacity(batch.len());
+        let mut input = Vec::new();
         for (i, p) in batch.iter().enumerate() {
             let seq = self.next_seq + i as u64;
-            let mac = self.kms.hsm.mac(
-                key,
-                MacAlgorithm::HmacSha256,
-                &mac_input(seq, &prev, &p.body),
-            )?;
+            input.clear();
+            mac_input(&mut input, seq, &prev, p.body.as_bytes());
+            let mac = self.kms.hsm.mac(key, MacAlgorithm::HmacSha256, &input)?;
             let hash = hex(&mac);
             // {"seq":N, <body fields>, "prev_hash":"..", "hash":".."}
-            let inner = p
-                .body
-                .get(1..p.body.len().saturating_sub(1))
-                .unwrap_or_default();
+            let inner = p.body.get(1..p.body.len().saturating_sub(1)).unwrap_or("");
             let mut record = String::with_capacity(p.body.len() + 170);
             record.push_str("{\"seq\":");
             record.push_str(&seq.to_string());
             record.push(',');
-            record.push_str(
-                std::str::from_utf8(inner)
-                    .map_err(|_| KmsError::new(ErrorCode::Unavailable, "audit record encoding"))?,
-            );
+            record.push_str(inner);
             record.push_str(",\"prev_hash\":\"");
             record.push_str(&prev);
             record.push_str("\",\"hash\":\"");
             record.push_str(&hash);
             record.push_str("\"}");
-            rows.push((
-                AuditRow {
-                    seq,
-                    time_ms: p.time_ms,
-                    principal: p.principal.clone(),
-                    action: p.action.clone(),
-                    key_id: p.key_id.clone(),
-                    outcome: p.outcome.to_string(),
-                    record,
-                },
-                hash.clone(),
-            ));
+            rows.push(AuditRow {
+                seq,
+                time_ms: p.time_ms,
+                principal: p.principal.clone(),
+                action: p.action.clone(),
+                key_id: p.key_id.clone(),
+                outcome: p.outcome.to_string(),
+                record,
+            });
             prev = hash;
         }
-        Ok(rows)
+        Ok((rows, prev))
     }
 
     /// Chains and durably writes a batch, then completes every record's request.
@@ -366,29 +357,27 @@ impl AuditWriter {
             self.write_shared(&key, &all)
         } else {
             self.chain(&key, &all).and_then(|chained| {
-                let rows: Vec<AuditRow> = chained.iter().map(|(r, _)| r.clone()).collect();
                 transact(self.kms.store.as_ref(), |tx: &mut dyn Tx| {
-                    tx.append_audit(&rows)
+                    tx.append_audit(&chained.0)
                 })?;
                 Ok(chained)
             })
         };
         match result {
-            Ok(chained) => {
-                if let Some((last, hash)) = chained.last() {
+            Ok((rows, head)) => {
+                if let Some(last) = rows.last() {
                     self.next_seq = last.seq + 1;
-                    self.last_hash = hash.clone();
+                    self.last_hash = head;
                 }
                 if !self.sinks.is_empty() {
                     if self.behind {
                         self.behind = self.catch_up().is_err();
                     } else {
-                        let lines: Vec<&str> =
-                            chained.iter().map(|(r, _)| r.record.as_str()).collect();
+                        let lines: Vec<&str> = rows.iter().map(|r| r.record.as_str()).collect();
                         self.behind = self.sinks.iter_mut().any(|s| s.write(&lines).is_err());
                     }
                 }
-                for (p, (row, _)) in all.into_iter().zip(chained) {
+                for (p, row) in all.into_iter().zip(rows) {
                     (p.done)(Ok(row.seq));
                 }
             }
@@ -413,7 +402,7 @@ impl AuditWriter {
         &mut self,
         key: &KeyHandle,
         batch: &[Pending],
-    ) -> KmsResult<Vec<(AuditRow, String)>> {
+    ) -> KmsResult<(Vec<AuditRow>, String)> {
         let store = self.kms.store.clone();
         transact(store.as_ref(), |tx: &mut dyn Tx| {
             match tx.audit_tail()? {
@@ -430,8 +419,7 @@ impl AuditWriter {
                 }
             }
             let chained = self.chain(key, batch)?;
-            let rows: Vec<AuditRow> = chained.iter().map(|(r, _)| r.clone()).collect();
-            tx.append_audit(&rows)?;
+            tx.append_audit(&chained.0)?;
             Ok(chained)
         })
     }
@@ -649,6 +637,7 @@ impl Kms {
         let mut expected_seq = 1u64;
         let mut prev = GENESIS.to_string();
         let mut checked = 0u64;
+        let mut input = Vec::new();
         let bad = |seq: u64, checked: u64, head: String| {
             Ok(AuditVerification {
                 valid: false,
@@ -690,12 +679,10 @@ impl Kms {
                 let mac_ok = match unhex(&rec.hash) {
                     Some(mac) => {
                         let body = Body::of_record(&rec).encode()?;
-                        self.hsm.verify_mac(
-                            &key,
-                            MacAlgorithm::HmacSha256,
-                            &mac_input(rec.seq, &rec.prev_hash, &body),
-                            &mac,
-                        )?
+                        input.clear();
+                        mac_input(&mut input, rec.seq, &rec.prev_hash, body.as_bytes());
+                        self.hsm
+                            .verify_mac(&key, MacAlgorithm::HmacSha256, &input, &mac)?
                     }
                     None => false,
                 };
@@ -737,7 +724,7 @@ mod tests {
         }
         .encode()
         .unwrap_or_default();
-        let inner = std::str::from_utf8(&body[1..body.len() - 1]).unwrap_or_default();
+        let inner = &body[1..body.len() - 1];
         let stored = format!("{{\"seq\":7,{inner},\"prev_hash\":\"{GENESIS}\",\"hash\":\"ab\"}}");
         let rec: AuditRecord = serde_json::from_str(&stored).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
