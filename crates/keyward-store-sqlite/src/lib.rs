@@ -64,24 +64,38 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(2
 /// WAL size (in frames, 4 KiB each by default) above which the log is restarted from the top.
 const WAL_RESTART_FRAMES: i64 = 4096;
 
+/// Frames left to copy below which the RESTART (which holds up the writer) may run.
+const RESTART_REMAINDER_FRAMES: i64 = 256;
+
 /// One checkpoint pass; `None` once the store is dropped.
 ///
 /// PASSIVE never blocks the writer, but under a steady stream of commits it never catches up with the last
 /// frame, so the WAL would never restart and would grow without bound (tens of MB per second of audited
-/// load), each commit then also extending the file and syncing its block map. Once the log is large, a
-/// RESTART follows the PASSIVE pass while the store's connection is held (no transaction open, none can
-/// start): it copies only the frames committed during the PASSIVE pass, and the next commit writes from the
-/// top of the log again, into blocks that already exist.
+/// load), each commit then also extending the file and syncing its block map. Once the log is large, more
+/// PASSIVE passes shrink what is left to copy (each covers what arrived during the one before), then a
+/// RESTART runs while the store's connection is held (no transaction open, none can start): it copies only
+/// that small remainder, and the next commit writes from the top of the log again, into blocks that already
+/// exist. The writer waits for the remainder's copy and one database flush, not for the whole log.
 fn checkpoint_pass(conn: &Connection, writer: &Weak<Mutex<Connection>>) -> Option<()> {
+    // (frames in the log, frames copied into the database)
     let pass = |mode: &str| {
         conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-            r.get::<_, i64>(1)
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
         })
-        .unwrap_or(0)
+        .unwrap_or((0, 0))
     };
-    let frames = pass("PASSIVE");
+    let (frames, mut copied) = pass("PASSIVE");
     if frames < WAL_RESTART_FRAMES {
         return writer.upgrade().map(|_| ());
+    }
+    for _ in 0..3 {
+        let (frames, now_copied) = pass("PASSIVE");
+        // What this pass had to copy: the frames committed during the previous one.
+        let arrived = frames - copied;
+        copied = now_copied;
+        if arrived <= RESTART_REMAINDER_FRAMES {
+            break;
+        }
     }
     let writer = writer.upgrade()?;
     let _idle = writer.lock();
