@@ -2,7 +2,8 @@
 //! state live in the database and survive restarts of the node.
 //!
 //! The server is `KEYWARD_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/test`); these tests
-//! fail, never skip, when it cannot be reached. Each test works in a schema of its own.
+//! fail, never skip, when it cannot be reached. Each test works in a schema of its own; the one that restarts
+//! PostgreSQL starts a private server for it (`scripts/throwaway-postgres`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -658,12 +659,22 @@ impl Drop for ScratchDb {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_outage_under_load_fails_cleanly_and_recovers_by_itself() {
-    let db = ScratchDb::new();
-    let dir = tempfile::tempdir().unwrap();
-    let env = [("KEYWARD_DEV_ROOT_TOKEN", ROOT)];
-    let server = Server::start(dir.path(), &["--dev", "--store", &db.url()], &env);
+/// What four clients encrypting in a loop saw.
+#[derive(Default)]
+struct Seen {
+    ok: Vec<(String, Vec<u8>)>,
+    unavailable: usize,
+    /// Whether the last request of the run succeeded.
+    last_ok: bool,
+}
+
+/// Four clients encrypt in a loop on `server` while `during` runs, and two seconds after it; the only failure
+/// accepted is a clean `503 Unavailable`. Returns what they were handed and how many 503s they saw, after
+/// checking that every client was served again by the end.
+async fn under_load<F: std::future::Future<Output = ()>>(
+    server: &Server,
+    during: F,
+) -> (Vec<(String, Vec<u8>)>, usize) {
     let key = server
         .root()
         .create_key(&CreateKeyRequest {
@@ -672,13 +683,6 @@ async fn a_database_outage_under_load_fails_cleanly_and_recovers_by_itself() {
         })
         .await
         .unwrap();
-    #[derive(Default)]
-    struct Seen {
-        ok: Vec<(String, Vec<u8>)>,
-        unavailable: usize,
-        /// Whether the last request of the run succeeded.
-        last_ok: bool,
-    }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
     for w in 0..4 {
@@ -710,21 +714,7 @@ async fn a_database_outage_under_load_fails_cleanly_and_recovers_by_itself() {
         }));
     }
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
-    let health = || async {
-        let (status, body, _) = raw(&server.addr, "GET", "/v1/health", None, None).await;
-        (
-            status,
-            body["status"].as_str().unwrap_or_default().to_string(),
-        )
-    };
-    assert_eq!(health().await, (200, "ok".to_string()));
-    db.down();
-    // A load balancer sees the node drop out while its database is away...
-    wait_for(|| async { health().await == (503, "unavailable".to_string()) }).await;
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    db.up();
-    // ...and come back by itself: nobody restarts anything.
-    wait_for(|| async { health().await == (200, "ok".to_string()) }).await;
+    during.await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut all = Vec::new();
@@ -738,16 +728,152 @@ async fn a_database_outage_under_load_fails_cleanly_and_recovers_by_itself() {
         unavailable += seen.unavailable;
         all.extend(seen.ok);
     }
-    assert!(unavailable > 0, "the outage was not noticed");
-    // Every ciphertext the node handed out decrypts, and the audit chain has no half-written batch.
+    (all, unavailable)
+}
+
+/// Every ciphertext the node handed out decrypts, and the audit chain has no half-written batch.
+async fn all_decrypt_and_the_chain_holds(server: &Server, handed_out: &[(String, Vec<u8>)]) {
     let c = server.root();
-    for (plain, ct) in &all {
+    for (plain, ct) in handed_out {
         let d = c.decrypt(None, ct, None, None).await.unwrap();
         assert_eq!(d.plaintext.expose(), plain.as_bytes());
     }
     let (status, verify, _) = raw(&server.addr, "GET", "/v1/audit/verify", Some(ROOT), None).await;
     assert_eq!(status, 200, "{verify}");
     assert_eq!(verify["valid"], true, "{verify}");
+}
+
+async fn health(server: &Server) -> (u16, String) {
+    let (status, body, _) = raw(&server.addr, "GET", "/v1/health", None, None).await;
+    (
+        status,
+        body["status"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_under_load_fails_cleanly_and_recovers_by_itself() {
+    let db = ScratchDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("KEYWARD_DEV_ROOT_TOKEN", ROOT)];
+    let server = Server::start(dir.path(), &["--dev", "--store", &db.url()], &env);
+    let (handed_out, unavailable) = under_load(&server, async {
+        assert_eq!(health(&server).await, (200, "ok".to_string()));
+        db.down();
+        // A load balancer sees the node drop out while its database is away...
+        wait_for(|| async { health(&server).await == (503, "unavailable".to_string()) }).await;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        db.up();
+        // ...and come back by itself: nobody restarts anything.
+        wait_for(|| async { health(&server).await == (200, "ok".to_string()) }).await;
+    })
+    .await;
+    assert!(unavailable > 0, "the outage was not noticed");
+    all_decrypt_and_the_chain_holds(&server, &handed_out).await;
+}
+
+/// A PostgreSQL server of this test's own (`scripts/throwaway-postgres`), stopped and removed when dropped.
+struct PrivatePostgres {
+    url: String,
+    data: std::path::PathBuf,
+}
+
+impl PrivatePostgres {
+    fn start() -> PrivatePostgres {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../scripts/throwaway-postgres");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(common::free_port().to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "throwaway-postgres: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut lines = text.lines();
+        let url = lines.next().unwrap().to_string();
+        let data = std::path::PathBuf::from(lines.next().unwrap());
+        PrivatePostgres { url, data }
+    }
+
+    /// `pg_ctl` on this cluster, as the account that owns it.
+    fn pg_ctl(&self, args: &[&str]) {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin/pg_ctl")))
+            .filter(|p| p.exists())
+            .max()
+            .unwrap();
+        let log = self.data.with_file_name("server.log");
+        let mut cmd = if is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&bin);
+            c
+        } else {
+            std::process::Command::new(&bin)
+        };
+        cmd.arg("-D").arg(&self.data).arg("-l").arg(&log).args(args);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success() || std::thread::panicking(),
+            "pg_ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn started_at(&self) -> String {
+        let url = self.url.clone();
+        tokio::task::block_in_place(|| {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            c.query_one("SELECT pg_postmaster_start_time()::text", &[])
+                .unwrap()
+                .get(0)
+        })
+    }
+}
+
+/// Whether this process runs as root (PostgreSQL's tools then run as the `postgres` account).
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.pg_ctl(&["stop", "-m", "immediate"]);
+        if let Some(dir) = self.data.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// The whole PostgreSQL server restarts (`pg_ctl restart -m fast`: every backend ends, connections are
+/// refused until it is back) while a node is under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_restart_under_load_fails_cleanly_and_recovers_by_itself() {
+    let pg = PrivatePostgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("KEYWARD_DEV_ROOT_TOKEN", ROOT)];
+    let server = Server::start(dir.path(), &["--dev", "--store", &pg.url], &env);
+    let before = pg.started_at();
+    let (handed_out, unavailable) = under_load(&server, async {
+        assert_eq!(health(&server).await, (200, "ok".to_string()));
+        tokio::task::block_in_place(|| pg.pg_ctl(&["restart", "-m", "fast", "-w"]));
+        // Nobody restarts the node: it serves again by itself.
+        wait_for(|| async { health(&server).await == (200, "ok".to_string()) }).await;
+    })
+    .await;
+    assert_ne!(pg.started_at(), before, "the server did not restart");
+    // Requests in flight when the backends ended were refused cleanly, not lost or half-done.
+    assert!(unavailable > 0, "the restart was not noticed");
+    assert!(!handed_out.is_empty());
+    all_decrypt_and_the_chain_holds(&server, &handed_out).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
