@@ -64,43 +64,72 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(2
 /// WAL size (in frames, 4 KiB each by default) above which the log is restarted from the top.
 const WAL_RESTART_FRAMES: i64 = 4096;
 
+/// How long to leave the WAL alone after a RESTART found another process's reader on it: each attempt holds
+/// up the writer for up to 10 ms, and the WAL grows meanwhile.
+const RESTART_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Frames left to copy below which the RESTART (which holds up the writer) may run.
 const RESTART_REMAINDER_FRAMES: i64 = 256;
 
-/// One checkpoint pass; `None` once the store is dropped.
-///
-/// PASSIVE never blocks the writer, but under a steady stream of commits it never catches up with the last
-/// frame, so the WAL would never restart and would grow without bound (tens of MB per second of audited
-/// load), each commit then also extending the file and syncing its block map. Once the log is large, more
-/// PASSIVE passes shrink what is left to copy (each covers what arrived during the one before), then a
-/// RESTART runs while the store's connection is held (no transaction open, none can start): it copies only
-/// that small remainder, and the next commit writes from the top of the log again, into blocks that already
-/// exist. The writer waits for the remainder's copy and one database flush, not for the whole log.
-fn checkpoint_pass(conn: &Connection, writer: &Weak<Mutex<Connection>>) -> Option<()> {
-    // (frames in the log, frames copied into the database)
-    let pass = |mode: &str| {
-        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        })
-        .unwrap_or((0, 0))
-    };
-    let (frames, mut copied) = pass("PASSIVE");
-    if frames < WAL_RESTART_FRAMES {
-        return writer.upgrade().map(|_| ());
-    }
-    for _ in 0..3 {
-        let (frames, now_copied) = pass("PASSIVE");
-        // What this pass had to copy: the frames committed during the previous one.
-        let arrived = frames - copied;
-        copied = now_copied;
-        if arrived <= RESTART_REMAINDER_FRAMES {
-            break;
+/// The background checkpointer: its own connection, and a weak handle on the store's.
+struct Checkpointer {
+    conn: Connection,
+    writer: Weak<Mutex<Connection>>,
+    /// After a RESTART found a reader still using the log (another process holding a snapshot), further
+    /// attempts wait until then instead of holding up the writer every pass.
+    restart_after: Option<std::time::Instant>,
+}
+
+impl Checkpointer {
+    /// One checkpoint pass; `None` once the store is dropped.
+    ///
+    /// PASSIVE never blocks the writer, but under a steady stream of commits it never catches up with the
+    /// last frame, so the WAL would never restart and would grow without bound (tens of MB per second of
+    /// audited load), each commit then also extending the file and syncing its block map. Once the log is
+    /// large, more PASSIVE passes shrink what is left to copy (each covers what arrived during the one
+    /// before), then a RESTART runs while the store's connection is held (no transaction open, none can
+    /// start): it copies only that small remainder, and the next commit writes from the top of the log
+    /// again, into blocks that already exist. The writer waits for the remainder's copy and one database
+    /// flush, not for the whole log, and at most 10 ms for readers of other processes.
+    fn pass(&mut self) -> Option<()> {
+        let (frames, mut copied) = self.checkpoint("PASSIVE").1;
+        let due = self
+            .restart_after
+            .is_none_or(|t| std::time::Instant::now() >= t);
+        if frames < WAL_RESTART_FRAMES || !due {
+            return self.writer.upgrade().map(|_| ());
         }
+        for _ in 0..3 {
+            let (frames, now_copied) = self.checkpoint("PASSIVE").1;
+            // What this pass had to copy: the frames committed during the previous one.
+            let arrived = frames - copied;
+            copied = now_copied;
+            if arrived <= RESTART_REMAINDER_FRAMES {
+                break;
+            }
+        }
+        let writer = self.writer.upgrade()?;
+        let _idle = writer.lock();
+        let _ = self.conn.busy_timeout(std::time::Duration::from_millis(10));
+        let (blocked, _) = self.checkpoint("RESTART");
+        let _ = self
+            .conn
+            .busy_timeout(std::time::Duration::from_millis(100));
+        self.restart_after = blocked.then(|| std::time::Instant::now() + RESTART_BACKOFF);
+        Some(())
     }
-    let writer = writer.upgrade()?;
-    let _idle = writer.lock();
-    pass("RESTART");
-    Some(())
+
+    /// Runs a checkpoint: (whether it was blocked, (frames in the log, frames copied into the database)).
+    fn checkpoint(&self, mode: &str) -> (bool, (i64, i64)) {
+        self.conn
+            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? != 0,
+                    (r.get::<_, i64>(1)?, r.get::<_, i64>(2)?),
+                ))
+            })
+            .unwrap_or((true, (0, 0)))
+    }
 }
 
 /// The SQLite store.
@@ -127,17 +156,19 @@ impl SqliteStore {
             .lock()
             .pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(|e| unavailable("wal_autocheckpoint", e))?;
-        let checkpointer = Connection::open(path).map_err(|e| unavailable("open", e))?;
-        let writer = Arc::downgrade(&store.conn);
+        let conn = Connection::open(path).map_err(|e| unavailable("open", e))?;
+        let _ = conn.busy_timeout(std::time::Duration::from_millis(100));
+        let mut checkpointer = Checkpointer {
+            conn,
+            writer: Arc::downgrade(&store.conn),
+            restart_after: None,
+        };
         std::thread::Builder::new()
             .name("keyward-sqlite-checkpoint".into())
-            .spawn(move || {
-                let _ = checkpointer.busy_timeout(std::time::Duration::from_millis(100));
-                loop {
-                    std::thread::sleep(CHECKPOINT_EVERY);
-                    if checkpoint_pass(&checkpointer, &writer).is_none() {
-                        break;
-                    }
+            .spawn(move || loop {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                if checkpointer.pass().is_none() {
+                    break;
                 }
             })
             .map_err(|_| StoreError::Unavailable("cannot start the checkpoint thread".into()))?;

@@ -5,6 +5,33 @@
 use keyward_store::{transact, AuditQuery, AuditRow, Tx};
 use keyward_store_sqlite::SqliteStore;
 
+fn append(store: &SqliteStore, seq: &mut u64, bytes: u64) {
+    let per_commit = 16u64;
+    for _ in 0..bytes / (per_commit * 1000) {
+        let rows: Vec<AuditRow> = (0..per_commit).map(|i| row(*seq + 1 + i)).collect();
+        transact(store, |tx: &mut dyn Tx| tx.append_audit(&rows)).unwrap();
+        *seq += per_commit;
+    }
+}
+
+fn all_rows_in_order(store: &SqliteStore) -> u64 {
+    let mut after = 0u64;
+    loop {
+        let q = AuditQuery {
+            after_seq: after,
+            limit: 10_000,
+            ..AuditQuery::default()
+        };
+        let rows = transact(store, |tx: &mut dyn Tx| tx.query_audit(&q)).unwrap();
+        let Some(last) = rows.last() else { break };
+        for (i, r) in rows.iter().enumerate() {
+            assert_eq!(r.seq, after + 1 + i as u64);
+        }
+        after = last.seq;
+    }
+    after
+}
+
 fn row(seq: u64) -> AuditRow {
     AuditRow {
         seq,
@@ -65,4 +92,54 @@ fn wal_stays_bounded_under_continuous_commits() {
         after = last.seq;
     }
     assert_eq!(after, seq);
+}
+
+/// Another process holding a read snapshot keeps SQLite from restarting the WAL (the snapshot needs its
+/// frames). Commits go on meanwhile, and once the reader is gone the WAL restarts again instead of growing.
+#[test]
+fn a_reader_holding_a_snapshot_delays_the_restart_but_not_the_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let wal = dir.path().join("k.db-wal");
+    let store = SqliteStore::open(&path).unwrap();
+    let mut seq = 0u64;
+    append(&store, &mut seq, 1 << 20);
+    let reader = rusqlite::Connection::open(&path).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let seen: i64 = reader
+        .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
+        .unwrap();
+    append(&store, &mut seq, 48 << 20);
+    // The snapshot still sees what it saw; the writer was not held up by it.
+    let still: i64 = reader
+        .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(still, seen);
+    reader.execute_batch("COMMIT").unwrap();
+    drop(reader);
+    // The WAL had to hold everything written under the snapshot, and grows on while the checkpointer copies
+    // that backlog and waits out its back-off; its file never shrinks. Once the file stops growing, the log
+    // is restarting again, and from then on it stays put.
+    let size = || std::fs::metadata(&wal).unwrap().len();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut steady = 0;
+    while steady < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL never restarted after the reader left"
+        );
+        let before = size();
+        append(&store, &mut seq, 8 << 20);
+        steady = if size() == before { steady + 1 } else { 0 };
+    }
+    let held = size();
+    append(&store, &mut seq, 96 << 20);
+    let after = std::fs::metadata(&wal).unwrap().len();
+    assert!(
+        after <= held + (24 << 20),
+        "WAL grew from {} MiB to {} MiB after the reader left",
+        held >> 20,
+        after >> 20
+    );
+    assert_eq!(all_rows_in_order(&store), seq);
 }
