@@ -131,6 +131,8 @@ pub(crate) struct CachedVersion {
     pub state: VersionState,
     /// The wrapped material, unwrapped on first use into `handle`.
     pub wrapped: Option<Vec<u8>>,
+    /// The root key generation `wrapped` is sealed under.
+    pub root_generation: u32,
     pub handle: OnceLock<KeyHandle>,
 }
 

@@ -109,7 +109,7 @@ impl Kms {
     }
 
     /// Another node rotated the root key: unwrap the new generation with the unseal key this node holds.
-    fn reload_root(&self) -> KmsResult<()> {
+    pub(crate) fn reload_root(&self) -> KmsResult<()> {
         let Ok(keyring) = self.keyring() else {
             return Ok(());
         };

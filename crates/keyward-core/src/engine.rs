@@ -781,13 +781,29 @@ impl Kms {
         if let Some(h) = v.handle.get() {
             return Ok(h);
         }
-        let keyring = self.keyring()?;
         let blob = v.wrapped.as_deref().ok_or_else(|| {
             KmsError::new(
                 ErrorCode::KeyDestroyed,
                 format!("version {} of key {} is destroyed", v.version, key.key_id),
             )
         })?;
+        let mut keyring = self.keyring()?;
+        if v.root_generation > keyring.generation {
+            // Another node rotated the root key and the change feed has not told this node yet.
+            self.reload_root()?;
+            keyring = self.keyring()?;
+        }
+        if v.root_generation != keyring.generation {
+            // A snapshot loaded while the root key was being rotated holds blobs of the old generation:
+            // forget it, so the next request loads the re-wrapped versions.
+            if let Ok(id) = parse_id(&key.key_id) {
+                self.cache.remove(&id);
+            }
+            return Err(KmsError::new(
+                ErrorCode::Unavailable,
+                "the key's versions were just re-wrapped under a new root key; retry",
+            ));
+        }
         let attrs = KeyAttributes {
             extractable: key.record.exportable,
             ..KeyAttributes::default()
@@ -853,6 +869,7 @@ fn snapshot(
             version: v.version,
             state: VersionState::parse(&v.state).ok_or_else(|| corrupt("unknown version state"))?,
             wrapped: v.material,
+            root_generation: v.root_generation,
             handle: OnceLock::new(),
         });
     }

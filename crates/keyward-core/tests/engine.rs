@@ -969,3 +969,35 @@ mod rusqlite_like {
         }
     }
 }
+
+/// Another engine on the same database (a node of a cluster) that has not heard of a root rotation yet and
+/// then loads a key re-wrapped under the new root follows the rotation itself, instead of reporting the
+/// version as corrupt.
+#[test]
+fn an_engine_that_missed_a_root_rotation_follows_it_when_a_key_needs_it() {
+    let h = harness();
+    let id = h
+        .kms
+        .create_key(CreateKey::new(KeySpec::Aes256))
+        .unwrap()
+        .key_id;
+    let before = h
+        .kms
+        .encrypt(&id, b"before", &Context::new(), None)
+        .unwrap();
+    let other = h.kms_clone();
+    assert_eq!(other.root_generation(), Some(1));
+    assert_eq!(h.kms.rotate_root().unwrap(), 2);
+    // `other` never saw the change feed: its first use of the key loads versions wrapped at generation 2.
+    let d = other
+        .decrypt(None, &before.ciphertext, &Context::new(), None)
+        .unwrap();
+    assert_eq!(d.plaintext.expose(), b"before");
+    assert_eq!(other.root_generation(), Some(2));
+    let after = other.encrypt(&id, b"after", &Context::new(), None).unwrap();
+    let d = h
+        .kms
+        .decrypt(None, &after.ciphertext, &Context::new(), None)
+        .unwrap();
+    assert_eq!(d.plaintext.expose(), b"after");
+}
