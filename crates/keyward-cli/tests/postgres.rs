@@ -128,9 +128,7 @@ async fn a_node_on_postgres_keeps_keys_ciphertexts_and_audit_across_restarts() {
     );
 
     // One unbroken chain over both runs of the node.
-    let (status, verify, _) = raw(&server.addr, "GET", "/v1/audit/verify", Some(ROOT), None).await;
-    assert_eq!(status, 200, "{verify}");
-    assert_eq!(verify["valid"], true, "{verify}");
+    let verify = chain_verifies(&server.addr, ROOT).await;
     // Every stored record was verified; the verification's own record follows them.
     let verified = verify["records"].as_i64().unwrap();
     assert!(verified > 10);
@@ -139,6 +137,14 @@ async fn a_node_on_postgres_keeps_keys_ciphertexts_and_audit_across_restarts() {
 }
 
 /// Runs `keyward serve` expecting it to exit at start; returns success and everything it printed.
+/// The node's `GET /v1/audit/verify` finds the chain intact; returns the verification.
+async fn chain_verifies(addr: &str, token: &str) -> serde_json::Value {
+    let (status, verify, _) = raw(addr, "GET", "/v1/audit/verify", Some(token), None).await;
+    assert_eq!(status, 200, "{verify}");
+    assert_eq!(verify["valid"], true, "{verify}");
+    verify
+}
+
 fn start_and_fail(data_dir: &std::path::Path, store: &str) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
         .args([
@@ -389,16 +395,7 @@ async fn three_nodes_share_one_database_and_see_each_others_changes_within_a_sec
     );
 
     // All three nodes wrote one audit chain: no gap, no fork.
-    let (status, verify, _) = raw(
-        &cluster.nodes[1].addr,
-        "GET",
-        "/v1/audit/verify",
-        Some(&cluster.root),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{verify}");
-    assert_eq!(verify["valid"], true, "{verify}");
+    chain_verifies(&cluster.nodes[1].addr, &cluster.root).await;
     let max: i64 = sql(|cl| {
         cl.query_one(
             &format!(
@@ -469,16 +466,7 @@ async fn a_node_killed_under_load_loses_no_request_and_no_data() {
         let d = survivor.decrypt(None, ct, None, None).await.unwrap();
         assert_eq!(d.plaintext.expose(), plain.as_bytes());
     }
-    let (status, verify, _) = raw(
-        &cluster.nodes[1].addr,
-        "GET",
-        "/v1/audit/verify",
-        Some(&cluster.root),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{verify}");
-    assert_eq!(verify["valid"], true, "{verify}");
+    chain_verifies(&cluster.nodes[1].addr, &cluster.root).await;
 }
 
 /// Runs the `keyward` CLI against a node; returns success, stdout and stderr.
@@ -597,9 +585,7 @@ async fn backup_then_restore_into_a_new_database_then_every_ciphertext_decrypts(
     }
     assert_eq!(c.describe_key("alias/dr").await.unwrap().key_id, key.key_id);
     // The audit chain came along and continues unbroken on the new node.
-    let (status, verify, _) = raw(&node.addr, "GET", "/v1/audit/verify", Some(&root), None).await;
-    assert_eq!(status, 200, "{verify}");
-    assert_eq!(verify["valid"], true, "{verify}");
+    chain_verifies(&node.addr, &root).await;
     // A second node joining the restored database unseals with the same original shares.
     let second_dir = tempfile::tempdir().unwrap();
     let second = Server::start(second_dir.path(), &["--store", &target.url()], &[]);
@@ -738,9 +724,7 @@ async fn all_decrypt_and_the_chain_holds(server: &Server, handed_out: &[(String,
         let d = c.decrypt(None, ct, None, None).await.unwrap();
         assert_eq!(d.plaintext.expose(), plain.as_bytes());
     }
-    let (status, verify, _) = raw(&server.addr, "GET", "/v1/audit/verify", Some(ROOT), None).await;
-    assert_eq!(status, 200, "{verify}");
-    assert_eq!(verify["valid"], true, "{verify}");
+    chain_verifies(&server.addr, ROOT).await;
 }
 
 async fn health(server: &Server) -> (u16, String) {
