@@ -963,3 +963,50 @@ async fn audit_records_reach_syslog() {
         ]
     );
 }
+
+/// SIGTERM while requests are in flight: they are carried out and answered before the node exits, and what
+/// they did is there after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_requests_in_flight_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::dev(&dir.path().join("data"));
+    // RSA-4096 generation takes long enough (most of a second each, here) to be under way at the signal.
+    let mut calls = Vec::new();
+    for _ in 0..4 {
+        let c = server.root();
+        calls.push(tokio::spawn(async move {
+            let r = c
+                .create_key(&CreateKeyRequest {
+                    spec: "RSA_4096".into(),
+                    usage: Some("SIGN_VERIFY".into()),
+                    ..Default::default()
+                })
+                .await;
+            (r, std::time::Instant::now())
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let signalled = std::time::Instant::now();
+    let stopping = tokio::task::spawn_blocking(move || {
+        let status = server.stop();
+        (server, status)
+    });
+    let mut answered_after_signal = 0;
+    let mut created = Vec::new();
+    for call in calls {
+        let (r, at) = call.await.unwrap();
+        created.push(r.unwrap().key_id);
+        answered_after_signal += usize::from(at > signalled);
+    }
+    let (mut server, status) = stopping.await.unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        answered_after_signal > 0,
+        "every request had finished before the signal; nothing was in flight"
+    );
+    server.restart(&[]);
+    let c = server.root();
+    for id in &created {
+        assert_eq!(c.describe_key(id).await.unwrap().spec, "RSA_4096");
+    }
+}
