@@ -56,10 +56,16 @@ sleep 1
 for n in $N1 $N2 $N3; do KEYWARD_ADDR="http://127.0.0.1:$n" "$BIN" operator unseal "$SHARE" >/dev/null; done
 CLUSTER="http://127.0.0.1:$N1,http://127.0.0.1:$N2,http://127.0.0.1:$N3"
 
-run() { KEYWARD_TOKEN=$TOKEN "$BIN" bench --duration "$DURATION" --warmup 2 --concurrency "$CONCURRENCY" "$@"; }
+run() { KEYWARD_TOKEN=$TOKEN "$BIN" bench --duration "$DURATION" --warmup 2 --concurrency "$CONCURRENCY" "$@" | tee -a "$TMP/lines"; }
 echo "# $(nproc) cores, $CONCURRENCY connections, ${DURATION}s per line, $(date -u +%FT%TZ)"
+# The goal lines first, between two floor lines: this machine's speed drifts within a run, so they are
+# compared with the floor measured next to them.
 run --addr "http://127.0.0.1:$FLOOR" --op floor
 run --addr "http://127.0.0.1:$AUDITED" --op encrypt
+echo "# audit log off (dev-mode switch, for this comparison only)"
+run --addr "http://127.0.0.1:$UNAUDITED" --op encrypt
+run --addr "http://127.0.0.1:$FLOOR" --op floor
+echo "# audit on"
 run --addr "http://127.0.0.1:$AUDITED" --op decrypt
 run --addr "http://127.0.0.1:$AUDITED" --op sign
 run --addr "http://127.0.0.1:$AUDITED" --op data-key
@@ -69,6 +75,12 @@ run --addr "http://127.0.0.1:$ONPG" --op decrypt
 echo "# PostgreSQL store, three nodes on one database (connections spread evenly)"
 KEYWARD_TOKEN=$CLTOKEN "$BIN" bench --duration "$DURATION" --warmup 2 --concurrency "$CONCURRENCY" --addr "$CLUSTER" --op encrypt
 KEYWARD_TOKEN=$CLTOKEN "$BIN" bench --duration "$DURATION" --warmup 2 --concurrency "$CONCURRENCY" --addr "$CLUSTER" --op decrypt
-echo "# audit log off (dev-mode switch, for this comparison only)"
-run --addr "http://127.0.0.1:$UNAUDITED" --op encrypt
 run --addr "http://127.0.0.1:$FLOOR" --op floor
+# The goal figures: audited encrypt against the mean of the two floor lines around it, and what audit costs.
+python3 - "$TMP/lines" <<'PY'
+import re, sys
+rates = [float(m.group(1)) for m in (re.search(r"(\d+) req/s", l) for l in open(sys.argv[1])) if m]
+floor = (rates[0] + rates[3]) / 2
+print(f"# encrypt with audit: {rates[1] / floor:.0%} of the floor ({rates[1]:,.0f} of {floor:,.0f} req/s); "
+      f"audit off: {rates[2] / floor:.0%}; audit costs {1 - rates[1] / rates[2]:.0%} of encrypt throughput")
+PY
