@@ -793,17 +793,31 @@ impl Kms {
             self.reload_root()?;
             keyring = self.keyring()?;
         }
-        if v.root_generation != keyring.generation {
-            // A snapshot loaded while the root key was being rotated holds blobs of the old generation:
-            // forget it, so the next request loads the re-wrapped versions.
+        let restored;
+        let blob = if v.root_generation == keyring.generation {
+            blob
+        } else {
+            // A snapshot loaded while the root key was being rotated holds the blob of the old generation.
+            // The material is the same, only re-wrapped: unwrap the stored blob, and let the next request
+            // load a fresh snapshot.
             if let Ok(id) = parse_id(&key.key_id) {
                 self.cache.remove(&id);
             }
-            return Err(KmsError::new(
-                ErrorCode::Unavailable,
-                "the key's versions were just re-wrapped under a new root key; retry",
-            ));
-        }
+            let versions = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+                tx.versions(&key.key_id)
+            })?;
+            restored = versions
+                .into_iter()
+                .find(|s| s.version == v.version && s.root_generation == keyring.generation)
+                .and_then(|s| s.material)
+                .ok_or_else(|| {
+                    KmsError::new(
+                        ErrorCode::Unavailable,
+                        "the key's versions are being re-wrapped under a new root key; retry",
+                    )
+                })?;
+            &restored[..]
+        };
         let attrs = KeyAttributes {
             extractable: key.record.exportable,
             ..KeyAttributes::default()
@@ -883,4 +897,48 @@ fn snapshot(
         versions: cached,
         record,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::sync::Arc;
+
+    use super::parse_id;
+    use crate::*;
+
+    /// A snapshot read from the store just before a root rotation committed, and cached after it (a load
+    /// in flight during the rotation), holds blobs of the old generation: its versions still serve, from
+    /// the re-wrapped blobs in the store.
+    #[test]
+    fn a_snapshot_older_than_the_root_key_still_serves_its_versions() {
+        let store: Arc<dyn keyward_store::Store> =
+            Arc::new(keyward_store_sqlite::SqliteStore::in_memory().unwrap());
+        let kms = Kms::open(
+            Arc::new(keyward_hsm_soft::SoftHsm::new()),
+            store,
+            Arc::new(ManualClock::new(1_790_000_000)),
+            KmsConfig::default(),
+        )
+        .unwrap();
+        let shares = kms.init_shamir(3, 2).unwrap();
+        kms.unseal(&shares[0]).unwrap();
+        kms.unseal(&shares[1]).unwrap();
+        let id = kms
+            .create_key(CreateKey::new(KeySpec::Aes256))
+            .unwrap()
+            .key_id;
+        let ct = kms.encrypt(&id, b"m", &Context::new(), None).unwrap();
+        let stale = kms.reload(&parse_id(&id).unwrap()).unwrap();
+        assert_eq!(kms.rotate_root().unwrap(), 2);
+        let v = stale.version(1).unwrap();
+        assert_eq!(v.root_generation, 1);
+        assert!(v.handle.get().is_none());
+        kms.handle(&stale, v).unwrap();
+        let d = kms
+            .decrypt(None, &ct.ciphertext, &Context::new(), None)
+            .unwrap();
+        assert_eq!(d.plaintext.expose(), b"m");
+    }
 }
