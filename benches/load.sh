@@ -4,7 +4,9 @@
 #   benches/load.sh                 # 10 s per measurement, 32 connections
 #   DURATION=5 CONCURRENCY=64 benches/load.sh
 #
-# Starts, on loopback only: the floor server (`keyward bench-floor`, a fixed 200 answer), Keyward in dev mode
+# Starts, on loopback only: the floor server (`keyward bench-floor`, a fixed 200 answer), the durable floor
+# (`bench-floor --durable`: the same answer once a 300-byte record is durable in a file, by group commit; what
+# the least durable-audit design costs on this machine), Keyward in dev mode
 # with the durable audit log, the same on the PostgreSQL store (in a scratch schema of KEYWARD_BENCH_POSTGRES,
 # default postgres://postgres@127.0.0.1:5432/test; needs psql), three production-mode nodes sharing one
 # database (initialised once, each unsealed with the share; the load is spread over them), and Keyward in dev
@@ -29,12 +31,13 @@ cleanup() {
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-FLOOR=$(port); AUDITED=$(port); UNAUDITED=$(port); ONPG=$(port); N1=$(port); N2=$(port); N3=$(port)
+FLOOR=$(port); DURABLE=$(port); AUDITED=$(port); UNAUDITED=$(port); ONPG=$(port); N1=$(port); N2=$(port); N3=$(port)
 TOKEN="kw.bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 
 printf 'rate_limit_per_second = 0\n' > "$TMP/audited.toml"
 printf 'rate_limit_per_second = 0\naudit = false\n' > "$TMP/unaudited.toml"
 "$BIN" bench-floor --listen "127.0.0.1:$FLOOR" 2>/dev/null & pids+=($!)
+"$BIN" bench-floor --listen "127.0.0.1:$DURABLE" --durable "$TMP/durable-floor.log" 2>/dev/null & pids+=($!)
 KEYWARD_DEV_ROOT_TOKEN=$TOKEN "$BIN" serve --dev --config "$TMP/audited.toml" --data-dir "$TMP/a" --listen "127.0.0.1:$AUDITED" >/dev/null 2>&1 & pids+=($!)
 KEYWARD_DEV_ROOT_TOKEN=$TOKEN "$BIN" serve --dev --config "$TMP/unaudited.toml" --data-dir "$TMP/u" --listen "127.0.0.1:$UNAUDITED" >/dev/null 2>&1 & pids+=($!)
 psql "$PG" -qc "CREATE SCHEMA $SCHEMA" >/dev/null
@@ -46,7 +49,7 @@ case $PG in *\?*) CLSTORE="$PG&options=-csearch_path%3D${SCHEMA}_cluster";; *) C
 for n in $N1 $N2 $N3; do
   "$BIN" serve --config "$TMP/audited.toml" --data-dir "$TMP/n$n" --store "$CLSTORE" --listen "127.0.0.1:$n" >/dev/null 2>&1 & pids+=($!)
 done
-for p in $FLOOR $AUDITED $UNAUDITED $ONPG $N1 $N2 $N3; do
+for p in $FLOOR $DURABLE $AUDITED $UNAUDITED $ONPG $N1 $N2 $N3; do
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
 done
 INIT=$(KEYWARD_ADDR="http://127.0.0.1:$N1" "$BIN" --json operator init --shares 1 --threshold 1)
@@ -64,6 +67,8 @@ run --addr "http://127.0.0.1:$FLOOR" --op floor
 run --addr "http://127.0.0.1:$AUDITED" --op encrypt
 echo "# audit log off (dev-mode switch, for this comparison only)"
 run --addr "http://127.0.0.1:$UNAUDITED" --op encrypt
+echo "# durable floor: a fixed answer once a record is durable (group commit to a file, nothing else)"
+run --addr "http://127.0.0.1:$DURABLE" --op floor
 run --addr "http://127.0.0.1:$FLOOR" --op floor
 echo "# audit on"
 run --addr "http://127.0.0.1:$AUDITED" --op decrypt
@@ -80,7 +85,8 @@ run --addr "http://127.0.0.1:$FLOOR" --op floor
 python3 - "$TMP/lines" <<'PY'
 import re, sys
 rates = [float(m.group(1)) for m in (re.search(r"(\d+) req/s", l) for l in open(sys.argv[1])) if m]
-floor = (rates[0] + rates[3]) / 2
+floor = (rates[0] + rates[4]) / 2
 print(f"# encrypt with audit: {rates[1] / floor:.0%} of the floor ({rates[1]:,.0f} of {floor:,.0f} req/s); "
-      f"audit off: {rates[2] / floor:.0%}; audit costs {1 - rates[1] / rates[2]:.0%} of encrypt throughput")
+      f"audit off: {rates[2] / floor:.0%}; audit costs {1 - rates[1] / rates[2]:.0%} of encrypt throughput; "
+      f"durable floor: {rates[3] / floor:.0%} (durability alone costs {1 - rates[3] / floor:.0%})")
 PY

@@ -235,14 +235,40 @@ pub async fn run(a: BenchArgs) -> Result<(), String> {
 }
 
 /// A server that answers every request with a fixed 200 body: the HTTP floor of the machine.
-pub async fn floor(listen: SocketAddr) -> Result<(), String> {
+///
+/// With `durable`, every request first appends a 300-byte record to that file and waits until a group
+/// commit has made it durable, as an audited request must: the least any durable-audit design pays on this
+/// machine (one hand-off to a flusher thread, one `pwrite` and one `fdatasync` per batch of a preallocated
+/// file, no database, no MAC, no JSON), measured in the same run as everything else.
+pub async fn floor(listen: SocketAddr, durable: Option<std::path::PathBuf>) -> Result<(), String> {
     const BODY: &str = r#"{"status":"ok","detail":"fixed response of the HTTP floor server used as the reference for keyward bench; about two hundred bytes long, like a small API answer"}"#;
-    let app = axum::Router::new().fallback(|| async {
-        (
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            BODY,
-        )
-    });
+    let app = match durable {
+        None => axum::Router::new().fallback(|| async {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                BODY,
+            )
+        }),
+        Some(path) => {
+            let log = GroupCommit::start(&path)?;
+            axum::Router::new().fallback(move || {
+                let log = log.clone();
+                async move {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let status = if log.0.try_send(tx).is_ok() && rx.await == Ok(true) {
+                        axum::http::StatusCode::OK
+                    } else {
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (
+                        status,
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        BODY,
+                    )
+                }
+            })
+        }
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| e.to_string())?;
@@ -251,4 +277,58 @@ pub async fn floor(listen: SocketAddr) -> Result<(), String> {
         .with_graceful_shutdown(keyward_server::shutdown_signal())
         .await
         .map_err(|e| e.to_string())
+}
+
+/// The durable floor's flusher: one thread, batches of whatever is queued, written in one `pwrite` into a
+/// zero-filled file (so a flush never changes the file's size or block map) and made durable by one
+/// `fdatasync` before every request of the batch is answered.
+#[derive(Clone)]
+struct GroupCommit(std::sync::mpsc::SyncSender<tokio::sync::oneshot::Sender<bool>>);
+
+impl GroupCommit {
+    const RECORD: usize = 300;
+    const SIZE: u64 = 64 << 20;
+
+    fn start(path: &std::path::Path) -> Result<GroupCommit, String> {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..(Self::SIZE >> 20) {
+            file.write_all(&zeros).map_err(|e| e.to_string())?;
+        }
+        file.sync_all().map_err(|e| e.to_string())?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<tokio::sync::oneshot::Sender<bool>>(65_536);
+        std::thread::Builder::new()
+            .name("floor-flush".into())
+            .spawn(move || {
+                use std::os::unix::fs::FileExt as _;
+                let mut offset = 0u64;
+                let mut buf = Vec::new();
+                let mut batch = Vec::new();
+                while let Ok(first) = rx.recv() {
+                    batch.push(first);
+                    while let Ok(next) = rx.try_recv() {
+                        batch.push(next);
+                    }
+                    buf.clear();
+                    buf.resize(batch.len() * Self::RECORD, b'a');
+                    if offset + buf.len() as u64 > Self::SIZE {
+                        offset = 0;
+                    }
+                    let ok = file.write_all_at(&buf, offset).is_ok() && file.sync_data().is_ok();
+                    offset += buf.len() as u64;
+                    for done in batch.drain(..) {
+                        let _ = done.send(ok);
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(GroupCommit(tx))
+    }
 }

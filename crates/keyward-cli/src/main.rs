@@ -229,6 +229,10 @@ enum Command {
         /// Listen address.
         #[arg(long, default_value = "127.0.0.1:9799")]
         listen: SocketAddr,
+        /// Make a 300-byte record durable in this file (group commit) before each answer: the least a
+        /// durably audited request costs on this machine.
+        #[arg(long)]
+        durable: Option<PathBuf>,
     },
 }
 
@@ -637,7 +641,7 @@ async fn run(cli: Cli) -> Res {
     let out = Out { json: cli.json };
     match cli.command {
         Command::Serve(a) => return serve(a).await,
-        Command::BenchFloor { listen } => return bench::floor(listen).await,
+        Command::BenchFloor { listen, durable } => return bench::floor(listen, durable).await,
         Command::Bench(a) => return bench::run(a).await,
         _ => {}
     }

@@ -1010,3 +1010,74 @@ async fn sigterm_lets_requests_in_flight_finish() {
         assert_eq!(c.describe_key(id).await.unwrap().spec, "RSA_4096");
     }
 }
+
+/// The two reference servers of `benches/load.sh`: the plain floor, and the durable floor that makes a
+/// record durable in its file before each answer. Both serve the load generator without an error, and the
+/// durable one has written its records (a preallocated file, so only its contents change).
+#[test]
+fn the_floor_servers_serve_the_load_generator() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("floor.log");
+    for durable in [false, true] {
+        let port = common::free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyward"));
+        cmd.args(["bench-floor", "--listen", &addr]);
+        if durable {
+            cmd.arg("--durable").arg(&log);
+        }
+        let mut floor = cmd
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the floor server");
+        let mut up = false;
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                up = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(up, "the floor server did not listen");
+        let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args([
+                "bench",
+                "--op",
+                "floor",
+                "--json",
+                "--duration",
+                "1",
+                "--warmup",
+                "0",
+            ])
+            .args(["--concurrency", "8", "--addr", &format!("http://{addr}")])
+            .output()
+            .unwrap();
+        floor.kill().unwrap();
+        floor.wait().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["errors"], 0, "{report}");
+        let requests = report["requests"].as_u64().unwrap();
+        assert!(requests > 0, "{report}");
+        if durable {
+            let bytes = std::fs::read(&log).unwrap();
+            assert_eq!(
+                bytes.len(),
+                64 << 20,
+                "the file keeps its preallocated size"
+            );
+            let written = bytes.iter().filter(|b| **b != 0).count() as u64;
+            // Every answered request's record is in the file (the file wraps after 64 MiB, which a one-second
+            // run with eight connections does not reach).
+            assert!(
+                written >= requests * 300,
+                "{written} bytes for {requests} requests"
+            );
+        }
+    }
+}
