@@ -344,7 +344,16 @@ impl Drop for PgStore {
     fn drop(&mut self) {
         let idle = std::mem::take(&mut *self.idle.lock());
         let lease = self.lease.lock().take();
-        blocking(|| drop((idle, lease)));
+        blocking(|| {
+            // Release the jobs lease before closing its connection: the server ends a closed session's
+            // backend (and frees its advisory locks) on its own time, and a standby asking meanwhile would
+            // be refused. Unlocking here hands the lease over the moment this node stops.
+            if let Some(mut conn) = lease {
+                let _ = conn.client.simple_query("SELECT pg_advisory_unlock_all()");
+                drop(conn);
+            }
+            drop(idle);
+        });
     }
 }
 
