@@ -282,11 +282,12 @@ fn a_feed_that_lost_its_connection_reconnects_and_misses_nothing() {
 }
 
 /// Terminates every session a store opened under `application` (its connection pool and its lease), as a
-/// PostgreSQL restart or failover would.
+/// PostgreSQL restart or failover would, and waits until their backends have exited (and so released their
+/// locks), which `pg_terminate_backend` alone does not.
 fn terminate_sessions_of(application: &str) {
     let mut c = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
     c.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE application_name = $1",
         &[&application],
     )
     .unwrap();
