@@ -294,10 +294,14 @@ impl GroupCommit {
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| {
+                format!(
+                    "{} (a new file is created, never an existing one overwritten): {e}",
+                    path.display()
+                )
+            })?;
         let zeros = vec![0u8; 1 << 20];
         for _ in 0..(Self::SIZE >> 20) {
             file.write_all(&zeros).map_err(|e| e.to_string())?;

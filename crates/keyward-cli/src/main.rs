@@ -229,7 +229,7 @@ enum Command {
         /// Listen address.
         #[arg(long, default_value = "127.0.0.1:9799")]
         listen: SocketAddr,
-        /// Make a 300-byte record durable in this file (group commit) before each answer: the least a
+        /// Make a 300-byte record durable in this new file (group commit) before each answer: the least a
         /// durably audited request costs on this machine.
         #[arg(long)]
         durable: Option<PathBuf>,

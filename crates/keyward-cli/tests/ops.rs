@@ -1080,4 +1080,19 @@ fn the_floor_servers_serve_the_load_generator() {
             );
         }
     }
+    // An existing file is never overwritten: the durable floor refuses to start on one.
+    let before = std::fs::metadata(&log).unwrap().modified().unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args([
+            "bench-floor",
+            "--listen",
+            &format!("127.0.0.1:{}", common::free_port()),
+        ])
+        .arg("--durable")
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("never an existing one overwritten"));
+    assert_eq!(std::fs::metadata(&log).unwrap().modified().unwrap(), before);
 }

@@ -344,16 +344,10 @@ impl Drop for PgStore {
     fn drop(&mut self) {
         let idle = std::mem::take(&mut *self.idle.lock());
         let lease = self.lease.lock().take();
-        blocking(|| {
-            // Release the jobs lease before closing its connection: the server ends a closed session's
-            // backend (and frees its advisory locks) on its own time, and a standby asking meanwhile would
-            // be refused. Unlocking here hands the lease over the moment this node stops.
-            if let Some(mut conn) = lease {
-                let _ = conn.client.simple_query("SELECT pg_advisory_unlock_all()");
-                drop(conn);
-            }
-            drop(idle);
-        });
+        // Closing the lease's session frees the jobs lock once PostgreSQL has ended its backend. No
+        // `pg_advisory_unlock_all()` first: a query waits for an answer, and a node stopping while its
+        // database is unreachable would hang in it; a standby takes the lock at its next tick either way.
+        blocking(|| drop((idle, lease)));
     }
 }
 

@@ -77,21 +77,7 @@ fn wal_stays_bounded_under_continuous_commits() {
 
     // Reopened: every row is there, in order.
     let store = SqliteStore::open(&path).unwrap();
-    let mut after = 0u64;
-    loop {
-        let q = AuditQuery {
-            after_seq: after,
-            limit: 10_000,
-            ..AuditQuery::default()
-        };
-        let rows = transact(&store, |tx: &mut dyn Tx| tx.query_audit(&q)).unwrap();
-        let Some(last) = rows.last() else { break };
-        for (i, r) in rows.iter().enumerate() {
-            assert_eq!(r.seq, after + 1 + i as u64);
-        }
-        after = last.seq;
-    }
-    assert_eq!(after, seq);
+    assert_eq!(all_rows_in_order(&store), seq);
 }
 
 /// Another process holding a read snapshot keeps SQLite from restarting the WAL (the snapshot needs its
