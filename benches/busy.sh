@@ -14,15 +14,9 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-8}
 CONCURRENCY=${CONCURRENCY:-32}
-cargo build --release --locked -p keyward-cli >/dev/null 2>&1 || cargo build --release --locked -p keyward-cli
-BIN=target/release/keyward
-TMP=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
-trap cleanup EXIT
+source benches/common.sh
+trap stop_servers EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-TOKEN="kw.bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 printf 'rate_limit_per_second = 0\n' > "$TMP/audited.toml"
 printf 'rate_limit_per_second = 0\naudit = false\n' > "$TMP/unaudited.toml"
 FLOOR=$(port); DURABLE=$(port); AUDITED=$(port); UNAUDITED=$(port)
@@ -30,9 +24,7 @@ FLOOR=$(port); DURABLE=$(port); AUDITED=$(port); UNAUDITED=$(port)
 "$BIN" bench-floor --listen "127.0.0.1:$DURABLE" --durable "$TMP/durable-floor.log" 2>/dev/null & pids+=($!); P_DURABLE=$!
 KEYWARD_DEV_ROOT_TOKEN=$TOKEN "$BIN" serve --dev --config "$TMP/audited.toml" --data-dir "$TMP/a" --listen "127.0.0.1:$AUDITED" >/dev/null 2>&1 & pids+=($!); P_AUDITED=$!
 KEYWARD_DEV_ROOT_TOKEN=$TOKEN "$BIN" serve --dev --config "$TMP/unaudited.toml" --data-dir "$TMP/u" --listen "127.0.0.1:$UNAUDITED" >/dev/null 2>&1 & pids+=($!); P_UNAUDITED=$!
-for p in $FLOOR $DURABLE $AUDITED $UNAUDITED; do
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
-done
+wait_for_ports $FLOOR $DURABLE $AUDITED $UNAUDITED
 
 # Per thread name: CPU ticks and context switches.
 snapshot() {

@@ -17,22 +17,17 @@ cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
 CONCURRENCY=${CONCURRENCY:-32}
-cargo build --release --locked -p keyward-cli >/dev/null 2>&1 || cargo build --release --locked -p keyward-cli
-BIN=target/release/keyward
-TMP=$(mktemp -d)
-pids=()
+source benches/common.sh
 PG=${KEYWARD_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}
 SCHEMA=kwbench_$$
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"
+  stop_servers
   psql "$PG" -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >/dev/null 2>&1 || true
   psql "$PG" -qc "DROP SCHEMA IF EXISTS ${SCHEMA}_cluster CASCADE" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 FLOOR=$(port); DURABLE=$(port); AUDITED=$(port); UNAUDITED=$(port); ONPG=$(port); N1=$(port); N2=$(port); N3=$(port)
-TOKEN="kw.bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 
 printf 'rate_limit_per_second = 0\n' > "$TMP/audited.toml"
 printf 'rate_limit_per_second = 0\naudit = false\n' > "$TMP/unaudited.toml"
@@ -49,9 +44,7 @@ case $PG in *\?*) CLSTORE="$PG&options=-csearch_path%3D${SCHEMA}_cluster";; *) C
 for n in $N1 $N2 $N3; do
   "$BIN" serve --config "$TMP/audited.toml" --data-dir "$TMP/n$n" --store "$CLSTORE" --listen "127.0.0.1:$n" >/dev/null 2>&1 & pids+=($!)
 done
-for p in $FLOOR $DURABLE $AUDITED $UNAUDITED $ONPG $N1 $N2 $N3; do
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
-done
+wait_for_ports $FLOOR $DURABLE $AUDITED $UNAUDITED $ONPG $N1 $N2 $N3
 INIT=$(KEYWARD_ADDR="http://127.0.0.1:$N1" "$BIN" --json operator init --shares 1 --threshold 1)
 SHARE=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["shares"][0])' "$INIT")
 CLTOKEN=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["root_token"])' "$INIT")

@@ -1,0 +1,22 @@
+# Sourced by the load scripts (from the repository root): the release binary, a scratch directory, the
+# servers they start (stopped with `stop_servers`), free loopback ports and a dev root token.
+cargo build --release --locked -p keyward-cli >/dev/null 2>&1 || cargo build --release --locked -p keyward-cli
+BIN=target/release/keyward
+TMP=$(mktemp -d)
+pids=()
+TOKEN="kw.bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+
+stop_servers() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$TMP"
+}
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Waits until each loopback port accepts connections (10 s at most each).
+wait_for_ports() {
+  for p in "$@"; do
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
+  done
+}
