@@ -514,13 +514,47 @@ async fn every_endpoint_on_a_fresh_server_and_after_a_restart() {
         .unwrap();
     assert!(out.wrapped_key_material.0.len() > 256 + 32);
 
-    // Aliases.
-    c.put_alias("alias/ledger", &other.key_id).await.unwrap();
+    // Aliases. A key named by another alias: the answer names the key itself.
+    let set = c.put_alias("alias/ledger", &other.key_id).await.unwrap();
+    assert_eq!(
+        (set.alias.as_str(), set.key_id.as_str()),
+        ("alias/ledger", other.key_id.as_str())
+    );
+    let set = c.put_alias("ledger-too", "alias/ledger").await.unwrap();
+    assert_eq!(
+        (set.alias.as_str(), set.key_id.as_str()),
+        ("alias/ledger-too", other.key_id.as_str())
+    );
     let aliases = c.list_aliases("").await.unwrap();
     assert!(aliases
         .aliases
         .iter()
         .any(|a| a.alias == "alias/ledger" && a.key_id == other.key_id));
+    assert!(aliases
+        .aliases
+        .iter()
+        .any(|a| a.alias == "alias/ledger-too" && a.key_id == other.key_id));
+    let (_, audit, _) = raw(
+        &server.addr,
+        "GET",
+        "/v1/audit?action=kms:PutAlias&limit=1000",
+        Some(ROOT),
+        None,
+    )
+    .await;
+    let puts = audit["records"].as_array().unwrap();
+    assert!(puts.len() >= 2 && puts.iter().all(|r| r["key_id"] == other.key_id.as_str()));
+    c.delete_alias("alias/ledger-too").await.unwrap();
+    let (_, audit, _) = raw(
+        &server.addr,
+        "GET",
+        "/v1/audit?action=kms:DeleteAlias&limit=1000",
+        Some(ROOT),
+        None,
+    )
+    .await;
+    let deleted = audit["records"].as_array().unwrap();
+    assert_eq!(deleted.last().unwrap()["key_id"], other.key_id.as_str());
     c.delete_alias("alias/ledger").await.unwrap();
     assert_eq!(api_code(c.describe_key("alias/ledger").await), "NotFound");
 
@@ -1475,7 +1509,8 @@ async fn policies_grant_scope_condition_and_deny() {
         {"effect": "deny", "actions": ["kms:*"], "resources": ["alias/app-secret", format!("key/{}", secret.key_id)]},
         {"effect": "allow", "actions": ["kms:Sign"], "resources": ["alias/app-signer"], "conditions": {"mfa": true}},
         {"effect": "allow", "actions": ["kms:GenerateRandom"], "resources": ["*"], "conditions": {"source_cidr": ["10.0.0.0/8"]}},
-        {"effect": "allow", "actions": ["kms:DescribeKey"], "resources": ["alias/app-*"], "conditions": {"source_cidr": ["127.0.0.0/8", "::1/128"]}}
+        {"effect": "allow", "actions": ["kms:DescribeKey"], "resources": ["alias/app-*"], "conditions": {"source_cidr": ["127.0.0.0/8", "::1/128"]}},
+        {"effect": "allow", "actions": ["kms:PutAlias", "kms:DeleteAlias"], "resources": [format!("key/{}", main.key_id)]}
     ]});
     let (st, v, _) = raw(
         &server.addr,
@@ -1489,7 +1524,7 @@ async fn policies_grant_scope_condition_and_deny() {
     let (st, v, _) = raw(&server.addr, "GET", "/v1/policies/app", Some(ROOT), None).await;
     assert_eq!(
         (st, v["statements"].as_array().map(|a| a.len())),
-        (200, Some(5))
+        (200, Some(6))
     );
     let bad = json!({"statements": [{"effect": "allow", "actions": ["kms:Teleport"], "resources": ["*"]}]});
     let (st, v, _) = raw(
@@ -1602,6 +1637,28 @@ async fn policies_grant_scope_condition_and_deny() {
         "AccessDenied"
     );
     let _ = signer;
+    // An alias is managed under the policies of the key it points to (or is to point to).
+    svc.put_alias("alias/svc-main", &main.key_id).await.unwrap();
+    svc.put_alias("alias/svc-main-2", "alias/svc-main")
+        .await
+        .unwrap();
+    assert_eq!(
+        api_code(svc.put_alias("alias/svc-main", &secret.key_id).await),
+        "AccessDenied"
+    );
+    assert_eq!(
+        api_code(svc.put_alias("alias/svc-signer", "alias/app-signer").await),
+        "AccessDenied"
+    );
+    svc.delete_alias("alias/svc-main-2").await.unwrap();
+    assert_eq!(
+        api_code(svc.delete_alias("alias/app-secret").await),
+        "AccessDenied"
+    );
+    assert_eq!(
+        root.describe_key("alias/svc-main").await.unwrap().key_id,
+        main.key_id
+    );
     // Source address condition.
     assert_eq!(api_code(svc.random(8).await), "AccessDenied");
     assert!(svc.describe_key("alias/app-main").await.is_ok());

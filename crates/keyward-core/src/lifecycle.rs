@@ -909,8 +909,9 @@ impl Kms {
         Ok(work)
     }
 
-    /// Points an alias at a key (creating or moving it).
-    pub fn put_alias(&self, name: &str, key_id: &str) -> KmsResult<()> {
+    /// Points an alias at a key (creating or moving it). Returns the alias's full name and the id of the key
+    /// it now points to, which the caller may have named by another alias.
+    pub fn put_alias(&self, name: &str, key_id: &str) -> KmsResult<(String, String)> {
         let name = alias_name(name)
             .or_else(|| alias_name(&format!("alias/{name}")))
             .unwrap_or_else(|| Err(KmsError::validation("bad alias")))?;
@@ -926,7 +927,7 @@ impl Kms {
             Ok(())
         })?;
         self.aliases.remove(&name);
-        Ok(())
+        Ok((name, id))
     }
 
     /// Deletes an alias.

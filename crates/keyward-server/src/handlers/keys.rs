@@ -324,25 +324,25 @@ pub async fn put_alias(
     body: RawBody,
 ) -> Response {
     let a = app.clone();
+    // The key the alias is to point to is the request's resource: policies on keys apply to it, and the
+    // audit record names it. (A body that does not parse is refused inside, as for every endpoint.)
+    let target = parse::<PutAliasRequest>(&body).ok().map(|r| r.key_id);
     call(
         &app,
         &meta,
         Action::PutAlias,
-        None,
+        target,
         Mode::Blocking,
         move |_| {
             let req: PutAliasRequest = parse(&body)?;
-            a.kms.put_alias(&name, &req.key_id)?;
-            let alias = if name.starts_with("alias/") {
-                name.clone()
-            } else {
-                format!("alias/{}", name.trim_start_matches("alias:"))
-            };
+            // The key may be given by id or by another alias; the answer and the audit record name the key
+            // the alias now points to.
+            let (alias, key_id) = a.kms.put_alias(&name, &req.key_id)?;
             Reply::ok(&AliasObject {
                 alias,
-                key_id: req.key_id.clone(),
+                key_id: key_id.clone(),
             })
-            .map(|r| r.key(req.key_id, None))
+            .map(|r| r.key(key_id, None))
         },
     )
     .await
@@ -355,11 +355,17 @@ pub async fn delete_alias(
     Path(name): Path<String>,
 ) -> Response {
     let a = app.clone();
+    // The alias names its key: policies on that key apply, and the record names it.
+    let alias = if name.starts_with("alias/") {
+        name.clone()
+    } else {
+        format!("alias/{name}")
+    };
     call(
         &app,
         &meta,
         Action::DeleteAlias,
-        None,
+        Some(alias),
         Mode::Blocking,
         move |_| {
             a.kms.delete_alias(&name)?;
