@@ -1191,9 +1191,13 @@ async fn run(cli: Cli) -> Res {
             let (status, body) = c.raw(reqwest::Method::GET, &path, None).await.map_err(e)?;
             let v: serde_json::Value = serde_json::from_slice(&body).map_err(|x| x.to_string())?;
             if !status.is_success() {
-                return Err(format!("{}: {}", v["error"]["code"], v["error"]["message"]));
+                return Err(api_error(status, &v));
             }
-            out.value(&v);
+            if verify {
+                out.value(&v);
+            } else {
+                out.audit(&v);
+            }
             if verify && v["valid"] != serde_json::Value::Bool(true) {
                 return Err("the audit chain does not verify".into());
             }
@@ -1218,7 +1222,8 @@ async fn run(cli: Cli) -> Res {
                 .raw(reqwest::Method::GET, "/v1/audit/checkpoint", None)
                 .await
                 .map_err(e)?;
-            print_raw(&out, status, &body)?;
+            // The checkpoint is a document to keep: JSON whatever the output mode.
+            print_raw(&Out { json: true }, status, &body)?;
         }
         Command::Identity {
             name,
@@ -1292,17 +1297,21 @@ async fn run(cli: Cli) -> Res {
     Ok(())
 }
 
+/// An error answer as the typed client shows it: `Code (status): message`.
+fn api_error(status: reqwest::StatusCode, v: &serde_json::Value) -> String {
+    format!(
+        "{} ({}): {}",
+        v["error"]["code"].as_str().unwrap_or("error"),
+        status.as_u16(),
+        v["error"]["message"].as_str().unwrap_or("no message")
+    )
+}
+
 fn print_raw(out: &Out, status: reqwest::StatusCode, body: &[u8]) -> Res {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
     if !status.is_success() {
-        return Err(format!(
-            "{} ({}): {}",
-            v["error"]["code"],
-            status.as_u16(),
-            v["error"]["message"]
-        ));
+        return Err(api_error(status, &v));
     }
-    let _ = out.json;
     out.value(&v);
     Ok(())
 }

@@ -28,11 +28,81 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
+/// A value in a table cell: strings as they are, nested values as compact JSON.
+fn cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 impl Out {
+    /// Prints a response: a FIELD/VALUE table for people, pretty JSON with `--json` (and for anything that
+    /// is not an object).
     pub fn value<T: Serialize>(&self, v: &T) {
+        if !self.json {
+            if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(v) {
+                return table(
+                    &["FIELD", "VALUE"],
+                    map.iter().map(|(k, v)| vec![k.clone(), cell(v)]).collect(),
+                );
+            }
+        }
+        Self::document(v);
+    }
+
+    /// Prints pretty JSON whatever the output mode: for documents meant to be kept as they are (a signed
+    /// checkpoint).
+    pub fn document<T: Serialize>(v: &T) {
         match serde_json::to_string_pretty(v) {
             Ok(s) => println!("{s}"),
             Err(e) => eprintln!("cannot print: {e}"),
+        }
+    }
+
+    /// A page of audit records (`GET /v1/audit`): one line each, without the hashes (`--json` has them).
+    pub fn audit(&self, page: &serde_json::Value) {
+        if self.json {
+            return Self::document(page);
+        }
+        let records = page["records"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        table(
+            &[
+                "SEQ",
+                "TIME",
+                "PRINCIPAL",
+                "SOURCE",
+                "ACTION",
+                "KEY",
+                "VERSION",
+                "OUTCOME",
+                "ERROR",
+                "REQUEST ID",
+            ],
+            records
+                .iter()
+                .map(|r| {
+                    [
+                        "seq",
+                        "time",
+                        "principal",
+                        "source_ip",
+                        "action",
+                        "key_id",
+                        "version",
+                        "outcome",
+                        "error_code",
+                        "request_id",
+                    ]
+                    .iter()
+                    .map(|f| cell(&r[*f]))
+                    .collect()
+                })
+                .collect(),
+        );
+        if let Some(next) = page["next_token"].as_str() {
+            println!("(more records: add next_token={next} to --filter)");
         }
     }
 

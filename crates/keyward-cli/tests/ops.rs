@@ -420,15 +420,29 @@ fn the_cli_covers_identities_pki_and_audit() {
         ],
         b"a long enough password\n",
     );
-    let login: serde_json::Value =
-        serde_json::from_str(&ok(&["login", "bob"], b"a long enough password\n")).unwrap();
+    let login: serde_json::Value = serde_json::from_str(&ok(
+        &["--json", "login", "bob"],
+        b"a long enough password\n",
+    ))
+    .unwrap();
     assert!(login["token"].as_str().unwrap().starts_with("kw."));
     let bad = run(&["login", "bob"], b"wrong password here\n");
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("Unauthenticated"));
+    // People get tables, scripts ask for JSON.
+    let table = ok(&["token", "bob", "--ttl", "600"], b"");
+    assert!(
+        table.starts_with("FIELD") && table.contains("token_id"),
+        "{table}"
+    );
     let token: serde_json::Value =
-        serde_json::from_str(&ok(&["token", "bob", "--ttl", "600"], b"")).unwrap();
+        serde_json::from_str(&ok(&["--json", "token", "bob", "--ttl", "600"], b"")).unwrap();
     ok(&["revoke", token["token_id"].as_str().unwrap()], b"");
+    let missing = run(&["token", "nobody"], b"");
+    assert_eq!(
+        String::from_utf8_lossy(&missing.stderr).trim(),
+        "keyward: NotFound (404): identity nobody does not exist"
+    );
 
     let key: serde_json::Value = serde_json::from_str(&ok(
         &[
@@ -462,10 +476,19 @@ fn the_cli_covers_identities_pki_and_audit() {
         b"",
     );
     assert!(csr.contains("CERTIFICATE REQUEST"));
-    let verify: serde_json::Value = serde_json::from_str(&ok(&["audit", "--verify"], b"")).unwrap();
+    let verify: serde_json::Value =
+        serde_json::from_str(&ok(&["--json", "audit", "--verify"], b"")).unwrap();
     assert_eq!(verify["valid"], true);
+    assert!(ok(&["audit", "--verify"], b"")
+        .lines()
+        .any(|l| l.split_whitespace().eq(["valid", "true"])));
     let denied: serde_json::Value = serde_json::from_str(&ok(
-        &["audit", "--filter", "action=kms:Login&outcome=deny"],
+        &[
+            "--json",
+            "audit",
+            "--filter",
+            "action=kms:Login&outcome=deny",
+        ],
         b"",
     ))
     .unwrap();
@@ -473,6 +496,18 @@ fn the_cli_covers_identities_pki_and_audit() {
         !denied["records"].as_array().unwrap().is_empty(),
         "the failed login was not audited"
     );
+    let listed = ok(&["audit", "--filter", "action=kms:Login&outcome=deny"], b"");
+    let mut lines = listed.lines();
+    assert!(lines.next().unwrap().starts_with("SEQ  TIME"), "{listed}");
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        (row[2], row[4], row[5], row[6]),
+        ("anonymous", "kms:Login", "deny", "Unauthenticated"),
+        "{listed}"
+    );
+    // The signed checkpoint is a document to keep: JSON without being asked.
+    let cp: serde_json::Value = serde_json::from_str(&ok(&["checkpoint"], b"")).unwrap();
+    assert!(cp["signature"].is_string());
     assert!(ok(&["metrics"], b"").contains("keyward_requests_total"));
 }
 
