@@ -70,9 +70,9 @@ enum Command {
     Mac {
         /// Key id or alias.
         key: String,
-        /// HMAC_SHA_256, ...
+        /// HMAC_SHA_256, ... (default: the one of the key's spec, HMAC_SHA_256 for HMAC_256)
         #[arg(long)]
-        algorithm: String,
+        algorithm: Option<String>,
         /// Input file (default stdin).
         #[arg(long = "in")]
         input: Option<PathBuf>,
@@ -103,9 +103,9 @@ enum Command {
     VerifyMac {
         /// Key id or alias.
         key: String,
-        /// HMAC_SHA_256, ...
+        /// HMAC_SHA_256, ... (default: the one of the key's spec, HMAC_SHA_256 for HMAC_256)
         #[arg(long)]
-        algorithm: String,
+        algorithm: Option<String>,
         /// Base64 MAC.
         #[arg(long)]
         mac: String,
@@ -541,9 +541,10 @@ struct DecryptArgs {
 struct SignArgs {
     /// Key id or alias.
     key: String,
-    /// Signing algorithm.
+    /// Signing algorithm (default: the key spec's usual one: RSASSA_PSS_SHA_256 for RSA, ECDSA with the
+    /// curve's hash, ED25519, SM2DSA).
     #[arg(long)]
-    algorithm: String,
+    algorithm: Option<String>,
     /// Input file (default stdin).
     #[arg(long = "in")]
     input: Option<PathBuf>,
@@ -556,9 +557,10 @@ struct SignArgs {
 struct VerifyArgs {
     /// Key id or alias.
     key: String,
-    /// Signing algorithm.
+    /// Signing algorithm (default: the key spec's usual one: RSASSA_PSS_SHA_256 for RSA, ECDSA with the
+    /// curve's hash, ED25519, SM2DSA).
     #[arg(long)]
-    algorithm: String,
+    algorithm: Option<String>,
     /// Base64 signature.
     #[arg(long)]
     signature: String,
@@ -578,6 +580,49 @@ fn kv(s: &str) -> Result<(String, String), String> {
 
 fn context(pairs: Vec<(String, String)>) -> Option<Context> {
     (!pairs.is_empty()).then(|| pairs.into_iter().collect())
+}
+
+/// What an algorithm is chosen for when none is given.
+#[derive(Clone, Copy)]
+enum Purpose {
+    Sign,
+    Mac,
+}
+
+/// The algorithm given, or the usual one for the key's spec (the API always needs one; people rarely want
+/// anything but the obvious choice). Costs a key lookup only when none is given.
+async fn algorithm_for(
+    c: &Client,
+    key: &str,
+    given: Option<String>,
+    purpose: Purpose,
+) -> Result<String, String> {
+    if let Some(a) = given {
+        return Ok(a);
+    }
+    let spec = c.describe_key(key).await.map_err(|e| e.to_string())?.spec;
+    let usual = match (purpose, spec.as_str()) {
+        (Purpose::Sign, "RSA_2048" | "RSA_3072" | "RSA_4096") => "RSASSA_PSS_SHA_256",
+        (Purpose::Sign, "ECC_NIST_P256" | "ECC_SECG_P256K1") => "ECDSA_SHA_256",
+        (Purpose::Sign, "ECC_NIST_P384") => "ECDSA_SHA_384",
+        (Purpose::Sign, "ECC_NIST_P521") => "ECDSA_SHA_512",
+        (Purpose::Sign, "ED25519") => "ED25519",
+        (Purpose::Sign, "SM2") => "SM2DSA",
+        (Purpose::Mac, "HMAC_224") => "HMAC_SHA_224",
+        (Purpose::Mac, "HMAC_256") => "HMAC_SHA_256",
+        (Purpose::Mac, "HMAC_384") => "HMAC_SHA_384",
+        (Purpose::Mac, "HMAC_512") => "HMAC_SHA_512",
+        _ => {
+            let what = match purpose {
+                Purpose::Sign => "signing",
+                Purpose::Mac => "MAC",
+            };
+            return Err(format!(
+                "key {key} (spec {spec}) has no {what} algorithm; give --algorithm to ask the service anyway"
+            ));
+        }
+    };
+    Ok(usual.to_string())
 }
 
 fn read_input(path: &Option<PathBuf>) -> Result<Vec<u8>, String> {
@@ -1016,7 +1061,7 @@ async fn run(cli: Cli) -> Res {
                     &SignRequest {
                         message,
                         digest,
-                        algorithm: a.algorithm,
+                        algorithm: algorithm_for(c, &a.key, a.algorithm, Purpose::Sign).await?,
                     },
                 )
                 .await
@@ -1038,7 +1083,7 @@ async fn run(cli: Cli) -> Res {
                 message,
                 digest,
                 signature: B64(unb64(&a.signature)?),
-                algorithm: a.algorithm,
+                algorithm: algorithm_for(c, &a.key, a.algorithm, Purpose::Sign).await?,
                 version: None,
             };
             let valid = c.verify(&a.key, &req).await.map_err(e)?;
@@ -1061,7 +1106,7 @@ async fn run(cli: Cli) -> Res {
                     &key,
                     &MacRequest {
                         message: B64(read_input(&input)?),
-                        algorithm,
+                        algorithm: algorithm_for(c, &key, algorithm, Purpose::Mac).await?,
                     },
                 )
                 .await
@@ -1114,7 +1159,7 @@ async fn run(cli: Cli) -> Res {
             let req = VerifyMacRequest {
                 message: B64(read_input(&input)?),
                 mac: B64(unb64(&mac)?),
-                algorithm,
+                algorithm: algorithm_for(c, &key, algorithm, Purpose::Mac).await?,
             };
             let valid = c.verify_mac(&key, &req).await.map_err(e)?;
             println!("{}", if valid { "valid" } else { "INVALID" });

@@ -267,7 +267,7 @@ async fn envelope_files_detect_truncation_reordering_and_tampering() {
 fn the_cli_drives_the_service() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::dev(&dir.path().join("data"));
-    let cli = |args: &[&str], stdin: Option<&[u8]>| {
+    let run_cli = |args: &[&str], stdin: &[u8]| {
         use std::io::Write;
         let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
             .args(args)
@@ -282,9 +282,12 @@ fn the_cli_drives_the_service() {
             .spawn()
             .unwrap();
         let mut input = child.stdin.take().unwrap();
-        input.write_all(stdin.unwrap_or_default()).unwrap();
+        input.write_all(stdin).unwrap();
         drop(input);
-        let out = child.wait_with_output().unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let cli = |args: &[&str], stdin: Option<&[u8]>| {
+        let out = run_cli(args, stdin.unwrap_or_default());
         assert!(
             out.status.success(),
             "keyward {args:?}: {}",
@@ -377,6 +380,55 @@ fn the_cli_drives_the_service() {
         Some(b"doc"),
     );
     assert_eq!(verdict, b"valid\n");
+    // Without --algorithm: the key spec's usual one, here ECDSA with SHA-256 (a DER signature that
+    // OpenSSL verifies with the public key).
+    let p256: serde_json::Value = serde_json::from_slice(&cli(
+        &[
+            "--json",
+            "key",
+            "create",
+            "--spec",
+            "ECC_NIST_P256",
+            "--usage",
+            "SIGN_VERIFY",
+        ],
+        None,
+    ))
+    .unwrap();
+    let pid = p256["key_id"].as_str().unwrap();
+    let sig = String::from_utf8(cli(&["sign", pid], Some(b"doc"))).unwrap();
+    let verdict = cli(&["verify", pid, "--signature", sig.trim()], Some(b"doc"));
+    assert_eq!(verdict, b"valid\n");
+    let pem = dir.path().join("p256.pem");
+    std::fs::write(&pem, cli(&["key", "public-key", pid], None)).unwrap();
+    let der_sig = dir.path().join("p256.sig");
+    std::fs::write(
+        &der_sig,
+        base64::engine::general_purpose::STANDARD
+            .decode(sig.trim())
+            .unwrap(),
+    )
+    .unwrap();
+    let doc = dir.path().join("doc");
+    std::fs::write(&doc, b"doc").unwrap();
+    let openssl = Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(&pem)
+        .arg("-signature")
+        .arg(&der_sig)
+        .arg(&doc)
+        .output()
+        .unwrap();
+    assert!(openssl.status.success(), "{openssl:?}");
+    // A key that does not sign: a clear refusal before any request is made.
+    let refused = run_cli(&["sign", &key_id], b"doc");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("(spec SYMMETRIC_DEFAULT) has no signing algorithm"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     let status = String::from_utf8(cli(&["operator", "status"], None)).unwrap();
     assert!(status.contains("sealed") && status.contains("false"));
 }
