@@ -263,6 +263,17 @@ async fn envelope_files_detect_truncation_reordering_and_tampering() {
     );
 }
 
+/// CLI arguments creating an ECDSA P-256 signing key, answered in JSON.
+const CREATE_P256_SIGNER: &[&str] = &[
+    "--json",
+    "key",
+    "create",
+    "--spec",
+    "ECC_NIST_P256",
+    "--usage",
+    "SIGN_VERIFY",
+];
+
 #[test]
 fn the_cli_drives_the_service() {
     let dir = tempfile::tempdir().unwrap();
@@ -382,19 +393,7 @@ fn the_cli_drives_the_service() {
     assert_eq!(verdict, b"valid\n");
     // Without --algorithm: the key spec's usual one, here ECDSA with SHA-256 (a DER signature that
     // OpenSSL verifies with the public key).
-    let p256: serde_json::Value = serde_json::from_slice(&cli(
-        &[
-            "--json",
-            "key",
-            "create",
-            "--spec",
-            "ECC_NIST_P256",
-            "--usage",
-            "SIGN_VERIFY",
-        ],
-        None,
-    ))
-    .unwrap();
+    let p256: serde_json::Value = serde_json::from_slice(&cli(CREATE_P256_SIGNER, None)).unwrap();
     let pid = p256["key_id"].as_str().unwrap();
     let sig = String::from_utf8(cli(&["sign", pid], Some(b"doc"))).unwrap();
     let verdict = cli(&["verify", pid, "--signature", sig.trim()], Some(b"doc"));
@@ -496,19 +495,7 @@ fn the_cli_covers_identities_pki_and_audit() {
         "keyward: NotFound (404): identity nobody does not exist"
     );
 
-    let key: serde_json::Value = serde_json::from_str(&ok(
-        &[
-            "--json",
-            "key",
-            "create",
-            "--spec",
-            "ECC_NIST_P256",
-            "--usage",
-            "SIGN_VERIFY",
-        ],
-        b"",
-    ))
-    .unwrap();
+    let key: serde_json::Value = serde_json::from_str(&ok(CREATE_P256_SIGNER, b"")).unwrap();
     let id = key["key_id"].as_str().unwrap();
     let cert = ok(
         &[
