@@ -976,7 +976,14 @@ async fn run(cli: Cli) -> Res {
                     algorithm: a.algorithm,
                     items: None,
                 };
-                let v = c.encrypt_with(&a.key, &body).await.map_err(e)?;
+                let v = c.encrypt_with(&a.key, &body).await.map_err(|x| match &x {
+                    keyward_client::Error::Api { code, .. } if code == "PayloadTooLarge" => {
+                        format!(
+                            "{x}; for data over 64 KiB use --file (envelope encryption, streamed)"
+                        )
+                    }
+                    _ => x.to_string(),
+                })?;
                 if out.json {
                     out.value(&v);
                 } else {

@@ -419,6 +419,14 @@ fn the_cli_drives_the_service() {
         .output()
         .unwrap();
     assert!(openssl.status.success(), "{openssl:?}");
+    // Too much for one request: the refusal says what to use instead.
+    let big = run_cli(&["encrypt", &key_id], &vec![7u8; 100_000]);
+    assert!(!big.status.success());
+    let said = String::from_utf8_lossy(&big.stderr);
+    assert!(
+        said.contains("PayloadTooLarge (413)") && said.contains("use --file"),
+        "{said}"
+    );
     // A key that does not sign: a clear refusal before any request is made.
     let refused = run_cli(&["sign", &key_id], b"doc");
     assert!(!refused.status.success());
