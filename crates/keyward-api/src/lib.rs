@@ -797,6 +797,99 @@ pub struct CertificateResponse {
     pub certificate_pem: String,
 }
 
+// ----- policies, approvals, MFA -----
+
+/// A policy document (`PUT /v1/policies/{name}`): default deny, an explicit deny wins over any allow.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDoc {
+    /// Statements.
+    pub statements: Vec<StatementDoc>,
+}
+
+/// One statement.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatementDoc {
+    /// `allow` or `deny`.
+    pub effect: String,
+    /// `kms:Encrypt`, `kms:Get*`, `kms:*`.
+    pub actions: Vec<String>,
+    /// `key/<id>`, `alias/app-*`, `*`.
+    pub resources: Vec<String>,
+    /// Extra conditions, all of which must hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<ConditionsDoc>,
+}
+
+/// Conditions of a statement.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionsDoc {
+    /// The encryption context must contain these pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_equals: Option<BTreeMap<String, String>>,
+    /// The client address must be in one of these networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_cidr: Option<Vec<String>>,
+    /// The token must (true) or must not (false) come from an MFA login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mfa: Option<bool>,
+}
+
+/// A quorum approval request, as `GET /v1/approvals` and the approve/reject calls return it. The operation's
+/// own fields (`key_id`, `version`, `pending_days`, `name` of a policy, ...) sit beside the common ones, so
+/// they are kept as they came rather than dropped by a client that does not know them all.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ApprovalObject {
+    /// `apr_...`.
+    pub approval_id: String,
+    /// `pending`, `executed`, `rejected`, `expired` or `failed`.
+    pub status: String,
+    /// `schedule_deletion`, `destroy_version`, `export`, `rotate_root`, `put_policy`, `delete_policy`.
+    pub operation: String,
+    /// Who asked.
+    pub requested_by: String,
+    /// Distinct approvals needed.
+    pub required: u32,
+    /// Who approved, in order.
+    pub approvals: Vec<String>,
+    /// Who rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_by: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// The operation's answer once executed, or its error once failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// The operation's parameters.
+    #[serde(flatten)]
+    pub parameters: BTreeMap<String, serde_json::Value>,
+}
+
+/// `GET /v1/approvals`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ApprovalList {
+    /// Oldest first.
+    pub approvals: Vec<ApprovalObject>,
+}
+
+/// `POST /v1/identities/{name}/mfa`: the `otpauth://` URI holds the TOTP seed, so it is zeroized on drop and
+/// never shown by `Debug`.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MfaEnrollment {
+    /// `otpauth://totp/Keyward:<name>?secret=...`, for an authenticator app; shown once.
+    pub totp_uri: zeroize::Zeroizing<String>,
+}
+
+impl std::fmt::Debug for MfaEnrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MfaEnrollment { totp_uri: <redacted> }")
+    }
+}
+
 /// Validates a `limit` query parameter: default 100, at most 1000.
 pub fn page_limit(limit: Option<usize>) -> Result<usize, &'static str> {
     match limit {

@@ -1151,13 +1151,25 @@ fn unsafe_or_wrong_configuration_is_refused() {
 }
 
 async fn token_for(server: &Server, name: &str, roles: &[&str]) -> String {
+    token_with_policies(server, name, roles, &[]).await
+}
+
+async fn token_with_policies(
+    server: &Server,
+    name: &str,
+    roles: &[&str],
+    policies: &[&str],
+) -> String {
     let (st, v, _) = raw(
         &server.addr,
         "POST",
         "/v1/identities",
         Some(ROOT),
         Some(
-            serde_json::to_vec(&json!({"name": name, "kind": "service", "roles": roles})).unwrap(),
+            serde_json::to_vec(
+                &json!({"name": name, "kind": "service", "roles": roles, "policies": policies}),
+            )
+            .unwrap(),
         ),
     )
     .await;
@@ -1668,6 +1680,223 @@ async fn policies_grant_scope_condition_and_deny() {
     );
     let (st, _, _) = raw(&server.addr, "GET", "/v1/policies/app", Some(ROOT), None).await;
     assert_eq!(st, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_on_aliases_hold_however_the_key_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(&dir.path().join("data"));
+    let root = server.root();
+    let aes = |alias: Option<&str>| CreateKeyRequest {
+        spec: "AES_256".into(),
+        alias: alias.map(str::to_string),
+        ..Default::default()
+    };
+    let legacy = root
+        .create_key(&aes(Some("alias/legacy")))
+        .await
+        .unwrap()
+        .key_id;
+    root.put_alias("alias/legacy-2", &legacy).await.unwrap();
+    let app_a = root
+        .create_key(&aes(Some("alias/app-a")))
+        .await
+        .unwrap()
+        .key_id;
+    let app_b = root
+        .create_key(&aes(Some("alias/app-b")))
+        .await
+        .unwrap()
+        .key_id;
+    let other = root.create_key(&aes(None)).await.unwrap().key_id;
+    let doc =
+        |v: serde_json::Value| -> keyward_api::PolicyDoc { serde_json::from_value(v).unwrap() };
+    root.put_policy(
+        "no-legacy",
+        &doc(json!({"statements": [{"effect": "deny", "actions": ["kms:*"], "resources": ["alias/legacy"]}]})),
+    )
+    .await
+    .unwrap();
+    let stored = root
+        .put_policy(
+            "apps",
+            &doc(json!({"statements": [{"effect": "allow",
+                "actions": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt"], "resources": ["alias/app-*"]}]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        root.get_policy("apps").await.unwrap().statements.len(),
+        stored.statements.len()
+    );
+
+    // A deny on an alias holds when the key is called by its id, by another alias, or through a ciphertext.
+    let user = server.client(Some(
+        &token_with_policies(&server, "user", &["key-user"], &["no-legacy"]).await,
+    ));
+    let legacy_ct = root
+        .encrypt(&legacy, b"old secret", None)
+        .await
+        .unwrap()
+        .ciphertext
+        .0;
+    for key in [legacy.as_str(), "alias/legacy", "alias/legacy-2"] {
+        assert_eq!(
+            api_code(user.encrypt(key, b"p", None).await),
+            "AccessDenied",
+            "{key}"
+        );
+    }
+    assert_eq!(
+        api_code(user.decrypt(None, &legacy_ct, None, None).await),
+        "AccessDenied"
+    );
+    assert!(user.encrypt(&other, b"p", None).await.is_ok());
+
+    // An allow on an alias pattern covers the key it points to, however named, until the alias moves.
+    let apps = server.client(Some(
+        &token_with_policies(&server, "apps", &[], &["apps"]).await,
+    ));
+    let ct = apps
+        .encrypt(&app_a, b"order", None)
+        .await
+        .unwrap()
+        .ciphertext
+        .0;
+    assert_eq!(
+        apps.decrypt(None, &ct, None, None)
+            .await
+            .unwrap()
+            .plaintext
+            .expose(),
+        b"order"
+    );
+    assert_eq!(
+        api_code(apps.encrypt(&other, b"p", None).await),
+        "AccessDenied"
+    );
+    root.put_alias("alias/app-a", &other).await.unwrap();
+    assert!(
+        apps.encrypt(&other, b"p", None).await.is_ok(),
+        "the moved alias now names it"
+    );
+    assert_eq!(
+        api_code(apps.encrypt(&app_a, b"p", None).await),
+        "AccessDenied",
+        "a key is no longer covered once its only matching alias moved away"
+    );
+    root.delete_alias("alias/app-a").await.unwrap();
+    assert_eq!(
+        api_code(apps.encrypt(&other, b"p", None).await),
+        "AccessDenied"
+    );
+
+    // Re-encryption needs the right to decrypt with the source key: a ciphertext of a key the caller may not
+    // use is not moved under one it may (and then decrypted).
+    let foreign = root
+        .encrypt(&legacy, b"not yours", None)
+        .await
+        .unwrap()
+        .ciphertext
+        .0;
+    let body = |ct: &[u8]| ReencryptBody {
+        ciphertext: Some(B64(ct.to_vec())),
+        ..Default::default()
+    };
+    assert_eq!(
+        api_code(apps.reencrypt(&app_b, &body(&foreign)).await),
+        "AccessDenied"
+    );
+    let own = apps
+        .encrypt(&app_b, b"mine", None)
+        .await
+        .unwrap()
+        .ciphertext
+        .0;
+    let moved = apps.reencrypt("alias/app-b", &body(&own)).await.unwrap();
+    assert_eq!(
+        apps.decrypt(None, &moved.ciphertext.0, None, None)
+            .await
+            .unwrap()
+            .plaintext
+            .expose(),
+        b"mine"
+    );
+    let (st, v, _) = raw(
+        &server.addr,
+        "POST",
+        &format!("/v1/keys/{app_b}/reencrypt"),
+        Some(&token_with_policies(&server, "apps-2", &[], &["apps"]).await),
+        Some(
+            serde_json::to_vec(
+                &json!({"items": [{"ciphertext": b64(&own)}, {"ciphertext": b64(&foreign)}]}),
+            )
+            .unwrap(),
+        ),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["items"][0]["ciphertext"].is_string(), "{v}");
+    assert_eq!(v["items"][1]["error"]["code"], "AccessDenied", "{v}");
+
+    // An approver's policies count too: an admin denied a key cannot approve its deletion.
+    let quorum = root
+        .create_key(&CreateKeyRequest {
+            quorum: Some(Quorum { approvals: 1 }),
+            ..aes(None)
+        })
+        .await
+        .unwrap()
+        .key_id;
+    // Naming a key under quorum, the policy itself waits for an approval.
+    let other_admin = token_for(&server, "other-admin", &["admin"]).await;
+    let hands_off = doc(
+        json!({"statements": [{"effect": "deny", "actions": ["kms:ScheduleKeyDeletion"],
+        "resources": [format!("key/{quorum}")]}]}),
+    );
+    let Err(Error::Pending(p)) = root.put_policy("hands-off", &hands_off).await else {
+        panic!("a policy on a quorum key was stored without approval");
+    };
+    let executed = server
+        .client(Some(&other_admin))
+        .approve(&p.approval_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        (executed.status.as_str(), executed.operation.as_str()),
+        ("executed", "put_policy")
+    );
+    assert_eq!(executed.parameters["name"], "hands-off");
+    let barred = token_with_policies(&server, "barred-admin", &["admin"], &["hands-off"]).await;
+    let (st, v, _) = raw(
+        &server.addr,
+        "POST",
+        &format!("/v1/keys/{quorum}/schedule-deletion"),
+        Some(ROOT),
+        Some(br#"{"pending_days": 7}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(st, 202, "{v}");
+    let id = v["approval_id"].as_str().unwrap().to_string();
+    let (st, v, _) = raw(
+        &server.addr,
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        Some(&barred),
+        None,
+    )
+    .await;
+    assert_eq!((st, code_of(&v)), (403, "AccessDenied"), "{v}");
+    assert_eq!(root.describe_key(&quorum).await.unwrap().state, "Enabled");
+    let (st, v, _) = raw(
+        &server.addr,
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        Some(&other_admin),
+        None,
+    )
+    .await;
+    assert_eq!((st, v["status"].as_str()), (200, Some("executed")), "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -423,6 +423,56 @@ impl Client {
         self.get(&format!("/v1/aliases{q}")).await
     }
 
+    // ----- policies, approvals, MFA -----
+
+    /// `PUT /v1/policies/{name}`: creates or replaces a policy and answers the stored document; a policy that
+    /// touches a key under quorum answers [`Error::Pending`] instead.
+    pub async fn put_policy(&self, name: &str, doc: &PolicyDoc) -> Result<PolicyDoc> {
+        self.call(
+            Method::PUT,
+            &format!("/v1/policies/{}", segment(name)),
+            Some(doc),
+        )
+        .await
+    }
+    /// `GET /v1/policies/{name}`.
+    pub async fn get_policy(&self, name: &str) -> Result<PolicyDoc> {
+        self.get(&format!("/v1/policies/{}", segment(name))).await
+    }
+    /// `DELETE /v1/policies/{name}` (or [`Error::Pending`] under quorum).
+    pub async fn delete_policy(&self, name: &str) -> Result<()> {
+        self.call::<(), Empty>(
+            Method::DELETE,
+            &format!("/v1/policies/{}", segment(name)),
+            None,
+        )
+        .await
+        .map(drop)
+    }
+    /// `GET /v1/approvals`, optionally only those in one status (`pending`, `executed`, ...).
+    pub async fn list_approvals(&self, status: Option<&str>) -> Result<Vec<ApprovalObject>> {
+        let q = status.map_or(String::new(), |s| format!("?status={}", segment(s)));
+        self.get::<ApprovalList>(&format!("/v1/approvals{q}"))
+            .await
+            .map(|l| l.approvals)
+    }
+    /// `POST /v1/approvals/{id}/approve`: the approval that completes the quorum runs the operation, whose
+    /// answer is then in `result`.
+    pub async fn approve(&self, id: &str) -> Result<ApprovalObject> {
+        self.post_empty(&format!("/v1/approvals/{}/approve", segment(id)))
+            .await
+    }
+    /// `POST /v1/approvals/{id}/reject`.
+    pub async fn reject(&self, id: &str) -> Result<ApprovalObject> {
+        self.post_empty(&format!("/v1/approvals/{}/reject", segment(id)))
+            .await
+    }
+    /// `POST /v1/identities/{name}/mfa`: enrols (or re-enrols) TOTP for a user identity.
+    pub async fn enroll_mfa(&self, name: &str) -> Result<MfaEnrollment> {
+        self.post_empty(&format!("/v1/identities/{}/mfa", segment(name)))
+            .await
+    }
+
     // ----- cryptographic operations -----
 
     /// `POST /v1/keys/{key}/encrypt`.

@@ -272,6 +272,7 @@ impl Kms {
             tx.put_meta(SYS, "init", &init_json)?;
             load(tx, body)
         })?;
+        self.aliases_changed();
         self.audit_moved
             .store(true, std::sync::atomic::Ordering::Release);
         self.reload_init()?;
@@ -378,6 +379,7 @@ impl Kms {
         })?;
         self.cache.clear();
         self.aliases.clear();
+        self.aliases_changed();
         Ok(Restored {
             restored_keys: restored,
             initialized: false,

@@ -91,6 +91,7 @@ impl Kms {
         if everything {
             self.cache.clear();
             self.aliases.clear();
+            self.aliases_changed();
             return Ok(());
         }
         for c in changes {
@@ -101,7 +102,10 @@ impl Kms {
                         self.cache.remove(&id);
                     }
                 }
-                Change::Alias(name) => self.aliases.remove(name),
+                Change::Alias(name) => {
+                    self.aliases.remove(name);
+                    self.aliases_changed();
+                }
                 _ => {}
             }
         }

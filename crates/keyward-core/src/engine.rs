@@ -137,6 +137,10 @@ pub struct Kms {
     sealed: AtomicBool,
     pub(crate) cache: ShardedMap<[u8; 16], Arc<CachedKey>, KeyIdHash>,
     pub(crate) aliases: ShardedMap<String, [u8; 16]>,
+    /// Every alias of a key, for policies that name keys by alias. Dropped whole whenever any alias changes
+    /// (rare); `alias_epoch` moves with it, so a lookup that raced the change is not kept.
+    pub(crate) alias_names: ShardedMap<[u8; 16], Arc<[String]>, KeyIdHash>,
+    pub(crate) alias_epoch: std::sync::atomic::AtomicU64,
     cache_misses: std::sync::atomic::AtomicU64,
     pub(crate) freshness: Arc<Freshness>,
     /// Set when the stored audit chain changed under the writer (a restore): its next batch re-reads the
@@ -213,6 +217,8 @@ impl Kms {
             sealed: AtomicBool::new(true),
             cache: ShardedMap::new(),
             aliases: ShardedMap::new(),
+            alias_names: ShardedMap::new(),
+            alias_epoch: Default::default(),
             cache_misses: Default::default(),
             freshness: Arc::new(Freshness::new(store.shared())),
             audit_moved: AtomicBool::new(false),
@@ -608,6 +614,7 @@ impl Kms {
         };
         self.cache.clear();
         self.aliases.clear();
+        self.aliases_changed();
         Ok(())
     }
 

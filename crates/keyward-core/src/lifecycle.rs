@@ -8,6 +8,8 @@
 //! - a Destroyed key has only Destroyed versions.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use keyward_hsm::{KeyAttributes, KeySpec, KeyUsage};
 use keyward_store::{transact, KeyRecord, Tx, VersionRecord};
@@ -294,6 +296,39 @@ impl Kms {
         }
     }
 
+    /// Every alias pointing to the key a reference stands for (`alias/NAME`, sorted), with the key's id.
+    ///
+    /// Policies name keys by id or by alias; a statement about an alias must hold however a request names the
+    /// key (by that alias, another one, its id, or through a ciphertext), or a deny on an alias could be
+    /// side-stepped by calling the key by its id. Served from memory once looked up.
+    pub fn key_aliases(&self, key_ref: &str) -> KmsResult<(String, Arc<[String]>)> {
+        let id = self.resolve(key_ref)?;
+        let key_id = uuid::Uuid::from_bytes(id).to_string();
+        if self.freshness.trusted() {
+            if let Some(names) = self.alias_names.get(&id) {
+                return Ok((key_id, names));
+            }
+        }
+        let epoch = self.alias_epoch.load(Ordering::Acquire);
+        let names: Arc<[String]> = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            tx.aliases_of(&key_id)
+        })?
+        .into();
+        self.alias_names.insert(id, names.clone());
+        // An alias changed while the store was read: what was read may be stale, so it is not kept.
+        if self.alias_epoch.load(Ordering::Acquire) != epoch {
+            self.alias_names.remove(&id);
+        }
+        Ok((key_id, names))
+    }
+
+    /// Forgets every key's alias list, after an alias was created, moved or deleted (here or on another
+    /// node) or the store was replaced.
+    pub(crate) fn aliases_changed(&self) {
+        self.alias_epoch.fetch_add(1, Ordering::AcqRel);
+        self.alias_names.clear();
+    }
+
     /// The key id a reference (id or alias) stands for, from the alias cache when possible.
     pub fn key_id_of(&self, key_ref: &str) -> KmsResult<String> {
         self.resolve_id(key_ref)
@@ -465,6 +500,9 @@ impl Kms {
             }
             key_info(&rec, alias.clone())
         })?;
+        if alias.is_some() {
+            self.aliases_changed();
+        }
         Ok(info)
     }
 
@@ -898,6 +936,7 @@ impl Kms {
                 for a in aliases {
                     self.aliases.remove(&a);
                 }
+                self.aliases_changed();
                 work.destroyed.push(key_id);
             } else if rec.state == KeyState::Enabled.as_str()
                 && rec.next_rotation_at.is_some_and(|t| t <= now)
@@ -927,6 +966,7 @@ impl Kms {
             Ok(())
         })?;
         self.aliases.remove(&name);
+        self.aliases_changed();
         Ok((name, id))
     }
 
@@ -942,6 +982,7 @@ impl Kms {
             tx.delete_alias(&name)
         })?;
         self.aliases.remove(&name);
+        self.aliases_changed();
         if existed {
             Ok(())
         } else {

@@ -264,7 +264,10 @@ pub struct Caller {
     pub principal: Arc<Principal>,
     /// Conditions on the encryption context that only the handler can check.
     pub context_rule: Option<Arc<crate::policy::ContextRule>>,
-    /// For `/v1/decrypt`, where the key is only known from the ciphertext: the evaluation still to do.
+    /// The client's address, for policy conditions evaluated after authorization.
+    pub source_ip: Option<std::net::IpAddr>,
+    /// For `/v1/decrypt`, where the key is only known from the ciphertext, and for the source key of a
+    /// re-encryption (which the caller must be allowed to decrypt with): the evaluation still to do.
     pub pending: Option<Arc<Pending>>,
 }
 
@@ -279,12 +282,40 @@ pub struct Pending {
 }
 
 impl Caller {
+    /// Whether this caller may perform `action` on a key (or, with none, on the service), by its roles and
+    /// policies as [`authorize`] decides: for checks made after the request's own authorization, such as
+    /// an approver's right to the operation it approves.
+    pub fn may(&self, app: &App, action: Action, key_ref: Option<&str>) -> bool {
+        let role_allows = self.principal.roles.iter().any(|r| r.allows(action));
+        if self.principal.policies.is_empty() {
+            return role_allows;
+        }
+        let policies = app.policies.load(app, &self.principal.policies);
+        let resources = resources(&app.kms, key_ref);
+        let request = crate::policy::Request {
+            action,
+            resources: &resources,
+            source_ip: self.source_ip,
+            mfa: self.principal.mfa,
+        };
+        match crate::policy::evaluate(policies.iter().map(|p| p.as_ref()), role_allows, &request) {
+            crate::policy::Decision::Allow => true,
+            crate::policy::Decision::Context(rule) => rule.allows(&keyward_api::Context::new()),
+            _ => false,
+        }
+    }
+
     /// For a request whose key comes from the ciphertext: evaluates the policies for that key and context.
-    pub fn check_key(&self, key_id: &str, context: &keyward_api::Context) -> Result<(), ApiError> {
+    pub fn check_key(
+        &self,
+        kms: &keyward_core::Kms,
+        key_id: &str,
+        context: &keyward_api::Context,
+    ) -> Result<(), ApiError> {
         let Some(p) = &self.pending else {
             return self.check_context(context);
         };
-        let resources = [format!("key/{key_id}")];
+        let resources = resources(kms, Some(key_id));
         let request = crate::policy::Request {
             action: p.action,
             resources: &resources,
@@ -477,8 +508,10 @@ fn authorize(
     now: i64,
 ) -> Result<Caller, (Arc<Principal>, ApiError)> {
     let anonymous = || Arc::new(Principal::anonymous());
+    let source_ip: Option<std::net::IpAddr> = meta.source_ip.parse().ok();
     if action.class() == Class::Public {
         return Ok(Caller {
+            source_ip,
             principal: anonymous(),
             context_rule: None,
             pending: None,
@@ -508,6 +541,7 @@ fn authorize(
     if principal.policies.is_empty() {
         return if role_allows {
             Ok(Caller {
+                source_ip,
                 principal,
                 context_rule: None,
                 pending: None,
@@ -523,61 +557,76 @@ fn authorize(
             policies,
             role_allows,
             action,
-            source_ip: meta.source_ip.parse().ok(),
+            source_ip,
             mfa: principal.mfa,
         };
         return Ok(Caller {
+            source_ip,
             principal,
             context_rule: None,
             pending: Some(Arc::new(pending)),
         });
     }
-    let resources = resources(app, key_ref);
+    // Re-encryption hands the source key's plaintext to whoever may use the destination key: the caller
+    // must also be allowed to decrypt with the source key, which only the ciphertext names.
+    let source_check = (action == Action::ReEncrypt).then(|| {
+        Arc::new(Pending {
+            policies: policies.clone(),
+            role_allows: principal.roles.iter().any(|r| r.allows(Action::Decrypt)),
+            action: Action::Decrypt,
+            source_ip,
+            mfa: principal.mfa,
+        })
+    });
+    let resources = resources(&app.kms, key_ref);
     let request = crate::policy::Request {
         action,
         resources: &resources,
-        source_ip: meta.source_ip.parse().ok(),
+        source_ip,
         mfa: principal.mfa,
     };
-    match crate::policy::evaluate(policies.iter().map(|p| p.as_ref()), role_allows, &request) {
-        crate::policy::Decision::Allow => Ok(Caller {
-            principal,
-            context_rule: None,
-            pending: None,
-        }),
-        crate::policy::Decision::Context(rule) if carries_context(action) => Ok(Caller {
-            principal,
-            context_rule: Some(Arc::new(rule)),
-            pending: None,
-        }),
-        crate::policy::Decision::Context(rule) if rule.allows(&keyward_api::Context::new()) => {
-            Ok(Caller {
-                principal,
-                context_rule: None,
-                pending: None,
-            })
-        }
-        _ => {
-            let e = denied(&principal);
-            Err((principal, e))
-        }
-    }
+    let context_rule =
+        match crate::policy::evaluate(policies.iter().map(|p| p.as_ref()), role_allows, &request) {
+            crate::policy::Decision::Allow => None,
+            crate::policy::Decision::Context(rule) if carries_context(action) => {
+                Some(Arc::new(rule))
+            }
+            crate::policy::Decision::Context(rule) if rule.allows(&keyward_api::Context::new()) => {
+                None
+            }
+            _ => {
+                let e = denied(&principal);
+                return Err((principal, e));
+            }
+        };
+    Ok(Caller {
+        source_ip,
+        principal,
+        context_rule,
+        pending: source_check,
+    })
 }
 
-/// The resource names a key reference stands for: the alias as given and the key it resolves to.
-fn resources(app: &AppState, key_ref: Option<&str>) -> Vec<String> {
+/// The names policies may give the key a request concerns: `key/<id>` and every alias pointing to the key,
+/// however the request named it (see [`keyward_core::Kms::key_aliases`]); a reference that does not resolve
+/// stands for itself.
+fn resources(kms: &keyward_core::Kms, key_ref: Option<&str>) -> Vec<String> {
     let Some(r) = key_ref else { return Vec::new() };
-    let mut out = Vec::with_capacity(2);
-    if let Some(name) = r
+    let given = match r
         .strip_prefix("alias/")
         .or_else(|| r.strip_prefix("alias:"))
     {
-        out.push(format!("alias/{name}"));
-        if let Ok(id) = app.kms.key_id_of(r) {
-            out.push(format!("key/{id}"));
-        }
-    } else {
-        out.push(format!("key/{r}"));
+        Some(name) => format!("alias/{name}"),
+        None => format!("key/{r}"),
+    };
+    let Ok((id, aliases)) = kms.key_aliases(r) else {
+        return vec![given];
+    };
+    let mut out = Vec::with_capacity(aliases.len() + 2);
+    out.push(format!("key/{id}"));
+    out.extend(aliases.iter().cloned());
+    if !out.contains(&given) {
+        out.push(given);
     }
     out
 }

@@ -8,47 +8,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use serde::{Deserialize, Serialize};
-
 use crate::authz::Action;
 
-/// A policy document as the API takes it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyDoc {
-    /// Statements.
-    pub statements: Vec<StatementDoc>,
-}
-
-/// One statement.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatementDoc {
-    /// `allow` or `deny`.
-    pub effect: String,
-    /// `kms:Encrypt`, `kms:Get*`, `kms:*`.
-    pub actions: Vec<String>,
-    /// `key/<id>`, `alias/app-*`, `*`.
-    pub resources: Vec<String>,
-    /// Extra conditions, all of which must hold.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conditions: Option<ConditionsDoc>,
-}
-
-/// Conditions of a statement.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConditionsDoc {
-    /// The encryption context must contain these pairs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub context_equals: Option<BTreeMap<String, String>>,
-    /// The client address must be in one of these networks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_cidr: Option<Vec<String>>,
-    /// The token must (true) or must not (false) come from an MFA login.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mfa: Option<bool>,
-}
+/// Policy documents are wire types, shared with the client library and the CLI.
+pub use keyward_api::{ConditionsDoc, PolicyDoc, StatementDoc};
 
 /// A `*` pattern, split once.
 #[derive(Clone, Debug)]

@@ -265,9 +265,10 @@ fn decide(app: &AppState, caller: &Caller, id: &str, approve: bool) -> Result<Re
             "the requester cannot approve or reject its own request",
         ));
     }
-    // The approver must itself be allowed to perform the operation.
+    // The approver must itself be allowed to perform the operation, by its roles and its policies (an
+    // explicit deny on the key wins here as everywhere).
     let action = a.operation.action();
-    if !caller.principal.roles.iter().any(|r| r.allows(action)) {
+    if !caller.may(app, action, a.operation.key_id()) {
         return Err(ApiError::new(
             ErrorCode::AccessDenied,
             format!("{who} may not perform {}", action.name()),

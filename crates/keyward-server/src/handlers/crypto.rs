@@ -118,7 +118,7 @@ fn decrypt_one(
         None => {
             // The key is named by the ciphertext; a ciphertext that does not parse is refused by the engine.
             if let Ok((h, _)) = keyward_core::ciphertext::Header::parse(&r.ciphertext.0) {
-                caller.check_key(&uuid::Uuid::from_bytes(h.key_id).to_string(), &context)?;
+                caller.check_key(kms, &uuid::Uuid::from_bytes(h.key_id).to_string(), &context)?;
             } else {
                 caller.check_context(&context)?;
             }
@@ -188,6 +188,10 @@ fn reencrypt_one(
     r: ReencryptRequest,
 ) -> Result<EncryptResponse, ApiError> {
     let source = ctx(r.context.clone());
+    // The source key is named by the ciphertext; one that does not parse is refused by the engine.
+    if let Ok((h, _)) = keyward_core::ciphertext::Header::parse(&r.ciphertext.0) {
+        caller.check_key(kms, &uuid::Uuid::from_bytes(h.key_id).to_string(), &source)?;
+    }
     caller.check_context(&source)?;
     if let Some(n) = &r.new_context {
         caller.check_context(n)?;
