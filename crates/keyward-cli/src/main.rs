@@ -47,6 +47,12 @@ enum Command {
     /// Manage aliases.
     #[command(subcommand)]
     Alias(AliasCmd),
+    /// Store, show or delete policy documents.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// List, approve or reject operations waiting for quorum approval.
+    #[command(subcommand)]
+    Approval(ApprovalCmd),
     /// Encrypt stdin, a file (`--in`), or a large file with envelope encryption (`--file`).
     Encrypt(EncryptArgs),
     /// Decrypt stdin, a file (`--in`), or an envelope-encrypted file (`--file`).
@@ -195,9 +201,17 @@ enum Command {
         /// Role (repeatable): admin, key-admin, key-user, auditor.
         #[arg(long = "role")]
         roles: Vec<String>,
+        /// Policy (repeatable): a name given to `keyward policy put`.
+        #[arg(long = "policy")]
+        policies: Vec<String>,
         /// Read a password from stdin (user identities).
         #[arg(long)]
         password_stdin: bool,
+    },
+    /// Enrol TOTP MFA for a user identity: prints the otpauth:// URI (it holds the seed) once.
+    Mfa {
+        /// Identity name.
+        name: String,
     },
     /// Create a token for an identity (printed once).
     Token {
@@ -216,7 +230,12 @@ enum Command {
     Login {
         /// Identity name.
         name: String,
+        /// The current code of the identity's authenticator (identities enrolled with `keyward mfa`).
+        #[arg(long)]
+        totp: Option<String>,
     },
+    /// Whether the node serves: ok, sealed or uninitialized (exit status 1 unless ok).
+    Health,
     /// Random bytes from the HSM, base64.
     Random {
         /// 1 to 1024.
@@ -491,6 +510,48 @@ enum AliasCmd {
     List,
 }
 
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Create or replace a policy from a JSON document (a file, or stdin).
+    Put {
+        /// Policy name.
+        name: String,
+        /// The document: {"statements": [{"effect", "actions", "resources", "conditions"?}]}.
+        #[arg(long = "in")]
+        input: Option<PathBuf>,
+    },
+    /// Show a policy.
+    Show {
+        /// Policy name.
+        name: String,
+    },
+    /// Delete a policy.
+    Delete {
+        /// Policy name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalCmd {
+    /// List approval requests, oldest first.
+    List {
+        /// Only those in this status: pending, executed, rejected, expired or failed.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Approve a request; the approval that completes the quorum runs the operation.
+    Approve {
+        /// Approval id (apr_...).
+        id: String,
+    },
+    /// Reject a request: it will never run.
+    Reject {
+        /// Approval id (apr_...).
+        id: String,
+    },
+}
+
 #[derive(Args)]
 struct EncryptArgs {
     /// Key id or alias.
@@ -680,19 +741,47 @@ fn write_durably(path: &std::path::Path, data: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-type Res = Result<(), String>;
+/// Why a command stopped short: an error for stderr, or an operation the service accepted but holds for
+/// quorum approval (HTTP 202; not an error, so the command succeeds and says how to approve it).
+enum Failure {
+    Message(String),
+    Pending(keyward_api::ApprovalPending),
+}
+
+impl From<String> for Failure {
+    fn from(m: String) -> Self {
+        Failure::Message(m)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(m: &str) -> Self {
+        Failure::Message(m.to_string())
+    }
+}
+
+impl From<keyward_client::Error> for Failure {
+    fn from(e: keyward_client::Error) -> Self {
+        match e {
+            keyward_client::Error::Pending(p) => Failure::Pending(p),
+            other => Failure::Message(other.to_string()),
+        }
+    }
+}
+
+type Res = Result<(), Failure>;
 
 async fn run(cli: Cli) -> Res {
     let out = Out { json: cli.json };
     match cli.command {
         Command::Serve(a) => return serve(a).await,
-        Command::BenchFloor { listen, durable } => return bench::floor(listen, durable).await,
-        Command::Bench(a) => return bench::run(a).await,
+        Command::BenchFloor { listen, durable } => return Ok(bench::floor(listen, durable).await?),
+        Command::Bench(a) => return Ok(bench::run(a).await?),
         _ => {}
     }
     let client = Client::from_env().map_err(|e| e.to_string())?;
     let c = &client;
-    let e = |e: keyward_client::Error| e.to_string();
+    let e = Failure::from;
     match cli.command {
         Command::Operator(op) => match op {
             Operator::Init { shares, threshold } => {
@@ -1020,7 +1109,7 @@ async fn run(cli: Cli) -> Res {
                     }
                     Err(x) => {
                         let _ = std::fs::remove_file(&tmp);
-                        return Err(x.to_string());
+                        return Err(x.to_string().into());
                     }
                 }
             } else {
@@ -1243,7 +1332,7 @@ async fn run(cli: Cli) -> Res {
             let (status, body) = c.raw(reqwest::Method::GET, &path, None).await.map_err(e)?;
             let v: serde_json::Value = serde_json::from_slice(&body).map_err(|x| x.to_string())?;
             if !status.is_success() {
-                return Err(api_error(status, &v));
+                return Err(api_error(status, &v).into());
             }
             if verify {
                 out.value(&v);
@@ -1281,9 +1370,12 @@ async fn run(cli: Cli) -> Res {
             name,
             kind,
             roles,
+            policies,
             password_stdin,
         } => {
-            let mut body = serde_json::json!({"name": name, "kind": kind, "roles": roles});
+            let mut body = serde_json::json!({
+                "name": name, "kind": kind, "roles": roles, "policies": policies
+            });
             if password_stdin {
                 let pw = zeroize::Zeroizing::new(
                     String::from_utf8(read_input(&None)?).map_err(|_| "password is not text")?,
@@ -1328,25 +1420,85 @@ async fn run(cli: Cli) -> Res {
                 print_raw(&out, status, &resp)?;
             }
         }
-        Command::Login { name } => {
+        Command::Login { name, totp } => {
             let pw = zeroize::Zeroizing::new(
                 String::from_utf8(read_input(&None)?).map_err(|_| "password is not text")?,
             );
-            let body = zeroize::Zeroizing::new(
-                serde_json::to_vec(
-                    &serde_json::json!({"name": name, "password": pw.trim_end_matches('\n')}),
-                )
-                .map_err(|x| x.to_string())?,
-            );
+            let password = pw.trim_end_matches('\n');
+            let body = secret_json(
+                &LoginBody {
+                    name: &name,
+                    password,
+                    totp: totp.as_deref(),
+                },
+                64 + 6 * (name.len() + password.len() + totp.as_ref().map_or(0, String::len)),
+            )?;
             let (status, resp) = c
                 .raw(reqwest::Method::POST, "/v1/auth/login", Some(body.to_vec()))
                 .await
                 .map_err(e)?;
             print_raw(&out, status, &resp)?;
         }
+        Command::Policy(p) => match p {
+            PolicyCmd::Put { name, input } => {
+                let raw = read_input(&input)?;
+                // Checked here first, so a typo is named before anything is sent.
+                let doc: keyward_api::PolicyDoc = serde_json::from_slice(&raw)
+                    .map_err(|x| format!("not a policy document: {x}"))?;
+                out.policy(&c.put_policy(&name, &doc).await.map_err(e)?);
+            }
+            PolicyCmd::Show { name } => out.policy(&c.get_policy(&name).await.map_err(e)?),
+            PolicyCmd::Delete { name } => c.delete_policy(&name).await.map_err(e)?,
+        },
+        Command::Approval(a) => match a {
+            ApprovalCmd::List { status } => {
+                out.approvals(&c.list_approvals(status.as_deref()).await.map_err(e)?)
+            }
+            ApprovalCmd::Approve { id } => out.value(&c.approve(&id).await.map_err(e)?),
+            ApprovalCmd::Reject { id } => out.value(&c.reject(&id).await.map_err(e)?),
+        },
+        Command::Mfa { name } => {
+            let enrolled = c.enroll_mfa(&name).await.map_err(e)?;
+            if out.json {
+                out.value(&enrolled);
+            } else {
+                println!("{}", enrolled.totp_uri.as_str());
+                eprintln!(
+                    "Add this URI to {name}'s authenticator app now: it is shown once. Log in with \
+                     `keyward login {name} --totp CODE`."
+                );
+            }
+        }
+        Command::Health => {
+            let h = c.health().await.map_err(e)?;
+            out.value(&h);
+            if h.status != "ok" {
+                return Err(format!("the node is {}", h.status).into());
+            }
+        }
         Command::Serve(_) | Command::Bench(_) | Command::BenchFloor { .. } => {}
     }
     Ok(())
+}
+
+/// `POST /v1/auth/login`, borrowed so that the password exists only in zeroizing buffers.
+#[derive(serde::Serialize)]
+struct LoginBody<'a> {
+    name: &'a str,
+    password: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    totp: Option<&'a str>,
+}
+
+/// JSON of a body holding a secret, written into a buffer of `capacity` bytes (what the escaped fields can
+/// take, so it is never reallocated, which would leave an unwiped copy behind) and wiped when dropped.
+fn secret_json<T: serde::Serialize>(
+    body: &T,
+    capacity: usize,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(capacity));
+    serde_json::to_writer(&mut *buf, body).map_err(|x| x.to_string())?;
+    Ok(buf)
 }
 
 /// An error answer as the typed client shows it: `Code (status): message`.
@@ -1362,7 +1514,12 @@ fn api_error(status: reqwest::StatusCode, v: &serde_json::Value) -> String {
 fn print_raw(out: &Out, status: reqwest::StatusCode, body: &[u8]) -> Res {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
     if !status.is_success() {
-        return Err(api_error(status, &v));
+        return Err(api_error(status, &v).into());
+    }
+    if status == reqwest::StatusCode::ACCEPTED {
+        if let Ok(p) = serde_json::from_value(v.clone()) {
+            return Err(Failure::Pending(p));
+        }
     }
     out.value(&v);
     Ok(())
@@ -1420,9 +1577,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let out = Out { json: cli.json };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failure::Pending(p)) => {
+            out.value(&p);
+            eprintln!(
+                "Waiting for quorum approval: approvers run `keyward approval approve {}`; the last \
+                 approval runs the operation.",
+                p.approval_id
+            );
+            ExitCode::SUCCESS
+        }
+        Err(Failure::Message(e)) => {
             eprintln!("keyward: {e}");
             ExitCode::FAILURE
         }

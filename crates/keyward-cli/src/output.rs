@@ -1,6 +1,6 @@
 //! Human tables and JSON output.
 
-use keyward_api::{AliasObject, KeyObject, SysStatus, VersionObject};
+use keyward_api::{AliasObject, ApprovalObject, KeyObject, PolicyDoc, SysStatus, VersionObject};
 use serde::Serialize;
 
 pub struct Out {
@@ -214,6 +214,66 @@ impl Out {
                     s.root_of_trust.clone().unwrap_or_default(),
                 ],
             ],
+        );
+    }
+
+    /// A policy: one line per statement; `--json` prints the document as stored.
+    pub fn policy(&self, doc: &PolicyDoc) {
+        if self.json {
+            return self.value(doc);
+        }
+        table(
+            &["EFFECT", "ACTIONS", "RESOURCES", "CONDITIONS"],
+            doc.statements
+                .iter()
+                .map(|st| {
+                    vec![
+                        st.effect.clone(),
+                        st.actions.join(","),
+                        st.resources.join(","),
+                        st.conditions
+                            .as_ref()
+                            .and_then(|c| serde_json::to_value(c).ok())
+                            .map(|v| cell(&v))
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect(),
+        );
+    }
+
+    /// Approval requests: what each would run, on what, and how far its quorum is.
+    pub fn approvals(&self, list: &[ApprovalObject]) {
+        if self.json {
+            return self.value(&list);
+        }
+        table(
+            &[
+                "APPROVAL ID",
+                "STATUS",
+                "OPERATION",
+                "TARGET",
+                "REQUESTED BY",
+                "APPROVALS",
+                "CREATED",
+            ],
+            list.iter()
+                .map(|a| {
+                    let target = ["key_id", "name"]
+                        .iter()
+                        .find_map(|f| a.parameters.get(*f).map(cell))
+                        .unwrap_or_default();
+                    vec![
+                        a.approval_id.clone(),
+                        a.status.clone(),
+                        a.operation.clone(),
+                        target,
+                        a.requested_by.clone(),
+                        format!("{}/{}", a.approvals.len(), a.required),
+                        a.created_at.clone(),
+                    ]
+                })
+                .collect(),
         );
     }
 }

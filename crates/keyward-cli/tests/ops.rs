@@ -263,6 +263,34 @@ async fn envelope_files_detect_truncation_reordering_and_tampering() {
     );
 }
 
+/// Runs the `keyward` binary against `addr` as the holder of `token`, feeding it `stdin`.
+fn run_keyward(addr: &str, token: &str, args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(args)
+        .env("KEYWARD_ADDR", addr)
+        .env("KEYWARD_TOKEN", token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// The standard output of a run that must have succeeded.
+fn succeeded(args: &[&str], out: std::process::Output) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "keyward {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// CLI arguments creating an ECDSA P-256 signing key, answered in JSON.
 const CREATE_P256_SIGNER: &[&str] = &[
     "--json",
@@ -278,33 +306,11 @@ const CREATE_P256_SIGNER: &[&str] = &[
 fn the_cli_drives_the_service() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::dev(&dir.path().join("data"));
-    let run_cli = |args: &[&str], stdin: &[u8]| {
-        use std::io::Write;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
-            .args(args)
-            .env(
-                "KEYWARD_ADDR",
-                format!("http://127.0.0.1:1,{}", server.addr),
-            )
-            .env("KEYWARD_TOKEN", ROOT)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(stdin).unwrap();
-        drop(input);
-        child.wait_with_output().unwrap()
-    };
+    // The first address refuses connections: the CLI fails over to the second.
+    let addrs = format!("http://127.0.0.1:1,{}", server.addr);
+    let run_cli = |args: &[&str], stdin: &[u8]| run_keyward(&addrs, ROOT, args, stdin);
     let cli = |args: &[&str], stdin: Option<&[u8]>| {
-        let out = run_cli(args, stdin.unwrap_or_default());
-        assert!(
-            out.status.success(),
-            "keyward {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
+        succeeded(args, run_cli(args, stdin.unwrap_or_default()))
     };
     let created: serde_json::Value = serde_json::from_slice(&cli(
         &[
@@ -444,29 +450,9 @@ fn the_cli_drives_the_service() {
 fn the_cli_covers_identities_pki_and_audit() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::dev(&dir.path().join("data"));
-    let run = |args: &[&str], stdin: &[u8]| {
-        use std::io::Write;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
-            .args(args)
-            .env("KEYWARD_ADDR", &server.addr)
-            .env("KEYWARD_TOKEN", ROOT)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        child.wait_with_output().unwrap()
-    };
-    let ok = |args: &[&str], stdin: &[u8]| {
-        let out = run(args, stdin);
-        assert!(
-            out.status.success(),
-            "keyward {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let run = |args: &[&str], stdin: &[u8]| run_keyward(&server.addr, ROOT, args, stdin);
+    let ok =
+        |args: &[&str], stdin: &[u8]| String::from_utf8(succeeded(args, run(args, stdin))).unwrap();
     ok(
         &[
             "identity",
@@ -556,6 +542,253 @@ fn the_cli_covers_identities_pki_and_audit() {
     let cp: serde_json::Value = serde_json::from_str(&ok(&["checkpoint"], b"")).unwrap();
     assert!(cp["signature"].is_string());
     assert!(ok(&["metrics"], b"").contains("keyward_requests_total"));
+}
+
+/// The current code of an `otpauth://totp/...?secret=BASE32&...` URI (RFC 6238: HMAC-SHA-1, 6 digits, 30 s).
+fn totp_code(uri: &str) -> String {
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let mut key = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in secret.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => panic!("not base32: {secret}"),
+        };
+        acc = (acc << 5) | u32::from(v);
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            key.push((acc >> bits) as u8);
+        }
+    }
+    let step = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 30;
+    let tag = aws_lc_rs::hmac::sign(
+        &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &key),
+        &step.to_be_bytes(),
+    );
+    let t = tag.as_ref();
+    let at = usize::from(t[19] & 15);
+    let n = u32::from_be_bytes([t[at] & 0x7f, t[at + 1], t[at + 2], t[at + 3]]);
+    format!("{:06}", n % 1_000_000)
+}
+
+#[test]
+fn the_cli_manages_policies_approvals_mfa_and_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(&dir.path().join("data"));
+    let run =
+        |token: &str, args: &[&str], stdin: &[u8]| run_keyward(&server.addr, token, args, stdin);
+    let ok = |token: &str, args: &[&str]| {
+        String::from_utf8(succeeded(args, run(token, args, b""))).unwrap()
+    };
+    let json = |token: &str, args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&ok(token, &all)).unwrap()
+    };
+    let refused = |token: &str, args: &[&str], stdin: &[u8]| {
+        let out = run(token, args, stdin);
+        assert!(!out.status.success(), "keyward {args:?} succeeded");
+        String::from_utf8(out.stderr).unwrap()
+    };
+
+    let health = ok(ROOT, &["health"]);
+    assert!(
+        health
+            .lines()
+            .any(|l| l.split_whitespace().eq(["status", "ok"])),
+        "{health}"
+    );
+
+    // Policies: checked locally (a misspelt field is named before anything is sent), validated by the service.
+    let doc = serde_json::json!({"statements": [
+        {"effect": "allow", "actions": ["kms:Encrypt", "kms:Decrypt"], "resources": ["alias/app-*"]}
+    ]});
+    let file = dir.path().join("policy.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let file = file.to_str().unwrap();
+    let table = ok(ROOT, &["policy", "put", "app-crypto", "--in", file]);
+    assert!(
+        table.starts_with("EFFECT") && table.contains("kms:Encrypt,kms:Decrypt"),
+        "{table}"
+    );
+    assert_eq!(json(ROOT, &["policy", "show", "app-crypto"]), doc);
+    let typo = refused(
+        ROOT,
+        &["policy", "put", "typo"],
+        br#"{"statements": [{"effect": "allow", "action": []}]}"#,
+    );
+    assert!(
+        typo.contains("not a policy document") && typo.contains("action"),
+        "{typo}"
+    );
+    let invalid = refused(
+        ROOT,
+        &["policy", "put", "bad"],
+        br#"{"statements": [{"effect": "permit", "actions": ["kms:*"], "resources": ["*"]}]}"#,
+    );
+    assert!(
+        invalid.starts_with("keyward: ValidationError (400)"),
+        "{invalid}"
+    );
+    assert!(refused(ROOT, &["policy", "show", "bad"], b"").contains("NotFound (404)"));
+
+    // An identity bound to the policy by `--policy` may use the app's keys and no others.
+    json(ROOT, &["key", "create", "--alias", "alias/app-orders"]);
+    let other = json(ROOT, &["key", "create"]);
+    ok(ROOT, &["identity", "orders-svc", "--policy", "app-crypto"]);
+    let svc = json(ROOT, &["token", "orders-svc"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ct = succeeded(&[], run(&svc, &["encrypt", "alias/app-orders"], b"order 1"));
+    let plain = succeeded(&[], run(&svc, &["decrypt"], &ct));
+    assert_eq!(plain, b"order 1");
+    let denied = refused(
+        &svc,
+        &["encrypt", other["key_id"].as_str().unwrap()],
+        b"order 2",
+    );
+    assert!(denied.contains("AccessDenied (403)"), "{denied}");
+
+    // Quorum: a destructive operation is accepted (202, exit status 0) and waits; the requester cannot
+    // approve it; another admin approves one request and rejects another.
+    let q = json(ROOT, &["key", "create", "--quorum", "1"]);
+    let q_id = q["key_id"].as_str().unwrap();
+    ok(ROOT, &["key", "rotate", q_id]);
+    let destroy = run(ROOT, &["key", "version", q_id, "1", "destroy"], b"");
+    assert!(
+        destroy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&destroy.stderr)
+    );
+    let stdout = String::from_utf8(destroy.stdout).unwrap();
+    let hint = String::from_utf8(destroy.stderr).unwrap();
+    let destroy_id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("approval_id"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        hint.contains(&format!("keyward approval approve {destroy_id}")),
+        "{hint}"
+    );
+    let deletion = json(ROOT, &["key", "schedule-deletion", q_id, "--days", "7"]);
+    assert_eq!(deletion["status"], "pending");
+    let deletion_id = deletion["approval_id"].as_str().unwrap();
+    assert_eq!(json(ROOT, &["key", "show", q_id])["state"], "Enabled");
+
+    let listed = ok(ROOT, &["approval", "list", "--status", "pending"]);
+    let rows: Vec<Vec<&str>> = listed
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{listed}");
+    // Requests made within the same second have no order between them.
+    let row = |id: &str| rows.iter().find(|r| r[0] == id).unwrap()[1..6].to_vec();
+    assert_eq!(
+        row(&destroy_id),
+        ["pending", "destroy_version", q_id, "root", "0/1"]
+    );
+    assert_eq!(
+        row(deletion_id),
+        ["pending", "schedule_deletion", q_id, "root", "0/1"]
+    );
+
+    let own = refused(ROOT, &["approval", "approve", deletion_id], b"");
+    assert!(
+        own.contains("AccessDenied (403)") && own.contains("its own request"),
+        "{own}"
+    );
+    ok(ROOT, &["identity", "second-admin", "--role", "admin"]);
+    let second = json(ROOT, &["token", "second-admin"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rejected = json(&second, &["approval", "reject", &destroy_id]);
+    assert_eq!(
+        (
+            rejected["status"].as_str(),
+            rejected["rejected_by"].as_str()
+        ),
+        (Some("rejected"), Some("second-admin"))
+    );
+    let executed = json(&second, &["approval", "approve", deletion_id]);
+    assert_eq!(executed["status"], "executed");
+    assert_eq!(executed["result"]["state"], "PendingDeletion");
+    assert_eq!(
+        json(ROOT, &["key", "show", q_id])["state"],
+        "PendingDeletion"
+    );
+    let versions = json(ROOT, &["key", "versions", q_id]);
+    assert_ne!(
+        versions[0]["state"], "Destroyed",
+        "the rejected destruction ran: {versions}"
+    );
+    let again = refused(&second, &["approval", "approve", &destroy_id], b"");
+    assert!(
+        again.contains("InvalidState (409)") && again.contains("rejected"),
+        "{again}"
+    );
+    assert_eq!(
+        ok(ROOT, &["approval", "list", "--status", "pending"])
+            .lines()
+            .count(),
+        1
+    );
+
+    // MFA: the URI is printed once; the login needs the authenticator's code.
+    succeeded(
+        &[],
+        run(
+            ROOT,
+            &[
+                "identity",
+                "carol",
+                "--kind",
+                "user",
+                "--role",
+                "key-user",
+                "--password-stdin",
+            ],
+            b"carol's long password\n",
+        ),
+    );
+    let uri = ok(ROOT, &["mfa", "carol"]);
+    assert!(
+        uri.starts_with("otpauth://totp/Keyward:carol?secret="),
+        "{uri}"
+    );
+    let without = refused(ROOT, &["login", "carol"], b"carol's long password\n");
+    assert!(
+        without.contains("(401)") || without.contains("(403)"),
+        "{without}"
+    );
+    let code = totp_code(uri.trim());
+    let login: serde_json::Value = serde_json::from_slice(&succeeded(
+        &[],
+        run(
+            ROOT,
+            &["--json", "login", "carol", "--totp", &code],
+            b"carol's long password\n",
+        ),
+    ))
+    .unwrap();
+    assert_eq!(login["mfa"], true);
+    assert!(login["token"].as_str().unwrap().starts_with("kw."));
 }
 
 fn file_seqs(path: &std::path::Path) -> Vec<u64> {
