@@ -1001,3 +1001,53 @@ fn an_engine_that_missed_a_root_rotation_follows_it_when_a_key_needs_it() {
         .unwrap();
     assert_eq!(d.plaintext.expose(), b"after");
 }
+
+#[test]
+fn key_aliases_follow_every_alias_change() {
+    let h = harness();
+    let kms = &h.kms;
+    let names = |r: &str| kms.key_aliases(r).unwrap().1.to_vec();
+    let mut req = CreateKey::new(KeySpec::SymmetricDefault);
+    req.alias = Some("alias/orders".into());
+    let a = kms.create_key(req).unwrap().key_id;
+    let b = sym(kms);
+    assert_eq!(names(&a), ["alias/orders"]);
+    assert_eq!(kms.key_aliases("alias:orders").unwrap().0, a);
+    assert!(names(&b).is_empty());
+
+    // Each change is seen at once, whichever key's list was cached before it.
+    kms.put_alias("alias/billing", &a).unwrap();
+    assert_eq!(names(&a), ["alias/billing", "alias/orders"]);
+    kms.put_alias("alias/orders", &b).unwrap();
+    assert_eq!(
+        (names(&a), names(&b)),
+        (
+            vec!["alias/billing".to_string()],
+            vec!["alias/orders".to_string()]
+        )
+    );
+    kms.delete_alias("alias/billing").unwrap();
+    assert!(names(&a).is_empty());
+
+    // Another engine on the same database (a restart) reads the same lists; so does this one after a seal.
+    assert_eq!(
+        h.restart().key_aliases(&b).unwrap().1.to_vec(),
+        ["alias/orders"]
+    );
+    kms.seal().unwrap();
+    assert_eq!(code(kms.key_aliases(&b)), ErrorCode::Sealed);
+    kms.unseal(&h.shares[0]).unwrap();
+    kms.unseal(&h.shares[1]).unwrap();
+    assert_eq!(names(&b), ["alias/orders"]);
+
+    // A destroyed key loses its aliases; unknown and malformed references are refused, not empty.
+    kms.schedule_deletion(&b, 7).unwrap();
+    h.clock.advance(7 * DAY);
+    kms.run_due_work().unwrap();
+    assert!(names(&b).is_empty());
+    assert_eq!(code(kms.key_aliases("alias/orders")), ErrorCode::NotFound);
+    assert_eq!(
+        code(kms.key_aliases("not a key")),
+        ErrorCode::ValidationError
+    );
+}

@@ -291,7 +291,9 @@ impl Caller {
             return role_allows;
         }
         let policies = app.policies.load(app, &self.principal.policies);
-        let resources = resources(&app.kms, key_ref);
+        let Ok(resources) = resources(&app.kms, key_ref) else {
+            return false;
+        };
         let request = crate::policy::Request {
             action,
             resources: &resources,
@@ -315,7 +317,7 @@ impl Caller {
         let Some(p) = &self.pending else {
             return self.check_context(context);
         };
-        let resources = resources(kms, Some(key_id));
+        let resources = resources(kms, Some(key_id))?;
         let request = crate::policy::Request {
             action: p.action,
             resources: &resources,
@@ -578,7 +580,10 @@ fn authorize(
             mfa: principal.mfa,
         })
     });
-    let resources = resources(&app.kms, key_ref);
+    let resources = match resources(&app.kms, key_ref) {
+        Ok(r) => r,
+        Err(e) => return Err((principal, e)),
+    };
     let request = crate::policy::Request {
         action,
         resources: &resources,
@@ -608,10 +613,13 @@ fn authorize(
 }
 
 /// The names policies may give the key a request concerns: `key/<id>` and every alias pointing to the key,
-/// however the request named it (see [`keyward_core::Kms::key_aliases`]); a reference that does not resolve
-/// stands for itself.
-fn resources(kms: &keyward_core::Kms, key_ref: Option<&str>) -> Vec<String> {
-    let Some(r) = key_ref else { return Vec::new() };
+/// however the request named it (see [`keyward_core::Kms::key_aliases`]); a reference to no key stands for
+/// itself (the handler then answers `NotFound`). When the aliases cannot be read, no decision is safe (a
+/// deny on an alias would be missed) and the request fails closed.
+fn resources(kms: &keyward_core::Kms, key_ref: Option<&str>) -> Result<Vec<String>, ApiError> {
+    let Some(r) = key_ref else {
+        return Ok(Vec::new());
+    };
     let given = match r
         .strip_prefix("alias/")
         .or_else(|| r.strip_prefix("alias:"))
@@ -619,8 +627,12 @@ fn resources(kms: &keyward_core::Kms, key_ref: Option<&str>) -> Vec<String> {
         Some(name) => format!("alias/{name}"),
         None => format!("key/{r}"),
     };
-    let Ok((id, aliases)) = kms.key_aliases(r) else {
-        return vec![given];
+    let (id, aliases) = match kms.key_aliases(r) {
+        Ok(found) => found,
+        Err(e) if matches!(e.code(), ErrorCode::NotFound | ErrorCode::ValidationError) => {
+            return Ok(vec![given]);
+        }
+        Err(e) => return Err(ApiError(e)),
     };
     let mut out = Vec::with_capacity(aliases.len() + 2);
     out.push(format!("key/{id}"));
@@ -628,7 +640,7 @@ fn resources(kms: &keyward_core::Kms, key_ref: Option<&str>) -> Vec<String> {
     if !out.contains(&given) {
         out.push(given);
     }
-    out
+    Ok(out)
 }
 
 fn now_ms() -> i64 {
