@@ -119,8 +119,10 @@ pub struct ClientSubject(pub String);
 pub struct Meta {
     /// The `x-request-id`.
     pub request_id: String,
-    /// The client address.
+    /// The client address, as recorded.
     pub source_ip: String,
+    /// The client address, for policy conditions.
+    pub ip: Option<std::net::IpAddr>,
     /// The bearer token, if any.
     pub bearer: Option<String>,
     /// The verified client certificate's subject, if any.
@@ -510,7 +512,7 @@ fn authorize(
     now: i64,
 ) -> Result<Caller, (Arc<Principal>, ApiError)> {
     let anonymous = || Arc::new(Principal::anonymous());
-    let source_ip: Option<std::net::IpAddr> = meta.source_ip.parse().ok();
+    let source_ip = meta.ip;
     if action.class() == Class::Public {
         return Ok(Caller {
             source_ip,
@@ -663,14 +665,15 @@ async fn context(State(app): State<AppState>, mut req: Request, next: Next) -> R
         })
         .map(str::to_string)
         .unwrap_or_else(|| app.request_ids.next());
-    let source_ip = req
+    let ip = req
         .extensions()
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_else(|| "unknown".into());
+        .map(|c| c.0.ip());
+    let source_ip = ip.map_or_else(|| "unknown".into(), |ip| ip.to_string());
     req.extensions_mut().insert(Meta {
         request_id: request_id.clone(),
         source_ip,
+        ip,
         bearer: None,
         client_subject: None,
         start: Instant::now(),
