@@ -129,7 +129,7 @@ schemas = {
     "LoginRequest": obj({"name": S, "password": S, "totp": S}, ["name", "password"]),
     "LoginResponse": obj({"token": S, "token_id": S, "expires_at": {"type": "string", "format": "date-time"}, "mfa": BOOL}),
     "AuditRecord": obj({"seq": INT, "time": {"type": "string", "format": "date-time"}, "request_id": S, "principal": S, "source_ip": S,
-                        "action": S, "key_id": S, "version": INT, "outcome": {"type": "string", "enum": ["allow", "deny", "error"]},
+                        "action": S, "key_id": S, "version": INT, "source_key_ids": {"type": "array", "items": S}, "outcome": {"type": "string", "enum": ["allow", "deny", "error"]},
                         "error_code": S, "prev_hash": S, "hash": S}),
     "AuditPage": obj({"records": {"type": "array", "items": ref("AuditRecord")}, "next_token": {"type": "string", "nullable": True}}),
     "Checkpoint": obj({"seq": INT, "head": S, "time": {"type": "string", "format": "date-time"}, "public_key": S, "signature": S},

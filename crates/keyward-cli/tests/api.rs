@@ -1838,6 +1838,41 @@ async fn policies_on_aliases_hold_however_the_key_is_named() {
     assert_eq!(st, 200, "{v}");
     assert!(v["items"][0]["ciphertext"].is_string(), "{v}");
     assert_eq!(v["items"][1]["error"]["code"], "AccessDenied", "{v}");
+    // The audit records of re-encryptions name their source keys, refused or not.
+    let (_, page, _) = raw(
+        &server.addr,
+        "GET",
+        "/v1/audit?action=kms:ReEncrypt",
+        Some(ROOT),
+        None,
+    )
+    .await;
+    let records: Vec<(&str, &str, Vec<&str>)> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["principal"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+                r["source_key_ids"]
+                    .as_array()
+                    .map(|a| a.iter().map(|k| k.as_str().unwrap()).collect())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        records,
+        [
+            ("apps", "deny", vec![legacy.as_str()]),
+            ("apps", "allow", vec![app_b.as_str()]),
+            ("apps-2", "allow", vec![app_b.as_str(), legacy.as_str()]),
+        ],
+        "{page}"
+    );
+    let (_, verified, _) = raw(&server.addr, "GET", "/v1/audit/verify", Some(ROOT), None).await;
+    assert_eq!(verified["valid"], true, "{verified}");
 
     // An approver's policies count too: an admin denied a key cannot approve its deletion.
     let quorum = root

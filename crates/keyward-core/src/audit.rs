@@ -43,6 +43,9 @@ pub struct AuditEvent {
     pub key_id: Option<String>,
     /// The version concerned.
     pub version: Option<u32>,
+    /// For a re-encryption: the keys the ciphertexts were under (the destination is `key_id`), distinct,
+    /// in request order, whether or not the caller could use them.
+    pub source_key_ids: Vec<String>,
     /// `allow`, `deny` or `error`.
     pub outcome: &'static str,
     /// Error code when not allowed.
@@ -70,6 +73,9 @@ pub struct AuditRecord {
     /// Version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
+    /// Source keys of a re-encryption.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_key_ids: Vec<String>,
     /// Outcome.
     pub outcome: String,
     /// Error code.
@@ -121,6 +127,8 @@ struct Body<'a> {
     key_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     version: Option<u32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    source_key_ids: &'a [String],
     outcome: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     error_code: Option<&'a str>,
@@ -136,6 +144,7 @@ impl<'a> Body<'a> {
             action: &r.action,
             key_id: r.key_id.as_deref(),
             version: r.version,
+            source_key_ids: &r.source_key_ids,
             outcome: &r.outcome,
             error_code: r.error_code.as_deref(),
         }
@@ -254,6 +263,7 @@ impl Pending {
             action: &event.action,
             key_id: event.key_id.as_deref(),
             version: event.version,
+            source_key_ids: &event.source_key_ids,
             outcome: event.outcome,
             error_code: event.error_code.as_deref(),
         }
@@ -711,27 +721,35 @@ mod tests {
 
     #[test]
     fn stored_record_parses_and_rebuilds_the_mac_input() {
-        let body = Body {
-            time: "1970-01-01T00:00:00.000Z",
-            request_id: "r",
-            principal: "p",
-            source_ip: "127.0.0.1",
-            action: "kms:Encrypt",
-            key_id: Some("k"),
-            version: Some(2),
-            outcome: "allow",
-            error_code: None,
+        let sources = ["a".to_string(), "b".to_string()];
+        for source_key_ids in [&[][..], &sources[..]] {
+            let body = Body {
+                time: "1970-01-01T00:00:00.000Z",
+                request_id: "r",
+                principal: "p",
+                source_ip: "127.0.0.1",
+                action: "kms:Encrypt",
+                key_id: Some("k"),
+                version: Some(2),
+                source_key_ids,
+                outcome: "allow",
+                error_code: None,
+            }
+            .encode()
+            .unwrap_or_default();
+            // Records without source keys keep the form (and so the MACs) they had before the field existed.
+            assert_eq!(body.contains("source_key_ids"), !source_key_ids.is_empty());
+            let inner = &body[1..body.len() - 1];
+            let stored =
+                format!("{{\"seq\":7,{inner},\"prev_hash\":\"{GENESIS}\",\"hash\":\"ab\"}}");
+            let rec: AuditRecord = serde_json::from_str(&stored).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                (rec.seq, rec.version, rec.key_id.as_deref()),
+                (7, Some(2), Some("k"))
+            );
+            assert_eq!(rec.source_key_ids, source_key_ids);
+            assert_eq!(Body::of_record(&rec).encode().unwrap_or_default(), body);
         }
-        .encode()
-        .unwrap_or_default();
-        let inner = &body[1..body.len() - 1];
-        let stored = format!("{{\"seq\":7,{inner},\"prev_hash\":\"{GENESIS}\",\"hash\":\"ab\"}}");
-        let rec: AuditRecord = serde_json::from_str(&stored).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            (rec.seq, rec.version, rec.key_id.as_deref()),
-            (7, Some(2), Some("k"))
-        );
-        assert_eq!(Body::of_record(&rec).encode().unwrap_or_default(), body);
     }
 
     #[test]

@@ -20,6 +20,12 @@ fn event(i: u32) -> AuditEvent {
         action: "kms:Encrypt".into(),
         key_id: Some("6f0c4b0e-0000-4000-8000-000000000000".into()),
         version: Some(1),
+        // Every third record is a re-encryption naming its source keys, so chains mix both forms.
+        source_key_ids: if i.is_multiple_of(3) {
+            vec!["0b7e1a52-0000-4000-8000-000000000000".into()]
+        } else {
+            Vec::new()
+        },
         outcome: "allow",
         error_code: None,
     }

@@ -19,6 +19,7 @@ fn event(n: u64) -> AuditEvent {
         action: "kms:Encrypt".into(),
         key_id: None,
         version: None,
+        source_key_ids: Vec::new(),
         outcome: "allow",
         error_code: None,
     }

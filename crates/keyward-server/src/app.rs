@@ -268,6 +268,9 @@ pub struct Caller {
     pub context_rule: Option<Arc<crate::policy::ContextRule>>,
     /// The client's address, for policy conditions evaluated after authorization.
     pub source_ip: Option<std::net::IpAddr>,
+    /// For a re-encryption: the source keys its ciphertexts name, gathered by the handler for the audit
+    /// record (whether or not the caller may use them).
+    pub source_keys: Option<Arc<parking_lot::Mutex<Vec<String>>>>,
     /// For `/v1/decrypt`, where the key is only known from the ciphertext, and for the source key of a
     /// re-encryption (which the caller must be allowed to decrypt with): the evaluation still to do.
     pub pending: Option<Arc<Pending>>,
@@ -306,6 +309,16 @@ impl Caller {
             crate::policy::Decision::Allow => true,
             crate::policy::Decision::Context(rule) => rule.allows(&keyward_api::Context::new()),
             _ => false,
+        }
+    }
+
+    /// Notes a re-encryption's source key for the audit record.
+    pub fn note_source_key(&self, key_id: &str) {
+        if let Some(keys) = &self.source_keys {
+            let mut keys = keys.lock();
+            if !keys.iter().any(|k| k == key_id) {
+                keys.push(key_id.to_string());
+            }
         }
     }
 
@@ -378,10 +391,16 @@ where
 {
     let now = app.clock.now();
     let mut written_ahead = false;
+    let mut source_keys = None;
     let (principal, result) = match authorize(app, meta, action, key_ref.as_deref(), now) {
         Err((p, e)) => (p, Err(e)),
-        Ok(caller) => {
+        Ok(mut caller) => {
             let p = caller.principal.clone();
+            if action == Action::ReEncrypt {
+                let keys = Arc::new(parking_lot::Mutex::new(Vec::new()));
+                caller.source_keys = Some(keys.clone());
+                source_keys = Some(keys);
+            }
             // A change is recorded before it is made: if the record cannot be made durable, nothing
             // happens (fail closed). A failure afterwards adds an `error` record.
             if mutates(action) && app.config.audit && !app.kms.is_sealed() {
@@ -430,13 +449,13 @@ where
     let durable = if !app.config.audit || (written_ahead && result.is_ok()) {
         Ok(0)
     } else {
-        append(
-            app,
-            event(
-                meta, &principal, action, key_id, version, outcome, error_code,
-            ),
-        )
-        .await
+        let mut record = event(
+            meta, &principal, action, key_id, version, outcome, error_code,
+        );
+        if let Some(keys) = source_keys {
+            record.source_key_ids = std::mem::take(&mut *keys.lock());
+        }
+        append(app, record).await
     };
     app.metrics.record(action, outcome, meta.start.elapsed());
     if let Err(e) = durable {
@@ -488,6 +507,7 @@ fn event(
         action: action.name().to_string(),
         key_id,
         version,
+        source_key_ids: Vec::new(),
         outcome: outcome.name(),
         error_code,
     }
@@ -515,6 +535,7 @@ fn authorize(
     let source_ip = meta.ip;
     if action.class() == Class::Public {
         return Ok(Caller {
+            source_keys: None,
             source_ip,
             principal: anonymous(),
             context_rule: None,
@@ -545,6 +566,7 @@ fn authorize(
     if principal.policies.is_empty() {
         return if role_allows {
             Ok(Caller {
+                source_keys: None,
                 source_ip,
                 principal,
                 context_rule: None,
@@ -565,6 +587,7 @@ fn authorize(
             mfa: principal.mfa,
         };
         return Ok(Caller {
+            source_keys: None,
             source_ip,
             principal,
             context_rule: None,
@@ -607,6 +630,7 @@ fn authorize(
             }
         };
     Ok(Caller {
+        source_keys: None,
         source_ip,
         principal,
         context_rule,

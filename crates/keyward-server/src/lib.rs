@@ -405,6 +405,7 @@ async fn background(app: AppState) {
                     action: action.name().into(),
                     key_id: Some(key),
                     version: None,
+                    source_key_ids: Vec::new(),
                     outcome: "allow",
                     error_code: None,
                 });

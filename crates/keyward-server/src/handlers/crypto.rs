@@ -190,7 +190,9 @@ fn reencrypt_one(
     let source = ctx(r.context.clone());
     // The source key is named by the ciphertext; one that does not parse is refused by the engine.
     if let Ok((h, _)) = keyward_core::ciphertext::Header::parse(&r.ciphertext.0) {
-        caller.check_key(kms, &uuid::Uuid::from_bytes(h.key_id).to_string(), &source)?;
+        let source_id = uuid::Uuid::from_bytes(h.key_id).to_string();
+        caller.note_source_key(&source_id);
+        caller.check_key(kms, &source_id, &source)?;
     }
     caller.check_context(&source)?;
     if let Some(n) = &r.new_context {
