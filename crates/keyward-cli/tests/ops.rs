@@ -743,6 +743,8 @@ fn the_cli_manages_policies_approvals_mfa_and_health() {
         again.contains("InvalidState (409)") && again.contains("rejected"),
         "{again}"
     );
+    let bogus = refused(ROOT, &["approval", "list", "--status", "waiting"], b"");
+    assert!(bogus.contains("ValidationError (400)"), "{bogus}");
     assert_eq!(
         ok(ROOT, &["approval", "list", "--status", "pending"])
             .lines()

@@ -358,6 +358,15 @@ pub async fn list(
         Mode::Blocking,
         move |_| {
             crate::convert::only(&q, &["status"])?;
+            if let Some(status) = q.get("status") {
+                const STATUSES: [&str; 5] =
+                    ["pending", "executed", "rejected", "expired", "failed"];
+                if !STATUSES.contains(&status.as_str()) {
+                    return Err(ApiError::validation(
+                        "status is pending, executed, rejected, expired or failed",
+                    ));
+                }
+            }
             let now = a.clock.now();
             let all = transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
                 tx.list_meta(APPROVALS)
