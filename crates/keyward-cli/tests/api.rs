@@ -1871,6 +1871,27 @@ async fn policies_on_aliases_hold_however_the_key_is_named() {
         ],
         "{page}"
     );
+    // A key's trail includes the re-encryptions that read its ciphertexts, allowed or refused.
+    let (_, trail, _) = raw(
+        &server.addr,
+        "GET",
+        &format!("/v1/audit?action=kms:ReEncrypt&key_id={legacy}"),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    let trail: Vec<(&str, &str)> = trail["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["principal"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(trail, [("apps", "deny"), ("apps-2", "allow")]);
     let (_, verified, _) = raw(&server.addr, "GET", "/v1/audit/verify", Some(ROOT), None).await;
     assert_eq!(verified["valid"], true, "{verified}");
 

@@ -557,14 +557,20 @@ impl PgTx<'_> {
         if let Some(p) = &q.principal {
             push("principal =", Box::new(p.clone()));
         }
-        if let Some(k) = &q.key_id {
-            push("key_id =", Box::new(k.clone()));
-        }
         if let Some(a) = &q.action {
             push("action =", Box::new(a.clone()));
         }
         if let Some(o) = &q.outcome {
             push("outcome =", Box::new(o.clone()));
+        }
+        if let Some(k) = &q.key_id {
+            // The substring test spares parsing the JSON of records that cannot match.
+            args.push(Box::new(k.clone()));
+            let n = args.len();
+            sql.push_str(&format!(
+                " AND (key_id = ${n} OR (strpos(record, ${n}) > 0 AND \
+                 (record::jsonb -> 'source_key_ids') @> to_jsonb(${n}::text)))"
+            ));
         }
         sql.push_str(" ORDER BY seq");
         sql.push_str(&format!(" LIMIT {}", q.limit.min(100_000)));

@@ -283,14 +283,20 @@ impl SqliteTx<'_> {
         if let Some(p) = &q.principal {
             push("principal =", p.clone().into());
         }
-        if let Some(k) = &q.key_id {
-            push("key_id =", k.clone().into());
-        }
         if let Some(a) = &q.action {
             push("action =", a.clone().into());
         }
         if let Some(o) = &q.outcome {
             push("outcome =", o.clone().into());
+        }
+        if let Some(k) = &q.key_id {
+            // The substring test spares parsing the JSON of records that cannot match.
+            args.push(k.clone().into());
+            let n = args.len();
+            sql.push_str(&format!(
+                " AND (key_id = ?{n} OR (instr(record, ?{n}) > 0 AND EXISTS \
+                 (SELECT 1 FROM json_each(record, '$.source_key_ids') WHERE value = ?{n})))"
+            ));
         }
         sql.push_str(if last {
             " ORDER BY seq DESC"

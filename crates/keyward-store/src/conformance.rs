@@ -280,6 +280,26 @@ pub fn audit_appends_and_queries(store: &dyn Store) {
     });
     assert!(dup.is_err());
     assert_eq!(tx(store, |t| t.audit_tail()), Some(rows[3].clone()));
+    // A re-encryption concerns its source keys as well as its destination; a key id that merely appears
+    // elsewhere in a record does not make the record the key's.
+    let mut reencrypt = audit_row(5, "alice", "kms:ReEncrypt", Some("k3"), "allow");
+    reencrypt.record = r#"{"seq":5,"key_id":"k3","source_key_ids":["k1","k2"]}"#.into();
+    let mut mention = audit_row(6, "k2", "kms:Encrypt", Some("k4"), "allow");
+    mention.record =
+        r#"{"seq":6,"principal":"k2","key_id":"k4","source_key_ids_note":["k2"]}"#.into();
+    tx(store, |t| t.append_audit(&[reencrypt, mention.clone()]));
+    assert_eq!(q(&|x| x.key_id = Some("k1".into())), vec![1, 2, 5]);
+    assert_eq!(q(&|x| x.key_id = Some("k2".into())), vec![4, 5]);
+    assert_eq!(q(&|x| x.key_id = Some("k3".into())), vec![5]);
+    assert_eq!(
+        q(&|x| {
+            x.key_id = Some("k1".into());
+            x.action = Some("kms:ReEncrypt".into())
+        }),
+        vec![5]
+    );
+    assert_eq!(q(&|x| x.key_id = Some("k".into())), Vec::<u64>::new());
+    assert_eq!(tx(store, |t| t.audit_tail()), Some(mention));
 }
 
 /// Wraps a store and fails the n-th write from the moment it is armed, as a crash or a full disk would.

@@ -107,7 +107,8 @@ pub struct AuditQuery {
     pub until_ms: Option<i64>,
     /// Only this principal.
     pub principal: Option<String>,
-    /// Only this key.
+    /// Only records concerning this key: as the record's `key_id`, or named in its `source_key_ids` (the
+    /// keys a re-encryption decrypted from), so that a key's trail shows every use of its material.
     pub key_id: Option<String>,
     /// Only this action.
     pub action: Option<String>,
