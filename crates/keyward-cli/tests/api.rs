@@ -2090,7 +2090,7 @@ async fn quorum_deletion_waits_for_two_other_approvers() {
 
     // A policy naming the key needs the quorum as well.
     let policy = json!({"statements": [{"effect": "allow", "actions": ["kms:Encrypt"], "resources": [format!("key/{key}")]}]});
-    let (st, _, _) = raw(
+    let (st, v, _) = raw(
         a,
         "PUT",
         "/v1/policies/touching",
@@ -2099,10 +2099,20 @@ async fn quorum_deletion_waits_for_two_other_approvers() {
     )
     .await;
     assert_eq!(st, 202);
+    let id4 = v["approval_id"].as_str().unwrap().to_string();
     let (st, list, _) = raw(a, "GET", "/v1/approvals?status=pending", Some(&ops1), None).await;
     assert_eq!(st, 200);
     assert_eq!(list["approvals"].as_array().unwrap().len(), 1);
     assert_eq!(list["approvals"][0]["operation"], "put_policy");
+    // The list is in the order the requests were made, even within one second.
+    let (_, list, _) = raw(a, "GET", "/v1/approvals", Some(&ops1), None).await;
+    let ids: Vec<&str> = list["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["approval_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [&id, &id2, &id3, &id4]);
 }
 
 fn root_token() -> String {

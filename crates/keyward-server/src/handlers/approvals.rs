@@ -179,7 +179,9 @@ pub fn request(
 ) -> Result<Reply, ApiError> {
     let now = app.clock.now();
     let approval = Approval {
-        approval_id: format!("apr_{}", uuid::Uuid::new_v4().simple()),
+        // Time-ordered (UUIDv7, ordered within the process), so that requests made in the same second
+        // list in the order they were made.
+        approval_id: format!("apr_{}", uuid::Uuid::now_v7().simple()),
         status: "pending".into(),
         operation,
         requested_by: caller.principal.name.clone(),
@@ -372,18 +374,22 @@ pub async fn list(
                 tx.list_meta(APPROVALS)
             })
             .map_err(|e| ApiError(KmsError::from(e)))?;
-            let mut approvals: Vec<Approval> = all
-                .into_iter()
-                .filter_map(|(_, b)| serde_json::from_slice::<Approval>(&b).ok())
-                .map(|mut x| {
-                    if x.status == "pending" && x.expires_at <= now {
-                        x.status = "expired".into();
-                    }
-                    x
-                })
-                .filter(|x| q.get("status").is_none_or(|s| *s == x.status))
-                .collect();
-            approvals.sort_by(|x, y| x.created_at.cmp(&y.created_at));
+            let mut approvals = Vec::with_capacity(all.len());
+            for (_, raw) in all {
+                // A record that does not parse is reported, never silently left out of the list.
+                let mut x: Approval = serde_json::from_slice(&raw).map_err(|_| {
+                    ApiError::new(ErrorCode::Unavailable, "store corrupt: approval")
+                })?;
+                if x.status == "pending" && x.expires_at <= now {
+                    x.status = "expired".into();
+                }
+                if q.get("status").is_none_or(|s| *s == x.status) {
+                    approvals.push(x);
+                }
+            }
+            approvals.sort_by(|x, y| {
+                (&x.created_at, &x.approval_id).cmp(&(&y.created_at, &y.approval_id))
+            });
             Reply::ok(&ApprovalList { approvals })
         },
     )
