@@ -183,27 +183,46 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 pub fn parse<T: DeserializeOwned>(body: &RawBody) -> Result<T, ApiError> {
     let bytes = body.0.as_ref().map_err(Clone::clone)?;
     let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { bytes };
-    serde_json::from_slice(bytes).map_err(|e| {
-        let text = e.to_string();
-        let detail = if text.starts_with("unknown field")
-            || text.starts_with("missing field")
-            || text.starts_with("invalid base64")
-        {
-            text.split(" at line")
-                .next()
-                .unwrap_or("invalid field")
-                .to_string()
-        } else if e.is_syntax() || e.is_eof() {
-            "malformed JSON".to_string()
-        } else {
-            "a field has the wrong type or an invalid value".to_string()
-        };
-        ApiError::validation(format!(
-            "{detail} (line {}, column {})",
-            e.line(),
-            e.column()
-        ))
-    })
+    serde_json::from_slice(bytes).map_err(|e| ApiError::validation(explain::<T>(bytes, &e)))
+}
+
+/// Describes why a body did not parse: where (the field's path, found by parsing again, which only a
+/// refused request pays for) and what was expected, without the value serde would quote.
+fn explain<T: DeserializeOwned>(bytes: &[u8], e: &serde_json::Error) -> String {
+    let at = format!("(line {}, column {})", e.line(), e.column());
+    if e.is_syntax() || e.is_eof() {
+        return format!("malformed JSON {at}");
+    }
+    let text = e.to_string();
+    let text = text.split(" at line").next().unwrap_or_default();
+    let detail = if text.starts_with("unknown field")
+        || text.starts_with("missing field")
+        || text.starts_with("invalid base64")
+    {
+        text
+    } else if let Some((_, expected)) = text.split_once(", expected ") {
+        // "invalid type: string \"<value>\", expected u32": only the second half is safe to repeat.
+        &format!("expected {expected}")
+    } else {
+        "invalid value"
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let mut path = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Err(e) => e.path().to_string(),
+        Ok(_) => ".".to_string(),
+    };
+    if detail.starts_with("unknown field") {
+        // The path ends with the unknown name itself, which the detail already quotes.
+        path = path
+            .rsplit_once('.')
+            .map_or(".", |(parent, _)| parent)
+            .to_string();
+    }
+    if path == "." {
+        format!("{detail} {at}")
+    } else {
+        format!("{path}: {detail} {at}")
+    }
 }
 
 /// What a handler produced.
@@ -845,4 +864,76 @@ pub fn text(status: StatusCode, content_type: &'static str, body: impl Into<Body
         HeaderValue::from_static(content_type),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+
+    use super::explain;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Item {
+        plaintext: keyward_api::B64,
+        #[serde(default)]
+        context: BTreeMap<String, String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Batch {
+        items: Vec<Item>,
+        #[serde(default)]
+        limit: Option<u32>,
+    }
+
+    fn refusal(body: &str) -> String {
+        let e = serde_json::from_slice::<Batch>(body.as_bytes()).unwrap_err();
+        explain::<Batch>(body.as_bytes(), &e)
+    }
+
+    #[test]
+    fn refusals_name_the_field_and_never_repeat_its_value() {
+        let cases = [
+            (
+                r#"{"colour": "red"}"#,
+                "unknown field `colour`, expected `items` or `limit` (line 1, column 9)",
+            ),
+            (
+                r#"{"items": [{"plaintext": "AA=="}, {"plaintext": "c2VjcmV0", "context": {"tenant": 7}}]}"#,
+                "items[1].context.tenant: expected a string (line 1, column 83)",
+            ),
+            (
+                r#"{"items": [{"plaintext": "top-secret!"}]}"#,
+                "items[0].plaintext: invalid base64 (line 1, column 38)",
+            ),
+            (
+                r#"{"items": [], "limit": "hunter2"}"#,
+                "limit: expected u32 (line 1, column 32)",
+            ),
+            (
+                r#"{"items": [{"plaintext": "AA==", "colour": "red"}]}"#,
+                "items[0]: unknown field `colour`, expected `plaintext` or `context` (line 1, column 41)",
+            ),
+            (r#"{"limit": 3}"#, "missing field `items` (line 1, column 12)"),
+            (r#"{"items": [}"#, "malformed JSON (line 1, column 12)"),
+            (r#"{"items": 5}"#, "items: expected a sequence (line 1, column 11)"),
+        ];
+        for (body, expected) in cases {
+            let message = refusal(body);
+            assert_eq!(message, expected, "{body}");
+            for secret in ["hunter2", "top-secret", "red", "7"] {
+                assert!(
+                    !message.contains(&format!("\"{secret}"))
+                        && !message.contains(&format!(" {secret}")),
+                    "{message} repeats a value"
+                );
+            }
+        }
+    }
 }
