@@ -2118,3 +2118,177 @@ async fn quorum_deletion_waits_for_two_other_approvers() {
 fn root_token() -> String {
     ROOT.to_string()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_name_the_key_by_id_however_the_request_named_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(&dir.path().join("data"));
+    let root = server.root();
+    let a = &server.addr;
+    let make = |spec: &str, usage: Option<&str>, alias: &str| CreateKeyRequest {
+        spec: spec.into(),
+        usage: usage.map(str::to_string),
+        alias: Some(alias.into()),
+        ..Default::default()
+    };
+    let aes = root
+        .create_key(&make("AES_256", None, "alias/a"))
+        .await
+        .unwrap()
+        .key_id;
+    let mac = root
+        .create_key(&make("HMAC_256", Some("GENERATE_VERIFY_MAC"), "alias/h"))
+        .await
+        .unwrap()
+        .key_id;
+    let ec = root
+        .create_key(&make("ECC_NIST_P256", Some("SIGN_VERIFY"), "alias/s"))
+        .await
+        .unwrap()
+        .key_id;
+    let user = token_for(&server, "user", &["key-user"]).await;
+    let call = |method: &'static str,
+                path: &'static str,
+                token: String,
+                body: serde_json::Value| async move {
+        let body = (method == "POST").then(|| serde_json::to_vec(&body).unwrap());
+        let (st, v, rid) = raw(a, method, path, Some(&token), body).await;
+        (st, v, rid.unwrap())
+    };
+    let (st, signed, _) = call(
+        "POST",
+        "/v1/keys/alias%2Fs/sign",
+        ROOT.into(),
+        json!({"message": "bQ==", "algorithm": "ECDSA_SHA_256"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{signed}");
+    // Each request names its key by an alias; some are refused. (status, request id, the key expected in
+    // its record)
+    let mut expected = Vec::new();
+    let mut expect = |r: (u16, serde_json::Value, String), status: u16, key: &str| {
+        assert_eq!(r.0, status, "{}", r.1);
+        expected.push((r.2, key.to_string()));
+    };
+    expect(
+        call(
+            "POST",
+            "/v1/keys/alias%2Fa/encrypt",
+            ROOT.into(),
+            json!({"items": [{"plaintext": "AA=="}]}),
+        )
+        .await,
+        200,
+        &aes,
+    );
+    expect(
+        call(
+            "POST",
+            "/v1/keys/alias%2Fs/verify",
+            ROOT.into(),
+            json!({"message": "bQ==", "signature": signed["signature"], "algorithm": "ECDSA_SHA_256"}),
+        )
+        .await,
+        200,
+        &ec,
+    );
+    expect(
+        call(
+            "POST",
+            "/v1/keys/alias%2Fh/verify-mac",
+            ROOT.into(),
+            json!({"message": "bQ==", "mac": b64(&[0; 32]), "algorithm": "HMAC_SHA_256"}),
+        )
+        .await,
+        200,
+        &mac,
+    );
+    expect(
+        call(
+            "GET",
+            "/v1/keys/alias%2Fa/versions",
+            ROOT.into(),
+            json!(null),
+        )
+        .await,
+        200,
+        &aes,
+    );
+    // Refused: a key-user may not rotate; the record still names the key, not the alias.
+    expect(
+        call("POST", "/v1/keys/alias%2Fa/rotate", user.clone(), json!({})).await,
+        403,
+        &aes,
+    );
+    // Wrong usage, by alias.
+    expect(
+        call(
+            "POST",
+            "/v1/keys/alias%2Fa/sign",
+            ROOT.into(),
+            json!({"message": "bQ==", "algorithm": "ECDSA_SHA_256"}),
+        )
+        .await,
+        400,
+        &aes,
+    );
+    // A reference that names no key, and a caller who is not authenticated, are recorded as given.
+    expect(
+        call(
+            "POST",
+            "/v1/keys/alias%2Fnope/encrypt",
+            ROOT.into(),
+            json!({"plaintext": "AA=="}),
+        )
+        .await,
+        404,
+        "alias/nope",
+    );
+    expect(
+        call(
+            "POST",
+            "/v1/keys/alias%2Fa/encrypt",
+            "kw.not-a-token".into(),
+            json!({"plaintext": "AA=="}),
+        )
+        .await,
+        401,
+        "alias/a",
+    );
+
+    let (_, page, _) = raw(a, "GET", "/v1/audit?limit=1000", Some(ROOT), None).await;
+    let records = page["records"].as_array().unwrap();
+    for (rid, key) in &expected {
+        let record = records
+            .iter()
+            .find(|r| r["request_id"] == rid.as_str())
+            .unwrap_or_else(|| panic!("no record of {rid}"));
+        assert_eq!(record["key_id"], key.as_str(), "{record}");
+    }
+    // The key's trail holds every use, whichever name the caller used.
+    let (_, trail, _) = raw(
+        a,
+        "GET",
+        &format!("/v1/audit?key_id={aes}&limit=1000"),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    let actions: Vec<&str> = trail["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "kms:CreateKey",
+            "kms:Encrypt",
+            "kms:ListKeyVersions",
+            "kms:RotateKey",
+            "kms:Sign"
+        ],
+        "{trail}"
+    );
+}

@@ -461,9 +461,15 @@ where
         }
         Err(e) => (Outcome::Error, Some(e.code().as_str().to_string())),
     };
+    // The record names the key by its id however the request named it, so that a key's trail is whole
+    // (`?key_id=`) and stays true after its aliases move; a reference that names no key is kept as given.
+    let named = |key_ref: Option<String>| key_ref.map(|r| app.kms.key_id_of(&r).unwrap_or(r));
     let (key_id, version) = match &result {
-        Ok(r) => (r.key_id.clone().or(key_ref), r.version),
-        Err(_) => (key_ref, None),
+        Ok(r) if r.key_id.is_some() => (r.key_id.clone(), r.version),
+        Ok(r) => (named(key_ref), r.version),
+        // An unauthenticated caller gets no alias lookup (which may read the store) on its behalf.
+        Err(e) if e.code() == ErrorCode::Unauthenticated => (key_ref, None),
+        Err(_) => (named(key_ref), None),
     };
     let durable = if !app.config.audit || (written_ahead && result.is_ok()) {
         Ok(0)
