@@ -171,7 +171,32 @@ enum Command {
         /// Verify the hash chain instead of listing.
         #[arg(long)]
         verify: bool,
-        /// Query string filters, e.g. "principal=app&outcome=deny".
+        /// Only this principal.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Only records concerning this key (its id, or an alias, looked up now): its own requests and the
+        /// re-encryptions that read its ciphertexts.
+        #[arg(long)]
+        key: Option<String>,
+        /// Only this action (kms:Encrypt, ...).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only this outcome: allow, deny or error.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Only records at or after this RFC 3339 UTC time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records before this RFC 3339 UTC time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Records per page (1 to 1000).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Every matching record, page after page (with --json: one record per line, for export).
+        #[arg(long)]
+        all: bool,
+        /// Further filters as a query string, e.g. "principal=app&outcome=deny".
         #[arg(long, default_value = "")]
         filter: String,
     },
@@ -1321,26 +1346,99 @@ async fn run(cli: Cli) -> Res {
                 .map_err(e)?;
             print!("{}", r.certificate_pem);
         }
-        Command::Audit { verify, filter } => {
-            let path = if verify {
-                "/v1/audit/verify".to_string()
-            } else if filter.is_empty() {
-                "/v1/audit".into()
-            } else {
-                format!("/v1/audit?{filter}")
-            };
-            let (status, body) = c.raw(reqwest::Method::GET, &path, None).await.map_err(e)?;
-            let v: serde_json::Value = serde_json::from_slice(&body).map_err(|x| x.to_string())?;
-            if !status.is_success() {
-                return Err(api_error(status, &v).into());
-            }
-            if verify {
-                out.value(&v);
-            } else {
-                out.audit(&v);
-            }
-            if verify && v["valid"] != serde_json::Value::Bool(true) {
+        Command::Audit { verify: true, .. } => {
+            let v = get_json(c, "/v1/audit/verify").await?;
+            out.value(&v);
+            if v["valid"] != serde_json::Value::Bool(true) {
                 return Err("the audit chain does not verify".into());
+            }
+        }
+        Command::Audit {
+            verify: false,
+            principal,
+            key,
+            action,
+            outcome,
+            since,
+            until,
+            limit,
+            all,
+            filter,
+        } => {
+            let key_id = match key {
+                Some(k) if k.starts_with("alias/") => match c.describe_key(&k).await {
+                    Ok(info) => Some(info.key_id),
+                    Err(keyward_client::Error::Api { code, .. }) if code == "NotFound" => {
+                        eprintln!(
+                            "note: {k} names no key now; showing the records that name it as given"
+                        );
+                        Some(k)
+                    }
+                    Err(x) => return Err(e(x)),
+                },
+                other => other,
+            };
+            let limit = limit.map(|n| n.to_string());
+            let mut url =
+                reqwest::Url::parse("http://keyward/v1/audit").map_err(|x| x.to_string())?;
+            {
+                let mut q = url.query_pairs_mut();
+                for (name, value) in [
+                    ("principal", principal),
+                    ("key_id", key_id),
+                    ("action", action),
+                    ("outcome", outcome),
+                    ("since", since),
+                    ("until", until),
+                    ("limit", limit),
+                ] {
+                    if let Some(value) = value {
+                        q.append_pair(name, &value);
+                    }
+                }
+            }
+            let mut query = url.query().unwrap_or_default().to_string();
+            if !filter.is_empty() {
+                if !query.is_empty() {
+                    query.push('&');
+                }
+                query.push_str(&filter);
+            }
+            let path = |next: Option<&str>| {
+                let mut p = format!("/v1/audit?{query}");
+                if let Some(t) = next {
+                    p.push_str(&format!("&next_token={t}"));
+                }
+                p
+            };
+            let mut page = get_json(c, &path(None)).await?;
+            if !all {
+                out.audit(&page);
+                return Ok(());
+            }
+            // Page after page; as JSON each record is printed as soon as it arrives, so an export of the
+            // whole log runs in constant memory.
+            let mut kept = Vec::new();
+            loop {
+                let records = match page["records"].take() {
+                    serde_json::Value::Array(r) => r,
+                    _ => Vec::new(),
+                };
+                if out.json {
+                    let mut stdout = std::io::stdout().lock();
+                    for r in &records {
+                        writeln!(stdout, "{r}").map_err(|x| x.to_string())?;
+                    }
+                } else {
+                    kept.extend(records);
+                }
+                let Some(next) = page["next_token"].as_str().map(str::to_string) else {
+                    break;
+                };
+                page = get_json(c, &path(Some(&next))).await?;
+            }
+            if !out.json {
+                out.audit(&serde_json::json!({ "records": kept }));
             }
         }
         Command::Metrics => print!("{}", c.metrics().await.map_err(e)?),
@@ -1502,6 +1600,19 @@ fn secret_json<T: serde::Serialize>(
 }
 
 /// An error answer as the typed client shows it: `Code (status): message`.
+/// A GET of the API answered with JSON; an error answer becomes the CLI's failure message.
+async fn get_json(c: &Client, path: &str) -> Result<serde_json::Value, Failure> {
+    let (status, body) = c
+        .raw(reqwest::Method::GET, path, None)
+        .await
+        .map_err(Failure::from)?;
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|x| x.to_string())?;
+    if !status.is_success() {
+        return Err(api_error(status, &v).into());
+    }
+    Ok(v)
+}
+
 fn api_error(status: reqwest::StatusCode, v: &serde_json::Value) -> String {
     format!(
         "{} ({}): {}",

@@ -38,6 +38,28 @@ fn api_code<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
     }
 }
 
+/// The audit records a query returns, as (principal, outcome, source keys).
+async fn audited(addr: &str, query: &str) -> Vec<(String, String, Vec<String>)> {
+    let (st, page, _) = raw(addr, "GET", &format!("/v1/audit?{query}"), Some(ROOT), None).await;
+    assert_eq!(st, 200, "{page}");
+    let text = |v: &serde_json::Value| v.as_str().unwrap().to_string();
+    page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let sources = r["source_key_ids"].as_array();
+            (
+                text(&r["principal"]),
+                text(&r["outcome"]),
+                sources
+                    .map(|a| a.iter().map(text).collect())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
 async fn create(c: &Client, spec: &str, usage: Option<&str>) -> KeyObject {
     c.create_key(&CreateKeyRequest {
         spec: spec.into(),
@@ -1839,57 +1861,25 @@ async fn policies_on_aliases_hold_however_the_key_is_named() {
     assert!(v["items"][0]["ciphertext"].is_string(), "{v}");
     assert_eq!(v["items"][1]["error"]["code"], "AccessDenied", "{v}");
     // The audit records of re-encryptions name their source keys, refused or not.
-    let (_, page, _) = raw(
-        &server.addr,
-        "GET",
-        "/v1/audit?action=kms:ReEncrypt",
-        Some(ROOT),
-        None,
-    )
-    .await;
-    let records: Vec<(&str, &str, Vec<&str>)> = page["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["principal"].as_str().unwrap(),
-                r["outcome"].as_str().unwrap(),
-                r["source_key_ids"]
-                    .as_array()
-                    .map(|a| a.iter().map(|k| k.as_str().unwrap()).collect())
-                    .unwrap_or_default(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        records,
-        [
-            ("apps", "deny", vec![legacy.as_str()]),
-            ("apps", "allow", vec![app_b.as_str()]),
-            ("apps-2", "allow", vec![app_b.as_str(), legacy.as_str()]),
-        ],
-        "{page}"
-    );
+    let records = audited(&server.addr, "action=kms:ReEncrypt").await;
+    let expected = [
+        ("apps", "deny", vec![legacy.clone()]),
+        ("apps", "allow", vec![app_b.clone()]),
+        ("apps-2", "allow", vec![app_b.clone(), legacy.clone()]),
+    ];
+    assert_eq!(records.len(), expected.len(), "{records:?}");
+    for ((p, o, keys), (ep, eo, ekeys)) in records.iter().zip(&expected) {
+        assert_eq!((p.as_str(), o.as_str(), keys), (*ep, *eo, ekeys));
+    }
     // A key's trail includes the re-encryptions that read its ciphertexts, allowed or refused.
-    let (_, trail, _) = raw(
+    let trail = audited(
         &server.addr,
-        "GET",
-        &format!("/v1/audit?action=kms:ReEncrypt&key_id={legacy}"),
-        Some(ROOT),
-        None,
+        &format!("action=kms:ReEncrypt&key_id={legacy}"),
     )
     .await;
-    let trail: Vec<(&str, &str)> = trail["records"]
-        .as_array()
-        .unwrap()
+    let trail: Vec<(&str, &str)> = trail
         .iter()
-        .map(|r| {
-            (
-                r["principal"].as_str().unwrap(),
-                r["outcome"].as_str().unwrap(),
-            )
-        })
+        .map(|(p, o, _)| (p.as_str(), o.as_str()))
         .collect();
     assert_eq!(trail, [("apps", "deny"), ("apps-2", "allow")]);
     let (_, verified, _) = raw(&server.addr, "GET", "/v1/audit/verify", Some(ROOT), None).await;

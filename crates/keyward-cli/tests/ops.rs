@@ -538,6 +538,104 @@ fn the_cli_covers_identities_pki_and_audit() {
         ("anonymous", "kms:Login", "deny", "Unauthenticated"),
         "{listed}"
     );
+    // Typed filters: a key named by an alias (looked up, so the records found are its id's), every page
+    // followed (--all), JSON lines for export.
+    let trail: serde_json::Value = serde_json::from_str(&ok(
+        &[
+            "--json",
+            "key",
+            "create",
+            "--spec",
+            "AES_256",
+            "--alias",
+            "alias/trail",
+        ],
+        b"",
+    ))
+    .unwrap();
+    let trail_id = trail["key_id"].as_str().unwrap();
+    for _ in 0..4 {
+        ok(&["encrypt", "alias/trail"], b"x");
+    }
+    let lines = ok(
+        &[
+            "--json",
+            "audit",
+            "--key",
+            "alias/trail",
+            "--limit",
+            "2",
+            "--all",
+        ],
+        b"",
+    );
+    let records: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let actions: Vec<&str> = records
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    // The last is the CLI's own lookup of the alias, audited like any request.
+    assert_eq!(
+        actions,
+        [
+            "kms:CreateKey",
+            "kms:Encrypt",
+            "kms:Encrypt",
+            "kms:Encrypt",
+            "kms:Encrypt",
+            "kms:DescribeKey"
+        ],
+        "{lines}"
+    );
+    assert!(records.iter().all(|r| r["key_id"] == trail_id), "{lines}");
+    assert!(records
+        .windows(2)
+        .all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64()));
+    let table = ok(
+        &[
+            "audit",
+            "--key",
+            trail_id,
+            "--action",
+            "kms:Encrypt",
+            "--limit",
+            "1",
+            "--all",
+        ],
+        b"",
+    );
+    assert_eq!(
+        table.lines().filter(|l| l.starts_with("SEQ")).count(),
+        1,
+        "{table}"
+    );
+    assert_eq!(
+        table.lines().filter(|l| l.contains("kms:Encrypt")).count(),
+        4,
+        "{table}"
+    );
+    let denied = ok(
+        &[
+            "--json",
+            "audit",
+            "--outcome",
+            "deny",
+            "--principal",
+            "anonymous",
+        ],
+        b"",
+    );
+    let denied: serde_json::Value = serde_json::from_str(&denied).unwrap();
+    assert!(denied["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["action"] == "kms:Login"));
+    let wrong = run(&["audit", "--since", "yesterday"], b"");
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("since must be an RFC 3339 UTC time"));
     // The signed checkpoint is a document to keep: JSON without being asked.
     let cp: serde_json::Value = serde_json::from_str(&ok(&["checkpoint"], b"")).unwrap();
     assert!(cp["signature"].is_string());
