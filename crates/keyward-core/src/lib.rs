@@ -23,7 +23,7 @@ pub use engine::{Kms, KmsConfig, RootOfTrust, SealStatus};
 pub use error::{ErrorCode, KmsError, KmsResult};
 pub use import::ImportParameters;
 pub use lifecycle::{
-    CreateKey, DueWork, KeyFilter, UpdateKey, VersionAction, PENDING_DAYS, ROTATION_DAYS,
+    CreateKey, DueKind, DueWork, KeyFilter, UpdateKey, VersionAction, PENDING_DAYS, ROTATION_DAYS,
 };
 pub use model::{KeyInfo, KeyState, Origin, VersionInfo, VersionState};
 pub use ops::{

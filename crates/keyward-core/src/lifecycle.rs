@@ -131,6 +131,15 @@ pub struct KeyFilter {
 /// A page of aliases as `(alias/NAME, key id)`, and the token of the next page.
 pub type AliasPage = (Vec<(String, String)>, Option<String>);
 
+/// A key's scheduled work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DueKind {
+    /// Its rotation period has elapsed.
+    Rotate,
+    /// Its deletion date has passed.
+    Destroy,
+}
+
 /// What scheduled work did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DueWork {
@@ -903,49 +912,77 @@ impl Kms {
         Ok(())
     }
 
-    /// Rotates keys whose period has elapsed and destroys keys past their deletion date.
+    /// Rotates keys whose period has elapsed and destroys keys past their deletion date, unaudited (the
+    /// service goes through [`crate::audit::run_scheduled_work`], which records each action first).
     pub fn run_due_work(&self) -> KmsResult<DueWork> {
+        let mut work = DueWork::default();
+        for (key_id, kind) in self.due_work()? {
+            if self.perform_due(&key_id, kind)? {
+                match kind {
+                    DueKind::Rotate => work.rotated.push(key_id),
+                    DueKind::Destroy => work.destroyed.push(key_id),
+                }
+            }
+        }
+        Ok(work)
+    }
+
+    /// The keys whose scheduled work is due now, in key order.
+    pub fn due_work(&self) -> KmsResult<Vec<(String, DueKind)>> {
         if self.is_sealed() {
             return Err(KmsError::sealed());
         }
         let now = self.clock.now();
         let due = transact(self.store.as_ref(), |tx: &mut dyn Tx| tx.due_keys(now))?;
-        let mut work = DueWork::default();
+        let mut out = Vec::with_capacity(due.len());
         for key_id in due {
             let rec = transact(self.store.as_ref(), |tx: &mut dyn Tx| tx.get_key(&key_id))?;
             let Some(rec) = rec else { continue };
             if rec.state == KeyState::PendingDeletion.as_str()
                 && rec.deletion_date.is_some_and(|d| d <= now)
             {
-                let aliases = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
-                    tx.aliases_of(&key_id)
-                })?;
+                out.push((key_id, DueKind::Destroy));
+            } else if rec.state == KeyState::Enabled.as_str()
+                && rec.next_rotation_at.is_some_and(|t| t <= now)
+            {
+                out.push((key_id, DueKind::Rotate));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Does one key's scheduled work if it is still due, and says whether it did: another node, or a change
+    /// made since [`Kms::due_work`] (a cancelled deletion, a disabled key), may have made it moot.
+    pub fn perform_due(&self, key_id: &str, kind: DueKind) -> KmsResult<bool> {
+        match kind {
+            DueKind::Rotate => self.rotate_if_due(key_id),
+            DueKind::Destroy => {
+                let aliases =
+                    transact(self.store.as_ref(), |tx: &mut dyn Tx| tx.aliases_of(key_id))?;
                 let mut erased = Vec::new();
-                self.mutate(&key_id, |tx, rec, versions, now| {
-                    if rec.state != KeyState::PendingDeletion.as_str() {
-                        return Ok(());
+                let destroyed = self.mutate(key_id, |tx, rec, versions, now| {
+                    if rec.state != KeyState::PendingDeletion.as_str()
+                        || rec.deletion_date.is_none_or(|d| d > now)
+                    {
+                        return Ok(false);
                     }
                     if rec.origin == Origin::Hsm.as_str() {
                         erased.extend(versions.iter().filter_map(|v| {
                             v.material.clone().map(|m| (rec.clone(), v.version, m))
                         }));
                     }
-                    Self::destroy_in_tx(tx, rec, versions, now)
+                    Self::destroy_in_tx(tx, rec, versions, now).map(|()| true)
                 })?;
-                self.erase_token_objects(erased);
-                for a in aliases {
-                    self.aliases.remove(&a);
+                if destroyed {
+                    self.erase_token_objects(erased);
+                    for a in aliases {
+                        self.aliases.remove(&a);
+                    }
+                    self.aliases_changed();
                 }
-                self.aliases_changed();
-                work.destroyed.push(key_id);
-            } else if rec.state == KeyState::Enabled.as_str()
-                && rec.next_rotation_at.is_some_and(|t| t <= now)
-                && self.rotate_if_due(&key_id)?
-            {
-                work.rotated.push(key_id);
+                Ok(destroyed)
             }
         }
-        Ok(work)
     }
 
     /// Points an alias at a key (creating or moving it). Returns the alias's full name and the id of the key

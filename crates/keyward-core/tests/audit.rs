@@ -183,3 +183,90 @@ fn a_truncated_tail_is_found_with_a_checkpoint() {
         keyward_core::ErrorCode::ValidationError
     );
 }
+
+#[test]
+fn scheduled_work_is_recorded_before_it_happens_and_waits_for_a_writable_log() {
+    use keyward_core::audit::{run_scheduled_work, SCHEDULER};
+    use keyward_core::{CreateKey, DueKind, ErrorCode, KeySpec, KeyState, DAY};
+
+    let h = common::harness();
+    let db = h.dir.path().join("keyward.db");
+    let kms = Arc::new(h.kms_clone());
+    let log = AuditLog::start(kms.clone()).unwrap();
+    let mut periodic = CreateKey::new(KeySpec::Aes256);
+    periodic.rotation_period_days = Some(90);
+    let rotating = kms.create_key(periodic).unwrap().key_id;
+    let doomed = kms
+        .create_key(CreateKey::new(KeySpec::Aes256))
+        .unwrap()
+        .key_id;
+    kms.schedule_deletion(&doomed, 7).unwrap();
+    h.clock.advance(91 * DAY);
+
+    // While no record can be written, nothing is rotated or destroyed.
+    sql(&db, "ALTER TABLE audit RENAME TO audit_moved;");
+    let err = run_scheduled_work(&kms, &log, || 1_790_000_000_000).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unavailable);
+    assert_eq!(kms.describe_key(&rotating).unwrap().primary_version, 1);
+    assert_eq!(
+        kms.describe_key(&doomed).unwrap().state,
+        KeyState::PendingDeletion
+    );
+
+    // Once the log takes records again, the next round does the work, each action recorded.
+    sql(&db, "ALTER TABLE audit_moved RENAME TO audit;");
+    let work = run_scheduled_work(&kms, &log, || 1_790_000_000_000).unwrap();
+    assert_eq!(work.rotated, std::slice::from_ref(&rotating));
+    assert_eq!(work.destroyed, std::slice::from_ref(&doomed));
+    assert_eq!(kms.describe_key(&rotating).unwrap().primary_version, 2);
+    assert_eq!(
+        kms.describe_key(&doomed).unwrap().state,
+        KeyState::Destroyed
+    );
+    let records = kms
+        .query_audit(&AuditQuery {
+            principal: Some(SCHEDULER.into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    let mut seen: Vec<(String, Option<String>, String)> = records
+        .iter()
+        .map(|r| (r.action.clone(), r.key_id.clone(), r.outcome.clone()))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (
+                "kms:DestroyKey".into(),
+                Some(doomed.clone()),
+                "allow".into()
+            ),
+            (
+                "kms:RotateKey".into(),
+                Some(rotating.clone()),
+                "allow".into()
+            ),
+        ]
+    );
+    // Nothing is due any more: another round does and records nothing.
+    let again = run_scheduled_work(&kms, &log, || 1_790_000_000_000).unwrap();
+    assert!(again.rotated.is_empty() && again.destroyed.is_empty());
+
+    // Work that became moot between listing and doing is not done, and says so.
+    let late = kms
+        .create_key(CreateKey::new(KeySpec::Aes256))
+        .unwrap()
+        .key_id;
+    kms.schedule_deletion(&late, 7).unwrap();
+    h.clock.advance(8 * DAY);
+    assert!(kms
+        .due_work()
+        .unwrap()
+        .contains(&(late.clone(), DueKind::Destroy)));
+    kms.cancel_deletion(&late).unwrap();
+    assert!(!kms.perform_due(&late, DueKind::Destroy).unwrap());
+    assert_eq!(kms.describe_key(&late).unwrap().state, KeyState::Disabled);
+    assert!(h.restart().verify_audit().unwrap().valid);
+}

@@ -694,7 +694,7 @@ fn resources(kms: &keyward_core::Kms, key_ref: Option<&str>) -> Result<Vec<Strin
     Ok(out)
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use config::StoreLocation;
 use error::ApiError;
-use keyward_core::audit::{AuditEvent, AuditLog};
+use keyward_core::audit::AuditLog;
 use keyward_core::{Kms, KmsConfig, RootOfTrust, SecretBytes, SystemClock};
 use keyward_hsm_soft::SoftHsm;
 use keyward_store::Change;
@@ -38,7 +38,7 @@ use keyward_store_sqlite::SqliteStore;
 pub use app::{router, App, AppState};
 pub use config::{Config, Overrides};
 
-use authz::{Action, Role};
+use authz::Role;
 use convert::{hex, unhex};
 
 /// File in the data directory holding the dev-mode unseal key.
@@ -388,27 +388,13 @@ async fn background(app: AppState) {
                 return;
             }
             let _ = store.housekeeping();
-            let Ok(work) = a.kms.run_due_work() else {
-                return;
-            };
-            let events = work
-                .rotated
-                .into_iter()
-                .map(|k| (Action::RotateKey, k))
-                .chain(work.destroyed.into_iter().map(|k| (Action::DestroyKey, k)));
-            for (action, key) in events {
-                let _ = a.audit.append_blocking(AuditEvent {
-                    time_ms: keyward_core::Clock::now(&SystemClock) * 1000,
-                    request_id: uuid::Uuid::new_v4().to_string(),
-                    principal: "system:scheduler".into(),
-                    source_ip: "local".into(),
-                    action: action.name().into(),
-                    key_id: Some(key),
-                    version: None,
-                    source_key_ids: Vec::new(),
-                    outcome: "allow",
-                    error_code: None,
-                });
+            // Each rotation or destruction is recorded before it happens; a round that cannot write its
+            // records stops and is retried at the next tick.
+            if let Err(e) = keyward_core::audit::run_scheduled_work(&a.kms, &a.audit, app::now_ms) {
+                eprintln!(
+                    "scheduled work stopped until the next round: {}",
+                    e.message()
+                );
             }
         })
         .await;
