@@ -1999,11 +1999,31 @@ async fn quorum_deletion_waits_for_two_other_approvers() {
     let (st, v, _) = approve(ops2.clone()).await;
     assert_eq!((st, code_of(&v)), (409, "AlreadyExists"));
     assert_eq!(root.describe_key(&key).await.unwrap().state, "Enabled");
-    let (st, v, _) = approve(ops3.clone()).await;
+    let (st, v, executed_by) = approve(ops3.clone()).await;
     assert_eq!((st, v["status"].as_str()), (200, Some("executed")), "{v}");
     assert_eq!(
         root.describe_key(&key).await.unwrap().state,
         "PendingDeletion"
+    );
+    // The key's trail shows the deletion being scheduled when it happened: the requester's action, under
+    // the request id of the approval that carried it out (whose own record names the approver).
+    let (_, trail, _) = raw(
+        a,
+        "GET",
+        &format!("/v1/audit?key_id={key}&action=kms:ScheduleKeyDeletion"),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    let last = trail["records"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (&last["principal"], &last["outcome"], &last["request_id"]),
+        (
+            &json!("ops1"),
+            &json!("allow"),
+            &json!(executed_by.unwrap())
+        ),
+        "{trail}"
     );
     let (st, v, _) = approve(root_token()).await;
     assert_eq!((st, code_of(&v)), (409, "InvalidState"));

@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use keyward_api::{ApprovalPending, ExportResponse, B64};
-use keyward_core::audit::rfc3339;
+use keyward_core::audit::{rfc3339, AuditEvent};
 use keyward_core::{ErrorCode, KmsError, VersionAction};
 use keyward_store::{transact, Tx};
 use serde::{Deserialize, Serialize};
@@ -247,7 +247,40 @@ pub fn execute(app: &AppState, op: &Operation) -> Result<serde_json::Value, ApiE
     }
 }
 
-fn decide(app: &AppState, caller: &Caller, id: &str, approve: bool) -> Result<Reply, ApiError> {
+/// The record of an approved operation as it runs: the requester's action on its key, under the request id
+/// of the approval that carried it out (whose own record names the approver).
+fn executed(
+    a: &Approval,
+    meta: &Meta,
+    outcome: &'static str,
+    error_code: Option<String>,
+) -> AuditEvent {
+    let version = match &a.operation {
+        Operation::DestroyVersion { version, .. } => Some(*version),
+        Operation::Export { version, .. } => *version,
+        _ => None,
+    };
+    AuditEvent {
+        time_ms: crate::app::now_ms(),
+        request_id: meta.request_id.clone(),
+        principal: a.requested_by.clone(),
+        source_ip: meta.source_ip.clone(),
+        action: a.operation.action().name().to_string(),
+        key_id: a.operation.key_id().map(str::to_string),
+        version,
+        source_key_ids: Vec::new(),
+        outcome,
+        error_code,
+    }
+}
+
+fn decide(
+    app: &AppState,
+    caller: &Caller,
+    meta: &Meta,
+    id: &str,
+    approve: bool,
+) -> Result<Reply, ApiError> {
     let mut a = load(app, id)?;
     let now = app.clock.now();
     if a.status == "pending" && a.expires_at <= now {
@@ -290,12 +323,23 @@ fn decide(app: &AppState, caller: &Caller, id: &str, approve: bool) -> Result<Re
     }
     a.approvals.push(who);
     if a.approvals.len() as u32 >= a.required {
+        // The operation is recorded before it runs, as a direct request's change is: if the record cannot
+        // be made durable the approval stays pending and nothing happens.
+        if app.config.audit {
+            app.audit
+                .append_blocking(executed(&a, meta, "allow", None))?;
+        }
         match execute(app, &a.operation) {
             Ok(result) => {
                 a.status = "executed".into();
                 a.result = Some(result);
             }
             Err(e) => {
+                if app.config.audit {
+                    let code = Some(e.code().as_str().to_string());
+                    app.audit
+                        .append_blocking(executed(&a, meta, "error", code))?;
+                }
                 a.status = "failed".into();
                 a.result = Some(serde_json::to_value(e.body()).unwrap_or_default());
                 save(app, &a)?;
@@ -315,13 +359,14 @@ fn decide(app: &AppState, caller: &Caller, id: &str, approve: bool) -> Result<Re
 /// `POST /v1/approvals/{id}/approve`.
 pub async fn approve(State(app): State<AppState>, meta: Meta, Path(id): Path<String>) -> Response {
     let a = app.clone();
+    let m = meta.clone();
     call(
         &app,
         &meta,
         Action::Approve,
         None,
         Mode::Blocking,
-        move |caller| decide(&a, &caller, &id, true),
+        move |caller| decide(&a, &caller, &m, &id, true),
     )
     .await
 }
@@ -329,13 +374,14 @@ pub async fn approve(State(app): State<AppState>, meta: Meta, Path(id): Path<Str
 /// `POST /v1/approvals/{id}/reject`.
 pub async fn reject(State(app): State<AppState>, meta: Meta, Path(id): Path<String>) -> Response {
     let a = app.clone();
+    let m = meta.clone();
     call(
         &app,
         &meta,
         Action::Reject,
         None,
         Mode::Blocking,
-        move |caller| decide(&a, &caller, &id, false),
+        move |caller| decide(&a, &caller, &m, &id, false),
     )
     .await
 }
