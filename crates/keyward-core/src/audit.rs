@@ -568,10 +568,14 @@ pub fn run_scheduled_work(
             error_code,
         };
         log.append_blocking(record("allow", None))?;
-        let failure = match kms.perform_due(&key_id, kind) {
-            Ok(true) => None,
-            Ok(false) => Some(ErrorCode::InvalidState),
-            Err(e) => Some(e.code()),
+        let (failure, fatal) = match kms.perform_due(&key_id, kind) {
+            Ok(true) => (None, None),
+            Ok(false) => (Some(ErrorCode::InvalidState), None),
+            // A store that cannot be written, or a seal, ends the round: the other keys would fail alike.
+            Err(e) if matches!(e.code(), ErrorCode::Unavailable | ErrorCode::Sealed) => {
+                (Some(e.code()), Some(e))
+            }
+            Err(e) => (Some(e.code()), None),
         };
         match failure {
             None => match kind {
@@ -581,6 +585,9 @@ pub fn run_scheduled_work(
             Some(code) => {
                 log.append_blocking(record("error", Some(code.as_str().to_string())))?;
             }
+        }
+        if let Some(e) = fatal {
+            return Err(e);
         }
     }
     Ok(work)
