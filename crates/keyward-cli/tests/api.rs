@@ -2025,6 +2025,39 @@ async fn quorum_deletion_waits_for_two_other_approvers() {
         ),
         "{trail}"
     );
+    // Every decision on the request, refused or not, is in the key's trail with its approver.
+    let (_, decisions, _) = raw(
+        a,
+        "GET",
+        &format!("/v1/audit?key_id={key}&action=kms:Approve"),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    let decisions: Vec<(&str, &str)> = decisions["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["principal"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    // (A decision is recorded before it is made; a refusal or failure found then adds its own record.)
+    assert_eq!(
+        decisions,
+        [
+            ("ops1", "allow"),
+            ("ops1", "deny"),
+            ("user", "deny"),
+            ("ops2", "allow"),
+            ("ops2", "allow"),
+            ("ops2", "error"),
+            ("ops3", "allow")
+        ]
+    );
     let (st, v, _) = approve(root_token()).await;
     assert_eq!((st, code_of(&v)), (409, "InvalidState"));
     root.key_action(&key, "cancel-deletion").await.unwrap();

@@ -408,13 +408,37 @@ pub async fn call<F>(
 where
     F: FnOnce(Caller) -> Result<Reply, ApiError> + Send + 'static,
 {
+    call_noting(app, meta, action, key_ref, || None, mode, f).await
+}
+
+/// [`call`] for a request that names no key in its path but concerns one (an approval of a key's
+/// deletion): `noted` finds that key once the caller is authenticated, and the records name it, so the
+/// key's trail shows who approved what. Authorization is unchanged: it sees no key.
+pub async fn call_noting<F, N>(
+    app: &AppState,
+    meta: &Meta,
+    action: Action,
+    key_ref: Option<String>,
+    noted: N,
+    mode: Mode,
+    f: F,
+) -> Response
+where
+    F: FnOnce(Caller) -> Result<Reply, ApiError> + Send + 'static,
+    N: FnOnce() -> Option<String>,
+{
     let now = app.clock.now();
     let mut written_ahead = false;
     let mut source_keys = None;
+    let mut noted = Some(noted);
+    let mut noted_key = None;
     let (principal, result) = match authorize(app, meta, action, key_ref.as_deref(), now) {
         Err((p, e)) => (p, Err(e)),
         Ok(mut caller) => {
             let p = caller.principal.clone();
+            if key_ref.is_none() {
+                noted_key = noted.take().and_then(|n| n());
+            }
             if action == Action::ReEncrypt {
                 let keys = Arc::new(parking_lot::Mutex::new(Vec::new()));
                 caller.source_keys = Some(keys.clone());
@@ -425,7 +449,8 @@ where
             if mutates(action) && app.config.audit && !app.kms.is_sealed() {
                 let key_id = key_ref
                     .as_deref()
-                    .map(|r| app.kms.key_id_of(r).unwrap_or_else(|_| r.to_string()));
+                    .map(|r| app.kms.key_id_of(r).unwrap_or_else(|_| r.to_string()))
+                    .or_else(|| noted_key.clone());
                 let intent = event(meta, &p, action, key_id, None, Outcome::Allow, None);
                 if let Err(e) = append(app, intent).await {
                     app.metrics.audit_failed();
@@ -466,10 +491,14 @@ where
     let named = |key_ref: Option<String>| key_ref.map(|r| app.kms.key_id_of(&r).unwrap_or(r));
     let (key_id, version) = match &result {
         Ok(r) if r.key_id.is_some() => (r.key_id.clone(), r.version),
-        Ok(r) => (named(key_ref), r.version),
+        Ok(r) => (named(key_ref).or(noted_key), r.version),
         // An unauthenticated caller gets no alias lookup (which may read the store) on its behalf.
         Err(e) if e.code() == ErrorCode::Unauthenticated => (key_ref, None),
-        Err(_) => (named(key_ref), None),
+        Err(_) => {
+            // A caller refused by authorization is known: its attempt names the key too.
+            let noted_key = noted_key.or_else(|| noted.take().and_then(|n| n()));
+            (named(key_ref).or(noted_key), None)
+        }
     };
     let durable = if !app.config.audit || (written_ahead && result.is_ok()) {
         Ok(0)

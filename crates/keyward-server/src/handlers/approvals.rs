@@ -17,7 +17,7 @@ use keyward_core::{ErrorCode, KmsError, VersionAction};
 use keyward_store::{transact, Tx};
 use serde::{Deserialize, Serialize};
 
-use crate::app::{call, AppState, Caller, Meta, Mode, Reply};
+use crate::app::{call, call_noting, AppState, Caller, Meta, Mode, Reply};
 use crate::authz::Action;
 use crate::convert::{key_object, version_object};
 use crate::error::ApiError;
@@ -274,6 +274,13 @@ fn executed(
     }
 }
 
+/// The key an approval request concerns, for the records of decisions on it.
+fn approval_key(app: &AppState, id: &str) -> Option<String> {
+    load(app, id)
+        .ok()
+        .and_then(|a| a.operation.key_id().map(str::to_string))
+}
+
 fn decide(
     app: &AppState,
     caller: &Caller,
@@ -360,11 +367,14 @@ fn decide(
 pub async fn approve(State(app): State<AppState>, meta: Meta, Path(id): Path<String>) -> Response {
     let a = app.clone();
     let m = meta.clone();
-    call(
+    let named = id.clone();
+    let key = || approval_key(&app, &named);
+    call_noting(
         &app,
         &meta,
         Action::Approve,
         None,
+        key,
         Mode::Blocking,
         move |caller| decide(&a, &caller, &m, &id, true),
     )
@@ -375,11 +385,14 @@ pub async fn approve(State(app): State<AppState>, meta: Meta, Path(id): Path<Str
 pub async fn reject(State(app): State<AppState>, meta: Meta, Path(id): Path<String>) -> Response {
     let a = app.clone();
     let m = meta.clone();
-    call(
+    let named = id.clone();
+    let key = || approval_key(&app, &named);
+    call_noting(
         &app,
         &meta,
         Action::Reject,
         None,
+        key,
         Mode::Blocking,
         move |caller| decide(&a, &caller, &m, &id, false),
     )
