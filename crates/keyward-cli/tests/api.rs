@@ -2299,8 +2299,46 @@ async fn audit_records_name_the_key_by_id_however_the_request_named_it() {
         "alias/a",
     );
 
+    // Decryption through /v1/decrypt names its key only in the ciphertext: a refusal still names it, and
+    // a batch over several keys names them all.
+    let other = root
+        .create_key(&make("AES_256", None, "alias/b"))
+        .await
+        .unwrap()
+        .key_id;
+    let ct_a = root
+        .encrypt(&aes, b"one", ctx(&[("t", "1")]))
+        .await
+        .unwrap()
+        .ciphertext;
+    let ct_b = root.encrypt(&other, b"two", None).await.unwrap().ciphertext;
+    expect(
+        call(
+            "POST",
+            "/v1/decrypt",
+            ROOT.into(),
+            json!({"ciphertext": ct_a, "context": {"t": "2"}}),
+        )
+        .await,
+        400,
+        &aes,
+    );
+    let (st, v, batch_rid) = call(
+        "POST",
+        "/v1/decrypt",
+        ROOT.into(),
+        json!({"items": [{"ciphertext": ct_a, "context": {"t": "1"}}, {"ciphertext": ct_b}]}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+
     let (_, page, _) = raw(a, "GET", "/v1/audit?limit=1000", Some(ROOT), None).await;
     let records = page["records"].as_array().unwrap();
+    let batch = records
+        .iter()
+        .find(|r| r["request_id"] == batch_rid.as_str())
+        .unwrap();
+    assert_eq!(batch["source_key_ids"], json!([aes, other]), "{batch}");
     for (rid, key) in &expected {
         let record = records
             .iter()
@@ -2330,7 +2368,10 @@ async fn audit_records_name_the_key_by_id_however_the_request_named_it() {
             "kms:Encrypt",
             "kms:ListKeyVersions",
             "kms:RotateKey",
-            "kms:Sign"
+            "kms:Sign",
+            "kms:Encrypt",
+            "kms:Decrypt",
+            "kms:Decrypt"
         ],
         "{trail}"
     );

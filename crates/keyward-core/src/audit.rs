@@ -44,7 +44,8 @@ pub struct AuditEvent {
     /// The version concerned.
     pub version: Option<u32>,
     /// For a re-encryption: the keys the ciphertexts were under (the destination is `key_id`), distinct,
-    /// in request order, whether or not the caller could use them.
+    /// in request order, whether or not the caller could use them. For a decryption whose ciphertexts name
+    /// several keys (a batch through `/v1/decrypt`), those keys.
     pub source_key_ids: Vec<String>,
     /// `allow`, `deny` or `error`.
     pub outcome: &'static str,

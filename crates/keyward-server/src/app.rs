@@ -287,8 +287,8 @@ pub struct Caller {
     pub context_rule: Option<Arc<crate::policy::ContextRule>>,
     /// The client's address, for policy conditions evaluated after authorization.
     pub source_ip: Option<std::net::IpAddr>,
-    /// For a re-encryption: the source keys its ciphertexts name, gathered by the handler for the audit
-    /// record (whether or not the caller may use them).
+    /// For a re-encryption, or a decryption that names no key: the keys its ciphertexts name, gathered by
+    /// the handler for the audit record (whether or not the caller may use them).
     pub source_keys: Option<Arc<parking_lot::Mutex<Vec<String>>>>,
     /// For `/v1/decrypt`, where the key is only known from the ciphertext, and for the source key of a
     /// re-encryption (which the caller must be allowed to decrypt with): the evaluation still to do.
@@ -331,7 +331,7 @@ impl Caller {
         }
     }
 
-    /// Notes a re-encryption's source key for the audit record.
+    /// Notes a key that a ciphertext names, for the audit record (see [`call`]).
     pub fn note_source_key(&self, key_id: &str) {
         if let Some(keys) = &self.source_keys {
             let mut keys = keys.lock();
@@ -439,7 +439,9 @@ where
             if key_ref.is_none() {
                 noted_key = noted.take().and_then(|n| n());
             }
-            if action == Action::ReEncrypt {
+            // The keys named only by ciphertexts are collected for the record: a re-encryption's sources,
+            // and the keys of a decryption that names none (its record must name the key even when refused).
+            if action == Action::ReEncrypt || (action == Action::Decrypt && key_ref.is_none()) {
                 let keys = Arc::new(parking_lot::Mutex::new(Vec::new()));
                 caller.source_keys = Some(keys.clone());
                 source_keys = Some(keys);
@@ -507,7 +509,12 @@ where
             meta, &principal, action, key_id, version, outcome, error_code,
         );
         if let Some(keys) = source_keys {
-            record.source_key_ids = std::mem::take(&mut *keys.lock());
+            let mut keys = std::mem::take(&mut *keys.lock());
+            if action == Action::ReEncrypt || keys.len() > 1 {
+                record.source_key_ids = keys;
+            } else if record.key_id.is_none() {
+                record.key_id = keys.pop();
+            }
         }
         append(app, record).await
     };

@@ -118,7 +118,9 @@ fn decrypt_one(
         None => {
             // The key is named by the ciphertext; a ciphertext that does not parse is refused by the engine.
             if let Ok((h, _)) = keyward_core::ciphertext::Header::parse(&r.ciphertext.0) {
-                caller.check_key(kms, &uuid::Uuid::from_bytes(h.key_id).to_string(), &context)?;
+                let id = uuid::Uuid::from_bytes(h.key_id).to_string();
+                caller.note_source_key(&id);
+                caller.check_key(kms, &id, &context)?;
             } else {
                 caller.check_context(&context)?;
             }
