@@ -1447,7 +1447,7 @@ fn the_floor_servers_serve_the_load_generator() {
             .expect("start the floor server");
         let mut up = false;
         for _ in 0..200 {
-            if std::net::TcpStream::connect(&addr).is_ok() {
+            if common::listening(&addr) {
                 up = true;
                 break;
             }

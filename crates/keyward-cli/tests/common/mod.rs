@@ -27,6 +27,13 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Whether a server listens on a loopback address. A connection whose two ends are the same address does not
+/// count: with nothing listening, a connect to a port in the ephemeral range can be given that very port as
+/// its own and "connect" to itself (TCP simultaneous open), which would pass for a server that is not up yet.
+pub fn listening(addr: &str) -> bool {
+    std::net::TcpStream::connect(addr).is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok())
+}
+
 /// A real `keyward serve` process.
 pub struct Server {
     pub child: Option<Child>,
@@ -85,7 +92,7 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         let port = self.addr.rsplit(':').next().unwrap().to_string();
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_ok() {
+            if listening(&format!("127.0.0.1:{port}")) {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
