@@ -494,8 +494,10 @@ where
     let (key_id, version) = match &result {
         Ok(r) if r.key_id.is_some() => (r.key_id.clone(), r.version),
         Ok(r) => (named(key_ref).or(noted_key), r.version),
-        // An unauthenticated caller gets no alias lookup (which may read the store) on its behalf.
-        Err(e) if e.code() == ErrorCode::Unauthenticated => (key_ref, None),
+        // An unauthenticated or throttled caller gets no lookup (which may read the store) on its behalf.
+        Err(e) if matches!(e.code(), ErrorCode::Unauthenticated | ErrorCode::Throttled) => {
+            (key_ref, None)
+        }
         Err(_) => {
             // A caller refused by authorization is known: its attempt names the key too.
             let noted_key = noted_key.or_else(|| noted.take().and_then(|n| n()));
