@@ -14,9 +14,20 @@ stop_servers() {
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# Waits until each loopback port accepts connections (10 s at most each).
+# Waits until each loopback port accepts connections (10 s at most each). A connection whose two ends are the
+# same address does not count: with nothing listening yet, a connect to a free port can be given that port as
+# its own and connect to itself.
 wait_for_ports() {
-  for p in "$@"; do
-    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
-  done
+  python3 - "$@" <<'END'
+import socket, sys, time
+for port in map(int, sys.argv[1:]):
+    for _ in range(100):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.getsockname() != s.getpeername():
+                    break
+        except OSError:
+            pass
+        time.sleep(0.1)
+END
 }
