@@ -2156,6 +2156,53 @@ async fn quorum_deletion_waits_for_two_other_approvers() {
         .map(|x| x["approval_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, [&id, &id2, &id3, &id4]);
+
+    // Two approvers at once on a request one approval completes: the operation runs once, the other
+    // approver is told the request is no longer pending, and the request stays executed.
+    for _ in 0..5 {
+        let single = root
+            .create_key(&CreateKeyRequest {
+                spec: "AES_256".into(),
+                quorum: Some(Quorum { approvals: 1 }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .key_id;
+        let (st, v, _) = raw(
+            a,
+            "POST",
+            &format!("/v1/keys/{single}/schedule-deletion"),
+            Some(&ops1),
+            Some(br#"{"pending_days": 7}"#.to_vec()),
+        )
+        .await;
+        assert_eq!(st, 202, "{v}");
+        let path = format!(
+            "/v1/approvals/{}/approve",
+            v["approval_id"].as_str().unwrap()
+        );
+        let (x, y) = tokio::join!(
+            raw(a, "POST", &path, Some(&ops2), None),
+            raw(a, "POST", &path, Some(&ops3), None)
+        );
+        let mut outcomes = [
+            (x.0, x.1["status"].as_str().map(str::to_string)),
+            (y.0, y.1["status"].as_str().map(str::to_string)),
+        ];
+        outcomes.sort();
+        assert_eq!(
+            outcomes,
+            [(200, Some("executed".to_string())), (409, None)],
+            "{x:?} {y:?}"
+        );
+        let (_, list, _) = raw(a, "GET", "/v1/approvals?status=executed", Some(&ops1), None).await;
+        assert!(list["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["approval_id"] == v["approval_id"]));
+    }
 }
 
 fn root_token() -> String {

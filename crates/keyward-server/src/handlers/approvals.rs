@@ -281,6 +281,11 @@ fn approval_key(app: &AppState, id: &str) -> Option<String> {
         .and_then(|a| a.operation.key_id().map(str::to_string))
 }
 
+/// Decisions are taken one at a time on a node: each reads the request, adds itself and may run the
+/// operation, so two approvers at once could otherwise each see the quorum reached and both run it, or one
+/// overwrite the other's approval. (Nodes of a cluster do not share this lock; see ARCHITECTURE.md.)
+static DECISIONS: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
 fn decide(
     app: &AppState,
     caller: &Caller,
@@ -288,6 +293,7 @@ fn decide(
     id: &str,
     approve: bool,
 ) -> Result<Reply, ApiError> {
+    let _one_at_a_time = DECISIONS.lock();
     let mut a = load(app, id)?;
     let now = app.clock.now();
     if a.status == "pending" && a.expires_at <= now {
