@@ -114,7 +114,7 @@ schemas = {
     "TokenRequest": obj({"ttl_seconds": {"type": "integer", "minimum": 1, "maximum": 31622400}}),
     "TokenResponse": obj({"token": S, "token_id": S, "expires_at": {"type": "string", "format": "date-time"}}),
     "MfaResponse": obj({"totp_uri": S}),
-    "Approval": {"type": "object", "properties": {"approval_id": S, "status": {"type": "string", "enum": ["pending", "executed", "rejected", "expired", "failed"]},
+    "Approval": {"type": "object", "properties": {"approval_id": S, "status": {"type": "string", "enum": ["pending", "executing", "executed", "rejected", "expired", "failed"]},
                  "operation": {"type": "string", "enum": ["schedule_deletion", "destroy_version", "export", "rotate_root", "put_policy", "delete_policy"]},
                  "requested_by": S, "required": INT, "approvals": {"type": "array", "items": S}, "rejected_by": S,
                  "created_at": {"type": "string", "format": "date-time"}, "expires_at": INT, "result": {"type": "object"}}},

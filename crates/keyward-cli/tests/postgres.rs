@@ -410,6 +410,91 @@ async fn three_nodes_share_one_database_and_see_each_others_changes_within_a_sec
     assert_eq!(max, 0, "the sequence has a gap");
 }
 
+/// A token for a new identity with `roles`, minted on `addr`.
+async fn token_on(addr: &str, root: &str, name: &str, roles: &[&str]) -> String {
+    let body = serde_json::json!({"name": name, "kind": "service", "roles": roles});
+    let (st, v, _) = raw(
+        addr,
+        "POST",
+        "/v1/identities",
+        Some(root),
+        Some(serde_json::to_vec(&body).unwrap()),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    let path = format!("/v1/identities/{name}/tokens");
+    let (st, v, _) = raw(addr, "POST", &path, Some(root), Some(b"{}".to_vec())).await;
+    assert!(st == 200 || st == 201, "{v}");
+    v["token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_approving_at_once_run_the_operation_once() {
+    let scratch = Scratch::new();
+    let cluster = Cluster::start(&scratch.url()).await;
+    let addr = |i: usize| cluster.nodes[i].addr.clone();
+    let mut ops = Vec::new();
+    for name in ["ops1", "ops2", "ops3"] {
+        ops.push(token_on(&addr(0), &cluster.root, name, &["key-admin"]).await);
+    }
+    for round in 0..6 {
+        let key = cluster
+            .client(0)
+            .create_key(&CreateKeyRequest {
+                spec: "AES_256".into(),
+                quorum: Some(Quorum { approvals: 1 }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .key_id;
+        let (st, v, _) = raw(
+            &addr(0),
+            "POST",
+            &format!("/v1/keys/{key}/schedule-deletion"),
+            Some(&ops[0]),
+            Some(br#"{"pending_days": 7}"#.to_vec()),
+        )
+        .await;
+        assert_eq!(st, 202, "{v}");
+        let id = v["approval_id"].as_str().unwrap().to_string();
+        // The other nodes learn of the request through the database; the two approvals leave at once, and
+        // the request ends executed, with one approver.
+        let (one, two) = (addr(1 + round % 2), addr(2 - round % 2));
+        common::approve_at_once(&id, (&one, &ops[1]), (&two, &ops[2])).await;
+        let (_, list, _) = raw(&addr(0), "GET", "/v1/approvals", Some(&ops[0]), None).await;
+        let ours = list["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["approval_id"] == id.as_str())
+            .unwrap()
+            .clone();
+        assert_eq!(ours["status"], "executed", "{ours}");
+        assert_eq!(ours["approvals"].as_array().unwrap().len(), 1, "{ours}");
+        // The operation ran once: the key's trail holds the request and one execution, no failure.
+        let (allowed, errors): (i64, i64) = sql(|c| {
+            let row = c
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FILTER (WHERE outcome = 'allow'), \
+                                count(*) FILTER (WHERE outcome = 'error') \
+                         FROM {}.keyward_audit \
+                         WHERE key_id = $1 AND action = 'kms:ScheduleKeyDeletion'",
+                        scratch.0
+                    ),
+                    &[&key],
+                )
+                .unwrap();
+            (row.get(0), row.get(1))
+        });
+        assert_eq!((allowed, errors), (2, 0), "round {round}");
+        let shown = cluster.client(0).describe_key(&key).await.unwrap();
+        assert_eq!(shown.state, "PendingDeletion");
+    }
+    chain_verifies(&addr(2), &cluster.root).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_under_load_loses_no_request_and_no_data() {
     let scratch = Scratch::new();

@@ -42,6 +42,12 @@ impl From<KmsError> for ApiError {
     }
 }
 
+impl From<keyward_store::StoreError> for ApiError {
+    fn from(e: keyward_store::StoreError) -> Self {
+        ApiError(KmsError::from(e))
+    }
+}
+
 /// Renders a JSON body with a status.
 pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     let mut resp = (status, body).into_response();

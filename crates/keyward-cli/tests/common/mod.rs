@@ -183,6 +183,28 @@ pub async fn raw(
     (status, json, rid)
 }
 
+/// Two approvals of the request `id` sent at once, each `(node address, token)`. Asserts that exactly one
+/// ran the operation and the other was told the request is no longer pending (409 `InvalidState`).
+pub async fn approve_at_once(id: &str, first: (&str, &str), second: (&str, &str)) {
+    let path = format!("/v1/approvals/{id}/approve");
+    let (x, y) = tokio::join!(
+        raw(first.0, "POST", &path, Some(first.1), None),
+        raw(second.0, "POST", &path, Some(second.1), None)
+    );
+    let mut outcomes = [
+        (x.0, x.1["status"].as_str().map(str::to_string)),
+        (y.0, y.1["status"].as_str().map(str::to_string)),
+    ];
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        [(200, Some("executed".to_string())), (409, None)],
+        "{x:?} {y:?}"
+    );
+    let loser = if x.0 == 409 { &x.1 } else { &y.1 };
+    assert_eq!(code_of(loser), "InvalidState", "{loser}");
+}
+
 pub fn code_of(v: &serde_json::Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
 }

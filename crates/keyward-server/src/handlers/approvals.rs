@@ -97,7 +97,8 @@ impl Operation {
 pub struct Approval {
     /// Id.
     pub approval_id: String,
-    /// `pending`, `executed`, `rejected`, `expired` or `failed`.
+    /// `pending`, `executing` (claimed by the approval that completed the quorum, whose node is running the
+    /// operation), `executed`, `rejected`, `expired` or `failed`.
     pub status: String,
     /// What runs when approved.
     #[serde(flatten)]
@@ -121,22 +122,15 @@ pub struct Approval {
 }
 
 fn load(app: &AppState, id: &str) -> Result<Approval, ApiError> {
-    let raw = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-        tx.get_meta(APPROVALS, id)
+    transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+        read(tx, id)
     })
-    .map_err(|e| ApiError(KmsError::from(e)))?
-    .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("approval {id} does not exist")))?;
-    serde_json::from_slice(&raw)
-        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "store corrupt: approval"))
 }
 
 fn save(app: &AppState, a: &Approval) -> Result<(), ApiError> {
-    let json = serde_json::to_vec(a)
-        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "approval encoding"))?;
     transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-        tx.put_meta(APPROVALS, &a.approval_id, &json)
+        write(tx, a)
     })
-    .map_err(|e| ApiError(KmsError::from(e)))
 }
 
 /// Approvals an operation on `key_ref` needs: the key's own setting, else the service's.
@@ -281,11 +275,37 @@ fn approval_key(app: &AppState, id: &str) -> Option<String> {
         .and_then(|a| a.operation.key_id().map(str::to_string))
 }
 
-/// Decisions are taken one at a time on a node: each reads the request, adds itself and may run the
-/// operation, so two approvers at once could otherwise each see the quorum reached and both run it, or one
-/// overwrite the other's approval. (Nodes of a cluster do not share this lock; see ARCHITECTURE.md.)
-static DECISIONS: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+/// What a decision left to do once its transaction committed.
+enum Decided {
+    /// Nothing more: the request was rejected, or still waits for approvals.
+    Recorded(Approval),
+    /// The request had expired; the decision is refused.
+    Expired,
+    /// This decision completed the quorum and claimed the request (`executing`): it runs the operation.
+    Claimed(Approval),
+}
 
+fn read(tx: &mut dyn Tx, id: &str) -> Result<Approval, ApiError> {
+    let raw = tx.get_meta(APPROVALS, id)?.ok_or_else(|| {
+        ApiError::new(ErrorCode::NotFound, format!("approval {id} does not exist"))
+    })?;
+    serde_json::from_slice(&raw)
+        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "store corrupt: approval"))
+}
+
+fn write(tx: &mut dyn Tx, a: &Approval) -> Result<(), ApiError> {
+    let json = serde_json::to_vec(a)
+        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "approval encoding"))?;
+    Ok(tx.put_meta(APPROVALS, &a.approval_id, &json)?)
+}
+
+/// Takes a decision on a request.
+///
+/// The decision is read, checked and written in one store transaction, and store transactions are
+/// serialised across every node sharing the store (SQLite `BEGIN IMMEDIATE`, PostgreSQL's write lock). The
+/// decision that completes the quorum moves the request to `executing` in that same transaction, so exactly
+/// one approver, on whichever node, runs the operation; any other decision then finds the request no longer
+/// pending. The operation itself runs after the commit (it takes transactions of its own).
 fn decide(
     app: &AppState,
     caller: &Caller,
@@ -293,80 +313,110 @@ fn decide(
     id: &str,
     approve: bool,
 ) -> Result<Reply, ApiError> {
-    let _one_at_a_time = DECISIONS.lock();
-    let mut a = load(app, id)?;
-    let now = app.clock.now();
-    if a.status == "pending" && a.expires_at <= now {
-        a.status = "expired".into();
-        save(app, &a)?;
-    }
-    if a.status != "pending" {
-        return Err(ApiError::new(
-            ErrorCode::InvalidState,
-            format!("approval {id} is {}", a.status),
-        ));
-    }
-    let who = caller.principal.name.clone();
-    if who == a.requested_by {
-        return Err(ApiError::new(
-            ErrorCode::AccessDenied,
-            "the requester cannot approve or reject its own request",
-        ));
-    }
     // The approver must itself be allowed to perform the operation, by its roles and its policies (an
-    // explicit deny on the key wins here as everywhere).
-    let action = a.operation.action();
-    if !caller.may(app, action, a.operation.key_id()) {
-        return Err(ApiError::new(
-            ErrorCode::AccessDenied,
-            format!("{who} may not perform {}", action.name()),
-        ));
-    }
-    if !approve {
-        a.status = "rejected".into();
-        a.rejected_by = Some(who);
-        save(app, &a)?;
-        return Reply::ok(&a);
-    }
-    if a.approvals.contains(&who) {
-        return Err(ApiError::new(
-            ErrorCode::AlreadyExists,
-            format!("{who} already approved {id}"),
-        ));
-    }
-    a.approvals.push(who);
-    if a.approvals.len() as u32 >= a.required {
-        // The operation is recorded before it runs, as a direct request's change is: if the record cannot
-        // be made durable the approval stays pending and nothing happens.
-        if app.config.audit {
-            app.audit
-                .append_blocking(executed(&a, meta, "allow", None))?;
+    // explicit deny on the key wins here as everywhere). The operation never changes once requested, and the
+    // check reads policies and keys, so it is made before the transaction.
+    let operation = load(app, id)?.operation;
+    let action = operation.action();
+    let allowed = caller.may(app, action, operation.key_id());
+    let who = caller.principal.name.clone();
+    let now = app.clock.now();
+    let decided = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+        let mut a = read(tx, id)?;
+        if a.status == "pending" && a.expires_at <= now {
+            a.status = "expired".into();
+            write(tx, &a)?;
+            return Ok(Decided::Expired);
         }
-        match execute(app, &a.operation) {
-            Ok(result) => {
-                a.status = "executed".into();
-                a.result = Some(result);
-            }
-            Err(e) => {
-                if app.config.audit {
-                    let code = Some(e.code().as_str().to_string());
-                    app.audit
-                        .append_blocking(executed(&a, meta, "error", code))?;
-                }
-                a.status = "failed".into();
-                a.result = Some(serde_json::to_value(e.body()).unwrap_or_default());
-                save(app, &a)?;
-                return Err(e);
-            }
+        if a.status != "pending" {
+            return Err(ApiError::new(
+                ErrorCode::InvalidState,
+                format!("approval {id} is {}", a.status),
+            ));
         }
-    }
-    save(app, &a)?;
+        if who == a.requested_by {
+            return Err(ApiError::new(
+                ErrorCode::AccessDenied,
+                "the requester cannot approve or reject its own request",
+            ));
+        }
+        if !allowed {
+            return Err(ApiError::new(
+                ErrorCode::AccessDenied,
+                format!("{who} may not perform {}", action.name()),
+            ));
+        }
+        if !approve {
+            a.status = "rejected".into();
+            a.rejected_by = Some(who.clone());
+            write(tx, &a)?;
+            return Ok(Decided::Recorded(a));
+        }
+        if a.approvals.contains(&who) {
+            return Err(ApiError::new(
+                ErrorCode::AlreadyExists,
+                format!("{who} already approved {id}"),
+            ));
+        }
+        a.approvals.push(who.clone());
+        if (a.approvals.len() as u32) < a.required {
+            write(tx, &a)?;
+            return Ok(Decided::Recorded(a));
+        }
+        a.status = "executing".into();
+        write(tx, &a)?;
+        Ok(Decided::Claimed(a))
+    })?;
+    let a = match decided {
+        Decided::Recorded(a) => a,
+        Decided::Expired => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidState,
+                format!("approval {id} is expired"),
+            ))
+        }
+        Decided::Claimed(a) => run(app, meta, a)?,
+    };
     let key = a.operation.key_id().map(str::to_string);
     let reply = Reply::ok(&a)?;
     Ok(match key {
         Some(k) => reply.key(k, None),
         None => reply,
     })
+}
+
+/// Runs the operation of a request this node claimed, and stores how it ended.
+fn run(app: &AppState, meta: &Meta, mut a: Approval) -> Result<Approval, ApiError> {
+    // The operation is recorded before it runs, as a direct request's change is: if the record cannot be
+    // made durable, the claim is given back (the request is pending again, without this approval) and
+    // nothing happens.
+    if app.config.audit {
+        if let Err(e) = app.audit.append_blocking(executed(&a, meta, "allow", None)) {
+            a.status = "pending".into();
+            a.approvals.pop();
+            save(app, &a)?;
+            return Err(e.into());
+        }
+    }
+    match execute(app, &a.operation) {
+        Ok(result) => {
+            a.status = "executed".into();
+            a.result = Some(result);
+            save(app, &a)?;
+            Ok(a)
+        }
+        Err(e) => {
+            a.status = "failed".into();
+            a.result = Some(serde_json::to_value(e.body()).unwrap_or_default());
+            save(app, &a)?;
+            if app.config.audit {
+                let code = Some(e.code().as_str().to_string());
+                app.audit
+                    .append_blocking(executed(&a, meta, "error", code))?;
+            }
+            Err(e)
+        }
+    }
 }
 
 /// `POST /v1/approvals/{id}/approve`.
@@ -426,11 +476,17 @@ pub async fn list(
         move |_| {
             crate::convert::only(&q, &["status"])?;
             if let Some(status) = q.get("status") {
-                const STATUSES: [&str; 5] =
-                    ["pending", "executed", "rejected", "expired", "failed"];
+                const STATUSES: [&str; 6] = [
+                    "pending",
+                    "executing",
+                    "executed",
+                    "rejected",
+                    "expired",
+                    "failed",
+                ];
                 if !STATUSES.contains(&status.as_str()) {
                     return Err(ApiError::validation(
-                        "status is pending, executed, rejected, expired or failed",
+                        "status is pending, executing, executed, rejected, expired or failed",
                     ));
                 }
             }
