@@ -174,8 +174,8 @@ enum Command {
         /// Only this principal.
         #[arg(long)]
         principal: Option<String>,
-        /// Only records concerning this key (its id, or an alias, looked up now): its own requests and the
-        /// re-encryptions that read its ciphertexts.
+        /// Only records concerning this key (its id, or an alias, which the service looks up now): its own
+        /// requests and the re-encryptions that read its ciphertexts.
         #[arg(long)]
         key: Option<String>,
         /// Only this action (kms:Encrypt, ...).
@@ -561,7 +561,7 @@ enum PolicyCmd {
 enum ApprovalCmd {
     /// List approval requests, oldest first.
     List {
-        /// Only those in this status: pending, executed, rejected, expired or failed.
+        /// Only those in this status: pending, executing, executed, rejected, expired or failed.
         #[arg(long)]
         status: Option<String>,
     },
@@ -1365,19 +1365,6 @@ async fn run(cli: Cli) -> Res {
             all,
             filter,
         } => {
-            let key_id = match key {
-                Some(k) if k.starts_with("alias/") => match c.describe_key(&k).await {
-                    Ok(info) => Some(info.key_id),
-                    Err(keyward_client::Error::Api { code, .. }) if code == "NotFound" => {
-                        eprintln!(
-                            "note: {k} names no key now; showing the records that name it as given"
-                        );
-                        Some(k)
-                    }
-                    Err(x) => return Err(e(x)),
-                },
-                other => other,
-            };
             let limit = limit.map(|n| n.to_string());
             let mut url =
                 reqwest::Url::parse("http://keyward/v1/audit").map_err(|x| x.to_string())?;
@@ -1385,7 +1372,7 @@ async fn run(cli: Cli) -> Res {
                 let mut q = url.query_pairs_mut();
                 for (name, value) in [
                     ("principal", principal),
-                    ("key_id", key_id),
+                    ("key_id", key),
                     ("action", action),
                     ("outcome", outcome),
                     ("since", since),

@@ -2178,24 +2178,8 @@ async fn quorum_deletion_waits_for_two_other_approvers() {
         )
         .await;
         assert_eq!(st, 202, "{v}");
-        let path = format!(
-            "/v1/approvals/{}/approve",
-            v["approval_id"].as_str().unwrap()
-        );
-        let (x, y) = tokio::join!(
-            raw(a, "POST", &path, Some(&ops2), None),
-            raw(a, "POST", &path, Some(&ops3), None)
-        );
-        let mut outcomes = [
-            (x.0, x.1["status"].as_str().map(str::to_string)),
-            (y.0, y.1["status"].as_str().map(str::to_string)),
-        ];
-        outcomes.sort();
-        assert_eq!(
-            outcomes,
-            [(200, Some("executed".to_string())), (409, None)],
-            "{x:?} {y:?}"
-        );
+        let id = v["approval_id"].as_str().unwrap();
+        common::approve_at_once(id, (a, &ops2), (a, &ops3)).await;
         let (_, list, _) = raw(a, "GET", "/v1/approvals?status=executed", Some(&ops1), None).await;
         assert!(list["approvals"]
             .as_array()
@@ -2422,4 +2406,38 @@ async fn audit_records_name_the_key_by_id_however_the_request_named_it() {
         ],
         "{trail}"
     );
+    // The service looks an alias up for the filter, so an auditor gets the same trail by the alias.
+    let auditor = token_for(&server, "auditor", &["auditor"]).await;
+    let (st, by_alias, _) = raw(
+        a,
+        "GET",
+        "/v1/audit?key_id=alias%2Fa&limit=1000",
+        Some(&auditor),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{by_alias}");
+    assert_eq!(by_alias["records"], trail["records"]);
+    // An alias that names no key is matched as given: the records of requests refused before any lookup.
+    let (st, _, _) = raw(
+        a,
+        "POST",
+        "/v1/keys/alias%2Fnowhere/encrypt",
+        None,
+        Some(br#"{"plaintext": "bQ=="}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(st, 401);
+    let (st, literal, _) = raw(
+        a,
+        "GET",
+        "/v1/audit?key_id=alias%2Fnowhere",
+        Some(&auditor),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{literal}");
+    let literal = literal["records"].as_array().unwrap();
+    assert_eq!(literal.len(), 1, "{literal:?}");
+    assert_eq!(literal[0]["outcome"], "deny");
 }
