@@ -704,8 +704,25 @@ async fn bad_input_gets_the_right_code_and_changes_nothing() {
         )
     };
     let before = snapshot(server.root(), k.key_id.clone()).await;
+    // Asymmetric keys that may not sign: X.509 structures they would sign are refused as such.
+    let agreement = create(&c, "ECC_NIST_P256", Some("KEY_AGREEMENT")).await;
+    let rsa_encryption = create(&c, "RSA_2048", Some("ENCRYPT_DECRYPT")).await;
 
     let cases: Vec<(&str, String, Option<Vec<u8>>, u16, &str)> = vec![
+        (
+            "POST",
+            format!("/v1/keys/{}/certificate", agreement.key_id),
+            Some(br#"{"days": 30}"#.to_vec()),
+            400,
+            "IncorrectKeyUsage",
+        ),
+        (
+            "POST",
+            format!("/v1/keys/{}/csr", rsa_encryption.key_id),
+            Some(br#"{"subject": "CN=x"}"#.to_vec()),
+            400,
+            "IncorrectKeyUsage",
+        ),
         (
             "POST",
             enc_path.clone(),
@@ -960,6 +977,17 @@ async fn bad_input_gets_the_right_code_and_changes_nothing() {
     );
 
     // State errors.
+    let signing = create(&c, "ECC_NIST_P256", Some("SIGN_VERIFY")).await;
+    c.key_action(&signing.key_id, "disable").await.unwrap();
+    let (st, v, _) = raw(
+        a,
+        "POST",
+        &format!("/v1/keys/{}/certificate", signing.key_id),
+        Some(ROOT),
+        Some(br#"{"days": 30}"#.to_vec()),
+    )
+    .await;
+    assert_eq!((st, code_of(&v)), (409, "KeyDisabled"), "{v}");
     c.key_action(&k.key_id, "disable").await.unwrap();
     assert_eq!(
         api_code(c.encrypt(&k.key_id, b"x", None).await),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use keyward_api::{CertificateRequest, CertificateResponse, CsrRequest, CsrResponse};
-use keyward_core::{ErrorCode, KeySpec, Kms, SignInput, SigningAlgorithm};
+use keyward_core::{ErrorCode, KeySpec, Kms, KmsError, SignInput, SigningAlgorithm};
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, IsCa, Issuer, PublicKeyData, SignatureAlgorithm,
     SigningKey,
@@ -24,7 +24,12 @@ struct KmsSigner {
     alg: SigningAlgorithm,
     x509_alg: &'static SignatureAlgorithm,
     raw_public_key: Vec<u8>,
+    /// Why the engine refused to sign: rcgen's callback can only say that signing failed, and the caller
+    /// must hear the engine's own refusal (a key-agreement key, a disabled key), not a server error.
+    refusal: Refusal,
 }
+
+type Refusal = Arc<parking_lot::Mutex<Option<KmsError>>>;
 
 impl PublicKeyData for KmsSigner {
     fn der_bytes(&self) -> &[u8] {
@@ -40,7 +45,10 @@ impl SigningKey for KmsSigner {
         self.kms
             .sign(&self.key, SignInput::Message(msg), self.alg)
             .map(|s| s.signature)
-            .map_err(|_| rcgen::Error::RemoteKeyError)
+            .map_err(|e| {
+                *self.refusal.lock() = Some(e);
+                rcgen::Error::RemoteKeyError
+            })
     }
 }
 
@@ -117,6 +125,7 @@ fn signer(kms: &Arc<Kms>, key: &str) -> Result<KmsSigner, ApiError> {
         alg,
         x509_alg,
         raw_public_key,
+        refusal: Refusal::default(),
     })
 }
 
@@ -166,12 +175,14 @@ fn params(sans: Vec<String>, dn: DistinguishedName) -> Result<CertificateParams,
     Ok(p)
 }
 
-fn x509_failed(e: rcgen::Error) -> ApiError {
-    match e {
-        rcgen::Error::RemoteKeyError => {
+/// The answer to a failed rcgen call: the engine's refusal when the signature was refused.
+fn x509_failed(refusal: &Refusal) -> impl Fn(rcgen::Error) -> ApiError + '_ {
+    move |e| match (e, refusal.lock().take()) {
+        (rcgen::Error::RemoteKeyError, Some(refused)) => ApiError(refused),
+        (rcgen::Error::RemoteKeyError, None) => {
             ApiError::new(ErrorCode::Unavailable, "the key could not sign")
         }
-        other => ApiError::validation(format!("cannot build the X.509 structure: {other}")),
+        (other, _) => ApiError::validation(format!("cannot build the X.509 structure: {other}")),
     }
 }
 
@@ -193,8 +204,9 @@ pub async fn csr(
             let r: CsrRequest = parse(&body)?;
             let signer = signer(&a.kms, &key)?;
             let p = params(r.sans.unwrap_or_default(), subject(&r.subject)?)?;
-            let csr = p.serialize_request(&signer).map_err(x509_failed)?;
-            let csr_pem = csr.pem().map_err(x509_failed)?;
+            let failed = x509_failed(&signer.refusal);
+            let csr = p.serialize_request(&signer).map_err(&failed)?;
+            let csr_pem = csr.pem().map_err(&failed)?;
             Reply::ok(&CsrResponse { csr_pem }).map(|x| x.key(signer.key.clone(), None))
         },
     )
@@ -221,6 +233,8 @@ pub async fn certificate(
                 return Err(ApiError::validation("days must be 1 to 36500"));
             }
             let signer = signer(&a.kms, &key)?;
+            let refusal = signer.refusal.clone();
+            let failed = x509_failed(&refusal);
             let now = time::OffsetDateTime::now_utc();
             let not_after = now + time::Duration::days(r.days as i64);
             let is_ca = if r.is_ca.unwrap_or(false) {
@@ -238,7 +252,7 @@ pub async fn certificate(
                     p.not_before = now;
                     p.not_after = not_after;
                     p.is_ca = is_ca;
-                    p.self_signed(&signer).map_err(x509_failed)?.pem()
+                    p.self_signed(&signer).map_err(&failed)?.pem()
                 }
                 Some(csr_pem) => {
                     let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
@@ -254,7 +268,7 @@ pub async fn certificate(
                     ca.distinguished_name = issuer_dn;
                     let key_id = signer.key.clone();
                     let issuer = Issuer::new(ca, signer);
-                    let cert = csr.signed_by(&issuer).map_err(x509_failed)?;
+                    let cert = csr.signed_by(&issuer).map_err(&failed)?;
                     return Reply::ok(&CertificateResponse {
                         certificate_pem: cert.pem(),
                     })
