@@ -11,6 +11,11 @@ S = {"type": "string"}
 B64 = {"type": "string", "format": "byte"}
 INT = {"type": "integer", "minimum": 0}
 BOOL = {"type": "boolean"}
+DAYS = {"type": "integer", "minimum": 1, "maximum": 3650}
+SIGNING = {"type": "string", "enum": [
+    "RSASSA_PSS_SHA_256", "RSASSA_PSS_SHA_384", "RSASSA_PSS_SHA_512", "RSASSA_PKCS1_V1_5_SHA_256", "RSASSA_PKCS1_V1_5_SHA_384",
+    "RSASSA_PKCS1_V1_5_SHA_512", "ECDSA_SHA_256", "ECDSA_SHA_384", "ECDSA_SHA_512", "ED25519", "SM2DSA"]}
+MACS = {"type": "string", "enum": ["HMAC_SHA_224", "HMAC_SHA_256", "HMAC_SHA_384", "HMAC_SHA_512"]}
 CTX = {"type": "object", "additionalProperties": {"type": "string"}, "description": "Encryption context"}
 
 
@@ -49,7 +54,7 @@ schemas = {
                                              "ED25519", "SM2", "HMAC_224", "HMAC_256", "HMAC_384", "HMAC_512"]},
         "usage": {"type": "string", "enum": ["ENCRYPT_DECRYPT", "SIGN_VERIFY", "GENERATE_VERIFY_MAC", "KEY_AGREEMENT"]},
         "description": S, "alias": S, "tags": {"type": "object", "additionalProperties": S},
-        "rotation_period_days": INT, "exportable": BOOL,
+        "rotation_period_days": DAYS, "exportable": BOOL,
         "origin": {"type": "string", "enum": ["KEYWARD", "HSM", "EXTERNAL"]}, "quorum": ref("Quorum"), "allow_legacy": BOOL,
     }, ["spec"]),
     "Key": obj({"key_id": S, "alias": S, "spec": S, "usage": S,
@@ -60,7 +65,7 @@ schemas = {
                 "deletion_date": {"type": "string", "format": "date-time"}, "origin": S, "exportable": BOOL, "quorum": ref("Quorum")}),
     "KeyList": obj({"keys": {"type": "array", "items": ref("Key")}, "next_token": {"type": "string", "nullable": True}}),
     "UpdateKeyRequest": obj({"description": S, "tags": {"type": "object", "additionalProperties": S},
-                             "rotation_period_days": {"type": "integer", "nullable": True}, "min_decryption_version": INT}),
+                             "rotation_period_days": {**DAYS, "nullable": True}, "min_decryption_version": INT}),
     "Version": obj({"version": INT, "state": {"type": "string", "enum": ["Enabled", "Disabled", "Archived", "Destroyed"]},
                     "created_at": {"type": "string", "format": "date-time"}, "destroyed_at": {"type": "string", "format": "date-time"}}),
     "VersionList": obj({"versions": {"type": "array", "items": ref("Version")}}),
@@ -75,27 +80,28 @@ schemas = {
     "Alias": obj({"alias": S, "key_id": S}),
     "AliasList": obj({"aliases": {"type": "array", "items": ref("Alias")}, "next_token": {"type": "string", "nullable": True}}),
     "EncryptItem": obj({"plaintext": B64, "context": CTX, "algorithm": {"type": "string", "enum": ["SYMMETRIC_DEFAULT", "RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256", "SM2PKE"]}}, ["plaintext"]),
-    "EncryptRequest": {"oneOf": [ref("EncryptItem"), obj({"items": {"type": "array", "maxItems": 1000, "items": ref("EncryptItem")}}, ["items"])]},
+    # In a batch, a value the service checks per item (an unknown algorithm, a key that refuses) fails only its
+    # item: the answer is 200 with that item's error in its place.
+    "EncryptBatchItem": obj({"plaintext": B64, "context": CTX, "algorithm": {"type": "string", "description": "as in a single request"}}, ["plaintext"]),
+    "EncryptRequest": {"oneOf": [ref("EncryptItem"), obj({"items": {"type": "array", "minItems": 1, "maxItems": 1000, "items": ref("EncryptBatchItem")}}, ["items"])]},
     "EncryptResponse": obj({"ciphertext": B64, "key_id": S, "version": INT}),
     "DecryptItem": obj({"ciphertext": B64, "context": CTX, "algorithm": S}, ["ciphertext"]),
-    "DecryptRequest": {"oneOf": [ref("DecryptItem"), obj({"items": {"type": "array", "maxItems": 1000, "items": ref("DecryptItem")}}, ["items"])]},
+    "DecryptRequest": {"oneOf": [ref("DecryptItem"), obj({"items": {"type": "array", "minItems": 1, "maxItems": 1000, "items": ref("DecryptItem")}}, ["items"])]},
     "DecryptResponse": obj({"plaintext": B64, "key_id": S, "version": INT}),
     "ReencryptItem": obj({"ciphertext": B64, "context": CTX, "new_context": CTX}, ["ciphertext"]),
-    "ReencryptRequest": {"oneOf": [ref("ReencryptItem"), obj({"items": {"type": "array", "maxItems": 1000, "items": ref("ReencryptItem")}}, ["items"])]},
-    "BatchResponse": obj({"items": {"type": "array", "items": {"type": "object"}}}),
+    "ReencryptRequest": {"oneOf": [ref("ReencryptItem"), obj({"items": {"type": "array", "minItems": 1, "maxItems": 1000, "items": ref("ReencryptItem")}}, ["items"])]},
     "DataKeyRequest": obj({"spec": {"type": "string", "enum": ["AES_256", "AES_128"]}, "context": CTX, "include_plaintext": BOOL}, ["spec"]),
     "DataKeyResponse": obj({"plaintext": B64, "ciphertext": B64, "key_id": S, "version": INT}),
-    "DataKeyPairRequest": obj({"spec": S, "context": CTX, "include_plaintext": BOOL}, ["spec"]),
+    "DataKeyPairRequest": obj({"spec": {"type": "string", "enum": ["RSA_2048", "RSA_3072", "RSA_4096", "ECC_NIST_P256", "ECC_NIST_P384",
+                                                                   "ECC_NIST_P521", "ECC_SECG_P256K1", "ED25519", "SM2"]}, "context": CTX, "include_plaintext": BOOL}, ["spec"]),
     "DataKeyPairResponse": obj({"public_key_der": B64, "private_key_ciphertext": B64, "private_key_der": B64, "key_id": S, "version": INT}),
-    "SignRequest": obj({"message": B64, "digest": B64, "algorithm": {"type": "string", "enum": [
-        "RSASSA_PSS_SHA_256", "RSASSA_PSS_SHA_384", "RSASSA_PSS_SHA_512", "RSASSA_PKCS1_V1_5_SHA_256", "RSASSA_PKCS1_V1_5_SHA_384",
-        "RSASSA_PKCS1_V1_5_SHA_512", "ECDSA_SHA_256", "ECDSA_SHA_384", "ECDSA_SHA_512", "ED25519", "SM2DSA"]}}, ["algorithm"]),
+    "SignRequest": obj({"message": B64, "digest": B64, "algorithm": SIGNING}, ["algorithm"]),
     "SignResponse": obj({"signature": B64, "key_id": S, "version": INT, "algorithm": S}),
-    "VerifyRequest": obj({"message": B64, "digest": B64, "signature": B64, "algorithm": S, "version": INT}, ["signature", "algorithm"]),
+    "VerifyRequest": obj({"message": B64, "digest": B64, "signature": B64, "algorithm": SIGNING, "version": INT}, ["signature", "algorithm"]),
     "Validity": obj({"valid": BOOL}),
-    "MacRequest": obj({"message": B64, "algorithm": {"type": "string", "enum": ["HMAC_SHA_224", "HMAC_SHA_256", "HMAC_SHA_384", "HMAC_SHA_512"]}}, ["message", "algorithm"]),
+    "MacRequest": obj({"message": B64, "algorithm": MACS}, ["message", "algorithm"]),
     "MacResponse": obj({"mac": B64, "key_id": S, "version": INT}),
-    "VerifyMacRequest": obj({"message": B64, "mac": B64, "algorithm": S}, ["message", "mac", "algorithm"]),
+    "VerifyMacRequest": obj({"message": B64, "mac": B64, "algorithm": MACS}, ["message", "mac", "algorithm"]),
     "DeriveRequest": obj({"context": B64, "length": {"type": "integer", "minimum": 16, "maximum": 64}, "include_plaintext": BOOL}, ["context", "length"]),
     "DeriveResponse": obj({"ciphertext": B64, "plaintext": B64}),
     "AgreeRequest": obj({"peer_public_key_der": B64}, ["peer_public_key_der"]),
@@ -104,13 +110,13 @@ schemas = {
     "RandomResponse": obj({"random": B64}),
     "CsrRequest": obj({"subject": S, "sans": {"type": "array", "items": S}}, ["subject"]),
     "CsrResponse": obj({"csr_pem": S}),
-    "CertificateRequest": obj({"csr_pem": S, "subject": S, "days": INT, "is_ca": BOOL}, ["days"]),
+    "CertificateRequest": obj({"csr_pem": S, "subject": S, "days": {"type": "integer", "minimum": 1, "maximum": 36500}, "is_ca": BOOL}, ["days"]),
     "CertificateResponse": obj({"certificate_pem": S}),
-    "CreateIdentityRequest": obj({"name": S, "kind": {"type": "string", "enum": ["service", "user"]},
+    "CreateIdentityRequest": obj({"name": {"type": "string", "pattern": "^[A-Za-z0-9._@-]{1,64}$", "description": "not root"}, "kind": {"type": "string", "enum": ["service", "user"]},
                                   "roles": {"type": "array", "items": {"type": "string", "enum": ["admin", "key-admin", "key-user", "auditor"]}},
                                   "policies": {"type": "array", "items": S}, "password": S}, ["name", "kind"]),
     "Identity": obj({"name": S, "kind": S, "roles": {"type": "array", "items": S}, "policies": {"type": "array", "items": S},
-                     "created_at": {"type": "string", "format": "date-time"}, "password": BOOL}),
+                     "created_at": {"type": "string", "format": "date-time"}, "password": BOOL, "mfa": BOOL}),
     "TokenRequest": obj({"ttl_seconds": {"type": "integer", "minimum": 1, "maximum": 31622400}}),
     "TokenResponse": obj({"token": S, "token_id": S, "expires_at": {"type": "string", "format": "date-time"}}),
     "MfaResponse": obj({"totp_uri": S}),
@@ -138,6 +144,16 @@ schemas = {
     "AuditVerification": obj({"valid": BOOL, "records": INT, "head": S, "first_bad_seq": INT}),
 }
 
+
+def answer(single):
+    """A crypto call's answer: the single form, or a batch whose items are answers or errors, in order."""
+    items = {"type": "array", "items": {"oneOf": [ref(single), ref("Error")]}}
+    return {"oneOf": [ref(single), obj({"items": items}, ["items"])]}
+
+
+for name in ["EncryptResponse", "DecryptResponse"]:
+    schemas[name.replace("Response", "Answer")] = answer(name)
+
 KEY = {"name": "key", "in": "path", "required": True, "schema": S, "description": "Key id (UUID), alias%2FNAME or alias:NAME"}
 LIMIT = [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
          {"name": "next_token", "in": "query", "schema": S}]
@@ -158,7 +174,8 @@ ops = [
     ("get", "/v1/openapi.json", "kms:OpenApi", None, (200, None), [], True),
     ("post", "/v1/keys", "kms:CreateKey", "CreateKeyRequest", (201, "Key"), [], False),
     ("get", "/v1/keys", "kms:ListKeys", None, (200, "KeyList"), LIMIT + [
-        {"name": "state", "in": "query", "schema": S}, {"name": "spec", "in": "query", "schema": S},
+        {"name": "state", "in": "query", "schema": {"type": "string", "enum": ["Enabled", "Disabled", "PendingDeletion", "Destroyed"]}},
+        {"name": "spec", "in": "query", "schema": S},
         {"name": "tag", "in": "query", "schema": S, "description": "key:value"}], False),
     ("get", "/v1/keys/{key}", "kms:DescribeKey", None, (200, "Key"), [KEY], False),
     ("patch", "/v1/keys/{key}", "kms:UpdateKey", "UpdateKeyRequest", (200, "Key"), [KEY], False),
@@ -179,10 +196,10 @@ ops = [
     ("get", "/v1/aliases", "kms:ListAliases", None, (200, "AliasList"), LIMIT, False),
     ("put", "/v1/aliases/{name}", "kms:PutAlias", "PutAliasRequest", (200, "Alias"), [{"name": "name", "in": "path", "required": True, "schema": S}], False),
     ("delete", "/v1/aliases/{name}", "kms:DeleteAlias", None, (204, None), [{"name": "name", "in": "path", "required": True, "schema": S}], False),
-    ("post", "/v1/keys/{key}/encrypt", "kms:Encrypt", "EncryptRequest", (200, "EncryptResponse"), [KEY], False),
-    ("post", "/v1/decrypt", "kms:Decrypt", "DecryptRequest", (200, "DecryptResponse"), [], False),
-    ("post", "/v1/keys/{key}/decrypt", "kms:Decrypt", "DecryptRequest", (200, "DecryptResponse"), [KEY], False),
-    ("post", "/v1/keys/{key}/reencrypt", "kms:ReEncrypt", "ReencryptRequest", (200, "EncryptResponse"), [KEY], False),
+    ("post", "/v1/keys/{key}/encrypt", "kms:Encrypt", "EncryptRequest", (200, "EncryptAnswer"), [KEY], False),
+    ("post", "/v1/decrypt", "kms:Decrypt", "DecryptRequest", (200, "DecryptAnswer"), [], False),
+    ("post", "/v1/keys/{key}/decrypt", "kms:Decrypt", "DecryptRequest", (200, "DecryptAnswer"), [KEY], False),
+    ("post", "/v1/keys/{key}/reencrypt", "kms:ReEncrypt", "ReencryptRequest", (200, "EncryptAnswer"), [KEY], False),
     ("post", "/v1/keys/{key}/data-key", "kms:GenerateDataKey", "DataKeyRequest", (200, "DataKeyResponse"), [KEY], False),
     ("post", "/v1/keys/{key}/data-key-pair", "kms:GenerateDataKeyPair", "DataKeyPairRequest", (200, "DataKeyPairResponse"), [KEY], False),
     ("post", "/v1/keys/{key}/sign", "kms:Sign", "SignRequest", (200, "SignResponse"), [KEY], False),
@@ -204,7 +221,8 @@ ops = [
     ("put", "/v1/policies/{name}", "kms:PutPolicy", "Policy", (200, "Policy"), [{"name": "name", "in": "path", "required": True, "schema": S}], False),
     ("get", "/v1/policies/{name}", "kms:GetPolicy", None, (200, "Policy"), [{"name": "name", "in": "path", "required": True, "schema": S}], False),
     ("delete", "/v1/policies/{name}", "kms:DeletePolicy", None, (204, None), [{"name": "name", "in": "path", "required": True, "schema": S}], False),
-    ("get", "/v1/approvals", "kms:ListApprovals", None, (200, "ApprovalList"), [{"name": "status", "in": "query", "schema": S}], False),
+    ("get", "/v1/approvals", "kms:ListApprovals", None, (200, "ApprovalList"), [{"name": "status", "in": "query", "schema": {"type": "string", "enum": [
+         "pending", "executing", "executed", "rejected", "expired", "failed"]}}], False),
     ("post", "/v1/approvals/{id}/approve", "kms:Approve", None, (200, "Approval"), [{"name": "id", "in": "path", "required": True, "schema": S}], False),
     ("post", "/v1/approvals/{id}/reject", "kms:Reject", None, (200, "Approval"), [{"name": "id", "in": "path", "required": True, "schema": S}], False),
     ("get", "/v1/audit", "kms:ReadAudit", None, (200, "AuditPage"), LIMIT + [
@@ -224,6 +242,20 @@ ERRORS = {
     "413": "PayloadTooLarge", "429": "Throttled", "503": "Sealed or Unavailable",
 }
 
+# An optional field of a request may be sent as null, which means the same as leaving it out.
+for name in {op[3] for op in ops if op[3]} | {"EncryptItem", "EncryptBatchItem", "DecryptItem", "ReencryptItem"}:
+    schema = schemas[name]
+    for field, prop in schema.get("properties", {}).items():
+        if field not in schema.get("required", []) and "$ref" not in prop:
+            schema["properties"][field] = {**prop, "nullable": True}
+
+# Destructive operations wait for approvals when the key (or the service) asks for a quorum.
+HELD_FOR_APPROVAL = {
+    ("post", "/v1/keys/{key}/schedule-deletion"), ("post", "/v1/keys/{key}/versions/{n}/{action}"),
+    ("post", "/v1/keys/{key}/export"), ("post", "/v1/sys/rotate-root"),
+    ("put", "/v1/policies/{name}"), ("delete", "/v1/policies/{name}"),
+}
+
 paths = {}
 for method, path, action, req, (status, resp), params, public in ops:
     op = {"operationId": f"{method}{path.replace('/', '_').replace('{', '').replace('}', '').replace('-', '_')}",
@@ -231,13 +263,21 @@ for method, path, action, req, (status, resp), params, public in ops:
     if public:
         op["security"] = []
     if req:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(req)}}}
+        # A request with no body is read as `{}`: the body may be left out where no field is required.
+        body_required = "oneOf" in schemas[req] or bool(schemas[req].get("required"))
+        op["requestBody"] = {"required": body_required, "content": {"application/json": {"schema": ref(req)}}}
     if resp:
         op["responses"][str(status)] = {"description": "Success", "content": {"application/json": {"schema": ref(resp)}}}
     else:
         op["responses"][str(status)] = {"description": "Success"}
     for code, text in ERRORS.items():
         op["responses"][code] = {"description": text, "content": {"application/json": {"schema": ref("Error")}}}
+    if (method, path) in HELD_FOR_APPROVAL:
+        op["responses"]["202"] = {"description": "Held until a quorum approves it (the key's or the service's)",
+                                  "content": {"application/json": {"schema": ref("ApprovalPending")}}}
+    if path == "/v1/health":
+        op["responses"]["503"] = {"description": "Not serving: sealed, uninitialised or the store unavailable",
+                                  "content": {"application/json": {"schema": ref("Health")}}}
     paths.setdefault(path, {})[method] = op
 
 doc = {

@@ -1,4 +1,5 @@
 """Starts a real `keyward serve --dev` for the Python suite, which acts as an independent client."""
+import contextlib
 import os
 import socket
 import subprocess
@@ -38,8 +39,9 @@ class Api:
         return self.call("POST", "/v1/keys", body, expect=201)
 
 
-@pytest.fixture(scope="session")
-def server():
+@contextlib.contextmanager
+def running_server():
+    """A `keyward serve --dev` of its own, with a fresh data directory, stopped on exit."""
     assert os.path.exists(BIN), f"build the binary first: {BIN}"
     data = tempfile.mkdtemp(prefix="keyward-py-")
     port = free_port()
@@ -59,9 +61,17 @@ def server():
     else:
         proc.kill()
         raise RuntimeError("keyward did not start")
-    yield {"base": base, "data": data, "log": os.path.join(data, "server.log"), "port": port}
-    proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        yield {"base": base, "data": data, "log": os.path.join(data, "server.log"), "port": port, "proc": proc}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def server():
+    with running_server() as s:
+        yield s
 
 
 @pytest.fixture
