@@ -39,6 +39,26 @@ class Api:
         return self.call("POST", "/v1/keys", body, expect=201)
 
 
+def run_measured(args, env):
+    """Runs the CLI and returns the peak resident set of its own image in KiB (`VmHWM`, which `exec` resets,
+    read while it runs; a forked parent's pages would hide a small peak from `wait4`'s figure)."""
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]))
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+        time.sleep(0.02)
+    err = proc.stderr.read()
+    assert proc.returncode == 0, f"{args[1]}: {err.decode()}"
+    assert peak > 0, "the process ended before its memory could be read"
+    return peak
+
+
 @contextlib.contextmanager
 def running_server():
     """A `keyward serve --dev` of its own, with a fresh data directory, stopped on exit."""

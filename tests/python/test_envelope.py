@@ -2,34 +2,13 @@
 import os
 import subprocess
 import tempfile
-import time
 
-from conftest import BIN, ROOT
+from conftest import BIN, ROOT, run_measured
 
 GIB = 1 << 30
 # The binary's own footprint (about 35 MiB: runtime, TLS roots, allocator) plus a few segments, whatever the
 # size of the file.
 LIMIT_KIB = 96 * 1024
-
-
-def run_measured(args, env):
-    """Runs the CLI and returns the peak resident set of its own image in KiB (`VmHWM`, which `exec` resets,
-    read while it runs; a forked parent's pages would hide a small peak from `wait4`'s figure)."""
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            with open(f"/proc/{proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        peak = max(peak, int(line.split()[1]))
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-        time.sleep(0.02)
-    err = proc.stderr.read()
-    assert proc.returncode == 0, f"{args[1]}: {err.decode()}"
-    assert peak > 0, "the process ended before its memory could be read"
-    return peak
 
 
 def test_a_1_gib_file_round_trips_in_constant_memory(api, server):

@@ -5,7 +5,6 @@ import hashlib
 import hmac
 import os
 import subprocess
-import sys
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -14,7 +13,7 @@ from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 import pytest
 import requests
 
-from conftest import BIN, ROOT
+from conftest import BIN, ROOT, run_measured
 
 b64 = lambda b: base64.b64encode(b).decode()
 unb64 = base64.b64decode
@@ -158,29 +157,6 @@ def test_bad_input_is_refused_with_contract_codes(api, server):
     assert (r.status_code, r.json()["error"]["code"]) == (401, "Unauthenticated")
 
 
-# Forks and runs a command, then prints the command's peak resident set. Linux keeps a process's high-water
-# mark across fork and exec, so a command started straight from this (large) test process would report at
-# least this process's size; started from this small interpreter, it reports its own.
-MEASURE = """
-import os, sys
-pid = os.fork()
-if pid == 0:
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 1)
-    os.execv(sys.argv[1], sys.argv[1:])
-_, status, usage = os.wait4(pid, 0)
-print(usage.ru_maxrss)
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-
-
-def peak_rss_kib(cmd, env):
-    """Runs `cmd` to success and returns its own peak resident set in KiB."""
-    run = subprocess.run([sys.executable, "-c", MEASURE, *cmd], env=env, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    return int(run.stdout)
-
-
 def test_streaming_file_encryption_runs_in_constant_memory(server, tmp_path):
     big = tmp_path / "big.bin"
     with open(big, "wb") as f:
@@ -192,8 +168,8 @@ def test_streaming_file_encryption_runs_in_constant_memory(server, tmp_path):
     import json
     key_id = json.loads(key)["key_id"]
     peak_kib = max(
-        peak_rss_kib([BIN, "encrypt", key_id, "--file", str(big)], env),
-        peak_rss_kib([BIN, "decrypt", "--file", str(big) + ".kws", "--out", str(tmp_path / "out.bin")], env),
+        run_measured([BIN, "encrypt", key_id, "--file", str(big)], env),
+        run_measured([BIN, "decrypt", "--file", str(big) + ".kws", "--out", str(tmp_path / "out.bin")], env),
     )
     assert peak_kib < 64 * 1024, f"the CLI used {peak_kib} KiB for a 256 MiB file"
     with open(big, "rb") as a, open(tmp_path / "out.bin", "rb") as b:

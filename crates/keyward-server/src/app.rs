@@ -183,6 +183,10 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 pub fn parse<T: DeserializeOwned>(body: &RawBody) -> Result<T, ApiError> {
     let bytes = body.0.as_ref().map_err(Clone::clone)?;
     let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { bytes };
+    // Every request body is an object. serde would also fill a struct from an array, by position.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::validation("the body must be a JSON object"));
+    }
     serde_json::from_slice(bytes).map_err(|e| ApiError::validation(explain::<T>(bytes, &e)))
 }
 
@@ -934,6 +938,30 @@ mod tests {
         items: Vec<Item>,
         #[serde(default)]
         limit: Option<u32>,
+    }
+
+    #[test]
+    fn a_body_is_an_object_or_nothing() {
+        let parse = |body: &'static str| {
+            super::parse::<Batch>(&super::RawBody(Ok(axum::body::Bytes::from_static(
+                body.as_bytes(),
+            ))))
+        };
+        assert!(parse(r#" {"items": []}"#).is_ok());
+        // serde would read these as the struct's fields by position.
+        for body in [r#"[[], 3]"#, " [[]]", "null", "\"items\"", "7"] {
+            let refused = parse(body).unwrap_err();
+            assert_eq!(
+                refused.0.message(),
+                "the body must be a JSON object",
+                "{body}"
+            );
+        }
+        assert!(parse("")
+            .unwrap_err()
+            .0
+            .message()
+            .contains("missing field `items`"));
     }
 
     fn refusal(body: &str) -> String {
