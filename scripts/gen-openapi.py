@@ -246,8 +246,12 @@ ERRORS = {
 for name in {op[3] for op in ops if op[3]} | {"EncryptItem", "EncryptBatchItem", "DecryptItem", "ReencryptItem"}:
     schema = schemas[name]
     for field, prop in schema.get("properties", {}).items():
-        if field not in schema.get("required", []) and "$ref" not in prop:
-            schema["properties"][field] = {**prop, "nullable": True}
+        if field in schema.get("required", []):
+            continue
+        if "$ref" in prop:
+            # `nullable` beside a `$ref` is ignored: the referenced object is written out in place.
+            prop = schemas[prop["$ref"].rsplit("/", 1)[1]]
+        schema["properties"][field] = {**prop, "nullable": True}
 
 # Destructive operations wait for approvals when the key (or the service) asks for a quorum.
 HELD_FOR_APPROVAL = {
