@@ -123,7 +123,8 @@ schemas = {
     "Approval": {"type": "object", "properties": {"approval_id": S, "status": {"type": "string", "enum": ["pending", "executing", "executed", "rejected", "expired", "failed"]},
                  "operation": {"type": "string", "enum": ["schedule_deletion", "destroy_version", "export", "rotate_root", "put_policy", "delete_policy"]},
                  "requested_by": S, "required": INT, "approvals": {"type": "array", "items": S}, "rejected_by": S,
-                 "created_at": {"type": "string", "format": "date-time"}, "expires_at": INT, "result": {"type": "object"}}},
+                 "created_at": {"type": "string", "format": "date-time"}, "expires_at": INT, "result": {"type": "object"},
+                 "claimed_by": {"type": "string", "description": "node id and process run that ran the operation"}}},
     "ApprovalList": obj({"approvals": {"type": "array", "items": ref("Approval")}}),
     "Policy": obj({"statements": {"type": "array", "minItems": 1, "maxItems": 100, "items": obj({
         "effect": {"type": "string", "enum": ["allow", "deny"]},

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{raw, Server, ROOT};
+use common::{code_of, raw, Server, ROOT};
 use keyward_api::*;
 
 fn base_url() -> String {
@@ -493,6 +493,131 @@ async fn two_nodes_approving_at_once_run_the_operation_once() {
         assert_eq!(shown.state, "PendingDeletion");
     }
     chain_verifies(&addr(2), &cluster.root).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_ends_the_approvals_it_left_executing() {
+    let scratch = Scratch::new();
+    let dir = tempfile::tempdir().unwrap();
+    let url = scratch.url();
+    let env = [("KEYWARD_DEV_ROOT_TOKEN", ROOT)];
+    let mut server = Server::start(dir.path(), &["--dev", "--store", &url], &env);
+    let addr = server.addr.clone();
+    let (_, health, _) = raw(&addr, "GET", "/v1/health", None, None).await;
+    let node = health["node_id"].as_str().unwrap().to_string();
+    let ops = token_on(&addr, ROOT, "ops1", &["key-admin"]).await;
+    // Two requests, left as a stopped process would leave them: one claimed by this node in an earlier
+    // run, one claimed by another node.
+    let mut requests = Vec::new();
+    for claim in [
+        format!("{node} earlier-run"),
+        "other-node some-run".to_string(),
+    ] {
+        let key = server
+            .root()
+            .create_key(&CreateKeyRequest {
+                spec: "AES_256".into(),
+                quorum: Some(Quorum { approvals: 1 }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .key_id;
+        let (st, v, _) = raw(
+            &addr,
+            "POST",
+            &format!("/v1/keys/{key}/schedule-deletion"),
+            Some(&ops),
+            Some(br#"{"pending_days": 7}"#.to_vec()),
+        )
+        .await;
+        assert_eq!(st, 202, "{v}");
+        requests.push((v["approval_id"].as_str().unwrap().to_string(), key, claim));
+    }
+    server.stop();
+    for (id, _, claim) in &requests {
+        sql(|c| {
+            let table = format!("{}.keyward_meta", scratch.0);
+            let row = c
+                .query_one(
+                    &format!("SELECT value FROM {table} WHERE ns = 'approval' AND name = $1"),
+                    &[id],
+                )
+                .unwrap();
+            let mut a: serde_json::Value = serde_json::from_slice(row.get(0)).unwrap();
+            a["status"] = "executing".into();
+            a["approvals"] = serde_json::json!(["ops2"]);
+            a["claimed_by"] = claim.as_str().into();
+            let value = serde_json::to_vec(&a).unwrap();
+            c.execute(
+                &format!("UPDATE {table} SET value = $1 WHERE ns = 'approval' AND name = $2"),
+                &[&value, id],
+            )
+            .unwrap();
+        });
+    }
+    server.restart(&env);
+    // The node's first background round, at start, ends its own claim and leaves the other node's alone.
+    let status = |list: &serde_json::Value, id: &str| {
+        list["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["approval_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let mut ours = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (_, list, _) = raw(&addr, "GET", "/v1/approvals", Some(ROOT), None).await;
+        ours = status(&list, &requests[0].0);
+        if ours["status"] == "failed" {
+            assert_eq!(status(&list, &requests[1].0)["status"], "executing");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(ours["status"], "failed", "{ours}");
+    assert_eq!(ours["result"]["error"]["code"], "Unavailable", "{ours}");
+    // Nothing ran: the key is as it was, and its trail shows the request and the interruption.
+    let key = server.root().describe_key(&requests[0].1).await.unwrap();
+    assert_eq!(key.state, "Enabled");
+    let (_, trail, _) = raw(
+        &addr,
+        "GET",
+        &format!(
+            "/v1/audit?key_id={}&action=kms:ScheduleKeyDeletion",
+            requests[0].1
+        ),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    let outcomes: Vec<(&str, &str)> = trail["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["outcome"].as_str().unwrap(),
+                r["request_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(outcomes.len(), 2, "{trail}");
+    assert_eq!(outcomes[0].0, "allow");
+    assert_eq!(outcomes[1], ("error", requests[0].0.as_str()));
+    // A decision on it is refused as on any ended request.
+    let (st, v, _) = raw(
+        &addr,
+        "POST",
+        &format!("/v1/approvals/{}/approve", requests[0].0),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    assert_eq!((st, code_of(&v)), (409, "InvalidState"), "{v}");
+    chain_verifies(&addr, ROOT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

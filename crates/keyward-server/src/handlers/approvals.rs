@@ -119,6 +119,18 @@ pub struct Approval {
     /// The operation's result once executed (never key material in plaintext).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
+    /// From `executing` on: the node, and the run of its process, that claimed the request and ran it; a
+    /// node restarted with a claim of an earlier run in `executing` knows that run stopped mid-operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
+}
+
+/// This process's run of its node: a claim naming the node with another run was left by a process that
+/// stopped.
+fn claim_name(app: &AppState) -> String {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| uuid::Uuid::new_v4().simple().to_string());
+    format!("{} {run}", app.node_id)
 }
 
 fn load(app: &AppState, id: &str) -> Result<Approval, ApiError> {
@@ -185,6 +197,7 @@ pub fn request(
         created_at: rfc3339(now),
         expires_at: now + APPROVAL_TTL,
         result: None,
+        claimed_by: None,
     };
     save(app, &approval)?;
     let key = approval.operation.key_id().map(str::to_string);
@@ -245,7 +258,7 @@ pub fn execute(app: &AppState, op: &Operation) -> Result<serde_json::Value, ApiE
 /// of the approval that carried it out (whose own record names the approver).
 fn executed(
     a: &Approval,
-    meta: &Meta,
+    (request_id, source_ip): (&str, &str),
     outcome: &'static str,
     error_code: Option<String>,
 ) -> AuditEvent {
@@ -256,9 +269,9 @@ fn executed(
     };
     AuditEvent {
         time_ms: crate::app::now_ms(),
-        request_id: meta.request_id.clone(),
+        request_id: request_id.to_string(),
         principal: a.requested_by.clone(),
-        source_ip: meta.source_ip.clone(),
+        source_ip: source_ip.to_string(),
         action: a.operation.action().name().to_string(),
         key_id: a.operation.key_id().map(str::to_string),
         version,
@@ -364,6 +377,7 @@ fn decide(
             return Ok(Decided::Recorded(a));
         }
         a.status = "executing".into();
+        a.claimed_by = Some(claim_name(app));
         write(tx, &a)?;
         Ok(Decided::Claimed(a))
     })?;
@@ -385,13 +399,63 @@ fn decide(
     })
 }
 
+fn by(meta: &Meta) -> (&str, &str) {
+    (&meta.request_id, &meta.source_ip)
+}
+
+/// Ends the requests this node claimed in an earlier run and never finished (the process stopped while
+/// running the operation): they become `failed`, after an `error` record under the approval's id. Whether
+/// the operation ran before the stop is in the key's trail (its `allow` record) and its state. Claims of
+/// other nodes are theirs to end.
+pub fn recover_interrupted(app: &AppState) -> Result<usize, ApiError> {
+    let ours = claim_name(app);
+    let node = format!("{} ", app.node_id);
+    let all = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+        tx.list_meta(APPROVALS)
+    })?;
+    let mut ended = 0;
+    for (_, raw) in all {
+        let Ok(a) = serde_json::from_slice::<Approval>(&raw) else {
+            continue;
+        };
+        let Some(claim) = a.claimed_by.clone() else {
+            continue;
+        };
+        if a.status != "executing" || !claim.starts_with(&node) || claim == ours {
+            continue;
+        }
+        if app.config.audit {
+            let code = Some(ErrorCode::Unavailable.as_str().to_string());
+            app.audit
+                .append_blocking(executed(&a, (&a.approval_id, ""), "error", code))?;
+        }
+        transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+            let mut x = read(tx, &a.approval_id)?;
+            if x.status == "executing" && x.claimed_by.as_deref() == Some(claim.as_str()) {
+                x.status = "failed".into();
+                x.result = Some(serde_json::json!({"error": {
+                    "code": "Unavailable",
+                    "message": "interrupted: the node running it stopped; the key's audit trail shows whether it ran",
+                }}));
+                write(tx, &x)?;
+            }
+            Ok::<_, ApiError>(())
+        })?;
+        ended += 1;
+    }
+    Ok(ended)
+}
+
 /// Runs the operation of a request this node claimed, and stores how it ended.
 fn run(app: &AppState, meta: &Meta, mut a: Approval) -> Result<Approval, ApiError> {
     // The operation is recorded before it runs, as a direct request's change is: if the record cannot be
     // made durable, the claim is given back (the request is pending again, without this approval) and
     // nothing happens.
     if app.config.audit {
-        if let Err(e) = app.audit.append_blocking(executed(&a, meta, "allow", None)) {
+        if let Err(e) = app
+            .audit
+            .append_blocking(executed(&a, by(meta), "allow", None))
+        {
             a.status = "pending".into();
             a.approvals.pop();
             save(app, &a)?;
@@ -412,7 +476,7 @@ fn run(app: &AppState, meta: &Meta, mut a: Approval) -> Result<Approval, ApiErro
             if app.config.audit {
                 let code = Some(e.code().as_str().to_string());
                 app.audit
-                    .append_blocking(executed(&a, meta, "error", code))?;
+                    .append_blocking(executed(&a, by(meta), "error", code))?;
             }
             Err(e)
         }
