@@ -2188,32 +2188,14 @@ async fn quorum_deletion_waits_for_two_other_approvers() {
     // Two approvers at once on a request one approval completes: the operation runs once, the other
     // approver is told the request is no longer pending, and the request stays executed.
     for _ in 0..5 {
-        let single = root
-            .create_key(&CreateKeyRequest {
-                spec: "AES_256".into(),
-                quorum: Some(Quorum { approvals: 1 }),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .key_id;
-        let (st, v, _) = raw(
-            a,
-            "POST",
-            &format!("/v1/keys/{single}/schedule-deletion"),
-            Some(&ops1),
-            Some(br#"{"pending_days": 7}"#.to_vec()),
-        )
-        .await;
-        assert_eq!(st, 202, "{v}");
-        let id = v["approval_id"].as_str().unwrap();
-        common::approve_at_once(id, (a, &ops2), (a, &ops3)).await;
+        let (_, id) = common::deletion_awaiting_approval(&root, a, &ops1).await;
+        common::approve_at_once(&id, (a, &ops2), (a, &ops3)).await;
         let (_, list, _) = raw(a, "GET", "/v1/approvals?status=executed", Some(&ops1), None).await;
         assert!(list["approvals"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|x| x["approval_id"] == v["approval_id"]));
+            .any(|x| x["approval_id"] == id.as_str()));
     }
 }
 

@@ -438,26 +438,8 @@ async fn two_nodes_approving_at_once_run_the_operation_once() {
         ops.push(token_on(&addr(0), &cluster.root, name, &["key-admin"]).await);
     }
     for round in 0..6 {
-        let key = cluster
-            .client(0)
-            .create_key(&CreateKeyRequest {
-                spec: "AES_256".into(),
-                quorum: Some(Quorum { approvals: 1 }),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .key_id;
-        let (st, v, _) = raw(
-            &addr(0),
-            "POST",
-            &format!("/v1/keys/{key}/schedule-deletion"),
-            Some(&ops[0]),
-            Some(br#"{"pending_days": 7}"#.to_vec()),
-        )
-        .await;
-        assert_eq!(st, 202, "{v}");
-        let id = v["approval_id"].as_str().unwrap().to_string();
+        let (key, id) =
+            common::deletion_awaiting_approval(&cluster.client(0), &addr(0), &ops[0]).await;
         // The other nodes learn of the request through the database; the two approvals leave at once, and
         // the request ends executed, with one approver.
         let (one, two) = (addr(1 + round % 2), addr(2 - round % 2));
@@ -513,26 +495,8 @@ async fn a_restarted_node_ends_the_approvals_it_left_executing() {
         format!("{node} earlier-run"),
         "other-node some-run".to_string(),
     ] {
-        let key = server
-            .root()
-            .create_key(&CreateKeyRequest {
-                spec: "AES_256".into(),
-                quorum: Some(Quorum { approvals: 1 }),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .key_id;
-        let (st, v, _) = raw(
-            &addr,
-            "POST",
-            &format!("/v1/keys/{key}/schedule-deletion"),
-            Some(&ops),
-            Some(br#"{"pending_days": 7}"#.to_vec()),
-        )
-        .await;
-        assert_eq!(st, 202, "{v}");
-        requests.push((v["approval_id"].as_str().unwrap().to_string(), key, claim));
+        let (key, id) = common::deletion_awaiting_approval(&server.root(), &addr, &ops).await;
+        requests.push((id, key, claim));
     }
     server.stop();
     for (id, _, claim) in &requests {

@@ -183,6 +183,34 @@ pub async fn raw(
     (status, json, rid)
 }
 
+/// A key that needs one approval to be deleted, and its deletion requested by `requester` on `addr`:
+/// (key id, approval id).
+pub async fn deletion_awaiting_approval(
+    root: &Client,
+    addr: &str,
+    requester: &str,
+) -> (String, String) {
+    let key = root
+        .create_key(&keyward_api::CreateKeyRequest {
+            spec: "AES_256".into(),
+            quorum: Some(keyward_api::Quorum { approvals: 1 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .key_id;
+    let (st, v, _) = raw(
+        addr,
+        "POST",
+        &format!("/v1/keys/{key}/schedule-deletion"),
+        Some(requester),
+        Some(br#"{"pending_days": 7}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(st, 202, "{v}");
+    (key, v["approval_id"].as_str().unwrap().to_string())
+}
+
 /// Two approvals of the request `id` sent at once, each `(node address, token)`. Asserts that exactly one
 /// ran the operation and the other was told the request is no longer pending (409 `InvalidState`).
 pub async fn approve_at_once(id: &str, first: (&str, &str), second: (&str, &str)) {

@@ -458,6 +458,7 @@ fn run(app: &AppState, meta: &Meta, mut a: Approval) -> Result<Approval, ApiErro
         {
             a.status = "pending".into();
             a.approvals.pop();
+            a.claimed_by = None;
             save(app, &a)?;
             return Err(e.into());
         }
