@@ -5,6 +5,7 @@
 //! zeroized on drop and never appear in `Debug` output.
 
 mod b64;
+mod strict;
 
 use std::collections::BTreeMap;
 
@@ -203,7 +204,11 @@ pub struct CreateKeyRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
     /// Quorum settings.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "strict::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub quorum: Option<Quorum>,
     /// Needed for legacy specs (TDES).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -251,7 +256,11 @@ pub struct KeyObject {
     /// Whether wrapped export is allowed.
     pub exportable: bool,
     /// Quorum settings.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "strict::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub quorum: Option<Quorum>,
 }
 
@@ -451,7 +460,11 @@ pub struct EncryptBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub algorithm: Option<String>,
     /// Batch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "strict::option_objects",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub items: Option<Vec<EncryptRequest>>,
 }
 
@@ -494,7 +507,11 @@ pub struct DecryptBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub algorithm: Option<String>,
     /// Batch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "strict::option_objects",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub items: Option<Vec<DecryptRequest>>,
 }
 
@@ -537,7 +554,11 @@ pub struct ReencryptBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_context: Option<Context>,
     /// Batch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "strict::option_objects",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub items: Option<Vec<ReencryptRequest>>,
 }
 
@@ -804,6 +825,7 @@ pub struct CertificateResponse {
 #[serde(deny_unknown_fields)]
 pub struct PolicyDoc {
     /// Statements.
+    #[serde(deserialize_with = "strict::objects")]
     pub statements: Vec<StatementDoc>,
 }
 
@@ -818,7 +840,11 @@ pub struct StatementDoc {
     /// `key/<id>`, `alias/app-*`, `*`.
     pub resources: Vec<String>,
     /// Extra conditions, all of which must hold.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "strict::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub conditions: Option<ConditionsDoc>,
 }
 

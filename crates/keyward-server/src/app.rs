@@ -1008,4 +1008,17 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_nested_object_given_as_an_array_is_refused_by_name() {
+        let body = r#"{"spec": "AES_256", "quorum": [2]}"#;
+        let refused = super::parse::<keyward_api::CreateKeyRequest>(&super::RawBody(Ok(
+            axum::body::Bytes::from_static(body.as_bytes()),
+        )))
+        .unwrap_err();
+        assert_eq!(
+            refused.0.message(),
+            "quorum: expected an object (line 1, column 30)"
+        );
+    }
 }
