@@ -124,7 +124,8 @@ schemas = {
                  "operation": {"type": "string", "enum": ["schedule_deletion", "destroy_version", "export", "rotate_root", "put_policy", "delete_policy"]},
                  "requested_by": S, "required": INT, "approvals": {"type": "array", "items": S}, "rejected_by": S,
                  "created_at": {"type": "string", "format": "date-time"}, "expires_at": INT, "result": {"type": "object"},
-                 "claimed_by": {"type": "string", "description": "node id and process run that ran the operation"}}},
+                 "claimed_by": {"type": "string", "description": "node id and process run that ran the operation"},
+                 "claimed_at": {"type": "integer", "description": "Unix seconds of the claim; a claim older than an hour is ended as abandoned"}}},
     "ApprovalList": obj({"approvals": {"type": "array", "items": ref("Approval")}}),
     "Policy": obj({"statements": {"type": "array", "minItems": 1, "maxItems": 100, "items": obj({
         "effect": {"type": "string", "enum": ["allow", "deny"]},

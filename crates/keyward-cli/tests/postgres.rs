@@ -478,7 +478,7 @@ async fn two_nodes_approving_at_once_run_the_operation_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_node_ends_the_approvals_it_left_executing() {
+async fn a_restarted_node_ends_its_interrupted_claims_and_abandoned_ones() {
     let scratch = Scratch::new();
     let dir = tempfile::tempdir().unwrap();
     let url = scratch.url();
@@ -488,18 +488,23 @@ async fn a_restarted_node_ends_the_approvals_it_left_executing() {
     let (_, health, _) = raw(&addr, "GET", "/v1/health", None, None).await;
     let node = health["node_id"].as_str().unwrap().to_string();
     let ops = token_on(&addr, ROOT, "ops1", &["key-admin"]).await;
-    // Two requests, left as a stopped process would leave them: one claimed by this node in an earlier
-    // run, one claimed by another node.
+    // Three requests, left as stopped processes would leave them: one claimed by this node in an earlier
+    // run, one claimed by another node a minute ago, and one claimed by a third node two hours ago.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let mut requests = Vec::new();
-    for claim in [
-        format!("{node} earlier-run"),
-        "other-node some-run".to_string(),
+    for (claim, at) in [
+        (format!("{node} earlier-run"), now - 60),
+        ("other-node some-run".to_string(), now - 60),
+        ("gone-node last-run".to_string(), now - 7200),
     ] {
         let (key, id) = common::deletion_awaiting_approval(&server.root(), &addr, &ops).await;
-        requests.push((id, key, claim));
+        requests.push((id, key, claim, at));
     }
     server.stop();
-    for (id, _, claim) in &requests {
+    for (id, _, claim, at) in &requests {
         sql(|c| {
             let table = format!("{}.keyward_meta", scratch.0);
             let row = c
@@ -512,6 +517,7 @@ async fn a_restarted_node_ends_the_approvals_it_left_executing() {
             a["status"] = "executing".into();
             a["approvals"] = serde_json::json!(["ops2"]);
             a["claimed_by"] = claim.as_str().into();
+            a["claimed_at"] = (*at).into();
             let value = serde_json::to_vec(&a).unwrap();
             c.execute(
                 &format!("UPDATE {table} SET value = $1 WHERE ns = 'approval' AND name = $2"),
@@ -521,7 +527,8 @@ async fn a_restarted_node_ends_the_approvals_it_left_executing() {
         });
     }
     server.restart(&env);
-    // The node's first background round, at start, ends its own claim and leaves the other node's alone.
+    // The node's first background round, at start, ends its own claim and the abandoned one, and leaves the
+    // other node's recent claim alone.
     let status = |list: &serde_json::Value, id: &str| {
         list["approvals"]
             .as_array()
@@ -535,42 +542,50 @@ async fn a_restarted_node_ends_the_approvals_it_left_executing() {
     for _ in 0..100 {
         let (_, list, _) = raw(&addr, "GET", "/v1/approvals", Some(ROOT), None).await;
         ours = status(&list, &requests[0].0);
-        if ours["status"] == "failed" {
+        let abandoned = status(&list, &requests[2].0);
+        if ours["status"] == "failed" && abandoned["status"] == "failed" {
             assert_eq!(status(&list, &requests[1].0)["status"], "executing");
+            let message = abandoned["result"]["error"]["message"].as_str().unwrap();
+            assert!(
+                message.starts_with("abandoned: node gone-node did not finish it"),
+                "{abandoned}"
+            );
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(ours["status"], "failed", "{ours}");
     assert_eq!(ours["result"]["error"]["code"], "Unavailable", "{ours}");
-    // Nothing ran: the key is as it was, and its trail shows the request and the interruption.
-    let key = server.root().describe_key(&requests[0].1).await.unwrap();
-    assert_eq!(key.state, "Enabled");
-    let (_, trail, _) = raw(
-        &addr,
-        "GET",
-        &format!(
-            "/v1/audit?key_id={}&action=kms:ScheduleKeyDeletion",
-            requests[0].1
-        ),
-        Some(ROOT),
-        None,
-    )
-    .await;
-    let outcomes: Vec<(&str, &str)> = trail["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["outcome"].as_str().unwrap(),
-                r["request_id"].as_str().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(outcomes.len(), 2, "{trail}");
-    assert_eq!(outcomes[0].0, "allow");
-    assert_eq!(outcomes[1], ("error", requests[0].0.as_str()));
+    // Nothing ran: each key is as it was, and its trail shows the request and the interruption.
+    for ended in [&requests[0], &requests[2]] {
+        let key = server.root().describe_key(&ended.1).await.unwrap();
+        assert_eq!(key.state, "Enabled");
+        let (_, trail, _) = raw(
+            &addr,
+            "GET",
+            &format!(
+                "/v1/audit?key_id={}&action=kms:ScheduleKeyDeletion",
+                ended.1
+            ),
+            Some(ROOT),
+            None,
+        )
+        .await;
+        let outcomes: Vec<(&str, &str)> = trail["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["outcome"].as_str().unwrap(),
+                    r["request_id"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(outcomes.len(), 2, "{trail}");
+        assert_eq!(outcomes[0].0, "allow");
+        assert_eq!(outcomes[1], ("error", ended.0.as_str()));
+    }
     // A decision on it is refused as on any ended request.
     let (st, v, _) = raw(
         &addr,

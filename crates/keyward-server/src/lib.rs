@@ -382,18 +382,20 @@ async fn background(app: AppState) {
         }
         let a = app.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            // Once per run, each node ends the approvals it claimed in an earlier run and never finished.
+            // Once per run, each node ends the approvals it claimed in an earlier run and never finished;
+            // on a shared store one node leads, and it also ends, every round, claims abandoned by any node.
+            // The others stand by until it goes away.
             static RECOVERED: std::sync::atomic::AtomicBool =
                 std::sync::atomic::AtomicBool::new(false);
-            if !RECOVERED.load(std::sync::atomic::Ordering::Acquire) {
-                match handlers::approvals::recover_interrupted(&a) {
+            let store = a.kms.store_handle();
+            let leads = store.leads().unwrap_or(false);
+            if leads || !RECOVERED.load(std::sync::atomic::Ordering::Acquire) {
+                match handlers::approvals::end_interrupted(&a) {
                     Ok(_) => RECOVERED.store(true, std::sync::atomic::Ordering::Release),
                     Err(e) => eprintln!("interrupted approvals not ended yet: {}", e.0.message()),
                 }
             }
-            // On a shared store one node leads; the others stand by until it goes away.
-            let store = a.kms.store_handle();
-            if !store.leads().unwrap_or(false) {
+            if !leads {
                 return;
             }
             let _ = store.housekeeping();

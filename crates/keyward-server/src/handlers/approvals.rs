@@ -25,6 +25,10 @@ use crate::error::ApiError;
 const APPROVALS: &str = "approval";
 /// How long a request waits for its approvals.
 pub const APPROVAL_TTL: i64 = 24 * 3600;
+/// How long a node may hold a request `executing`. Every operation is a few store writes (rotating the root
+/// key re-wraps each version, still far under this); a claim this old belongs to a node that stopped and
+/// never came back, or hangs, and the leading node ends it so that the request does not stay open forever.
+pub const CLAIM_TTL: i64 = 3600;
 
 /// The operation an approval will run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -123,6 +127,9 @@ pub struct Approval {
     /// node restarted with a claim of an earlier run in `executing` knows that run stopped mid-operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claimed_by: Option<String>,
+    /// Unix seconds of the claim: a claim older than [`CLAIM_TTL`] is taken to be abandoned by its node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_at: Option<i64>,
 }
 
 /// This process's run of its node: a claim naming the node with another run was left by a process that
@@ -198,6 +205,7 @@ pub fn request(
         expires_at: now + APPROVAL_TTL,
         result: None,
         claimed_by: None,
+        claimed_at: None,
     };
     save(app, &approval)?;
     let key = approval.operation.key_id().map(str::to_string);
@@ -378,6 +386,7 @@ fn decide(
         }
         a.status = "executing".into();
         a.claimed_by = Some(claim_name(app));
+        a.claimed_at = Some(now);
         write(tx, &a)?;
         Ok(Decided::Claimed(a))
     })?;
@@ -403,13 +412,16 @@ fn by(meta: &Meta) -> (&str, &str) {
     (&meta.request_id, &meta.source_ip)
 }
 
-/// Ends the requests this node claimed in an earlier run and never finished (the process stopped while
-/// running the operation): they become `failed`, after an `error` record under the approval's id. Whether
-/// the operation ran before the stop is in the key's trail (its `allow` record) and its state. Claims of
-/// other nodes are theirs to end.
-pub fn recover_interrupted(app: &AppState) -> Result<usize, ApiError> {
+/// Ends the requests whose claim will never be finished: those this node claimed in an earlier run (the
+/// process stopped while running the operation), which every node checks once at start, and those of any node
+/// claimed more than [`CLAIM_TTL`] ago, which the leading node checks every round. They become `failed`, after
+/// an `error` record under the approval's id. Whether the operation ran before the stop is in the key's trail
+/// (its `allow` record) and its state; should an abandoned claimant finish after all, it stores what really
+/// happened over the `failed`. Recent claims of other nodes are theirs to end.
+pub fn end_interrupted(app: &AppState) -> Result<usize, ApiError> {
     let ours = claim_name(app);
     let node = format!("{} ", app.node_id);
+    let now = app.clock.now();
     let all = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
         tx.list_meta(APPROVALS)
     })?;
@@ -421,9 +433,23 @@ pub fn recover_interrupted(app: &AppState) -> Result<usize, ApiError> {
         let Some(claim) = a.claimed_by.clone() else {
             continue;
         };
-        if a.status != "executing" || !claim.starts_with(&node) || claim == ours {
+        if a.status != "executing" || claim == ours {
             continue;
         }
+        // A claim stored without its time was made before the request expired.
+        let claimed_at = a.claimed_at.unwrap_or(a.expires_at);
+        let message = if claim.starts_with(&node) {
+            "interrupted: the node running it stopped; the key's audit trail shows whether it ran"
+                .to_string()
+        } else if now - claimed_at > CLAIM_TTL {
+            let claimant = claim.split(' ').next().unwrap_or_default();
+            format!(
+                "abandoned: node {claimant} did not finish it within {} minutes; the key's audit trail shows whether it ran",
+                CLAIM_TTL / 60
+            )
+        } else {
+            continue;
+        };
         if app.config.audit {
             let code = Some(ErrorCode::Unavailable.as_str().to_string());
             app.audit
@@ -435,7 +461,7 @@ pub fn recover_interrupted(app: &AppState) -> Result<usize, ApiError> {
                 x.status = "failed".into();
                 x.result = Some(serde_json::json!({"error": {
                     "code": "Unavailable",
-                    "message": "interrupted: the node running it stopped; the key's audit trail shows whether it ran",
+                    "message": message,
                 }}));
                 write(tx, &x)?;
             }
@@ -459,6 +485,7 @@ fn run(app: &AppState, meta: &Meta, mut a: Approval) -> Result<Approval, ApiErro
             a.status = "pending".into();
             a.approvals.pop();
             a.claimed_by = None;
+            a.claimed_at = None;
             save(app, &a)?;
             return Err(e.into());
         }
