@@ -12,6 +12,15 @@ B64 = {"type": "string", "format": "byte"}
 INT = {"type": "integer", "minimum": 0}
 BOOL = {"type": "boolean"}
 DAYS = {"type": "integer", "minimum": 1, "maximum": 3650}
+# A version number (u32; versions start at 1).
+VERSION = {"type": "integer", "minimum": 1, "maximum": 4294967295}
+# A key's id (UUID) or one of its aliases.
+KEY_REF = {"type": "string", "pattern": "^([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+                                        "|[0-9A-Fa-f]{32}|alias[/:][A-Za-z0-9/_.-]{1,256})$"}
+ALIAS = {"type": "string", "pattern": "^(alias[/:])?[A-Za-z0-9/_.-]{1,256}$"}
+SPEC = {"type": "string", "enum": ["SYMMETRIC_DEFAULT", "AES_128", "AES_256", "SM4", "TDES", "RSA_2048", "RSA_3072",
+                                   "RSA_4096", "ECC_NIST_P256", "ECC_NIST_P384", "ECC_NIST_P521", "ECC_SECG_P256K1",
+                                   "ED25519", "SM2", "HMAC_224", "HMAC_256", "HMAC_384", "HMAC_512"]}
 SIGNING = {"type": "string", "enum": [
     "RSASSA_PSS_SHA_256", "RSASSA_PSS_SHA_384", "RSASSA_PSS_SHA_512", "RSASSA_PKCS1_V1_5_SHA_256", "RSASSA_PKCS1_V1_5_SHA_384",
     "RSASSA_PKCS1_V1_5_SHA_512", "ECDSA_SHA_256", "ECDSA_SHA_384", "ECDSA_SHA_512", "ED25519", "SM2DSA"]}
@@ -47,13 +56,11 @@ schemas = {
                            "description": "A threshold of unseal shares: required on a fresh node, refused otherwise"},
                            "force": BOOL}, ["backup"]),
     "RestoreResponse": obj({"restored_keys": INT, "initialized": BOOL}),
-    "Quorum": obj({"approvals": INT}, ["approvals"]),
+    "Quorum": obj({"approvals": {"type": "integer", "minimum": 1, "maximum": 16}}, ["approvals"]),
     "CreateKeyRequest": obj({
-        "spec": {"type": "string", "enum": ["SYMMETRIC_DEFAULT", "AES_128", "AES_256", "SM4", "TDES", "RSA_2048", "RSA_3072",
-                                             "RSA_4096", "ECC_NIST_P256", "ECC_NIST_P384", "ECC_NIST_P521", "ECC_SECG_P256K1",
-                                             "ED25519", "SM2", "HMAC_224", "HMAC_256", "HMAC_384", "HMAC_512"]},
+        "spec": SPEC,
         "usage": {"type": "string", "enum": ["ENCRYPT_DECRYPT", "SIGN_VERIFY", "GENERATE_VERIFY_MAC", "KEY_AGREEMENT"]},
-        "description": S, "alias": S, "tags": {"type": "object", "additionalProperties": S},
+        "description": S, "alias": ALIAS, "tags": {"type": "object", "additionalProperties": S},
         "rotation_period_days": DAYS, "exportable": BOOL,
         "origin": {"type": "string", "enum": ["KEYWARD", "HSM", "EXTERNAL"]}, "quorum": ref("Quorum"), "allow_legacy": BOOL,
     }, ["spec"]),
@@ -65,18 +72,18 @@ schemas = {
                 "deletion_date": {"type": "string", "format": "date-time"}, "origin": S, "exportable": BOOL, "quorum": ref("Quorum")}),
     "KeyList": obj({"keys": {"type": "array", "items": ref("Key")}, "next_token": {"type": "string", "nullable": True}}),
     "UpdateKeyRequest": obj({"description": S, "tags": {"type": "object", "additionalProperties": S},
-                             "rotation_period_days": {**DAYS, "nullable": True}, "min_decryption_version": INT}),
+                             "rotation_period_days": {**DAYS, "nullable": True}, "min_decryption_version": VERSION}),
     "Version": obj({"version": INT, "state": {"type": "string", "enum": ["Enabled", "Disabled", "Archived", "Destroyed"]},
                     "created_at": {"type": "string", "format": "date-time"}, "destroyed_at": {"type": "string", "format": "date-time"}}),
     "VersionList": obj({"versions": {"type": "array", "items": ref("Version")}}),
-    "SetPrimaryRequest": obj({"version": INT}, ["version"]),
+    "SetPrimaryRequest": obj({"version": VERSION}, ["version"]),
     "ScheduleDeletionRequest": obj({"pending_days": {"type": "integer", "minimum": 7, "maximum": 30}}),
     "PublicKey": obj({"key_id": S, "version": INT, "spec": S, "public_key_pem": S, "public_key_der": B64}),
     "ImportParameters": obj({"wrapping_public_key_der": B64, "import_token": S, "expires_at": {"type": "string", "format": "date-time"}}),
     "ImportRequest": obj({"import_token": S, "wrapped_key_material": B64}, ["import_token", "wrapped_key_material"]),
-    "ExportRequest": obj({"wrapping_public_key_der": B64, "version": INT}, ["wrapping_public_key_der"]),
+    "ExportRequest": obj({"wrapping_public_key_der": B64, "version": VERSION}, ["wrapping_public_key_der"]),
     "ExportResponse": obj({"wrapped_key_material": B64}),
-    "PutAliasRequest": obj({"key_id": S}, ["key_id"]),
+    "PutAliasRequest": obj({"key_id": KEY_REF}, ["key_id"]),
     "Alias": obj({"alias": S, "key_id": S}),
     "AliasList": obj({"aliases": {"type": "array", "items": ref("Alias")}, "next_token": {"type": "string", "nullable": True}}),
     "EncryptItem": obj({"plaintext": B64, "context": CTX, "algorithm": {"type": "string", "enum": ["SYMMETRIC_DEFAULT", "RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256", "SM2PKE"]}}, ["plaintext"]),
@@ -97,7 +104,7 @@ schemas = {
     "DataKeyPairResponse": obj({"public_key_der": B64, "private_key_ciphertext": B64, "private_key_der": B64, "key_id": S, "version": INT}),
     "SignRequest": obj({"message": B64, "digest": B64, "algorithm": SIGNING}, ["algorithm"]),
     "SignResponse": obj({"signature": B64, "key_id": S, "version": INT, "algorithm": S}),
-    "VerifyRequest": obj({"message": B64, "digest": B64, "signature": B64, "algorithm": SIGNING, "version": INT}, ["signature", "algorithm"]),
+    "VerifyRequest": obj({"message": B64, "digest": B64, "signature": B64, "algorithm": SIGNING, "version": VERSION}, ["signature", "algorithm"]),
     "Validity": obj({"valid": BOOL}),
     "MacRequest": obj({"message": B64, "algorithm": MACS}, ["message", "algorithm"]),
     "MacResponse": obj({"mac": B64, "key_id": S, "version": INT}),
@@ -114,7 +121,7 @@ schemas = {
     "CertificateResponse": obj({"certificate_pem": S}),
     "CreateIdentityRequest": obj({"name": {"type": "string", "pattern": "^[A-Za-z0-9._@-]{1,64}$", "description": "not root"}, "kind": {"type": "string", "enum": ["service", "user"]},
                                   "roles": {"type": "array", "items": {"type": "string", "enum": ["admin", "key-admin", "key-user", "auditor"]}},
-                                  "policies": {"type": "array", "items": S}, "password": S}, ["name", "kind"]),
+                                  "policies": {"type": "array", "items": S}, "password": {"type": "string", "minLength": 12, "maxLength": 1024}}, ["name", "kind"]),
     "Identity": obj({"name": S, "kind": S, "roles": {"type": "array", "items": S}, "policies": {"type": "array", "items": S},
                      "created_at": {"type": "string", "format": "date-time"}, "password": BOOL, "mfa": BOOL}),
     "TokenRequest": obj({"ttl_seconds": {"type": "integer", "minimum": 1, "maximum": 31622400}}),
@@ -129,8 +136,8 @@ schemas = {
     "ApprovalList": obj({"approvals": {"type": "array", "items": ref("Approval")}}),
     "Policy": obj({"statements": {"type": "array", "minItems": 1, "maxItems": 100, "items": obj({
         "effect": {"type": "string", "enum": ["allow", "deny"]},
-        "actions": {"type": "array", "items": S, "description": "kms:<Action>, * wildcards"},
-        "resources": {"type": "array", "items": S, "description": "key/<id>, alias/<name>, *; * wildcards"},
+        "actions": {"type": "array", "minItems": 1, "items": S, "description": "kms:<Action>, * wildcards"},
+        "resources": {"type": "array", "minItems": 1, "items": S, "description": "key/<id>, alias/<name>, *; * wildcards"},
         "conditions": obj({"context_equals": {"type": "object", "additionalProperties": S},
                            "source_cidr": {"type": "array", "items": S}, "mfa": BOOL}),
     }, ["effect", "actions", "resources"])}}, ["statements"]),
@@ -156,7 +163,8 @@ def answer(single):
 for name in ["EncryptResponse", "DecryptResponse"]:
     schemas[name.replace("Response", "Answer")] = answer(name)
 
-KEY = {"name": "key", "in": "path", "required": True, "schema": S, "description": "Key id (UUID), alias%2FNAME or alias:NAME"}
+KEY = {"name": "key", "in": "path", "required": True, "description": "Key id (UUID), alias%2FNAME or alias:NAME",
+       "schema": KEY_REF}
 LIMIT = [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
          {"name": "next_token", "in": "query", "schema": S}]
 
@@ -177,8 +185,8 @@ ops = [
     ("post", "/v1/keys", "kms:CreateKey", "CreateKeyRequest", (201, "Key"), [], False),
     ("get", "/v1/keys", "kms:ListKeys", None, (200, "KeyList"), LIMIT + [
         {"name": "state", "in": "query", "schema": {"type": "string", "enum": ["Enabled", "Disabled", "PendingDeletion", "Destroyed"]}},
-        {"name": "spec", "in": "query", "schema": S},
-        {"name": "tag", "in": "query", "schema": S, "description": "key:value"}], False),
+        {"name": "spec", "in": "query", "schema": SPEC},
+        {"name": "tag", "in": "query", "schema": {"type": "string", "pattern": "^[^:]*:"}, "description": "key:value"}], False),
     ("get", "/v1/keys/{key}", "kms:DescribeKey", None, (200, "Key"), [KEY], False),
     ("patch", "/v1/keys/{key}", "kms:UpdateKey", "UpdateKeyRequest", (200, "Key"), [KEY], False),
     ("post", "/v1/keys/{key}/enable", "kms:EnableKey", None, (200, "Key"), [KEY], False),
@@ -186,7 +194,7 @@ ops = [
     ("post", "/v1/keys/{key}/rotate", "kms:RotateKey", None, (200, "Key"), [KEY], False),
     ("get", "/v1/keys/{key}/versions", "kms:ListKeyVersions", None, (200, "VersionList"), [KEY], False),
     ("post", "/v1/keys/{key}/versions/{n}/{action}", "kms:EnableKeyVersion | kms:DisableKeyVersion | kms:ArchiveKeyVersion | kms:RestoreKeyVersion | kms:DestroyKeyVersion",
-     None, (200, "Version"), [KEY, {"name": "n", "in": "path", "required": True, "schema": INT},
+     None, (200, "Version"), [KEY, {"name": "n", "in": "path", "required": True, "schema": VERSION},
                               {"name": "action", "in": "path", "required": True, "schema": {"type": "string", "enum": ["enable", "disable", "archive", "restore", "destroy"]}}], False),
     ("post", "/v1/keys/{key}/primary", "kms:SetPrimaryVersion", "SetPrimaryRequest", (200, "Key"), [KEY], False),
     ("post", "/v1/keys/{key}/schedule-deletion", "kms:ScheduleKeyDeletion", "ScheduleDeletionRequest", (200, "Key"), [KEY], False),
@@ -196,8 +204,8 @@ ops = [
     ("post", "/v1/keys/{key}/import", "kms:ImportKeyMaterial", "ImportRequest", (200, "Key"), [KEY], False),
     ("post", "/v1/keys/{key}/export", "kms:ExportKey", "ExportRequest", (200, "ExportResponse"), [KEY], False),
     ("get", "/v1/aliases", "kms:ListAliases", None, (200, "AliasList"), LIMIT, False),
-    ("put", "/v1/aliases/{name}", "kms:PutAlias", "PutAliasRequest", (200, "Alias"), [{"name": "name", "in": "path", "required": True, "schema": S}], False),
-    ("delete", "/v1/aliases/{name}", "kms:DeleteAlias", None, (204, None), [{"name": "name", "in": "path", "required": True, "schema": S}], False),
+    ("put", "/v1/aliases/{name}", "kms:PutAlias", "PutAliasRequest", (200, "Alias"), [{"name": "name", "in": "path", "required": True, "schema": ALIAS}], False),
+    ("delete", "/v1/aliases/{name}", "kms:DeleteAlias", None, (204, None), [{"name": "name", "in": "path", "required": True, "schema": ALIAS}], False),
     ("post", "/v1/keys/{key}/encrypt", "kms:Encrypt", "EncryptRequest", (200, "EncryptAnswer"), [KEY], False),
     ("post", "/v1/decrypt", "kms:Decrypt", "DecryptRequest", (200, "DecryptAnswer"), [], False),
     ("post", "/v1/keys/{key}/decrypt", "kms:Decrypt", "DecryptRequest", (200, "DecryptAnswer"), [KEY], False),
@@ -253,7 +261,11 @@ for name in {op[3] for op in ops if op[3]} | {"EncryptItem", "EncryptBatchItem",
         if "$ref" in prop:
             # `nullable` beside a `$ref` is ignored: the referenced object is written out in place.
             prop = schemas[prop["$ref"].rsplit("/", 1)[1]]
-        schema["properties"][field] = {**prop, "nullable": True}
+        prop = {**prop, "nullable": True}
+        if "enum" in prop:
+            # In OpenAPI 3.0 an enum limits a nullable value too: null must be one of its values.
+            prop["enum"] = prop["enum"] + [None]
+        schema["properties"][field] = prop
 
 # Destructive operations wait for approvals when the key (or the service) asks for a quorum.
 HELD_FOR_APPROVAL = {

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use b64::{SecretB64, B64};
+pub use strict::null_as_default;
 
 /// An encryption context.
 pub type Context = BTreeMap<String, String>;
@@ -142,7 +143,7 @@ pub struct RestoreRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shares: Option<Vec<zeroize::Zeroizing<String>>>,
     /// Let older state in the backup replace newer state in the store.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict::null_as_default")]
     pub force: bool,
 }
 

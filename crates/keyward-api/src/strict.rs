@@ -65,6 +65,16 @@ where
         .map(|items| items.into_iter().map(|Obj(t)| t).collect()))
 }
 
+/// An optional field whose absence means its default (an empty list, `false`): `null` means the same, as it
+/// does for every optional field of a request.
+pub fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use crate::{CreateKeyRequest, DecryptBody, EncryptBody, PolicyDoc, ReencryptBody};
@@ -87,6 +97,17 @@ mod tests {
         refused::<PolicyDoc>(
             r#"{"statements": [{"effect": "allow", "actions": [], "resources": [], "conditions": [{}]}]}"#,
         );
+    }
+
+    #[test]
+    fn null_means_the_default() {
+        let r: crate::RestoreRequest =
+            serde_json::from_str(r#"{"backup": "AA==", "force": null}"#).unwrap();
+        assert!(!r.force);
+        let r: crate::RestoreRequest =
+            serde_json::from_str(r#"{"backup": "AA==", "force": true}"#).unwrap();
+        assert!(r.force);
+        refused::<crate::RestoreRequest>(r#"{"backup": "AA==", "force": "yes"}"#);
     }
 
     #[test]

@@ -1402,6 +1402,37 @@ async fn roles_separate_duties_and_tokens_expire_and_revoke() {
         api_code(alice.encrypt(&key, b"x", None).await),
         "AccessDenied"
     );
+    // Length is counted in characters on set and on login alike: the longest password of four-byte
+    // characters logs in, one character more is refused.
+    let longest = "🔑".repeat(1024);
+    let (st, v, _) = raw(
+        &server.addr,
+        "POST",
+        "/v1/identities",
+        Some(ROOT),
+        Some(
+            serde_json::to_vec(
+                &json!({"name": "bob", "kind": "user", "roles": ["auditor"], "password": longest}),
+            )
+            .unwrap(),
+        ),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v, _) = raw(
+        &server.addr,
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(serde_json::to_vec(&json!({"name": "bob", "password": longest})).unwrap()),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    for short in ["🔑".repeat(11), "🔑".repeat(1025)] {
+        let (st, v, _) = raw(&server.addr, "POST", "/v1/identities", Some(ROOT),
+            Some(serde_json::to_vec(&json!({"name": "carol", "kind": "user", "roles": ["auditor"], "password": short})).unwrap())).await;
+        assert_eq!((st, code_of(&v)), (400, "ValidationError"), "{v}");
+    }
     let logs = server.logs();
     assert!(
         !logs.contains("correct horse battery"),

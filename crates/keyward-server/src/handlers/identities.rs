@@ -98,9 +98,9 @@ struct IdentityRecord {
 struct CreateIdentity {
     name: String,
     kind: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "keyward_api::null_as_default")]
     roles: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "keyward_api::null_as_default")]
     policies: Vec<String>,
     #[serde(default)]
     password: Option<zeroize::Zeroizing<String>>,
@@ -236,7 +236,7 @@ pub async fn create(State(app): State<AppState>, meta: Meta, body: RawBody) -> R
                         "only user identities log in with a password",
                     ))
                 }
-                Some(p) if p.chars().count() < 12 || p.len() > 1024 => {
+                Some(p) if !(12..=1024).contains(&p.chars().count()) => {
                     return Err(ApiError::validation("passwords are 12 to 1024 characters"))
                 }
                 Some(p) => Some(
@@ -376,7 +376,7 @@ pub async fn login(State(app): State<AppState>, meta: Meta, body: RawBody) -> Re
         Mode::Blocking,
         move |_| {
             let req: LoginRequest = parse(&body)?;
-            if req.name.len() > 64 || req.password.len() > 1024 {
+            if req.name.len() > 64 || req.password.chars().count() > 1024 {
                 return Err(unauthenticated());
             }
             if !a.limiter.allow(&format!("login:{}", req.name)) {
