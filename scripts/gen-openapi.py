@@ -12,6 +12,12 @@ B64 = {"type": "string", "format": "byte"}
 INT = {"type": "integer", "minimum": 0}
 BOOL = {"type": "boolean"}
 DAYS = {"type": "integer", "minimum": 1, "maximum": 3650}
+def BATCH(item):
+    return {"type": "array", "minItems": 1, "maxItems": 1000, "items": ref(item),
+            "description": "Answered in order, each with its answer or its error; the key in the path is checked once, "
+                           "and one that no item could use fails the whole request"}
+
+
 # A version number (u32; versions start at 1).
 VERSION = {"type": "integer", "minimum": 1, "maximum": 4294967295}
 # A key's id (UUID) or one of its aliases.
@@ -87,16 +93,17 @@ schemas = {
     "Alias": obj({"alias": S, "key_id": S}),
     "AliasList": obj({"aliases": {"type": "array", "items": ref("Alias")}, "next_token": {"type": "string", "nullable": True}}),
     "EncryptItem": obj({"plaintext": B64, "context": CTX, "algorithm": {"type": "string", "enum": ["SYMMETRIC_DEFAULT", "RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256", "SM2PKE"]}}, ["plaintext"]),
-    # In a batch, a value the service checks per item (an unknown algorithm, a key that refuses) fails only its
-    # item: the answer is 200 with that item's error in its place.
+    # In a batch, a value the service checks per item (an unknown algorithm, the key a ciphertext names) fails
+    # only its item: the answer is 200 with that item's error in its place. The key in the path is checked once:
+    # one that no item could use (unknown, not Enabled, not for encryption) fails the whole request.
     "EncryptBatchItem": obj({"plaintext": B64, "context": CTX, "algorithm": {"type": "string", "description": "as in a single request"}}, ["plaintext"]),
-    "EncryptRequest": {"oneOf": [ref("EncryptItem"), obj({"items": {"type": "array", "minItems": 1, "maxItems": 1000, "items": ref("EncryptBatchItem")}}, ["items"])]},
+    "EncryptRequest": {"oneOf": [ref("EncryptItem"), obj({"items": BATCH("EncryptBatchItem")}, ["items"])]},
     "EncryptResponse": obj({"ciphertext": B64, "key_id": S, "version": INT}),
     "DecryptItem": obj({"ciphertext": B64, "context": CTX, "algorithm": S}, ["ciphertext"]),
-    "DecryptRequest": {"oneOf": [ref("DecryptItem"), obj({"items": {"type": "array", "minItems": 1, "maxItems": 1000, "items": ref("DecryptItem")}}, ["items"])]},
+    "DecryptRequest": {"oneOf": [ref("DecryptItem"), obj({"items": BATCH("DecryptItem")}, ["items"])]},
     "DecryptResponse": obj({"plaintext": B64, "key_id": S, "version": INT}),
     "ReencryptItem": obj({"ciphertext": B64, "context": CTX, "new_context": CTX}, ["ciphertext"]),
-    "ReencryptRequest": {"oneOf": [ref("ReencryptItem"), obj({"items": {"type": "array", "minItems": 1, "maxItems": 1000, "items": ref("ReencryptItem")}}, ["items"])]},
+    "ReencryptRequest": {"oneOf": [ref("ReencryptItem"), obj({"items": BATCH("ReencryptItem")}, ["items"])]},
     "DataKeyRequest": obj({"spec": {"type": "string", "enum": ["AES_256", "AES_128"]}, "context": CTX, "include_plaintext": BOOL}, ["spec"]),
     "DataKeyResponse": obj({"plaintext": B64, "ciphertext": B64, "key_id": S, "version": INT}),
     "DataKeyPairRequest": obj({"spec": {"type": "string", "enum": ["RSA_2048", "RSA_3072", "RSA_4096", "ECC_NIST_P256", "ECC_NIST_P384",

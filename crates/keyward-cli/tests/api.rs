@@ -238,6 +238,33 @@ async fn every_endpoint_on_a_fresh_server_and_after_a_restart() {
     assert_eq!(st, 200);
     assert_eq!(body["items"][0]["plaintext"], b64(b"a"));
     assert_eq!(body["items"][1]["error"]["code"], "InvalidCiphertext");
+    // A key that no item could use fails the whole batch with the key's own status, as a single call does.
+    let signer = create(&c, "ECC_NIST_P384", Some("SIGN_VERIFY")).await;
+    c.key_action(&k.key_id, "disable").await.unwrap();
+    let sealed = batch["items"][0]["ciphertext"].clone();
+    for (key, expected) in [
+        (k.key_id.as_str(), (409, "KeyDisabled")),
+        (signer.key_id.as_str(), (400, "IncorrectKeyUsage")),
+        ("00000000-0000-0000-0000-000000000000", (404, "NotFound")),
+        ("not-a-key", (400, "ValidationError")),
+    ] {
+        for (op, item) in [
+            ("encrypt", json!({"plaintext": "AA=="})),
+            ("decrypt", json!({"ciphertext": sealed})),
+            ("reencrypt", json!({"ciphertext": sealed})),
+        ] {
+            let (st, v, _) = raw(
+                &server.addr,
+                "POST",
+                &format!("/v1/keys/{key}/{op}"),
+                Some(ROOT),
+                Some(serde_json::to_vec(&json!({ "items": [item.clone(), item] })).unwrap()),
+            )
+            .await;
+            assert_eq!((st, code_of(&v)), expected, "{op} on {key}: {v}");
+        }
+    }
+    c.key_action(&k.key_id, "enable").await.unwrap();
     let other = create(&c, "AES_256", None).await;
     let moved = c
         .reencrypt(

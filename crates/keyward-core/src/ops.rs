@@ -123,6 +123,13 @@ pub struct PublicKey {
 }
 
 impl Kms {
+    /// Whether the key can serve calls of `usage` at all: it exists, is Enabled and has that usage. A batch
+    /// that names one key for every item asks this first, so that a key no item could use fails the request
+    /// with the key's own error instead of every item alike. Served from the key cache.
+    pub fn check_usable(&self, key_ref: &str, usage: KeyUsage) -> KmsResult<()> {
+        self.usable(key_ref, usage).map(drop)
+    }
+
     /// A loaded key that is Enabled and of the given usage.
     pub(crate) fn usable(&self, key_ref: &str, usage: KeyUsage) -> KmsResult<Arc<CachedKey>> {
         let key = self.load(&self.resolve(key_ref)?)?;

@@ -10,7 +10,7 @@ use keyward_api::{
     MacRequest, MacResponse, RandomRequest, RandomResponse, ReencryptBody, ReencryptRequest,
     SecretB64, SignRequest, SignResponse, Validity, VerifyMacRequest, VerifyRequest, B64,
 };
-use keyward_core::{Kms, SignInput};
+use keyward_core::{KeyUsage, Kms, SignInput};
 
 use crate::app::{call, parse, AppState, Caller, Meta, Mode, RawBody, Reply};
 use crate::authz::Action;
@@ -48,6 +48,14 @@ fn batch<T, R>(
     })
 }
 
+/// The key a batch names in its path, checked once for all items: a reference that does not parse, an
+/// unknown key, a key that is not Enabled or not for encryption fails the whole request with its own status
+/// (as a single request does). Items still fail one by one for what is their own (data, context,
+/// algorithm, the ciphertext's key).
+fn batch_key(kms: &Kms, key: &str) -> Result<(), ApiError> {
+    Ok(kms.check_usable(key, KeyUsage::EncryptDecrypt)?)
+}
+
 fn encrypt_one(
     caller: &Caller,
     kms: &Kms,
@@ -83,6 +91,7 @@ pub async fn encrypt(
             let b: EncryptBody = parse(&body)?;
             match (b.items, b.plaintext) {
                 (Some(items), None) if b.context.is_none() && b.algorithm.is_none() => {
+                    batch_key(&a.kms, &key)?;
                     Reply::ok(&batch(items, |i| encrypt_one(&caller, &a.kms, &key, i))?)
                 }
                 (None, Some(plaintext)) => {
@@ -147,6 +156,9 @@ async fn decrypt_with(app: AppState, meta: Meta, key: Option<String>, body: RawB
             let b: DecryptBody = parse(&body)?;
             match (b.items, b.ciphertext) {
                 (Some(items), None) if b.context.is_none() && b.algorithm.is_none() => {
+                    if let Some(key) = &key {
+                        batch_key(&a.kms, key)?;
+                    }
                     Reply::ok(&batch(items, |i| {
                         decrypt_one(&caller, &a.kms, key.as_deref(), i)
                     })?)
@@ -231,6 +243,7 @@ pub async fn reencrypt(
             let b: ReencryptBody = parse(&body)?;
             match (b.items, b.ciphertext) {
                 (Some(items), None) if b.context.is_none() && b.new_context.is_none() => {
+                    batch_key(&a.kms, &key)?;
                     Reply::ok(&batch(items, |i| reencrypt_one(&caller, &a.kms, &key, i))?)
                 }
                 (None, Some(ciphertext)) => {
