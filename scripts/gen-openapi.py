@@ -305,6 +305,21 @@ for method, path, action, req, (status, resp), params, public in ops:
                                   "content": {"application/json": {"schema": ref("Health")}}}
     paths.setdefault(path, {})[method] = op
 
+# Links say where a response's values go next: a new key's id into every call on a key, and a held operation's
+# approval id into the decisions on it (clients and stateful test tools follow them).
+key_ops = [op for methods in paths.values() for op in methods.values() if KEY in op["parameters"]]
+paths["/v1/keys"]["post"]["responses"]["201"]["links"] = {
+    op["operationId"]: {"operationId": op["operationId"], "parameters": {
+        "key": "$response.body#/key_id",
+        **({"n": "$response.body#/primary_version"} if any(p["name"] == "n" for p in op["parameters"]) else {})}}
+    for op in key_ops}
+for methods in paths.values():
+    for op in methods.values():
+        if "202" in op["responses"]:
+            op["responses"]["202"]["links"] = {
+                decision: {"operationId": f"post_v1_approvals_id_{decision}", "parameters": {"id": "$response.body#/approval_id"}}
+                for decision in ["approve", "reject"]}
+
 doc = {
     "openapi": "3.0.3",
     "info": {"title": "Keyward REST API", "version": "1.0.0",
