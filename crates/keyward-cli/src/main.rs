@@ -47,9 +47,12 @@ enum Command {
     /// Manage aliases.
     #[command(subcommand)]
     Alias(AliasCmd),
-    /// Store, show or delete policy documents.
+    /// Store, show, list or delete policy documents.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Create, list, show, change or delete identities.
+    #[command(subcommand)]
+    Identity(IdentityCmd),
     /// List, approve or reject operations waiting for quorum approval.
     #[command(subcommand)]
     Approval(ApprovalCmd),
@@ -216,23 +219,6 @@ enum Command {
     },
     /// Export a signed checkpoint of the audit chain head (keep it outside Keyward).
     Checkpoint,
-    /// Create an identity.
-    Identity {
-        /// Name.
-        name: String,
-        /// service or user.
-        #[arg(long, default_value = "service")]
-        kind: String,
-        /// Role (repeatable): admin, key-admin, key-user, auditor.
-        #[arg(long = "role")]
-        roles: Vec<String>,
-        /// Policy (repeatable): a name given to `keyward policy put`.
-        #[arg(long = "policy")]
-        policies: Vec<String>,
-        /// Read a password from stdin (user identities).
-        #[arg(long)]
-        password_stdin: bool,
-    },
     /// Enrol TOTP MFA for a user identity: prints the otpauth:// URI (it holds the seed) once.
     Mfa {
         /// Identity name.
@@ -553,6 +539,58 @@ enum PolicyCmd {
     /// Delete a policy.
     Delete {
         /// Policy name.
+        name: String,
+    },
+    /// List the names of stored policies.
+    List,
+}
+
+#[derive(Subcommand)]
+enum IdentityCmd {
+    /// Create an identity.
+    Create {
+        /// Name.
+        name: String,
+        /// service or user.
+        #[arg(long, default_value = "service")]
+        kind: String,
+        /// Role (repeatable): admin, key-admin, key-user, auditor.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Policy (repeatable): a name given to `keyward policy put`.
+        #[arg(long = "policy")]
+        policies: Vec<String>,
+        /// Read a password from stdin (user identities).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List identities (no secrets: whether a password or MFA is set).
+    List,
+    /// Show one identity.
+    Show {
+        /// Name.
+        name: String,
+    },
+    /// Replace an identity's roles or policies; its tokens change with it at once.
+    Update {
+        /// Name.
+        name: String,
+        /// Role (repeatable): replaces the roles.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Remove every role.
+        #[arg(long, conflicts_with = "roles")]
+        no_roles: bool,
+        /// Policy (repeatable): replaces the policies.
+        #[arg(long = "policy")]
+        policies: Vec<String>,
+        /// Remove every policy.
+        #[arg(long, conflicts_with = "policies")]
+        no_policies: bool,
+    },
+    /// Delete an identity, revoking every token it holds.
+    Delete {
+        /// Name.
         name: String,
     },
 }
@@ -1451,13 +1489,13 @@ async fn run(cli: Cli) -> Res {
             // The checkpoint is a document to keep: JSON whatever the output mode.
             print_raw(&Out { json: true }, status, &body)?;
         }
-        Command::Identity {
+        Command::Identity(IdentityCmd::Create {
             name,
             kind,
             roles,
             policies,
             password_stdin,
-        } => {
+        }) => {
             let mut body = serde_json::json!({
                 "name": name, "kind": kind, "roles": roles, "policies": policies
             });
@@ -1478,6 +1516,50 @@ async fn run(cli: Cli) -> Res {
                 .await
                 .map_err(e)?;
             print_raw(&out, status, &resp)?;
+        }
+        Command::Identity(IdentityCmd::List) => {
+            let all = list_all(c, "/v1/identities", "identities").await?;
+            out.identities(&all);
+        }
+        Command::Identity(IdentityCmd::Show { name }) => {
+            let path = format!("/v1/identities/{}", keyward_client::segment(&name));
+            let (status, resp) = c.raw(reqwest::Method::GET, &path, None).await.map_err(e)?;
+            print_raw(&out, status, &resp)?;
+        }
+        Command::Identity(IdentityCmd::Update {
+            name,
+            roles,
+            no_roles,
+            policies,
+            no_policies,
+        }) => {
+            let mut body = serde_json::Map::new();
+            if no_roles || !roles.is_empty() {
+                body.insert("roles".into(), roles.into());
+            }
+            if no_policies || !policies.is_empty() {
+                body.insert("policies".into(), policies.into());
+            }
+            if body.is_empty() {
+                return Err("give --role, --policy, --no-roles or --no-policies".into());
+            }
+            let path = format!("/v1/identities/{}", keyward_client::segment(&name));
+            let bytes = serde_json::to_vec(&body).map_err(|x| x.to_string())?;
+            let (status, resp) = c
+                .raw(reqwest::Method::PATCH, &path, Some(bytes))
+                .await
+                .map_err(e)?;
+            print_raw(&out, status, &resp)?;
+        }
+        Command::Identity(IdentityCmd::Delete { name }) => {
+            let path = format!("/v1/identities/{}", keyward_client::segment(&name));
+            let (status, resp) = c
+                .raw(reqwest::Method::DELETE, &path, None)
+                .await
+                .map_err(e)?;
+            if !status.is_success() {
+                print_raw(&out, status, &resp)?;
+            }
         }
         Command::Token { name, ttl } => {
             let body = serde_json::to_vec(&serde_json::json!({"ttl_seconds": ttl}))
@@ -1534,6 +1616,16 @@ async fn run(cli: Cli) -> Res {
             }
             PolicyCmd::Show { name } => out.policy(&c.get_policy(&name).await.map_err(e)?),
             PolicyCmd::Delete { name } => c.delete_policy(&name).await.map_err(e)?,
+            PolicyCmd::List => {
+                let all = list_all(c, "/v1/policies", "policies").await?;
+                if out.json {
+                    out.value(&all);
+                } else {
+                    for name in all.iter().filter_map(|n| n.as_str()) {
+                        println!("{name}");
+                    }
+                }
+            }
         },
         Command::Approval(a) => match a {
             ApprovalCmd::List { status } => {
@@ -1607,6 +1699,40 @@ fn api_error(status: reqwest::StatusCode, v: &serde_json::Value) -> String {
         status.as_u16(),
         v["error"]["message"].as_str().unwrap_or("no message")
     )
+}
+
+/// Every entry of a paged list (`field` of each page), following `next_token` to the end.
+async fn list_all(
+    c: &keyward_client::Client,
+    path: &str,
+    field: &str,
+) -> Result<Vec<serde_json::Value>, Failure> {
+    let mut all = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let url = match &next {
+            Some(t) => format!(
+                "{path}?limit=1000&next_token={}",
+                keyward_client::segment(t)
+            ),
+            None => format!("{path}?limit=1000"),
+        };
+        let (status, resp) = c
+            .raw(reqwest::Method::GET, &url, None)
+            .await
+            .map_err(|x| Failure::from(x.to_string()))?;
+        let v: serde_json::Value = serde_json::from_slice(&resp).unwrap_or(serde_json::Value::Null);
+        if !status.is_success() {
+            return Err(api_error(status, &v).into());
+        }
+        if let Some(items) = v[field].as_array() {
+            all.extend(items.iter().cloned());
+        }
+        match v["next_token"].as_str() {
+            Some(t) => next = Some(t.to_string()),
+            None => return Ok(all),
+        }
+    }
 }
 
 fn print_raw(out: &Out, status: reqwest::StatusCode, body: &[u8]) -> Res {

@@ -185,6 +185,36 @@ impl Out {
         );
     }
 
+    /// Identities (`GET /v1/identities`): one line each.
+    pub fn identities(&self, list: &[serde_json::Value]) {
+        if self.json {
+            return self.value(&list);
+        }
+        let joined = |v: &serde_json::Value| {
+            v.as_array()
+                .map(|a| a.iter().map(cell).collect::<Vec<_>>().join(","))
+                .unwrap_or_default()
+        };
+        table(
+            &[
+                "NAME", "KIND", "ROLES", "POLICIES", "PASSWORD", "MFA", "CREATED",
+            ],
+            list.iter()
+                .map(|i| {
+                    vec![
+                        cell(&i["name"]),
+                        cell(&i["kind"]),
+                        joined(&i["roles"]),
+                        joined(&i["policies"]),
+                        cell(&i["password"]),
+                        cell(&i["mfa"]),
+                        cell(&i["created_at"]),
+                    ]
+                })
+                .collect(),
+        );
+    }
+
     pub fn aliases(&self, a: &[AliasObject]) {
         if self.json {
             return self.value(&a);

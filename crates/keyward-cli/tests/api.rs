@@ -1423,12 +1423,15 @@ async fn roles_separate_duties_and_tokens_expire_and_revoke() {
     )
     .await;
     assert_eq!(st, 200, "{v}");
-    let alice = server.client(Some(v["token"].as_str().unwrap()));
+    let alice_token = v["token"].as_str().unwrap().to_string();
+    let alice = server.client(Some(&alice_token));
     assert!(alice.list_keys("").await.is_ok());
     assert_eq!(
         api_code(alice.encrypt(&key, b"x", None).await),
         "AccessDenied"
     );
+    identity_lifecycle(&server, &alice, &alice_token, &key).await;
+
     // Length is counted in characters on set and on login alike: the longest password of four-byte
     // characters logs in, one character more is refused.
     let longest = "🔑".repeat(1024);
@@ -2508,4 +2511,218 @@ async fn audit_records_name_the_key_by_id_however_the_request_named_it() {
     let literal = literal["records"].as_array().unwrap();
     assert_eq!(literal.len(), 1, "{literal:?}");
     assert_eq!(literal[0]["outcome"], "deny");
+}
+
+/// Listing, reading, changing and deleting an identity; a change holds at once for the tokens it already has.
+async fn identity_lifecycle(server: &Server, alice: &Client, alice_token: &str, key: &str) {
+    let call = |method: &'static str,
+                path: String,
+                token: Option<&'static str>,
+                body: Option<serde_json::Value>| {
+        let addr = server.addr.clone();
+        async move {
+            let body = body.map(|b| serde_json::to_vec(&b).unwrap());
+            let (st, v, _) = raw(&addr, method, &path, token, body).await;
+            (st, v)
+        }
+    };
+    // Listed by name, in pages, without secrets.
+    let (st, v) = call("GET", "/v1/identities?limit=1".into(), Some(ROOT), None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["identities"].as_array().unwrap().len(), 1, "{v}");
+    let first = v["identities"][0]["name"].as_str().unwrap().to_string();
+    let next = v["next_token"].as_str().unwrap().to_string();
+    let (_, v) = call(
+        "GET",
+        format!("/v1/identities?next_token={next}"),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    let rest: Vec<&str> = v["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(first, "alice");
+    assert!(!rest.contains(&"alice") && rest.contains(&"app"), "{v}");
+    assert!(v["next_token"].is_null(), "{v}");
+    assert!(
+        !v.to_string().contains("argon2") && !v.to_string().contains("totp_seed"),
+        "{v}"
+    );
+    let (st, v) = call("GET", "/v1/identities/alice".into(), Some(ROOT), None).await;
+    assert_eq!(
+        (st, v["roles"].clone(), v["password"].clone()),
+        (200, json!(["auditor"]), json!(true)),
+        "{v}"
+    );
+    let (st, v) = call(
+        "GET",
+        "/v1/identities/no-such-identity".into(),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    assert_eq!((st, code_of(&v)), (404, "NotFound"));
+    // Only an admin manages identities.
+    let (st, _, _) = raw(
+        &server.addr,
+        "GET",
+        "/v1/identities",
+        Some(alice_token),
+        None,
+    )
+    .await;
+    assert_eq!(st, 403);
+
+    // Bad changes are refused and change nothing.
+    for bad in [
+        json!({"roles": ["superuser"]}),
+        json!({"role": ["key-user"]}),
+        json!({"roles": "key-user"}),
+        json!(["key-user"]),
+    ] {
+        let (st, v) = call(
+            "PATCH",
+            "/v1/identities/alice".into(),
+            Some(ROOT),
+            Some(bad.clone()),
+        )
+        .await;
+        assert_eq!((st, code_of(&v)), (400, "ValidationError"), "{bad}: {v}");
+    }
+    let (_, v) = call(
+        "PATCH",
+        "/v1/identities/no-such-identity".into(),
+        Some(ROOT),
+        Some(json!({"roles": []})),
+    )
+    .await;
+    assert_eq!(code_of(&v), "NotFound");
+    assert_eq!(
+        call("GET", "/v1/identities/alice".into(), Some(ROOT), None)
+            .await
+            .1["roles"],
+        json!(["auditor"])
+    );
+
+    // A role given or taken away holds at once for the token alice already has.
+    assert_eq!(
+        api_code(alice.encrypt(key, b"x", None).await),
+        "AccessDenied"
+    );
+    let (st, v) = call(
+        "PATCH",
+        "/v1/identities/alice".into(),
+        Some(ROOT),
+        Some(json!({"roles": ["key-user"]})),
+    )
+    .await;
+    assert_eq!(
+        (st, v["roles"].clone(), v["policies"].clone()),
+        (200, json!(["key-user"]), json!([])),
+        "{v}"
+    );
+    assert!(alice.encrypt(key, b"x", None).await.is_ok());
+    let (st, _) = call(
+        "PATCH",
+        "/v1/identities/alice".into(),
+        Some(ROOT),
+        Some(json!({"roles": null, "policies": ["nothing-yet"]})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        call("GET", "/v1/identities/alice".into(), Some(ROOT), None)
+            .await
+            .1["roles"],
+        json!(["key-user"])
+    );
+    let (st, _) = call(
+        "PATCH",
+        "/v1/identities/alice".into(),
+        Some(ROOT),
+        Some(json!({"roles": []})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        api_code(alice.encrypt(key, b"x", None).await),
+        "AccessDenied"
+    );
+
+    // Deleting alice revokes her token and her password; the name is free again.
+    let (st, _) = call("DELETE", "/v1/identities/alice".into(), Some(ROOT), None).await;
+    assert_eq!(st, 204);
+    assert_eq!(api_code(alice.list_keys("").await), "Unauthenticated");
+    let (st, v) = call(
+        "POST",
+        "/v1/auth/login".into(),
+        None,
+        Some(json!({"name": "alice", "password": "correct horse battery"})),
+    )
+    .await;
+    assert_eq!((st, code_of(&v)), (401, "Unauthenticated"));
+    let (st, v) = call("DELETE", "/v1/identities/alice".into(), Some(ROOT), None).await;
+    assert_eq!((st, code_of(&v)), (404, "NotFound"));
+    let (_, v) = call("GET", "/v1/identities".into(), Some(ROOT), None).await;
+    assert!(!v.to_string().contains("\"alice\""), "{v}");
+
+    // Policies are listed by name.
+    let policy = json!({"statements": [{"effect": "allow", "actions": ["kms:Encrypt"], "resources": ["*"]}]});
+    assert_eq!(
+        call(
+            "PUT",
+            "/v1/policies/zz-listed".into(),
+            Some(ROOT),
+            Some(policy)
+        )
+        .await
+        .0,
+        200
+    );
+    let (st, v) = call("GET", "/v1/policies".into(), Some(ROOT), None).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        v["policies"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("zz-listed")),
+        "{v}"
+    );
+
+    // Each change is in the trail: recorded before it is made, and followed by an error record where it
+    // was refused.
+    for (action, requests, errors) in [
+        (
+            "kms:UpdateIdentity",
+            8,
+            vec![
+                "ValidationError",
+                "ValidationError",
+                "ValidationError",
+                "ValidationError",
+                "NotFound",
+            ],
+        ),
+        ("kms:DeleteIdentity", 2, vec!["NotFound"]),
+    ] {
+        let (_, v) = call(
+            "GET",
+            format!("/v1/audit?action={action}&limit=1000"),
+            Some(ROOT),
+            None,
+        )
+        .await;
+        let records = v["records"].as_array().unwrap();
+        let allowed = records.iter().filter(|r| r["outcome"] == "allow").count();
+        let refused: Vec<&str> = records
+            .iter()
+            .filter(|r| r["outcome"] == "error")
+            .map(|r| r["error_code"].as_str().unwrap())
+            .collect();
+        assert_eq!((allowed, refused), (requests, errors), "{v}");
+    }
 }

@@ -456,6 +456,7 @@ fn the_cli_covers_identities_pki_and_audit() {
     ok(
         &[
             "identity",
+            "create",
             "bob",
             "--kind",
             "user",
@@ -744,7 +745,10 @@ fn the_cli_manages_policies_approvals_mfa_and_health() {
     // An identity bound to the policy by `--policy` may use the app's keys and no others.
     json(ROOT, &["key", "create", "--alias", "alias/app-orders"]);
     let other = json(ROOT, &["key", "create"]);
-    ok(ROOT, &["identity", "orders-svc", "--policy", "app-crypto"]);
+    ok(
+        ROOT,
+        &["identity", "create", "orders-svc", "--policy", "app-crypto"],
+    );
     let svc = json(ROOT, &["token", "orders-svc"])["token"]
         .as_str()
         .unwrap()
@@ -810,7 +814,10 @@ fn the_cli_manages_policies_approvals_mfa_and_health() {
         own.contains("AccessDenied (403)") && own.contains("its own request"),
         "{own}"
     );
-    ok(ROOT, &["identity", "second-admin", "--role", "admin"]);
+    ok(
+        ROOT,
+        &["identity", "create", "second-admin", "--role", "admin"],
+    );
     let second = json(ROOT, &["token", "second-admin"])["token"]
         .as_str()
         .unwrap()
@@ -849,6 +856,30 @@ fn the_cli_manages_policies_approvals_mfa_and_health() {
         1
     );
 
+    // Identities: listed, changed (its token follows at once), deleted (its token with it).
+    let table = ok(ROOT, &["identity", "list"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("second-admin "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains(" admin "), "{table}");
+    assert!(table.lines().next().unwrap().starts_with("NAME"), "{table}");
+    let changed = json(
+        ROOT,
+        &["identity", "update", "second-admin", "--role", "auditor"],
+    );
+    assert_eq!(changed["roles"], serde_json::json!(["auditor"]));
+    let denied = refused(&second, &["policy", "list"], b"");
+    assert!(denied.contains("AccessDenied (403)"), "{denied}");
+    let none = refused(ROOT, &["identity", "update", "second-admin"], b"");
+    assert!(none.contains("--role"), "{none}");
+    ok(ROOT, &["identity", "delete", "second-admin"]);
+    let gone = refused(&second, &["key", "list"], b"");
+    assert!(gone.contains("Unauthenticated (401)"), "{gone}");
+    let shown = refused(ROOT, &["identity", "show", "second-admin"], b"");
+    assert!(shown.contains("NotFound (404)"), "{shown}");
+    assert!(json(ROOT, &["policy", "list"]).is_array());
+
     // MFA: the URI is printed once; the login needs the authenticator's code.
     succeeded(
         &[],
@@ -856,6 +887,7 @@ fn the_cli_manages_policies_approvals_mfa_and_health() {
             ROOT,
             &[
                 "identity",
+                "create",
                 "carol",
                 "--kind",
                 "user",

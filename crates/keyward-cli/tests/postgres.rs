@@ -359,6 +359,47 @@ async fn three_nodes_share_one_database_and_see_each_others_changes_within_a_sec
     .await;
     assert!(took < std::time::Duration::from_secs(1), "{took:?}");
 
+    // The identity's role taken away on B: its other token, cached on C, loses it within a second; deleted
+    // on A, the identity's token is refused on C within a second.
+    let (_, minted, _) = raw(
+        &cluster.nodes[0].addr,
+        "POST",
+        "/v1/identities/app/tokens",
+        Some(&cluster.root),
+        Some(b"{}".to_vec()),
+    )
+    .await;
+    let app_on_c = cluster.nodes[2].client(Some(minted["token"].as_str().unwrap()));
+    app_on_c.encrypt(&key.key_id, b"ok", None).await.unwrap();
+    let (status, v, _) = raw(
+        &cluster.nodes[1].addr,
+        "PATCH",
+        "/v1/identities/app",
+        Some(&cluster.root),
+        Some(br#"{"roles": ["auditor"]}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let took = seen_within(|| async {
+        matches!(app_on_c.encrypt(&key.key_id, b"x", None).await, Err(ref e) if code(e) == "AccessDenied")
+    })
+    .await;
+    assert!(took < std::time::Duration::from_secs(1), "{took:?}");
+    let (status, _, _) = raw(
+        &cluster.nodes[0].addr,
+        "DELETE",
+        "/v1/identities/app",
+        Some(&cluster.root),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let took = seen_within(|| async {
+        matches!(app_on_c.list_keys("").await, Err(ref e) if code(e) == "Unauthenticated")
+    })
+    .await;
+    assert!(took < std::time::Duration::from_secs(1), "{took:?}");
+
     // A root rotation on C: A and B keep decrypting old ciphertexts and encrypting new ones.
     c.rotate_root().await.unwrap();
     let fresh = b

@@ -846,7 +846,16 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/keys/{key}/derive", post(crypto::derive))
         .route("/v1/keys/{key}/agree", post(crypto::agree))
         .route("/v1/random", post(crypto::random))
-        .route("/v1/identities", post(handlers::identities::create))
+        .route(
+            "/v1/identities",
+            post(handlers::identities::create).get(handlers::identities::list),
+        )
+        .route(
+            "/v1/identities/{name}",
+            get(handlers::identities::get)
+                .patch(handlers::identities::update)
+                .delete(handlers::identities::delete),
+        )
         .route(
             "/v1/identities/{name}/tokens",
             post(handlers::identities::token),
@@ -860,6 +869,7 @@ pub fn router(app: AppState) -> Router {
             post(handlers::identities::enroll_mfa),
         )
         .route("/v1/auth/login", post(handlers::identities::login))
+        .route("/v1/policies", get(handlers::policies::list))
         .route(
             "/v1/policies/{name}",
             put(handlers::policies::put)

@@ -242,6 +242,49 @@ impl Auth {
         Ok(hash.is_some())
     }
 
+    /// Inside an identity's change: rewrites the grants of each of its tokens (`Some`), or revokes them all
+    /// (`None`, when the identity is deleted), so that the change holds for tokens already issued. Tokens
+    /// carry their grants so that a request needs one lookup; other nodes forget the changed tokens through
+    /// the store's change feed, and [`Auth::forget_identity`] does so here once the change is committed.
+    /// Returns how many tokens were changed.
+    pub fn regrant_in(
+        tx: &mut dyn Tx,
+        identity: &str,
+        grants: Option<(&[String], &[String])>,
+    ) -> KmsResult<usize> {
+        let mut changed = 0;
+        for (hash, raw) in tx.list_meta(TOKENS)? {
+            let Ok(mut rec) = serde_json::from_slice::<TokenRecord>(&raw) else {
+                continue;
+            };
+            if rec.identity != identity {
+                continue;
+            }
+            match grants {
+                Some((roles, policies)) => {
+                    rec.roles = roles.to_vec();
+                    rec.policies = policies.to_vec();
+                    let json = serde_json::to_vec(&rec)
+                        .map_err(|_| KmsError::new(ErrorCode::Unavailable, "token encoding"))?;
+                    tx.put_meta(TOKENS, &hash, &json)?;
+                }
+                None => {
+                    tx.delete_meta(TOKENS, &hash)?;
+                    tx.delete_meta(TOKEN_IDS, &rec.token_id)?;
+                }
+            }
+            changed += 1;
+        }
+        Ok(changed)
+    }
+
+    /// Drops the cached principals of every token of an identity whose grants changed.
+    pub fn forget_identity(&self, identity: &str) {
+        for s in &self.cache {
+            s.write().retain(|_, p| p.name != identity);
+        }
+    }
+
     /// Forgets the cached principal of a token whose stored record changed on another node; `hash_hex` is
     /// the record's name.
     pub fn forget(&self, hash_hex: &str) {

@@ -107,6 +107,11 @@ actions! {
     GetComplianceReport = "kms:GetComplianceReport": Audit,
     DestroyKey = "kms:DestroyKey": System,
     ExportAuditCheckpoint = "kms:ExportAuditCheckpoint": Audit,
+    ListIdentities = "kms:ListIdentities": Access,
+    GetIdentity = "kms:GetIdentity": Access,
+    UpdateIdentity = "kms:UpdateIdentity": Access,
+    DeleteIdentity = "kms:DeleteIdentity": Access,
+    ListPolicies = "kms:ListPolicies": Access,
 }
 
 /// A built-in role.
@@ -252,11 +257,16 @@ mod tests {
             Restore,
             GetMetrics,
             CreateIdentity,
+            ListIdentities,
+            GetIdentity,
+            UpdateIdentity,
+            DeleteIdentity,
             CreateToken,
             RevokeToken,
             EnrollMfa,
             PutPolicy,
             GetPolicy,
+            ListPolicies,
             DeletePolicy,
             DestroyKey,
         ] {

@@ -7,7 +7,9 @@
 use std::sync::OnceLock;
 
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use keyward_core::audit::rfc3339;
@@ -121,6 +123,23 @@ struct IdentityObject {
     certificate_subject: Option<String>,
 }
 
+/// `PATCH /v1/identities/{name}`: what is not given stays as it is.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateIdentity {
+    #[serde(default)]
+    roles: Option<Vec<String>>,
+    #[serde(default)]
+    policies: Option<Vec<String>>,
+}
+
+#[derive(Serialize)]
+struct IdentityList {
+    identities: Vec<IdentityObject>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_token: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokenRequest {
@@ -185,6 +204,43 @@ fn load(app: &AppState, name: &str) -> Result<Option<IdentityRecord>, ApiError> 
     .transpose()
 }
 
+/// Roles must be built-in ones; policies are names (one that does not exist grants nothing).
+fn check_grants(roles: &[String], policies: &[String]) -> Result<(), ApiError> {
+    if let Some(r) = roles.iter().find(|r| Role::parse(r).is_none()) {
+        return Err(ApiError::validation(format!(
+            "unknown role '{}'",
+            r.escape_debug()
+        )));
+    }
+    if roles.len() > 4 || policies.len() > 100 {
+        return Err(ApiError::validation(
+            "an identity has at most 4 roles and 100 policies",
+        ));
+    }
+    if policies.iter().any(|p| p.is_empty() || p.len() > 128) {
+        return Err(ApiError::validation("policy names are 1 to 128 characters"));
+    }
+    Ok(())
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("identity {} does not exist", name.escape_debug()),
+    )
+}
+
+fn read_in(tx: &mut dyn Tx, name: &str) -> Result<IdentityRecord, KmsError> {
+    let raw = tx.get_meta(IDENTITIES, name)?.ok_or_else(|| {
+        KmsError::new(
+            ErrorCode::NotFound,
+            format!("identity {} does not exist", name.escape_debug()),
+        )
+    })?;
+    serde_json::from_slice(&raw)
+        .map_err(|_| KmsError::new(ErrorCode::Unavailable, "store corrupt: identity"))
+}
+
 fn roles_of(rec: &IdentityRecord) -> Vec<Role> {
     rec.roles.iter().filter_map(|r| Role::parse(r)).collect()
 }
@@ -223,12 +279,7 @@ pub async fn create(State(app): State<AppState>, meta: Meta, body: RawBody) -> R
             if !matches!(req.kind.as_str(), "service" | "user") {
                 return Err(ApiError::validation("kind is service or user"));
             }
-            if let Some(r) = req.roles.iter().find(|r| Role::parse(r).is_none()) {
-                return Err(ApiError::validation(format!(
-                    "unknown role '{}'",
-                    r.escape_debug()
-                )));
-            }
+            check_grants(&req.roles, &req.policies)?;
             let password_hash = match &req.password {
                 None => None,
                 Some(_) if req.kind != "user" => {
@@ -519,6 +570,128 @@ pub async fn enroll_mfa(
             crate::totp::STEP
         );
             Reply::ok(&MfaResponse { totp_uri: uri })
+        },
+    )
+    .await
+}
+
+/// `GET /v1/identities`: every identity, by name, without secrets (`password` and `mfa` say only whether
+/// they are set).
+pub async fn list(
+    State(app): State<AppState>,
+    meta: Meta,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::ListIdentities,
+        None,
+        Mode::Blocking,
+        move |_| {
+            let all = transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+                tx.list_meta(IDENTITIES)
+            })
+            .map_err(|e| ApiError(KmsError::from(e)))?;
+            let (page, next_token) = crate::handlers::keys::page(all, &q)?;
+            let identities = page
+                .iter()
+                .map(|(_, raw)| {
+                    serde_json::from_slice(raw)
+                        .map(|r: IdentityRecord| object(&r))
+                        .map_err(|_| {
+                            ApiError::new(ErrorCode::Unavailable, "store corrupt: identity")
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Reply::ok(&IdentityList {
+                identities,
+                next_token,
+            })
+        },
+    )
+    .await
+}
+
+/// `GET /v1/identities/{name}`.
+pub async fn get(State(app): State<AppState>, meta: Meta, Path(name): Path<String>) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::GetIdentity,
+        None,
+        Mode::Blocking,
+        move |_| {
+            let rec = load(&a, &name)?.ok_or_else(|| not_found(&name))?;
+            Reply::ok(&object(&rec))
+        },
+    )
+    .await
+}
+
+/// `PATCH /v1/identities/{name}` `{"roles"?, "policies"?}`: changes what the identity may do. The tokens it
+/// already holds change with it, in the same transaction, so that a role taken away is gone at once.
+pub async fn update(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(name): Path<String>,
+    body: RawBody,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::UpdateIdentity,
+        None,
+        Mode::Blocking,
+        move |_| {
+            let req: UpdateIdentity = parse(&body)?;
+            let rec = transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+                let mut rec = read_in(tx, &name)?;
+                if let Some(roles) = &req.roles {
+                    rec.roles.clone_from(roles);
+                }
+                if let Some(policies) = &req.policies {
+                    rec.policies.clone_from(policies);
+                }
+                check_grants(&rec.roles, &rec.policies).map_err(|e| e.0)?;
+                let json = serde_json::to_vec(&rec)
+                    .map_err(|_| KmsError::new(ErrorCode::Unavailable, "identity encoding"))?;
+                tx.put_meta(IDENTITIES, &rec.name, &json)?;
+                crate::auth::Auth::regrant_in(tx, &rec.name, Some((&rec.roles, &rec.policies)))?;
+                Ok::<_, KmsError>(rec)
+            })?;
+            a.auth.forget_identity(&rec.name);
+            Reply::ok(&object(&rec))
+        },
+    )
+    .await
+}
+
+/// `DELETE /v1/identities/{name}`: the identity goes, with every token it holds and its certificate
+/// subject, in one transaction (a leaver loses access at once, on every node).
+pub async fn delete(State(app): State<AppState>, meta: Meta, Path(name): Path<String>) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::DeleteIdentity,
+        None,
+        Mode::Blocking,
+        move |_| {
+            transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+                let rec = read_in(tx, &name)?;
+                if let Some(subject) = &rec.certificate_subject {
+                    tx.delete_meta(SUBJECTS, &normalize(subject))?;
+                }
+                crate::auth::Auth::regrant_in(tx, &rec.name, None)?;
+                tx.delete_meta(IDENTITIES, &rec.name)?;
+                Ok::<_, KmsError>(())
+            })?;
+            a.auth.forget_identity(&name);
+            Ok(Reply::empty())
         },
     )
     .await

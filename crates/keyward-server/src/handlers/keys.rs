@@ -21,11 +21,12 @@ use crate::handlers::approvals;
 
 type Q = Query<HashMap<String, String>>;
 
-fn encode_token(s: &str) -> String {
+/// A list's `next_token`: the last name of the page, opaque to clients.
+pub(crate) fn encode_token(s: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
 }
 
-fn decode_token(s: &str) -> Result<String, ApiError> {
+pub(crate) fn decode_token(s: &str) -> Result<String, ApiError> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s)
         .ok()
@@ -33,7 +34,7 @@ fn decode_token(s: &str) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::validation("next_token is not one this service issued"))
 }
 
-fn limit(query: &HashMap<String, String>) -> Result<usize, ApiError> {
+pub(crate) fn limit(query: &HashMap<String, String>) -> Result<usize, ApiError> {
     let n = query
         .get("limit")
         .map(|v| {
@@ -42,6 +43,32 @@ fn limit(query: &HashMap<String, String>) -> Result<usize, ApiError> {
         })
         .transpose()?;
     page_limit(n).map_err(ApiError::validation)
+}
+
+/// A page of named entries, and the token of the next page.
+pub(crate) type Page<T> = (Vec<(String, T)>, Option<String>);
+
+/// One page of a list ordered by name (`?limit=` and `?next_token=`, as every list takes): the entries after
+/// the token, at most `limit` of them, and the next page's token while more remain.
+pub(crate) fn page<T>(
+    all: Vec<(String, T)>,
+    query: &HashMap<String, String>,
+) -> Result<Page<T>, ApiError> {
+    only(query, &["limit", "next_token"])?;
+    let after = query
+        .get("next_token")
+        .map(|t| decode_token(t))
+        .transpose()?;
+    let limit = limit(query)?;
+    let mut rest = all
+        .into_iter()
+        .filter(|(name, _)| after.as_deref().is_none_or(|a| name.as_str() > a));
+    let page: Vec<_> = rest.by_ref().take(limit).collect();
+    let next = match rest.next() {
+        Some(_) => page.last().map(|(name, _)| encode_token(name)),
+        None => None,
+    };
+    Ok((page, next))
 }
 
 /// `POST /v1/keys`. The key id is chosen here so the audit record written before the key exists names it.

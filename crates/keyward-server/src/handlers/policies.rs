@@ -1,9 +1,9 @@
-//! `PUT/GET/DELETE /v1/policies/{name}`, and the cache of compiled policies.
+//! `PUT/GET/DELETE /v1/policies/{name}`, `GET /v1/policies`, and the cache of compiled policies.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use keyward_core::{ErrorCode, KmsError};
 use keyward_store::{transact, Tx};
@@ -132,6 +132,32 @@ pub async fn put(
             }
             store(&a, &name, &doc)?;
             Reply::ok(&doc)
+        },
+    )
+    .await
+}
+
+/// `GET /v1/policies`: the names of every stored policy (`{"policies": [...]}`), for access reviews.
+pub async fn list(
+    State(app): State<AppState>,
+    meta: Meta,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::ListPolicies,
+        None,
+        Mode::Blocking,
+        move |_| {
+            let all = transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+                tx.list_meta(POLICIES)
+            })
+            .map_err(|e| ApiError(KmsError::from(e)))?;
+            let (page, next) = crate::handlers::keys::page(all, &q)?;
+            let names: Vec<&str> = page.iter().map(|(name, _)| name.as_str()).collect();
+            Reply::ok(&serde_json::json!({ "policies": names, "next_token": next }))
         },
     )
     .await
