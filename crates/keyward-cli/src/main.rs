@@ -181,6 +181,10 @@ enum Command {
         /// requests and the re-encryptions that read its ciphertexts.
         #[arg(long)]
         key: Option<String>,
+        /// Only records concerning this identity, policy, token or approval (identity/NAME, policy/NAME,
+        /// token/ID, approval/ID).
+        #[arg(long)]
+        resource: Option<String>,
         /// Only this action (kms:Encrypt, ...).
         #[arg(long)]
         action: Option<String>,
@@ -1395,6 +1399,7 @@ async fn run(cli: Cli) -> Res {
             verify: false,
             principal,
             key,
+            resource,
             action,
             outcome,
             since,
@@ -1411,6 +1416,7 @@ async fn run(cli: Cli) -> Res {
                 for (name, value) in [
                     ("principal", principal),
                     ("key_id", key),
+                    ("resource", resource),
                     ("action", action),
                     ("outcome", outcome),
                     ("since", since),

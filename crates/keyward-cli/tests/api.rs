@@ -2725,4 +2725,44 @@ async fn identity_lifecycle(server: &Server, alice: &Client, alice_token: &str, 
             .collect();
         assert_eq!((allowed, refused), (requests, errors), "{v}");
     }
+    // The records name the identity concerned, and alice's whole history is one query: her creation, her
+    // logins (the failed one too), the changes and the deletion.
+    let (_, v) = call(
+        "GET",
+        "/v1/audit?resource=identity/alice&limit=1000".into(),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    let records = v["records"].as_array().unwrap();
+    assert!(
+        records.iter().all(|r| r["resource"] == "identity/alice"),
+        "{v}"
+    );
+    for action in [
+        "kms:CreateIdentity",
+        "kms:Login",
+        "kms:GetIdentity",
+        "kms:UpdateIdentity",
+        "kms:DeleteIdentity",
+    ] {
+        assert!(
+            records.iter().any(|r| r["action"] == action),
+            "{action}: {v}"
+        );
+    }
+    assert!(
+        records
+            .iter()
+            .any(|r| r["action"] == "kms:Login" && r["outcome"] == "deny"),
+        "{v}"
+    );
+    let (_, v) = call(
+        "GET",
+        "/v1/audit?resource=policy/zz-listed".into(),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    assert_eq!(v["records"][0]["action"], "kms:PutPolicy", "{v}");
 }

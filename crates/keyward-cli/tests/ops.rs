@@ -534,9 +534,16 @@ fn the_cli_covers_identities_pki_and_audit() {
     let mut lines = listed.lines();
     assert!(lines.next().unwrap().starts_with("SEQ  TIME"), "{listed}");
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    // The failed login names the account it tried.
     assert_eq!(
-        (row[2], row[4], row[5], row[6]),
-        ("anonymous", "kms:Login", "deny", "Unauthenticated"),
+        (row[2], row[4], row[5], row[6], row[7]),
+        (
+            "anonymous",
+            "kms:Login",
+            "identity/bob",
+            "deny",
+            "Unauthenticated"
+        ),
         "{listed}"
     );
     // Typed filters: a key named by an alias (looked up, so the records found are its id's), every page

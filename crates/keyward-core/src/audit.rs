@@ -47,6 +47,9 @@ pub struct AuditEvent {
     /// in request order, whether or not the caller could use them. For a decryption whose ciphertexts name
     /// several keys (a batch through `/v1/decrypt`), those keys.
     pub source_key_ids: Vec<String>,
+    /// What else than a key the action concerns: `identity/<name>`, `policy/<name>`, `token/<id>`,
+    /// `approval/<id>`. Never a secret: names and ids only.
+    pub resource: Option<String>,
     /// `allow`, `deny` or `error`.
     pub outcome: &'static str,
     /// Error code when not allowed.
@@ -77,6 +80,9 @@ pub struct AuditRecord {
     /// Source keys of a re-encryption.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source_key_ids: Vec<String>,
+    /// The identity, policy, token or approval concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
     /// Outcome.
     pub outcome: String,
     /// Error code.
@@ -130,6 +136,8 @@ struct Body<'a> {
     version: Option<u32>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     source_key_ids: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<&'a str>,
     outcome: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     error_code: Option<&'a str>,
@@ -146,6 +154,7 @@ impl<'a> Body<'a> {
             key_id: r.key_id.as_deref(),
             version: r.version,
             source_key_ids: &r.source_key_ids,
+            resource: r.resource.as_deref(),
             outcome: &r.outcome,
             error_code: r.error_code.as_deref(),
         }
@@ -265,6 +274,7 @@ impl Pending {
             key_id: event.key_id.as_deref(),
             version: event.version,
             source_key_ids: &event.source_key_ids,
+            resource: event.resource.as_deref(),
             outcome: event.outcome,
             error_code: event.error_code.as_deref(),
         }
@@ -565,6 +575,7 @@ pub fn run_scheduled_work(
             key_id: Some(key_id.clone()),
             version: None,
             source_key_ids: Vec::new(),
+            resource: None,
             outcome,
             error_code,
         };
@@ -781,7 +792,11 @@ mod tests {
     #[test]
     fn stored_record_parses_and_rebuilds_the_mac_input() {
         let sources = ["a".to_string(), "b".to_string()];
-        for source_key_ids in [&[][..], &sources[..]] {
+        for (source_key_ids, resource) in [
+            (&[][..], None),
+            (&sources[..], None),
+            (&[][..], Some("identity/alice")),
+        ] {
             let body = Body {
                 time: "1970-01-01T00:00:00.000Z",
                 request_id: "r",
@@ -791,6 +806,7 @@ mod tests {
                 key_id: Some("k"),
                 version: Some(2),
                 source_key_ids,
+                resource,
                 outcome: "allow",
                 error_code: None,
             }
@@ -798,6 +814,7 @@ mod tests {
             .unwrap_or_default();
             // Records without source keys keep the form (and so the MACs) they had before the field existed.
             assert_eq!(body.contains("source_key_ids"), !source_key_ids.is_empty());
+            assert_eq!(body.contains("resource"), resource.is_some());
             let inner = &body[1..body.len() - 1];
             let stored =
                 format!("{{\"seq\":7,{inner},\"prev_hash\":\"{GENESIS}\",\"hash\":\"ab\"}}");
@@ -807,6 +824,7 @@ mod tests {
                 (7, Some(2), Some("k"))
             );
             assert_eq!(rec.source_key_ids, source_key_ids);
+            assert_eq!(rec.resource.as_deref(), resource);
             assert_eq!(Body::of_record(&rec).encode().unwrap_or_default(), body);
         }
     }

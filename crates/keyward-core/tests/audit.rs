@@ -26,6 +26,8 @@ fn event(i: u32) -> AuditEvent {
         } else {
             Vec::new()
         },
+        // Every fifth names a resource other than a key.
+        resource: i.is_multiple_of(5).then(|| format!("identity/app-{i}")),
         outcome: "allow",
         error_code: None,
     }

@@ -20,6 +20,7 @@ fn event(n: u64) -> AuditEvent {
         key_id: None,
         version: None,
         source_key_ids: Vec::new(),
+        resource: None,
         outcome: "allow",
         error_code: None,
     }

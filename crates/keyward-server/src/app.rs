@@ -129,6 +129,25 @@ pub struct Meta {
     pub client_subject: Option<String>,
     /// When the request arrived.
     pub start: Instant,
+    /// What the request concerns other than a key (`identity/<name>`, `policy/<name>`, ...), for its records.
+    pub resource: Option<String>,
+}
+
+/// `kind/name` for [`Meta::on`]; a name from the request is cut to 256 bytes, as no valid one is longer.
+pub fn resource(kind: &str, name: &str) -> String {
+    let mut end = name.len().min(256);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{kind}/{}", &name[..end])
+}
+
+impl Meta {
+    /// Names what the request concerns in its audit records.
+    pub fn on(mut self, resource: impl Into<String>) -> Self {
+        self.resource = Some(resource.into());
+        self
+    }
 }
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Meta {
@@ -550,9 +569,14 @@ fn carries_context(action: Action) -> bool {
 /// Actions that change state, whose records are written before the change.
 fn mutates(action: Action) -> bool {
     match action.class() {
-        Class::Manage | Class::System | Class::Access => {
-            !matches!(action, Action::GetPolicy | Action::GetMetrics)
-        }
+        Class::Manage | Class::System | Class::Access => !matches!(
+            action,
+            Action::GetPolicy
+                | Action::ListPolicies
+                | Action::GetIdentity
+                | Action::ListIdentities
+                | Action::GetMetrics
+        ),
         Class::Public | Class::Read | Class::Use | Class::Audit => false,
     }
 }
@@ -575,6 +599,7 @@ fn event(
         key_id,
         version,
         source_key_ids: Vec::new(),
+        resource: meta.resource.clone(),
         outcome: outcome.name(),
         error_code,
     }
@@ -768,6 +793,7 @@ async fn context(State(app): State<AppState>, mut req: Request, next: Next) -> R
         bearer: None,
         client_subject: None,
         start: Instant::now(),
+        resource: None,
     });
     let timeout = Duration::from_secs(app.config.request_timeout_seconds.max(1));
     let mut resp = match tokio::time::timeout(timeout, next.run(req)).await {

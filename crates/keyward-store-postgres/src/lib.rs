@@ -563,6 +563,13 @@ impl PgTx<'_> {
         if let Some(o) = &q.outcome {
             push("outcome =", Box::new(o.clone()));
         }
+        if let Some(r) = &q.resource {
+            args.push(Box::new(r.clone()));
+            let n = args.len();
+            sql.push_str(&format!(
+                " AND strpos(record, ${n}) > 0 AND (record::jsonb ->> 'resource') = ${n}"
+            ));
+        }
         if let Some(k) = &q.key_id {
             // The substring test spares parsing the JSON of records that cannot match.
             args.push(Box::new(k.clone()));

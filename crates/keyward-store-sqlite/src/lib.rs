@@ -289,6 +289,13 @@ impl SqliteTx<'_> {
         if let Some(o) = &q.outcome {
             push("outcome =", o.clone().into());
         }
+        if let Some(r) = &q.resource {
+            args.push(r.clone().into());
+            let n = args.len();
+            sql.push_str(&format!(
+                " AND instr(record, ?{n}) > 0 AND json_extract(record, '$.resource') = ?{n}"
+            ));
+        }
         if let Some(k) = &q.key_id {
             // The substring test spares parsing the JSON of records that cannot match.
             args.push(k.clone().into());

@@ -299,7 +299,20 @@ pub fn audit_appends_and_queries(store: &dyn Store) {
         vec![5]
     );
     assert_eq!(q(&|x| x.key_id = Some("k".into())), Vec::<u64>::new());
-    assert_eq!(tx(store, |t| t.audit_tail()), Some(mention));
+    assert_eq!(tx(store, |t| t.audit_tail()), Some(mention.clone()));
+    // Records name a resource other than a key exactly; a mention elsewhere does not count.
+    let mut deleted = audit_row(7, "root", "kms:DeleteIdentity", None, "allow");
+    deleted.record = r#"{"seq":7,"resource":"identity/alice"}"#.into();
+    let mut other = audit_row(8, "identity/alice", "kms:DeleteIdentity", None, "allow");
+    other.record = r#"{"seq":8,"principal":"identity/alice","resource":"identity/alice2"}"#.into();
+    tx(store, |t| t.append_audit(&[deleted, other]));
+    assert_eq!(q(&|x| x.resource = Some("identity/alice".into())), vec![7]);
+    assert_eq!(q(&|x| x.resource = Some("identity/alice2".into())), vec![8]);
+    assert_eq!(
+        q(&|x| x.resource = Some("identity".into())),
+        Vec::<u64>::new()
+    );
+    let _ = mention;
 }
 
 /// Wraps a store and fails the n-th write from the moment it is armed, as a crash or a full disk would.

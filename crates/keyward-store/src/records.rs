@@ -114,6 +114,8 @@ pub struct AuditQuery {
     pub action: Option<String>,
     /// Only this outcome.
     pub outcome: Option<String>,
+    /// Only records naming this resource (`identity/<name>`, `policy/<name>`, ...) as their `resource`.
+    pub resource: Option<String>,
     /// At most this many.
     pub limit: usize,
 }

@@ -284,6 +284,12 @@ fn executed(
         key_id: a.operation.key_id().map(str::to_string),
         version,
         source_key_ids: Vec::new(),
+        resource: match &a.operation {
+            Operation::PutPolicy { name, .. } | Operation::DeletePolicy { name } => {
+                Some(crate::app::resource("policy", name))
+            }
+            _ => None,
+        },
         outcome,
         error_code,
     }
@@ -513,6 +519,7 @@ fn run(app: &AppState, meta: &Meta, mut a: Approval) -> Result<Approval, ApiErro
 
 /// `POST /v1/approvals/{id}/approve`.
 pub async fn approve(State(app): State<AppState>, meta: Meta, Path(id): Path<String>) -> Response {
+    let meta = meta.on(crate::app::resource("approval", &id));
     let a = app.clone();
     let m = meta.clone();
     let named = id.clone();
@@ -531,6 +538,7 @@ pub async fn approve(State(app): State<AppState>, meta: Meta, Path(id): Path<Str
 
 /// `POST /v1/approvals/{id}/reject`.
 pub async fn reject(State(app): State<AppState>, meta: Meta, Path(id): Path<String>) -> Response {
+    let meta = meta.on(crate::app::resource("approval", &id));
     let a = app.clone();
     let m = meta.clone();
     let named = id.clone();

@@ -67,7 +67,7 @@ fn key_filter(app: &AppState, key_ref: &str) -> Result<String, ApiError> {
     }
 }
 
-/// `GET /v1/audit?since=&until=&principal=&key_id=&action=&outcome=&limit=&next_token=`.
+/// `GET /v1/audit?since=&until=&principal=&key_id=&resource=&action=&outcome=&limit=&next_token=`.
 pub async fn query(
     State(app): State<AppState>,
     meta: Meta,
@@ -81,11 +81,12 @@ pub async fn query(
         None,
         Mode::Blocking,
         move |_| {
-            const ALLOWED: [&str; 8] = [
+            const ALLOWED: [&str; 9] = [
                 "since",
                 "until",
                 "principal",
                 "key_id",
+                "resource",
                 "action",
                 "outcome",
                 "limit",
@@ -132,6 +133,7 @@ pub async fn query(
                 key_id: q.get("key_id").map(|k| key_filter(&a, k)).transpose()?,
                 action: q.get("action").cloned(),
                 outcome: q.get("outcome").cloned(),
+                resource: q.get("resource").cloned(),
                 limit: limit + 1,
             };
             let mut records = a.kms.query_audit(&query)?;

@@ -241,6 +241,17 @@ fn read_in(tx: &mut dyn Tx, name: &str) -> Result<IdentityRecord, KmsError> {
         .map_err(|_| KmsError::new(ErrorCode::Unavailable, "store corrupt: identity"))
 }
 
+/// The `name` a create or login body gives, read leniently ahead of the real parse, for the records: an
+/// attempt on an account is recorded under that account even when the body is refused.
+fn body_name(body: &RawBody) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Named {
+        name: String,
+    }
+    let bytes = body.0.as_ref().ok()?;
+    serde_json::from_slice::<Named>(bytes).ok().map(|n| n.name)
+}
+
 fn roles_of(rec: &IdentityRecord) -> Vec<Role> {
     rec.roles.iter().filter_map(|r| Role::parse(r)).collect()
 }
@@ -262,6 +273,10 @@ fn decoy_hash() -> &'static str {
 
 /// `POST /v1/identities`.
 pub async fn create(State(app): State<AppState>, meta: Meta, body: RawBody) -> Response {
+    let meta = match body_name(&body) {
+        Some(name) => meta.on(crate::app::resource("identity", &name)),
+        None => meta,
+    };
     let a = app.clone();
     call(
         &app,
@@ -350,6 +365,7 @@ pub async fn token(
     Path(name): Path<String>,
     body: RawBody,
 ) -> Response {
+    let meta = meta.on(crate::app::resource("identity", &name));
     let a = app.clone();
     call(
         &app,
@@ -398,6 +414,7 @@ pub async fn revoke(
     meta: Meta,
     Path(token_id): Path<String>,
 ) -> Response {
+    let meta = meta.on(crate::app::resource("token", &token_id));
     let a = app.clone();
     call(
         &app,
@@ -418,6 +435,10 @@ pub async fn revoke(
 
 /// `POST /v1/auth/login`: password, and the TOTP code when MFA is enrolled.
 pub async fn login(State(app): State<AppState>, meta: Meta, body: RawBody) -> Response {
+    let meta = match body_name(&body) {
+        Some(name) => meta.on(crate::app::resource("identity", &name)),
+        None => meta,
+    };
     let a = app.clone();
     call(
         &app,
@@ -535,6 +556,7 @@ pub async fn enroll_mfa(
     meta: Meta,
     Path(name): Path<String>,
 ) -> Response {
+    let meta = meta.on(crate::app::resource("identity", &name));
     let a = app.clone();
     call(
         &app,
@@ -616,6 +638,7 @@ pub async fn list(
 
 /// `GET /v1/identities/{name}`.
 pub async fn get(State(app): State<AppState>, meta: Meta, Path(name): Path<String>) -> Response {
+    let meta = meta.on(crate::app::resource("identity", &name));
     let a = app.clone();
     call(
         &app,
@@ -639,6 +662,7 @@ pub async fn update(
     Path(name): Path<String>,
     body: RawBody,
 ) -> Response {
+    let meta = meta.on(crate::app::resource("identity", &name));
     let a = app.clone();
     call(
         &app,
@@ -673,6 +697,7 @@ pub async fn update(
 /// `DELETE /v1/identities/{name}`: the identity goes, with every token it holds and its certificate
 /// subject, in one transaction (a leaver loses access at once, on every node).
 pub async fn delete(State(app): State<AppState>, meta: Meta, Path(name): Path<String>) -> Response {
+    let meta = meta.on(crate::app::resource("identity", &name));
     let a = app.clone();
     call(
         &app,

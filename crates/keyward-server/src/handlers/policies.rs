@@ -103,6 +103,7 @@ pub async fn put(
     Path(name): Path<String>,
     body: RawBody,
 ) -> Response {
+    let meta = meta.on(crate::app::resource("policy", &name));
     let a = app.clone();
     call(
         &app,
@@ -165,6 +166,7 @@ pub async fn list(
 
 /// `GET /v1/policies/{name}`.
 pub async fn get(State(app): State<AppState>, meta: Meta, Path(name): Path<String>) -> Response {
+    let meta = meta.on(crate::app::resource("policy", &name));
     let a = app.clone();
     call(
         &app,
@@ -190,6 +192,7 @@ pub async fn get(State(app): State<AppState>, meta: Meta, Path(name): Path<Strin
 
 /// `DELETE /v1/policies/{name}`.
 pub async fn delete(State(app): State<AppState>, meta: Meta, Path(name): Path<String>) -> Response {
+    let meta = meta.on(crate::app::resource("policy", &name));
     let a = app.clone();
     call(
         &app,
