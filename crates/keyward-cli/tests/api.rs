@@ -1496,6 +1496,24 @@ async fn compliance_report_and_audit_checkpoints() {
     c.schedule_deletion(&doomed.key_id, 10).await.unwrap();
     c.encrypt(&rotating.key_id, b"x", None).await.unwrap();
     let _ = raw(&server.addr, "GET", "/v1/keys", Some("kw.bogus"), None).await;
+    // For the access review: a privileged user without MFA, an identity with no grants, and a worker
+    // that has acted with its token.
+    for body in [
+        json!({"name": "ops-user", "kind": "user", "roles": ["key-admin"], "password": "a long enough password"}),
+        json!({"name": "idle", "kind": "service"}),
+    ] {
+        let (st, v, _) = raw(
+            &server.addr,
+            "POST",
+            "/v1/identities",
+            Some(ROOT),
+            Some(serde_json::to_vec(&body).unwrap()),
+        )
+        .await;
+        assert_eq!(st, 201, "{v}");
+    }
+    let worker = server.client(Some(&token_for(&server, "worker", &["key-user"]).await));
+    worker.encrypt(&rotating.key_id, b"y", None).await.unwrap();
 
     let (st, r, _) = raw(
         &server.addr,
@@ -1530,6 +1548,34 @@ async fn compliance_report_and_audit_checkpoints() {
         .unwrap()
         .iter()
         .any(|x| x["error_code"] == "Unauthenticated"));
+    let review = |name: &str| {
+        r["identities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .unwrap_or_else(|| panic!("{name}: {r}"))
+            .clone()
+    };
+    let ops = review("ops-user");
+    assert_eq!(
+        ops["findings"],
+        json!(["privileged user without MFA"]),
+        "{ops}"
+    );
+    assert_eq!(
+        (ops["live_tokens"].as_u64(), ops["last_active_at"].is_null()),
+        (Some(0), true)
+    );
+    assert_eq!(review("idle")["findings"], json!(["no roles or policies"]));
+    let w = review("worker");
+    assert_eq!(
+        (w["live_tokens"].as_u64(), w["findings"].clone()),
+        (Some(1), json!([])),
+        "{w}"
+    );
+    assert!(w["last_active_at"].is_string(), "{w}");
+    assert_eq!(r["root_tokens_live"], 1, "the dev root token");
 
     let http = reqwest::Client::new();
     let resp = http
@@ -1548,6 +1594,11 @@ async fn compliance_report_and_audit_checkpoints() {
         page.contains("Keyward compliance report")
             && page.contains(&tdes.key_id)
             && page.contains("</html>")
+    );
+    assert!(
+        page.contains("access review (1 live root token)")
+            && page.contains("<td class=\"flag\">privileged user without MFA</td>"),
+        "{page}"
     );
     let (st, v, _) = raw(
         &server.addr,

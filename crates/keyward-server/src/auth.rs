@@ -278,6 +278,20 @@ impl Auth {
         Ok(changed)
     }
 
+    /// Tokens not yet expired, per identity (`root` included): what the access review counts.
+    pub fn live_tokens(&self, now: i64) -> KmsResult<std::collections::BTreeMap<String, usize>> {
+        let mut live = std::collections::BTreeMap::new();
+        for (_, raw) in transact(self.store.as_ref(), |tx: &mut dyn Tx| tx.list_meta(TOKENS))? {
+            let Ok(rec) = serde_json::from_slice::<TokenRecord>(&raw) else {
+                continue;
+            };
+            if rec.expires_at.is_none_or(|t| t > now) {
+                *live.entry(rec.identity).or_insert(0) += 1;
+            }
+        }
+        Ok(live)
+    }
+
     /// Drops the cached principals of every token of an identity whose grants changed.
     pub fn forget_identity(&self, identity: &str) {
         for s in &self.cache {

@@ -597,6 +597,40 @@ pub async fn enroll_mfa(
     .await
 }
 
+/// An identity as the compliance report's access review sees it.
+pub(crate) struct Summary {
+    pub name: String,
+    pub kind: String,
+    pub roles: Vec<String>,
+    pub policies: Vec<String>,
+    pub password: bool,
+    pub mfa: bool,
+    pub created_at: i64,
+}
+
+/// Every identity, by name.
+pub(crate) fn summaries(app: &AppState) -> Result<Vec<Summary>, ApiError> {
+    let all = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+        tx.list_meta(IDENTITIES)
+    })
+    .map_err(|e| ApiError(KmsError::from(e)))?;
+    all.into_iter()
+        .map(|(_, raw)| {
+            let r: IdentityRecord = serde_json::from_slice(&raw)
+                .map_err(|_| ApiError::new(ErrorCode::Unavailable, "store corrupt: identity"))?;
+            Ok(Summary {
+                password: r.password_hash.is_some(),
+                mfa: r.totp_seed.is_some(),
+                name: r.name,
+                kind: r.kind,
+                roles: r.roles,
+                policies: r.policies,
+                created_at: r.created_at,
+            })
+        })
+        .collect()
+}
+
 /// `GET /v1/identities`: every identity, by name, without secrets (`password` and `mfa` say only whether
 /// they are set).
 pub async fn list(

@@ -1,6 +1,7 @@
 //! `GET /v1/reports/compliance?format=json|html&dormant_days=N`: what an auditor asks for under PCI DSS 3.5/3.6
 //! and similar regimes — the key inventory, weak algorithms, each key's rotation against its cryptoperiod,
-//! pending deletions, dormant keys, who did what, what was refused, and quorum settings.
+//! pending deletions, dormant keys, who did what, what was refused, quorum settings, and an access review of
+//! the identities (grants, live tokens, last activity, privileged users without MFA, dormant identities).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -67,6 +68,27 @@ struct QuorumSetting {
     approvals: u32,
 }
 
+/// What the access review points out about an identity.
+const FINDINGS: [&str; 3] = [
+    "privileged user without MFA",
+    "no roles or policies",
+    "dormant",
+];
+
+/// One identity in the access review: its grants, its live tokens, when it last acted, and what stands out.
+#[derive(Serialize)]
+struct IdentityReview {
+    name: String,
+    kind: String,
+    roles: Vec<String>,
+    policies: Vec<String>,
+    password: bool,
+    mfa: bool,
+    live_tokens: usize,
+    last_active_at: Option<String>,
+    findings: Vec<&'static str>,
+}
+
 #[derive(Serialize)]
 struct Report {
     generated_at: String,
@@ -83,6 +105,10 @@ struct Report {
     access_by_principal: BTreeMap<String, Access>,
     refused_and_failed: Vec<AuditRecord>,
     quorum: Vec<QuorumSetting>,
+    identities: Vec<IdentityReview>,
+    /// Unexpired tokens of the root identity: after setup the root token should be revoked (a threshold of
+    /// shares can always mint a new one).
+    root_tokens_live: usize,
     audit_chain_valid: bool,
     audit_records: u64,
 }
@@ -167,6 +193,7 @@ fn build(app: &AppState, dormant_days: i64) -> Result<Report, ApiError> {
     }
     // One pass over the audit log: last use per key, access per principal, refusals.
     let mut last_used: HashMap<String, i64> = HashMap::new();
+    let mut last_active: HashMap<String, i64> = HashMap::new();
     let mut access: BTreeMap<String, Access> = BTreeMap::new();
     let mut refused: Vec<AuditRecord> = Vec::new();
     let mut after_seq = 0;
@@ -184,6 +211,11 @@ fn build(app: &AppState, dormant_days: i64) -> Result<Report, ApiError> {
                 "allow" => a.allow += 1,
                 "deny" => a.deny += 1,
                 _ => a.error += 1,
+            }
+            if r.outcome == "allow" {
+                if let Some(t) = crate::handlers::audit::parse_time(&r.time) {
+                    last_active.insert(r.principal.clone(), t / 1000);
+                }
             }
             let is_use = Action::parse(&r.action).is_some_and(|a| a.class() == Class::Use);
             if is_use && r.outcome == "allow" {
@@ -212,6 +244,35 @@ fn build(app: &AppState, dormant_days: i64) -> Result<Report, ApiError> {
             })
         })
         .collect();
+    let tokens = app.auth.live_tokens(now)?;
+    let identities = crate::handlers::identities::summaries(app)?
+        .into_iter()
+        .map(|i| {
+            let active = last_active.get(&i.name).copied();
+            let mut findings = Vec::new();
+            let privileged = i.roles.iter().any(|r| r == "admin" || r == "key-admin");
+            if i.kind == "user" && privileged && !i.mfa {
+                findings.push(FINDINGS[0]);
+            }
+            if i.roles.is_empty() && i.policies.is_empty() {
+                findings.push(FINDINGS[1]);
+            }
+            if now - active.unwrap_or(i.created_at) > dormant_days * DAY {
+                findings.push(FINDINGS[2]);
+            }
+            IdentityReview {
+                live_tokens: tokens.get(&i.name).copied().unwrap_or(0),
+                last_active_at: active.map(rfc3339),
+                findings,
+                name: i.name,
+                kind: i.kind,
+                roles: i.roles,
+                policies: i.policies,
+                password: i.password,
+                mfa: i.mfa,
+            }
+        })
+        .collect();
     let chain = app.kms.verify_audit()?;
     Ok(Report {
         generated_at: rfc3339(now),
@@ -228,6 +289,8 @@ fn build(app: &AppState, dormant_days: i64) -> Result<Report, ApiError> {
         access_by_principal: access,
         refused_and_failed: refused,
         quorum,
+        identities,
+        root_tokens_live: tokens.get("root").copied().unwrap_or(0),
         audit_chain_valid: chain.valid,
         audit_records: chain.records,
     })
@@ -258,11 +321,11 @@ fn table(out: &mut String, title: &str, headers: &[&str], rows: Vec<Vec<String>>
     for r in rows {
         out.push_str("<tr>");
         for c in r {
-            let class = if c == "overdue" || c == "deny" || c.starts_with("TDES") {
-                " class=\"flag\""
-            } else {
-                ""
-            };
+            let flagged = c == "overdue"
+                || c == "deny"
+                || c.starts_with("TDES")
+                || FINDINGS.iter().any(|f| c.contains(f));
+            let class = if flagged { " class=\"flag\"" } else { "" };
             out.push_str(&format!("<td{class}>{}</td>", esc(&c)));
         }
         out.push_str("</tr>");
@@ -372,6 +435,41 @@ fn html(r: &Report) -> String {
                 vec![
                     d.key_id.clone(),
                     d.last_used_at.clone().unwrap_or_else(|| "never".into()),
+                ]
+            })
+            .collect(),
+    );
+    table(
+        &mut o,
+        &format!(
+            "Identities: access review ({} live root token{})",
+            r.root_tokens_live,
+            if r.root_tokens_live == 1 { "" } else { "s" }
+        ),
+        &[
+            "identity",
+            "kind",
+            "roles",
+            "policies",
+            "password",
+            "MFA",
+            "live tokens",
+            "last active",
+            "findings",
+        ],
+        r.identities
+            .iter()
+            .map(|i| {
+                vec![
+                    i.name.clone(),
+                    i.kind.clone(),
+                    i.roles.join(", "),
+                    i.policies.join(", "),
+                    i.password.to_string(),
+                    i.mfa.to_string(),
+                    i.live_tokens.to_string(),
+                    i.last_active_at.clone().unwrap_or_else(|| "never".into()),
+                    i.findings.join("; "),
                 ]
             })
             .collect(),
