@@ -142,6 +142,9 @@ schemas = {
     "TokenRequest": obj({"ttl_seconds": {"type": "integer", "minimum": 1, "maximum": 31622400}}),
     "TokenResponse": obj({"token": S, "token_id": S, "expires_at": {"type": "string", "format": "date-time"}}),
     "MfaResponse": obj({"totp_uri": S}),
+    "TokenList": obj({"tokens": {"type": "array", "items": obj({
+        "token_id": S, "created_at": {"type": "string", "format": "date-time"},
+        "expires_at": {"type": "string", "format": "date-time"}, "mfa": BOOL})}}),
     "Approval": {"type": "object", "properties": {"approval_id": S, "status": {"type": "string", "enum": ["pending", "executing", "executed", "rejected", "expired", "failed"]},
                  "operation": {"type": "string", "enum": ["schedule_deletion", "destroy_version", "export", "rotate_root", "put_policy", "delete_policy"]},
                  "requested_by": S, "required": INT, "approvals": {"type": "array", "items": S}, "rejected_by": S,
@@ -247,6 +250,9 @@ ops = [
     # Revokes every token of the identity and frees its certificate subject.
     ("delete", "/v1/identities/{name}", "kms:DeleteIdentity", None, (204, None), [{"name": "name", "in": "path", "required": True, "schema": S}], False),
     ("post", "/v1/identities/{name}/tokens", "kms:CreateToken", "TokenRequest", (201, "TokenResponse"),
+     [{"name": "name", "in": "path", "required": True, "schema": S}], False),
+    # Live tokens by id, never their values (`root` lists the root tokens).
+    ("get", "/v1/identities/{name}/tokens", "kms:ListTokens", None, (200, "TokenList"),
      [{"name": "name", "in": "path", "required": True, "schema": S}], False),
     ("delete", "/v1/tokens/{token_id}", "kms:RevokeToken", None, (204, None), [{"name": "token_id", "in": "path", "required": True, "schema": S}], False),
     ("post", "/v1/identities/{name}/mfa", "kms:EnrollMfa", None, (200, "MfaResponse"),

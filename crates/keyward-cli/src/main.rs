@@ -597,6 +597,11 @@ enum IdentityCmd {
         /// Name.
         name: String,
     },
+    /// List an identity's live tokens by id (`root` for the root tokens); revoke one with `keyward revoke`.
+    Tokens {
+        /// Name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1556,6 +1561,11 @@ async fn run(cli: Cli) -> Res {
                 .await
                 .map_err(e)?;
             print_raw(&out, status, &resp)?;
+        }
+        Command::Identity(IdentityCmd::Tokens { name }) => {
+            let path = format!("/v1/identities/{}/tokens", keyward_client::segment(&name));
+            let v = get_json(c, &path).await?;
+            out.tokens(v["tokens"].as_array().map(Vec::as_slice).unwrap_or(&[]));
         }
         Command::Identity(IdentityCmd::Delete { name }) => {
             let path = format!("/v1/identities/{}", keyward_client::segment(&name));

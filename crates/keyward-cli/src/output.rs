@@ -217,6 +217,24 @@ impl Out {
         );
     }
 
+    /// An identity's tokens (`GET /v1/identities/{name}/tokens`).
+    pub fn tokens(&self, list: &[serde_json::Value]) {
+        if self.json {
+            return self.value(&list);
+        }
+        table(
+            &["TOKEN ID", "CREATED", "EXPIRES", "MFA"],
+            list.iter()
+                .map(|t| {
+                    ["token_id", "created_at", "expires_at", "mfa"]
+                        .iter()
+                        .map(|f| cell(&t[*f]))
+                        .collect()
+                })
+                .collect(),
+        );
+    }
+
     pub fn aliases(&self, a: &[AliasObject]) {
         if self.json {
             return self.value(&a);

@@ -2704,6 +2704,27 @@ async fn identity_lifecycle(server: &Server, alice: &Client, alice_token: &str, 
         "AccessDenied"
     );
 
+    // Her live tokens are listed by id, never by value; the dev root token is listed under root.
+    let (st, v) = call(
+        "GET",
+        "/v1/identities/alice/tokens".into(),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let tokens = v["tokens"].as_array().unwrap();
+    assert!(
+        !tokens.is_empty()
+            && tokens
+                .iter()
+                .all(|t| t["token_id"].as_str().unwrap().starts_with("tok_")),
+        "{v}"
+    );
+    assert!(!v.to_string().contains(alice_token), "{v}");
+    let (_, v) = call("GET", "/v1/identities/root/tokens".into(), Some(ROOT), None).await;
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 1, "{v}");
+
     // Deleting alice revokes her token and her password; the name is free again.
     let (st, _) = call("DELETE", "/v1/identities/alice".into(), Some(ROOT), None).await;
     assert_eq!(st, 204);
@@ -2717,6 +2738,14 @@ async fn identity_lifecycle(server: &Server, alice: &Client, alice_token: &str, 
     .await;
     assert_eq!((st, code_of(&v)), (401, "Unauthenticated"));
     let (st, v) = call("DELETE", "/v1/identities/alice".into(), Some(ROOT), None).await;
+    assert_eq!((st, code_of(&v)), (404, "NotFound"));
+    let (st, v) = call(
+        "GET",
+        "/v1/identities/alice/tokens".into(),
+        Some(ROOT),
+        None,
+    )
+    .await;
     assert_eq!((st, code_of(&v)), (404, "NotFound"));
     let (_, v) = call("GET", "/v1/identities".into(), Some(ROOT), None).await;
     assert!(!v.to_string().contains("\"alice\""), "{v}");

@@ -880,7 +880,15 @@ fn the_cli_manages_policies_approvals_mfa_and_health() {
     assert!(denied.contains("AccessDenied (403)"), "{denied}");
     let none = refused(ROOT, &["identity", "update", "second-admin"], b"");
     assert!(none.contains("--role"), "{none}");
+    let tokens = ok(ROOT, &["identity", "tokens", "second-admin"]);
+    assert_eq!(
+        tokens.lines().filter(|l| l.starts_with("tok_")).count(),
+        1,
+        "{tokens}"
+    );
     ok(ROOT, &["identity", "delete", "second-admin"]);
+    let none = ok(ROOT, &["identity", "tokens", "root"]);
+    assert!(none.lines().any(|l| l.starts_with("tok_")), "{none}");
     let gone = refused(&second, &["key", "list"], b"");
     assert!(gone.contains("Unauthenticated (401)"), "{gone}");
     let shown = refused(ROOT, &["identity", "show", "second-admin"], b"");

@@ -575,6 +575,7 @@ fn mutates(action: Action) -> bool {
                 | Action::ListPolicies
                 | Action::GetIdentity
                 | Action::ListIdentities
+                | Action::ListTokens
                 | Action::GetMetrics
         ),
         Class::Public | Class::Read | Class::Use | Class::Audit => false,
@@ -884,7 +885,7 @@ pub fn router(app: AppState) -> Router {
         )
         .route(
             "/v1/identities/{name}/tokens",
-            post(handlers::identities::token),
+            post(handlers::identities::token).get(handlers::identities::tokens),
         )
         .route(
             "/v1/tokens/{token_id}",

@@ -278,6 +278,19 @@ impl Auth {
         Ok(changed)
     }
 
+    /// The records of an identity's tokens not yet expired, oldest first: ids and times, never the tokens
+    /// (only their hashes are stored).
+    pub fn tokens_of(&self, identity: &str, now: i64) -> KmsResult<Vec<TokenRecord>> {
+        let mut out: Vec<TokenRecord> =
+            transact(self.store.as_ref(), |tx: &mut dyn Tx| tx.list_meta(TOKENS))?
+                .into_iter()
+                .filter_map(|(_, raw)| serde_json::from_slice::<TokenRecord>(&raw).ok())
+                .filter(|r| r.identity == identity && r.expires_at.is_none_or(|t| t > now))
+                .collect();
+        out.sort_by(|a, b| (a.created_at, &a.token_id).cmp(&(b.created_at, &b.token_id)));
+        Ok(out)
+    }
+
     /// Tokens not yet expired, per identity (`root` included): what the access review counts.
     pub fn live_tokens(&self, now: i64) -> KmsResult<std::collections::BTreeMap<String, usize>> {
         let mut live = std::collections::BTreeMap::new();

@@ -112,6 +112,7 @@ actions! {
     UpdateIdentity = "kms:UpdateIdentity": Access,
     DeleteIdentity = "kms:DeleteIdentity": Access,
     ListPolicies = "kms:ListPolicies": Access,
+    ListTokens = "kms:ListTokens": Access,
 }
 
 /// A built-in role.
@@ -262,6 +263,7 @@ mod tests {
             UpdateIdentity,
             DeleteIdentity,
             CreateToken,
+            ListTokens,
             RevokeToken,
             EnrollMfa,
             PutPolicy,

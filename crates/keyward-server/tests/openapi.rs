@@ -57,6 +57,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("patch", "/v1/identities/{name}"),
     ("delete", "/v1/identities/{name}"),
     ("post", "/v1/identities/{name}/tokens"),
+    ("get", "/v1/identities/{name}/tokens"),
     ("delete", "/v1/tokens/{token_id}"),
     ("post", "/v1/identities/{name}/mfa"),
     ("post", "/v1/auth/login"),

@@ -408,6 +408,46 @@ pub async fn token(
     .await
 }
 
+#[derive(Serialize)]
+struct TokenInfo {
+    token_id: String,
+    created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
+    mfa: bool,
+}
+
+/// `GET /v1/identities/{name}/tokens`: the identity's live tokens by id (to revoke one), never their values.
+pub async fn tokens(State(app): State<AppState>, meta: Meta, Path(name): Path<String>) -> Response {
+    let meta = meta.on(crate::app::resource("identity", &name));
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::ListTokens,
+        None,
+        Mode::Blocking,
+        move |_| {
+            if name != "root" && load(&a, &name)?.is_none() {
+                return Err(not_found(&name));
+            }
+            let tokens: Vec<TokenInfo> = a
+                .auth
+                .tokens_of(&name, a.clock.now())?
+                .into_iter()
+                .map(|t| TokenInfo {
+                    token_id: t.token_id,
+                    created_at: rfc3339(t.created_at),
+                    expires_at: t.expires_at.map(rfc3339),
+                    mfa: t.mfa,
+                })
+                .collect();
+            Reply::ok(&serde_json::json!({ "tokens": tokens }))
+        },
+    )
+    .await
+}
+
 /// `DELETE /v1/tokens/{token_id}`.
 pub async fn revoke(
     State(app): State<AppState>,
