@@ -18,6 +18,10 @@ def BATCH(item):
                            "and one that no item could use fails the whole request"}
 
 
+# An identity's grants: built-in roles, and names of policies (one that does not exist grants nothing).
+ROLES = {"type": "array", "maxItems": 4, "items": {"type": "string", "enum": ["admin", "key-admin", "key-user", "auditor"]}}
+POLICY_NAMES = {"type": "array", "maxItems": 100, "items": {"type": "string", "minLength": 1, "maxLength": 128}}
+
 # A version number (u32; versions start at 1).
 VERSION = {"type": "integer", "minimum": 1, "maximum": 4294967295}
 # A key's id (UUID) or one of its aliases.
@@ -127,13 +131,11 @@ schemas = {
     "CertificateRequest": obj({"csr_pem": S, "subject": S, "days": {"type": "integer", "minimum": 1, "maximum": 36500}, "is_ca": BOOL}, ["days"]),
     "CertificateResponse": obj({"certificate_pem": S}),
     "CreateIdentityRequest": obj({"name": {"type": "string", "pattern": "^[A-Za-z0-9._@-]{1,64}$", "description": "not root"}, "kind": {"type": "string", "enum": ["service", "user"]},
-                                  "roles": {"type": "array", "items": {"type": "string", "enum": ["admin", "key-admin", "key-user", "auditor"]}},
-                                  "policies": {"type": "array", "items": S}, "password": {"type": "string", "minLength": 12, "maxLength": 1024},
+                                  "roles": ROLES, "policies": POLICY_NAMES, "password": {"type": "string", "minLength": 12, "maxLength": 1024},
                                   "certificate_subject": {"type": "string", "minLength": 1, "maxLength": 1024,
                                                           "description": "a client certificate subject (mutual TLS) that authenticates as this identity"}},
                                  ["name", "kind"]),
-    "UpdateIdentityRequest": obj({"roles": {"type": "array", "items": {"type": "string", "enum": ["admin", "key-admin", "key-user", "auditor"]}},
-                                  "policies": {"type": "array", "items": S}}),
+    "UpdateIdentityRequest": obj({"roles": ROLES, "policies": POLICY_NAMES}),
     "Identity": obj({"name": S, "kind": S, "roles": {"type": "array", "items": S}, "policies": {"type": "array", "items": S},
                      "created_at": {"type": "string", "format": "date-time"}, "password": BOOL, "mfa": BOOL,
                      "certificate_subject": S}),
