@@ -217,7 +217,10 @@ fn check_grants(roles: &[String], policies: &[String]) -> Result<(), ApiError> {
             "an identity has at most 4 roles and 100 policies",
         ));
     }
-    if policies.iter().any(|p| p.is_empty() || p.len() > 128) {
+    if policies
+        .iter()
+        .any(|p| p.is_empty() || p.chars().count() > 128)
+    {
         return Err(ApiError::validation("policy names are 1 to 128 characters"));
     }
     Ok(())
