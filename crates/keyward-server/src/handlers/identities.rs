@@ -195,8 +195,7 @@ fn valid_name(n: &str) -> bool {
 fn load(app: &AppState, name: &str) -> Result<Option<IdentityRecord>, ApiError> {
     let raw = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
         tx.get_meta(IDENTITIES, name)
-    })
-    .map_err(|e| ApiError(KmsError::from(e)))?;
+    })?;
     raw.map(|b| {
         serde_json::from_slice(&b)
             .map_err(|_| ApiError::new(ErrorCode::Unavailable, "store corrupt: identity"))
@@ -624,8 +623,7 @@ pub async fn enroll_mfa(
                 .map_err(|_| ApiError::new(ErrorCode::Unavailable, "identity encoding"))?;
             transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
                 tx.put_meta(IDENTITIES, &rec.name, &json)
-            })
-            .map_err(|e| ApiError(KmsError::from(e)))?;
+            })?;
             let secret = zeroize::Zeroizing::new(crate::totp::base32(&seed));
             let uri = format!(
             "otpauth://totp/Keyward:{}?secret={}&issuer=Keyward&algorithm=SHA1&digits={}&period={}",
@@ -655,8 +653,7 @@ pub(crate) struct Summary {
 pub(crate) fn summaries(app: &AppState) -> Result<Vec<Summary>, ApiError> {
     let all = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
         tx.list_meta(IDENTITIES)
-    })
-    .map_err(|e| ApiError(KmsError::from(e)))?;
+    })?;
     all.into_iter()
         .map(|(_, raw)| {
             let r: IdentityRecord = serde_json::from_slice(&raw)
@@ -691,8 +688,7 @@ pub async fn list(
         move |_| {
             let all = transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
                 tx.list_meta(IDENTITIES)
-            })
-            .map_err(|e| ApiError(KmsError::from(e)))?;
+            })?;
             let (page, next_token) = crate::handlers::keys::page(all, &q)?;
             let identities = page
                 .iter()

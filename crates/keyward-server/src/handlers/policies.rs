@@ -66,8 +66,7 @@ pub fn store(app: &App, name: &str, doc: &PolicyDoc) -> Result<(), ApiError> {
         .map_err(|_| ApiError::new(ErrorCode::Unavailable, "policy encoding"))?;
     transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
         tx.put_meta(POLICIES, name, &json)
-    })
-    .map_err(|e| ApiError(KmsError::from(e)))?;
+    })?;
     app.policies.forget(name);
     Ok(())
 }
@@ -76,8 +75,7 @@ pub fn store(app: &App, name: &str, doc: &PolicyDoc) -> Result<(), ApiError> {
 pub fn remove(app: &App, name: &str) -> Result<(), ApiError> {
     let existed = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
         tx.delete_meta(POLICIES, name)
-    })
-    .map_err(|e| ApiError(KmsError::from(e)))?;
+    })?;
     app.policies.forget(name);
     if existed {
         Ok(())
@@ -154,8 +152,7 @@ pub async fn list(
         move |_| {
             let all = transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
                 tx.list_meta(POLICIES)
-            })
-            .map_err(|e| ApiError(KmsError::from(e)))?;
+            })?;
             let (page, next) = crate::handlers::keys::page(all, &q)?;
             let names: Vec<&str> = page.iter().map(|(name, _)| name.as_str()).collect();
             Reply::ok(&serde_json::json!({ "policies": names, "next_token": next }))
