@@ -2837,6 +2837,17 @@ async fn identity_lifecycle(server: &Server, alice: &Client, alice_token: &str, 
             .any(|r| r["action"] == "kms:Login" && r["outcome"] == "deny"),
         "{v}"
     );
+    // A login for a name that is no identity does not record the name: it may be a mistyped password.
+    let (_, v) = call(
+        "GET",
+        "/v1/audit?action=kms:Login&outcome=deny".into(),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    let denied = v["records"].as_array().unwrap();
+    assert!(denied.len() >= 2, "{v}");
+    assert!(!v.to_string().contains("mallory"), "{v}");
     let (_, v) = call(
         "GET",
         "/v1/audit?resource=policy/zz-listed".into(),

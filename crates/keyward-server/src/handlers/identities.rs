@@ -233,25 +233,24 @@ fn not_found(name: &str) -> ApiError {
 }
 
 fn read_in(tx: &mut dyn Tx, name: &str) -> Result<IdentityRecord, KmsError> {
-    let raw = tx.get_meta(IDENTITIES, name)?.ok_or_else(|| {
-        KmsError::new(
-            ErrorCode::NotFound,
-            format!("identity {} does not exist", name.escape_debug()),
-        )
-    })?;
+    let raw = tx
+        .get_meta(IDENTITIES, name)?
+        .ok_or_else(|| not_found(name).0)?;
     serde_json::from_slice(&raw)
         .map_err(|_| KmsError::new(ErrorCode::Unavailable, "store corrupt: identity"))
 }
 
 /// The `name` a create or login body gives, read leniently ahead of the real parse, for the records: an
-/// attempt on an account is recorded under that account even when the body is refused.
+/// attempt on an account is recorded under that account even when the body is refused. Only a well-formed
+/// identity name is taken.
 fn body_name(body: &RawBody) -> Option<String> {
     #[derive(Deserialize)]
     struct Named {
         name: String,
     }
     let bytes = body.0.as_ref().ok()?;
-    serde_json::from_slice::<Named>(bytes).ok().map(|n| n.name)
+    let name = serde_json::from_slice::<Named>(bytes).ok()?.name;
+    valid_name(&name).then_some(name)
 }
 
 fn roles_of(rec: &IdentityRecord) -> Vec<Role> {
@@ -477,8 +476,20 @@ pub async fn revoke(
 
 /// `POST /v1/auth/login`: password, and the TOTP code when MFA is enrolled.
 pub async fn login(State(app): State<AppState>, meta: Meta, body: RawBody) -> Response {
+    // A login names its account in the records only if that identity exists: a password typed into the
+    // name field must not reach the audit log (the answer is the same either way, after Argon2).
     let meta = match body_name(&body) {
-        Some(name) => meta.on(crate::app::resource("identity", &name)),
+        Some(name) => {
+            let (a, n) = (app.clone(), name.clone());
+            let known = tokio::task::spawn_blocking(move || matches!(load(&a, &n), Ok(Some(_))))
+                .await
+                .unwrap_or(false);
+            if known {
+                meta.on(crate::app::resource("identity", &name))
+            } else {
+                meta
+            }
+        }
         None => meta,
     };
     let a = app.clone();
