@@ -1800,7 +1800,11 @@ async fn serve(a: ServeArgs) -> Res {
     let listener_note = format!("listening on {scheme}://{listen}");
     eprintln!("{listener_note}");
     let _ = std::io::stdout().flush();
-    keyward_server::serve(app, keyward_server::shutdown_signal()).await?;
+    let stopping = async {
+        keyward_server::shutdown_signal().await;
+        eprintln!("stopping: letting in-flight requests finish");
+    };
+    keyward_server::serve(app, stopping).await?;
     eprintln!("shut down; keys dropped from memory");
     Ok(())
 }
@@ -1818,7 +1822,12 @@ fn main() -> ExitCode {
         }
     };
     let out = Out { json: cli.json };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli));
+    // A stopped server has let its requests finish and sealed; work still on a blocking thread (a
+    // background round's store housekeeping or scheduled rotation, each crash-safe by design) must not keep
+    // the process alive for long.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Pending(p)) => {
             out.value(&p);

@@ -129,7 +129,7 @@ impl Server {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("server did not stop on SIGTERM");
+                panic!("server did not stop on SIGTERM; its log:\n{}", self.logs());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
