@@ -31,7 +31,7 @@ pub struct Freshness {
 
 impl Freshness {
     /// For a store that only this process writes, caches are always true.
-    pub(crate) fn new(shared: bool) -> Freshness {
+    pub fn new(shared: bool) -> Freshness {
         Freshness {
             shared,
             epoch: Instant::now(),

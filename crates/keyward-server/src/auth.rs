@@ -5,6 +5,7 @@
 //! do not, use Argon2id). Successful lookups are cached; revocation drops the cache entry.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -80,6 +81,9 @@ pub struct Auth {
     freshness: Arc<Freshness>,
     /// Sharded by the hash's first byte so concurrent requests rarely share a lock.
     cache: Vec<RwLock<HashMap<[u8; 32], Arc<Principal>>>>,
+    /// Moves before every invalidation: a principal read from the store while a token was revoked or
+    /// regranted may be the old one, and is not cached (else it would outlive the change indefinitely).
+    epoch: AtomicU64,
 }
 
 const SHARDS: usize = 16;
@@ -109,6 +113,7 @@ impl Auth {
             store,
             freshness,
             cache: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            epoch: AtomicU64::new(0),
         }
     }
 
@@ -198,23 +203,8 @@ impl Auth {
         let principal = match cached {
             Some(p) => p,
             None => {
-                let rec = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
-                    tx.get_meta(TOKENS, &hex(&hash))
-                })
-                .map_err(|e| ApiError(KmsError::from(e)))?
-                .ok_or_else(unauthenticated)?;
-                let rec: TokenRecord = serde_json::from_slice(&rec).map_err(|_| {
-                    ApiError::new(ErrorCode::Unavailable, "store corrupt: token record")
-                })?;
-                let p = Arc::new(Principal {
-                    name: rec.identity,
-                    roles: rec.roles.iter().filter_map(|r| Role::parse(r)).collect(),
-                    token_id: rec.token_id,
-                    expires_at: rec.expires_at,
-                    mfa: rec.mfa,
-                    policies: rec.policies,
-                });
-                self.cache[shard(&hash)].write().insert(hash, p.clone());
+                let (epoch, p) = self.read_principal(&hash)?;
+                self.keep(hash, p.clone(), epoch);
                 p
             }
         };
@@ -222,6 +212,46 @@ impl Auth {
             return Err(unauthenticated());
         }
         Ok(principal)
+    }
+
+    /// A token's principal from the store, with the invalidation epoch seen before the read.
+    fn read_principal(&self, hash: &[u8; 32]) -> Result<(u64, Arc<Principal>), ApiError> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let rec = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            tx.get_meta(TOKENS, &hex(hash))
+        })?
+        .ok_or_else(unauthenticated)?;
+        let rec: TokenRecord = serde_json::from_slice(&rec)
+            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "store corrupt: token record"))?;
+        Ok((
+            epoch,
+            Arc::new(Principal {
+                name: rec.identity,
+                roles: rec.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+                token_id: rec.token_id,
+                expires_at: rec.expires_at,
+                mfa: rec.mfa,
+                policies: rec.policies,
+            }),
+        ))
+    }
+
+    /// Caches a principal read at `epoch`, unless an invalidation has happened since. The check and the
+    /// insert hold the shard's lock, and an invalidation moves the epoch before it takes that lock to drop
+    /// entries, so an entry is either refused here or dropped there.
+    fn keep(&self, hash: [u8; 32], p: Arc<Principal>, epoch: u64) {
+        let mut shard = self.cache[shard(&hash)].write();
+        if self.epoch.load(Ordering::SeqCst) == epoch {
+            shard.insert(hash, p);
+        }
+    }
+
+    /// Drops cached principals that `stale` picks, after moving the epoch.
+    fn invalidate(&self, stale: impl Fn(&Principal) -> bool) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        for s in &self.cache {
+            s.write().retain(|_, p| !stale(p));
+        }
     }
 
     /// Revokes a token by id; false if there was none.
@@ -236,9 +266,7 @@ impl Auth {
             Ok::<_, KmsError>(Some(hash))
         })?;
         // Drop every cached principal of that token (the cache is keyed by hash).
-        for s in &self.cache {
-            s.write().retain(|_, p| p.token_id != token_id);
-        }
+        self.invalidate(|p| p.token_id == token_id);
         Ok(hash.is_some())
     }
 
@@ -307,9 +335,7 @@ impl Auth {
 
     /// Drops the cached principals of every token of an identity whose grants changed.
     pub fn forget_identity(&self, identity: &str) {
-        for s in &self.cache {
-            s.write().retain(|_, p| p.name != identity);
-        }
+        self.invalidate(|p| p.name == identity);
     }
 
     /// Forgets the cached principal of a token whose stored record changed on another node; `hash_hex` is
@@ -319,14 +345,13 @@ impl Auth {
         let Ok(hash) = <[u8; 32]>::try_from(bytes.as_slice()) else {
             return;
         };
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         self.cache[shard(&hash)].write().remove(&hash);
     }
 
     /// Drops every cached principal.
     pub fn forget_all(&self) {
-        for s in &self.cache {
-            s.write().clear();
-        }
+        self.invalidate(|_| true);
     }
 
     /// Whether any token exists (the service was bootstrapped).
@@ -335,5 +360,55 @@ impl Auth {
             tx.list_meta(TOKEN_IDS)
         })?
         .is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(dir: &std::path::Path) -> Auth {
+        let store: Arc<dyn Store> =
+            Arc::new(keyward_store_sqlite::SqliteStore::open(&dir.join("k.db")).unwrap());
+        Auth::new(store, Arc::new(Freshness::new(false)))
+    }
+
+    #[test]
+    fn a_principal_read_while_its_token_is_revoked_is_not_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = auth(dir.path());
+        let (token, rec) = auth.mint("app", &[Role::KeyUser], 0, None, None).unwrap();
+        let hash = token_hash(&token);
+        // A request reads the token's record; the revocation lands before it caches what it read.
+        let (epoch, stale) = auth.read_principal(&hash).unwrap();
+        assert!(auth.revoke(&rec.token_id).unwrap());
+        auth.keep(hash, stale, epoch);
+        assert_eq!(
+            auth.authenticate(&token, 1).unwrap_err().code(),
+            ErrorCode::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn a_principal_read_while_its_identity_changes_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = auth(dir.path());
+        let (token, _) = auth
+            .mint_with_mfa("app", &[Role::KeyUser], &[], 0, None, false)
+            .unwrap();
+        let hash = token_hash(&token);
+        let (epoch, stale) = auth.read_principal(&hash).unwrap();
+        let auditor = ["auditor".to_string()];
+        transact(auth.store.as_ref(), |tx: &mut dyn Tx| {
+            Auth::regrant_in(tx, "app", Some((&auditor, &[])))
+        })
+        .unwrap();
+        auth.forget_identity("app");
+        auth.keep(hash, stale, epoch);
+        assert_eq!(auth.authenticate(&token, 1).unwrap().roles, [Role::Auditor]);
+        // Without a change in between, what was read is kept.
+        let (epoch, p) = auth.read_principal(&hash).unwrap();
+        auth.keep(hash, p, epoch);
+        assert!(auth.cache[shard(&hash)].read().contains_key(&hash));
     }
 }
