@@ -153,7 +153,7 @@ schemas = {
                  "created_at": {"type": "string", "format": "date-time"}, "expires_at": INT, "result": {"type": "object"},
                  "claimed_by": {"type": "string", "description": "node id and process run that ran the operation"},
                  "claimed_at": {"type": "integer", "description": "Unix seconds of the claim; a claim older than an hour is ended as abandoned"}}},
-    "ApprovalList": obj({"approvals": {"type": "array", "items": ref("Approval")}}),
+    "ApprovalList": obj({"approvals": {"type": "array", "items": ref("Approval")}, "next_token": {"type": "string", "nullable": True}}),
     "Policy": obj({"statements": {"type": "array", "minItems": 1, "maxItems": 100, "items": obj({
         "effect": {"type": "string", "enum": ["allow", "deny"]},
         "actions": {"type": "array", "minItems": 1, "items": S, "description": "kms:<Action>, * wildcards"},
@@ -265,7 +265,8 @@ ops = [
     ("get", "/v1/policies/{name}", "kms:GetPolicy", None, (200, "Policy"), [{"name": "name", "in": "path", "required": True, "schema": S}], False),
     ("delete", "/v1/policies/{name}", "kms:DeletePolicy", None, (204, None), [{"name": "name", "in": "path", "required": True, "schema": S}], False),
     ("get", "/v1/approvals", "kms:ListApprovals", None, (200, "ApprovalList"), [{"name": "status", "in": "query", "schema": {"type": "string", "enum": [
-         "pending", "executing", "executed", "rejected", "expired", "failed"]}}], False),
+         "pending", "executing", "executed", "rejected", "expired", "failed"]}}] + LIMIT, False),
+    ("get", "/v1/approvals/{id}", "kms:GetApproval", None, (200, "Approval"), [{"name": "id", "in": "path", "required": True, "schema": S}], False),
     ("post", "/v1/approvals/{id}/approve", "kms:Approve", None, (200, "Approval"), [{"name": "id", "in": "path", "required": True, "schema": S}], False),
     ("post", "/v1/approvals/{id}/reject", "kms:Reject", None, (200, "Approval"), [{"name": "id", "in": "path", "required": True, "schema": S}], False),
     ("get", "/v1/audit", "kms:ReadAudit", None, (200, "AuditPage"), LIMIT + [
@@ -345,6 +346,8 @@ for methods in paths.values():
             op["responses"]["202"]["links"] = {
                 decision: {"operationId": f"post_v1_approvals_id_{decision}", "parameters": {"id": "$response.body#/approval_id"}}
                 for decision in ["approve", "reject"]}
+            op["responses"]["202"]["links"]["show"] = {
+                "operationId": "get_v1_approvals_id", "parameters": {"id": "$response.body#/approval_id"}}
 
 doc = {
     "openapi": "3.0.3",

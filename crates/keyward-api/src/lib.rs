@@ -901,6 +901,9 @@ pub struct ApprovalObject {
 pub struct ApprovalList {
     /// Oldest first.
     pub approvals: Vec<ApprovalObject>,
+    /// The next page's token while more remain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 /// `POST /v1/identities/{name}/mfa`: the `otpauth://` URI holds the TOTP seed, so it is zeroized on drop and

@@ -612,6 +612,11 @@ enum ApprovalCmd {
         #[arg(long)]
         status: Option<String>,
     },
+    /// Show one request: its operation, who asked, who decided, and once run, its result.
+    Show {
+        /// Approval id (apr_...).
+        id: String,
+    },
     /// Approve a request; the approval that completes the quorum runs the operation.
     Approve {
         /// Approval id (apr_...).
@@ -1647,6 +1652,7 @@ async fn run(cli: Cli) -> Res {
             ApprovalCmd::List { status } => {
                 out.approvals(&c.list_approvals(status.as_deref()).await.map_err(e)?)
             }
+            ApprovalCmd::Show { id } => out.value(&c.get_approval(&id).await.map_err(e)?),
             ApprovalCmd::Approve { id } => out.value(&c.approve(&id).await.map_err(e)?),
             ApprovalCmd::Reject { id } => out.value(&c.reject(&id).await.map_err(e)?),
         },

@@ -2107,7 +2107,7 @@ async fn quorum_deletion_waits_for_two_other_approvers() {
     let user = token_for(&server, "user", &["key-user"]).await;
     let a = &server.addr;
 
-    let (st, v, _) = raw(
+    let (st, v, requested_by) = raw(
         a,
         "POST",
         &format!("/v1/keys/{key}/schedule-deletion"),
@@ -2161,7 +2161,7 @@ async fn quorum_deletion_waits_for_two_other_approvers() {
         (
             &json!("ops1"),
             &json!("allow"),
-            &json!(executed_by.unwrap())
+            &json!(executed_by.as_deref().unwrap())
         ),
         "{trail}"
     );
@@ -2198,6 +2198,75 @@ async fn quorum_deletion_waits_for_two_other_approvers() {
             ("ops3", "allow")
         ]
     );
+    // The approval's own trail is the request's whole story: the request that opened it (under the
+    // request's id), every decision, and the operation it ran (the requester's action under the deciding
+    // approval's request id).
+    let (_, story, _) = raw(
+        a,
+        "GET",
+        &format!("/v1/audit?resource=approval/{id}"),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    let story: Vec<(&str, &str, &str, &str)> = story["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["key_id"], key.as_str(), "{r}");
+            (
+                r["principal"].as_str().unwrap(),
+                r["action"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+                r["request_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let requested_by = requested_by.unwrap();
+    let executed_by = executed_by.unwrap();
+    let asked = (
+        "ops1",
+        "kms:ScheduleKeyDeletion",
+        "allow",
+        requested_by.as_str(),
+    );
+    let ran = (
+        "ops1",
+        "kms:ScheduleKeyDeletion",
+        "allow",
+        executed_by.as_str(),
+    );
+    assert_eq!(story.len(), 9, "{story:?}");
+    assert_eq!(story[0], asked, "{story:?}");
+    let decided: Vec<(&str, &str)> = story[1..8]
+        .iter()
+        .map(|r| {
+            assert_eq!(r.1, "kms:Approve", "{story:?}");
+            (r.0, r.2)
+        })
+        .collect();
+    assert_eq!(decided, decisions);
+    assert_eq!(story[7].3, executed_by, "the last approval");
+    assert_eq!(story[8], ran, "{story:?}");
+    // The request's own id shows it held: recorded when made, then again naming the approval.
+    let (_, held, _) = raw(
+        a,
+        "GET",
+        &format!("/v1/audit?key_id={key}&action=kms:ScheduleKeyDeletion&principal=ops1"),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    let held: Vec<(&str, Option<&str>)> = held["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["request_id"] == requested_by.as_str())
+        .map(|r| (r["outcome"].as_str().unwrap(), r["resource"].as_str()))
+        .collect();
+    let named = format!("approval/{id}");
+    assert_eq!(held, [("allow", None), ("allow", Some(named.as_str()))]);
     let (st, v, _) = approve(root_token()).await;
     assert_eq!((st, code_of(&v)), (409, "InvalidState"));
     root.key_action(&key, "cancel-deletion").await.unwrap();
@@ -2283,6 +2352,29 @@ async fn quorum_deletion_waits_for_two_other_approvers() {
     .await;
     assert_eq!(st, 202);
     let id4 = v["approval_id"].as_str().unwrap().to_string();
+    // The policy's trail has the request; the approval's names it once held.
+    let trail = |q: String| async move {
+        let (_, v, _) = raw(a, "GET", &format!("/v1/audit?{q}"), Some(ROOT), None).await;
+        let records = v["records"].as_array().unwrap().clone();
+        records
+            .iter()
+            .map(|r| {
+                (
+                    r["action"].as_str().unwrap().to_string(),
+                    r["key_id"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let put = "kms:PutPolicy".to_string();
+    assert_eq!(
+        trail(format!("resource=approval/{id4}")).await,
+        [(put.clone(), serde_json::Value::Null)]
+    );
+    assert_eq!(
+        trail("resource=policy/touching".into()).await,
+        [(put, serde_json::Value::Null)]
+    );
     let (st, list, _) = raw(a, "GET", "/v1/approvals?status=pending", Some(&ops1), None).await;
     assert_eq!(st, 200);
     assert_eq!(list["approvals"].as_array().unwrap().len(), 1);
@@ -2296,6 +2388,49 @@ async fn quorum_deletion_waits_for_two_other_approvers() {
         .map(|x| x["approval_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, [&id, &id2, &id3, &id4]);
+    // Pages of one walk the same list in the same order, with or without a status filter.
+    let reader = ops1.as_str();
+    let walk = move |filter: &'static str| async move {
+        let mut walked = Vec::new();
+        let mut query = format!("{filter}limit=1");
+        loop {
+            let path = format!("/v1/approvals?{query}");
+            let (st, page, _) = raw(a, "GET", &path, Some(reader), None).await;
+            assert_eq!(st, 200, "{page}");
+            assert_eq!(page["approvals"].as_array().unwrap().len(), 1, "{page}");
+            walked.push(
+                page["approvals"][0]["approval_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+            match page["next_token"].as_str() {
+                Some(t) => query = format!("{filter}limit=1&next_token={t}"),
+                None => return walked,
+            }
+        }
+    };
+    assert_eq!(walk("").await, [&*id, &*id2, &*id3, &*id4]);
+    assert_eq!(walk("status=executed&").await, [&*id, &*id3]);
+    // One request, read by id: its decisions and result; an unknown id or a bad page is refused.
+    let (st, one, _) = raw(a, "GET", &format!("/v1/approvals/{id2}"), Some(&user), None).await;
+    assert_eq!(st, 200, "{one}");
+    assert_eq!(
+        (&one["status"], &one["rejected_by"], &one["requested_by"]),
+        (&json!("rejected"), &json!("ops2"), &json!("ops1"))
+    );
+    for (path, code) in [
+        ("/v1/approvals/apr_0000".to_string(), (404, "NotFound")),
+        ("/v1/approvals?limit=0".into(), (400, "ValidationError")),
+        (
+            "/v1/approvals?next_token=%25".into(),
+            (400, "ValidationError"),
+        ),
+        ("/v1/approvals?order=asc".into(), (400, "ValidationError")),
+    ] {
+        let (st, v, _) = raw(a, "GET", &path, Some(&ops1), None).await;
+        assert_eq!((st, code_of(&v)), code, "{path}: {v}");
+    }
 
     // Two approvers at once on a request one approval completes: the operation runs once, the other
     // approver is told the request is no longer pending, and the request stays executed.

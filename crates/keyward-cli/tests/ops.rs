@@ -805,7 +805,8 @@ fn the_cli_manages_policies_approvals_mfa_and_health() {
         .map(|l| l.split_whitespace().collect())
         .collect();
     assert_eq!(rows.len(), 2, "{listed}");
-    // Requests made within the same second have no order between them.
+    // Oldest first, even within one second (ids are time-ordered).
+    assert_eq!([rows[0][0], rows[1][0]], [destroy_id.as_str(), deletion_id]);
     let row = |id: &str| rows.iter().find(|r| r[0] == id).unwrap()[1..6].to_vec();
     assert_eq!(
         row(&destroy_id),
@@ -840,6 +841,10 @@ fn the_cli_manages_policies_approvals_mfa_and_health() {
     let executed = json(&second, &["approval", "approve", deletion_id]);
     assert_eq!(executed["status"], "executed");
     assert_eq!(executed["result"]["state"], "PendingDeletion");
+    // The requester follows its request by id.
+    assert_eq!(json(ROOT, &["approval", "show", deletion_id]), executed);
+    let unknown = refused(ROOT, &["approval", "show", "apr_0"], b"");
+    assert!(unknown.contains("NotFound (404)"), "{unknown}");
     assert_eq!(
         json(ROOT, &["key", "show", q_id])["state"],
         "PendingDeletion"

@@ -495,7 +495,8 @@ async fn two_nodes_approving_at_once_run_the_operation_once() {
             .clone();
         assert_eq!(ours["status"], "executed", "{ours}");
         assert_eq!(ours["approvals"].as_array().unwrap().len(), 1, "{ours}");
-        // The operation ran once: the key's trail holds the request and one execution, no failure.
+        // The operation ran once: the key's trail holds the request (recorded when made, and again
+        // naming its approval once held) and one execution, no failure.
         let (allowed, errors): (i64, i64) = sql(|c| {
             let row = c
                 .query_one(
@@ -511,7 +512,7 @@ async fn two_nodes_approving_at_once_run_the_operation_once() {
                 .unwrap();
             (row.get(0), row.get(1))
         });
-        assert_eq!((allowed, errors), (2, 0), "round {round}");
+        assert_eq!((allowed, errors), (3, 0), "round {round}");
         let shown = cluster.client(0).describe_key(&key).await.unwrap();
         assert_eq!(shown.state, "PendingDeletion");
     }
@@ -597,7 +598,8 @@ async fn a_restarted_node_ends_its_interrupted_claims_and_abandoned_ones() {
     }
     assert_eq!(ours["status"], "failed", "{ours}");
     assert_eq!(ours["result"]["error"]["code"], "Unavailable", "{ours}");
-    // Nothing ran: each key is as it was, and its trail shows the request and the interruption.
+    // Nothing ran: each key is as it was, and its trail shows the request (when made, then held) and the
+    // interruption.
     for ended in [&requests[0], &requests[2]] {
         let key = server.root().describe_key(&ended.1).await.unwrap();
         assert_eq!(key.state, "Enabled");
@@ -623,9 +625,10 @@ async fn a_restarted_node_ends_its_interrupted_claims_and_abandoned_ones() {
                 )
             })
             .collect();
-        assert_eq!(outcomes.len(), 2, "{trail}");
-        assert_eq!(outcomes[0].0, "allow");
-        assert_eq!(outcomes[1], ("error", ended.0.as_str()));
+        assert_eq!(outcomes.len(), 3, "{trail}");
+        assert_eq!((outcomes[0].0, outcomes[1].0), ("allow", "allow"));
+        assert_eq!(outcomes[0].1, outcomes[1].1, "{trail}");
+        assert_eq!(outcomes[2], ("error", ended.0.as_str()));
     }
     // A decision on it is refused as on any ended request.
     let (st, v, _) = raw(

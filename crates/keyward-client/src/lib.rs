@@ -449,12 +449,34 @@ impl Client {
         .await
         .map(drop)
     }
-    /// `GET /v1/approvals`, optionally only those in one status (`pending`, `executed`, ...).
+    /// `GET /v1/approvals`, optionally only those in one status (`pending`, `executed`, ...): every page,
+    /// oldest request first.
     pub async fn list_approvals(&self, status: Option<&str>) -> Result<Vec<ApprovalObject>> {
-        let q = status.map_or(String::new(), |s| format!("?status={}", segment(s)));
-        self.get::<ApprovalList>(&format!("/v1/approvals{q}"))
-            .await
-            .map(|l| l.approvals)
+        let filter = status.map(|s| format!("status={}", segment(s)));
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let query: Vec<String> = filter
+                .iter()
+                .cloned()
+                .chain(after.iter().map(|t| format!("next_token={}", segment(t))))
+                .collect();
+            let q = if query.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", query.join("&"))
+            };
+            let page: ApprovalList = self.get(&format!("/v1/approvals{q}")).await?;
+            all.extend(page.approvals);
+            match page.next_token {
+                Some(t) => after = Some(t),
+                None => return Ok(all),
+            }
+        }
+    }
+    /// `GET /v1/approvals/{id}`: one request, with its decisions and, once run, its result.
+    pub async fn get_approval(&self, id: &str) -> Result<ApprovalObject> {
+        self.get(&format!("/v1/approvals/{}", segment(id))).await
     }
     /// `POST /v1/approvals/{id}/approve`: the approval that completes the quorum runs the operation, whose
     /// answer is then in `result`.

@@ -254,6 +254,9 @@ pub struct Reply {
     body: Vec<u8>,
     key_id: Option<String>,
     version: Option<u32>,
+    /// Something the request brought into being that its records must name (the approval a held request
+    /// waits for), beyond what [`Meta::on`] named before it ran.
+    created: Option<String>,
 }
 
 impl Reply {
@@ -271,6 +274,7 @@ impl Reply {
             body,
             key_id: None,
             version: None,
+            created: None,
         })
     }
 
@@ -281,6 +285,7 @@ impl Reply {
             body: Vec::new(),
             key_id: None,
             version: None,
+            created: None,
         }
     }
 
@@ -288,6 +293,13 @@ impl Reply {
     pub fn key(mut self, key_id: impl Into<String>, version: Option<u32>) -> Reply {
         self.key_id = Some(key_id.into());
         self.version = version;
+        self
+    }
+
+    /// Names what the request created (a `kind/name` from [`resource`]) in a record of its own: the
+    /// request's first record was written before it existed.
+    pub fn created(mut self, resource: String) -> Reply {
+        self.created = Some(resource);
         self
     }
 }
@@ -527,12 +539,21 @@ where
             (named(key_ref).or(noted_key), None)
         }
     };
-    let durable = if !app.config.audit || (written_ahead && result.is_ok()) {
+    // A request held for approval was recorded before the approval existed: a second record names it, so
+    // that the approval's trail (`?resource=approval/<id>`) begins with the request that opened it.
+    let created = match &result {
+        Ok(r) => r.created.clone(),
+        Err(_) => None,
+    };
+    let durable = if !app.config.audit || (written_ahead && result.is_ok() && created.is_none()) {
         Ok(0)
     } else {
         let mut record = event(
             meta, &principal, action, key_id, version, outcome, error_code,
         );
+        if created.is_some() {
+            record.resource = created;
+        }
         if let Some(keys) = source_keys {
             let mut keys = std::mem::take(&mut *keys.lock());
             if action == Action::ReEncrypt || keys.len() > 1 {
@@ -904,6 +925,7 @@ pub fn router(app: AppState) -> Router {
                 .delete(handlers::policies::delete),
         )
         .route("/v1/approvals", get(handlers::approvals::list))
+        .route("/v1/approvals/{id}", get(handlers::approvals::get))
         .route(
             "/v1/approvals/{id}/approve",
             post(handlers::approvals::approve),

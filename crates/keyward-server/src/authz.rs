@@ -100,6 +100,7 @@ actions! {
     GetPolicy = "kms:GetPolicy": Access,
     DeletePolicy = "kms:DeletePolicy": Access,
     ListApprovals = "kms:ListApprovals": Read,
+    GetApproval = "kms:GetApproval": Read,
     Approve = "kms:Approve": Manage,
     Reject = "kms:Reject": Manage,
     ReadAudit = "kms:ReadAudit": Audit,
@@ -188,6 +189,7 @@ mod tests {
             GetPublicKey,
             ListAliases,
             ListApprovals,
+            GetApproval,
         ];
         let manage = [
             CreateKey,

@@ -66,6 +66,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/policies/{name}"),
     ("delete", "/v1/policies/{name}"),
     ("get", "/v1/approvals"),
+    ("get", "/v1/approvals/{id}"),
     ("post", "/v1/approvals/{id}/approve"),
     ("post", "/v1/approvals/{id}/reject"),
     ("get", "/v1/audit"),

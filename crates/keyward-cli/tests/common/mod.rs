@@ -150,6 +150,11 @@ impl Drop for Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // A failing test shows what its server said: a refused connection or an odd answer is then
+        // explained by the server's own log rather than left to guess.
+        if std::thread::panicking() {
+            eprintln!("log of the server at {}:\n{}", self.addr, self.logs());
+        }
     }
 }
 

@@ -215,7 +215,8 @@ pub fn request(
             approval_id: approval.approval_id.clone(),
             status: "pending".into(),
         },
-    )?;
+    )?
+    .created(crate::app::resource("approval", &approval.approval_id));
     Ok(match key {
         Some(k) => reply.key(k, None),
         None => reply,
@@ -263,7 +264,9 @@ pub fn execute(app: &AppState, op: &Operation) -> Result<serde_json::Value, ApiE
 }
 
 /// The record of an approved operation as it runs: the requester's action on its key, under the request id
-/// of the approval that carried it out (whose own record names the approver).
+/// of the approval that carried it out (whose own record names the approver). It names the approval, so the
+/// approval's trail ends with what it did, unless it changed a policy, which it names instead (that policy's
+/// trail must show every change to it).
 fn executed(
     a: &Approval,
     (request_id, source_ip): (&str, &str),
@@ -288,7 +291,7 @@ fn executed(
             Operation::PutPolicy { name, .. } | Operation::DeletePolicy { name } => {
                 Some(crate::app::resource("policy", name))
             }
-            _ => None,
+            _ => Some(crate::app::resource("approval", &a.approval_id)),
         },
         outcome,
         error_code,
@@ -558,13 +561,50 @@ pub async fn reject(State(app): State<AppState>, meta: Meta, Path(id): Path<Stri
 #[derive(Serialize)]
 struct ApprovalList {
     approvals: Vec<Approval>,
+    next_token: Option<String>,
 }
 
-/// `GET /v1/approvals?status=pending`.
+/// A request as its readers see it: one still pending past its expiry is `expired` (it can no longer be
+/// approved; the stored status changes only when a decision finds it so).
+fn as_seen(mut a: Approval, now: i64) -> Approval {
+    if a.status == "pending" && a.expires_at <= now {
+        a.status = "expired".into();
+    }
+    a
+}
+
+/// `GET /v1/approvals/{id}`: one request, as a requester follows it to its end.
+pub async fn get(State(app): State<AppState>, meta: Meta, Path(id): Path<String>) -> Response {
+    let meta = meta.on(crate::app::resource("approval", &id));
+    let a = app.clone();
+    let named = id.clone();
+    let key = || approval_key(&app, &named);
+    call_noting(
+        &app,
+        &meta,
+        Action::GetApproval,
+        None,
+        key,
+        Mode::Blocking,
+        move |_| {
+            let found = load(&a, &id)?;
+            let key_id = found.operation.key_id().map(str::to_string);
+            let reply = Reply::ok(&as_seen(found, a.clock.now()))?;
+            Ok(match key_id {
+                Some(k) => reply.key(k, None),
+                None => reply,
+            })
+        },
+    )
+    .await
+}
+
+/// `GET /v1/approvals?status=pending`, paged like every list. Ids are time-ordered (UUIDv7), so the
+/// order of ids, which pages follow, is the order the requests were made.
 pub async fn list(
     State(app): State<AppState>,
     meta: Meta,
-    Query(q): Query<HashMap<String, String>>,
+    Query(mut q): Query<HashMap<String, String>>,
 ) -> Response {
     let a = app.clone();
     call(
@@ -574,8 +614,9 @@ pub async fn list(
         None,
         Mode::Blocking,
         move |_| {
-            crate::convert::only(&q, &["status"])?;
-            if let Some(status) = q.get("status") {
+            let wanted = q.remove("status");
+            crate::convert::only(&q, &["limit", "next_token"])?;
+            if let Some(status) = &wanted {
                 const STATUSES: [&str; 6] = [
                     "pending",
                     "executing",
@@ -595,23 +636,22 @@ pub async fn list(
                 tx.list_meta(APPROVALS)
             })
             .map_err(|e| ApiError(KmsError::from(e)))?;
-            let mut approvals = Vec::with_capacity(all.len());
-            for (_, raw) in all {
+            let mut matching = Vec::with_capacity(all.len());
+            for (id, raw) in all {
                 // A record that does not parse is reported, never silently left out of the list.
-                let mut x: Approval = serde_json::from_slice(&raw).map_err(|_| {
+                let x: Approval = serde_json::from_slice(&raw).map_err(|_| {
                     ApiError::new(ErrorCode::Unavailable, "store corrupt: approval")
                 })?;
-                if x.status == "pending" && x.expires_at <= now {
-                    x.status = "expired".into();
-                }
-                if q.get("status").is_none_or(|s| *s == x.status) {
-                    approvals.push(x);
+                let x = as_seen(x, now);
+                if wanted.as_ref().is_none_or(|s| *s == x.status) {
+                    matching.push((id, x));
                 }
             }
-            approvals.sort_by(|x, y| {
-                (&x.created_at, &x.approval_id).cmp(&(&y.created_at, &y.approval_id))
-            });
-            Reply::ok(&ApprovalList { approvals })
+            let (page, next_token) = crate::handlers::keys::page(matching, &q)?;
+            Reply::ok(&ApprovalList {
+                approvals: page.into_iter().map(|(_, x)| x).collect(),
+                next_token,
+            })
         },
     )
     .await
