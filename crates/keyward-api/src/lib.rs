@@ -906,6 +906,28 @@ pub struct ApprovalList {
     pub next_token: Option<String>,
 }
 
+/// `GET /v1/auth/self`: who the service takes the caller to be, and what its credential grants, so that a
+/// script or an operator can check a token before relying on it (and find its id to revoke it).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CallerIdentity {
+    /// The identity's name (`root` for a root token).
+    pub name: String,
+    /// Built-in roles the credential carries.
+    pub roles: Vec<String>,
+    /// Policies attached to the identity.
+    pub policies: Vec<String>,
+    /// `token` or `certificate` (TLS client authentication).
+    pub authenticated_by: String,
+    /// The token's id (never its value); absent for a certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    /// RFC 3339; absent when the credential does not expire (root tokens, certificates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Whether the token was issued after a TOTP check (what policies' `mfa` condition tests).
+    pub mfa: bool,
+}
+
 /// `POST /v1/identities/{name}/mfa`: the `otpauth://` URI holds the TOTP seed, so it is zeroized on drop and
 /// never shown by `Debug`.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -249,6 +249,9 @@ enum Command {
         #[arg(long)]
         totp: Option<String>,
     },
+    /// Who KEYWARD_TOKEN (or the client certificate) authenticates as: name, roles, policies, token id,
+    /// expiry and whether it was issued after MFA.
+    Whoami,
     /// Whether the node serves: ok, sealed or uninitialized (exit status 1 unless ok).
     Health,
     /// Random bytes from the HSM, base64.
@@ -1668,6 +1671,7 @@ async fn run(cli: Cli) -> Res {
                 );
             }
         }
+        Command::Whoami => out.value(&c.whoami().await.map_err(e)?),
         Command::Health => {
             let h = c.health().await.map_err(e)?;
             out.value(&h);

@@ -1369,6 +1369,35 @@ async fn roles_separate_duties_and_tokens_expire_and_revoke() {
     .await;
     let revocable = server.client(Some(t["token"].as_str().unwrap()));
     assert!(revocable.describe_key(&key).await.is_ok());
+    // A token tells its holder what it is: the identity, grants, id and expiry it was issued with.
+    let me = revocable.whoami().await.unwrap();
+    assert_eq!(
+        me,
+        keyward_api::CallerIdentity {
+            name: "app".into(),
+            roles: vec!["key-user".into()],
+            policies: vec![],
+            authenticated_by: "token".into(),
+            token_id: t["token_id"].as_str().map(str::to_string),
+            expires_at: t["expires_at"].as_str().map(str::to_string),
+            mfa: false,
+        }
+    );
+    let root_self = root.whoami().await.unwrap();
+    assert_eq!(
+        (
+            root_self.name.as_str(),
+            root_self.roles,
+            root_self.expires_at
+        ),
+        ("root", vec!["admin".to_string()], None)
+    );
+    // Anyone authenticated may ask, with no role at all; nobody unauthenticated may.
+    assert_eq!(nobody.whoami().await.unwrap().name, "nobody");
+    assert_eq!(
+        api_code(server.client(None).whoami().await),
+        "Unauthenticated"
+    );
     let (st, _, _) = raw(
         &server.addr,
         "DELETE",
@@ -1382,6 +1411,7 @@ async fn roles_separate_duties_and_tokens_expire_and_revoke() {
         api_code(revocable.describe_key(&key).await),
         "Unauthenticated"
     );
+    assert_eq!(api_code(revocable.whoami().await), "Unauthenticated");
     let (st, _, _) = raw(
         &server.addr,
         "DELETE",
@@ -1833,6 +1863,28 @@ async fn policies_grant_scope_condition_and_deny() {
     // Source address condition.
     assert_eq!(api_code(svc.random(8).await), "AccessDenied");
     assert!(svc.describe_key("alias/app-main").await.is_ok());
+    // Who the caller is stays answerable under any policy: it shows only what its token carries.
+    let (st, v, _) = raw(
+        &server.addr,
+        "PUT",
+        "/v1/policies/deny-all",
+        Some(ROOT),
+        Some(
+            br#"{"statements": [{"effect": "deny", "actions": ["kms:*"], "resources": ["*"]}]}"#
+                .to_vec(),
+        ),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let walled = server.client(Some(
+        &token_with_policies(&server, "walled", &["auditor"], &["deny-all"]).await,
+    ));
+    assert_eq!(api_code(walled.list_keys("").await), "AccessDenied");
+    let me = walled.whoami().await.unwrap();
+    assert_eq!(
+        (me.roles, me.policies),
+        (vec!["auditor".to_string()], vec!["deny-all".to_string()])
+    );
     // Deleting the policy takes effect at once.
     let (st, _, _) = raw(&server.addr, "DELETE", "/v1/policies/app", Some(ROOT), None).await;
     assert_eq!(st, 204);

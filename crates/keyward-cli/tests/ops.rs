@@ -830,6 +830,22 @@ fn the_cli_manages_policies_approvals_mfa_and_health() {
         .as_str()
         .unwrap()
         .to_string();
+    let me = json(&second, &["whoami"]);
+    assert_eq!(
+        (&me["name"], &me["roles"], &me["authenticated_by"]),
+        (
+            &serde_json::json!("second-admin"),
+            &serde_json::json!(["admin"]),
+            &serde_json::json!("token")
+        )
+    );
+    let table = ok(ROOT, &["whoami"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().eq(["name", "root"])),
+        "{table}"
+    );
     let rejected = json(&second, &["approval", "reject", &destroy_id]);
     assert_eq!(
         (
@@ -1277,9 +1293,26 @@ async fn client_certificates_authenticate_as_identities() {
         .code(),
         Some("AccessDenied")
     );
+    // The certificate's identity, as the service sees it: no token, nothing that expires.
+    assert_eq!(
+        app1.whoami().await.unwrap(),
+        keyward_api::CallerIdentity {
+            name: "app1".into(),
+            roles: vec!["key-user".into()],
+            policies: vec![],
+            authenticated_by: "certificate".into(),
+            token_id: None,
+            expires_at: None,
+            mfa: false,
+        }
+    );
     let stranger = with_cert("stranger");
     assert_eq!(
         stranger.encrypt(&key, b"x", None).await.unwrap_err().code(),
+        Some("Unauthenticated")
+    );
+    assert_eq!(
+        stranger.whoami().await.unwrap_err().code(),
         Some("Unauthenticated")
     );
     // No certificate and no token: refused; a token still works without a certificate.

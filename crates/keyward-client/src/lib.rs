@@ -270,6 +270,10 @@ impl Client {
 
     // ----- system -----
 
+    /// `GET /v1/auth/self`: who this client's credential authenticates as, and what it carries.
+    pub async fn whoami(&self) -> Result<CallerIdentity> {
+        self.get("/v1/auth/self").await
+    }
     /// `GET /v1/health` (503 answers are returned as health, not as errors).
     pub async fn health(&self) -> Result<Health> {
         let (_, bytes) = self.raw(Method::GET, "/v1/health", None).await?;

@@ -124,7 +124,7 @@ pub struct Meta {
     /// The client address, for policy conditions.
     pub ip: Option<std::net::IpAddr>,
     /// The bearer token, if any.
-    pub bearer: Option<String>,
+    pub bearer: Option<Bearer>,
     /// The verified client certificate's subject, if any.
     pub client_subject: Option<String>,
     /// When the request arrived.
@@ -168,7 +168,25 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Meta {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<String> {
+/// A bearer token as a request presented it. The request context is cloned into handlers and may be
+/// printed while debugging, so the token is wiped when each copy is dropped and `Debug` never shows it.
+#[derive(Clone)]
+pub struct Bearer(zeroize::Zeroizing<String>);
+
+impl Bearer {
+    /// The token, for authentication only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bearer(<redacted>)")
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<Bearer> {
     let v = headers
         .get(axum::http::header::AUTHORIZATION)?
         .to_str()
@@ -176,7 +194,7 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     let (scheme, token) = v.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_string())
+        .then(|| Bearer(zeroize::Zeroizing::new(token.trim().to_string())))
 }
 
 /// The raw body, read with the size limit; parsing happens inside [`call`] so bad input is audited too.
@@ -599,7 +617,7 @@ fn mutates(action: Action) -> bool {
                 | Action::ListTokens
                 | Action::GetMetrics
         ),
-        Class::Public | Class::Read | Class::Use | Class::Audit => false,
+        Class::Public | Class::Read | Class::Use | Class::Audit | Class::Own => false,
     }
 }
 
@@ -661,7 +679,7 @@ fn authorize(
             .map_err(|e| (anonymous(), e))?,
         (token, _) => app
             .auth
-            .authenticate(token.as_deref().unwrap_or(""), now)
+            .authenticate(token.as_ref().map_or("", Bearer::expose), now)
             .map_err(|e| (anonymous(), e))?,
     };
     if !app.limiter.allow(&principal.name) {
@@ -669,6 +687,15 @@ fn authorize(
             principal,
             ApiError::new(ErrorCode::Throttled, "rate limit exceeded; retry shortly"),
         ));
+    }
+    if action.class() == Class::Own {
+        return Ok(Caller {
+            source_keys: None,
+            source_ip,
+            principal,
+            context_rule: None,
+            pending: None,
+        });
     }
     let role_allows = principal.roles.iter().any(|r| r.allows(action));
     let denied = |p: &Arc<Principal>| {
@@ -917,6 +944,7 @@ pub fn router(app: AppState) -> Router {
             post(handlers::identities::enroll_mfa),
         )
         .route("/v1/auth/login", post(handlers::identities::login))
+        .route("/v1/auth/self", get(handlers::identities::caller))
         .route("/v1/policies", get(handlers::policies::list))
         .route(
             "/v1/policies/{name}",
@@ -980,6 +1008,29 @@ mod tests {
     use serde::Deserialize;
 
     use super::explain;
+
+    #[test]
+    fn a_request_context_never_shows_its_token() {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            axum::http::header::AUTHORIZATION,
+            axum::http::HeaderValue::from_static("Bearer kw.s3cr3t-t0ken"),
+        );
+        let bearer = super::bearer(&headers).unwrap();
+        assert_eq!(bearer.expose(), "kw.s3cr3t-t0ken");
+        let meta = super::Meta {
+            request_id: "r".into(),
+            source_ip: "127.0.0.1".into(),
+            ip: None,
+            bearer: Some(bearer),
+            client_subject: None,
+            start: std::time::Instant::now(),
+            resource: None,
+        };
+        let shown = format!("{meta:?} {:?}", meta.clone());
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]

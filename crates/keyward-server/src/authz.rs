@@ -41,6 +41,9 @@ pub enum Class {
     Audit,
     /// Identities, tokens, policies: admin only.
     Access,
+    /// About the caller itself: anyone authenticated, whatever its roles and policies (a policy that hid
+    /// from a caller who it is would protect nothing its credential does not already show).
+    Own,
 }
 
 actions! {
@@ -114,6 +117,7 @@ actions! {
     DeleteIdentity = "kms:DeleteIdentity": Access,
     ListPolicies = "kms:ListPolicies": Access,
     ListTokens = "kms:ListTokens": Access,
+    GetCallerIdentity = "kms:GetCallerIdentity": Own,
 }
 
 /// A built-in role.
@@ -155,7 +159,7 @@ impl Role {
     pub const fn allows(self, action: Action) -> bool {
         matches!(
             (self, action.class()),
-            (_, Class::Public)
+            (_, Class::Public | Class::Own)
                 | (Role::Admin, _)
                 | (Role::KeyAdmin, Class::Manage | Class::Read)
                 | (Role::KeyUser, Class::Use | Class::Read)
@@ -181,7 +185,15 @@ mod tests {
     #[test]
     fn every_role_against_every_action() {
         use Action::*;
-        let public = [Health, Status, Init, Unseal, GenerateRoot, Login];
+        let public = [
+            Health,
+            Status,
+            Init,
+            Unseal,
+            GenerateRoot,
+            Login,
+            GetCallerIdentity,
+        ];
         let read = [
             ListKeys,
             DescribeKey,

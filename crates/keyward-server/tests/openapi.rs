@@ -61,6 +61,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/tokens/{token_id}"),
     ("post", "/v1/identities/{name}/mfa"),
     ("post", "/v1/auth/login"),
+    ("get", "/v1/auth/self"),
     ("get", "/v1/policies"),
     ("put", "/v1/policies/{name}"),
     ("get", "/v1/policies/{name}"),

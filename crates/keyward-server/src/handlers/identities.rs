@@ -449,6 +449,37 @@ pub async fn tokens(State(app): State<AppState>, meta: Meta, Path(name): Path<St
     .await
 }
 
+/// `GET /v1/auth/self`: the caller as the service sees it. Only what the credential itself carries, so
+/// it answers from the token cache without touching the store.
+pub async fn caller(State(app): State<AppState>, meta: Meta) -> Response {
+    let by_certificate = meta.bearer.is_none() && meta.client_subject.is_some();
+    call(
+        &app,
+        &meta,
+        Action::GetCallerIdentity,
+        None,
+        Mode::Inline,
+        move |caller| {
+            let p = &caller.principal;
+            Reply::ok(&keyward_api::CallerIdentity {
+                name: p.name.clone(),
+                roles: p.roles.iter().map(|r| r.name().to_string()).collect(),
+                policies: p.policies.clone(),
+                authenticated_by: if by_certificate {
+                    "certificate"
+                } else {
+                    "token"
+                }
+                .into(),
+                token_id: (!by_certificate).then(|| p.token_id.clone()),
+                expires_at: p.expires_at.map(rfc3339),
+                mfa: p.mfa,
+            })
+        },
+    )
+    .await
+}
+
 /// `DELETE /v1/tokens/{token_id}`.
 pub async fn revoke(
     State(app): State<AppState>,
