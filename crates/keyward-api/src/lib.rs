@@ -82,13 +82,13 @@ pub struct InitRequest {
     pub threshold: u8,
 }
 
-/// Response of `POST /v1/sys/init`; shown once.
+/// Response of `POST /v1/sys/init`; shown once, so its secrets are wiped wherever a copy is dropped.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct InitResponse {
     /// Base64 unseal shares, one per operator.
-    pub shares: Vec<String>,
+    pub shares: Vec<zeroize::Zeroizing<String>>,
     /// The initial root token.
-    pub root_token: String,
+    pub root_token: zeroize::Zeroizing<String>,
     /// Its id, to revoke it once an admin identity exists.
     #[serde(default)]
     pub root_token_id: String,
@@ -109,7 +109,7 @@ impl std::fmt::Debug for InitResponse {
 #[serde(deny_unknown_fields)]
 pub struct UnsealRequest {
     /// One base64 share.
-    pub share: String,
+    pub share: zeroize::Zeroizing<String>,
 }
 
 impl std::fmt::Debug for UnsealRequest {

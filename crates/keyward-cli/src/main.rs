@@ -870,9 +870,9 @@ async fn run(cli: Cli) -> Res {
                     out.value(&serde_json::json!({"shares": r.shares, "root_token": r.root_token}));
                 } else {
                     for (i, s) in r.shares.iter().enumerate() {
-                        println!("Unseal share {}: {s}", i + 1);
+                        println!("Unseal share {}: {}", i + 1, s.as_str());
                     }
-                    println!("Root token: {}", r.root_token);
+                    println!("Root token: {}", r.root_token.as_str());
                     if r.shares.is_empty() {
                         eprintln!("The PKCS#11 token holds the root of trust: the service unseals itself.");
                     } else {
@@ -1804,7 +1804,7 @@ async fn serve(a: ServeArgs) -> Res {
         eprintln!("{note}");
     }
     if let Some(token) = &startup.root_token {
-        println!("Root token: {token}");
+        println!("Root token: {}", token.as_str());
     }
     let listen = app.config.listen;
     let listener_note = format!("listening on {scheme}://{listen}");

@@ -1184,7 +1184,7 @@ async fn production_init_unseal_seal_and_restart() {
         );
     }
     assert!(
-        !server.logs().contains(&init.root_token),
+        !server.logs().contains(init.root_token.as_str()),
         "the root token reached the log"
     );
 }

@@ -208,8 +208,8 @@ impl Cluster {
         Cluster {
             nodes,
             _dirs: dirs,
-            root: init.root_token,
-            shares: init.shares,
+            root: init.root_token.to_string(),
+            shares: init.shares.iter().map(|s| s.to_string()).collect(),
         }
     }
     fn client(&self, i: usize) -> keyward_client::Client {

@@ -293,7 +293,7 @@ impl Client {
         self.post(
             "/v1/sys/unseal",
             &UnsealRequest {
-                share: share.into(),
+                share: Zeroizing::new(share.to_string()),
             },
         )
         .await

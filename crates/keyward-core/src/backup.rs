@@ -201,7 +201,7 @@ impl Kms {
     pub fn restore(
         &self,
         backup: &[u8],
-        shares: Option<&[String]>,
+        shares: Option<&[zeroize::Zeroizing<String>]>,
         force: bool,
         live_namespaces: &[&str],
     ) -> KmsResult<Restored> {
@@ -236,7 +236,11 @@ impl Kms {
         serde_json::from_slice(plain.expose()).map_err(|_| refuse("its contents do not decode"))
     }
 
-    fn restore_fresh(&self, parsed: &Parsed<'_>, shares: Option<&[String]>) -> KmsResult<Restored> {
+    fn restore_fresh(
+        &self,
+        parsed: &Parsed<'_>,
+        shares: Option<&[zeroize::Zeroizing<String>]>,
+    ) -> KmsResult<Restored> {
         let init: crate::engine::InitRecord = serde_json::from_value(parsed.header.init.clone())
             .map_err(|_| refuse("its header is corrupted"))?;
         if init.root_of_trust != crate::RootOfTrust::Shamir {

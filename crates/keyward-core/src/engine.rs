@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use zeroize::Zeroizing;
+
 use base64::Engine as _;
 use keyward_hsm::{Hsm, KeyAttributes, KeyHandle, KeySpec, KeyUsage, SecretBytes};
 use keyward_store::{transact, KeyRecord, Store, Tx};
@@ -408,7 +410,7 @@ impl Kms {
 
     /// Initialises with Shamir shares: returns the base64 shares, each to a different operator. The service
     /// stays sealed until `threshold` of them are given to [`Kms::unseal`].
-    pub fn init_shamir(&self, shares: u8, threshold: u8) -> KmsResult<Vec<String>> {
+    pub fn init_shamir(&self, shares: u8, threshold: u8) -> KmsResult<Vec<Zeroizing<String>>> {
         if shares == 0 || threshold == 0 || threshold > shares {
             return Err(KmsError::validation("need 1 <= threshold <= shares <= 255"));
         }
@@ -499,7 +501,7 @@ impl Kms {
 
     /// Checks that a full set of Shamir shares reconstructs this deployment's unseal key, without changing
     /// the seal state: the proof of possession behind minting a new root token.
-    pub fn check_shares(&self, shares_b64: &[String]) -> KmsResult<()> {
+    pub fn check_shares(&self, shares_b64: &[Zeroizing<String>]) -> KmsResult<()> {
         let init = match &*self.seal.read() {
             SealState::Uninitialized => {
                 return Err(KmsError::invalid_state("the service is not initialized"))

@@ -6,7 +6,7 @@
 use base64::Engine as _;
 use keyward_hsm::SecretBytes;
 use sharks::{Share, Sharks};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{KmsError, KmsResult};
 
@@ -46,13 +46,15 @@ pub fn decode(b64: &str) -> KmsResult<(u8, SecretBytes)> {
 }
 
 /// Encodes a share for display.
-pub fn encode(share: &SecretBytes) -> String {
-    base64::engine::general_purpose::STANDARD.encode(share.expose())
+pub fn encode(share: &SecretBytes) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::with_capacity(share.expose().len() * 4 / 3 + 4));
+    base64::engine::general_purpose::STANDARD.encode_string(share.expose(), &mut out);
+    out
 }
 
 /// Decodes base64 shares as operators hand them in, ignores repeats of one share, and combines them once
 /// at least `threshold` distinct ones are there.
-pub fn combine_encoded(shares_b64: &[String], threshold: u8) -> KmsResult<SecretBytes> {
+pub fn combine_encoded(shares_b64: &[Zeroizing<String>], threshold: u8) -> KmsResult<SecretBytes> {
     let mut seen = std::collections::BTreeSet::new();
     let mut shares = Vec::new();
     for s in shares_b64 {
@@ -95,7 +97,7 @@ mod tests {
     fn any_threshold_subset_recovers() {
         let secret = SecretBytes::from_slice(&[9u8; 32]);
         let shares = split(&secret, 5, 3).unwrap();
-        let encoded: Vec<String> = shares.iter().map(encode).collect();
+        let encoded: Vec<Zeroizing<String>> = shares.iter().map(encode).collect();
         let decoded: Vec<SecretBytes> = encoded.iter().map(|s| decode(s).unwrap().1).collect();
         for combo in [[0, 1, 2], [0, 3, 4], [4, 2, 1]] {
             let pick: Vec<SecretBytes> = combo.iter().map(|&i| decoded[i].clone()).collect();

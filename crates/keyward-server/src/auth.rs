@@ -14,6 +14,7 @@ use keyward_core::{ErrorCode, KmsError, KmsResult};
 use keyward_store::{transact, Store, Tx};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use crate::authz::Role;
 use crate::convert::{hex, unhex};
@@ -125,7 +126,7 @@ impl Auth {
         now: i64,
         ttl_seconds: Option<i64>,
         fixed: Option<&str>,
-    ) -> KmsResult<(String, TokenRecord)> {
+    ) -> KmsResult<(Zeroizing<String>, TokenRecord)> {
         self.mint_inner(identity, roles, &[], now, ttl_seconds, fixed, false)
     }
 
@@ -139,7 +140,7 @@ impl Auth {
         now: i64,
         ttl_seconds: Option<i64>,
         mfa: bool,
-    ) -> KmsResult<(String, TokenRecord)> {
+    ) -> KmsResult<(Zeroizing<String>, TokenRecord)> {
         self.mint_inner(identity, roles, policies, now, ttl_seconds, None, mfa)
     }
 
@@ -153,18 +154,20 @@ impl Auth {
         ttl_seconds: Option<i64>,
         fixed: Option<&str>,
         mfa: bool,
-    ) -> KmsResult<(String, TokenRecord)> {
+    ) -> KmsResult<(Zeroizing<String>, TokenRecord)> {
         let token = match fixed {
-            Some(t) => t.to_string(),
+            Some(t) => Zeroizing::new(t.to_string()),
             None => {
-                let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+                let mut raw = Zeroizing::new([0u8; 32]);
                 aws_lc_rs::rand::fill(raw.as_mut()).map_err(|_| {
                     KmsError::new(ErrorCode::Unavailable, "random generator failed")
                 })?;
-                format!(
-                    "kw.{}",
-                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref())
-                )
+                // Written straight into the zeroizing buffer: no intermediate copy of the token.
+                let mut token = Zeroizing::new(String::with_capacity(46));
+                token.push_str("kw.");
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode_string(raw.as_ref(), &mut token);
+                token
             }
         };
         let mut id_raw = [0u8; 12];

@@ -45,12 +45,24 @@ use convert::{hex, unhex};
 pub const DEV_UNSEAL_FILE: &str = "dev-unseal-key.UNSAFE";
 
 /// What `build` prints for the operator.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Startup {
     /// Lines for the operator (warnings, next steps). Printed to stderr.
     pub notes: Vec<String>,
-    /// The root token, when one was created at this start (dev mode). Printed to stdout.
-    pub root_token: Option<String>,
+    /// The root token, when one was created at this start (dev mode). Printed to stdout, and only there.
+    pub root_token: Option<zeroize::Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for Startup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Startup")
+            .field("notes", &self.notes)
+            .field(
+                "root_token",
+                &self.root_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), String> {
@@ -160,7 +172,7 @@ fn dev_bootstrap(
                 )
                 .map_err(|e| e.to_string())?;
         }
-        out.root_token = Some(token);
+        out.root_token = Some(zeroize::Zeroizing::new(token));
     } else {
         out.notes.push(
             "The root token printed at the first start of this data directory is still valid."
@@ -459,5 +471,22 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_startup_summary_never_shows_the_root_token() {
+        let startup = super::Startup {
+            notes: vec!["dev mode".into()],
+            root_token: Some(zeroize::Zeroizing::new("kw.r00t-s3cret".into())),
+        };
+        let shown = format!("{startup:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("dev mode") && shown.contains("<redacted>"),
+            "{shown}"
+        );
     }
 }

@@ -13,7 +13,7 @@ pub const T0: i64 = 1_790_000_000;
 pub struct Harness {
     pub kms: Kms,
     pub clock: ManualClock,
-    pub shares: Vec<String>,
+    pub shares: Vec<zeroize::Zeroizing<String>>,
     pub dir: tempfile::TempDir,
 }
 

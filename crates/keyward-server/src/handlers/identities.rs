@@ -149,7 +149,7 @@ struct TokenRequest {
 
 #[derive(Serialize)]
 struct TokenResponse {
-    token: String,
+    token: zeroize::Zeroizing<String>,
     token_id: String,
     expires_at: String,
 }
@@ -165,7 +165,7 @@ struct LoginRequest {
 
 #[derive(Serialize)]
 struct LoginResponse {
-    token: String,
+    token: zeroize::Zeroizing<String>,
     token_id: String,
     expires_at: String,
     mfa: bool,

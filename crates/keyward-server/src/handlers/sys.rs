@@ -210,22 +210,12 @@ pub async fn restore(State(app): State<AppState>, meta: Meta, body: RawBody) -> 
             ));
         }
         let req: RestoreRequest = parse(&body)?;
-        let shares: Option<Vec<String>> = req
-            .shares
-            .as_ref()
-            .map(|v| v.iter().map(|s| s.to_string()).collect());
         let done = a.kms.restore(
             &req.backup.0,
-            shares.as_deref(),
+            req.shares.as_deref(),
             req.force,
             &RESTORED_NAMESPACES,
-        );
-        if let Some(mut s) = shares {
-            for share in s.iter_mut() {
-                zeroize::Zeroize::zeroize(share);
-            }
-        }
-        let done = done?;
+        )?;
         a.auth.forget_all();
         a.policies.forget_all();
         Reply::ok(&RestoreResponse {
@@ -262,10 +252,7 @@ pub async fn generate_root(State(app): State<AppState>, meta: Meta, body: RawBod
             if req.shares.len() > 255 {
                 return Err(ApiError::validation("at most 255 shares"));
             }
-            let shares: Vec<String> = req.shares.iter().map(|s| s.to_string()).collect();
-            let checked = a.kms.check_shares(&shares);
-            drop(shares);
-            checked?;
+            a.kms.check_shares(&req.shares)?;
             let (token, rec) = a
                 .auth
                 .mint("root", &[Role::Admin], a.clock.now(), None, None)?;
