@@ -275,7 +275,7 @@ ops = [
     ("post", "/v1/approvals/{id}/approve", "kms:Approve", None, (200, "Approval"), [{"name": "id", "in": "path", "required": True, "schema": S}], False),
     ("post", "/v1/approvals/{id}/reject", "kms:Reject", None, (200, "Approval"), [{"name": "id", "in": "path", "required": True, "schema": S}], False),
     ("get", "/v1/audit", "kms:ReadAudit", None, (200, "AuditPage"), LIMIT + [
-        {"name": n, "in": "query", "schema": S} for n in ["since", "until", "principal", "key_id", "resource", "action", "outcome"]], False),
+        {"name": n, "in": "query", "schema": S} for n in ["since", "until", "principal", "key_id", "resource", "request_id", "action", "outcome"]], False),
     ("get", "/v1/audit/verify", "kms:VerifyAudit", None, (200, "AuditVerification"), [], False),
     ("post", "/v1/audit/verify", "kms:VerifyAudit", "VerifyAgainstCheckpoint", (200, "AuditVerification"), [], False),
     ("get", "/v1/reports/compliance", "kms:GetComplianceReport", None, (200, None),

@@ -185,6 +185,10 @@ enum Command {
         /// token/ID, approval/ID).
         #[arg(long)]
         resource: Option<String>,
+        /// Only the records of one request: the `x-request-id` of its response (the CLI prints it with
+        /// every refusal).
+        #[arg(long)]
+        request_id: Option<String>,
         /// Only this action (kms:Encrypt, ...).
         #[arg(long)]
         action: Option<String>,
@@ -908,15 +912,15 @@ async fn run(cli: Cli) -> Res {
                     serde_json::to_vec(&serde_json::json!({ "shares": shares }))
                         .map_err(|x| x.to_string())?,
                 );
-                let (status, resp) = c
-                    .raw(
+                let (status, id, resp) = c
+                    .answer(
                         reqwest::Method::POST,
                         "/v1/sys/generate-root",
                         Some(body.to_vec()),
                     )
                     .await
                     .map_err(e)?;
-                print_raw(&out, status, &resp)?;
+                print_raw(&out, status, id.as_deref(), &resp)?;
             }
             Operator::Backup { output } => {
                 let bytes = c.backup().await.map_err(e)?;
@@ -1413,6 +1417,7 @@ async fn run(cli: Cli) -> Res {
             principal,
             key,
             resource,
+            request_id,
             action,
             outcome,
             since,
@@ -1430,6 +1435,7 @@ async fn run(cli: Cli) -> Res {
                     ("principal", principal),
                     ("key_id", key),
                     ("resource", resource),
+                    ("request_id", request_id),
                     ("action", action),
                     ("outcome", outcome),
                     ("since", since),
@@ -1494,19 +1500,22 @@ async fn run(cli: Cli) -> Res {
             let format = if html { "html" } else { "json" };
             let path =
                 format!("/v1/reports/compliance?format={format}&dormant_days={dormant_days}");
-            let (status, body) = c.raw(reqwest::Method::GET, &path, None).await.map_err(e)?;
+            let (status, id, body) = c
+                .answer(reqwest::Method::GET, &path, None)
+                .await
+                .map_err(e)?;
             if !status.is_success() {
-                return print_raw(&out, status, &body);
+                return print_raw(&out, status, id.as_deref(), &body);
             }
             write_output(&dest, &body)?;
         }
         Command::Checkpoint => {
-            let (status, body) = c
-                .raw(reqwest::Method::GET, "/v1/audit/checkpoint", None)
+            let (status, id, body) = c
+                .answer(reqwest::Method::GET, "/v1/audit/checkpoint", None)
                 .await
                 .map_err(e)?;
             // The checkpoint is a document to keep: JSON whatever the output mode.
-            print_raw(&Out { json: true }, status, &body)?;
+            print_raw(&Out { json: true }, status, id.as_deref(), &body)?;
         }
         Command::Identity(IdentityCmd::Create {
             name,
@@ -1526,15 +1535,15 @@ async fn run(cli: Cli) -> Res {
             }
             let bytes =
                 zeroize::Zeroizing::new(serde_json::to_vec(&body).map_err(|x| x.to_string())?);
-            let (status, resp) = c
-                .raw(
+            let (status, id, resp) = c
+                .answer(
                     reqwest::Method::POST,
                     "/v1/identities",
                     Some(bytes.to_vec()),
                 )
                 .await
                 .map_err(e)?;
-            print_raw(&out, status, &resp)?;
+            print_raw(&out, status, id.as_deref(), &resp)?;
         }
         Command::Identity(IdentityCmd::List) => {
             let all = list_all(c, "/v1/identities", "identities").await?;
@@ -1542,8 +1551,11 @@ async fn run(cli: Cli) -> Res {
         }
         Command::Identity(IdentityCmd::Show { name }) => {
             let path = format!("/v1/identities/{}", keyward_client::segment(&name));
-            let (status, resp) = c.raw(reqwest::Method::GET, &path, None).await.map_err(e)?;
-            print_raw(&out, status, &resp)?;
+            let (status, id, resp) = c
+                .answer(reqwest::Method::GET, &path, None)
+                .await
+                .map_err(e)?;
+            print_raw(&out, status, id.as_deref(), &resp)?;
         }
         Command::Identity(IdentityCmd::Update {
             name,
@@ -1564,11 +1576,11 @@ async fn run(cli: Cli) -> Res {
             }
             let path = format!("/v1/identities/{}", keyward_client::segment(&name));
             let bytes = serde_json::to_vec(&body).map_err(|x| x.to_string())?;
-            let (status, resp) = c
-                .raw(reqwest::Method::PATCH, &path, Some(bytes))
+            let (status, id, resp) = c
+                .answer(reqwest::Method::PATCH, &path, Some(bytes))
                 .await
                 .map_err(e)?;
-            print_raw(&out, status, &resp)?;
+            print_raw(&out, status, id.as_deref(), &resp)?;
         }
         Command::Identity(IdentityCmd::Tokens { name }) => {
             let path = format!("/v1/identities/{}/tokens", keyward_client::segment(&name));
@@ -1577,30 +1589,30 @@ async fn run(cli: Cli) -> Res {
         }
         Command::Identity(IdentityCmd::Delete { name }) => {
             let path = format!("/v1/identities/{}", keyward_client::segment(&name));
-            let (status, resp) = c
-                .raw(reqwest::Method::DELETE, &path, None)
+            let (status, id, resp) = c
+                .answer(reqwest::Method::DELETE, &path, None)
                 .await
                 .map_err(e)?;
             if !status.is_success() {
-                print_raw(&out, status, &resp)?;
+                print_raw(&out, status, id.as_deref(), &resp)?;
             }
         }
         Command::Token { name, ttl } => {
             let body = serde_json::to_vec(&serde_json::json!({"ttl_seconds": ttl}))
                 .map_err(|x| x.to_string())?;
-            let (status, resp) = c
-                .raw(
+            let (status, id, resp) = c
+                .answer(
                     reqwest::Method::POST,
                     &format!("/v1/identities/{}/tokens", keyward_client::segment(&name)),
                     Some(body),
                 )
                 .await
                 .map_err(e)?;
-            print_raw(&out, status, &resp)?;
+            print_raw(&out, status, id.as_deref(), &resp)?;
         }
         Command::Revoke { token_id } => {
-            let (status, resp) = c
-                .raw(
+            let (status, id, resp) = c
+                .answer(
                     reqwest::Method::DELETE,
                     &format!("/v1/tokens/{}", keyward_client::segment(&token_id)),
                     None,
@@ -1608,7 +1620,7 @@ async fn run(cli: Cli) -> Res {
                 .await
                 .map_err(e)?;
             if !status.is_success() {
-                print_raw(&out, status, &resp)?;
+                print_raw(&out, status, id.as_deref(), &resp)?;
             }
         }
         Command::Login { name, totp } => {
@@ -1624,11 +1636,11 @@ async fn run(cli: Cli) -> Res {
                 },
                 64 + 6 * (name.len() + password.len() + totp.as_ref().map_or(0, String::len)),
             )?;
-            let (status, resp) = c
-                .raw(reqwest::Method::POST, "/v1/auth/login", Some(body.to_vec()))
+            let (status, id, resp) = c
+                .answer(reqwest::Method::POST, "/v1/auth/login", Some(body.to_vec()))
                 .await
                 .map_err(e)?;
-            print_raw(&out, status, &resp)?;
+            print_raw(&out, status, id.as_deref(), &resp)?;
         }
         Command::Policy(p) => match p {
             PolicyCmd::Put { name, input } => {
@@ -1707,24 +1719,30 @@ fn secret_json<T: serde::Serialize>(
 /// An error answer as the typed client shows it: `Code (status): message`.
 /// A GET of the API answered with JSON; an error answer becomes the CLI's failure message.
 async fn get_json(c: &Client, path: &str) -> Result<serde_json::Value, Failure> {
-    let (status, body) = c
-        .raw(reqwest::Method::GET, path, None)
+    let (status, id, body) = c
+        .answer(reqwest::Method::GET, path, None)
         .await
         .map_err(Failure::from)?;
     let v: serde_json::Value = serde_json::from_slice(&body).map_err(|x| x.to_string())?;
     if !status.is_success() {
-        return Err(api_error(status, &v).into());
+        return Err(api_error(status, id.as_deref(), &v).into());
     }
     Ok(v)
 }
 
-fn api_error(status: reqwest::StatusCode, v: &serde_json::Value) -> String {
-    format!(
-        "{} ({}): {}",
-        v["error"]["code"].as_str().unwrap_or("error"),
-        status.as_u16(),
-        v["error"]["message"].as_str().unwrap_or("no message")
-    )
+/// A refusal as the client library shows one: code, status, message, and the request id that finds its
+/// audit records (`keyward audit --request-id`).
+fn api_error(status: reqwest::StatusCode, id: Option<&str>, v: &serde_json::Value) -> String {
+    keyward_client::Error::Api {
+        status: status.as_u16(),
+        code: v["error"]["code"].as_str().unwrap_or("error").to_string(),
+        message: v["error"]["message"]
+            .as_str()
+            .unwrap_or("no message")
+            .to_string(),
+        request_id: id.map(str::to_string),
+    }
+    .to_string()
 }
 
 /// Every entry of a paged list (`field` of each page), following `next_token` to the end.
@@ -1743,13 +1761,13 @@ async fn list_all(
             ),
             None => format!("{path}?limit=1000"),
         };
-        let (status, resp) = c
-            .raw(reqwest::Method::GET, &url, None)
+        let (status, id, resp) = c
+            .answer(reqwest::Method::GET, &url, None)
             .await
             .map_err(|x| Failure::from(x.to_string()))?;
         let v: serde_json::Value = serde_json::from_slice(&resp).unwrap_or(serde_json::Value::Null);
         if !status.is_success() {
-            return Err(api_error(status, &v).into());
+            return Err(api_error(status, id.as_deref(), &v).into());
         }
         if let Some(items) = v[field].as_array() {
             all.extend(items.iter().cloned());
@@ -1761,10 +1779,10 @@ async fn list_all(
     }
 }
 
-fn print_raw(out: &Out, status: reqwest::StatusCode, body: &[u8]) -> Res {
+fn print_raw(out: &Out, status: reqwest::StatusCode, id: Option<&str>, body: &[u8]) -> Res {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
     if !status.is_success() {
-        return Err(api_error(status, &v).into());
+        return Err(api_error(status, id, &v).into());
     }
     if status == reqwest::StatusCode::ACCEPTED {
         if let Ok(p) = serde_json::from_value(v.clone()) {

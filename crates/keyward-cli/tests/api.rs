@@ -2305,7 +2305,7 @@ async fn quorum_deletion_waits_for_two_other_approvers() {
     let (_, held, _) = raw(
         a,
         "GET",
-        &format!("/v1/audit?key_id={key}&action=kms:ScheduleKeyDeletion&principal=ops1"),
+        &format!("/v1/audit?request_id={requested_by}"),
         Some(ROOT),
         None,
     )
@@ -2314,8 +2314,10 @@ async fn quorum_deletion_waits_for_two_other_approvers() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| r["request_id"] == requested_by.as_str())
-        .map(|r| (r["outcome"].as_str().unwrap(), r["resource"].as_str()))
+        .map(|r| {
+            assert_eq!(r["action"], "kms:ScheduleKeyDeletion", "{r}");
+            (r["outcome"].as_str().unwrap(), r["resource"].as_str())
+        })
         .collect();
     let named = format!("approval/{id}");
     assert_eq!(held, [("allow", None), ("allow", Some(named.as_str()))]);

@@ -485,9 +485,12 @@ fn the_cli_covers_identities_pki_and_audit() {
         serde_json::from_str(&ok(&["--json", "token", "bob", "--ttl", "600"], b"")).unwrap();
     ok(&["revoke", token["token_id"].as_str().unwrap()], b"");
     let missing = run(&["token", "nobody"], b"");
-    assert_eq!(
-        String::from_utf8_lossy(&missing.stderr).trim(),
-        "keyward: NotFound (404): identity nobody does not exist"
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        said.trim()
+            .strip_prefix("keyward: NotFound (404): identity nobody does not exist [request ")
+            .is_some_and(|rest| rest.ends_with(']')),
+        "{said}"
     );
 
     let key: serde_json::Value = serde_json::from_str(&ok(CREATE_P256_SIGNER, b"")).unwrap();
@@ -642,7 +645,35 @@ fn the_cli_covers_identities_pki_and_audit() {
         .iter()
         .any(|r| r["action"] == "kms:Login"));
     let wrong = run(&["audit", "--since", "yesterday"], b"");
-    assert!(String::from_utf8_lossy(&wrong.stderr).contains("since must be an RFC 3339 UTC time"));
+    let said = String::from_utf8_lossy(&wrong.stderr).to_string();
+    assert!(
+        said.contains("since must be an RFC 3339 UTC time"),
+        "{said}"
+    );
+    // A refusal names its request, and that id finds the refusal's record (and only it).
+    let request = said
+        .split("[request ")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .unwrap_or_else(|| panic!("no request id in {said}"));
+    let found = ok(&["--json", "audit", "--request-id", request, "--all"], b"");
+    let found: Vec<serde_json::Value> = found
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        (
+            &found[0]["action"],
+            &found[0]["outcome"],
+            &found[0]["error_code"]
+        ),
+        (
+            &serde_json::json!("kms:ReadAudit"),
+            &serde_json::json!("error"),
+            &serde_json::json!("ValidationError")
+        )
+    );
     // The signed checkpoint is a document to keep: JSON without being asked.
     let cp: serde_json::Value = serde_json::from_str(&ok(&["checkpoint"], b"")).unwrap();
     assert!(cp["signature"].is_string());
@@ -861,6 +892,11 @@ fn the_cli_manages_policies_approvals_mfa_and_health() {
     assert_eq!(json(ROOT, &["approval", "show", deletion_id]), executed);
     let unknown = refused(ROOT, &["approval", "show", "apr_0"], b"");
     assert!(unknown.contains("NotFound (404)"), "{unknown}");
+    // Every refusal names its request, however the CLI made it, for `keyward audit --request-id`.
+    let nobody = refused(ROOT, &["identity", "show", "no-such-identity"], b"");
+    for said in [&unknown, &nobody] {
+        assert!(said.contains("[request "), "{said}");
+    }
     assert_eq!(
         json(ROOT, &["key", "show", q_id])["state"],
         "PendingDeletion"

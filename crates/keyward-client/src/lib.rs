@@ -28,6 +28,8 @@ pub enum Error {
         code: String,
         /// Message.
         message: String,
+        /// The `x-request-id` of the answer: the key to its audit records (`GET /v1/audit?request_id=`).
+        request_id: Option<String>,
     },
     /// The operation waits for quorum approval.
     Pending(ApprovalPending),
@@ -44,7 +46,14 @@ impl std::fmt::Display for Error {
                 status,
                 code,
                 message,
-            } => write!(f, "{code} ({status}): {message}"),
+                request_id,
+            } => {
+                write!(f, "{code} ({status}): {message}")?;
+                match request_id {
+                    Some(id) => write!(f, " [request {id}]"),
+                    None => Ok(()),
+                }
+            }
             Error::Pending(p) => write!(f, "waiting for quorum approval {}", p.approval_id),
             Error::Transport(m) => write!(f, "cannot reach Keyward: {m}"),
             Error::Invalid(m) => write!(f, "{m}"),
@@ -191,6 +200,19 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Vec<u8>)> {
+        self.answer(method, path, body)
+            .await
+            .map(|(status, _, bytes)| (status, bytes))
+    }
+
+    /// [`Client::raw`], with the answer's `x-request-id` (which names the request's audit records), for
+    /// callers that report refusals themselves.
+    pub async fn answer(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Option<String>, Vec<u8>)> {
         let n = self.endpoints.len();
         let start = self.current.load(Ordering::Relaxed);
         let mut last_err = String::new();
@@ -212,12 +234,17 @@ impl Client {
             let answer = match req.send().await {
                 Ok(resp) => {
                     let status = resp.status();
-                    resp.bytes().await.map(|b| (status, b))
+                    let id = resp
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    resp.bytes().await.map(|b| (status, id, b))
                 }
                 Err(e) => Err(e),
             };
             match answer {
-                Ok((status, bytes)) => {
+                Ok((status, id, bytes)) => {
                     if status == StatusCode::SERVICE_UNAVAILABLE
                         && attempt + 1 < n
                         && is_sealed_answer(&bytes)
@@ -226,7 +253,7 @@ impl Client {
                         continue;
                     }
                     self.current.store(i, Ordering::Relaxed);
-                    return Ok((status, bytes.to_vec()));
+                    return Ok((status, id, bytes.to_vec()));
                 }
                 Err(e) if e.is_connect() || repeatable => {
                     last_err = format!("{base}: {}", chain(&e));
@@ -248,8 +275,8 @@ impl Client {
             Some(b) => Some(serde_json::to_vec(b).map_err(|e| Error::Invalid(e.to_string()))?),
             None => None,
         };
-        let (status, bytes) = self.raw(method, path, body).await?;
-        decode(status, &bytes)
+        let (status, id, bytes) = self.answer(method, path, body).await?;
+        decode(status, id, &bytes)
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
@@ -317,9 +344,9 @@ impl Client {
     }
     /// `GET /metrics`.
     pub async fn metrics(&self) -> Result<String> {
-        let (status, bytes) = self.raw(Method::GET, "/metrics", None).await?;
+        let (status, id, bytes) = self.answer(Method::GET, "/metrics", None).await?;
         if !status.is_success() {
-            return decode::<Empty>(status, &bytes).map(|_| String::new());
+            return decode::<Empty>(status, id, &bytes).map(|_| String::new());
         }
         String::from_utf8(bytes).map_err(|e| Error::Invalid(e.to_string()))
     }
@@ -655,7 +682,11 @@ fn is_sealed_answer(body: &[u8]) -> bool {
 #[derive(serde::Deserialize)]
 struct Empty {}
 
-fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T> {
+fn decode<T: DeserializeOwned>(
+    status: StatusCode,
+    request_id: Option<String>,
+    bytes: &[u8],
+) -> Result<T> {
     if status == StatusCode::ACCEPTED {
         if let Ok(p) = serde_json::from_slice::<ApprovalPending>(bytes) {
             return Err(Error::Pending(p));
@@ -671,11 +702,13 @@ fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T> {
             status: status.as_u16(),
             code: b.error.code,
             message: b.error.message,
+            request_id,
         }),
         Err(_) => Err(Error::Api {
             status: status.as_u16(),
             code: "Unknown".into(),
             message: String::from_utf8_lossy(bytes).chars().take(200).collect(),
+            request_id,
         }),
     }
 }

@@ -563,12 +563,15 @@ impl PgTx<'_> {
         if let Some(o) = &q.outcome {
             push("outcome =", Box::new(o.clone()));
         }
-        if let Some(r) = &q.resource {
-            args.push(Box::new(r.clone()));
-            let n = args.len();
-            sql.push_str(&format!(
-                " AND strpos(record, ${n}) > 0 AND (record::jsonb ->> 'resource') = ${n}"
-            ));
+        // Fields with no column of their own: matched in the record, exactly.
+        for (field, value) in [("resource", &q.resource), ("request_id", &q.request_id)] {
+            if let Some(v) = value {
+                args.push(Box::new(v.clone()));
+                let n = args.len();
+                sql.push_str(&format!(
+                    " AND strpos(record, ${n}) > 0 AND (record::jsonb ->> '{field}') = ${n}"
+                ));
+            }
         }
         if let Some(k) = &q.key_id {
             // The substring test spares parsing the JSON of records that cannot match.

@@ -289,12 +289,15 @@ impl SqliteTx<'_> {
         if let Some(o) = &q.outcome {
             push("outcome =", o.clone().into());
         }
-        if let Some(r) = &q.resource {
-            args.push(r.clone().into());
-            let n = args.len();
-            sql.push_str(&format!(
-                " AND instr(record, ?{n}) > 0 AND json_extract(record, '$.resource') = ?{n}"
-            ));
+        // Fields with no column of their own: matched in the record, exactly.
+        for (field, value) in [("resource", &q.resource), ("request_id", &q.request_id)] {
+            if let Some(v) = value {
+                args.push(v.clone().into());
+                let n = args.len();
+                sql.push_str(&format!(
+                    " AND instr(record, ?{n}) > 0 AND json_extract(record, '$.{field}') = ?{n}"
+                ));
+            }
         }
         if let Some(k) = &q.key_id {
             // The substring test spares parsing the JSON of records that cannot match.

@@ -312,6 +312,25 @@ pub fn audit_appends_and_queries(store: &dyn Store) {
         q(&|x| x.resource = Some("identity".into())),
         Vec::<u64>::new()
     );
+    // A request's records by its id, exactly: a request held for approval has two, and an id that
+    // appears elsewhere in a record (an approval's, in its resource) does not match.
+    let mut first = audit_row(9, "ops", "kms:ScheduleKeyDeletion", Some("k5"), "allow");
+    first.record = r#"{"seq":9,"request_id":"req-1"}"#.into();
+    let mut held = audit_row(10, "ops", "kms:ScheduleKeyDeletion", Some("k5"), "allow");
+    held.record = r#"{"seq":10,"request_id":"req-1","resource":"approval/req-12"}"#.into();
+    let mut other = audit_row(11, "ops", "kms:Approve", Some("k5"), "allow");
+    other.record = r#"{"seq":11,"request_id":"req-12"}"#.into();
+    tx(store, |t| t.append_audit(&[first, held, other]));
+    assert_eq!(q(&|x| x.request_id = Some("req-1".into())), vec![9, 10]);
+    assert_eq!(q(&|x| x.request_id = Some("req-12".into())), vec![11]);
+    assert_eq!(
+        q(&|x| {
+            x.request_id = Some("req-1".into());
+            x.resource = Some("approval/req-12".into())
+        }),
+        vec![10]
+    );
+    assert_eq!(q(&|x| x.request_id = Some("req".into())), Vec::<u64>::new());
     let _ = mention;
 }
 

@@ -116,6 +116,9 @@ pub struct AuditQuery {
     pub outcome: Option<String>,
     /// Only records naming this resource (`identity/<name>`, `policy/<name>`, ...) as their `resource`.
     pub resource: Option<String>,
+    /// Only the records of this request (its `x-request-id`; an approved operation's run carries its
+    /// approval's request id): what an incident responder holding one response looks up first.
+    pub request_id: Option<String>,
     /// At most this many.
     pub limit: usize,
 }

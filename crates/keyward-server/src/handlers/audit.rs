@@ -67,7 +67,7 @@ fn key_filter(app: &AppState, key_ref: &str) -> Result<String, ApiError> {
     }
 }
 
-/// `GET /v1/audit?since=&until=&principal=&key_id=&resource=&action=&outcome=&limit=&next_token=`.
+/// `GET /v1/audit?since=&until=&principal=&key_id=&resource=&request_id=&action=&outcome=&limit=&next_token=`.
 pub async fn query(
     State(app): State<AppState>,
     meta: Meta,
@@ -81,12 +81,13 @@ pub async fn query(
         None,
         Mode::Blocking,
         move |_| {
-            const ALLOWED: [&str; 9] = [
+            const ALLOWED: [&str; 10] = [
                 "since",
                 "until",
                 "principal",
                 "key_id",
                 "resource",
+                "request_id",
                 "action",
                 "outcome",
                 "limit",
@@ -134,6 +135,7 @@ pub async fn query(
                 action: q.get("action").cloned(),
                 outcome: q.get("outcome").cloned(),
                 resource: q.get("resource").cloned(),
+                request_id: q.get("request_id").cloned(),
                 limit: limit + 1,
             };
             let mut records = a.kms.query_audit(&query)?;
