@@ -329,8 +329,11 @@ pub struct VersionObject {
 /// `GET /v1/keys/{key}/versions`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VersionList {
-    /// All versions.
+    /// Oldest first.
     pub versions: Vec<VersionObject>,
+    /// The next page's token while more remain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 /// `POST /v1/keys/{key}/primary`.

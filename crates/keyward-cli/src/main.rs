@@ -1584,8 +1584,7 @@ async fn run(cli: Cli) -> Res {
         }
         Command::Identity(IdentityCmd::Tokens { name }) => {
             let path = format!("/v1/identities/{}/tokens", keyward_client::segment(&name));
-            let v = get_json(c, &path).await?;
-            out.tokens(v["tokens"].as_array().map(Vec::as_slice).unwrap_or(&[]));
+            out.tokens(&list_all(c, &path, "tokens").await?);
         }
         Command::Identity(IdentityCmd::Delete { name }) => {
             let path = format!("/v1/identities/{}", keyward_client::segment(&name));

@@ -132,6 +132,45 @@ async fn every_endpoint_on_a_fresh_server_and_after_a_restart() {
     let k2 = c.key_action(&k.key_id, "rotate").await.unwrap();
     assert_eq!(k2.primary_version, 2);
     assert_eq!(c.versions(&k.key_id).await.unwrap().versions.len(), 2);
+    // Versions are paged like every list, oldest first; the client follows the pages.
+    for n in 3..=5 {
+        assert_eq!(
+            c.key_action(&k.key_id, "rotate")
+                .await
+                .unwrap()
+                .primary_version,
+            n
+        );
+    }
+    let mut walked = Vec::new();
+    let mut query = "limit=2".to_string();
+    loop {
+        let path = format!("/v1/keys/{}/versions?{query}", k.key_id);
+        let (st, v, _) = raw(&server.addr, "GET", &path, Some(ROOT), None).await;
+        assert_eq!(st, 200, "{v}");
+        walked.extend(
+            v["versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x["version"].as_u64().unwrap()),
+        );
+        match v["next_token"].as_str() {
+            Some(t) => query = format!("limit=2&next_token={t}"),
+            None => break,
+        }
+    }
+    assert_eq!(walked, [1, 2, 3, 4, 5]);
+    let all = c.versions(&k.key_id).await.unwrap().versions;
+    assert_eq!(
+        all.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    for bad in ["limit=0", "next_token=%25", "state=Enabled"] {
+        let path = format!("/v1/keys/{}/versions?{bad}", k.key_id);
+        let (st, v, _) = raw(&server.addr, "GET", &path, Some(ROOT), None).await;
+        assert_eq!((st, code_of(&v)), (400, "ValidationError"), "{bad}: {v}");
+    }
     assert_eq!(
         c.version_action(&k.key_id, 1, "archive")
             .await
@@ -2913,6 +2952,46 @@ async fn identity_lifecycle(server: &Server, alice: &Client, alice_token: &str, 
     assert!(!v.to_string().contains(alice_token), "{v}");
     let (_, v) = call("GET", "/v1/identities/root/tokens".into(), Some(ROOT), None).await;
     assert_eq!(v["tokens"].as_array().unwrap().len(), 1, "{v}");
+    // Paged like every list, oldest first: two more tokens, walked one page at a time.
+    let mut issued = vec![tokens[0]["token_id"].as_str().unwrap().to_string()];
+    for _ in 0..2 {
+        let (st, t) = call(
+            "POST",
+            "/v1/identities/alice/tokens".into(),
+            Some(ROOT),
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(st, 201, "{t}");
+        issued.push(t["token_id"].as_str().unwrap().to_string());
+    }
+    let mut walked = Vec::new();
+    let mut path = "/v1/identities/alice/tokens?limit=1".to_string();
+    loop {
+        let (st, v) = call("GET", path.clone(), Some(ROOT), None).await;
+        assert_eq!(
+            (st, v["tokens"].as_array().map(Vec::len)),
+            (200, Some(1)),
+            "{v}"
+        );
+        walked.push(v["tokens"][0]["token_id"].as_str().unwrap().to_string());
+        match v["next_token"].as_str() {
+            Some(t) => path = format!("/v1/identities/alice/tokens?limit=1&next_token={t}"),
+            None => break,
+        }
+    }
+    // Issued within one second, tokens keep no order among themselves but every one is listed once.
+    walked.sort();
+    issued.sort();
+    assert_eq!(walked, issued);
+    let (st, v) = call(
+        "GET",
+        "/v1/identities/alice/tokens?limit=1001".into(),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    assert_eq!((st, code_of(&v)), (400, "ValidationError"));
 
     // Deleting alice revokes her token and her password; the name is free again.
     let (st, _) = call("DELETE", "/v1/identities/alice".into(), Some(ROOT), None).await;

@@ -283,6 +283,26 @@ impl Client {
         self.call::<(), T>(Method::GET, path, None).await
     }
 
+    /// Every item of a paged list: `path` (which may hold a query already), then each `next_token` until
+    /// the last page; `split` takes a page apart into its items and its token.
+    async fn all_pages<P: DeserializeOwned, T>(
+        &self,
+        path: &str,
+        split: impl Fn(P) -> (Vec<T>, Option<String>),
+    ) -> Result<Vec<T>> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut all = Vec::new();
+        let mut url = path.to_string();
+        loop {
+            let (items, next) = split(self.get::<P>(&url).await?);
+            all.extend(items);
+            match next {
+                Some(t) => url = format!("{path}{sep}next_token={}", segment(&t)),
+                None => return Ok(all),
+            }
+        }
+    }
+
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         self.call(Method::POST, path, Some(body)).await
     }
@@ -380,9 +400,17 @@ impl Client {
         self.post_empty(&Self::key_path(key, &format!("/{action}")))
             .await
     }
-    /// `GET /v1/keys/{key}/versions`.
+    /// `GET /v1/keys/{key}/versions`: every version, oldest first (all pages).
     pub async fn versions(&self, key: &str) -> Result<VersionList> {
-        self.get(&Self::key_path(key, "/versions")).await
+        let versions = self
+            .all_pages(&Self::key_path(key, "/versions"), |l: VersionList| {
+                (l.versions, l.next_token)
+            })
+            .await?;
+        Ok(VersionList {
+            versions,
+            next_token: None,
+        })
     }
     /// `POST /v1/keys/{key}/versions/{n}/{action}`.
     pub async fn version_action(&self, key: &str, n: u32, action: &str) -> Result<VersionObject> {
@@ -483,27 +511,12 @@ impl Client {
     /// `GET /v1/approvals`, optionally only those in one status (`pending`, `executed`, ...): every page,
     /// oldest request first.
     pub async fn list_approvals(&self, status: Option<&str>) -> Result<Vec<ApprovalObject>> {
-        let filter = status.map(|s| format!("status={}", segment(s)));
-        let mut all = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let query: Vec<String> = filter
-                .iter()
-                .cloned()
-                .chain(after.iter().map(|t| format!("next_token={}", segment(t))))
-                .collect();
-            let q = if query.is_empty() {
-                String::new()
-            } else {
-                format!("?{}", query.join("&"))
-            };
-            let page: ApprovalList = self.get(&format!("/v1/approvals{q}")).await?;
-            all.extend(page.approvals);
-            match page.next_token {
-                Some(t) => after = Some(t),
-                None => return Ok(all),
-            }
-        }
+        let path = match status {
+            Some(s) => format!("/v1/approvals?status={}", segment(s)),
+            None => "/v1/approvals".into(),
+        };
+        self.all_pages(&path, |l: ApprovalList| (l.approvals, l.next_token))
+            .await
     }
     /// `GET /v1/approvals/{id}`: one request, with its decisions and, once run, its result.
     pub async fn get_approval(&self, id: &str) -> Result<ApprovalObject> {

@@ -418,8 +418,14 @@ struct TokenInfo {
     mfa: bool,
 }
 
-/// `GET /v1/identities/{name}/tokens`: the identity's live tokens by id (to revoke one), never their values.
-pub async fn tokens(State(app): State<AppState>, meta: Meta, Path(name): Path<String>) -> Response {
+/// `GET /v1/identities/{name}/tokens`: the identity's live tokens by id (to revoke one), never their values;
+/// oldest first, paged like every list (a service may hold many).
+pub async fn tokens(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let meta = meta.on(crate::app::resource("identity", &name));
     let a = app.clone();
     call(
@@ -432,18 +438,26 @@ pub async fn tokens(State(app): State<AppState>, meta: Meta, Path(name): Path<St
             if name != "root" && load(&a, &name)?.is_none() {
                 return Err(not_found(&name));
             }
-            let tokens: Vec<TokenInfo> = a
+            // Named by creation time (zero-padded) and id: the order of names, which pages follow, is
+            // the order the tokens were issued in.
+            let all = a
                 .auth
                 .tokens_of(&name, a.clock.now())?
                 .into_iter()
-                .map(|t| TokenInfo {
-                    token_id: t.token_id,
-                    created_at: rfc3339(t.created_at),
-                    expires_at: t.expires_at.map(rfc3339),
-                    mfa: t.mfa,
+                .map(|t| {
+                    let order = format!("{:020}{}", t.created_at.max(0), t.token_id);
+                    let info = TokenInfo {
+                        token_id: t.token_id,
+                        created_at: rfc3339(t.created_at),
+                        expires_at: t.expires_at.map(rfc3339),
+                        mfa: t.mfa,
+                    };
+                    (order, info)
                 })
                 .collect();
-            Reply::ok(&serde_json::json!({ "tokens": tokens }))
+            let (page, next_token) = crate::handlers::keys::page(all, &q)?;
+            let tokens: Vec<TokenInfo> = page.into_iter().map(|(_, t)| t).collect();
+            Reply::ok(&serde_json::json!({ "tokens": tokens, "next_token": next_token }))
         },
     )
     .await

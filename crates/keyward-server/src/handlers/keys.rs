@@ -204,13 +204,38 @@ key_op!(
     rotate, Action::RotateKey, |a, key, body| key_reply(a.kms.rotate_key(&key)?)
 );
 
-key_op!(
-    /// `GET /v1/keys/{key}/versions`.
-    versions, Action::ListKeyVersions, |a, key, body| {
-        let v = a.kms.list_versions(&key)?;
-        Reply::ok(&VersionList { versions: v.iter().map(version_object).collect() })
-    }
-);
+/// `GET /v1/keys/{key}/versions`: oldest first, paged like every list (a key rotated daily for years has
+/// thousands of versions).
+pub async fn versions(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(key): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::ListKeyVersions,
+        Some(key.clone()),
+        Mode::Blocking,
+        move |_| {
+            // Zero-padded, so that the order of names, which pages follow, is the order of versions.
+            let all = a
+                .kms
+                .list_versions(&key)?
+                .iter()
+                .map(|v| (format!("{:010}", v.version), version_object(v)))
+                .collect();
+            let (versions, next_token) = page(all, &q)?;
+            Reply::ok(&VersionList {
+                versions: versions.into_iter().map(|(_, v)| v).collect(),
+                next_token,
+            })
+        },
+    )
+    .await
+}
 
 key_op!(
     /// `POST /v1/keys/{key}/primary`.
