@@ -798,7 +798,10 @@ impl Tx for PgTx<'_> {
     fn list_meta(&mut self, ns: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
         let rows = self.query(
             "list_meta",
-            "SELECT name, value FROM keyward_meta WHERE ns = $1 ORDER BY name",
+            // Byte order, whatever the database's collation: callers page through these lists by name
+            // with Rust's string comparison, and under a linguistic collation (en_US ignores '-' and
+            // '_' at first) the two orders differ, which would skip or repeat entries across pages.
+            "SELECT name, value FROM keyward_meta WHERE ns = $1 ORDER BY name COLLATE \"C\"",
             &[&ns],
         )?;
         rows.iter()
@@ -814,7 +817,7 @@ impl Tx for PgTx<'_> {
     fn meta_namespaces(&mut self) -> StoreResult<Vec<String>> {
         let rows = self.query(
             "meta_namespaces",
-            "SELECT DISTINCT ns FROM keyward_meta ORDER BY ns",
+            "SELECT ns FROM keyward_meta GROUP BY ns ORDER BY ns COLLATE \"C\"",
             &[],
         )?;
         rows.iter()

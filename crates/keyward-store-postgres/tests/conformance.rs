@@ -369,3 +369,16 @@ fn store_calls_work_from_async_tasks() {
         assert_eq!(got, Some(suite::key("async")));
     });
 }
+
+/// A database whose collation is linguistic (most are: `en_US.UTF-8` is a common default) still lists
+/// names in byte order, which the service's paging relies on.
+#[test]
+fn names_list_in_byte_order_under_a_linguistic_collation() {
+    let scratch = Scratch::new();
+    let store = scratch.store();
+    scratch.sql(
+        "ALTER TABLE keyward_meta ALTER COLUMN ns TYPE TEXT COLLATE \"en-US-x-icu\", \
+         ALTER COLUMN name TYPE TEXT COLLATE \"en-US-x-icu\"",
+    );
+    suite::meta_round_trip(&store);
+}

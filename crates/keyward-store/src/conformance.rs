@@ -175,6 +175,15 @@ pub fn meta_round_trip(store: &dyn Store) {
     );
     assert!(tx(store, |t| t.delete_meta("other", "a")));
     assert_eq!(tx(store, |t| t.meta_namespaces()), vec!["sys".to_string()]);
+    // Byte order, which linguistic collations do not follow (they weigh case and punctuation later).
+    for name in ["ab", "a_c", "B", "a-b", "a"] {
+        tx(store, |t| t.put_meta("order", name, b""));
+    }
+    let names: Vec<String> = tx(store, |t| t.list_meta("order"))
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, ["B", "a", "a-b", "a_c", "ab"]);
 }
 
 pub fn uncommitted_transactions_roll_back(store: &dyn Store) {

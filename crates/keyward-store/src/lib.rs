@@ -87,7 +87,7 @@ pub trait Tx {
     fn put_meta(&mut self, ns: &str, name: &str, value: &[u8]) -> StoreResult<()>;
     /// Deletes a value; true if it existed.
     fn delete_meta(&mut self, ns: &str, name: &str) -> StoreResult<bool>;
-    /// Names and values in a namespace, ordered by name.
+    /// Names and values in a namespace, ordered by name in byte order (whatever the database collation).
     fn list_meta(&mut self, ns: &str) -> StoreResult<Vec<(String, Vec<u8>)>>;
     /// Every namespace that holds a value, ordered: what a backup walks.
     fn meta_namespaces(&mut self) -> StoreResult<Vec<String>>;

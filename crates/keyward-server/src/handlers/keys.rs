@@ -51,10 +51,13 @@ pub(crate) type Page<T> = (Vec<(String, T)>, Option<String>);
 /// One page of a list ordered by name (`?limit=` and `?next_token=`, as every list takes): the entries after
 /// the token, at most `limit` of them, and the next page's token while more remain.
 pub(crate) fn page<T>(
-    all: Vec<(String, T)>,
+    mut all: Vec<(String, T)>,
     query: &HashMap<String, String>,
 ) -> Result<Page<T>, ApiError> {
     only(query, &["limit", "next_token"])?;
+    // The token is compared in byte order, so the entries must be in byte order too, whatever order the
+    // store listed them in (a PostgreSQL collation may differ); a list already in order costs one pass.
+    all.sort_by(|x, y| x.0.cmp(&y.0));
     let after = query
         .get("next_token")
         .map(|t| decode_token(t))
@@ -450,4 +453,28 @@ pub async fn list_aliases(State(app): State<AppState>, meta: Meta, Query(q): Q) 
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    #[test]
+    fn pages_follow_byte_order_whatever_order_the_entries_came_in() {
+        let listed: Vec<(String, u8)> = ["ab", "a_c", "B", "a-b", "a"]
+            .iter()
+            .map(|n| (n.to_string(), 0))
+            .collect();
+        let mut query = HashMap::from([("limit".to_string(), "2".to_string())]);
+        let mut seen = Vec::new();
+        loop {
+            let (page, next) = super::page(listed.clone(), &query).unwrap();
+            seen.extend(page.into_iter().map(|(n, _)| n));
+            match next {
+                Some(t) => query.insert("next_token".into(), t),
+                None => break,
+            };
+        }
+        assert_eq!(seen, ["B", "a", "a-b", "a_c", "ab"]);
+    }
 }
