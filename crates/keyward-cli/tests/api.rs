@@ -2524,6 +2524,21 @@ async fn quorum_deletion_waits_for_two_other_approvers() {
         let (st, v, _) = raw(a, "GET", &path, Some(&ops1), None).await;
         assert_eq!((st, code_of(&v)), code, "{path}: {v}");
     }
+    // A refusal repeats what it was given only in part: one line, whatever the length of the path.
+    let (st, v, _) = raw(
+        a,
+        "GET",
+        &format!("/v1/approvals/apr_{}", "9".repeat(4000)),
+        Some(&ops1),
+        None,
+    )
+    .await;
+    let message = v["error"]["message"].as_str().unwrap();
+    assert_eq!(st, 404, "{v}");
+    assert!(
+        message.len() < 120 && message.ends_with("… does not exist"),
+        "{message}"
+    );
 
     // Two approvers at once on a request one approval completes: the operation runs once, the other
     // approver is told the request is no longer pending, and the request stays executed.

@@ -85,6 +85,22 @@ pub fn pem(label: &str, der: &[u8]) -> String {
     out
 }
 
+/// A name from a request as a refusal repeats it: escaped (no control characters reach a terminal or a
+/// log) and cut to 64 characters, so that a refusal stays one readable line whatever was sent.
+pub fn shown(name: &str) -> String {
+    const MAX: usize = 64;
+    let mut out: String = name
+        .chars()
+        .take(MAX)
+        .collect::<String>()
+        .escape_debug()
+        .collect();
+    if name.chars().nth(MAX).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// Lower-case hex.
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -114,5 +130,17 @@ pub fn only(
             k.escape_debug()
         ))),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_refusal_repeats_a_name_short_and_escaped() {
+        assert_eq!(super::shown("alice"), "alice");
+        assert_eq!(super::shown("bad\nname\u{1b}[31m"), "bad\\nname\\u{1b}[31m");
+        let long = "é".repeat(5000);
+        let shown = super::shown(&long);
+        assert_eq!(shown, format!("{}…", "é".repeat(64)));
     }
 }

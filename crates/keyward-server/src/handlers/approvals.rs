@@ -317,7 +317,10 @@ enum Decided {
 
 fn read(tx: &mut dyn Tx, id: &str) -> Result<Approval, ApiError> {
     let raw = tx.get_meta(APPROVALS, id)?.ok_or_else(|| {
-        ApiError::new(ErrorCode::NotFound, format!("approval {id} does not exist"))
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("approval {} does not exist", crate::convert::shown(id)),
+        )
     })?;
     serde_json::from_slice(&raw)
         .map_err(|_| ApiError::new(ErrorCode::Unavailable, "store corrupt: approval"))

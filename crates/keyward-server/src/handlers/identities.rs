@@ -228,7 +228,7 @@ fn check_grants(roles: &[String], policies: &[String]) -> Result<(), ApiError> {
 fn not_found(name: &str) -> ApiError {
     ApiError::new(
         ErrorCode::NotFound,
-        format!("identity {} does not exist", name.escape_debug()),
+        format!("identity {} does not exist", crate::convert::shown(name)),
     )
 }
 
@@ -382,12 +382,7 @@ pub async fn token(
                     "ttl_seconds must be 1 to 31622400 (366 days)",
                 ));
             }
-            let rec = load(&a, &name)?.ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::NotFound,
-                    format!("identity {name} does not exist"),
-                )
-            })?;
+            let rec = load(&a, &name)?.ok_or_else(|| not_found(&name))?;
             let (token, t) = a.auth.mint_with_mfa(
                 &rec.name,
                 &roles_of(&rec),
@@ -663,12 +658,7 @@ pub async fn enroll_mfa(
         None,
         Mode::Blocking,
         move |_| {
-            let mut rec = load(&a, &name)?.ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::NotFound,
-                    format!("identity {name} does not exist"),
-                )
-            })?;
+            let mut rec = load(&a, &name)?.ok_or_else(|| not_found(&name))?;
             if rec.kind != "user" {
                 return Err(ApiError::validation("TOTP is for user identities"));
             }

@@ -82,7 +82,7 @@ pub fn remove(app: &App, name: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::new(
             ErrorCode::NotFound,
-            format!("policy {name} does not exist"),
+            format!("policy {} does not exist", crate::convert::shown(name)),
         ))
     }
 }
@@ -177,7 +177,10 @@ pub async fn get(State(app): State<AppState>, meta: Meta, Path(name): Path<Strin
             })
             .map_err(|e| ApiError(KmsError::from(e)))?
             .ok_or_else(|| {
-                ApiError::new(ErrorCode::NotFound, format!("policy {name} does not exist"))
+                ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("policy {} does not exist", crate::convert::shown(&name)),
+                )
             })?;
             let doc: PolicyDoc = serde_json::from_slice(&raw)
                 .map_err(|_| ApiError::new(ErrorCode::Unavailable, "store corrupt: policy"))?;
