@@ -1244,17 +1244,23 @@ fn unsafe_or_wrong_configuration_is_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure-http"));
     let cfg = dir.path().join("k.toml");
-    std::fs::write(&cfg, "tls_crt = \"/x\"\n").unwrap();
-    let out = run(&[
-        "serve",
-        "--dev",
-        "--data-dir",
-        d,
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("tls_crt"));
+    let cfg_path = cfg.to_str().unwrap();
+    for (file, refusal) in [
+        ("tls_crt = \"/x\"\n", "tls_crt"),
+        ("approval_ttl_seconds = 0\n", "approval_ttl_seconds is 1 to"),
+        (
+            "approval_ttl_seconds = 2592001\n",
+            "approval_ttl_seconds is 1 to",
+        ),
+    ] {
+        std::fs::write(&cfg, file).unwrap();
+        let out = run(&["serve", "--dev", "--data-dir", d, "--config", cfg_path]);
+        assert!(!out.status.success(), "{file}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(refusal),
+            "{file}"
+        );
+    }
     let out = run(&[
         "serve",
         "--dev",
@@ -3139,4 +3145,122 @@ async fn identity_lifecycle(server: &Server, alice: &Client, alice_token: &str, 
     )
     .await;
     assert_eq!(v["records"][0]["action"], "kms:PutPolicy", "{v}");
+}
+
+/// A request nobody answers ends on the record: the leading node stores it as `expired` under an audit
+/// record of the scheduler's, a late approval is refused and runs nothing, and a restart changes neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_approval_expires_on_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("k.toml");
+    std::fs::write(
+        &cfg,
+        "approval_ttl_seconds = 2\nbackground_interval_seconds = 1\n",
+    )
+    .unwrap();
+    let mut server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--config", cfg.to_str().unwrap()],
+        &[("KEYWARD_DEV_ROOT_TOKEN", ROOT)],
+    );
+    let root = server.root();
+    let key = root
+        .create_key(&CreateKeyRequest {
+            spec: "AES_256".into(),
+            quorum: Some(Quorum { approvals: 1 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .key_id;
+    let ops1 = token_for(&server, "ops1", &["key-admin"]).await;
+    let ops2 = token_for(&server, "ops2", &["key-admin"]).await;
+    let a = server.addr.clone();
+    let (st, v, _) = raw(
+        &a,
+        "POST",
+        &format!("/v1/keys/{key}/schedule-deletion"),
+        Some(&ops1),
+        Some(br#"{"pending_days": 7}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(st, 202, "{v}");
+    let id = v["approval_id"].as_str().unwrap().to_string();
+
+    let expiry_records = |a: String, id: String| async move {
+        let (st, v, _) = raw(
+            &a,
+            "GET",
+            &format!("/v1/audit?resource=approval/{id}&principal=system:scheduler"),
+            Some(ROOT),
+            None,
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        v["records"].as_array().unwrap().clone()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let records = loop {
+        let records = expiry_records(a.clone(), id.clone()).await;
+        if !records.is_empty() {
+            break records;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no expiry record for {id}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!(
+        (
+            &r["action"],
+            &r["outcome"],
+            &r["error_code"],
+            &r["key_id"],
+            &r["source_ip"]
+        ),
+        (
+            &json!("kms:ScheduleKeyDeletion"),
+            &json!("error"),
+            &json!("InvalidState"),
+            &json!(key),
+            &json!("local")
+        ),
+        "{r}"
+    );
+    assert!(
+        r["request_id"].as_str().unwrap().starts_with("sched-"),
+        "{r}"
+    );
+
+    let (st, v, _) = raw(
+        &a,
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        Some(&ops2),
+        None,
+    )
+    .await;
+    assert_eq!((st, code_of(&v)), (409, "InvalidState"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("expired"),
+        "{v}"
+    );
+    assert_eq!(root.describe_key(&key).await.unwrap().state, "Enabled");
+
+    server.restart(&[("KEYWARD_DEV_ROOT_TOKEN", ROOT)]);
+    let (st, v, _) = raw(&a, "GET", &format!("/v1/approvals/{id}"), Some(ROOT), None).await;
+    assert_eq!((st, v["status"].as_str()), (200, Some("expired")), "{v}");
+    let (_, listed, _) = raw(&a, "GET", "/v1/approvals?status=expired", Some(ROOT), None).await;
+    assert_eq!(
+        listed["approvals"][0]["approval_id"],
+        id.as_str(),
+        "{listed}"
+    );
+    // Rounds after the restart find it stored as expired and record nothing more.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(expiry_records(a.clone(), id.clone()).await.len(), 1);
+    assert_eq!(root.describe_key(&key).await.unwrap().state, "Enabled");
 }

@@ -188,13 +188,25 @@ struct Cluster {
 
 impl Cluster {
     async fn start(url: &str) -> Cluster {
+        Self::configured(url, "").await
+    }
+
+    /// Three nodes, each with `config` as its configuration file.
+    async fn configured(url: &str, config: &str) -> Cluster {
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
         let nodes: Vec<Server> = dirs
             .iter()
             .enumerate()
             .map(|(i, d)| {
                 let store = format!("{url}&application_name=kwcli_node_{i}");
-                Server::start(d.path(), &["--store", &store], &[])
+                let file = d.path().join("keyward.toml");
+                std::fs::write(&file, config).unwrap();
+                let file = file.to_str().unwrap();
+                Server::start(
+                    &d.path().join("data"),
+                    &["--store", &store, "--config", file],
+                    &[],
+                )
             })
             .collect();
         let init = nodes[0].client(None).init(3, 2).await.unwrap();
@@ -516,6 +528,77 @@ async fn two_nodes_approving_at_once_run_the_operation_once() {
         let shown = cluster.client(0).describe_key(&key).await.unwrap();
         assert_eq!(shown.state, "PendingDeletion");
     }
+    chain_verifies(&addr(2), &cluster.root).await;
+}
+
+/// Every node sees an unanswered request expire, and one of them, the leading one, records and stores it:
+/// one record, whichever nodes run their rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_approval_expires_once_across_the_cluster() {
+    let scratch = Scratch::new();
+    let cluster = Cluster::configured(
+        &scratch.url(),
+        "approval_ttl_seconds = 2\nbackground_interval_seconds = 1\n",
+    )
+    .await;
+    let addr = |i: usize| cluster.nodes[i].addr.clone();
+    let ops = token_on(&addr(0), &cluster.root, "ops1", &["key-admin"]).await;
+    let (key, id) = common::deletion_awaiting_approval(&cluster.client(0), &addr(0), &ops).await;
+    let stored = |id: String, schema: String| {
+        sql(move |c| {
+            let row = c
+                .query_one(
+                    &format!(
+                        "SELECT convert_from(value, 'UTF8')::jsonb ->> 'status' FROM {schema}.keyward_meta \
+                         WHERE ns = 'approval' AND name = $1"
+                    ),
+                    &[&id],
+                )
+                .unwrap();
+            row.get::<_, String>(0)
+        })
+    };
+    let records = |schema: String| {
+        let id = id.clone();
+        sql(move |c| {
+            let row = c
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FROM {schema}.keyward_audit \
+                         WHERE principal = 'system:scheduler' AND record LIKE $1"
+                    ),
+                    &[&format!("%approval/{id}%")],
+                )
+                .unwrap();
+            row.get::<_, i64>(0)
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while stored(id.clone(), scratch.0.clone()) != "expired" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} never stored as expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Three more rounds on every node.
+    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
+    assert_eq!(records(scratch.0.clone()), 1);
+    for i in 0..3 {
+        let (_, v, _) = raw(
+            &addr(i),
+            "GET",
+            &format!("/v1/approvals/{id}"),
+            Some(&ops),
+            None,
+        )
+        .await;
+        assert_eq!(v["status"], "expired", "node {i}: {v}");
+    }
+    assert_eq!(
+        cluster.client(1).describe_key(&key).await.unwrap().state,
+        "Enabled"
+    );
     chain_verifies(&addr(2), &cluster.root).await;
 }
 

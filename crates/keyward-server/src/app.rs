@@ -461,36 +461,57 @@ pub async fn call<F>(
 where
     F: FnOnce(Caller) -> Result<Reply, ApiError> + Send + 'static,
 {
-    call_noting(app, meta, action, key_ref, || None, mode, f).await
+    call_noting(
+        app,
+        meta,
+        action,
+        key_ref,
+        None::<fn() -> Option<String>>,
+        mode,
+        f,
+    )
+    .await
+}
+
+/// Runs a `noted` lookup, which reads the store, off the runtime's workers.
+async fn look_up<N>(noted: Option<N>) -> Option<String>
+where
+    N: FnOnce() -> Option<String> + Send + 'static,
+{
+    match noted {
+        Some(n) => tokio::task::spawn_blocking(n).await.ok().flatten(),
+        None => None,
+    }
 }
 
 /// [`call`] for a request that names no key in its path but concerns one (an approval of a key's
 /// deletion): `noted` finds that key once the caller is authenticated, and the records name it, so the
-/// key's trail shows who approved what. Authorization is unchanged: it sees no key.
+/// key's trail shows who approved what. Authorization is unchanged: it sees no key. The lookup reads the
+/// store, so it runs on a blocking thread, as the request's own work does.
 pub async fn call_noting<F, N>(
     app: &AppState,
     meta: &Meta,
     action: Action,
     key_ref: Option<String>,
-    noted: N,
+    noted: Option<N>,
     mode: Mode,
     f: F,
 ) -> Response
 where
     F: FnOnce(Caller) -> Result<Reply, ApiError> + Send + 'static,
-    N: FnOnce() -> Option<String>,
+    N: FnOnce() -> Option<String> + Send + 'static,
 {
     let now = app.clock.now();
     let mut written_ahead = false;
     let mut source_keys = None;
-    let mut noted = Some(noted);
+    let mut noted = noted;
     let mut noted_key = None;
     let (principal, result) = match authorize(app, meta, action, key_ref.as_deref(), now) {
         Err((p, e)) => (p, Err(e)),
         Ok(mut caller) => {
             let p = caller.principal.clone();
             if key_ref.is_none() {
-                noted_key = noted.take().and_then(|n| n());
+                noted_key = look_up(noted.take()).await;
             }
             // The keys named only by ciphertexts are collected for the record: a re-encryption's sources,
             // and the keys of a decryption that names none (its record must name the key even when refused).
@@ -553,7 +574,10 @@ where
         }
         Err(_) => {
             // A caller refused by authorization is known: its attempt names the key too.
-            let noted_key = noted_key.or_else(|| noted.take().and_then(|n| n()));
+            let noted_key = match noted_key {
+                Some(k) => Some(k),
+                None => look_up(noted.take()).await,
+            };
             (named(key_ref).or(noted_key), None)
         }
     };

@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// The longest a quorum request may stay open: a request is a standing authorisation to destroy or export,
+/// and one forgotten for longer is better made again.
+pub const MAX_APPROVAL_TTL: u64 = 30 * 24 * 3600;
+
 /// The server's configuration.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,6 +38,9 @@ pub struct Config {
     pub request_timeout_seconds: u64,
     /// How often scheduled rotation and destruction run.
     pub background_interval_seconds: u64,
+    /// How long a request waiting for quorum approval stays open; past it, the leading node's next round
+    /// stores it as `expired` under an audit record of its own.
+    pub approval_ttl_seconds: u64,
     /// This node's id (defaults to a value kept in the data directory).
     pub node_id: Option<String>,
     /// The audit log. Only a dev-mode server accepts `false`, to measure what auditing costs.
@@ -70,6 +77,7 @@ impl Default for Config {
             rate_limit_burst: 40_000,
             request_timeout_seconds: 30,
             background_interval_seconds: 60,
+            approval_ttl_seconds: 24 * 3600,
             node_id: None,
             audit: true,
             quorum_approvals: 0,
@@ -180,6 +188,11 @@ impl Config {
             if self.dev {
                 return Err("dev mode keeps its unseal key in the data directory; it does not use a PKCS#11 token".into());
             }
+        }
+        if !(1..=MAX_APPROVAL_TTL).contains(&self.approval_ttl_seconds) {
+            return Err(format!(
+                "approval_ttl_seconds is 1 to {MAX_APPROVAL_TTL} (30 days)"
+            ));
         }
         if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
             return Err("tls_client_ca needs tls_cert and tls_key".into());

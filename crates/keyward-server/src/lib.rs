@@ -410,6 +410,9 @@ async fn background(app: AppState) {
             if !leads {
                 return;
             }
+            if let Err(e) = handlers::approvals::expire_overdue(&a) {
+                eprintln!("overdue approvals not expired yet: {}", e.0.message());
+            }
             let _ = store.housekeeping();
             // Each rotation or destruction is recorded before it happens; a round that cannot write its
             // records stops and is retried at the next tick.

@@ -23,8 +23,6 @@ use crate::convert::{key_object, version_object};
 use crate::error::ApiError;
 
 const APPROVALS: &str = "approval";
-/// How long a request waits for its approvals.
-pub const APPROVAL_TTL: i64 = 24 * 3600;
 /// How long a node may hold a request `executing`. Every operation is a few store writes (rotating the root
 /// key re-wraps each version, still far under this); a claim this old belongs to a node that stopped and
 /// never came back, or hangs, and the leading node ends it so that the request does not stay open forever.
@@ -202,7 +200,7 @@ pub fn request(
         approvals: Vec::new(),
         rejected_by: None,
         created_at: rfc3339(now),
-        expires_at: now + APPROVAL_TTL,
+        expires_at: now.saturating_add(app.config.approval_ttl_seconds as i64),
         result: None,
         claimed_by: None,
         claimed_at: None,
@@ -424,6 +422,18 @@ fn by(meta: &Meta) -> (&str, &str) {
     (&meta.request_id, &meta.source_ip)
 }
 
+/// Every stored request, for the background rounds; one that does not parse is left to the readers, which
+/// report it.
+fn stored_requests(app: &AppState) -> Result<Vec<Approval>, ApiError> {
+    let all = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+        tx.list_meta(APPROVALS)
+    })?;
+    Ok(all
+        .into_iter()
+        .filter_map(|(_, raw)| serde_json::from_slice::<Approval>(&raw).ok())
+        .collect())
+}
+
 /// Ends the requests whose claim will never be finished: those this node claimed in an earlier run (the
 /// process stopped while running the operation), which every node checks once at start, and those of any node
 /// claimed more than [`CLAIM_TTL`] ago, which the leading node checks every round. They become `failed`, after
@@ -434,14 +444,8 @@ pub fn end_interrupted(app: &AppState) -> Result<usize, ApiError> {
     let ours = claim_name(app);
     let node = format!("{} ", app.node_id);
     let now = app.clock.now();
-    let all = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-        tx.list_meta(APPROVALS)
-    })?;
     let mut ended = 0;
-    for (_, raw) in all {
-        let Ok(a) = serde_json::from_slice::<Approval>(&raw) else {
-            continue;
-        };
+    for a in stored_requests(app)? {
         let Some(claim) = a.claimed_by.clone() else {
             continue;
         };
@@ -482,6 +486,40 @@ pub fn end_interrupted(app: &AppState) -> Result<usize, ApiError> {
         ended += 1;
     }
     Ok(ended)
+}
+
+/// Stores as `expired` every request still pending past its expiry, the leading node's work each round.
+///
+/// Readers already see such a request as `expired`; storing it makes the end part of the trail. Each gets an
+/// `error` record (`InvalidState`, as a late decision on it would) under the scheduler's name, made durable
+/// before the status changes, like any change. A round stops at the first record that cannot be written.
+pub fn expire_overdue(app: &AppState) -> Result<usize, ApiError> {
+    let now = app.clock.now();
+    let mut expired = 0;
+    for a in stored_requests(app)? {
+        if a.status != "pending" || a.expires_at > now {
+            continue;
+        }
+        if app.config.audit {
+            let request_id = format!("sched-{}", uuid::Uuid::new_v4().simple());
+            let mut record = executed(&a, (&request_id, "local"), "error", None);
+            record.principal = keyward_core::audit::SCHEDULER.to_string();
+            record.resource = Some(crate::app::resource("approval", &a.approval_id));
+            record.error_code = Some(ErrorCode::InvalidState.as_str().to_string());
+            app.audit.append_blocking(record)?;
+        }
+        // A decision taken since the list was read found it expired too, and stored it so.
+        transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+            let mut x = read(tx, &a.approval_id)?;
+            if x.status == "pending" && x.expires_at <= now {
+                x.status = "expired".into();
+                write(tx, &x)?;
+            }
+            Ok::<_, ApiError>(())
+        })?;
+        expired += 1;
+    }
+    Ok(expired)
 }
 
 /// Runs the operation of a request this node claimed, and stores how it ended.
@@ -529,13 +567,14 @@ pub async fn approve(State(app): State<AppState>, meta: Meta, Path(id): Path<Str
     let a = app.clone();
     let m = meta.clone();
     let named = id.clone();
-    let key = || approval_key(&app, &named);
+    let looked_up = app.clone();
+    let key = move || approval_key(&looked_up, &named);
     call_noting(
         &app,
         &meta,
         Action::Approve,
         None,
-        key,
+        Some(key),
         Mode::Blocking,
         move |caller| decide(&a, &caller, &m, &id, true),
     )
@@ -548,13 +587,14 @@ pub async fn reject(State(app): State<AppState>, meta: Meta, Path(id): Path<Stri
     let a = app.clone();
     let m = meta.clone();
     let named = id.clone();
-    let key = || approval_key(&app, &named);
+    let looked_up = app.clone();
+    let key = move || approval_key(&looked_up, &named);
     call_noting(
         &app,
         &meta,
         Action::Reject,
         None,
-        key,
+        Some(key),
         Mode::Blocking,
         move |caller| decide(&a, &caller, &m, &id, false),
     )
@@ -568,7 +608,7 @@ struct ApprovalList {
 }
 
 /// A request as its readers see it: one still pending past its expiry is `expired` (it can no longer be
-/// approved; the stored status changes only when a decision finds it so).
+/// approved), though the leading node's next round, or a decision finding it so, has yet to store it.
 fn as_seen(mut a: Approval, now: i64) -> Approval {
     if a.status == "pending" && a.expires_at <= now {
         a.status = "expired".into();
@@ -581,13 +621,14 @@ pub async fn get(State(app): State<AppState>, meta: Meta, Path(id): Path<String>
     let meta = meta.on(crate::app::resource("approval", &id));
     let a = app.clone();
     let named = id.clone();
-    let key = || approval_key(&app, &named);
+    let looked_up = app.clone();
+    let key = move || approval_key(&looked_up, &named);
     call_noting(
         &app,
         &meta,
         Action::GetApproval,
         None,
-        key,
+        Some(key),
         Mode::Blocking,
         move |_| {
             let found = load(&a, &id)?;
