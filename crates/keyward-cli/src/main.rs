@@ -207,6 +207,9 @@ enum Command {
         /// Every matching record, page after page (with --json: one record per line, for export).
         #[arg(long)]
         all: bool,
+        /// The page after the one that printed this token.
+        #[arg(long, conflicts_with = "all")]
+        next_token: Option<String>,
         /// Further filters as a query string, e.g. "principal=app&outcome=deny".
         #[arg(long, default_value = "")]
         filter: String,
@@ -1424,6 +1427,7 @@ async fn run(cli: Cli) -> Res {
             until,
             limit,
             all,
+            next_token,
             filter,
         } => {
             let limit = limit.map(|n| n.to_string());
@@ -1441,6 +1445,7 @@ async fn run(cli: Cli) -> Res {
                     ("since", since),
                     ("until", until),
                     ("limit", limit),
+                    ("next_token", next_token),
                 ] {
                     if let Some(value) = value {
                         q.append_pair(name, &value);

@@ -104,7 +104,7 @@ impl Out {
                 .collect(),
         );
         if let Some(next) = page["next_token"].as_str() {
-            println!("(more records: add next_token={next} to --filter)");
+            println!("(more records: --next-token {next} for the next page, --all for every one)");
         }
     }
 

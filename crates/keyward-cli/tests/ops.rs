@@ -627,6 +627,35 @@ fn the_cli_covers_identities_pki_and_audit() {
         4,
         "{table}"
     );
+    // Page by page, following the token each page prints, the same four records.
+    let mut seen = 0;
+    let mut next: Option<String> = None;
+    loop {
+        let mut args = vec![
+            "audit",
+            "--key",
+            trail_id,
+            "--action",
+            "kms:Encrypt",
+            "--limit",
+            "3",
+        ];
+        if let Some(t) = &next {
+            args.extend(["--next-token", t.as_str()]);
+        }
+        let page = ok(&args, b"");
+        seen += page.lines().filter(|l| l.contains("kms:Encrypt")).count();
+        next = page
+            .split("--next-token ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .map(str::to_string);
+        if next.is_none() {
+            break;
+        }
+        assert!(page.contains("--all for every one"), "{page}");
+    }
+    assert_eq!(seen, 4);
     let denied = ok(
         &[
             "--json",
