@@ -27,6 +27,12 @@ VERSION = {"type": "integer", "minimum": 1, "maximum": 4294967295}
 # A key's id (UUID) or one of its aliases.
 KEY_REF = {"type": "string", "pattern": "^([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
                                         "|[0-9A-Fa-f]{32}|alias[/:][A-Za-z0-9/_.-]{1,256})$"}
+# A certificate subject: TYPE=value pairs in certificate order, values escaped as RFC 4514 says.
+SUBJECT = {"type": "string", "minLength": 1,
+           "description": "TYPE=value pairs (CN, O, OU, C, ST, L, STREET, SERIALNUMBER; each once) separated by commas, "
+                          "in the order the certificate holds them; a comma, plus, semicolon, quote, backslash, angle bracket "
+                          "or equals sign in a value, or a space at its ends, is escaped with a backslash, and \\XX is a UTF-8 "
+                          "byte in hex (RFC 4514). Example: CN=api.example.com, O=Example\\, Inc., C=DE"}
 ALIAS = {"type": "string", "pattern": "^(alias[/:])?[A-Za-z0-9/_.-]{1,256}$"}
 SPEC = {"type": "string", "enum": ["SYMMETRIC_DEFAULT", "AES_128", "AES_256", "SM4", "TDES", "RSA_2048", "RSA_3072",
                                    "RSA_4096", "ECC_NIST_P256", "ECC_NIST_P384", "ECC_NIST_P521", "ECC_SECG_P256K1",
@@ -126,9 +132,9 @@ schemas = {
     "AgreeResponse": obj({"shared_secret": B64}),
     "RandomRequest": obj({"length": {"type": "integer", "minimum": 1, "maximum": 1024}}, ["length"]),
     "RandomResponse": obj({"random": B64}),
-    "CsrRequest": obj({"subject": S, "sans": {"type": "array", "items": S}}, ["subject"]),
+    "CsrRequest": obj({"subject": SUBJECT, "sans": {"type": "array", "items": S}}, ["subject"]),
     "CsrResponse": obj({"csr_pem": S}),
-    "CertificateRequest": obj({"csr_pem": S, "subject": S, "days": {"type": "integer", "minimum": 1, "maximum": 36500}, "is_ca": BOOL}, ["days"]),
+    "CertificateRequest": obj({"csr_pem": S, "subject": SUBJECT, "days": {"type": "integer", "minimum": 1, "maximum": 36500}, "is_ca": BOOL}, ["days"]),
     "CertificateResponse": obj({"certificate_pem": S}),
     "CreateIdentityRequest": obj({"name": {"type": "string", "pattern": "^[A-Za-z0-9._@-]{1,64}$", "description": "not root"}, "kind": {"type": "string", "enum": ["service", "user"]},
                                   "roles": ROLES, "policies": POLICY_NAMES, "password": {"type": "string", "minLength": 12, "maxLength": 1024},

@@ -106,6 +106,34 @@ def test_csr_and_certificates_verify(api):
         assert leaf_cert.subject.rfc4514_string() == "O=Example,CN=svc.example.com"
 
 
+def test_subjects_with_escaped_characters_reach_the_certificate_intact(api):
+    key = api.create("ECC_NIST_P256", "SIGN_VERIFY")["key_id"]
+    subject = r"CN=Zahlungen M\C3\BCnchen,O=Example\, Inc.,OU=Cards \+ Payments,C=DE,SERIALNUMBER=HRB 12345"
+    pem = api.call("POST", f"/v1/keys/{key}/certificate", {"subject": subject, "days": 1})["certificate_pem"]
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    values = [(a.oid, a.value) for a in cert.subject]
+    assert values == [
+        (x509.NameOID.COMMON_NAME, "Zahlungen München"),
+        (x509.NameOID.ORGANIZATION_NAME, "Example, Inc."),
+        (x509.NameOID.ORGANIZATIONAL_UNIT_NAME, "Cards + Payments"),
+        (x509.NameOID.COUNTRY_NAME, "DE"),
+        (x509.NameOID.SERIAL_NUMBER, "HRB 12345"),
+    ]
+    # RFC 5280: the country and the serial number are PrintableStrings, the rest UTF8String.
+    kinds = {a.oid: a._type for a in cert.subject}
+    assert kinds[x509.NameOID.COUNTRY_NAME] == x509.name._ASN1Type.PrintableString
+    assert kinds[x509.NameOID.SERIAL_NUMBER] == x509.name._ASN1Type.PrintableString
+    assert kinds[x509.NameOID.ORGANIZATION_NAME] == x509.name._ASN1Type.UTF8String
+    # OpenSSL reads the same names.
+    shown = subprocess.run(["openssl", "x509", "-noout", "-subject", "-nameopt", "RFC2253,-esc_msb"],
+                           input=pem.encode(), capture_output=True, check=True).stdout.decode()
+    assert r"O=Example\, Inc." in shown and r"OU=Cards \+ Payments" in shown and "München" in shown, shown
+    for bad, said in [("CN=a,CN=b", "names CN twice"), ("C=Germany", "two letters"), ("CN=a+O=b", "multi-valued")]:
+        r = api.session.post(api.base + f"/v1/keys/{key}/certificate", json={"subject": bad, "days": 1}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "ValidationError", r.text
+        assert said in r.json()["error"]["message"], r.text
+
+
 def test_byok_import_of_locally_wrapped_material(api):
     key = api.create("HMAC_384", origin="EXTERNAL")["key_id"]
     params = api.call("GET", f"/v1/keys/{key}/import-parameters")

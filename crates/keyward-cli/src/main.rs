@@ -145,7 +145,8 @@ enum Command {
     Csr {
         /// Key id or alias.
         key: String,
-        /// Subject, e.g. "CN=api.example.com,O=Example".
+        /// Subject, e.g. "CN=api.example.com, O=Example\, Inc., C=DE": pairs in certificate order, values
+        /// escaped as RFC 4514 says.
         #[arg(long)]
         subject: String,
         /// Subject alternative name (repeatable).
@@ -156,7 +157,7 @@ enum Command {
     Certificate {
         /// Key id or alias.
         key: String,
-        /// Subject (of a self-signed certificate, or the issuer name).
+        /// Subject (of a self-signed certificate, or the issuer name), written as for `csr`.
         #[arg(long)]
         subject: Option<String>,
         /// A PEM CSR to issue a certificate for.

@@ -10,8 +10,8 @@ use axum::response::Response;
 use keyward_api::{CertificateRequest, CertificateResponse, CsrRequest, CsrResponse};
 use keyward_core::{ErrorCode, KeySpec, Kms, KmsError, SignInput, SigningAlgorithm};
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, IsCa, Issuer, PublicKeyData, SignatureAlgorithm,
-    SigningKey,
+    CertificateParams, DistinguishedName, DnType, DnValue, IsCa, Issuer, PublicKeyData,
+    SignatureAlgorithm, SigningKey,
 };
 
 use crate::app::{call, parse, AppState, Meta, Mode, RawBody, Reply};
@@ -129,33 +129,149 @@ fn signer(kms: &Arc<Kms>, key: &str) -> Result<KmsSigner, ApiError> {
     })
 }
 
-/// Parses `CN=...,O=...` (commas inside values are not supported).
-fn subject(s: &str) -> Result<DistinguishedName, ApiError> {
-    let mut dn = DistinguishedName::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part
-            .split_once('=')
-            .ok_or_else(|| ApiError::validation("subject is a list of TYPE=value pairs"))?;
-        let ty = match k.trim().to_ascii_uppercase().as_str() {
-            "CN" => DnType::CommonName,
-            "O" => DnType::OrganizationName,
-            "OU" => DnType::OrganizationalUnitName,
-            "C" => DnType::CountryName,
-            "ST" => DnType::StateOrProvinceName,
-            "L" => DnType::LocalityName,
-            _ => {
+/// The attribute types a subject may name, with their OIDs and how their values are encoded.
+const ATTRIBUTES: [(&str, &[u64]); 8] = [
+    ("CN", &[2, 5, 4, 3]),
+    ("O", &[2, 5, 4, 10]),
+    ("OU", &[2, 5, 4, 11]),
+    ("C", &[2, 5, 4, 6]),
+    ("ST", &[2, 5, 4, 8]),
+    ("L", &[2, 5, 4, 7]),
+    ("STREET", &[2, 5, 4, 9]),
+    ("SERIALNUMBER", &[2, 5, 4, 5]),
+];
+
+/// One attribute of a subject as written: its type and its value, each byte marked when it was escaped
+/// (an escaped space is part of the value, an unescaped one around it is not).
+type Written = (String, Vec<(u8, bool)>);
+
+/// Splits a subject into its `TYPE=value` pairs, resolving RFC 4514 escapes in the values.
+fn split_subject(s: &str) -> Result<Vec<Written>, ApiError> {
+    const ESCAPABLE: &[u8] = b",+\"\\<>;=# ";
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut pairs = Vec::new();
+    let mut ty: Option<String> = None;
+    let mut field: Vec<(u8, bool)> = Vec::new();
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    loop {
+        let b = bytes.get(i).copied();
+        match b {
+            None | Some(b',') => {
+                let Some(t) = ty.take() else {
+                    if field.iter().all(|(c, _)| *c == b' ') {
+                        // An empty pair (a stray or trailing comma) is skipped.
+                        field.clear();
+                        if b.is_none() {
+                            break;
+                        }
+                        i += 1;
+                        continue;
+                    }
+                    return Err(ApiError::validation(
+                        "subject is a list of TYPE=value pairs",
+                    ));
+                };
+                pairs.push((t, std::mem::take(&mut field)));
+                if b.is_none() {
+                    break;
+                }
+            }
+            Some(b'=') if ty.is_none() => {
+                let name: Vec<u8> = field.drain(..).map(|(c, _)| c).collect();
+                let name = String::from_utf8_lossy(&name).trim().to_ascii_uppercase();
+                if name.is_empty() {
+                    return Err(ApiError::validation(
+                        "subject is a list of TYPE=value pairs",
+                    ));
+                }
+                ty = Some(name);
+            }
+            Some(b'\\') => {
+                let next = bytes.get(i + 1).copied();
+                match (next.and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+                    (Some(h), Some(l)) => {
+                        field.push(((h << 4) | l, true));
+                        i += 2;
+                    }
+                    _ => match next {
+                        Some(c) if ESCAPABLE.contains(&c) => {
+                            field.push((c, true));
+                            i += 1;
+                        }
+                        _ => {
+                            return Err(ApiError::validation(
+                                "subject: a backslash escapes one of , + \" \\ < > ; = # or a space, or gives a byte as two hex digits",
+                            ))
+                        }
+                    },
+                }
+            }
+            Some(b'+') => return Err(ApiError::validation(
+                "subject: multi-valued names (+) are not supported; write a literal plus as \\+",
+            )),
+            Some(b';') => {
                 return Err(ApiError::validation(
-                    "subject attribute types are CN, O, OU, C, ST and L",
+                    "subject: pairs are separated by commas; write a literal semicolon as \\;",
                 ))
             }
+            Some(c) => field.push((c, false)),
+        }
+        i += 1;
+    }
+    Ok(pairs)
+}
+
+/// Parses a subject: `TYPE=value` pairs separated by commas, in the order the certificate holds them (the
+/// order OpenSSL prints: `CN=api.example.com, O=Example\, Inc., C=DE`). Values follow RFC 4514's escaping:
+/// a comma, plus, semicolon, quote, backslash, angle bracket or equals sign in a value is preceded by a
+/// backslash, as are spaces that belong to its ends, and `\XX` is one byte of its UTF-8 in hex. A country
+/// is two letters and a serial number printable ASCII (their X.520 types). Each type appears once: the
+/// certificate library keeps one value per type, and a second would silently replace the first.
+fn subject(s: &str) -> Result<DistinguishedName, ApiError> {
+    let mut dn = DistinguishedName::new();
+    for (ty, mut value) in split_subject(s)? {
+        let Some((_, oid)) = ATTRIBUTES.iter().find(|(name, _)| *name == ty) else {
+            return Err(ApiError::validation(
+                "subject attribute types are CN, O, OU, C, ST, L, STREET and SERIALNUMBER",
+            ));
         };
-        let v = v.trim();
-        if v.is_empty() || v.len() > 256 {
+        if dn.get(&DnType::from_oid(oid)).is_some() {
+            return Err(ApiError::validation(format!(
+                "subject names {ty} twice; each attribute type appears once"
+            )));
+        }
+        while value.first() == Some(&(b' ', false)) {
+            value.remove(0);
+        }
+        while value.last() == Some(&(b' ', false)) {
+            value.pop();
+        }
+        let value = String::from_utf8(value.into_iter().map(|(c, _)| c).collect())
+            .map_err(|_| ApiError::validation(format!("subject: the {ty} value is not UTF-8")))?;
+        if value.is_empty() || value.chars().count() > 256 {
             return Err(ApiError::validation(
                 "subject values are 1 to 256 characters",
             ));
         }
-        dn.push(ty, v);
+        let refused = |what: &str| ApiError::validation(format!("subject: {ty} is {what}"));
+        let encoded = match ty.as_str() {
+            "C" if value.len() == 2 && value.bytes().all(|c| c.is_ascii_alphabetic()) => {
+                DnValue::PrintableString(
+                    value
+                        .try_into()
+                        .map_err(|_| refused("two letters (ISO 3166)"))?,
+                )
+            }
+            "C" => return Err(refused("two letters (ISO 3166)")),
+            "SERIALNUMBER" => DnValue::PrintableString(
+                value
+                    .try_into()
+                    .map_err(|_| refused("letters, digits, spaces and '()+,-./:=? only"))?,
+            ),
+            _ => DnValue::Utf8String(value),
+        };
+        dn.push(DnType::from_oid(oid), encoded);
     }
     if dn.iter().next().is_none() {
         return Err(ApiError::validation("subject is empty"));
@@ -288,12 +404,87 @@ pub async fn certificate(
 mod tests {
     use super::*;
 
+    fn shown(s: &str) -> Vec<(String, String)> {
+        subject(s)
+            .unwrap()
+            .iter()
+            .map(|(ty, v)| {
+                let v = match v {
+                    DnValue::Utf8String(x) => x.clone(),
+                    DnValue::PrintableString(x) => x.as_str().to_string(),
+                    other => panic!("{other:?}"),
+                };
+                let name = ATTRIBUTES
+                    .iter()
+                    .find(|(_, oid)| DnType::from_oid(oid) == *ty)
+                    .unwrap()
+                    .0;
+                (name.to_string(), v)
+            })
+            .collect()
+    }
+
+    fn refusal(s: &str) -> String {
+        subject(s).unwrap_err().0.message().to_string()
+    }
+
     #[test]
     fn subjects_parse_and_refuse_junk() {
         assert!(subject("CN=api.example.com, O=Example, C=DE").is_ok());
         assert!(subject("").is_err());
         assert!(subject("XX=1").is_err());
         assert!(subject("CN").is_err());
+    }
+
+    #[test]
+    fn subject_values_follow_rfc_4514_escaping() {
+        let pairs = |xs: &[(&str, &str)]| -> Vec<(String, String)> {
+            xs.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            shown(r"CN=api.example.com, O=Example\, Inc., c=de"),
+            pairs(&[
+                ("CN", "api.example.com"),
+                ("O", "Example, Inc."),
+                ("C", "de")
+            ])
+        );
+        // Escaped spaces belong to the value, unescaped ones around it do not; \XX is a UTF-8 byte.
+        assert_eq!(
+            shown(r"CN=\ padded\ ,O=M\C3\BCller \+ S\C3\B6hne,OU=a=b \; c\\d,"),
+            pairs(&[
+                ("CN", " padded "),
+                ("O", "M\u{fc}ller + S\u{f6}hne"),
+                ("OU", "a=b ; c\\d")
+            ])
+        );
+        assert_eq!(
+            shown("SERIALNUMBER=DE-12345,STREET=Hauptstra\u{df}e 1,CN=\u{6797}"),
+            pairs(&[
+                ("SERIALNUMBER", "DE-12345"),
+                ("STREET", "Hauptstra\u{df}e 1"),
+                ("CN", "\u{6797}")
+            ])
+        );
+        for (s, said) in [
+            ("CN=a+O=b", "multi-valued"),
+            ("CN=a;O=b", "separated by commas"),
+            (r"CN=a\x", "a backslash escapes"),
+            (r"CN=a\", "a backslash escapes"),
+            (r"CN=\FF", "not UTF-8"),
+            ("C=DEU", "two letters"),
+            ("C=D1", "two letters"),
+            ("SERIALNUMBER=no_underscore", "letters, digits"),
+            ("OU=a, OU=b", "names OU twice"),
+            ("CN=  ", "1 to 256"),
+            ("CN=a, =b", "TYPE=value"),
+            ("CN=a,O", "TYPE=value"),
+            ("EMAIL=a@b", "attribute types"),
+        ] {
+            assert!(refusal(s).contains(said), "{s}: {}", refusal(s));
+        }
     }
 
     #[test]
