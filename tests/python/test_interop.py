@@ -106,6 +106,39 @@ def test_csr_and_certificates_verify(api):
         assert leaf_cert.subject.rfc4514_string() == "O=Example,CN=svc.example.com"
 
 
+def test_a_ca_renews_with_fresh_serials_and_says_it_signs_certificates(api):
+    ca = api.create("ECC_NIST_P256", "SIGN_VERIFY")["key_id"]
+    issue = lambda body: x509.load_pem_x509_certificate(
+        api.call("POST", f"/v1/keys/{ca}/certificate", body)["certificate_pem"].encode())
+    roots = [issue({"subject": "CN=Renewed Root", "days": 30, "is_ca": True}) for _ in range(2)]
+    # RFC 5280 4.2.1.3: a CA certificate carries keyUsage with keyCertSign and cRLSign, marked critical.
+    usage = roots[0].extensions.get_extension_for_class(x509.KeyUsage)
+    assert usage.critical and usage.value.key_cert_sign and usage.value.crl_sign, usage
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "renewed.example.com")]))
+           .sign(leaf_key, hashes.SHA256()))
+    pem = csr.public_bytes(serialization.Encoding.PEM).decode()
+    leaves = [issue({"csr_pem": pem, "subject": "CN=Renewed Root", "days": 7}) for _ in range(2)]
+    # Renewing for the same key gives a new serial (issuer and serial name one certificate): positive,
+    # at most 20 bytes, with 64 bits of randomness or more.
+    serials = [c.serial_number for c in roots + leaves]
+    assert len(set(serials)) == 4, serials
+    assert all(0 < s < 2 ** 159 and s.bit_length() > 150 for s in serials), serials
+    for leaf in leaves:
+        leaf.verify_directly_issued_by(roots[0])
+    # A subject the certificate could not carry whole is refused, not silently shortened.
+    two_units = (x509.CertificateSigningRequestBuilder()
+                 .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.ORGANIZATIONAL_UNIT_NAME, "Cards"),
+                                          x509.NameAttribute(x509.NameOID.ORGANIZATIONAL_UNIT_NAME, "Payments"),
+                                          x509.NameAttribute(x509.NameOID.COMMON_NAME, "two.example.com")]))
+                 .sign(leaf_key, hashes.SHA256()))
+    r = api.session.post(api.base + f"/v1/keys/{ca}/certificate", timeout=30, json={
+        "csr_pem": two_units.public_bytes(serialization.Encoding.PEM).decode(), "subject": "CN=Renewed Root",
+        "days": 7})
+    assert r.status_code == 400 and "names an attribute type twice" in r.json()["error"]["message"], r.text
+
+
 def test_subjects_with_escaped_characters_reach_the_certificate_intact(api):
     key = api.create("ECC_NIST_P256", "SIGN_VERIFY")["key_id"]
     subject = r"CN=Zahlungen M\C3\BCnchen,O=Example\, Inc.,OU=Cards \+ Payments,C=DE,SERIALNUMBER=HRB 12345"

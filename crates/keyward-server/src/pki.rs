@@ -10,8 +10,8 @@ use axum::response::Response;
 use keyward_api::{CertificateRequest, CertificateResponse, CsrRequest, CsrResponse};
 use keyward_core::{ErrorCode, KeySpec, Kms, KmsError, SignInput, SigningAlgorithm};
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, DnValue, IsCa, Issuer, PublicKeyData,
-    SignatureAlgorithm, SigningKey,
+    CertificateParams, DistinguishedName, DnType, DnValue, IsCa, Issuer, KeyUsagePurpose,
+    PublicKeyData, SerialNumber, SignatureAlgorithm, SigningKey,
 };
 
 use crate::app::{call, parse, AppState, Meta, Mode, RawBody, Reply};
@@ -329,6 +329,45 @@ pub async fn csr(
     .await
 }
 
+/// What a CA certificate's key is for (RFC 5280 4.2.1.3: a CA must say it signs certificates and CRLs).
+const CA_USAGES: [KeyUsagePurpose; 3] = [
+    KeyUsagePurpose::DigitalSignature,
+    KeyUsagePurpose::KeyCertSign,
+    KeyUsagePurpose::CrlSign,
+];
+
+/// A fresh serial number from the HSM's random source: 20 bytes, positive (RFC 5280 4.1.2.2). A CA must
+/// never give two certificates one serial, and renewing a certificate for the same key is routine, so the
+/// serial cannot be derived from the key.
+fn serial_number(kms: &Kms) -> Result<SerialNumber, ApiError> {
+    let mut bytes = kms.random(20)?;
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+/// Refuses a CSR whose subject the certificate could not carry whole: one naming an attribute type twice
+/// (two `OU`s), or a multi-valued name, would otherwise lose attributes silently, since the certificate
+/// library keeps one value per type.
+fn carried_whole(csr_pem: &str, kept: &DistinguishedName) -> Result<(), ApiError> {
+    use x509_parser::prelude::FromDer as _;
+    let unreadable =
+        || ApiError::validation("csr_pem is not a valid, correctly signed PKCS#10 request");
+    let (_, der) =
+        x509_parser::pem::parse_x509_pem(csr_pem.as_bytes()).map_err(|_| unreadable())?;
+    let (_, csr) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(&der.contents)
+            .map_err(|_| unreadable())?;
+    let subject = &csr.certification_request_info.subject;
+    if subject.iter().any(|rdn| rdn.iter().count() != 1)
+        || subject.iter_attributes().count() != kept.iter().count()
+    {
+        return Err(ApiError::validation(
+            "the CSR's subject names an attribute type twice or holds a multi-valued name; a certificate here holds each type once",
+        ));
+    }
+    Ok(())
+}
+
 /// `POST /v1/keys/{key}/certificate`: self-signed, or issued from a CSR with this key as the CA.
 pub async fn certificate(
     State(app): State<AppState>,
@@ -358,16 +397,22 @@ pub async fn certificate(
             } else {
                 IsCa::NoCa
             };
+            let ca_usages = matches!(is_ca, IsCa::Ca(_));
             let issuer_dn = match &r.subject {
                 Some(s) => subject(s)?,
                 None => subject(&format!("CN={}", signer.key))?,
             };
+            let serial = serial_number(&a.kms)?;
             let pem = match &r.csr_pem {
                 None => {
                     let mut p = params(Vec::new(), issuer_dn)?;
                     p.not_before = now;
                     p.not_after = not_after;
                     p.is_ca = is_ca;
+                    p.serial_number = Some(serial);
+                    if ca_usages {
+                        p.key_usages = CA_USAGES.to_vec();
+                    }
                     p.self_signed(&signer).map_err(&failed)?.pem()
                 }
                 Some(csr_pem) => {
@@ -377,9 +422,18 @@ pub async fn certificate(
                                 "csr_pem is not a valid, correctly signed PKCS#10 request",
                             )
                         })?;
+                    carried_whole(csr_pem, &csr.params.distinguished_name)?;
                     csr.params.not_before = now;
                     csr.params.not_after = not_after;
                     csr.params.is_ca = is_ca;
+                    csr.params.serial_number = Some(serial);
+                    if ca_usages {
+                        for usage in CA_USAGES {
+                            if !csr.params.key_usages.contains(&usage) {
+                                csr.params.key_usages.push(usage);
+                            }
+                        }
+                    }
                     let mut ca = CertificateParams::default();
                     ca.distinguished_name = issuer_dn;
                     let key_id = signer.key.clone();
