@@ -1252,6 +1252,10 @@ fn unsafe_or_wrong_configuration_is_refused() {
             "approval_ttl_seconds = 2592001\n",
             "approval_ttl_seconds is 1 to",
         ),
+        (
+            "idle_timeout_seconds = 0\n",
+            "idle_timeout_seconds is 1 to 3600",
+        ),
     ] {
         std::fs::write(&cfg, file).unwrap();
         let out = run(&["serve", "--dev", "--data-dir", d, "--config", cfg_path]);
@@ -3263,4 +3267,74 @@ async fn an_unanswered_approval_expires_on_the_record() {
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     assert_eq!(expiry_records(a.clone(), id.clone()).await.len(), 1);
     assert_eq!(root.describe_key(&key).await.unwrap().state, "Enabled");
+}
+
+/// A connection must deliver a complete request header within `idle_timeout_seconds` of being ready for
+/// one: a client trickling its headers in (slowloris) and a keep-alive connection left idle are both
+/// closed, while one in steady use stays open.
+#[test]
+fn slow_and_idle_connections_are_closed_busy_ones_kept() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("k.toml");
+    std::fs::write(&cfg, "idle_timeout_seconds = 2\n").unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--config", cfg.to_str().unwrap()],
+        &[("KEYWARD_DEV_ROOT_TOKEN", ROOT)],
+    );
+    let host = server.addr.trim_start_matches("http://").to_string();
+    let connect = || {
+        let s = TcpStream::connect(&host).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s
+    };
+    // Reads until the server closes the connection; returns what arrived and when the close came.
+    let until_closed = |mut s: TcpStream| {
+        let start = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return (got, start.elapsed()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return (got, start.elapsed())
+                }
+                Err(e) => panic!("the server kept the connection open: {e}"),
+            }
+        }
+    };
+    const HEALTH: &[u8] = b"GET /v1/health HTTP/1.1\r\nHost: k\r\n\r\n";
+
+    // Headers that never end: closed after the timeout, without an answer to a request never made.
+    let mut slow = connect();
+    slow.write_all(b"GET /v1/health HTTP/1.1\r\nHost: k\r\n")
+        .unwrap();
+    let (got, after) = until_closed(slow);
+    assert!(after >= Duration::from_millis(1500), "{after:?}");
+    assert!(!String::from_utf8_lossy(&got).contains("200 OK"));
+
+    // Idle after one answered request: closed once the timeout passes.
+    let mut idle = connect();
+    idle.write_all(HEALTH).unwrap();
+    let (got, after) = until_closed(idle);
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    assert!(after >= Duration::from_millis(1500), "{after:?}");
+
+    // A request every 500 ms for four seconds, twice the timeout: one connection answers them all.
+    let mut busy = connect();
+    let mut buf = [0u8; 4096];
+    for i in 0..8 {
+        busy.write_all(HEALTH).unwrap();
+        let n = busy.read(&mut buf).unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+            "request {i}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(std::net::TcpStream::connect(&host).is_ok());
 }

@@ -161,6 +161,9 @@ impl Client {
             .timeout(opts.timeout.unwrap_or(Duration::from_secs(60)))
             .connect_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(opts.pool_max_idle_per_host.unwrap_or(64))
+            // Below the server's default idle timeout (75 s), so that the client, not the server, ends an
+            // idle connection and a request never races the server's close.
+            .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true);
         if let Some(pem) = &opts.ca_pem {
             // The operator's CA bundle replaces the system roots: a Keyward endpoint is trusted because the

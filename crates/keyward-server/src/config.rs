@@ -36,6 +36,10 @@ pub struct Config {
     pub rate_limit_burst: u32,
     /// Longest time a request may take.
     pub request_timeout_seconds: u64,
+    /// How long a connection may go without delivering a complete request header: a keep-alive connection
+    /// between requests, or a client sending its headers slowly. Keep it longer than the idle timeout of
+    /// any load balancer in front (which then always closes first, never racing a request).
+    pub idle_timeout_seconds: u64,
     /// How often scheduled rotation and destruction run.
     pub background_interval_seconds: u64,
     /// How long a request waiting for quorum approval stays open; past it, the leading node's next round
@@ -76,6 +80,7 @@ impl Default for Config {
             rate_limit_per_second: 20_000,
             rate_limit_burst: 40_000,
             request_timeout_seconds: 30,
+            idle_timeout_seconds: 75,
             background_interval_seconds: 60,
             approval_ttl_seconds: 24 * 3600,
             node_id: None,
@@ -188,6 +193,9 @@ impl Config {
             if self.dev {
                 return Err("dev mode keeps its unseal key in the data directory; it does not use a PKCS#11 token".into());
             }
+        }
+        if !(1..=3600).contains(&self.idle_timeout_seconds) {
+            return Err("idle_timeout_seconds is 1 to 3600".into());
         }
         if !(1..=MAX_APPROVAL_TTL).contains(&self.approval_ttl_seconds) {
             return Err(format!(

@@ -437,19 +437,18 @@ pub async fn serve(
         .map_err(|e| format!("cannot listen on {}: {e}", app.config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let bg = tokio::spawn(background(app.clone()));
-    let result = match (&app.config.tls_cert, &app.config.tls_key) {
-        (Some(cert), Some(key)) => {
-            let tls = tls::server_config(cert, key, app.config.tls_client_ca.as_deref())?;
-            tls::serve(listener, tls, router(app.clone()), shutdown).await
-        }
-        _ => axum::serve(
-            listener,
-            router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| e.to_string()),
+    let tls = match (&app.config.tls_cert, &app.config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(
+            cert,
+            key,
+            app.config.tls_client_ca.as_deref(),
+        )?),
+        _ => None,
     };
+    // Requests in flight finish within their own timeout; shutdown waits that long and a little more.
+    let grace = Duration::from_secs(app.config.request_timeout_seconds.saturating_add(5));
+    let idle = Duration::from_secs(app.config.idle_timeout_seconds);
+    let result = tls::serve(listener, tls, router(app.clone()), shutdown, idle, grace).await;
     bg.abort();
     let _ = app.kms.seal();
     result.map(|_| addr)

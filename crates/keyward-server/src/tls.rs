@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -63,15 +62,26 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Accept loop: TLS handshake per connection, then HTTP/1.1; graceful shutdown lets in-flight requests finish.
+/// Accept loop for plain HTTP and TLS alike: a TLS handshake per connection when `tls` is given, then
+/// HTTP/1.1. A connection must deliver each request's headers within `idle` of being ready for one, so a
+/// keep-alive connection left idle, or a client trickling its headers in (slowloris), is closed rather than
+/// held open for ever. On shutdown the listener closes, idle connections end, and requests in flight get
+/// `grace` to finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    tls: Arc<ServerConfig>,
+    tls: Option<Arc<ServerConfig>>,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    idle: Duration,
+    grace: Duration,
 ) -> Result<(), String> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle)
+        .keep_alive(true);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -81,39 +91,55 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
         let watcher = graceful.watcher();
+        let builder = builder.clone();
         tokio::spawn(async move {
-            let Ok(Ok(stream)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-            else {
-                return;
-            };
-            // A client certificate, if one was presented, was verified against tls_client_ca by rustls.
-            let subject = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .and_then(|der| x509_parser::parse_x509_certificate(der.as_ref()).ok())
-                .map(|(_, cert)| crate::app::ClientSubject(cert.subject().to_string()));
-            let svc = router.map_request(move |req: hyper::Request<hyper::body::Incoming>| {
-                let mut req = req.map(axum::body::Body::new);
-                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                if let Some(s) = &subject {
-                    req.extensions_mut().insert(s.clone());
+            let connect_info = ConnectInfo::<SocketAddr>(peer);
+            match acceptor {
+                None => {
+                    let svc =
+                        router.map_request(move |req: hyper::Request<hyper::body::Incoming>| {
+                            let mut req = req.map(axum::body::Body::new);
+                            req.extensions_mut().insert(connect_info);
+                            req
+                        });
+                    let conn =
+                        builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(svc));
+                    let _ = watcher.watch(conn).await;
                 }
-                req
-            });
-            let builder = Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(svc),
-            );
-            let _ = watcher.watch(conn.into_owned()).await;
+                Some(acceptor) => {
+                    let Ok(Ok(stream)) = tokio::time::timeout(idle, acceptor.accept(tcp)).await
+                    else {
+                        return;
+                    };
+                    // A client certificate, if one was presented, was verified against tls_client_ca by
+                    // rustls.
+                    let subject = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|certs| certs.first())
+                        .and_then(|der| x509_parser::parse_x509_certificate(der.as_ref()).ok())
+                        .map(|(_, cert)| crate::app::ClientSubject(cert.subject().to_string()));
+                    let svc =
+                        router.map_request(move |req: hyper::Request<hyper::body::Incoming>| {
+                            let mut req = req.map(axum::body::Body::new);
+                            req.extensions_mut().insert(connect_info);
+                            if let Some(s) = &subject {
+                                req.extensions_mut().insert(s.clone());
+                            }
+                            req
+                        });
+                    let conn = builder
+                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+                    let _ = watcher.watch(conn).await;
+                }
+            }
         });
     }
-    let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
+    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
     Ok(())
 }
