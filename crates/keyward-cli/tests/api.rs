@@ -3338,3 +3338,72 @@ fn slow_and_idle_connections_are_closed_busy_ones_kept() {
     }
     assert!(std::net::TcpStream::connect(&host).is_ok());
 }
+
+/// Out of file descriptors, accepting fails until a connection closes: the server retries at a measured
+/// pace instead of spinning a core, says why once, keeps serving the connections it has, and accepts again
+/// once descriptors are free.
+#[test]
+fn out_of_file_descriptors_the_server_waits_instead_of_spinning() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(&dir.path().join("data"));
+    let host = server.addr.trim_start_matches("http://").to_string();
+    let pid = server.child.as_ref().unwrap().id();
+    let health = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: k\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200")
+    };
+    let mut kept = TcpStream::connect(&host).unwrap();
+    assert!(health(&mut kept));
+    // A few descriptors to spare, then none.
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = format!("--nofile={}:{}", open + 4, open + 4);
+    let set = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &limit])
+        .status()
+        .unwrap();
+    assert!(set.success());
+    let flood: Vec<TcpStream> = (0..32)
+        .map(|_| TcpStream::connect(&host).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<u64> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|f| f.parse().unwrap())
+            .collect();
+        fields[0] + fields[1]
+    };
+    let (before, start) = (cpu(), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let ticks = cpu() - before;
+    let elapsed = start.elapsed();
+    // A spinning accept loop takes a whole core: 200 ticks in two seconds.
+    assert!(ticks < 50, "{ticks} ticks of CPU in {elapsed:?}");
+    assert!(server.logs().contains("cannot accept connections"));
+    assert!(health(&mut kept), "an open connection is still served");
+    drop(flood);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut fresh = TcpStream::connect(&host).unwrap();
+        if health(&mut fresh) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new connection accepted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -83,11 +83,27 @@ pub async fn serve(
         .header_read_timeout(idle)
         .keep_alive(true);
     tokio::pin!(shutdown);
+    let mut last_said: Option<std::time::Instant> = None;
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
-                Err(_) => continue,
+                Err(e) if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::Interrupted
+                ) => continue,
+                Err(e) => {
+                    // Out of file descriptors or memory: the next accept would fail at once, and retrying
+                    // at once would spin a core. Connections already open are served meanwhile.
+                    if last_said.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        eprintln!("cannot accept connections: {e}; retrying every 100 ms");
+                        last_said = Some(std::time::Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             },
             _ = &mut shutdown => break,
         };
