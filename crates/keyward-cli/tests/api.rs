@@ -1256,6 +1256,10 @@ fn unsafe_or_wrong_configuration_is_refused() {
             "idle_timeout_seconds = 0\n",
             "idle_timeout_seconds is 1 to 3600",
         ),
+        (
+            "proxy_protocol_from = [\"10.0.0.0/33\"]\n",
+            "proxy_protocol_from: '10.0.0.0/33' is not an address or CIDR block",
+        ),
     ] {
         std::fs::write(&cfg, file).unwrap();
         let out = run(&["serve", "--dev", "--data-dir", d, "--config", cfg_path]);
@@ -3406,4 +3410,116 @@ fn out_of_file_descriptors_the_server_waits_instead_of_spinning() {
         assert!(Instant::now() < deadline, "no new connection accepted");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Behind a balancer that passes TCP through, the PROXY header names the client: the audit log records that
+/// address and `source_cidr` judges it. Only the configured balancer may send one, and it must.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_balancer_names_its_clients_and_nobody_else_can() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("k.toml");
+    std::fs::write(&cfg, "proxy_protocol_from = [\"127.0.0.2\"]\n").unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--config", cfg.to_str().unwrap()],
+        &[("KEYWARD_DEV_ROOT_TOKEN", ROOT)],
+    );
+    let key = create(&server.root(), "AES_256", None).await.key_id;
+    let policy = json!({"statements": [{"effect": "allow", "actions": ["kms:Encrypt"],
+        "resources": [format!("key/{key}")], "conditions": {"source_cidr": ["203.0.113.0/24"]}}]});
+    let (st, v, _) = raw(
+        &server.addr,
+        "PUT",
+        "/v1/policies/branch-only",
+        Some(ROOT),
+        Some(serde_json::to_vec(&policy).unwrap()),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let token = token_with_policies(&server, "branch-app", &[], &["branch-only"]).await;
+    let port: u16 = server.addr.rsplit(':').next().unwrap().parse().unwrap();
+
+    // One request on a fresh connection from `from`, after `header`; the answer, or nothing if the
+    // connection was closed unanswered.
+    let send = |from: &'static str, header: Vec<u8>, request_id: &'static str| {
+        let token = token.clone();
+        let key = key.clone();
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+            let mut s = socket
+                .connect(format!("127.0.0.1:{port}").parse().unwrap())
+                .await
+                .unwrap();
+            let body = r#"{"plaintext": "aGk="}"#;
+            let request = format!(
+                "POST /v1/keys/{key}/encrypt HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\
+                 x-request-id: {request_id}\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(&header).await.unwrap();
+            let _ = s.write_all(request.as_bytes()).await;
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer).await;
+            String::from_utf8_lossy(&answer).to_string()
+        }
+    };
+    let recorded = |request_id: &'static str| {
+        let addr = server.addr.clone();
+        async move {
+            let (_, v, _) = raw(
+                &addr,
+                "GET",
+                &format!("/v1/audit?request_id={request_id}"),
+                Some(ROOT),
+                None,
+            )
+            .await;
+            v["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r["source_ip"].as_str().unwrap().to_string(),
+                        r["outcome"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let pair = |ip: &str, outcome: &str| vec![(ip.to_string(), outcome.to_string())];
+
+    // Version 1 from the balancer, for a client in the policy's block: allowed, and recorded as that client.
+    let v1 = b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 9700\r\n".to_vec();
+    let answer = send("127.0.0.2", v1.clone(), "pp-v1-branch").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(recorded("pp-v1-branch").await, pair("203.0.113.7", "allow"));
+
+    // Version 2, for a client outside it: refused by the condition, and recorded as that client.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend_from_slice(&[198, 51, 100, 9, 127, 0, 0, 1, 0xc8, 0x3c, 0x25, 0xe4]);
+    let answer = send("127.0.0.2", v2, "pp-v2-elsewhere").await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert_eq!(
+        recorded("pp-v2-elsewhere").await,
+        pair("198.51.100.9", "deny")
+    );
+
+    // The balancer's connection without a header: closed unanswered, nothing recorded.
+    let answer = send("127.0.0.2", Vec::new(), "pp-missing").await;
+    assert_eq!(answer, "");
+    assert!(recorded("pp-missing").await.is_empty());
+
+    // Anyone else claiming to be a client of the branch: the header is not read as one, so the request
+    // does not parse, and nothing runs.
+    let answer = send("127.0.0.1", v1, "pp-spoofed").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(recorded("pp-spoofed").await.is_empty());
+    // Directly, from its own address: judged by that address.
+    let answer = send("127.0.0.1", Vec::new(), "pp-direct").await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert_eq!(recorded("pp-direct").await, pair("127.0.0.1", "deny"));
 }

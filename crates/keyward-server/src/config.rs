@@ -28,6 +28,10 @@ pub struct Config {
     pub tls_client_ca: Option<PathBuf>,
     /// Allow plain HTTP on a non-loopback address.
     pub insecure_http: bool,
+    /// Load balancers (addresses or CIDR blocks) whose connections begin with a PROXY protocol header (v1 or
+    /// v2) naming the client; every connection from them must. The client's address is then the one the
+    /// audit log records and policies' `source_cidr` judge.
+    pub proxy_protocol_from: Vec<String>,
     /// Development mode: embedded store, initialised and unsealed at start. Never for production.
     pub dev: bool,
     /// Requests per second allowed per principal (0 turns limiting off).
@@ -76,6 +80,7 @@ impl Default for Config {
             tls_key: None,
             tls_client_ca: None,
             insecure_http: false,
+            proxy_protocol_from: Vec::new(),
             dev: false,
             rate_limit_per_second: 20_000,
             rate_limit_burst: 40_000,
@@ -194,6 +199,7 @@ impl Config {
                 return Err("dev mode keeps its unseal key in the data directory; it does not use a PKCS#11 token".into());
             }
         }
+        self.proxies()?;
         if !(1..=3600).contains(&self.idle_timeout_seconds) {
             return Err("idle_timeout_seconds is 1 to 3600".into());
         }
@@ -212,6 +218,21 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The parsed `proxy_protocol_from`.
+    pub fn proxies(&self) -> Result<Vec<crate::policy::Cidr>, String> {
+        self.proxy_protocol_from
+            .iter()
+            .map(|c| {
+                crate::policy::Cidr::parse(c).ok_or_else(|| {
+                    format!(
+                        "proxy_protocol_from: '{}' is not an address or CIDR block",
+                        c.escape_debug()
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Which store to open: the embedded SQLite file (default: in the data directory) or a PostgreSQL

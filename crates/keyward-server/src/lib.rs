@@ -15,6 +15,7 @@ pub mod limiter;
 pub mod metrics;
 pub mod pki;
 pub mod policy;
+mod proxy;
 pub mod sink;
 mod tls;
 pub mod totp;
@@ -445,10 +446,14 @@ pub async fn serve(
         )?),
         _ => None,
     };
-    // Requests in flight finish within their own timeout; shutdown waits that long and a little more.
-    let grace = Duration::from_secs(app.config.request_timeout_seconds.saturating_add(5));
-    let idle = Duration::from_secs(app.config.idle_timeout_seconds);
-    let result = tls::serve(listener, tls, router(app.clone()), shutdown, idle, grace).await;
+    let options = tls::Options {
+        tls,
+        idle: Duration::from_secs(app.config.idle_timeout_seconds),
+        // Requests in flight finish within their own timeout; shutdown waits that long and a little more.
+        grace: Duration::from_secs(app.config.request_timeout_seconds.saturating_add(5)),
+        proxies: app.config.proxies()?,
+    };
+    let result = tls::serve(listener, options, router(app.clone()), shutdown).await;
     bg.abort();
     let _ = app.kms.seal();
     result.map(|_| addr)

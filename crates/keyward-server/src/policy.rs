@@ -47,14 +47,16 @@ impl Glob {
     }
 }
 
+/// An address block, as policies' `source_cidr` and `proxy_protocol_from` give them.
 #[derive(Clone, Debug)]
-struct Cidr {
+pub struct Cidr {
     net: IpAddr,
     prefix: u8,
 }
 
 impl Cidr {
-    fn parse(s: &str) -> Option<Cidr> {
+    /// `10.0.0.0/8`, `2001:db8::/32`, or a single address.
+    pub fn parse(s: &str) -> Option<Cidr> {
         let (addr, prefix) = s.split_once('/').unwrap_or((s, ""));
         let net: IpAddr = addr.parse().ok()?;
         let max = if net.is_ipv4() { 32 } else { 128 };
@@ -66,7 +68,8 @@ impl Cidr {
         (prefix <= max).then_some(Cidr { net, prefix })
     }
 
-    fn contains(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is in the block (an IPv4-mapped IPv6 address counts as its IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match (self.net, ip) {
             (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
             _ => ip,

@@ -62,19 +62,38 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Accept loop for plain HTTP and TLS alike: a TLS handshake per connection when `tls` is given, then
+/// How connections are served.
+pub struct Options {
+    /// TLS, when configured.
+    pub tls: Option<Arc<ServerConfig>>,
+    /// How long a connection may take to deliver a request's headers (and its PROXY header and TLS
+    /// handshake) once it is ready for them.
+    pub idle: Duration,
+    /// How long shutdown waits for requests in flight.
+    pub grace: Duration,
+    /// Balancers whose connections begin with a PROXY header.
+    pub proxies: Vec<crate::policy::Cidr>,
+}
+
+/// Accept loop for plain HTTP and TLS alike: a TLS handshake per connection when TLS is configured, then
 /// HTTP/1.1. A connection must deliver each request's headers within `idle` of being ready for one, so a
 /// keep-alive connection left idle, or a client trickling its headers in (slowloris), is closed rather than
-/// held open for ever. On shutdown the listener closes, idle connections end, and requests in flight get
-/// `grace` to finish.
+/// held open for ever. A connection from a trusted balancer first gives its client's address in a PROXY
+/// header. On shutdown the listener closes, idle connections end, and requests in flight get `grace` to
+/// finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    tls: Option<Arc<ServerConfig>>,
+    options: Options,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    idle: Duration,
-    grace: Duration,
 ) -> Result<(), String> {
+    let Options {
+        tls,
+        idle,
+        grace,
+        proxies,
+    } = options;
+    let proxies = Arc::new(proxies);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -112,8 +131,23 @@ pub async fn serve(
         let router = router.clone();
         let watcher = graceful.watcher();
         let builder = builder.clone();
+        let proxies = proxies.clone();
         tokio::spawn(async move {
-            let connect_info = ConnectInfo::<SocketAddr>(peer);
+            let mut tcp = tcp;
+            let client = if proxies.iter().any(|c| c.contains(peer.ip())) {
+                match tokio::time::timeout(idle, crate::proxy::read_header(&mut tcp)).await {
+                    Ok(Ok(crate::proxy::Proxied::Client(a))) => a,
+                    Ok(Ok(crate::proxy::Proxied::Local)) => peer,
+                    Ok(Err(e)) => {
+                        eprintln!("connection from {peer} closed: {e}");
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            } else {
+                peer
+            };
+            let connect_info = ConnectInfo::<SocketAddr>(client);
             match acceptor {
                 None => {
                     let svc =
