@@ -76,9 +76,19 @@ async fn tls_serves_https_only() {
         "-out",
         &cert,
     ]);
+    // 127.0.0.2 stands for a load balancer passing TLS through with a PROXY header.
+    std::fs::write(p("keyward.toml"), "proxy_protocol_from = [\"127.0.0.2\"]\n").unwrap();
     let server = Server::start(
         &dir.path().join("data"),
-        &["--dev", "--tls-cert", &cert, "--tls-key", &key],
+        &[
+            "--dev",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--config",
+            &p("keyward.toml"),
+        ],
         &[("KEYWARD_DEV_ROOT_TOKEN", ROOT)],
     );
     let https = server.addr.replace("http://", "https://");
@@ -104,6 +114,63 @@ async fn tls_serves_https_only() {
             .expose(),
         b"over tls"
     );
+    // Through the balancer: the PROXY header, then the TLS handshake, then HTTP, recorded as the client.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls_pki_types::pem::PemObject as _;
+        for c in rustls_pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let port = server.addr.rsplit(':').next().unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut tcp = socket
+            .connect(format!("127.0.0.1:{port}").parse().unwrap())
+            .await
+            .unwrap();
+        tcp.write_all(b"PROXY TCP4 192.0.2.44 127.0.0.1 40000 9700\r\n")
+            .await
+            .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        tls.write_all(
+            format!(
+                "GET /v1/auth/self HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {ROOT}\r\n\
+                 x-request-id: through-the-balancer\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let records = c
+            .answer(
+                reqwest::Method::GET,
+                "/v1/audit?request_id=through-the-balancer",
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&records.2).contains("\"source_ip\":\"192.0.2.44\""),
+            "{}",
+            String::from_utf8_lossy(&records.2)
+        );
+    }
     // A client that does not trust the certificate is refused, and plain HTTP gets nothing.
     let untrusting = Client::new(&https, Some(ROOT.into())).unwrap();
     assert!(matches!(
