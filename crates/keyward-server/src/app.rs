@@ -876,6 +876,11 @@ async fn context(State(app): State<AppState>, mut req: Request, next: Next) -> R
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
+    // Answers carry plaintexts, data keys and tokens: no cache between client and service may keep one.
+    resp.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
     resp
 }
 

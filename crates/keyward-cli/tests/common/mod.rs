@@ -158,7 +158,8 @@ impl Drop for Server {
     }
 }
 
-/// A raw HTTP call for bad-input tests: returns status, headers' request id, and the JSON body.
+/// A raw HTTP call for bad-input tests: returns status, headers' request id, and the JSON body. Asserts that
+/// the answer may not be cached.
 pub async fn raw(
     addr: &str,
     method: &str,
@@ -183,6 +184,14 @@ pub async fn raw(
         .headers()
         .get("x-request-id")
         .map(|v| v.to_str().unwrap().to_string());
+    // Every answer, success or refusal, forbids caching: any may carry a plaintext, a data key or a token.
+    assert_eq!(
+        resp.headers()
+            .get("cache-control")
+            .map(|v| v.to_str().unwrap()),
+        Some("no-store"),
+        "{method} {path}"
+    );
     let bytes = resp.bytes().await.unwrap();
     let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
     (status, json, rid)
