@@ -1363,14 +1363,7 @@ async fn client_certificates_authenticate_as_identities() {
         },
     )
     .unwrap();
-    let key = root
-        .create_key(&CreateKeyRequest {
-            spec: "AES_256".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .key_id;
+    let key = common::aes_key(&root).await;
     let (st, v, _) = {
         let http = reqwest::Client::builder()
             .tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca).unwrap())
@@ -1726,4 +1719,129 @@ fn the_floor_servers_serve_the_load_generator() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("never an existing one overwritten"));
     assert_eq!(std::fs::metadata(&log).unwrap().modified().unwrap(), before);
+}
+
+/// A small file system of its own for a test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None` where this machine does not let the test mount one (not root, or no CAP_SYS_ADMIN).
+    fn mount(at: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs here: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return None;
+        }
+        Some(Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full disk: requests fail closed with a clear 503 (nothing is answered without its durable record), the
+/// log says why without flooding, the service needs no restart once space is freed, and nothing written
+/// before is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_requests_closed_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(&dir.path().join("disk"), "16m") else {
+        return;
+    };
+    let mut server = Server::dev(&fs.0.join("data"));
+    let root = server.root();
+    let key = common::aes_key(&root).await;
+    let before = root.encrypt(&key, b"written before", None).await.unwrap();
+
+    // Fill the disk to the last byte.
+    {
+        use std::io::Write as _;
+        let mut filler = std::fs::File::create(fs.0.join("filler")).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while filler.write_all(&block).is_ok() {}
+        let mut byte = [0u8; 1];
+        while filler.write_all(&byte).is_ok() {
+            byte[0] = 1;
+        }
+    }
+    let body = serde_json::to_vec(&serde_json::json!({"plaintext": "aGVsbG8="})).unwrap();
+    let path = format!("/v1/keys/{key}/encrypt");
+    let (mut answered, mut refused) = (0u32, 0u32);
+    for _ in 0..20_000 {
+        let (status, v, _) =
+            common::raw(&server.addr, "POST", &path, Some(ROOT), Some(body.clone())).await;
+        match status {
+            200 => answered += 1,
+            503 => {
+                assert_eq!(common::code_of(&v), "Unavailable", "{v}");
+                assert!(
+                    v["error"]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("disk is full"),
+                    "{v}"
+                );
+                refused += 1;
+                if refused == 50 {
+                    break;
+                }
+            }
+            _ => panic!("{status}: {v}"),
+        }
+    }
+    assert_eq!(refused, 50, "the full disk never refused a request");
+    let logs = server.logs();
+    assert_eq!(
+        logs.matches("audit log cannot be written, requests fail closed")
+            .count(),
+        1,
+        "{logs}"
+    );
+
+    // Space again: the next request is served, and the log says so.
+    std::fs::remove_file(fs.0.join("filler")).unwrap();
+    let after = root.encrypt(&key, b"written after", None).await.unwrap();
+    assert!(server.logs().contains("audit log written again"));
+    // Every answered request has its record; the refused ones none, and the chain holds.
+    let (_, trail, _) = common::raw(
+        &server.addr,
+        "GET",
+        &format!("/v1/audit?key_id={key}&action=kms:Encrypt&outcome=allow&limit=1000"),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    assert_eq!(
+        trail["records"].as_array().unwrap().len() as u32,
+        answered + 2,
+        "{trail}"
+    );
+    let (_, verify, _) =
+        common::raw(&server.addr, "GET", "/v1/audit/verify", Some(ROOT), None).await;
+    assert_eq!(verify["valid"], true, "{verify}");
+
+    // And a restart finds everything written before, during and after.
+    server.restart(&[("KEYWARD_DEV_ROOT_TOKEN", ROOT)]);
+    for (ct, plaintext) in [
+        (&before, &b"written before"[..]),
+        (&after, b"written after"),
+    ] {
+        let opened = root
+            .decrypt(None, &ct.ciphertext.0, None, None)
+            .await
+            .unwrap();
+        assert_eq!(opened.plaintext.expose(), plaintext);
+    }
+    drop(server);
 }

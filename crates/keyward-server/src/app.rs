@@ -529,7 +529,7 @@ where
                     .or_else(|| noted_key.clone());
                 let intent = event(meta, &p, action, key_id, None, Outcome::Allow, None);
                 if let Err(e) = append(app, intent).await {
-                    app.metrics.audit_failed();
+                    app.metrics.audit_failed(e.message());
                     app.metrics
                         .record(action, Outcome::Error, meta.start.elapsed());
                     return ApiError(e).into_response();
@@ -607,9 +607,12 @@ where
         append(app, record).await
     };
     app.metrics.record(action, outcome, meta.start.elapsed());
-    if let Err(e) = durable {
-        app.metrics.audit_failed();
-        return ApiError(e).into_response();
+    match durable {
+        Err(e) => {
+            app.metrics.audit_failed(e.message());
+            return ApiError(e).into_response();
+        }
+        Ok(_) => app.metrics.audit_written(),
     }
     match result {
         Ok(reply) => json_response(reply.status, reply.body),

@@ -2,10 +2,13 @@
 //! request is a handful of relaxed atomic adds and never takes a lock.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::authz::Action;
+
+/// How often the log repeats that the audit log cannot be written.
+const AUDIT_TELL_EVERY: Duration = Duration::from_secs(10);
 
 /// Histogram bucket upper bounds, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -56,6 +59,10 @@ impl Outcome {
 pub struct Metrics {
     per_action: Vec<PerAction>,
     audit_failures: AtomicU64,
+    /// Whether the last audit write failed; the first success after says so in the log.
+    audit_failing: AtomicBool,
+    /// When the log last said the audit log cannot be written, and how many failures it has not told of.
+    audit_told: parking_lot::Mutex<(Option<Instant>, u64)>,
 }
 
 impl Default for Metrics {
@@ -63,6 +70,8 @@ impl Default for Metrics {
         Metrics {
             per_action: Action::ALL.iter().map(|_| PerAction::new()).collect(),
             audit_failures: AtomicU64::new(0),
+            audit_failing: AtomicBool::new(false),
+            audit_told: parking_lot::Mutex::new((None, 0)),
         }
     }
 }
@@ -83,9 +92,40 @@ impl Metrics {
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// Counts an audit write failure.
-    pub fn audit_failed(&self) {
+    /// Counts an audit write failure, and tells the operator why: at once for the first, then at most every
+    /// ten seconds with the number since (a full disk fails every request, and the log must not flood).
+    pub fn audit_failed(&self, why: &str) {
         self.audit_failures.fetch_add(1, Ordering::Relaxed);
+        self.audit_failing.store(true, Ordering::Relaxed);
+        let mut told = self.audit_told.lock();
+        match told.0 {
+            Some(at) if at.elapsed() < AUDIT_TELL_EVERY => told.1 += 1,
+            _ => {
+                let since = std::mem::take(&mut told.1);
+                told.0 = Some(Instant::now());
+                drop(told);
+                if since == 0 {
+                    eprintln!("audit log cannot be written, requests fail closed: {why}");
+                } else {
+                    eprintln!(
+                        "audit log cannot be written, requests fail closed ({since} more since the last message): {why}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Notes a durable audit write: the first after failures says the log is written again.
+    pub fn audit_written(&self) {
+        if self.audit_failing.load(Ordering::Relaxed)
+            && self.audit_failing.swap(false, Ordering::Relaxed)
+        {
+            let since = std::mem::take(&mut self.audit_told.lock().1);
+            eprintln!(
+                "audit log written again ({} failures in all, {since} since the last message)",
+                self.audit_failures.load(Ordering::Relaxed)
+            );
+        }
     }
 
     /// The Prometheus text exposition.

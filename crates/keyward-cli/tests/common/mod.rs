@@ -305,3 +305,15 @@ pub fn new_softhsm_token(label: &str, pin: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A new AES-256 key's id.
+#[allow(dead_code)]
+pub async fn aes_key(c: &Client) -> String {
+    c.create_key(&keyward_api::CreateKeyRequest {
+        spec: "AES_256".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .key_id
+}
