@@ -1256,6 +1256,7 @@ fn unsafe_or_wrong_configuration_is_refused() {
             "idle_timeout_seconds = 0\n",
             "idle_timeout_seconds is 1 to 3600",
         ),
+        ("key_cache_capacity = 0\n", "key_cache_capacity is 16 to"),
         (
             "proxy_protocol_from = [\"10.0.0.0/33\"]\n",
             "proxy_protocol_from: '10.0.0.0/33' is not an address or CIDR block",
@@ -3522,4 +3523,51 @@ async fn a_trusted_balancer_names_its_clients_and_nobody_else_can() {
     let answer = send("127.0.0.1", Vec::new(), "pp-direct").await;
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     assert_eq!(recorded("pp-direct").await, pair("127.0.0.1", "deny"));
+}
+
+/// With more keys in use than the cache may hold, the least used give way and come back from the store
+/// when needed: every key still works, and the metrics show the bound holding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_key_cache_evicts_and_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("k.toml");
+    std::fs::write(&cfg, "key_cache_capacity = 16\n").unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--config", cfg.to_str().unwrap()],
+        &[("KEYWARD_DEV_ROOT_TOKEN", ROOT)],
+    );
+    let root = server.root();
+    let mut sealed = Vec::new();
+    for i in 0..64u32 {
+        let key = create(&root, "AES_256", None).await.key_id;
+        let plaintext = format!("message {i}");
+        let ct = root
+            .encrypt(&key, plaintext.as_bytes(), None)
+            .await
+            .unwrap();
+        sealed.push((ct, plaintext));
+    }
+    for (ct, plaintext) in &sealed {
+        let opened = root
+            .decrypt(None, &ct.ciphertext.0, None, None)
+            .await
+            .unwrap();
+        assert_eq!(opened.plaintext.expose(), plaintext.as_bytes());
+    }
+    let metrics = root.metrics().await.unwrap();
+    let figure = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(figure("keyward_key_cache_keys") <= 16, "{metrics}");
+    assert!(
+        figure("keyward_key_cache_evictions_total") >= 48,
+        "{metrics}"
+    );
+    assert!(figure("keyward_key_cache_misses_total") >= 48, "{metrics}");
 }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use keyward_hsm::{KeyHandle, KeySpec, KeyUsage};
@@ -51,28 +51,59 @@ impl BuildHasher for KeyIdHash {
 }
 
 struct Shard<K, V, S> {
-    map: RwLock<HashMap<K, V, S>>,
+    map: RwLock<HashMap<K, Entry<V>, S>>,
     hits: AtomicU64,
+    evictions: AtomicU64,
 }
 
-/// A sharded concurrent map. Each shard keeps its own hit counter next to its lock, so counting costs no
-/// extra shared cache line.
+/// A cached value and whether it was read since the last eviction sweep of its shard.
+struct Entry<V> {
+    value: V,
+    used: AtomicBool,
+}
+
+impl<V> Entry<V> {
+    /// A new entry counts as unused until a lookup finds it: one read once (a scan over many keys) is the
+    /// first to give way.
+    fn new(value: V) -> Self {
+        Entry {
+            value,
+            used: AtomicBool::new(false),
+        }
+    }
+}
+
+/// A sharded concurrent map, optionally bounded. Each shard keeps its own hit counter next to its lock, so
+/// counting costs no extra shared cache line.
+///
+/// A bounded map evicts by second chance: a lookup marks its entry used (a store only when the mark is
+/// clear, so a hot entry's cache line is not written on every read), and a shard that outgrows its share
+/// drops the entries not used since its last sweep and clears the marks of the rest; should every entry have
+/// been used, it drops arbitrary ones down to its share. Sweeps happen only on insertion, never on a lookup.
 pub(crate) struct ShardedMap<K, V, S = RandomState> {
     shards: Vec<Shard<K, V, S>>,
     hasher: S,
+    per_shard: usize,
 }
 
-impl<K: Hash + Eq, V: Clone, S: BuildHasher + Clone + Default> ShardedMap<K, V, S> {
+impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Clone + Default> ShardedMap<K, V, S> {
     pub fn new() -> Self {
+        Self::bounded(usize::MAX)
+    }
+
+    /// A map holding about `capacity` entries at most (each shard its share, at least one).
+    pub fn bounded(capacity: usize) -> Self {
         let hasher = S::default();
         ShardedMap {
             shards: (0..SHARDS)
                 .map(|_| Shard {
                     map: RwLock::new(HashMap::with_hasher(hasher.clone())),
                     hits: AtomicU64::new(0),
+                    evictions: AtomicU64::new(0),
                 })
                 .collect(),
             hasher,
+            per_shard: capacity.div_ceil(SHARDS).max(1),
         }
     }
 
@@ -84,7 +115,12 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher + Clone + Default> ShardedMap<K, V, 
 
     pub fn get(&self, k: &K) -> Option<V> {
         let shard = self.shard(k);
-        let v = shard.map.read().get(k).cloned();
+        let v = shard.map.read().get(k).map(|e| {
+            if !e.used.load(Ordering::Relaxed) {
+                e.used.store(true, Ordering::Relaxed);
+            }
+            e.value.clone()
+        });
         if v.is_some() {
             shard.hits.fetch_add(1, Ordering::Relaxed);
         }
@@ -99,17 +135,35 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher + Clone + Default> ShardedMap<K, V, 
             .sum()
     }
 
+    /// Entries dropped to keep the map within its bound, since start.
+    pub fn evictions(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.evictions.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.map.read().len()).sum()
+    }
+
     pub fn insert(&self, k: K, v: V) {
-        self.shard(&k).map.write().insert(k, v);
+        self.insert_unless(k, v, |_| false);
     }
 
     /// Inserts unless `keep_existing` says the present value should win.
     pub fn insert_unless(&self, k: K, v: V, keep_existing: impl Fn(&V) -> bool) {
-        let mut shard = self.shard(&k).map.write();
-        match shard.get(&k) {
-            Some(existing) if keep_existing(existing) => {}
+        let shard = self.shard(&k);
+        let mut map = shard.map.write();
+        match map.get(&k) {
+            Some(existing) if keep_existing(&existing.value) => {}
             _ => {
-                shard.insert(k, v);
+                map.insert(k.clone(), Entry::new(v));
+                if map.len() > self.per_shard {
+                    let evicted = sweep(&mut map, &k, self.per_shard);
+                    shard.evictions.fetch_add(evicted as u64, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -123,6 +177,30 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher + Clone + Default> ShardedMap<K, V, 
             s.map.write().clear();
         }
     }
+}
+
+/// Brings an over-full shard back within `limit`, keeping `fresh` (the entry just inserted); returns how
+/// many entries were dropped.
+fn sweep<K: Hash + Eq, V, S: BuildHasher>(
+    map: &mut HashMap<K, Entry<V>, S>,
+    fresh: &K,
+    limit: usize,
+) -> usize {
+    let before = map.len();
+    map.retain(|k, e| k == fresh || e.used.swap(false, Ordering::Relaxed));
+    if map.len() > limit {
+        let excess = map.len() - limit;
+        let mut dropped = 0;
+        map.retain(|k, _| {
+            if dropped < excess && k != fresh {
+                dropped += 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+    before - map.len()
 }
 
 /// One version in a snapshot.
@@ -154,5 +232,53 @@ impl CachedKey {
         n.checked_sub(1)
             .and_then(|i| self.versions.get(i as usize))
             .filter(|v| v.version == n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bounded_map_keeps_what_is_used_and_stays_within_its_bound() {
+        // Sixteen entries per shard; the sixteen hot keys cannot all hash to one shard in practice.
+        let map: ShardedMap<u32, u32> = ShardedMap::bounded(256);
+        let hot: Vec<u32> = (0..16).collect();
+        for k in &hot {
+            map.insert(*k, *k);
+        }
+        for k in 16..10_000u32 {
+            map.insert(k, k);
+            for h in &hot {
+                assert_eq!(
+                    map.get(h),
+                    Some(*h),
+                    "hot key {h} evicted by the insertion of {k}"
+                );
+            }
+            // Each shard holds its share (256 / 16 = 16) at most.
+            assert!(map.len() <= 256, "{} entries after {k}", map.len());
+        }
+        assert_eq!(map.evictions() as usize + map.len(), 10_000);
+        // The last inserted is always kept, even when everything else was used.
+        assert_eq!(map.get(&9_999), Some(9_999));
+    }
+
+    #[test]
+    fn a_shard_full_of_used_entries_still_makes_room() {
+        let map: ShardedMap<u32, u32> = ShardedMap::bounded(16);
+        for k in 0..1_000u32 {
+            map.insert(k, k);
+            for j in 0..=k {
+                let _ = map.get(&j);
+            }
+            assert!(map.len() <= 16);
+            assert_eq!(map.get(&k), Some(k));
+        }
+        let unbounded: ShardedMap<u32, u32> = ShardedMap::new();
+        for k in 0..1_000u32 {
+            unbounded.insert(k, k);
+        }
+        assert_eq!((unbounded.len(), unbounded.evictions()), (1_000, 0));
     }
 }

@@ -118,6 +118,10 @@ pub struct KmsConfig {
     pub max_plaintext: usize,
     /// Lifetime of a BYOK import token, seconds.
     pub import_token_ttl: i64,
+    /// Keys held in the cache at most. Beyond it the least recently used give way (second chance), and
+    /// their unwrapped material is dropped (zeroized) until a request needs them again: memory stays bounded
+    /// however many keys the store holds, and keys nobody uses do not sit unwrapped in memory.
+    pub key_cache_capacity: usize,
 }
 
 impl Default for KmsConfig {
@@ -125,8 +129,22 @@ impl Default for KmsConfig {
         KmsConfig {
             max_plaintext: 64 * 1024,
             import_token_ttl: 24 * 3600,
+            key_cache_capacity: 100_000,
         }
     }
+}
+
+/// Figures of the key cache, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Lookups that found the key.
+    pub hits: u64,
+    /// Lookups that loaded it from the store.
+    pub misses: u64,
+    /// Keys dropped to stay within `key_cache_capacity`.
+    pub evictions: u64,
+    /// Keys held now.
+    pub keys: usize,
 }
 
 /// The KMS engine. One per process; cheap to share behind an `Arc`.
@@ -211,13 +229,14 @@ impl Kms {
                 progress: Vec::new(),
             },
         };
+        let key_cache_capacity = config.key_cache_capacity;
         Ok(Kms {
             hsm,
             clock,
             config,
             seal: RwLock::new(seal),
             sealed: AtomicBool::new(true),
-            cache: ShardedMap::new(),
+            cache: ShardedMap::bounded(key_cache_capacity),
             aliases: ShardedMap::new(),
             alias_names: ShardedMap::new(),
             alias_epoch: Default::default(),
@@ -228,9 +247,14 @@ impl Kms {
         })
     }
 
-    /// Key cache hits and misses since start.
-    pub fn cache_stats(&self) -> (u64, u64) {
-        (self.cache.hits(), self.cache_misses.load(Ordering::Relaxed))
+    /// How the key cache fares: hits, misses and evictions since start, and the keys it holds.
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.cache.hits(),
+            misses: self.cache_misses.load(Ordering::Relaxed),
+            evictions: self.cache.evictions(),
+            keys: self.cache.len(),
+        }
     }
 
     /// The HSM backend's name.

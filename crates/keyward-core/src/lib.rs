@@ -19,7 +19,7 @@ mod ops;
 mod shamir;
 
 pub use clock::{Clock, ManualClock, SystemClock, DAY};
-pub use engine::{Kms, KmsConfig, RootOfTrust, SealStatus};
+pub use engine::{CacheStats, Kms, KmsConfig, RootOfTrust, SealStatus};
 pub use error::{ErrorCode, KmsError, KmsResult};
 pub use import::ImportParameters;
 pub use lifecycle::{

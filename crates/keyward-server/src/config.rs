@@ -46,6 +46,8 @@ pub struct Config {
     pub idle_timeout_seconds: u64,
     /// How often scheduled rotation and destruction run.
     pub background_interval_seconds: u64,
+    /// Keys held unwrapped in memory at most; the least recently used beyond it are dropped until needed.
+    pub key_cache_capacity: usize,
     /// How long a request waiting for quorum approval stays open; past it, the leading node's next round
     /// stores it as `expired` under an audit record of its own.
     pub approval_ttl_seconds: u64,
@@ -87,6 +89,7 @@ impl Default for Config {
             request_timeout_seconds: 30,
             idle_timeout_seconds: 75,
             background_interval_seconds: 60,
+            key_cache_capacity: 100_000,
             approval_ttl_seconds: 24 * 3600,
             node_id: None,
             audit: true,
@@ -200,6 +203,9 @@ impl Config {
             }
         }
         self.proxies()?;
+        if !(16..=100_000_000).contains(&self.key_cache_capacity) {
+            return Err("key_cache_capacity is 16 to 100000000".into());
+        }
         if !(1..=3600).contains(&self.idle_timeout_seconds) {
             return Err("idle_timeout_seconds is 1 to 3600".into());
         }

@@ -214,8 +214,16 @@ pub fn build(config: Config) -> Result<(AppState, Startup), String> {
         None => Arc::new(SoftHsm::new()),
     };
     let kms = Arc::new(
-        Kms::open(hsm, store, Arc::new(SystemClock), KmsConfig::default())
-            .map_err(|e| e.to_string())?,
+        Kms::open(
+            hsm,
+            store,
+            Arc::new(SystemClock),
+            KmsConfig {
+                key_cache_capacity: config.key_cache_capacity,
+                ..KmsConfig::default()
+            },
+        )
+        .map_err(|e| e.to_string())?,
     );
     if let Some(t) = &token {
         pkcs11_unseal(&kms, t)?;

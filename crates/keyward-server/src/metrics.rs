@@ -129,7 +129,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, sealed: bool, cache_hits: u64, cache_misses: u64) -> String {
+    pub fn render(&self, sealed: bool, cache: keyward_core::CacheStats) -> String {
         let mut out = String::with_capacity(16 * 1024);
         out.push_str("# HELP keyward_requests_total Requests by action and outcome.\n# TYPE keyward_requests_total counter\n");
         for (a, m) in Action::ALL.iter().zip(&self.per_action) {
@@ -174,8 +174,10 @@ impl Metrics {
             );
         }
         let _ = writeln!(out, "# HELP keyward_sealed Whether the node is sealed.\n# TYPE keyward_sealed gauge\nkeyward_sealed {}", u8::from(sealed));
-        let _ = writeln!(out, "# HELP keyward_key_cache_hits_total Key cache hits.\n# TYPE keyward_key_cache_hits_total counter\nkeyward_key_cache_hits_total {cache_hits}");
-        let _ = writeln!(out, "# HELP keyward_key_cache_misses_total Key cache misses.\n# TYPE keyward_key_cache_misses_total counter\nkeyward_key_cache_misses_total {cache_misses}");
+        let _ = writeln!(out, "# HELP keyward_key_cache_hits_total Key cache hits.\n# TYPE keyward_key_cache_hits_total counter\nkeyward_key_cache_hits_total {}", cache.hits);
+        let _ = writeln!(out, "# HELP keyward_key_cache_misses_total Key cache misses.\n# TYPE keyward_key_cache_misses_total counter\nkeyward_key_cache_misses_total {}", cache.misses);
+        let _ = writeln!(out, "# HELP keyward_key_cache_evictions_total Keys dropped from the cache to stay within key_cache_capacity.\n# TYPE keyward_key_cache_evictions_total counter\nkeyward_key_cache_evictions_total {}", cache.evictions);
+        let _ = writeln!(out, "# HELP keyward_key_cache_keys Keys held in the cache.\n# TYPE keyward_key_cache_keys gauge\nkeyward_key_cache_keys {}", cache.keys);
         let _ = writeln!(
             out,
             "# HELP keyward_audit_failures_total Requests failed closed because the audit log could not be written.\n# TYPE keyward_audit_failures_total counter\nkeyward_audit_failures_total {}",

@@ -277,11 +277,10 @@ pub async fn metrics(State(app): State<AppState>, meta: Meta) -> Response {
     if resp.status() != StatusCode::NO_CONTENT {
         return resp;
     }
-    let (hits, misses) = a.kms.cache_stats();
     text(
         StatusCode::OK,
         "text/plain; version=0.0.4",
-        a.metrics.render(a.kms.is_sealed(), hits, misses),
+        a.metrics.render(a.kms.is_sealed(), a.kms.cache_stats()),
     )
 }
 
