@@ -211,6 +211,10 @@ enum Command {
         /// The page after the one that printed this token.
         #[arg(long, conflicts_with = "all")]
         next_token: Option<String>,
+        /// Keep printing matching records as they are written, one line each, from now (by this machine's
+        /// clock) or from --since, until interrupted.
+        #[arg(long, conflicts_with_all = ["all", "next_token", "until", "verify"])]
+        follow: bool,
         /// Further filters as a query string, e.g. "principal=app&outcome=deny".
         #[arg(long, default_value = "")]
         filter: String,
@@ -1429,8 +1433,18 @@ async fn run(cli: Cli) -> Res {
             limit,
             all,
             next_token,
+            follow,
             filter,
         } => {
+            let since = match (follow, since) {
+                (true, None) => Some(keyward_core::audit::rfc3339(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs() as i64)
+                        .unwrap_or(0),
+                )),
+                (_, since) => since,
+            };
             let limit = limit.map(|n| n.to_string());
             let mut url =
                 reqwest::Url::parse("http://keyward/v1/audit").map_err(|x| x.to_string())?;
@@ -1467,6 +1481,9 @@ async fn run(cli: Cli) -> Res {
                 }
                 p
             };
+            if follow {
+                return follow_audit(c, &out, &path).await;
+            }
             let mut page = get_json(c, &path(None)).await?;
             if !all {
                 out.audit(&page);
@@ -1723,6 +1740,38 @@ fn secret_json<T: serde::Serialize>(
 
 /// An error answer as the typed client shows it: `Code (status): message`.
 /// A GET of the API answered with JSON; an error answer becomes the CLI's failure message.
+/// `keyward audit --follow`: polls for the records after the last one printed, once a second when caught up,
+/// and prints each as it comes (a JSON line with `--json`).
+async fn follow_audit(
+    c: &Client,
+    out: &output::Out,
+    path: impl Fn(Option<&str>) -> String,
+) -> Result<(), Failure> {
+    let mut after: Option<String> = None;
+    loop {
+        let page = get_json(c, &path(after.as_deref())).await?;
+        let records = page["records"].as_array().cloned().unwrap_or_default();
+        {
+            let mut stdout = std::io::stdout().lock();
+            for r in &records {
+                let line = if out.json {
+                    r.to_string()
+                } else {
+                    output::audit_line(r)
+                };
+                writeln!(stdout, "{line}").map_err(|x| x.to_string())?;
+            }
+            stdout.flush().map_err(|x| x.to_string())?;
+        }
+        if let Some(last) = records.last().and_then(|r| r["seq"].as_u64()) {
+            after = Some(last.to_string());
+        }
+        if page["next_token"].is_null() {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+}
+
 async fn get_json(c: &Client, path: &str) -> Result<serde_json::Value, Failure> {
     let (status, id, body) = c
         .answer(reqwest::Method::GET, path, None)

@@ -62,6 +62,7 @@ impl Out {
     }
 
     /// A page of audit records (`GET /v1/audit`): one line each, without the hashes (`--json` has them).
+    /// One page of the audit log: a table, or the API's JSON.
     pub fn audit(&self, page: &serde_json::Value) {
         if self.json {
             return Self::document(page);
@@ -83,24 +84,7 @@ impl Out {
             ],
             records
                 .iter()
-                .map(|r| {
-                    [
-                        "seq",
-                        "time",
-                        "principal",
-                        "source_ip",
-                        "action",
-                        "key_id",
-                        "resource",
-                        "version",
-                        "outcome",
-                        "error_code",
-                        "request_id",
-                    ]
-                    .iter()
-                    .map(|f| cell(&r[*f]))
-                    .collect()
-                })
+                .map(|r| AUDIT_FIELDS.iter().map(|f| cell(&r[*f])).collect())
                 .collect(),
         );
         if let Some(next) = page["next_token"].as_str() {
@@ -326,4 +310,31 @@ impl Out {
                 .collect(),
         );
     }
+}
+
+/// The fields of an audit record, in the order of the audit table's columns.
+const AUDIT_FIELDS: [&str; 11] = [
+    "seq",
+    "time",
+    "principal",
+    "source_ip",
+    "action",
+    "key_id",
+    "resource",
+    "version",
+    "outcome",
+    "error_code",
+    "request_id",
+];
+
+/// One audit record on one line, fields in the order of the audit table, for `audit --follow`.
+pub fn audit_line(r: &serde_json::Value) -> String {
+    AUDIT_FIELDS
+        .iter()
+        .map(|f| match cell(&r[*f]) {
+            c if c.is_empty() => "-".to_string(),
+            c => c,
+        })
+        .collect::<Vec<_>>()
+        .join("  ")
 }

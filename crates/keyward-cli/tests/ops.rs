@@ -1845,3 +1845,90 @@ async fn a_full_disk_fails_requests_closed_and_recovers_by_itself() {
     }
     drop(server);
 }
+
+/// `keyward audit --follow` prints matching records as they are written, one line each (JSON lines with
+/// `--json`), starting from now: earlier records are not repeated.
+#[test]
+fn audit_follow_prints_new_records_as_they_come() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(&dir.path().join("data"));
+    let ok = |args: &[&str]| succeeded(args, run_keyward(&server.addr, ROOT, args, b""));
+    let key: serde_json::Value =
+        serde_json::from_slice(&ok(&["--json", "key", "create", "--spec", "AES_256"])).unwrap();
+    let key = key["key_id"].as_str().unwrap().to_string();
+    ok(&["encrypt", &key, "--in", "/dev/null"]);
+    // Records written in the second the follower starts are its to print; start on a fresh second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let spawn = |json: bool| {
+        let mut args = vec![
+            "audit",
+            "--follow",
+            "--key",
+            &key,
+            "--action",
+            "kms:Encrypt",
+        ];
+        if json {
+            args.insert(0, "--json");
+        }
+        Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args(&args)
+            .env("KEYWARD_ADDR", &server.addr)
+            .env("KEYWARD_TOKEN", ROOT)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (mut as_json, mut as_lines) = (spawn(true), spawn(false));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    for i in 0..3 {
+        let plaintext = dir.path().join(format!("p{i}"));
+        std::fs::write(&plaintext, b"followed").unwrap();
+        ok(&["encrypt", &key, "--in", plaintext.to_str().unwrap()]);
+    }
+    let first_three = |child: &mut std::process::Child| {
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let lines: Vec<String> = (0..3)
+            .map(|_| {
+                rx.recv_timeout(std::time::Duration::from_secs(15))
+                    .expect("a followed record did not appear")
+            })
+            .collect();
+        let _ = child.kill();
+        let _ = child.wait();
+        // Nothing more arrived: the record written before the follower started was not repeated.
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(300))
+            .is_err());
+        lines
+    };
+    let records: Vec<serde_json::Value> = first_three(&mut as_json)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(records
+        .iter()
+        .all(|r| r["action"] == "kms:Encrypt" && r["key_id"] == key.as_str()));
+    assert!(records
+        .windows(2)
+        .all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64()));
+    for line in first_three(&mut as_lines) {
+        assert!(
+            line.contains("kms:Encrypt") && line.contains(&key) && line.contains("  allow  "),
+            "{line}"
+        );
+    }
+}
