@@ -182,7 +182,12 @@ schemas = {
     "Checkpoint": obj({"seq": INT, "head": S, "time": {"type": "string", "format": "date-time"}, "public_key": S, "signature": S},
                        ["seq", "head", "time", "public_key", "signature"]),
     "VerifyAgainstCheckpoint": obj({"checkpoint": ref("Checkpoint")}, ["checkpoint"]),
-    "AuditVerification": obj({"valid": BOOL, "records": INT, "head": S, "first_bad_seq": INT}),
+    "AuditVerification": obj({"valid": BOOL, "records": INT, "head": S, "first_bad_seq": INT,
+                              "pruned_through": {**INT, "description": "records through this one were pruned; the chain is checked from the next"}}),
+    "PruneAuditRequest": obj({"through_seq": {"type": "integer", "minimum": 1,
+                                              "description": "the last record to delete; all through it must be older than audit_retention_days, verify, and not be the newest"}},
+                             ["through_seq"]),
+    "PruneAuditResponse": obj({"pruned": INT, "pruned_through": INT}),
 }
 
 
@@ -288,6 +293,7 @@ ops = [
      [{"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "html"]}},
       {"name": "dormant_days", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 3650}}], False),
     ("get", "/v1/audit/checkpoint", "kms:ExportAuditCheckpoint", None, (200, "Checkpoint"), [], False),
+    ("post", "/v1/audit/prune", "kms:PruneAudit", "PruneAuditRequest", (200, "PruneAuditResponse"), [], False),
 ]
 
 ERRORS = {
@@ -315,7 +321,7 @@ for name in {op[3] for op in ops if op[3]} | {"EncryptItem", "EncryptBatchItem",
 # Destructive operations wait for approvals when the key (or the service) asks for a quorum.
 HELD_FOR_APPROVAL = {
     ("post", "/v1/keys/{key}/schedule-deletion"), ("post", "/v1/keys/{key}/versions/{n}/{action}"),
-    ("post", "/v1/keys/{key}/export"), ("post", "/v1/sys/rotate-root"),
+    ("post", "/v1/keys/{key}/export"), ("post", "/v1/sys/rotate-root"), ("post", "/v1/audit/prune"),
     ("put", "/v1/policies/{name}"), ("delete", "/v1/policies/{name}"),
 }
 

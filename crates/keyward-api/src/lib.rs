@@ -125,6 +125,23 @@ pub struct RotateRootResponse {
     pub generation: u32,
 }
 
+/// Body of `POST /v1/audit/prune`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PruneAuditRequest {
+    /// The last record to delete.
+    pub through_seq: u64,
+}
+
+/// Response of `POST /v1/audit/prune`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PruneAuditResponse {
+    /// Records deleted.
+    pub pruned: u64,
+    /// The log now starts after this record.
+    pub pruned_through: u64,
+}
+
 /// Response of `POST /v1/sys/backup`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BackupResponse {

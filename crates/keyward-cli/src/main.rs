@@ -215,6 +215,15 @@ enum Command {
         /// clock) or from --since, until interrupted.
         #[arg(long, conflicts_with_all = ["all", "next_token", "until", "verify"])]
         follow: bool,
+        /// Delete the records up to and including this sequence number (retention; admin only). They
+        /// must all be older than the service's audit_retention_days and verify, and the newest record
+        /// always stays.
+        #[arg(long, value_name = "SEQ", conflicts_with_all = ["all", "next_token", "follow", "verify"])]
+        prune_through: Option<u64>,
+        /// With --prune-through: first write the records to be deleted to this new file, as JSON lines,
+        /// flushed to disk before anything is deleted.
+        #[arg(long, value_name = "FILE", requires = "prune_through")]
+        archive: Option<PathBuf>,
         /// Further filters as a query string, e.g. "principal=app&outcome=deny".
         #[arg(long, default_value = "")]
         filter: String,
@@ -1421,6 +1430,16 @@ async fn run(cli: Cli) -> Res {
             }
         }
         Command::Audit {
+            prune_through: Some(through),
+            archive,
+            ..
+        } => {
+            if let Some(path) = archive {
+                archive_audit(c, &path, through).await?;
+            }
+            out.value(&c.prune_audit(through).await.map_err(e)?);
+        }
+        Command::Audit {
             verify: false,
             principal,
             key,
@@ -1434,7 +1453,9 @@ async fn run(cli: Cli) -> Res {
             all,
             next_token,
             follow,
+            prune_through: None,
             filter,
+            ..
         } => {
             let since = match (follow, since) {
                 (true, None) => Some(keyward_core::audit::rfc3339(
@@ -1740,6 +1761,57 @@ fn secret_json<T: serde::Serialize>(
 
 /// An error answer as the typed client shows it: `Code (status): message`.
 /// A GET of the API answered with JSON; an error answer becomes the CLI's failure message.
+/// Writes the audit records up to `through` to a new file as JSON lines and flushes it: the archive of what
+/// a pruning is about to delete. Refuses an archive that would not end at `through`.
+async fn archive_audit(c: &Client, path: &std::path::Path, through: u64) -> Result<(), Failure> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|x| format!("{}: {x}", path.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    let mut after: Option<u64> = None;
+    let mut last = None;
+    'pages: loop {
+        let page = get_json(
+            c,
+            &match after {
+                Some(a) => format!("/v1/audit?limit=1000&next_token={a}"),
+                None => "/v1/audit?limit=1000".to_string(),
+            },
+        )
+        .await?;
+        let records = page["records"].as_array().cloned().unwrap_or_default();
+        for r in &records {
+            let seq = r["seq"]
+                .as_u64()
+                .ok_or("an audit record without a sequence number")?;
+            if seq > through {
+                break 'pages;
+            }
+            writeln!(w, "{r}").map_err(|x| format!("{}: {x}", path.display()))?;
+            last = Some(seq);
+        }
+        match records.last().and_then(|r| r["seq"].as_u64()) {
+            Some(seq) if !page["next_token"].is_null() => after = Some(seq),
+            _ => break,
+        }
+    }
+    let file = w
+        .into_inner()
+        .map_err(|x| format!("{}: {}", path.display(), x.error()))?;
+    file.sync_all()
+        .map_err(|x| format!("{}: {x}", path.display()))?;
+    if last != Some(through) {
+        return Err(format!(
+            "the archive would not end at record {through} (it ends at {}); nothing is pruned",
+            last.map_or("no record".to_string(), |l| l.to_string())
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// `keyward audit --follow`: polls for the records after the last one printed, once a second when caught up,
 /// and prints each as it comes (a JSON line with `--json`).
 async fn follow_audit(

@@ -3161,16 +3161,9 @@ async fn identity_lifecycle(server: &Server, alice: &Client, alice_token: &str, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unanswered_approval_expires_on_the_record() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("k.toml");
-    std::fs::write(
-        &cfg,
+    let mut server = Server::dev_with(
+        dir.path(),
         "approval_ttl_seconds = 2\nbackground_interval_seconds = 1\n",
-    )
-    .unwrap();
-    let mut server = Server::start(
-        &dir.path().join("data"),
-        &["--dev", "--config", cfg.to_str().unwrap()],
-        &[("KEYWARD_DEV_ROOT_TOKEN", ROOT)],
     );
     let root = server.root();
     let key = root
@@ -3283,13 +3276,7 @@ fn slow_and_idle_connections_are_closed_busy_ones_kept() {
     use std::net::TcpStream;
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("k.toml");
-    std::fs::write(&cfg, "idle_timeout_seconds = 2\n").unwrap();
-    let server = Server::start(
-        &dir.path().join("data"),
-        &["--dev", "--config", cfg.to_str().unwrap()],
-        &[("KEYWARD_DEV_ROOT_TOKEN", ROOT)],
-    );
+    let server = Server::dev_with(dir.path(), "idle_timeout_seconds = 2\n");
     let host = server.addr.trim_start_matches("http://").to_string();
     let connect = || {
         let s = TcpStream::connect(&host).unwrap();
@@ -3419,13 +3406,7 @@ fn out_of_file_descriptors_the_server_waits_instead_of_spinning() {
 async fn a_trusted_balancer_names_its_clients_and_nobody_else_can() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("k.toml");
-    std::fs::write(&cfg, "proxy_protocol_from = [\"127.0.0.2\"]\n").unwrap();
-    let server = Server::start(
-        &dir.path().join("data"),
-        &["--dev", "--config", cfg.to_str().unwrap()],
-        &[("KEYWARD_DEV_ROOT_TOKEN", ROOT)],
-    );
+    let server = Server::dev_with(dir.path(), "proxy_protocol_from = [\"127.0.0.2\"]\n");
     let key = create(&server.root(), "AES_256", None).await.key_id;
     let policy = json!({"statements": [{"effect": "allow", "actions": ["kms:Encrypt"],
         "resources": [format!("key/{key}")], "conditions": {"source_cidr": ["203.0.113.0/24"]}}]});
@@ -3530,13 +3511,7 @@ async fn a_trusted_balancer_names_its_clients_and_nobody_else_can() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bounded_key_cache_evicts_and_reloads() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("k.toml");
-    std::fs::write(&cfg, "key_cache_capacity = 16\n").unwrap();
-    let server = Server::start(
-        &dir.path().join("data"),
-        &["--dev", "--config", cfg.to_str().unwrap()],
-        &[("KEYWARD_DEV_ROOT_TOKEN", ROOT)],
-    );
+    let server = Server::dev_with(dir.path(), "key_cache_capacity = 16\n");
     let root = server.root();
     let mut sealed = Vec::new();
     for i in 0..64u32 {
@@ -3570,4 +3545,163 @@ async fn a_bounded_key_cache_evicts_and_reloads() {
         "{metrics}"
     );
     assert!(figure("keyward_key_cache_misses_total") >= 48, "{metrics}");
+}
+
+/// Retention: an administrator deletes the oldest audit records once they are archived; the rest still
+/// verifies from the anchor the pruning leaves, the pruning is itself recorded, and what is young, unverified
+/// or the newest is never deleted. Under a service-wide quorum it waits for an approval like root rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_audit_records_are_pruned_on_the_record_and_the_rest_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::dev_with(dir.path(), "audit_retention_days = 0\n");
+    let a = server.addr.clone();
+    let root = server.root();
+    let key = create(&root, "AES_256", None).await.key_id;
+    for _ in 0..5 {
+        root.encrypt(&key, b"x", None).await.unwrap();
+    }
+    let auditor = token_for(&server, "reviewer", &["auditor"]).await;
+    let prune = |token: String, body: &'static str| {
+        let a = a.clone();
+        async move {
+            raw(
+                &a,
+                "POST",
+                "/v1/audit/prune",
+                Some(&token),
+                Some(body.as_bytes().to_vec()),
+            )
+            .await
+        }
+    };
+    let (st, v, _) = prune(auditor, r#"{"through_seq": 3}"#).await;
+    assert_eq!((st, code_of(&v)), (403, "AccessDenied"), "{v}");
+    for body in [
+        "{}",
+        r#"{"through_seq": 0}"#,
+        r#"{"through_seq": "3"}"#,
+        r#"{"through_seq": 3, "all": true}"#,
+    ] {
+        let (st, v, _) = prune(ROOT.into(), body).await;
+        assert_eq!((st, code_of(&v)), (400, "ValidationError"), "{body}: {v}");
+    }
+    let (st, v, _) = prune(ROOT.into(), r#"{"through_seq": 100000}"#).await;
+    assert_eq!((st, code_of(&v)), (409, "InvalidState"), "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("never pruned"));
+
+    let (st, v, _) = prune(ROOT.into(), r#"{"through_seq": 5}"#).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v, json!({"pruned": 5, "pruned_through": 5}));
+    let (st, v, _) = prune(ROOT.into(), r#"{"through_seq": 4}"#).await;
+    assert_eq!((st, code_of(&v)), (409, "InvalidState"), "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("already pruned"));
+    let check = |a: String| async move {
+        let (_, v, _) = raw(&a, "GET", "/v1/audit/verify", Some(ROOT), None).await;
+        assert_eq!(
+            (&v["valid"], &v["pruned_through"]),
+            (&json!(true), &json!(5)),
+            "{v}"
+        );
+        let (_, page, _) = raw(&a, "GET", "/v1/audit?limit=1", Some(ROOT), None).await;
+        assert_eq!(page["records"][0]["seq"], 6, "{page}");
+        let (_, pruning, _) = raw(
+            &a,
+            "GET",
+            "/v1/audit?action=kms:PruneAudit&outcome=allow",
+            Some(ROOT),
+            None,
+        )
+        .await;
+        let resources: Vec<&str> = pruning["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["resource"].as_str())
+            .collect();
+        assert!(resources.contains(&"audit/through-5"), "{pruning}");
+        let (_, report, _) = raw(&a, "GET", "/v1/reports/compliance", Some(ROOT), None).await;
+        assert_eq!(
+            (
+                &report["audit_chain_valid"],
+                &report["audit_pruned_through"],
+                &report["audit_retention_days"]
+            ),
+            (&json!(true), &json!(5), &json!(0)),
+        );
+    };
+    check(a.clone()).await;
+    server.restart(&[("KEYWARD_DEV_ROOT_TOKEN", ROOT)]);
+    check(a.clone()).await;
+
+    // The default retention (a year) keeps everything this young.
+    let young = tempfile::tempdir().unwrap();
+    let fresh = Server::dev(&young.path().join("data"));
+    create(&fresh.root(), "AES_256", None).await;
+    let (st, v, _) = raw(
+        &fresh.addr,
+        "POST",
+        "/v1/audit/prune",
+        Some(ROOT),
+        Some(br#"{"through_seq": 1}"#.to_vec()),
+    )
+    .await;
+    assert_eq!((st, code_of(&v)), (409, "InvalidState"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("inside the retention period"),
+        "{v}"
+    );
+
+    // Under a service-wide quorum, pruning waits for another administrator.
+    let held = tempfile::tempdir().unwrap();
+    let quorum = Server::dev_with(
+        held.path(),
+        "audit_retention_days = 0\nquorum_approvals = 1\n",
+    );
+    for _ in 0..3 {
+        create(&quorum.root(), "AES_256", None).await;
+    }
+    let (st, v, _) = raw(
+        &quorum.addr,
+        "POST",
+        "/v1/audit/prune",
+        Some(ROOT),
+        Some(br#"{"through_seq": 2}"#.to_vec()),
+    )
+    .await;
+    assert_eq!((st, v["status"].as_str()), (202, Some("pending")), "{v}");
+    let id = v["approval_id"].as_str().unwrap().to_string();
+    let (_, before, _) = raw(&quorum.addr, "GET", "/v1/audit?limit=1", Some(ROOT), None).await;
+    assert_eq!(
+        before["records"][0]["seq"], 1,
+        "nothing is deleted before the approval"
+    );
+    let second = token_for(&quorum, "second-admin", &["admin"]).await;
+    let (st, v, _) = raw(
+        &quorum.addr,
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        Some(&second),
+        None,
+    )
+    .await;
+    assert_eq!((st, v["status"].as_str()), (200, Some("executed")), "{v}");
+    assert_eq!(
+        v["result"],
+        json!({"pruned": 2, "pruned_through": 2}),
+        "{v}"
+    );
+    let (_, verified, _) = raw(&quorum.addr, "GET", "/v1/audit/verify", Some(ROOT), None).await;
+    assert_eq!(
+        (&verified["valid"], &verified["pruned_through"]),
+        (&json!(true), &json!(2))
+    );
 }

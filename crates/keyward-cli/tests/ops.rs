@@ -183,12 +183,9 @@ async fn tls_serves_https_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_answers_429_throttled() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("keyward.toml");
-    std::fs::write(&cfg, "rate_limit_per_second = 2\nrate_limit_burst = 3\n").unwrap();
-    let server = Server::start(
-        &dir.path().join("data"),
-        &["--dev", "--config", cfg.to_str().unwrap()],
-        &[("KEYWARD_DEV_ROOT_TOKEN", ROOT)],
+    let server = Server::dev_with(
+        dir.path(),
+        "rate_limit_per_second = 2\nrate_limit_burst = 3\n",
     );
     let mut throttled = 0;
     for _ in 0..10 {
@@ -1931,4 +1928,55 @@ fn audit_follow_prints_new_records_as_they_come() {
             "{line}"
         );
     }
+}
+
+/// `keyward audit --prune-through N --archive FILE` writes the records it is about to delete to a new file
+/// first (flushed), then prunes; an archive that cannot be written prunes nothing.
+#[test]
+fn audit_pruning_archives_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev_with(dir.path(), "audit_retention_days = 0\n");
+    let run = |args: &[&str]| run_keyward(&server.addr, ROOT, args, b"");
+    let ok = |args: &[&str]| String::from_utf8(succeeded(args, run(args))).unwrap();
+    for _ in 0..6 {
+        ok(&["key", "create", "--spec", "AES_256"]);
+    }
+    let archive = dir.path().join("audit-2026.jsonl");
+    let archive_arg = archive.to_str().unwrap();
+    let said = ok(&[
+        "--json",
+        "audit",
+        "--prune-through",
+        "4",
+        "--archive",
+        archive_arg,
+    ]);
+    let said: serde_json::Value = serde_json::from_str(&said).unwrap();
+    assert_eq!(said, serde_json::json!({"pruned": 4, "pruned_through": 4}));
+    let archived: Vec<serde_json::Value> = std::fs::read_to_string(&archive)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seqs: Vec<u64> = archived
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    assert!(archived
+        .iter()
+        .all(|r| r["hash"].as_str().is_some_and(|h| h.len() == 64)));
+    let verified: serde_json::Value =
+        serde_json::from_str(&ok(&["--json", "audit", "--verify"])).unwrap();
+    assert_eq!(
+        (&verified["valid"], &verified["pruned_through"]),
+        (&serde_json::json!(true), &serde_json::json!(4))
+    );
+    // The archive file exists already: refused before anything is deleted.
+    let refused = run(&["audit", "--prune-through", "6", "--archive", archive_arg]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("audit-2026.jsonl"));
+    let verified: serde_json::Value =
+        serde_json::from_str(&ok(&["--json", "audit", "--verify"])).unwrap();
+    assert_eq!(verified["pruned_through"], 4);
 }

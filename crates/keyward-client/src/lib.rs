@@ -356,6 +356,12 @@ impl Client {
     pub async fn rotate_root(&self) -> Result<RotateRootResponse> {
         self.post_empty("/v1/sys/rotate-root").await
     }
+    /// `POST /v1/audit/prune`: deletes the audit records through `through_seq` (or [`Error::Pending`]
+    /// under quorum).
+    pub async fn prune_audit(&self, through_seq: u64) -> Result<PruneAuditResponse> {
+        self.post("/v1/audit/prune", &PruneAuditRequest { through_seq })
+            .await
+    }
     /// `POST /v1/sys/backup`: the encrypted snapshot's bytes.
     pub async fn backup(&self) -> Result<Vec<u8>> {
         let r: BackupResponse = self.post_empty("/v1/sys/backup").await?;

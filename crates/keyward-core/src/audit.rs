@@ -106,6 +106,9 @@ pub struct AuditVerification {
     pub head: String,
     /// The first record that is missing, altered, inserted or out of order.
     pub first_bad_seq: Option<u64>,
+    /// The records up to and including this one were pruned (retention); the chain is checked from the
+    /// next, against the authenticated anchor the pruning left.
+    pub pruned_through: Option<u64>,
 }
 
 /// A copy of the log beside the store (a JSON-lines file, syslog). The store stays the source of truth: a
@@ -676,18 +679,19 @@ impl Kms {
         if !v.valid || checkpoint.seq == 0 {
             return Ok(v);
         }
-        let query = AuditQuery {
-            after_seq: checkpoint.seq - 1,
-            limit: 1,
-            ..AuditQuery::default()
-        };
+        if let Some(pruned) = v.pruned_through.filter(|p| checkpoint.seq <= *p) {
+            return Err(KmsError::invalid_state(format!(
+                "the checkpoint's record ({}) was pruned: the log is kept from record {}; check a newer checkpoint",
+                checkpoint.seq,
+                pruned + 1
+            )));
+        }
         let row = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
-            tx.query_audit(&query)
+            row_at(tx, checkpoint.seq)
         })?;
-        let matches = row.first().is_some_and(|r| {
-            r.seq == checkpoint.seq
-                && serde_json::from_str::<AuditRecord>(&r.record)
-                    .is_ok_and(|rec| rec.hash == checkpoint.head)
+        let matches = row.is_some_and(|r| {
+            serde_json::from_str::<AuditRecord>(&r.record)
+                .is_ok_and(|rec| rec.hash == checkpoint.head)
         });
         if matches {
             Ok(v)
@@ -696,7 +700,8 @@ impl Kms {
                 valid: false,
                 records: v.records,
                 head: v.head,
-                first_bad_seq: Some(v.records + 1),
+                first_bad_seq: Some(v.pruned_through.unwrap_or(0) + v.records + 1),
+                pruned_through: v.pruned_through,
             })
         }
     }
@@ -711,11 +716,39 @@ impl Kms {
             .collect()
     }
 
-    /// Walks the whole chain and names the first record that does not check out.
+    /// Walks the whole retained chain, from the retention anchor if records were pruned, and names the
+    /// first record that does not check out.
     pub fn verify_audit(&self) -> KmsResult<AuditVerification> {
         let key = self.audit_key().ok_or_else(KmsError::sealed)?;
-        let mut expected_seq = 1u64;
-        let mut prev = GENESIS.to_string();
+        let (start, prev) = match self.audit_anchor(&key)? {
+            Ok(Some(a)) => (a.seq, a.hash),
+            Ok(None) => (0, GENESIS.to_string()),
+            // An anchor that does not authenticate: the start of the log was moved by someone without
+            // the audit key. Nothing after it can be trusted to be the whole log.
+            Err(claimed) => {
+                return Ok(AuditVerification {
+                    valid: false,
+                    records: 0,
+                    head: GENESIS.to_string(),
+                    first_bad_seq: Some(claimed.saturating_add(1)),
+                    pruned_through: Some(claimed),
+                })
+            }
+        };
+        let mut v = self.verify_range(&key, start, prev, u64::MAX)?;
+        v.pruned_through = (start > 0).then_some(start);
+        Ok(v)
+    }
+
+    /// Checks the records after `after_seq` (whose hash is `prev`) through `through_seq`, or to the end.
+    fn verify_range(
+        &self,
+        key: &KeyHandle,
+        after_seq: u64,
+        mut prev: String,
+        through_seq: u64,
+    ) -> KmsResult<AuditVerification> {
+        let mut expected_seq = after_seq + 1;
         let mut checked = 0u64;
         let mut input = Vec::new();
         let bad = |seq: u64, checked: u64, head: String| {
@@ -724,6 +757,7 @@ impl Kms {
                 records: checked,
                 head,
                 first_bad_seq: Some(seq),
+                pruned_through: None,
             })
         };
         loop {
@@ -735,15 +769,25 @@ impl Kms {
             let rows = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
                 tx.query_audit(&query)
             })?;
-            if rows.is_empty() {
-                return Ok(AuditVerification {
+            let done = |prev: String, checked: u64| {
+                Ok(AuditVerification {
                     valid: true,
                     records: checked,
                     head: prev,
                     first_bad_seq: None,
-                });
+                    pruned_through: None,
+                })
+            };
+            if rows.is_empty() {
+                if through_seq != u64::MAX && expected_seq <= through_seq {
+                    return bad(expected_seq, checked, prev);
+                }
+                return done(prev, checked);
             }
             for row in rows {
+                if expected_seq > through_seq {
+                    return done(prev, checked);
+                }
                 if row.seq != expected_seq {
                     return bad(expected_seq, checked, prev);
                 }
@@ -762,7 +806,7 @@ impl Kms {
                         input.clear();
                         mac_input(&mut input, rec.seq, &rec.prev_hash, body.as_bytes());
                         self.hsm
-                            .verify_mac(&key, MacAlgorithm::HmacSha256, &input, &mac)?
+                            .verify_mac(key, MacAlgorithm::HmacSha256, &input, &mac)?
                     }
                     None => false,
                 };
@@ -775,6 +819,168 @@ impl Kms {
             }
         }
     }
+
+    /// The retention anchor, if records were pruned: `Err` with the sequence number it claims when its MAC
+    /// does not check out.
+    fn audit_anchor(&self, key: &KeyHandle) -> KmsResult<Result<Option<Anchor>, u64>> {
+        let raw = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            tx.get_meta(ANCHOR.0, ANCHOR.1)
+        })?;
+        let Some(raw) = raw else {
+            return Ok(Ok(None));
+        };
+        let anchor: Anchor =
+            serde_json::from_slice(&raw).map_err(|_| crate::engine::corrupt("audit anchor"))?;
+        let genuine = match unhex(&anchor.mac) {
+            Some(mac) => self.hsm.verify_mac(
+                key,
+                MacAlgorithm::HmacSha256,
+                &Anchor::mac_input(anchor.seq, &anchor.hash),
+                &mac,
+            )?,
+            None => false,
+        };
+        Ok(if genuine {
+            Ok(Some(anchor))
+        } else {
+            Err(anchor.seq)
+        })
+    }
+
+    /// Deletes the audit records through `through_seq`, for retention, once they are archived elsewhere.
+    ///
+    /// Refused unless the records to delete verify (tampering is evidence, never pruned away), the newest
+    /// of them is older than `keep_after_ms`, and at least one record stays (the chain continues from the
+    /// newest). The chain stays verifiable: an anchor, MACed under the audit key, names the last deleted
+    /// record's hash, which the first kept record chains onto. Deletion runs in transactions of at most
+    /// [`PRUNE_CHUNK`] records, each moving the anchor with it, so appends wait on none for long and a crash
+    /// leaves the log consistent.
+    pub fn prune_audit(&self, through_seq: u64, keep_after_ms: i64) -> KmsResult<Pruned> {
+        let key = self.audit_key().ok_or_else(KmsError::sealed)?;
+        let (start, prev) = match self.audit_anchor(&key)? {
+            Ok(Some(a)) => (a.seq, a.hash),
+            Ok(None) => (0, GENESIS.to_string()),
+            Err(claimed) => {
+                return Err(KmsError::invalid_state(format!(
+                    "the audit log's retention anchor (through {claimed}) does not authenticate; nothing is pruned"
+                )))
+            }
+        };
+        if through_seq <= start {
+            return Err(KmsError::invalid_state(format!(
+                "records through {start} are already pruned"
+            )));
+        }
+        let tail = transact(self.store.as_ref(), |tx: &mut dyn Tx| tx.audit_tail())?
+            .map(|r| r.seq)
+            .unwrap_or(0);
+        if through_seq >= tail {
+            return Err(KmsError::invalid_state(format!(
+                "the newest record ({tail}) is never pruned: the chain continues from it"
+            )));
+        }
+        let last = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            row_at(tx, through_seq)
+        })?
+        .ok_or_else(|| KmsError::not_found(format!("no audit record {through_seq}")))?;
+        if last.time_ms >= keep_after_ms {
+            return Err(KmsError::invalid_state(format!(
+                "record {through_seq} is from {}, inside the retention period (records before {} may be pruned)",
+                rfc3339_ms(last.time_ms),
+                rfc3339_ms(keep_after_ms)
+            )));
+        }
+        let v = self.verify_range(&key, start, prev, through_seq)?;
+        if !v.valid {
+            return Err(KmsError::invalid_state(format!(
+                "audit record {} does not verify; records that show tampering are evidence and are not pruned",
+                v.first_bad_seq.unwrap_or(start + 1)
+            )));
+        }
+        let mut anchor_seq = start;
+        let mut pruned = 0;
+        while anchor_seq < through_seq {
+            let chunk_end = through_seq.min(anchor_seq.saturating_add(PRUNE_CHUNK));
+            let from = anchor_seq;
+            pruned += transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+                // The anchor must still be the one this pruning started from (another node may prune too).
+                let current = match tx.get_meta(ANCHOR.0, ANCHOR.1)? {
+                    Some(raw) => serde_json::from_slice::<Anchor>(&raw)
+                        .map(|a| a.seq)
+                        .map_err(|_| crate::engine::corrupt("audit anchor"))?,
+                    None => 0,
+                };
+                if current != from {
+                    return Err(KmsError::invalid_state(
+                        "the audit log was pruned by another request meanwhile",
+                    ));
+                }
+                let row = row_at(tx, chunk_end)?
+                    .ok_or_else(|| crate::engine::corrupt("audit record to prune"))?;
+                let rec: AuditRecord = serde_json::from_str(&row.record)
+                    .map_err(|_| crate::engine::corrupt("audit record"))?;
+                let mac = self.hsm.mac(
+                    &key,
+                    MacAlgorithm::HmacSha256,
+                    &Anchor::mac_input(chunk_end, &rec.hash),
+                )?;
+                let anchor = Anchor {
+                    seq: chunk_end,
+                    hash: rec.hash,
+                    mac: hex(&mac),
+                };
+                let json = serde_json::to_vec(&anchor)
+                    .map_err(|_| KmsError::new(ErrorCode::Unavailable, "anchor encoding"))?;
+                tx.put_meta(ANCHOR.0, ANCHOR.1, &json)?;
+                Ok::<_, KmsError>(tx.prune_audit(chunk_end)?)
+            })?;
+            anchor_seq = chunk_end;
+        }
+        Ok(Pruned {
+            pruned,
+            pruned_through: through_seq,
+        })
+    }
+}
+
+/// The stored row of record `seq` (from 1), if the store holds it.
+fn row_at(tx: &mut dyn Tx, seq: u64) -> keyward_store::StoreResult<Option<AuditRow>> {
+    let rows = tx.query_audit(&AuditQuery {
+        after_seq: seq.saturating_sub(1),
+        limit: 1,
+        ..AuditQuery::default()
+    })?;
+    Ok(rows.into_iter().find(|r| r.seq == seq))
+}
+
+/// Records deleted per transaction when pruning.
+pub const PRUNE_CHUNK: u64 = 10_000;
+
+/// Where the store keeps the retention anchor.
+const ANCHOR: (&str, &str) = ("audit", "anchor");
+
+/// The last pruned record's sequence number and hash, MACed under the audit key: the retained chain starts
+/// from it, and nobody who can only write the database can move it.
+#[derive(Serialize, Deserialize)]
+struct Anchor {
+    seq: u64,
+    hash: String,
+    mac: String,
+}
+
+impl Anchor {
+    fn mac_input(seq: u64, hash: &str) -> Vec<u8> {
+        format!("keyward-audit-anchor-v1|{seq}|{hash}").into_bytes()
+    }
+}
+
+/// What a pruning did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    /// Records deleted.
+    pub pruned: u64,
+    /// The log now starts after this record.
+    pub pruned_through: u64,
 }
 
 #[cfg(test)]

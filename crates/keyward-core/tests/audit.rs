@@ -272,3 +272,119 @@ fn scheduled_work_is_recorded_before_it_happens_and_waits_for_a_writable_log() {
     assert_eq!(kms.describe_key(&late).unwrap().state, KeyState::Disabled);
     assert!(h.restart().verify_audit().unwrap().valid);
 }
+
+/// A log of `n` records appended in batches of a thousand (group-committed), for tests that need many.
+fn many(n: u32) -> common::Harness {
+    let h = common::harness();
+    let kms = Arc::new(h.kms_clone());
+    let log = AuditLog::start(kms).unwrap();
+    let mut i = 1;
+    while i <= n {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let end = (i + 999).min(n);
+        for j in i..=end {
+            let tx = tx.clone();
+            log.append(event(j), Box::new(move |r| drop(tx.send(r))));
+        }
+        for _ in i..=end {
+            rx.recv().unwrap().unwrap();
+        }
+        i = end + 1;
+    }
+    h
+}
+
+/// `time_ms` of record `i` (see `event`): records before `kept_from(i)` may be pruned.
+fn kept_from(i: u32) -> i64 {
+    1_790_000_000_000 + i as i64
+}
+
+fn refusal(r: keyward_core::KmsResult<keyward_core::audit::Pruned>) -> String {
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), keyward_core::ErrorCode::InvalidState, "{e:?}");
+    e.message().to_string()
+}
+
+#[test]
+fn pruning_keeps_the_rest_verifiable_and_refuses_what_it_must() {
+    let (h, _) = fresh(30);
+    let kms = Arc::new(h.restart());
+    assert!(refusal(kms.prune_audit(25, kept_from(21))).contains("inside the retention period"));
+    assert!(refusal(kms.prune_audit(30, i64::MAX)).contains("never pruned"));
+    assert_eq!(verify(&h).records, 30, "a refusal deletes nothing");
+
+    let p = kms.prune_audit(10, kept_from(21)).unwrap();
+    assert_eq!((p.pruned, p.pruned_through), (10, 10));
+    let v = kms.verify_audit().unwrap();
+    assert!(v.valid, "{v:?}");
+    assert_eq!((v.records, v.pruned_through), (20, Some(10)));
+    assert!(refusal(kms.prune_audit(5, kept_from(21))).contains("already pruned"));
+
+    // Pruning continues from the anchor, and the writer continues the chain.
+    assert_eq!(kms.prune_audit(20, kept_from(21)).unwrap().pruned, 10);
+    let log = AuditLog::start(kms.clone()).unwrap();
+    assert_eq!(log.append_blocking(event(31)).unwrap(), 31);
+    let v = verify(&h);
+    assert!(v.valid, "{v:?}");
+    assert_eq!((v.records, v.pruned_through), (11, Some(20)));
+    let first = kms
+        .query_audit(&AuditQuery {
+            limit: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(first[0].seq, 21);
+}
+
+#[test]
+fn cutting_the_log_below_the_anchor_or_moving_the_anchor_is_found() {
+    let (h, db) = fresh(30);
+    h.restart().prune_audit(10, kept_from(21)).unwrap();
+    // Deleting the oldest kept record, as if it had been pruned too.
+    sql(&db, "DELETE FROM audit WHERE seq = 11");
+    let v = verify(&h);
+    assert!(!v.valid);
+    assert_eq!(v.first_bad_seq, Some(11));
+    // Moving the anchor over the gap: its MAC no longer checks out.
+    sql(
+        &db,
+        "UPDATE meta SET value = CAST(replace(CAST(value AS TEXT), '\"seq\":10', '\"seq\":11') AS BLOB) \
+         WHERE ns = 'audit' AND name = 'anchor'",
+    );
+    let v = verify(&h);
+    assert!(!v.valid, "{v:?}");
+    assert_eq!(v.first_bad_seq, Some(12));
+    assert!(refusal(h.restart().prune_audit(20, kept_from(21))).contains("does not authenticate"));
+}
+
+#[test]
+fn records_that_do_not_verify_are_not_pruned() {
+    let (h, db) = fresh(30);
+    sql(
+        &db,
+        "UPDATE audit SET record = replace(record, 'req-5', 'req-X') WHERE seq = 5",
+    );
+    assert!(refusal(h.restart().prune_audit(10, kept_from(21)))
+        .contains("audit record 5 does not verify"));
+    let rows = h
+        .restart()
+        .query_audit(&AuditQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(rows.len(), 30);
+}
+
+#[test]
+fn pruning_more_than_a_chunk_runs_in_several_transactions() {
+    let total = keyward_core::audit::PRUNE_CHUNK as u32 * 2 + 500;
+    let h = many(total);
+    let kms = h.restart();
+    let through = total as u64 - 100;
+    let p = kms.prune_audit(through, kept_from(total)).unwrap();
+    assert_eq!((p.pruned, p.pruned_through), (through, through));
+    let v = kms.verify_audit().unwrap();
+    assert!(v.valid, "{v:?}");
+    assert_eq!((v.records, v.pruned_through), (100, Some(through)));
+}

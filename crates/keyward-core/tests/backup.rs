@@ -250,3 +250,25 @@ fn a_restore_into_a_running_service_never_silently_rolls_a_key_back() {
         0
     );
 }
+
+#[test]
+fn a_pruned_log_restores_and_still_verifies_from_its_anchor() {
+    let h = harness();
+    let kms = std::sync::Arc::new(h.restart());
+    write_audit(&kms, 0, 10);
+    let pruned = kms.prune_audit(6, i64::MAX).unwrap();
+    assert_eq!((pruned.pruned, pruned.pruned_through), (6, 6));
+    let backup = kms.backup().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = std::sync::Arc::new(open_at(&dir.path().join("new.db"), &h.clock));
+    fresh
+        .restore(&backup, Some(&h.shares[1..]), false, &[])
+        .unwrap();
+    let v = fresh.verify_audit().unwrap();
+    assert!(v.valid, "{v:?}");
+    assert_eq!((v.records, v.pruned_through), (4, Some(6)));
+    write_audit(&fresh, 100, 2);
+    let v = fresh.verify_audit().unwrap();
+    assert!(v.valid && v.records == 6, "{v:?}");
+}

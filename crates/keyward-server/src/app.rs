@@ -1000,6 +1000,7 @@ pub fn router(app: AppState) -> Router {
             get(handlers::audit::verify).post(handlers::audit::verify_against),
         )
         .route("/v1/audit/checkpoint", get(handlers::audit::checkpoint))
+        .route("/v1/audit/prune", post(handlers::audit::prune))
         .route("/v1/reports/compliance", get(handlers::reports::compliance))
         .route("/v1/keys/{key}/csr", post(crate::pki::csr))
         .route("/v1/keys/{key}/certificate", post(crate::pki::certificate))

@@ -54,6 +54,7 @@ actions! {
     GenerateRoot = "kms:GenerateRoot": Public,
     Seal = "kms:Seal": System,
     RotateRoot = "kms:RotateRoot": System,
+    PruneAudit = "kms:PruneAudit": System,
     Backup = "kms:Backup": System,
     Restore = "kms:Restore": System,
     GetMetrics = "kms:GetMetrics": System,
@@ -268,6 +269,7 @@ mod tests {
         for a in [
             Seal,
             RotateRoot,
+            PruneAudit,
             Backup,
             Restore,
             GetMetrics,

@@ -55,8 +55,11 @@ pub struct Config {
     pub node_id: Option<String>,
     /// The audit log. Only a dev-mode server accepts `false`, to measure what auditing costs.
     pub audit: bool,
+    /// Audit records younger than this many days are never pruned (`POST /v1/audit/prune`). PCI DSS asks
+    /// for a year.
+    pub audit_retention_days: u32,
     /// Approvals every destructive operation needs unless its key says otherwise (0: none). Root rotation
-    /// follows this setting.
+    /// and audit pruning follow this setting.
     pub quorum_approvals: u32,
     /// A JSON-lines copy of the audit log (each record once, in order).
     pub audit_file: Option<PathBuf>,
@@ -93,6 +96,7 @@ impl Default for Config {
             approval_ttl_seconds: 24 * 3600,
             node_id: None,
             audit: true,
+            audit_retention_days: 365,
             quorum_approvals: 0,
             audit_file: None,
             audit_syslog: None,
@@ -203,6 +207,9 @@ impl Config {
             }
         }
         self.proxies()?;
+        if self.audit_retention_days > 36_500 {
+            return Err("audit_retention_days is 0 to 36500".into());
+        }
         if !(16..=100_000_000).contains(&self.key_cache_capacity) {
             return Err("key_cache_capacity is 16 to 100000000".into());
         }

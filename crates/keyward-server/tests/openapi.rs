@@ -74,6 +74,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/audit/verify"),
     ("post", "/v1/audit/verify"),
     ("get", "/v1/audit/checkpoint"),
+    ("post", "/v1/audit/prune"),
     ("get", "/v1/reports/compliance"),
 ];
 

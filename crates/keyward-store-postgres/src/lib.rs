@@ -884,6 +884,21 @@ impl Tx for PgTx<'_> {
         self.audit_rows(query)
     }
 
+    fn prune_audit(&mut self, through_seq: u64) -> StoreResult<u64> {
+        let through = i64::try_from(through_seq)
+            .map_err(|_| StoreError::Corrupt("audit sequence number out of range".into()))?;
+        let rows = self.query(
+            "prune_audit",
+            "WITH gone AS (DELETE FROM keyward_audit WHERE seq <= $1 RETURNING 1) SELECT count(*) FROM gone",
+            &[&through],
+        )?;
+        let n: i64 = rows
+            .first()
+            .and_then(|r| r.try_get(0).ok())
+            .unwrap_or_default();
+        Ok(n as u64)
+    }
+
     fn commit(mut self: Box<Self>) -> StoreResult<()> {
         if !self.failed {
             // A failure here sets `failed` and is reported just below.

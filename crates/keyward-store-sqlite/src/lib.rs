@@ -587,6 +587,16 @@ impl Tx for SqliteTx<'_> {
         self.audit_rows(query, false)
     }
 
+    fn prune_audit(&mut self, through_seq: u64) -> StoreResult<u64> {
+        let through = i64::try_from(through_seq)
+            .map_err(|_| StoreError::Corrupt("audit sequence number out of range".into()))?;
+        let n = self
+            .conn
+            .execute("DELETE FROM audit WHERE seq <= ?1", params![through])
+            .map_err(|e| unavailable("prune_audit", e))?;
+        Ok(n as u64)
+    }
+
     fn commit(mut self: Box<Self>) -> StoreResult<()> {
         self.conn
             .execute_batch("COMMIT")

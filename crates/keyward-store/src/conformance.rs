@@ -341,6 +341,19 @@ pub fn audit_appends_and_queries(store: &dyn Store) {
     );
     assert_eq!(q(&|x| x.request_id = Some("req".into())), Vec::<u64>::new());
     let _ = mention;
+
+    // Retention deletes the oldest records, through a sequence number, and nothing after it; the tail and
+    // later appends are untouched, and pruning again below the mark deletes nothing.
+    let all = || q(&|_| {});
+    assert_eq!(tx(store, |t| t.prune_audit(3)), 3);
+    assert_eq!(all(), vec![4, 5, 6, 7, 8, 9, 10, 11]);
+    assert_eq!(tx(store, |t| t.prune_audit(3)), 0);
+    assert_eq!(tx(store, |t| t.audit_tail()).map(|r| r.seq), Some(11));
+    tx(store, |t| {
+        t.append_audit(&[audit_row(12, "alice", "kms:Encrypt", Some("k1"), "allow")])
+    });
+    assert_eq!(tx(store, |t| t.prune_audit(5)), 2);
+    assert_eq!(all(), vec![6, 7, 8, 9, 10, 11, 12]);
 }
 
 /// Wraps a store and fails the n-th write from the moment it is armed, as a crash or a full disk would.
@@ -463,6 +476,10 @@ impl Tx for FailingTx<'_> {
     }
     fn query_audit(&mut self, query: &AuditQuery) -> StoreResult<Vec<AuditRow>> {
         self.inner.query_audit(query)
+    }
+    fn prune_audit(&mut self, through_seq: u64) -> StoreResult<u64> {
+        self.write()?;
+        self.inner.prune_audit(through_seq)
     }
     fn commit(mut self: Box<Self>) -> StoreResult<()> {
         // Committing a read-only transaction writes nothing and cannot lose anything.

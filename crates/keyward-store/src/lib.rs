@@ -98,6 +98,8 @@ pub trait Tx {
     fn audit_tail(&mut self) -> StoreResult<Option<AuditRow>>;
     /// Audit records matching a query, by ascending sequence number.
     fn query_audit(&mut self, query: &AuditQuery) -> StoreResult<Vec<AuditRow>>;
+    /// Deletes the audit records up to and including `through_seq` (retention); returns how many.
+    fn prune_audit(&mut self, through_seq: u64) -> StoreResult<u64>;
 
     /// Makes every write of the transaction durable at once.
     fn commit(self: Box<Self>) -> StoreResult<()>;

@@ -49,6 +49,17 @@ impl Server {
         Self::start(data_dir, &["--dev"], &[("KEYWARD_DEV_ROOT_TOKEN", ROOT)])
     }
 
+    /// `keyward serve --dev` with `config` as its configuration file, both under `dir`.
+    pub fn dev_with(dir: &Path, config: &str) -> Server {
+        let file = dir.join("keyward.toml");
+        std::fs::write(&file, config).unwrap();
+        Self::start(
+            &dir.join("data"),
+            &["--dev", "--config", file.to_str().unwrap()],
+            &[("KEYWARD_DEV_ROOT_TOKEN", ROOT)],
+        )
+    }
+
     pub fn start(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let port = free_port();
         let mut args: Vec<String> = vec![

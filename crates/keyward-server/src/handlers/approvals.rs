@@ -57,6 +57,11 @@ pub enum Operation {
     },
     /// Rotate the root key.
     RotateRoot,
+    /// Delete the audit records through a sequence number (retention).
+    PruneAudit {
+        /// The last record to delete.
+        through_seq: u64,
+    },
     /// Store a policy document.
     PutPolicy {
         /// Name.
@@ -79,6 +84,7 @@ impl Operation {
             Operation::DestroyVersion { .. } => Action::DestroyKeyVersion,
             Operation::Export { .. } => Action::ExportKey,
             Operation::RotateRoot => Action::RotateRoot,
+            Operation::PruneAudit { .. } => Action::PruneAudit,
             Operation::PutPolicy { .. } => Action::PutPolicy,
             Operation::DeletePolicy { .. } => Action::DeletePolicy,
         }
@@ -250,6 +256,9 @@ pub fn execute(app: &AppState, op: &Operation) -> Result<serde_json::Value, ApiE
             }))
         }
         Operation::RotateRoot => Ok(serde_json::json!({ "generation": app.kms.rotate_root()? })),
+        Operation::PruneAudit { through_seq } => v(serde_json::to_value(
+            crate::handlers::audit::prune_now(app, *through_seq)?,
+        )),
         Operation::PutPolicy { name, document } => {
             crate::handlers::policies::store(app, name, document)?;
             v(serde_json::to_value(document))

@@ -1,4 +1,4 @@
-//! `/v1/audit` and `/v1/audit/verify`.
+//! `/v1/audit`, `/v1/audit/verify`, `/v1/audit/checkpoint` and `/v1/audit/prune`.
 
 use std::collections::HashMap;
 
@@ -25,6 +25,20 @@ struct Verification {
     head: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     first_bad_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pruned_through: Option<u64>,
+}
+
+impl From<keyward_core::audit::AuditVerification> for Verification {
+    fn from(v: keyward_core::audit::AuditVerification) -> Self {
+        Verification {
+            valid: v.valid,
+            records: v.records,
+            head: v.head,
+            first_bad_seq: v.first_bad_seq,
+            pruned_through: v.pruned_through,
+        }
+    }
 }
 
 /// Parses an RFC 3339 UTC timestamp (`2026-11-29T08:10:16Z`, optional fraction) to unix milliseconds.
@@ -192,13 +206,9 @@ pub async fn verify_against(
         Mode::Blocking,
         move |_| {
             let req: Req = crate::app::parse(&body)?;
-            let v = a.kms.verify_audit_against(&req.checkpoint)?;
-            Reply::ok(&Verification {
-                valid: v.valid,
-                records: v.records,
-                head: v.head,
-                first_bad_seq: v.first_bad_seq,
-            })
+            Reply::ok(&Verification::from(
+                a.kms.verify_audit_against(&req.checkpoint)?,
+            ))
         },
     )
     .await
@@ -213,17 +223,67 @@ pub async fn verify(State(app): State<AppState>, meta: Meta) -> Response {
         Action::VerifyAudit,
         None,
         Mode::Blocking,
-        move |_| {
-            let v = a.kms.verify_audit()?;
-            Reply::ok(&Verification {
-                valid: v.valid,
-                records: v.records,
-                head: v.head,
-                first_bad_seq: v.first_bad_seq,
-            })
+        move |_| Reply::ok(&Verification::from(a.kms.verify_audit()?)),
+    )
+    .await
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PruneRequest {
+    through_seq: u64,
+}
+
+/// `POST /v1/audit/prune {"through_seq"}`: deletes the records through `through_seq`, once they are
+/// archived, if all are older than `audit_retention_days` (admin only; waits for quorum when the service
+/// requires approvals). The request's own record, written before anything is deleted, names the range.
+pub async fn prune(State(app): State<AppState>, meta: Meta, body: crate::app::RawBody) -> Response {
+    let through = body
+        .0
+        .as_ref()
+        .ok()
+        .and_then(|b| serde_json::from_slice::<PruneRequest>(b).ok())
+        .map(|r| r.through_seq);
+    let meta = match through {
+        Some(n) => meta.on(crate::app::resource("audit", &format!("through-{n}"))),
+        None => meta,
+    };
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::PruneAudit,
+        None,
+        Mode::Blocking,
+        move |caller| {
+            let req: PruneRequest = crate::app::parse(&body)?;
+            if req.through_seq == 0 {
+                return Err(ApiError::validation("through_seq is 1 or more"));
+            }
+            if a.config.quorum_approvals > 0 {
+                return crate::handlers::approvals::request(
+                    &a,
+                    &caller,
+                    crate::handlers::approvals::Operation::PruneAudit {
+                        through_seq: req.through_seq,
+                    },
+                    a.config.quorum_approvals,
+                );
+            }
+            Reply::ok(&prune_now(&a, req.through_seq)?)
         },
     )
     .await
+}
+
+/// Prunes through `through_seq` now, keeping every record younger than the retention period.
+pub fn prune_now(
+    app: &AppState,
+    through_seq: u64,
+) -> Result<keyward_core::audit::Pruned, ApiError> {
+    let retention_ms = i64::from(app.config.audit_retention_days) * 86_400_000;
+    let keep_after_ms = crate::app::now_ms().saturating_sub(retention_ms);
+    Ok(app.kms.prune_audit(through_seq, keep_after_ms)?)
 }
 
 #[cfg(test)]

@@ -111,6 +111,11 @@ struct Report {
     root_tokens_live: usize,
     audit_chain_valid: bool,
     audit_records: u64,
+    /// Records through this one were pruned under the retention period; the chain is checked from the next.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit_pruned_through: Option<u64>,
+    /// Records younger than this are never pruned.
+    audit_retention_days: u32,
 }
 
 fn all_keys(app: &AppState) -> Result<Vec<KeyInfo>, ApiError> {
@@ -293,6 +298,8 @@ fn build(app: &AppState, dormant_days: i64) -> Result<Report, ApiError> {
         root_tokens_live: tokens.get("root").copied().unwrap_or(0),
         audit_chain_valid: chain.valid,
         audit_records: chain.records,
+        audit_pruned_through: chain.pruned_through,
+        audit_retention_days: app.config.audit_retention_days,
     })
 }
 
@@ -347,11 +354,19 @@ fn html(r: &Report) -> String {
         r.version,
         r.root_of_trust.unwrap_or("none")
     ));
+    let retained = match r.audit_pruned_through {
+        Some(n) => format!(
+            " (records through {n} pruned; none younger than {} days may be)",
+            r.audit_retention_days
+        ),
+        None => String::new(),
+    };
     o.push_str(&format!(
-        "<p>Audit chain: <b class=\"{}\">{}</b> over {} records. Keys: {}. Rotation overdue: <b>{}</b>.</p>",
+        "<p>Audit chain: <b class=\"{}\">{}</b> over {} records{}. Keys: {}. Rotation overdue: <b>{}</b>.</p>",
         if r.audit_chain_valid { "ok" } else { "bad" },
         if r.audit_chain_valid { "intact" } else { "BROKEN" },
         r.audit_records,
+        retained,
         r.inventory.total,
         r.rotation_overdue
     ));
