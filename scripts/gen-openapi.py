@@ -188,7 +188,18 @@ schemas = {
                                               "description": "the last record to delete; all through it must be older than audit_retention_days, verify, and not be the newest"}},
                              ["through_seq"]),
     "PruneAuditResponse": obj({"pruned": INT, "pruned_through": INT}),
+    "VerifyArchiveRequest": obj({"records": {"type": "array", "minItems": 1, "maxItems": 1000, "items": ref("ArchivedRecord")},
+                                 "prev_hash": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$",
+                                               "description": "hash of the record before the first (the previous part's head); omitted when the archive starts the log"}},
+                                ["records"]),
+    "ArchivedRecord": {**obj({}), "description": "an audit record as GET /v1/audit returned it"},
+    "ArchiveVerification": obj({"valid": BOOL, "records": INT, "head": S, "first_bad_seq": INT, "continues_into_log": BOOL}),
 }
+# An archived record is a record as the log returned it: every field it always carries is required.
+# The fields a record leaves out when empty may also be sent as null.
+schemas["ArchivedRecord"] = obj({name: ({**prop, "nullable": True} if name in ("key_id", "version", "resource", "error_code") else prop)
+                                 for name, prop in schemas["AuditRecord"]["properties"].items()},
+                                ["seq", "time", "request_id", "principal", "source_ip", "action", "outcome", "prev_hash", "hash"])
 
 
 def answer(single):
@@ -294,6 +305,7 @@ ops = [
       {"name": "dormant_days", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 3650}}], False),
     ("get", "/v1/audit/checkpoint", "kms:ExportAuditCheckpoint", None, (200, "Checkpoint"), [], False),
     ("post", "/v1/audit/prune", "kms:PruneAudit", "PruneAuditRequest", (200, "PruneAuditResponse"), [], False),
+    ("post", "/v1/audit/verify-archive", "kms:VerifyAudit", "VerifyArchiveRequest", (200, "ArchiveVerification"), [], False),
 ]
 
 ERRORS = {

@@ -224,6 +224,15 @@ enum Command {
         /// flushed to disk before anything is deleted.
         #[arg(long, value_name = "FILE", requires = "prune_through")]
         archive: Option<PathBuf>,
+        /// Check an archive (JSON lines, as --archive or --all --json wrote them) against this deployment's
+        /// audit key: every record authentic and in order, and whether the kept log continues from its
+        /// last record.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["all", "next_token", "follow", "verify", "prune_through"])]
+        verify_archive: Option<PathBuf>,
+        /// With --verify-archive: the hash of the record before the archive's first (the previous archive's
+        /// last), when the archive does not start the log.
+        #[arg(long, value_name = "HASH", requires = "verify_archive")]
+        prev_hash: Option<String>,
         /// Further filters as a query string, e.g. "principal=app&outcome=deny".
         #[arg(long, default_value = "")]
         filter: String,
@@ -1430,6 +1439,17 @@ async fn run(cli: Cli) -> Res {
             }
         }
         Command::Audit {
+            verify_archive: Some(path),
+            prev_hash,
+            ..
+        } => {
+            let v = verify_archive_file(c, &path, prev_hash).await?;
+            out.value(&v);
+            if v["valid"] != serde_json::Value::Bool(true) {
+                return Err(format!("{} does not verify", path.display()).into());
+            }
+        }
+        Command::Audit {
             prune_through: Some(through),
             archive,
             ..
@@ -1761,6 +1781,65 @@ fn secret_json<T: serde::Serialize>(
 
 /// An error answer as the typed client shows it: `Code (status): message`.
 /// A GET of the API answered with JSON; an error answer becomes the CLI's failure message.
+/// Sends an archive to `POST /v1/audit/verify-archive` in parts of 500 records, each part chained onto the
+/// previous part's head; returns the last answer, its `records` counting the whole file.
+async fn verify_archive_file(
+    c: &Client,
+    path: &std::path::Path,
+    mut prev_hash: Option<String>,
+) -> Result<serde_json::Value, Failure> {
+    use std::io::BufRead as _;
+    let file = std::fs::File::open(path).map_err(|x| format!("{}: {x}", path.display()))?;
+    let mut lines = std::io::BufReader::new(file).lines();
+    let mut checked = 0u64;
+    let mut last = None;
+    loop {
+        let mut part = Vec::with_capacity(500);
+        for line in lines.by_ref() {
+            let line = line.map_err(|x| format!("{}: {x}", path.display()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let record: serde_json::Value = serde_json::from_str(&line).map_err(|_| {
+                format!(
+                    "{}: line {} is not JSON",
+                    path.display(),
+                    checked + part.len() as u64 + 1
+                )
+            })?;
+            part.push(record);
+            if part.len() == 500 {
+                break;
+            }
+        }
+        if part.is_empty() {
+            break;
+        }
+        let body = serde_json::json!({ "records": part, "prev_hash": prev_hash });
+        let (status, id, answer) = c
+            .answer(
+                reqwest::Method::POST,
+                "/v1/audit/verify-archive",
+                Some(serde_json::to_vec(&body).map_err(|x| x.to_string())?),
+            )
+            .await
+            .map_err(Failure::from)?;
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&answer).map_err(|x| x.to_string())?;
+        if !status.is_success() {
+            return Err(api_error(status, id.as_deref(), &v).into());
+        }
+        checked += v["records"].as_u64().unwrap_or(0);
+        v["records"] = checked.into();
+        if v["valid"] != serde_json::Value::Bool(true) {
+            return Ok(v);
+        }
+        prev_hash = v["head"].as_str().map(str::to_string);
+        last = Some(v);
+    }
+    last.ok_or_else(|| format!("{} holds no records", path.display()).into())
+}
+
 /// Writes the audit records up to `through` to a new file as JSON lines and flushes it: the archive of what
 /// a pruning is about to delete. Refuses an archive that would not end at `through`.
 async fn archive_audit(c: &Client, path: &std::path::Path, through: u64) -> Result<(), Failure> {

@@ -3705,3 +3705,67 @@ async fn old_audit_records_are_pruned_on_the_record_and_the_rest_verifies() {
         (&json!(true), &json!(2))
     );
 }
+
+/// `POST /v1/audit/verify-archive`: an auditor checks records kept outside the service; bad input is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auditor_verifies_an_archive_and_bad_input_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(&dir.path().join("data"));
+    let a = server.addr.clone();
+    for _ in 0..3 {
+        create(&server.root(), "AES_256", None).await;
+    }
+    let auditor = token_for(&server, "reviewer", &["auditor"]).await;
+    let (_, page, _) = raw(&a, "GET", "/v1/audit?limit=3", Some(&auditor), None).await;
+    let records = page["records"].clone();
+    let check = |body: serde_json::Value| {
+        let (a, auditor) = (a.clone(), auditor.clone());
+        async move {
+            raw(
+                &a,
+                "POST",
+                "/v1/audit/verify-archive",
+                Some(&auditor),
+                Some(serde_json::to_vec(&body).unwrap()),
+            )
+            .await
+        }
+    };
+    let (st, v, _) = check(json!({ "records": records })).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        (&v["valid"], &v["records"], &v["continues_into_log"]),
+        (&json!(true), &json!(3), &json!(true)),
+        "{v}"
+    );
+    let mut extra = records.clone();
+    extra[1]["note"] = json!("added later");
+    let mut short = records.clone();
+    short[2].as_object_mut().unwrap().remove("hash");
+    for (body, said) in [
+        (json!({"records": []}), "records is empty"),
+        (
+            json!({"records": extra}),
+            "records[1]: unknown field `note`",
+        ),
+        (
+            json!({"records": short}),
+            "records[2]: missing field `hash`",
+        ),
+        (
+            json!({"records": [{"seq": "one", "hash": "00"}]}),
+            "records[0] is not an audit record",
+        ),
+        (
+            json!({"records": records, "prev_hash": "xyz"}),
+            "prev_hash is a record hash",
+        ),
+    ] {
+        let (st, v, _) = check(body).await;
+        assert_eq!((st, code_of(&v)), (400, "ValidationError"), "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(said),
+            "{v}"
+        );
+    }
+}

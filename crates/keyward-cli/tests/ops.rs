@@ -1972,6 +1972,36 @@ fn audit_pruning_archives_first() {
         (&verified["valid"], &verified["pruned_through"]),
         (&serde_json::json!(true), &serde_json::json!(4))
     );
+    // The archive proves itself against the service's audit key, and joins the kept log.
+    let checked: serde_json::Value =
+        serde_json::from_str(&ok(&["--json", "audit", "--verify-archive", archive_arg])).unwrap();
+    assert_eq!(
+        (
+            &checked["valid"],
+            &checked["records"],
+            &checked["continues_into_log"]
+        ),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!(4),
+            &serde_json::json!(true)
+        ),
+        "{checked}"
+    );
+    let altered = dir.path().join("altered.jsonl");
+    std::fs::write(
+        &altered,
+        std::fs::read_to_string(&archive).unwrap().replacen(
+            "\"principal\":\"root\"",
+            "\"principal\":\"nobody\"",
+            1,
+        ),
+    )
+    .unwrap();
+    let refused = run(&["audit", "--verify-archive", altered.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("does not verify"));
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("first_bad_seq"));
     // The archive file exists already: refused before anything is deleted.
     let refused = run(&["audit", "--prune-through", "6", "--archive", archive_arg]);
     assert!(!refused.status.success());

@@ -794,23 +794,12 @@ impl Kms {
                 let Ok(rec) = serde_json::from_str::<AuditRecord>(&row.record) else {
                     return bad(row.seq, checked, prev);
                 };
-                let consistent = rec.seq == row.seq
-                    && rec.prev_hash == prev
-                    && rec.principal == row.principal
+                // The columns the store filters on must say what the authenticated record says.
+                let columns = rec.principal == row.principal
                     && rec.action == row.action
                     && rec.key_id == row.key_id
                     && rec.outcome == row.outcome;
-                let mac_ok = match unhex(&rec.hash) {
-                    Some(mac) => {
-                        let body = Body::of_record(&rec).encode()?;
-                        input.clear();
-                        mac_input(&mut input, rec.seq, &rec.prev_hash, body.as_bytes());
-                        self.hsm
-                            .verify_mac(key, MacAlgorithm::HmacSha256, &input, &mac)?
-                    }
-                    None => false,
-                };
-                if !consistent || !mac_ok {
+                if !columns || !self.chains_onto(key, &rec, row.seq, &prev, &mut input)? {
                     return bad(row.seq, checked, prev);
                 }
                 prev = rec.hash;
@@ -818,6 +807,82 @@ impl Kms {
                 expected_seq += 1;
             }
         }
+    }
+
+    /// Whether `rec` is record `seq`, follows the record whose hash is `prev`, and carries its own MAC.
+    fn chains_onto(
+        &self,
+        key: &KeyHandle,
+        rec: &AuditRecord,
+        seq: u64,
+        prev: &str,
+        input: &mut Vec<u8>,
+    ) -> KmsResult<bool> {
+        if rec.seq != seq || rec.prev_hash != prev {
+            return Ok(false);
+        }
+        let Some(mac) = unhex(&rec.hash) else {
+            return Ok(false);
+        };
+        let body = Body::of_record(rec).encode()?;
+        input.clear();
+        mac_input(input, rec.seq, &rec.prev_hash, body.as_bytes());
+        Ok(self
+            .hsm
+            .verify_mac(key, MacAlgorithm::HmacSha256, input, &mac)?)
+    }
+
+    /// Verifies records kept outside the store (an archive written before pruning): each must carry this
+    /// deployment's MAC and chain onto the one before, the first onto `prev_hash` (the genesis hash when
+    /// the archive starts the log). `continues_into_log` says whether the last one is the record the kept
+    /// log chains onto (the retention anchor, or a stored record's predecessor), which shows nothing is
+    /// missing between the archive and the log.
+    pub fn verify_archive(
+        &self,
+        records: &[AuditRecord],
+        prev_hash: Option<&str>,
+    ) -> KmsResult<ArchiveVerification> {
+        let key = self.audit_key().ok_or_else(KmsError::sealed)?;
+        let Some(first) = records.first() else {
+            return Err(KmsError::validation("records is empty"));
+        };
+        let mut prev = match prev_hash {
+            Some(p) => p.to_string(),
+            None if first.seq == 1 => GENESIS.to_string(),
+            None => first.prev_hash.clone(),
+        };
+        let mut input = Vec::new();
+        let mut checked = 0u64;
+        for (i, rec) in records.iter().enumerate() {
+            let seq = first.seq.saturating_add(i as u64);
+            if !self.chains_onto(&key, rec, seq, &prev, &mut input)? {
+                return Ok(ArchiveVerification {
+                    valid: false,
+                    records: checked,
+                    head: prev,
+                    first_bad_seq: Some(seq),
+                    continues_into_log: false,
+                });
+            }
+            prev = rec.hash.clone();
+            checked += 1;
+        }
+        let last_seq = first.seq + checked - 1;
+        let continues_into_log = match self.audit_anchor(&key)? {
+            Ok(Some(a)) if a.seq == last_seq => a.hash == prev,
+            _ => transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+                row_at(tx, last_seq + 1)
+            })?
+            .and_then(|r| serde_json::from_str::<AuditRecord>(&r.record).ok())
+            .is_some_and(|next| next.prev_hash == prev),
+        };
+        Ok(ArchiveVerification {
+            valid: true,
+            records: checked,
+            head: prev,
+            first_bad_seq: None,
+            continues_into_log,
+        })
     }
 
     /// The retention anchor, if records were pruned: `Err` with the sequence number it claims when its MAC
@@ -951,6 +1016,22 @@ fn row_at(tx: &mut dyn Tx, seq: u64) -> keyward_store::StoreResult<Option<AuditR
         ..AuditQuery::default()
     })?;
     Ok(rows.into_iter().find(|r| r.seq == seq))
+}
+
+/// Result of an archive's verification.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ArchiveVerification {
+    /// Whether every record checked out.
+    pub valid: bool,
+    /// Records checked.
+    pub records: u64,
+    /// Hash of the last good record: the `prev_hash` for the next part of the archive.
+    pub head: String,
+    /// The first record that is altered, missing or out of order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_bad_seq: Option<u64>,
+    /// Whether the kept log continues from the archive's last record.
+    pub continues_into_log: bool,
 }
 
 /// Records deleted per transaction when pruning.

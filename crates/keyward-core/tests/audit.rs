@@ -388,3 +388,45 @@ fn pruning_more_than_a_chunk_runs_in_several_transactions() {
     assert!(v.valid, "{v:?}");
     assert_eq!((v.records, v.pruned_through), (100, Some(through)));
 }
+
+#[test]
+fn an_archive_verifies_against_the_audit_key_and_joins_the_kept_log() {
+    let (h, _) = fresh(30);
+    let kms = h.restart();
+    let all = kms
+        .query_audit(&AuditQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    let archive = all[..10].to_vec();
+    kms.prune_audit(10, kept_from(21)).unwrap();
+    let v = kms.verify_archive(&archive, None).unwrap();
+    assert!(v.valid && v.continues_into_log, "{v:?}");
+    assert_eq!((v.records, v.head.as_str()), (10, all[9].hash.as_str()));
+
+    // A part in the middle, chained onto the part before it.
+    let v = kms
+        .verify_archive(&all[10..20], Some(&all[9].hash))
+        .unwrap();
+    assert!(v.valid && v.continues_into_log, "{v:?}");
+
+    // Altered, missing, or not following what came before: named by the first bad record.
+    let mut altered = archive.clone();
+    altered[3].principal = "someone-else".into();
+    let v = kms.verify_archive(&altered, None).unwrap();
+    assert_eq!((v.valid, v.first_bad_seq, v.records), (false, Some(4), 3));
+    let mut gap = archive.clone();
+    gap.remove(4);
+    assert_eq!(
+        kms.verify_archive(&gap, None).unwrap().first_bad_seq,
+        Some(5)
+    );
+    let v = kms
+        .verify_archive(&all[10..20], Some(&all[8].hash))
+        .unwrap();
+    assert_eq!((v.valid, v.first_bad_seq), (false, Some(11)));
+    // A complete archive that stops short of the kept log does not join it.
+    let v = kms.verify_archive(&archive[..8], None).unwrap();
+    assert!(v.valid && !v.continues_into_log, "{v:?}");
+}

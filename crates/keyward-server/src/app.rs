@@ -1001,6 +1001,10 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/v1/audit/checkpoint", get(handlers::audit::checkpoint))
         .route("/v1/audit/prune", post(handlers::audit::prune))
+        .route(
+            "/v1/audit/verify-archive",
+            post(handlers::audit::verify_archive),
+        )
         .route("/v1/reports/compliance", get(handlers::reports::compliance))
         .route("/v1/keys/{key}/csr", post(crate::pki::csr))
         .route("/v1/keys/{key}/certificate", post(crate::pki::certificate))

@@ -75,6 +75,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/audit/verify"),
     ("get", "/v1/audit/checkpoint"),
     ("post", "/v1/audit/prune"),
+    ("post", "/v1/audit/verify-archive"),
     ("get", "/v1/reports/compliance"),
 ];
 

@@ -1,4 +1,4 @@
-//! `/v1/audit`, `/v1/audit/verify`, `/v1/audit/checkpoint` and `/v1/audit/prune`.
+//! `/v1/audit`, `/v1/audit/verify`, `/v1/audit/verify-archive`, `/v1/audit/checkpoint` and `/v1/audit/prune`.
 
 use std::collections::HashMap;
 
@@ -224,6 +224,92 @@ pub async fn verify(State(app): State<AppState>, meta: Meta) -> Response {
         None,
         Mode::Blocking,
         move |_| Reply::ok(&Verification::from(a.kms.verify_audit()?)),
+    )
+    .await
+}
+
+/// `POST /v1/audit/verify-archive {"records", "prev_hash"?}`: checks records kept outside the service (an
+/// archive written before pruning) against this deployment's audit key, part after part: each part's
+/// `head` is the next part's `prev_hash`.
+pub async fn verify_archive(
+    State(app): State<AppState>,
+    meta: Meta,
+    body: crate::app::RawBody,
+) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Req {
+        records: Vec<serde_json::Map<String, serde_json::Value>>,
+        #[serde(default)]
+        prev_hash: Option<String>,
+    }
+    /// The fields a record may carry: anything else is not what the log wrote.
+    const FIELDS: [&str; 14] = [
+        "seq",
+        "time",
+        "request_id",
+        "principal",
+        "source_ip",
+        "action",
+        "key_id",
+        "version",
+        "source_key_ids",
+        "resource",
+        "outcome",
+        "error_code",
+        "prev_hash",
+        "hash",
+    ];
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::VerifyAudit,
+        None,
+        Mode::Blocking,
+        move |_| {
+            let req: Req = crate::app::parse(&body)?;
+            // A thousand records stay well within the 1 MiB body limit; larger archives go part by part.
+            if req.records.len() > 1_000 {
+                return Err(ApiError::validation("at most 1000 records per request"));
+            }
+            if let Some(p) = &req.prev_hash {
+                if p.len() != 64 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(ApiError::validation(
+                        "prev_hash is a record hash: 64 hex digits",
+                    ));
+                }
+            }
+            let mut records = Vec::with_capacity(req.records.len());
+            for (i, fields) in req.records.into_iter().enumerate() {
+                if let Some(k) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+                    return Err(ApiError::validation(format!(
+                        "records[{i}]: unknown field `{}`",
+                        crate::convert::shown(k)
+                    )));
+                }
+                if !fields.contains_key("hash") {
+                    return Err(ApiError::validation(format!(
+                        "records[{i}]: missing field `hash`"
+                    )));
+                }
+                let record: AuditRecord = serde_json::from_value(serde_json::Value::Object(fields))
+                    .map_err(|_| {
+                        ApiError::validation(format!(
+                            "records[{i}] is not an audit record as the log writes it (a field is missing or of the wrong type)"
+                        ))
+                    })?;
+                if !matches!(record.outcome.as_str(), "allow" | "deny" | "error")
+                    || parse_time(&record.time).is_none()
+                {
+                    return Err(ApiError::validation(format!(
+                        "records[{i}] is not an audit record as the log writes it (its outcome or time)"
+                    )));
+                }
+                records.push(record);
+            }
+            Reply::ok(&a.kms.verify_archive(&records, req.prev_hash.as_deref())?)
+        },
     )
     .await
 }
