@@ -3769,3 +3769,34 @@ async fn an_auditor_verifies_an_archive_and_bad_input_is_named() {
         );
     }
 }
+
+/// A connection gets ten seconds to present its PROXY header (and TLS handshake), however long the idle
+/// timeout: a client that connects and says nothing cannot hold it for the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_from_the_balancer_is_closed_after_ten_seconds() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev_with(
+        dir.path(),
+        "idle_timeout_seconds = 120\nproxy_protocol_from = [\"127.0.0.2\"]\n",
+    );
+    let port: u16 = server.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut s = socket
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(60), s.read(&mut buf))
+        .await
+        .expect("the connection was held open")
+        .unwrap_or(0);
+    let after = start.elapsed();
+    assert_eq!(n, 0);
+    assert!(
+        after >= std::time::Duration::from_secs(9) && after < std::time::Duration::from_secs(30),
+        "{after:?}"
+    );
+}

@@ -62,12 +62,15 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The longest a connection may take to present its PROXY header and finish its TLS handshake.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How connections are served.
 pub struct Options {
     /// TLS, when configured.
     pub tls: Option<Arc<ServerConfig>>,
-    /// How long a connection may take to deliver a request's headers (and its PROXY header and TLS
-    /// handshake) once it is ready for them.
+    /// How long a connection may take to deliver a request's headers once it is ready for them (and, up to
+    /// ten seconds, its PROXY header and TLS handshake).
     pub idle: Duration,
     /// How long shutdown waits for requests in flight.
     pub grace: Duration,
@@ -94,6 +97,9 @@ pub async fn serve(
         proxies,
     } = options;
     let proxies = Arc::new(proxies);
+    // A balancer sends its PROXY header at once, and a TLS handshake takes a few round trips: a connection
+    // gets this long for both, however long it may then idle between requests.
+    let setup = idle.min(SETUP_TIMEOUT);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -135,7 +141,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let mut tcp = tcp;
             let client = if proxies.iter().any(|c| c.contains(peer.ip())) {
-                match tokio::time::timeout(idle, crate::proxy::read_header(&mut tcp)).await {
+                match tokio::time::timeout(setup, crate::proxy::read_header(&mut tcp)).await {
                     Ok(Ok(crate::proxy::Proxied::Client(a))) => a,
                     Ok(Ok(crate::proxy::Proxied::Local)) => peer,
                     Ok(Err(e)) => {
@@ -161,7 +167,7 @@ pub async fn serve(
                     let _ = watcher.watch(conn).await;
                 }
                 Some(acceptor) => {
-                    let Ok(Ok(stream)) = tokio::time::timeout(idle, acceptor.accept(tcp)).await
+                    let Ok(Ok(stream)) = tokio::time::timeout(setup, acceptor.accept(tcp)).await
                     else {
                         return;
                     };
