@@ -735,18 +735,20 @@ impl Kms {
                 })
             }
         };
-        let mut v = self.verify_range(&key, start, prev, u64::MAX)?;
+        let mut v = self.verify_range(&key, start, prev, u64::MAX, &mut 0)?;
         v.pruned_through = (start > 0).then_some(start);
         Ok(v)
     }
 
     /// Checks the records after `after_seq` (whose hash is `prev`) through `through_seq`, or to the end.
+    /// `newest_ms` ends as the latest `time_ms` among the records checked.
     fn verify_range(
         &self,
         key: &KeyHandle,
         after_seq: u64,
         mut prev: String,
         through_seq: u64,
+        newest_ms: &mut i64,
     ) -> KmsResult<AuditVerification> {
         let mut expected_seq = after_seq + 1;
         let mut checked = 0u64;
@@ -796,6 +798,7 @@ impl Kms {
                 };
                 // The columns the store filters on must say what the authenticated record says.
                 let columns = rec.principal == row.principal
+                    && rec.time == rfc3339_ms(row.time_ms)
                     && rec.action == row.action
                     && rec.key_id == row.key_id
                     && rec.outcome == row.outcome;
@@ -803,6 +806,7 @@ impl Kms {
                     return bad(row.seq, checked, prev);
                 }
                 prev = rec.hash;
+                *newest_ms = (*newest_ms).max(row.time_ms);
                 checked += 1;
                 expected_seq += 1;
             }
@@ -955,11 +959,21 @@ impl Kms {
                 rfc3339_ms(keep_after_ms)
             )));
         }
-        let v = self.verify_range(&key, start, prev, through_seq)?;
+        let mut newest_ms = i64::MIN;
+        let v = self.verify_range(&key, start, prev, through_seq, &mut newest_ms)?;
         if !v.valid {
             return Err(KmsError::invalid_state(format!(
                 "audit record {} does not verify; records that show tampering are evidence and are not pruned",
                 v.first_bad_seq.unwrap_or(start + 1)
+            )));
+        }
+        // Records are stamped by the node that made them, so an earlier one may carry a later time (a node's
+        // clock ahead of the others): none in the range may be younger than the retention period.
+        if newest_ms >= keep_after_ms {
+            return Err(KmsError::invalid_state(format!(
+                "a record through {through_seq} is from {}, inside the retention period (records before {} may be pruned)",
+                rfc3339_ms(newest_ms),
+                rfc3339_ms(keep_after_ms)
             )));
         }
         let mut anchor_seq = start;

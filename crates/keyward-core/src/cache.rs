@@ -180,7 +180,9 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Clone + Default> ShardedMa
 }
 
 /// Brings an over-full shard back within `limit`, keeping `fresh` (the entry just inserted); returns how
-/// many entries were dropped.
+/// many entries were dropped. When the unused entries alone do not make room, it drops others down to
+/// seven eighths of the limit, so that a working set larger than the cache pays for a sweep (a walk of the
+/// shard under its write lock) once per eighth of the shard's insertions rather than on every one.
 fn sweep<K: Hash + Eq, V, S: BuildHasher>(
     map: &mut HashMap<K, Entry<V>, S>,
     fresh: &K,
@@ -189,7 +191,8 @@ fn sweep<K: Hash + Eq, V, S: BuildHasher>(
     let before = map.len();
     map.retain(|k, e| k == fresh || e.used.swap(false, Ordering::Relaxed));
     if map.len() > limit {
-        let excess = map.len() - limit;
+        let low_water = (limit - limit / 8).max(1);
+        let excess = map.len() - low_water;
         let mut dropped = 0;
         map.retain(|k, _| {
             if dropped < excess && k != fresh {

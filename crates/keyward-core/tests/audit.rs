@@ -430,3 +430,27 @@ fn an_archive_verifies_against_the_audit_key_and_joins_the_kept_log() {
     let v = kms.verify_archive(&archive[..8], None).unwrap();
     assert!(v.valid && !v.continues_into_log, "{v:?}");
 }
+
+#[test]
+fn no_record_younger_than_the_retention_period_is_pruned_whatever_its_place() {
+    // Record 5 was stamped by a node whose clock ran ahead: later records carry earlier times.
+    let h = common::harness();
+    let kms = Arc::new(h.kms_clone());
+    let log = AuditLog::start(kms.clone()).unwrap();
+    for i in 1..=10u32 {
+        let mut e = event(i);
+        if i == 5 {
+            e.time_ms = kept_from(100);
+        }
+        log.append_blocking(e).unwrap();
+    }
+    assert!(refusal(kms.prune_audit(8, kept_from(50))).contains("inside the retention period"));
+    assert_eq!(kms.prune_audit(4, kept_from(50)).unwrap().pruned, 4);
+    // The time column the filters use is checked against the authenticated record too.
+    sql(
+        &h.dir.path().join("keyward.db"),
+        "UPDATE audit SET time_ms = 0 WHERE seq = 7",
+    );
+    let v = verify(&h);
+    assert_eq!((v.valid, v.first_bad_seq), (false, Some(7)));
+}
