@@ -36,7 +36,7 @@ snapshot() {
   done | awk '{c[$1] += $2; s[$1] += $3} END {for (k in c) print k, c[k], s[k]}' | sort
 }
 
-measure() { # pid port op label
+measure() { # pid port "op [options]" label
   snapshot "$1" > "$TMP/before"
   # The load generator's CPU time: its rusage, as its parent (Python) sees it once it has exited.
   KEYWARD_TOKEN=$TOKEN python3 -c '
@@ -46,7 +46,7 @@ with open(sys.argv[1], "w") as out:
 r = resource.getrusage(resource.RUSAGE_CHILDREN)
 open(sys.argv[2], "w").write(f"{r.ru_utime} {r.ru_stime}")
 ' "$TMP/out" "$TMP/loadgen" "$BIN" bench --duration "$DURATION" --warmup 0 --concurrency "$CONCURRENCY" \
-    --addr "http://127.0.0.1:$2" --op "$3"
+    --addr "http://127.0.0.1:$2" --op $3
   snapshot "$1" > "$TMP/after"
   python3 - "$4" "$TMP/out" "$TMP/loadgen" "$TMP/before" "$TMP/after" "$(getconf CLK_TCK)" "$(nproc)" <<'PY'
 import re, sys
@@ -75,8 +75,9 @@ PY
 
 echo "# $(nproc) cores, $CONCURRENCY connections, ${DURATION}s per target, $(date -u +%FT%TZ)"
 for _ in $(seq "$ROUNDS"); do
-  measure "$P_FLOOR" "$FLOOR" floor floor
-  measure "$P_DURABLE" "$DURABLE" floor "durable floor"
+  # The floors carry the same requests as the encrypt targets.
+  measure "$P_FLOOR" "$FLOOR" "floor --like encrypt" floor
+  measure "$P_DURABLE" "$DURABLE" "floor --like encrypt" "durable floor"
   measure "$P_AUDITED" "$AUDITED" encrypt "encrypt, audit on"
   measure "$P_UNAUDITED" "$UNAUDITED" encrypt "encrypt, audit off"
 done

@@ -4,7 +4,8 @@
 #   benches/load.sh                 # 10 s per measurement, 32 connections
 #   DURATION=5 CONCURRENCY=64 benches/load.sh
 #
-# Starts, on loopback only: the floor server (`keyward bench-floor`, a fixed 200 answer), the durable floor
+# Starts, on loopback only: the floor server (`keyward bench-floor`: reads each request, answers a fixed 200;
+# driven with the same requests as the encrypt lines, `--op floor --like encrypt`), the durable floor
 # (`bench-floor --durable`: the same answer once a 300-byte record is durable in a file, by group commit; what
 # the least durable-audit design costs on this machine), Keyward in dev mode
 # with the durable audit log, the same on the PostgreSQL store (in a scratch schema of KEYWARD_BENCH_POSTGRES,
@@ -56,12 +57,16 @@ run() { KEYWARD_TOKEN=$TOKEN "$BIN" bench --duration "$DURATION" --warmup 2 --co
 echo "# $(nproc) cores, $CONCURRENCY connections, ${DURATION}s per line, $(date -u +%FT%TZ)"
 # The goal lines first, between two floor lines: this machine's speed drifts within a run, so they are
 # compared with the floor measured next to them.
-run --addr "http://127.0.0.1:$FLOOR" --op floor
+# The floor lines carry the same load as the encrypt lines (the same POST, token and 1 KiB payload; the floor
+# reads it and answers 200); the bare-GET floor after them is the lighter reference of earlier runs.
+run --addr "http://127.0.0.1:$FLOOR" --op floor --like encrypt
 run --addr "http://127.0.0.1:$AUDITED" --op encrypt
 echo "# audit log off (dev-mode switch, for this comparison only)"
 run --addr "http://127.0.0.1:$UNAUDITED" --op encrypt
 echo "# durable floor: a fixed answer once a record is durable (group commit to a file, nothing else)"
-run --addr "http://127.0.0.1:$DURABLE" --op floor
+run --addr "http://127.0.0.1:$DURABLE" --op floor --like encrypt
+run --addr "http://127.0.0.1:$FLOOR" --op floor --like encrypt
+echo "# floor, bare GET without a body (the reference of runs before 2026-11-30 12:00)"
 run --addr "http://127.0.0.1:$FLOOR" --op floor
 echo "# audit on"
 run --addr "http://127.0.0.1:$AUDITED" --op decrypt
@@ -73,7 +78,7 @@ run --addr "http://127.0.0.1:$ONPG" --op decrypt
 echo "# PostgreSQL store, three nodes on one database (connections spread evenly)"
 KEYWARD_TOKEN=$CLTOKEN "$BIN" bench --duration "$DURATION" --warmup 2 --concurrency "$CONCURRENCY" --addr "$CLUSTER" --op encrypt
 KEYWARD_TOKEN=$CLTOKEN "$BIN" bench --duration "$DURATION" --warmup 2 --concurrency "$CONCURRENCY" --addr "$CLUSTER" --op decrypt
-run --addr "http://127.0.0.1:$FLOOR" --op floor
+run --addr "http://127.0.0.1:$FLOOR" --op floor --like encrypt
 # The goal figures: audited encrypt against the mean of the two floor lines around it, and what audit costs.
 python3 - "$TMP/lines" <<'PY'
 import re, sys
@@ -81,5 +86,6 @@ rates = [float(m.group(1)) for m in (re.search(r"(\d+) req/s", l) for l in open(
 floor = (rates[0] + rates[4]) / 2
 print(f"# encrypt with audit: {rates[1] / floor:.0%} of the floor ({rates[1]:,.0f} of {floor:,.0f} req/s); "
       f"audit off: {rates[2] / floor:.0%}; audit costs {1 - rates[1] / rates[2]:.0%} of encrypt throughput; "
-      f"durable floor: {rates[3] / floor:.0%} (durability alone costs {1 - rates[3] / floor:.0%})")
+      f"durable floor: {rates[3] / floor:.0%} (durability alone costs {1 - rates[3] / floor:.0%}); "
+      f"against the bare-GET floor ({rates[5]:,.0f} req/s): {rates[1] / rates[5]:.0%}")
 PY

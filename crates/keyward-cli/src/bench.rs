@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// Key to use (one is created when absent).
     #[arg(long)]
     key: Option<String>,
+    /// With `--op floor`: send the requests this operation sends (its path, bearer token and body) rather
+    /// than a bare GET, so that the floor carries the same load as the line it is compared with.
+    #[arg(long, value_name = "OP")]
+    like: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -67,10 +71,31 @@ async fn prepare(a: &BenchArgs, http: &reqwest::Client) -> Result<Target, String
             .map(|b| format!("{}{path}", b.trim().trim_end_matches('/')))
             .collect()
     };
+    let payload = base64::engine::general_purpose::STANDARD.encode(vec![0x42u8; a.size]);
     if a.op == "floor" {
+        let Some(like) = a.like.as_deref() else {
+            return Ok(Target {
+                urls: urls("/"),
+                body: None,
+            });
+        };
+        // The floor answers every request alike: no key to create (a stand-in id as long as Keyward's),
+        // and a decrypt would need a real ciphertext.
+        if like == "decrypt" {
+            return Err(
+                "--like decrypt needs a ciphertext from Keyward; use encrypt, sign or data-key"
+                    .into(),
+            );
+        }
+        let (path, body) = request(
+            like,
+            "00000000-0000-4000-8000-000000000000",
+            &payload,
+            serde_json::Value::Null,
+        )?;
         return Ok(Target {
-            urls: urls("/"),
-            body: None,
+            urls: urls(&path),
+            body: Some(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
         });
     }
     let token = a.token.clone().ok_or("a token is needed (KEYWARD_TOKEN)")?;
@@ -106,23 +131,39 @@ async fn prepare(a: &BenchArgs, http: &reqwest::Client) -> Result<Target, String
             .to_string(),
     };
     let key_path = keyward_client::segment(&key);
-    let payload = base64::engine::general_purpose::STANDARD.encode(vec![0x42u8; a.size]);
-    let (path, body) = match a.op.as_str() {
+    let ciphertext = if a.op == "decrypt" {
+        post(
+            format!("/v1/keys/{key_path}/encrypt"),
+            serde_json::json!({"plaintext": payload}),
+        )
+        .await?["ciphertext"]
+            .clone()
+    } else {
+        serde_json::Value::Null
+    };
+    let (path, body) = request(&a.op, &key_path, &payload, ciphertext)?;
+    Ok(Target {
+        urls: urls(&path),
+        body: Some(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
+    })
+}
+
+/// The path and body of one operation's request, as every measured request sends it.
+fn request(
+    op: &str,
+    key_path: &str,
+    payload: &str,
+    ciphertext: serde_json::Value,
+) -> Result<(String, serde_json::Value), String> {
+    Ok(match op {
         "encrypt" => (
             format!("/v1/keys/{key_path}/encrypt"),
             serde_json::json!({"plaintext": payload}),
         ),
-        "decrypt" => {
-            let ct = post(
-                format!("/v1/keys/{key_path}/encrypt"),
-                serde_json::json!({"plaintext": payload}),
-            )
-            .await?;
-            (
-                "/v1/decrypt".to_string(),
-                serde_json::json!({"ciphertext": ct["ciphertext"]}),
-            )
-        }
+        "decrypt" => (
+            "/v1/decrypt".to_string(),
+            serde_json::json!({"ciphertext": ciphertext}),
+        ),
         "sign" => (
             format!("/v1/keys/{key_path}/sign"),
             serde_json::json!({"message": payload, "algorithm": "ECDSA_SHA_256"}),
@@ -131,11 +172,7 @@ async fn prepare(a: &BenchArgs, http: &reqwest::Client) -> Result<Target, String
             format!("/v1/keys/{key_path}/data-key"),
             serde_json::json!({"spec": "AES_256"}),
         ),
-        other => return Err(format!("unknown --op {other}")),
-    };
-    Ok(Target {
-        urls: urls(&path),
-        body: Some(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
+        other => return Err(format!("unknown operation {other}")),
     })
 }
 
@@ -234,7 +271,8 @@ pub async fn run(a: BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// A server that answers every request with a fixed 200 body: the HTTP floor of the machine.
+/// A server that reads each request and answers it with a fixed 200 body: the HTTP floor of the machine.
+/// `keyward bench --op floor --like encrypt` sends it the requests an encrypt line sends.
 ///
 /// With `durable`, every request first appends a 300-byte record to that file and waits until a group
 /// commit has made it durable, as an audited request must: the least any durable-audit design pays on this
@@ -243,7 +281,7 @@ pub async fn run(a: BenchArgs) -> Result<(), String> {
 pub async fn floor(listen: SocketAddr, durable: Option<std::path::PathBuf>) -> Result<(), String> {
     const BODY: &str = r#"{"status":"ok","detail":"fixed response of the HTTP floor server used as the reference for keyward bench; about two hundred bytes long, like a small API answer"}"#;
     let app = match durable {
-        None => axum::Router::new().fallback(|| async {
+        None => axum::Router::new().fallback(|_request: axum::body::Bytes| async {
             (
                 [(axum::http::header::CONTENT_TYPE, "application/json")],
                 BODY,
@@ -251,7 +289,7 @@ pub async fn floor(listen: SocketAddr, durable: Option<std::path::PathBuf>) -> R
         }),
         Some(path) => {
             let log = GroupCommit::start(&path)?;
-            axum::Router::new().fallback(move || {
+            axum::Router::new().fallback(move |_request: axum::body::Bytes| {
                 let log = log.clone();
                 async move {
                     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -1660,31 +1660,40 @@ fn the_floor_servers_serve_the_load_generator() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         assert!(up, "the floor server did not listen");
-        let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
-            .args([
-                "bench",
-                "--op",
-                "floor",
-                "--json",
-                "--duration",
-                "1",
-                "--warmup",
-                "0",
-            ])
-            .args(["--concurrency", "8", "--addr", &format!("http://{addr}")])
-            .output()
-            .unwrap();
+        // A bare GET, then the requests of an encrypt line (POST, token, 1 KiB payload), which the floor
+        // reads and answers alike.
+        let bench = |extra: &[&str]| {
+            Command::new(env!("CARGO_BIN_EXE_keyward"))
+                .args(["bench", "--op", "floor", "--json", "--duration", "1"])
+                .args(["--warmup", "0", "--concurrency", "8", "--token", "kw.x"])
+                .args(["--addr", &format!("http://{addr}")])
+                .args(extra)
+                .output()
+                .unwrap()
+        };
+        let outs = [bench(&[]), bench(&["--like", "encrypt"])];
+        let refused = bench(&["--like", "decrypt"]);
         floor.kill().unwrap();
         floor.wait().unwrap();
+        assert!(!refused.status.success());
         assert!(
-            out.status.success(),
+            String::from_utf8_lossy(&refused.stderr).contains("use encrypt, sign or data-key"),
             "{}",
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&refused.stderr)
         );
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(report["errors"], 0, "{report}");
-        let requests = report["requests"].as_u64().unwrap();
-        assert!(requests > 0, "{report}");
+        let mut requests = 0;
+        for out in outs {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(report["errors"], 0, "{report}");
+            let n = report["requests"].as_u64().unwrap();
+            assert!(n > 0, "{report}");
+            requests += n;
+        }
         if durable {
             let bytes = std::fs::read(&log).unwrap();
             assert_eq!(
@@ -1693,8 +1702,8 @@ fn the_floor_servers_serve_the_load_generator() {
                 "the file keeps its preallocated size"
             );
             let written = bytes.iter().filter(|b| **b != 0).count() as u64;
-            // Every answered request's record is in the file (the file wraps after 64 MiB, which a one-second
-            // run with eight connections does not reach).
+            // Every answered request's record is in the file (the file wraps after 64 MiB, which two
+            // one-second runs with eight connections do not reach).
             assert!(
                 written >= requests * 300,
                 "{written} bytes for {requests} requests"
