@@ -3494,6 +3494,17 @@ async fn a_trusted_balancer_names_its_clients_and_nobody_else_can() {
     let answer = send("127.0.0.2", Vec::new(), "pp-missing").await;
     assert_eq!(answer, "");
     assert!(recorded("pp-missing").await.is_empty());
+    // A balancer health-checking without a header fails every check; the log tells of the first, and of
+    // the rest at most every ten seconds with their number, rather than once per connection.
+    for _ in 0..5 {
+        assert_eq!(send("127.0.0.2", Vec::new(), "pp-check").await, "");
+    }
+    let logs = server.logs();
+    assert_eq!(
+        logs.matches("connection from 127.0.0.2").count(),
+        1,
+        "{logs}"
+    );
 
     // Anyone else claiming to be a client of the branch: the header is not read as one, so the request
     // does not parse, and nothing runs.

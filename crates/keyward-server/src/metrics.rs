@@ -8,7 +8,48 @@ use std::time::{Duration, Instant};
 use crate::authz::Action;
 
 /// How often the log repeats that the audit log cannot be written.
-const AUDIT_TELL_EVERY: Duration = Duration::from_secs(10);
+/// How often a repeated condition (a failing audit write, a balancer sending bad PROXY headers) is told.
+pub const TELL_EVERY: Duration = Duration::from_secs(10);
+
+/// A log line for a condition that may repeat with every request or connection: the first occurrence is told
+/// at once, later ones at most every [`TELL_EVERY`] with the number left untold, so that a flood of failures
+/// cannot flood the log (or fill the disk the audit log needs).
+pub struct LogThrottle(parking_lot::Mutex<(Option<Instant>, u64)>);
+
+impl LogThrottle {
+    /// Nothing told yet.
+    pub const fn new() -> LogThrottle {
+        LogThrottle(parking_lot::const_mutex((None, 0)))
+    }
+
+    /// Counts one occurrence and, when it is time, prints `line(untold)`, `untold` being the occurrences
+    /// since the last line that were not told.
+    pub fn tell(&self, line: impl FnOnce(u64) -> String) {
+        let mut told = self.0.lock();
+        match told.0 {
+            Some(at) if at.elapsed() < TELL_EVERY => told.1 += 1,
+            _ => {
+                let untold = std::mem::take(&mut told.1);
+                told.0 = Some(Instant::now());
+                drop(told);
+                eprintln!("{}", line(untold));
+            }
+        }
+    }
+
+    /// Takes the number of occurrences not told yet (to be told another way), and starts afresh.
+    pub fn take_untold(&self) -> u64 {
+        let mut told = self.0.lock();
+        told.0 = None;
+        std::mem::take(&mut told.1)
+    }
+}
+
+impl Default for LogThrottle {
+    fn default() -> Self {
+        LogThrottle::new()
+    }
+}
 
 /// Histogram bucket upper bounds, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -61,8 +102,8 @@ pub struct Metrics {
     audit_failures: AtomicU64,
     /// Whether the last audit write failed; the first success after says so in the log.
     audit_failing: AtomicBool,
-    /// When the log last said the audit log cannot be written, and how many failures it has not told of.
-    audit_told: parking_lot::Mutex<(Option<Instant>, u64)>,
+    /// The log lines saying the audit log cannot be written.
+    audit_told: LogThrottle,
 }
 
 impl Default for Metrics {
@@ -71,7 +112,7 @@ impl Default for Metrics {
             per_action: Action::ALL.iter().map(|_| PerAction::new()).collect(),
             audit_failures: AtomicU64::new(0),
             audit_failing: AtomicBool::new(false),
-            audit_told: parking_lot::Mutex::new((None, 0)),
+            audit_told: LogThrottle::new(),
         }
     }
 }
@@ -97,22 +138,15 @@ impl Metrics {
     pub fn audit_failed(&self, why: &str) {
         self.audit_failures.fetch_add(1, Ordering::Relaxed);
         self.audit_failing.store(true, Ordering::Relaxed);
-        let mut told = self.audit_told.lock();
-        match told.0 {
-            Some(at) if at.elapsed() < AUDIT_TELL_EVERY => told.1 += 1,
-            _ => {
-                let since = std::mem::take(&mut told.1);
-                told.0 = Some(Instant::now());
-                drop(told);
-                if since == 0 {
-                    eprintln!("audit log cannot be written, requests fail closed: {why}");
-                } else {
-                    eprintln!(
-                        "audit log cannot be written, requests fail closed ({since} more since the last message): {why}"
-                    );
-                }
+        self.audit_told.tell(|since| {
+            if since == 0 {
+                format!("audit log cannot be written, requests fail closed: {why}")
+            } else {
+                format!(
+                    "audit log cannot be written, requests fail closed ({since} more since the last message): {why}"
+                )
             }
-        }
+        });
     }
 
     /// Notes a durable audit write: the first after failures says the log is written again.
@@ -120,7 +154,7 @@ impl Metrics {
         if self.audit_failing.load(Ordering::Relaxed)
             && self.audit_failing.swap(false, Ordering::Relaxed)
         {
-            let since = std::mem::take(&mut self.audit_told.lock().1);
+            let since = self.audit_told.take_untold();
             eprintln!(
                 "audit log written again ({} failures in all, {since} since the last message)",
                 self.audit_failures.load(Ordering::Relaxed)

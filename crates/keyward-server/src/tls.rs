@@ -65,6 +65,9 @@ pub fn server_config(
 /// The longest a connection may take to present its PROXY header and finish its TLS handshake.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The log lines for connections from a trusted balancer that did not begin with a valid PROXY header.
+static BAD_PROXY_HEADERS: crate::metrics::LogThrottle = crate::metrics::LogThrottle::new();
+
 /// How connections are served.
 pub struct Options {
     /// TLS, when configured.
@@ -145,7 +148,12 @@ pub async fn serve(
                     Ok(Ok(crate::proxy::Proxied::Client(a))) => a,
                     Ok(Ok(crate::proxy::Proxied::Local)) => peer,
                     Ok(Err(e)) => {
-                        eprintln!("connection from {peer} closed: {e}");
+                        // A balancer that health-checks without a header would otherwise log every
+                        // check.
+                        BAD_PROXY_HEADERS.tell(|untold| match untold {
+                            0 => format!("connection from {peer} closed: {e}"),
+                            n => format!("connection from {peer} closed: {e} ({n} more since the last message)"),
+                        });
                         return;
                     }
                     Err(_) => return,
