@@ -1249,6 +1249,10 @@ fn unsafe_or_wrong_configuration_is_refused() {
         ("tls_crt = \"/x\"\n", "tls_crt"),
         ("approval_ttl_seconds = 0\n", "approval_ttl_seconds is 1 to"),
         (
+            "approval_retention_days = 0\n",
+            "approval_retention_days is 1 to 36500",
+        ),
+        (
             "approval_ttl_seconds = 2592001\n",
             "approval_ttl_seconds is 1 to",
         ),
@@ -3156,15 +3160,9 @@ async fn identity_lifecycle(server: &Server, alice: &Client, alice_token: &str, 
     assert_eq!(v["records"][0]["action"], "kms:PutPolicy", "{v}");
 }
 
-/// A request nobody answers ends on the record: the leading node stores it as `expired` under an audit
-/// record of the scheduler's, a late approval is refused and runs nothing, and a restart changes neither.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unanswered_approval_expires_on_the_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::dev_with(
-        dir.path(),
-        "approval_ttl_seconds = 2\nbackground_interval_seconds = 1\n",
-    );
+/// A key whose destructive operations need one approval, and two key administrators (`ops1`, `ops2`) to
+/// request and decide them; with the root client.
+async fn quorum_key_and_two_admins(server: &Server) -> (Client, String, String, String) {
     let root = server.root();
     let key = root
         .create_key(&CreateKeyRequest {
@@ -3175,32 +3173,53 @@ async fn an_unanswered_approval_expires_on_the_record() {
         .await
         .unwrap()
         .key_id;
-    let ops1 = token_for(&server, "ops1", &["key-admin"]).await;
-    let ops2 = token_for(&server, "ops2", &["key-admin"]).await;
-    let a = server.addr.clone();
+    let ops1 = token_for(server, "ops1", &["key-admin"]).await;
+    let ops2 = token_for(server, "ops2", &["key-admin"]).await;
+    (root, key, ops1, ops2)
+}
+
+/// Asks for `key`'s deletion as `token`, which waits for approval; the approval id.
+async fn request_deletion(addr: &str, key: &str, token: &str) -> String {
     let (st, v, _) = raw(
-        &a,
+        addr,
         "POST",
         &format!("/v1/keys/{key}/schedule-deletion"),
-        Some(&ops1),
+        Some(token),
         Some(br#"{"pending_days": 7}"#.to_vec()),
     )
     .await;
     assert_eq!(st, 202, "{v}");
-    let id = v["approval_id"].as_str().unwrap().to_string();
+    v["approval_id"].as_str().unwrap().to_string()
+}
 
-    let expiry_records = |a: String, id: String| async move {
-        let (st, v, _) = raw(
-            &a,
-            "GET",
-            &format!("/v1/audit?resource=approval/{id}&principal=system:scheduler"),
-            Some(ROOT),
-            None,
-        )
-        .await;
-        assert_eq!(st, 200, "{v}");
-        v["records"].as_array().unwrap().clone()
-    };
+/// The audit records the scheduler made under `approval/{id}`.
+async fn scheduler_records(addr: &str, id: &str) -> Vec<serde_json::Value> {
+    let (st, v, _) = raw(
+        addr,
+        "GET",
+        &format!("/v1/audit?resource=approval/{id}&principal=system:scheduler"),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    v["records"].as_array().unwrap().clone()
+}
+
+/// A request nobody answers ends on the record: the leading node stores it as `expired` under an audit
+/// record of the scheduler's, a late approval is refused and runs nothing, and a restart changes neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_approval_expires_on_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::dev_with(
+        dir.path(),
+        "approval_ttl_seconds = 2\nbackground_interval_seconds = 1\n",
+    );
+    let (root, key, ops1, ops2) = quorum_key_and_two_admins(&server).await;
+    let a = server.addr.clone();
+    let id = request_deletion(&a, &key, &ops1).await;
+
+    let expiry_records = |a: String, id: String| async move { scheduler_records(&a, &id).await };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let records = loop {
         let records = expiry_records(a.clone(), id.clone()).await;
@@ -3265,6 +3284,115 @@ async fn an_unanswered_approval_expires_on_the_record() {
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     assert_eq!(expiry_records(a.clone(), id.clone()).await.len(), 1);
     assert_eq!(root.describe_key(&key).await.unwrap().state, "Enabled");
+}
+
+/// Closed requests do not pile up: `approval_retention_days` after its expiry time the leading node deletes
+/// a closed request, after a `kms:PurgeApproval` record that ends its trail. A pending one is first stored as
+/// expired, and goes a round later; one still within retention stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_approvals_are_purged_after_retention_on_the_record() {
+    use keyward_store::{transact, Tx};
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::dev_with(dir.path(), "background_interval_seconds = 1\n");
+    let (root, key, ops1, ops2) = quorum_key_and_two_admins(&server).await;
+    let a = server.addr.clone();
+    let request = || request_deletion(&a, &key, &ops1);
+    let reject = |id: String| {
+        let (a, ops2) = (a.clone(), ops2.clone());
+        async move {
+            let (st, v, _) = raw(
+                &a,
+                "POST",
+                &format!("/v1/approvals/{id}/reject"),
+                Some(&ops2),
+                None,
+            )
+            .await;
+            assert_eq!((st, v["status"].as_str()), (200, Some("rejected")), "{v}");
+        }
+    };
+    let (old_rejected, old_pending, recent_rejected) =
+        (request().await, request().await, request().await);
+    reject(old_rejected.clone()).await;
+    reject(recent_rejected.clone()).await;
+
+    // Ninety-one days pass for two of them: their expiry time is moved back in the store.
+    server.stop();
+    {
+        let store =
+            keyward_store_sqlite::SqliteStore::open(&dir.path().join("data").join("keyward.db"))
+                .unwrap();
+        let long_ago = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            - 91 * 86_400;
+        transact(&store as &dyn keyward_store::Store, |tx: &mut dyn Tx| {
+            for id in [&old_rejected, &old_pending] {
+                let mut v: serde_json::Value =
+                    serde_json::from_slice(&tx.get_meta("approval", id)?.unwrap()).unwrap();
+                v["expires_at"] = json!(long_ago);
+                tx.put_meta("approval", id, &serde_json::to_vec(&v).unwrap())?;
+            }
+            Ok::<_, keyward_store::StoreError>(())
+        })
+        .unwrap();
+    }
+    server.restart(&[("KEYWARD_DEV_ROOT_TOKEN", ROOT)]);
+
+    let status = |id: String| {
+        let a = a.clone();
+        async move {
+            raw(&a, "GET", &format!("/v1/approvals/{id}"), Some(ROOT), None)
+                .await
+                .0
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while status(old_rejected.clone()).await != 404 || status(old_pending.clone()).await != 404 {
+        assert!(std::time::Instant::now() < deadline, "not purged");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Each trail ends with the deletion, by the scheduler; the pending one was stored as expired first.
+    let trail = |id: String| {
+        let (a, key) = (a.clone(), key.clone());
+        async move {
+            scheduler_records(&a, &id)
+                .await
+                .iter()
+                .map(|r| {
+                    assert_eq!(r["key_id"], key.as_str(), "{r}");
+                    format!(
+                        "{} {}",
+                        r["action"].as_str().unwrap(),
+                        r["outcome"].as_str().unwrap()
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        trail(old_rejected.clone()).await,
+        ["kms:PurgeApproval allow"]
+    );
+    assert_eq!(
+        trail(old_pending.clone()).await,
+        ["kms:ScheduleKeyDeletion error", "kms:PurgeApproval allow"]
+    );
+    // Within retention: kept, listed, and not recorded as deleted, however many rounds pass.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(status(recent_rejected.clone()).await, 200);
+    assert!(trail(recent_rejected.clone()).await.is_empty());
+    let (_, listed, _) = raw(&a, "GET", "/v1/approvals", Some(ROOT), None).await;
+    let ids: Vec<&str> = listed["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["approval_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [recent_rejected.as_str()], "{listed}");
+    let (_, verify, _) = raw(&a, "GET", "/v1/audit/verify", Some(ROOT), None).await;
+    assert_eq!(verify["valid"], true, "{verify}");
 }
 
 /// A connection must deliver a complete request header within `idle_timeout_seconds` of being ready for

@@ -51,6 +51,10 @@ pub struct Config {
     /// How long a request waiting for quorum approval stays open; past it, the leading node's next round
     /// stores it as `expired` under an audit record of its own.
     pub approval_ttl_seconds: u64,
+    /// Closed approval requests (executed, rejected, expired, failed) are deleted by the leading node this
+    /// many days after their expiry time, each after an audit record; the audit log keeps their whole trail.
+    /// Without it the requests would pile up for ever, and every round and listing reads them all.
+    pub approval_retention_days: u32,
     /// This node's id (defaults to a value kept in the data directory).
     pub node_id: Option<String>,
     /// The audit log. Only a dev-mode server accepts `false`, to measure what auditing costs.
@@ -94,6 +98,7 @@ impl Default for Config {
             background_interval_seconds: 60,
             key_cache_capacity: 100_000,
             approval_ttl_seconds: 24 * 3600,
+            approval_retention_days: 90,
             node_id: None,
             audit: true,
             audit_retention_days: 365,
@@ -215,6 +220,9 @@ impl Config {
         }
         if !(1..=3600).contains(&self.idle_timeout_seconds) {
             return Err("idle_timeout_seconds is 1 to 3600".into());
+        }
+        if !(1..=36_500).contains(&self.approval_retention_days) {
+            return Err("approval_retention_days is 1 to 36500".into());
         }
         if !(1..=MAX_APPROVAL_TTL).contains(&self.approval_ttl_seconds) {
             return Err(format!(

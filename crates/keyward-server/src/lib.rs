@@ -410,17 +410,12 @@ async fn background(app: AppState) {
                 std::sync::atomic::AtomicBool::new(false);
             let store = a.kms.store_handle();
             let leads = store.leads().unwrap_or(false);
-            if leads || !RECOVERED.load(std::sync::atomic::Ordering::Acquire) {
-                match handlers::approvals::end_interrupted(&a) {
-                    Ok(_) => RECOVERED.store(true, std::sync::atomic::Ordering::Release),
-                    Err(e) => eprintln!("interrupted approvals not ended yet: {}", e.0.message()),
-                }
+            let recover = !RECOVERED.load(std::sync::atomic::Ordering::Acquire);
+            if (leads || recover) && handlers::approvals::round(&a, leads, recover) {
+                RECOVERED.store(true, std::sync::atomic::Ordering::Release);
             }
             if !leads {
                 return;
-            }
-            if let Err(e) = handlers::approvals::expire_overdue(&a) {
-                eprintln!("overdue approvals not expired yet: {}", e.0.message());
             }
             let _ = store.housekeeping();
             // Each rotation or destruction is recorded before it happens; a round that cannot write its

@@ -449,12 +449,12 @@ fn stored_requests(app: &AppState) -> Result<Vec<Approval>, ApiError> {
 /// an `error` record under the approval's id. Whether the operation ran before the stop is in the key's trail
 /// (its `allow` record) and its state; should an abandoned claimant finish after all, it stores what really
 /// happened over the `failed`. Recent claims of other nodes are theirs to end.
-pub fn end_interrupted(app: &AppState) -> Result<usize, ApiError> {
+fn end_interrupted(app: &AppState, stored: &[Approval]) -> Result<usize, ApiError> {
     let ours = claim_name(app);
     let node = format!("{} ", app.node_id);
     let now = app.clock.now();
     let mut ended = 0;
-    for a in stored_requests(app)? {
+    for a in stored {
         let Some(claim) = a.claimed_by.clone() else {
             continue;
         };
@@ -478,7 +478,7 @@ pub fn end_interrupted(app: &AppState) -> Result<usize, ApiError> {
         if app.config.audit {
             let code = Some(ErrorCode::Unavailable.as_str().to_string());
             app.audit
-                .append_blocking(executed(&a, (&a.approval_id, ""), "error", code))?;
+                .append_blocking(executed(a, (&a.approval_id, ""), "error", code))?;
         }
         transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
             let mut x = read(tx, &a.approval_id)?;
@@ -502,16 +502,16 @@ pub fn end_interrupted(app: &AppState) -> Result<usize, ApiError> {
 /// Readers already see such a request as `expired`; storing it makes the end part of the trail. Each gets an
 /// `error` record (`InvalidState`, as a late decision on it would) under the scheduler's name, made durable
 /// before the status changes, like any change. A round stops at the first record that cannot be written.
-pub fn expire_overdue(app: &AppState) -> Result<usize, ApiError> {
+fn expire_overdue(app: &AppState, stored: &[Approval]) -> Result<usize, ApiError> {
     let now = app.clock.now();
     let mut expired = 0;
-    for a in stored_requests(app)? {
+    for a in stored {
         if a.status != "pending" || a.expires_at > now {
             continue;
         }
         if app.config.audit {
             let request_id = format!("sched-{}", uuid::Uuid::new_v4().simple());
-            let mut record = executed(&a, (&request_id, "local"), "error", None);
+            let mut record = executed(a, (&request_id, "local"), "error", None);
             record.principal = keyward_core::audit::SCHEDULER.to_string();
             record.resource = Some(crate::app::resource("approval", &a.approval_id));
             record.error_code = Some(ErrorCode::InvalidState.as_str().to_string());
@@ -529,6 +529,117 @@ pub fn expire_overdue(app: &AppState) -> Result<usize, ApiError> {
         expired += 1;
     }
     Ok(expired)
+}
+
+/// The states a request never leaves (a `failed` one may still be overwritten by its claimant with what
+/// really happened, which is closed too).
+const CLOSED: [&str; 4] = ["executed", "rejected", "expired", "failed"];
+
+/// The most closed requests one round deletes, so that a round stays short however many have accumulated.
+const PURGE_PER_ROUND: usize = 1000;
+
+/// One background round over the stored requests, read once: ends interrupted claims (every node once per
+/// run, `recover`, and the leading node every round), and on the leading node stores overdue requests as
+/// expired and deletes closed ones past retention. Says whether the interrupted claims were dealt with.
+pub fn round(app: &AppState, leads: bool, recover: bool) -> bool {
+    let stored = match stored_requests(app) {
+        Ok(stored) => stored,
+        Err(e) => {
+            eprintln!("approvals not checked this round: {}", e.0.message());
+            return false;
+        }
+    };
+    let mut recovered = false;
+    if leads || recover {
+        match end_interrupted(app, &stored) {
+            Ok(_) => recovered = true,
+            Err(e) => eprintln!("interrupted approvals not ended yet: {}", e.0.message()),
+        }
+    }
+    if leads {
+        if let Err(e) = expire_overdue(app, &stored) {
+            eprintln!("overdue approvals not expired yet: {}", e.0.message());
+        }
+        if let Err(e) = purge_closed(app, &stored) {
+            eprintln!("closed approvals not deleted yet: {}", e.0.message());
+        }
+    }
+    recovered
+}
+
+/// Deletes closed requests `approval_retention_days` after their expiry time (for one executed or rejected
+/// early, that is the retention plus what was left of its time to live). Each deletion has its record
+/// first (`kms:PurgeApproval` by the scheduler, under `approval/ID`), so that the request's trail in the audit
+/// log ends with it; the round's records are made durable together, and only requests whose record is
+/// durable are deleted.
+fn purge_closed(app: &AppState, stored: &[Approval]) -> Result<usize, ApiError> {
+    let now = app.clock.now();
+    let keep = i64::from(app.config.approval_retention_days).saturating_mul(keyward_core::DAY);
+    let past = |a: &Approval| {
+        CLOSED.contains(&a.status.as_str()) && a.expires_at.saturating_add(keep) <= now
+    };
+    let due: Vec<&Approval> = stored
+        .iter()
+        .filter(|a| past(a))
+        .take(PURGE_PER_ROUND)
+        .collect();
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let mut recorded = vec![true; due.len()];
+    if app.config.audit {
+        let request_id = format!("sched-{}", uuid::Uuid::new_v4().simple());
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (i, a) in due.iter().enumerate() {
+            let tx = tx.clone();
+            app.audit.append(
+                AuditEvent {
+                    time_ms: crate::app::now_ms(),
+                    request_id: request_id.clone(),
+                    principal: keyward_core::audit::SCHEDULER.to_string(),
+                    source_ip: "local".to_string(),
+                    action: "kms:PurgeApproval".to_string(),
+                    key_id: a.operation.key_id().map(str::to_string),
+                    version: None,
+                    source_key_ids: Vec::new(),
+                    resource: Some(crate::app::resource("approval", &a.approval_id)),
+                    outcome: "allow",
+                    error_code: None,
+                },
+                Box::new(move |r| {
+                    let _ = tx.send((i, r.is_ok()));
+                }),
+            );
+        }
+        drop(tx);
+        recorded.fill(false);
+        for (i, ok) in rx {
+            if let Some(slot) = recorded.get_mut(i) {
+                *slot = ok;
+            }
+        }
+    }
+    let purged = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+        let mut purged = 0;
+        for (a, _) in due.iter().zip(&recorded).filter(|(_, ok)| **ok) {
+            // Read again: only a request still closed and past retention goes.
+            let still = match tx.get_meta(APPROVALS, &a.approval_id)? {
+                Some(raw) => serde_json::from_slice::<Approval>(&raw).is_ok_and(|x| past(&x)),
+                None => false,
+            };
+            if still && tx.delete_meta(APPROVALS, &a.approval_id)? {
+                purged += 1;
+            }
+        }
+        Ok::<_, ApiError>(purged)
+    })?;
+    if recorded.iter().any(|ok| !ok) {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "some deletions could not be recorded; they wait for the next round",
+        ));
+    }
+    Ok(purged)
 }
 
 /// Runs the operation of a request this node claimed, and stores how it ended.
