@@ -3294,7 +3294,7 @@ async fn closed_approvals_are_purged_after_retention_on_the_record() {
     use keyward_store::{transact, Tx};
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::dev_with(dir.path(), "background_interval_seconds = 1\n");
-    let (root, key, ops1, ops2) = quorum_key_and_two_admins(&server).await;
+    let (_, key, ops1, ops2) = quorum_key_and_two_admins(&server).await;
     let a = server.addr.clone();
     let request = || request_deletion(&a, &key, &ops1);
     let reject = |id: String| {
