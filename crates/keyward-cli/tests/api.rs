@@ -1685,7 +1685,9 @@ async fn compliance_report_and_audit_checkpoints() {
     );
     assert!(
         page.contains("access review (1 live root token)")
-            && page.contains("<td class=\"flag\">privileged user without MFA</td>"),
+            && page.contains("<td class=\"flag\">privileged user without MFA</td>")
+            && page
+                .contains("Closed approval requests are deleted 90 days after their expiry time"),
         "{page}"
     );
     let (st, v, _) = raw(
@@ -3769,9 +3771,10 @@ async fn old_audit_records_are_pruned_on_the_record_and_the_rest_verifies() {
             (
                 &report["audit_chain_valid"],
                 &report["audit_pruned_through"],
-                &report["audit_retention_days"]
+                &report["audit_retention_days"],
+                &report["approval_retention_days"]
             ),
-            (&json!(true), &json!(5), &json!(0)),
+            (&json!(true), &json!(5), &json!(0), &json!(90)),
         );
     };
     check(a.clone()).await;

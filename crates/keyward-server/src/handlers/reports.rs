@@ -116,6 +116,9 @@ struct Report {
     audit_pruned_through: Option<u64>,
     /// Records younger than this are never pruned.
     audit_retention_days: u32,
+    /// Closed approval requests are deleted this long after their expiry time (their trail stays in the
+    /// audit log).
+    approval_retention_days: u32,
 }
 
 fn all_keys(app: &AppState) -> Result<Vec<KeyInfo>, ApiError> {
@@ -300,6 +303,7 @@ fn build(app: &AppState, dormant_days: i64) -> Result<Report, ApiError> {
         audit_records: chain.records,
         audit_pruned_through: chain.pruned_through,
         audit_retention_days: app.config.audit_retention_days,
+        approval_retention_days: app.config.approval_retention_days,
     })
 }
 
@@ -542,6 +546,10 @@ fn html(r: &Report) -> String {
             .map(|q| vec![q.key_id.clone(), q.approvals.to_string()])
             .collect(),
     );
+    o.push_str(&format!(
+        "<p>Closed approval requests are deleted {} days after their expiry time; their trail stays in the audit log.</p>",
+        r.approval_retention_days
+    ));
     o.push_str("</body></html>\n");
     o
 }
