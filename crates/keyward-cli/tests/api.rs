@@ -3397,6 +3397,97 @@ async fn closed_approvals_are_purged_after_retention_on_the_record() {
     assert_eq!(verify["valid"], true, "{verify}");
 }
 
+/// Expired tokens do not pile up either: the leading node deletes each after a `kms:PurgeToken` record under
+/// `token/ID`; a live token of the same identity stays, listed and working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_tokens_are_deleted_on_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::dev_with(dir.path(), "background_interval_seconds = 1\n");
+    let a = server.addr.clone();
+    let (st, v, _) = raw(
+        &a,
+        "POST",
+        "/v1/identities",
+        Some(ROOT),
+        Some(br#"{"name": "ci-job", "kind": "service", "roles": ["key-user"]}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    let mint = |body: &'static [u8]| {
+        let a = a.clone();
+        async move {
+            let (st, v, _) = raw(
+                &a,
+                "POST",
+                "/v1/identities/ci-job/tokens",
+                Some(ROOT),
+                Some(body.to_vec()),
+            )
+            .await;
+            assert_eq!(st, 201, "{v}");
+            (
+                v["token"].as_str().unwrap().to_string(),
+                v["token_id"].as_str().unwrap().to_string(),
+            )
+        }
+    };
+    let (short, short_id) = mint(br#"{"ttl_seconds": 1}"#).await;
+    let (long, long_id) = mint(b"{}").await;
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let records = loop {
+        let (st, v, _) = raw(
+            &a,
+            "GET",
+            &format!("/v1/audit?resource=token/{short_id}&principal=system:scheduler"),
+            Some(ROOT),
+            None,
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        let records = v["records"].as_array().unwrap().clone();
+        if !records.is_empty() {
+            break records;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{short_id} was not deleted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(
+        (&records[0]["action"], &records[0]["outcome"]),
+        (&json!("kms:PurgeToken"), &json!("allow"))
+    );
+    let (st, _, _) = raw(&a, "GET", "/v1/auth/self", Some(&short), None).await;
+    assert_eq!(st, 401);
+    let (st, _, _) = raw(&a, "GET", "/v1/auth/self", Some(&long), None).await;
+    assert_eq!(st, 200);
+    let (_, listed, _) = raw(&a, "GET", "/v1/identities/ci-job/tokens", Some(ROOT), None).await;
+    assert_eq!(
+        listed["tokens"][0]["token_id"],
+        long_id.as_str(),
+        "{listed}"
+    );
+    assert_eq!(listed["tokens"].as_array().unwrap().len(), 1, "{listed}");
+    let (_, live_root, _) = raw(&a, "GET", "/v1/auth/self", Some(ROOT), None).await;
+    assert_eq!(live_root["name"], "root", "{live_root}");
+
+    // Gone from the store, the live one kept.
+    server.stop();
+    let store =
+        keyward_store_sqlite::SqliteStore::open(&dir.path().join("data").join("keyward.db"))
+            .unwrap();
+    let ids = keyward_store::transact(&store as &dyn keyward_store::Store, |tx| {
+        tx.list_meta("token_id")
+    })
+    .unwrap();
+    let ids: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
+    assert!(!ids.contains(&short_id.as_str()), "{ids:?}");
+    assert!(ids.contains(&long_id.as_str()), "{ids:?}");
+}
+
 /// A connection must deliver a complete request header within `idle_timeout_seconds` of being ready for
 /// one: a client trickling its headers in (slowloris) and a keep-alive connection left idle are both
 /// closed, while one in steady use stays open.

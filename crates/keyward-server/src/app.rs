@@ -672,6 +672,54 @@ fn event(
     }
 }
 
+/// A record of the scheduler's housekeeping (`system:scheduler`, from `local`), naming what it removed.
+pub fn housekeeping_event(
+    request_id: &str,
+    action: &str,
+    resource: String,
+    key_id: Option<String>,
+) -> AuditEvent {
+    AuditEvent {
+        time_ms: now_ms(),
+        request_id: request_id.to_string(),
+        principal: keyward_core::audit::SCHEDULER.to_string(),
+        source_ip: "local".to_string(),
+        action: action.to_string(),
+        key_id,
+        version: None,
+        source_key_ids: Vec::new(),
+        resource: Some(resource),
+        outcome: "allow",
+        error_code: None,
+    }
+}
+
+/// Appends background records and blocks until each is durable or has failed; they are queued at once, so
+/// they share the writer's batches. Says, for each, whether it is durable (all are when the audit log is off).
+pub fn record_all(app: &AppState, events: Vec<AuditEvent>) -> Vec<bool> {
+    let mut durable = vec![!app.config.audit; events.len()];
+    if !app.config.audit {
+        return durable;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (i, event) in events.into_iter().enumerate() {
+        let tx = tx.clone();
+        app.audit.append(
+            event,
+            Box::new(move |r| {
+                let _ = tx.send((i, r.is_ok()));
+            }),
+        );
+    }
+    drop(tx);
+    for (i, ok) in rx {
+        if let Some(slot) = durable.get_mut(i) {
+            *slot = ok;
+        }
+    }
+    durable
+}
+
 async fn append(app: &AppState, event: AuditEvent) -> Result<u64, keyward_core::KmsError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     app.audit.append(event, Box::new(move |r| drop(tx.send(r))));

@@ -273,6 +273,44 @@ impl Auth {
         Ok(hash.is_some())
     }
 
+    /// Tokens past their expiry, at most `limit`: dead credentials, which the leading node deletes so that
+    /// they do not pile up (every listing of an identity's tokens reads them all).
+    pub fn expired(&self, now: i64, limit: usize) -> KmsResult<Vec<TokenRecord>> {
+        Ok(
+            transact(self.store.as_ref(), |tx: &mut dyn Tx| tx.list_meta(TOKENS))?
+                .into_iter()
+                .filter_map(|(_, raw)| serde_json::from_slice::<TokenRecord>(&raw).ok())
+                .filter(|r| r.expires_at.is_some_and(|t| t <= now))
+                .take(limit)
+                .collect(),
+        )
+    }
+
+    /// Deletes the tokens named that are still expired at `now`; how many went.
+    pub fn delete_expired(&self, token_ids: &[&str], now: i64) -> KmsResult<usize> {
+        let deleted = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            let mut deleted = 0;
+            for id in token_ids {
+                let Some(hash) = tx.get_meta(TOKEN_IDS, id)? else {
+                    continue;
+                };
+                let hash = String::from_utf8(hash).unwrap_or_default();
+                let expired = tx
+                    .get_meta(TOKENS, &hash)?
+                    .and_then(|raw| serde_json::from_slice::<TokenRecord>(&raw).ok())
+                    .is_some_and(|r| r.expires_at.is_some_and(|t| t <= now));
+                if expired {
+                    tx.delete_meta(TOKENS, &hash)?;
+                    tx.delete_meta(TOKEN_IDS, id)?;
+                    deleted += 1;
+                }
+            }
+            Ok::<_, KmsError>(deleted)
+        })?;
+        self.invalidate(|p| token_ids.contains(&p.token_id.as_str()));
+        Ok(deleted)
+    }
+
     /// Inside an identity's change: rewrites the grants of each of its tokens (`Some`), or revokes them all
     /// (`None`, when the identity is deleted), so that the change holds for tokens already issued. Tokens
     /// carry their grants so that a request needs one lookup; other nodes forget the changed tokens through

@@ -417,6 +417,9 @@ async fn background(app: AppState) {
             if !leads {
                 return;
             }
+            if let Err(e) = handlers::identities::purge_expired_tokens(&a) {
+                eprintln!("expired tokens not deleted yet: {}", e.0.message());
+            }
             let _ = store.housekeeping();
             // Each rotation or destruction is recorded before it happens; a round that cannot write its
             // records stops and is retried at the next tick.

@@ -586,39 +586,19 @@ fn purge_closed(app: &AppState, stored: &[Approval]) -> Result<usize, ApiError> 
     if due.is_empty() {
         return Ok(0);
     }
-    let mut recorded = vec![true; due.len()];
-    if app.config.audit {
-        let request_id = format!("sched-{}", uuid::Uuid::new_v4().simple());
-        let (tx, rx) = std::sync::mpsc::channel();
-        for (i, a) in due.iter().enumerate() {
-            let tx = tx.clone();
-            app.audit.append(
-                AuditEvent {
-                    time_ms: crate::app::now_ms(),
-                    request_id: request_id.clone(),
-                    principal: keyward_core::audit::SCHEDULER.to_string(),
-                    source_ip: "local".to_string(),
-                    action: "kms:PurgeApproval".to_string(),
-                    key_id: a.operation.key_id().map(str::to_string),
-                    version: None,
-                    source_key_ids: Vec::new(),
-                    resource: Some(crate::app::resource("approval", &a.approval_id)),
-                    outcome: "allow",
-                    error_code: None,
-                },
-                Box::new(move |r| {
-                    let _ = tx.send((i, r.is_ok()));
-                }),
-            );
-        }
-        drop(tx);
-        recorded.fill(false);
-        for (i, ok) in rx {
-            if let Some(slot) = recorded.get_mut(i) {
-                *slot = ok;
-            }
-        }
-    }
+    let request_id = format!("sched-{}", uuid::Uuid::new_v4().simple());
+    let events = due
+        .iter()
+        .map(|a| {
+            crate::app::housekeeping_event(
+                &request_id,
+                "kms:PurgeApproval",
+                crate::app::resource("approval", &a.approval_id),
+                a.operation.key_id().map(str::to_string),
+            )
+        })
+        .collect();
+    let recorded = crate::app::record_all(app, events);
     let purged = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
         let mut purged = 0;
         for (a, _) in due.iter().zip(&recorded).filter(|(_, ok)| **ok) {

@@ -840,3 +840,45 @@ pub async fn delete(State(app): State<AppState>, meta: Meta, Path(name): Path<St
     )
     .await
 }
+
+/// The most expired tokens one round deletes.
+const PURGE_PER_ROUND: usize = 1000;
+
+/// Deletes expired tokens, the leading node's work each round: each after a `kms:PurgeToken` record (under
+/// `token/ID`, as its revocation would be), the round's records made durable together; a token whose record
+/// failed stays for the next round. An expired token authenticates nothing and is listed nowhere, so only
+/// the store's size changes.
+pub fn purge_expired_tokens(app: &AppState) -> Result<usize, ApiError> {
+    let now = app.clock.now();
+    let expired = app.auth.expired(now, PURGE_PER_ROUND)?;
+    if expired.is_empty() {
+        return Ok(0);
+    }
+    let request_id = format!("sched-{}", uuid::Uuid::new_v4().simple());
+    let events = expired
+        .iter()
+        .map(|t| {
+            crate::app::housekeeping_event(
+                &request_id,
+                "kms:PurgeToken",
+                crate::app::resource("token", &t.token_id),
+                None,
+            )
+        })
+        .collect();
+    let recorded = crate::app::record_all(app, events);
+    let ids: Vec<&str> = expired
+        .iter()
+        .zip(&recorded)
+        .filter(|(_, ok)| **ok)
+        .map(|(t, _)| t.token_id.as_str())
+        .collect();
+    let deleted = app.auth.delete_expired(&ids, now)?;
+    if ids.len() < expired.len() {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "some deletions could not be recorded; they wait for the next round",
+        ));
+    }
+    Ok(deleted)
+}
