@@ -394,14 +394,6 @@ impl Auth {
     pub fn forget_all(&self) {
         self.invalidate(|_| true);
     }
-
-    /// Whether any token exists (the service was bootstrapped).
-    pub fn has_tokens(&self) -> KmsResult<bool> {
-        Ok(!transact(self.store.as_ref(), |tx: &mut dyn Tx| {
-            tx.list_meta(TOKEN_IDS)
-        })?
-        .is_empty())
-    }
 }
 
 #[cfg(test)]
