@@ -672,38 +672,37 @@ fn event(
     }
 }
 
-/// A record of the scheduler's housekeeping (`system:scheduler`, from `local`), naming what it removed.
-pub fn housekeeping_event(
-    request_id: &str,
+/// Records the scheduler's deletion of each `kind` object (`{kind}/{id}`, with the key it concerns): a
+/// round's records under one request id, queued at once so that they share the writer's batches. Blocks
+/// until each is durable or has failed, and says for each whether it is durable (all are when the audit log
+/// is off); only what is recorded may then be deleted.
+pub fn record_deletions<'a>(
+    app: &AppState,
     action: &str,
-    resource: String,
-    key_id: Option<String>,
-) -> AuditEvent {
-    AuditEvent {
-        time_ms: now_ms(),
-        request_id: request_id.to_string(),
-        principal: keyward_core::audit::SCHEDULER.to_string(),
-        source_ip: "local".to_string(),
-        action: action.to_string(),
-        key_id,
-        version: None,
-        source_key_ids: Vec::new(),
-        resource: Some(resource),
-        outcome: "allow",
-        error_code: None,
-    }
-}
-
-/// Appends background records and blocks until each is durable or has failed; they are queued at once, so
-/// they share the writer's batches. Says, for each, whether it is durable (all are when the audit log is off).
-pub fn record_all(app: &AppState, events: Vec<AuditEvent>) -> Vec<bool> {
-    let mut durable = vec![!app.config.audit; events.len()];
+    kind: &str,
+    items: impl ExactSizeIterator<Item = (&'a str, Option<String>)>,
+) -> Vec<bool> {
+    let mut durable = vec![!app.config.audit; items.len()];
     if !app.config.audit {
         return durable;
     }
+    let request_id = format!("sched-{}", uuid::Uuid::new_v4().simple());
     let (tx, rx) = std::sync::mpsc::channel();
-    for (i, event) in events.into_iter().enumerate() {
+    for (i, (id, key_id)) in items.enumerate() {
         let tx = tx.clone();
+        let event = AuditEvent {
+            time_ms: now_ms(),
+            request_id: request_id.clone(),
+            principal: keyward_core::audit::SCHEDULER.to_string(),
+            source_ip: "local".to_string(),
+            action: action.to_string(),
+            key_id,
+            version: None,
+            source_key_ids: Vec::new(),
+            resource: Some(resource(kind, id)),
+            outcome: "allow",
+            error_code: None,
+        };
         app.audit.append(
             event,
             Box::new(move |r| {
@@ -718,6 +717,14 @@ pub fn record_all(app: &AppState, events: Vec<AuditEvent>) -> Vec<bool> {
         }
     }
     durable
+}
+
+/// A round that could not record every deletion: the rest wait for the next round.
+pub fn unrecorded_deletions() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unavailable,
+        "some deletions could not be recorded; they wait for the next round",
+    )
 }
 
 async fn append(app: &AppState, event: AuditEvent) -> Result<u64, keyward_core::KmsError> {

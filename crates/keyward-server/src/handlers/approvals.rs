@@ -586,19 +586,17 @@ fn purge_closed(app: &AppState, stored: &[Approval]) -> Result<usize, ApiError> 
     if due.is_empty() {
         return Ok(0);
     }
-    let request_id = format!("sched-{}", uuid::Uuid::new_v4().simple());
-    let events = due
-        .iter()
-        .map(|a| {
-            crate::app::housekeeping_event(
-                &request_id,
-                "kms:PurgeApproval",
-                crate::app::resource("approval", &a.approval_id),
+    let recorded = crate::app::record_deletions(
+        app,
+        "kms:PurgeApproval",
+        "approval",
+        due.iter().map(|a| {
+            (
+                a.approval_id.as_str(),
                 a.operation.key_id().map(str::to_string),
             )
-        })
-        .collect();
-    let recorded = crate::app::record_all(app, events);
+        }),
+    );
     let purged = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
         let mut purged = 0;
         for (a, _) in due.iter().zip(&recorded).filter(|(_, ok)| **ok) {
@@ -614,10 +612,7 @@ fn purge_closed(app: &AppState, stored: &[Approval]) -> Result<usize, ApiError> 
         Ok::<_, ApiError>(purged)
     })?;
     if recorded.iter().any(|ok| !ok) {
-        return Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "some deletions could not be recorded; they wait for the next round",
-        ));
+        return Err(crate::app::unrecorded_deletions());
     }
     Ok(purged)
 }

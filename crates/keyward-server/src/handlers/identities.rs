@@ -854,19 +854,12 @@ pub fn purge_expired_tokens(app: &AppState) -> Result<usize, ApiError> {
     if expired.is_empty() {
         return Ok(0);
     }
-    let request_id = format!("sched-{}", uuid::Uuid::new_v4().simple());
-    let events = expired
-        .iter()
-        .map(|t| {
-            crate::app::housekeeping_event(
-                &request_id,
-                "kms:PurgeToken",
-                crate::app::resource("token", &t.token_id),
-                None,
-            )
-        })
-        .collect();
-    let recorded = crate::app::record_all(app, events);
+    let recorded = crate::app::record_deletions(
+        app,
+        "kms:PurgeToken",
+        "token",
+        expired.iter().map(|t| (t.token_id.as_str(), None)),
+    );
     let ids: Vec<&str> = expired
         .iter()
         .zip(&recorded)
@@ -875,10 +868,7 @@ pub fn purge_expired_tokens(app: &AppState) -> Result<usize, ApiError> {
         .collect();
     let deleted = app.auth.delete_expired(&ids, now)?;
     if ids.len() < expired.len() {
-        return Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "some deletions could not be recorded; they wait for the next round",
-        ));
+        return Err(crate::app::unrecorded_deletions());
     }
     Ok(deleted)
 }
