@@ -5,6 +5,7 @@
 //! to stdout or the file asked for, never to stderr.
 
 mod bench;
+mod files;
 mod output;
 
 use std::io::{Read, Write};
@@ -14,6 +15,7 @@ use std::process::ExitCode;
 
 use base64::Engine as _;
 use clap::{Args, Parser, Subcommand};
+use files::{Access, Staged};
 use keyward_api::*;
 use keyward_client::{envelope, Client};
 use output::Out;
@@ -819,36 +821,13 @@ fn unb64(s: &str) -> Result<Vec<u8>, String> {
         .map_err(|_| "input is not base64".to_string())
 }
 
-fn write_output(path: &Option<PathBuf>, data: &[u8]) -> Result<(), String> {
+/// Writes a command's output to stdout, or to the file asked for as a whole ([`files`]); `access` says whether
+/// it is for the owner's eyes only.
+fn write_output(path: &Option<PathBuf>, data: &[u8], access: Access) -> Result<(), String> {
     match path {
-        Some(p) => {
-            std::fs::write(p, data).map_err(|e| format!("cannot write {}: {e}", p.display()))
-        }
+        Some(p) => files::write(p, data, access),
         None => std::io::stdout().write_all(data).map_err(|e| e.to_string()),
     }
-}
-
-/// Writes a file so that a crash leaves either the old file or the whole new one: a temporary file beside
-/// it, flushed to disk, renamed into place, and the directory flushed.
-fn write_durably(path: &std::path::Path, data: &[u8]) -> Result<(), String> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| format!("{} is not a file name", path.display()))?;
-    let tmp = dir.join(format!(".{}.partial", name.to_string_lossy()));
-    let fail = |x: std::io::Error| format!("cannot write {}: {x}", path.display());
-    let mut f = std::fs::File::create(&tmp).map_err(fail)?;
-    f.write_all(data).map_err(fail)?;
-    f.sync_all().map_err(fail)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(fail)?;
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// Why a command stopped short: an error for stderr, or an operation the service accepted but holds for
@@ -950,7 +929,7 @@ async fn run(cli: Cli) -> Res {
             }
             Operator::Backup { output } => {
                 let bytes = c.backup().await.map_err(e)?;
-                write_durably(&output, &bytes)?;
+                files::write(&output, &bytes, Access::Private)?;
                 eprintln!(
                     "backup written to {} ({} bytes)",
                     output.display(),
@@ -1148,24 +1127,18 @@ async fn run(cli: Cli) -> Res {
                 let input = tokio::fs::File::open(&file)
                     .await
                     .map_err(|x| format!("cannot open {}: {x}", file.display()))?;
-                let tmp = PathBuf::from(format!("{}.partial", dest.display()));
-                let output = tokio::fs::File::create(&tmp)
-                    .await
-                    .map_err(|x| format!("cannot create {}: {x}", tmp.display()))?;
+                let staged = Staged::create(&dest, Access::Ordinary)?;
                 let n = envelope::encrypt(
                     c,
                     &a.key,
                     ctx,
                     a.segment,
                     tokio::io::BufReader::new(input),
-                    tokio::io::BufWriter::new(output),
+                    tokio::io::BufWriter::new(staged.async_writer()?),
                 )
                 .await
-                .map_err(|x| {
-                    let _ = std::fs::remove_file(&tmp);
-                    x.to_string()
-                })?;
-                std::fs::rename(&tmp, &dest).map_err(|x| x.to_string())?;
+                .map_err(|x| x.to_string())?;
+                staged.commit()?;
                 eprintln!("encrypted {n} bytes into {}", dest.display());
             } else {
                 let pt = zeroize::Zeroizing::new(read_input(&a.input)?);
@@ -1190,7 +1163,7 @@ async fn run(cli: Cli) -> Res {
                         .get("ciphertext")
                         .and_then(|x| x.as_str())
                         .unwrap_or_default();
-                    write_output(&a.out, format!("{ct}\n").as_bytes())?;
+                    write_output(&a.out, format!("{ct}\n").as_bytes(), Access::Ordinary)?;
                 }
             }
         }
@@ -1201,27 +1174,19 @@ async fn run(cli: Cli) -> Res {
                 let input = tokio::fs::File::open(&file)
                     .await
                     .map_err(|x| format!("cannot open {}: {x}", file.display()))?;
-                let tmp = PathBuf::from(format!("{}.partial", dest.display()));
-                let output = tokio::fs::File::create(&tmp)
-                    .await
-                    .map_err(|x| x.to_string())?;
-                let r = envelope::decrypt(
+                // Plaintext is written segment by segment as each verifies; it takes the destination's name
+                // only once the whole file has, and is the owner's only from its first byte.
+                let staged = Staged::create(&dest, Access::Private)?;
+                let n = envelope::decrypt(
                     c,
                     ctx,
                     tokio::io::BufReader::new(input),
-                    tokio::io::BufWriter::new(output),
+                    tokio::io::BufWriter::new(staged.async_writer()?),
                 )
-                .await;
-                match r {
-                    Ok(n) => {
-                        std::fs::rename(&tmp, &dest).map_err(|x| x.to_string())?;
-                        eprintln!("decrypted {n} bytes into {}", dest.display());
-                    }
-                    Err(x) => {
-                        let _ = std::fs::remove_file(&tmp);
-                        return Err(x.to_string().into());
-                    }
-                }
+                .await
+                .map_err(|x| x.to_string())?;
+                staged.commit()?;
+                eprintln!("decrypted {n} bytes into {}", dest.display());
             } else {
                 let input = read_input(&a.input)?;
                 let ct = unb64(&String::from_utf8_lossy(&input))?;
@@ -1232,7 +1197,7 @@ async fn run(cli: Cli) -> Res {
                 if out.json {
                     out.value(&r);
                 } else {
-                    write_output(&a.out, r.plaintext.expose())?;
+                    write_output(&a.out, r.plaintext.expose(), Access::Private)?;
                 }
             }
         }
@@ -1571,7 +1536,7 @@ async fn run(cli: Cli) -> Res {
             if !status.is_success() {
                 return print_raw(&out, status, id.as_deref(), &body);
             }
-            write_output(&dest, &body)?;
+            write_output(&dest, &body, Access::Ordinary)?;
         }
         Command::Checkpoint => {
             let (status, id, body) = c

@@ -433,6 +433,51 @@ fn the_cli_drives_the_service() {
         None,
     );
     assert_eq!(std::fs::read(&restored).unwrap(), data);
+    // Plaintext written to a file is its owner's only; a failed decryption leaves nothing, not even
+    // the verified part, and no temporary file remains either way.
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&restored), 0o600);
+    let sealed = std::fs::read(format!("{}.kws", big.display())).unwrap();
+    let cut = dir.path().join("cut.kws");
+    std::fs::write(&cut, &sealed[..sealed.len() - 1000]).unwrap();
+    let partial = dir.path().join("partial.bin");
+    let failed = run_cli(
+        &[
+            "decrypt",
+            "--file",
+            cut.to_str().unwrap(),
+            "--out",
+            partial.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(!failed.status.success());
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("truncated"));
+    assert!(!partial.exists());
+    let small = dir.path().join("small.txt");
+    cli(
+        &[
+            "decrypt",
+            "--context",
+            "app=cli",
+            "--in",
+            ct_path.to_str().unwrap(),
+            "--out",
+            small.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(std::fs::read(&small).unwrap(), b"from the command line");
+    assert_eq!(mode(&small), 0o600);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     let signer: serde_json::Value = serde_json::from_slice(&cli(
         &[
             "--json",

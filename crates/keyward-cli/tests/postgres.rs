@@ -910,6 +910,11 @@ async fn backup_then_restore_into_a_new_database_then_every_ciphertext_decrypts(
     assert!(ok, "{err}");
     let backup = std::fs::read(&file).unwrap();
     assert!(!backup.windows(8).any(|w| w == b"alias/dr"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "a backup is its owner's only");
+    }
     let shares_file = dir.path().join("shares");
     std::fs::write(&shares_file, cluster.shares[1..].join("\n")).unwrap();
     let (root, shares) = (cluster.root.clone(), cluster.shares.clone());

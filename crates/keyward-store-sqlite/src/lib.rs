@@ -143,12 +143,35 @@ fn unavailable(op: &str, e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(format!("sqlite {op}: {e}"))
 }
 
+/// Creates a missing database file readable by its owner only, before SQLite would create it with `0644`:
+/// it holds the audit log and every key's wrapped material and metadata, and may live outside the data
+/// directory (whose `0700` would otherwise be all that protects it). SQLite gives its `-wal` and `-shm`
+/// files the database file's permissions. An existing file is left as its owner set it.
+fn create_private(path: &Path) -> StoreResult<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "sqlite open: cannot create {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     ///
     /// Checkpoints run on a background connection: the writer never stalls copying the WAL into the
     /// database (a 40 MB checkpoint inside a commit is a 30 ms pause for every waiting request).
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        create_private(path)?;
         let conn = Connection::open(path).map_err(|e| unavailable("open", e))?;
         let store = Self::setup(conn)?;
         store
