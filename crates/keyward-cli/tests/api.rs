@@ -3220,12 +3220,17 @@ async fn an_unanswered_approval_expires_on_the_record() {
     let (root, key, ops1, ops2) = quorum_key_and_two_admins(&server).await;
     let a = server.addr.clone();
     let id = request_deletion(&a, &key, &ops1).await;
+    // A second one, which expires in the same round or the next: each gets its own record.
+    let other = request_deletion(&a, &key, &ops2).await;
 
     let expiry_records = |a: String, id: String| async move { scheduler_records(&a, &id).await };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let records = loop {
         let records = expiry_records(a.clone(), id.clone()).await;
-        if !records.is_empty() {
+        let others = expiry_records(a.clone(), other.clone()).await;
+        if !records.is_empty() && !others.is_empty() {
+            assert_eq!(others.len(), 1, "{others:?}");
+            assert_eq!(others[0]["error_code"], "InvalidState", "{others:?}");
             break records;
         }
         assert!(
@@ -3285,6 +3290,16 @@ async fn an_unanswered_approval_expires_on_the_record() {
     // Rounds after the restart find it stored as expired and record nothing more.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     assert_eq!(expiry_records(a.clone(), id.clone()).await.len(), 1);
+    assert_eq!(expiry_records(a.clone(), other.clone()).await.len(), 1);
+    let (_, v, _) = raw(
+        &a,
+        "GET",
+        &format!("/v1/approvals/{other}"),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    assert_eq!(v["status"], "expired", "{v}");
     assert_eq!(root.describe_key(&key).await.unwrap().state, "Enabled");
 }
 

@@ -672,37 +672,23 @@ fn event(
     }
 }
 
-/// Records the scheduler's deletion of each `kind` object (`{kind}/{id}`, with the key it concerns): a
-/// round's records under one request id, queued at once so that they share the writer's batches. Blocks
-/// until each is durable or has failed, and says for each whether it is durable (all are when the audit log
-/// is off); only what is recorded may then be deleted.
-pub fn record_deletions<'a>(
-    app: &AppState,
-    action: &str,
-    kind: &str,
-    items: impl ExactSizeIterator<Item = (&'a str, Option<String>)>,
-) -> Vec<bool> {
-    let mut durable = vec![!app.config.audit; items.len()];
+/// A request id for the records of one background round, so that `keyward audit --request` finds them
+/// together.
+pub fn round_request_id() -> String {
+    format!("sched-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Queues `events` at once, so that they share the writer's batches instead of waiting for one flush each,
+/// and blocks until each is durable or has failed. Says for each whether it is durable (all are when the
+/// audit log is off); only what is recorded may then be changed.
+pub fn record_all(app: &AppState, events: Vec<AuditEvent>) -> Vec<bool> {
+    let mut durable = vec![!app.config.audit; events.len()];
     if !app.config.audit {
         return durable;
     }
-    let request_id = format!("sched-{}", uuid::Uuid::new_v4().simple());
     let (tx, rx) = std::sync::mpsc::channel();
-    for (i, (id, key_id)) in items.enumerate() {
+    for (i, event) in events.into_iter().enumerate() {
         let tx = tx.clone();
-        let event = AuditEvent {
-            time_ms: now_ms(),
-            request_id: request_id.clone(),
-            principal: keyward_core::audit::SCHEDULER.to_string(),
-            source_ip: "local".to_string(),
-            action: action.to_string(),
-            key_id,
-            version: None,
-            source_key_ids: Vec::new(),
-            resource: Some(resource(kind, id)),
-            outcome: "allow",
-            error_code: None,
-        };
         app.audit.append(
             event,
             Box::new(move |r| {
@@ -717,6 +703,33 @@ pub fn record_deletions<'a>(
         }
     }
     durable
+}
+
+/// Records the scheduler's deletion of each `kind` object (`{kind}/{id}`, with the key it concerns), a
+/// round's records under one request id ([`record_all`]).
+pub fn record_deletions<'a>(
+    app: &AppState,
+    action: &str,
+    kind: &str,
+    items: impl Iterator<Item = (&'a str, Option<String>)>,
+) -> Vec<bool> {
+    let request_id = round_request_id();
+    let events = items
+        .map(|(id, key_id)| AuditEvent {
+            time_ms: now_ms(),
+            request_id: request_id.clone(),
+            principal: keyward_core::audit::SCHEDULER.to_string(),
+            source_ip: "local".to_string(),
+            action: action.to_string(),
+            key_id,
+            version: None,
+            source_key_ids: Vec::new(),
+            resource: Some(resource(kind, id)),
+            outcome: "allow",
+            error_code: None,
+        })
+        .collect();
+    record_all(app, events)
 }
 
 /// A round that could not record every deletion: the rest wait for the next round.

@@ -501,32 +501,50 @@ fn end_interrupted(app: &AppState, stored: &[Approval]) -> Result<usize, ApiErro
 ///
 /// Readers already see such a request as `expired`; storing it makes the end part of the trail. Each gets an
 /// `error` record (`InvalidState`, as a late decision on it would) under the scheduler's name, made durable
-/// before the status changes, like any change. A round stops at the first record that cannot be written.
+/// before the status changes, like any change; the round's records are queued together, and a request whose
+/// record failed stays pending for the next round.
 fn expire_overdue(app: &AppState, stored: &[Approval]) -> Result<usize, ApiError> {
     let now = app.clock.now();
-    let mut expired = 0;
-    for a in stored {
-        if a.status != "pending" || a.expires_at > now {
-            continue;
-        }
-        if app.config.audit {
-            let request_id = format!("sched-{}", uuid::Uuid::new_v4().simple());
+    let overdue = |a: &Approval| a.status == "pending" && a.expires_at <= now;
+    let due: Vec<&Approval> = stored.iter().filter(|a| overdue(a)).collect();
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let request_id = crate::app::round_request_id();
+    let events = due
+        .iter()
+        .map(|a| {
             let mut record = executed(a, (&request_id, "local"), "error", None);
             record.principal = keyward_core::audit::SCHEDULER.to_string();
             record.resource = Some(crate::app::resource("approval", &a.approval_id));
             record.error_code = Some(ErrorCode::InvalidState.as_str().to_string());
-            app.audit.append_blocking(record)?;
-        }
-        // A decision taken since the list was read found it expired too, and stored it so.
-        transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-            let mut x = read(tx, &a.approval_id)?;
-            if x.status == "pending" && x.expires_at <= now {
+            record
+        })
+        .collect();
+    let recorded = crate::app::record_all(app, events);
+    // A decision taken since the list was read found it expired too, and stored it so.
+    let expired = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+        let mut expired = 0;
+        for (a, _) in due.iter().zip(&recorded).filter(|(_, ok)| **ok) {
+            let Some(mut x) = tx
+                .get_meta(APPROVALS, &a.approval_id)?
+                .and_then(|raw| serde_json::from_slice::<Approval>(&raw).ok())
+            else {
+                continue;
+            };
+            if overdue(&x) {
                 x.status = "expired".into();
                 write(tx, &x)?;
+                expired += 1;
             }
-            Ok::<_, ApiError>(())
-        })?;
-        expired += 1;
+        }
+        Ok::<_, ApiError>(expired)
+    })?;
+    if recorded.iter().any(|ok| !ok) {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "some expiries could not be recorded; those requests wait for the next round",
+        ));
     }
     Ok(expired)
 }
