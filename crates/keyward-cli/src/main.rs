@@ -7,6 +7,7 @@
 mod bench;
 mod files;
 mod output;
+mod tty;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -273,7 +274,7 @@ enum Command {
         /// Token id (tok_...).
         token_id: String,
     },
-    /// Log in with a password read from stdin; prints a token.
+    /// Log in with a password read from stdin (asked for without echo at a terminal); prints a token.
     Login {
         /// Identity name.
         name: String,
@@ -356,9 +357,9 @@ enum Operator {
         #[arg(long, default_value_t = 3)]
         threshold: u8,
     },
-    /// Give one unseal share (read from stdin when not given).
+    /// Give one unseal share (read from stdin when not given; asked for without echo at a terminal).
     Unseal {
-        /// A share.
+        /// A share (visible to other users of the machine in its process list: prefer stdin).
         share: Option<String>,
     },
     /// Seal: drop every key from memory.
@@ -367,7 +368,7 @@ enum Operator {
     Status,
     /// Generate a new root key and re-wrap every key version.
     RotateRoot,
-    /// Mint a new root token from a threshold of unseal shares (read from stdin, one per line).
+    /// Mint a new root token from a threshold of unseal shares (read from stdin, one per line; asked for without echo at a terminal).
     GenerateRoot,
     /// Write an encrypted, authenticated snapshot of the whole service to a file.
     Backup {
@@ -599,7 +600,7 @@ enum IdentityCmd {
         /// Policy (repeatable): a name given to `keyward policy put`.
         #[arg(long = "policy")]
         policies: Vec<String>,
-        /// Read a password from stdin (user identities).
+        /// Read a password from stdin (user identities; at a terminal, asked for twice without echo).
         #[arg(long)]
         password_stdin: bool,
     },
@@ -891,10 +892,11 @@ async fn run(cli: Cli) -> Res {
             }
             Operator::Unseal { share } => {
                 let share = match share {
-                    Some(s) => s,
-                    None => {
-                        String::from_utf8(read_input(&None)?).map_err(|_| "share is not text")?
+                    Some(s) => zeroize::Zeroizing::new(s),
+                    None if tty::interactive() => {
+                        tty::hidden("Unseal share: ", true, "the share").await?
                     }
+                    None => tty::all_of_stdin("the share")?,
                 };
                 out.status(&c.unseal(share.trim()).await.map_err(e)?);
             }
@@ -905,9 +907,16 @@ async fn run(cli: Cli) -> Res {
             Operator::Status => out.status(&c.status().await.map_err(e)?),
             Operator::RotateRoot => out.value(&c.rotate_root().await.map_err(e)?),
             Operator::GenerateRoot => {
-                let input = zeroize::Zeroizing::new(
-                    String::from_utf8(read_input(&None)?).map_err(|_| "shares are not text")?,
-                );
+                let input = if tty::interactive() {
+                    tty::hidden(
+                        "Unseal shares, one per line (an empty line ends): ",
+                        false,
+                        "the shares",
+                    )
+                    .await?
+                } else {
+                    tty::all_of_stdin("the shares")?
+                };
                 let shares: Vec<&str> = input
                     .lines()
                     .map(str::trim)
@@ -1553,17 +1562,24 @@ async fn run(cli: Cli) -> Res {
             policies,
             password_stdin,
         }) => {
-            let mut body = serde_json::json!({
-                "name": name, "kind": kind, "roles": roles, "policies": policies
-            });
-            if password_stdin {
-                let pw = zeroize::Zeroizing::new(
-                    String::from_utf8(read_input(&None)?).map_err(|_| "password is not text")?,
-                );
-                body["password"] = serde_json::Value::String(pw.trim_end_matches('\n').to_string());
-            }
-            let bytes =
-                zeroize::Zeroizing::new(serde_json::to_vec(&body).map_err(|x| x.to_string())?);
+            let pw = match (password_stdin, tty::interactive()) {
+                (false, _) => None,
+                (true, true) => Some(tty::new_password().await?),
+                (true, false) => Some(tty::all_of_stdin("the password")?),
+            };
+            let password = pw.as_ref().map(|p| p.trim_end_matches('\n'));
+            let body = NewIdentityBody {
+                name: &name,
+                kind: &kind,
+                roles: &roles,
+                policies: &policies,
+                password,
+            };
+            let named = name.len() + kind.len() + roles.concat().len() + policies.concat().len();
+            let capacity = 128
+                + 8 * (roles.len() + policies.len())
+                + 6 * (named + password.map_or(0, str::len));
+            let bytes = secret_json(&body, capacity)?;
             let (status, id, resp) = c
                 .answer(
                     reqwest::Method::POST,
@@ -1652,9 +1668,11 @@ async fn run(cli: Cli) -> Res {
             }
         }
         Command::Login { name, totp } => {
-            let pw = zeroize::Zeroizing::new(
-                String::from_utf8(read_input(&None)?).map_err(|_| "password is not text")?,
-            );
+            let pw = if tty::interactive() {
+                tty::hidden("Password: ", true, "the password").await?
+            } else {
+                tty::all_of_stdin("the password")?
+            };
             let password = pw.trim_end_matches('\n');
             let body = secret_json(
                 &LoginBody {
@@ -1724,6 +1742,17 @@ async fn run(cli: Cli) -> Res {
     Ok(())
 }
 
+/// `POST /v1/identities`, borrowed so that the password exists only in zeroizing buffers.
+#[derive(serde::Serialize)]
+struct NewIdentityBody<'a> {
+    name: &'a str,
+    kind: &'a str,
+    roles: &'a [String],
+    policies: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password: Option<&'a str>,
+}
+
 /// `POST /v1/auth/login`, borrowed so that the password exists only in zeroizing buffers.
 #[derive(serde::Serialize)]
 struct LoginBody<'a> {
@@ -1744,8 +1773,6 @@ fn secret_json<T: serde::Serialize>(
     Ok(buf)
 }
 
-/// An error answer as the typed client shows it: `Code (status): message`.
-/// A GET of the API answered with JSON; an error answer becomes the CLI's failure message.
 /// Sends an archive to `POST /v1/audit/verify-archive` in parts of 500 records, each part chained onto the
 /// previous part's head; returns the last answer, its `records` counting the whole file.
 async fn verify_archive_file(

@@ -355,6 +355,87 @@ fn succeeded(args: &[&str], out: std::process::Output) -> Vec<u8> {
     out.stdout
 }
 
+/// The operator's commands as scripts drive them, shares given on stdin: init, unseal share by share, seal,
+/// and minting a new root token from a threshold of shares (one per line).
+#[test]
+fn the_operator_commands_take_shares_from_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[], &[]);
+    let run =
+        |token: &str, args: &[&str], stdin: &[u8]| run_keyward(&server.addr, token, args, stdin);
+    let init: serde_json::Value = serde_json::from_slice(&succeeded(
+        &["operator", "init"],
+        run(
+            "",
+            &[
+                "--json",
+                "operator",
+                "init",
+                "--shares",
+                "3",
+                "--threshold",
+                "2",
+            ],
+            b"",
+        ),
+    ))
+    .unwrap();
+    let shares: Vec<String> = init["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    let root = init["root_token"].as_str().unwrap().to_string();
+    let status = |out: std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&succeeded(&["operator", "unseal"], out)).unwrap()
+    };
+    // A share piped with its newline; the same share twice counts once; a second one unseals.
+    let first = format!("{}\n", shares[0]);
+    let v = status(run("", &["--json", "operator", "unseal"], first.as_bytes()));
+    assert_eq!(
+        (v["sealed"].as_bool(), v["progress"].as_u64()),
+        (Some(true), Some(1))
+    );
+    let v = status(run("", &["--json", "operator", "unseal"], first.as_bytes()));
+    assert_eq!(v["progress"].as_u64(), Some(1), "{v}");
+    let v = status(run("", &["--json", "operator", "unseal", &shares[2]], b""));
+    assert_eq!(v["sealed"].as_bool(), Some(false), "{v}");
+    // Not a share: refused by name, nothing changes.
+    let bad = run("", &["operator", "unseal"], b"not a share\n");
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("ValidationError"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
+    succeeded(
+        &["operator", "seal"],
+        run(&root, &["operator", "seal"], b""),
+    );
+    let v = status(run("", &["--json", "operator", "status"], b""));
+    assert_eq!(v["sealed"].as_bool(), Some(true), "{v}");
+    for s in &shares[1..] {
+        run("", &["operator", "unseal"], s.as_bytes());
+    }
+    // Two shares, one per line, mint a root token that works.
+    let lines = format!("{}\n\n{}\n", shares[0], shares[1]);
+    let minted: serde_json::Value = serde_json::from_slice(&succeeded(
+        &["operator", "generate-root"],
+        run(
+            &root,
+            &["--json", "operator", "generate-root"],
+            lines.as_bytes(),
+        ),
+    ))
+    .unwrap();
+    let token = minted["root_token"].as_str().unwrap();
+    assert_ne!(token, root);
+    let who = String::from_utf8(succeeded(&["whoami"], run(token, &["whoami"], b""))).unwrap();
+    assert!(who.contains("admin"), "{who}");
+}
+
 /// CLI arguments creating an ECDSA P-256 signing key, answered in JSON.
 const CREATE_P256_SIGNER: &[&str] = &[
     "--json",
