@@ -502,11 +502,16 @@ fn end_interrupted(app: &AppState, stored: &[Approval]) -> Result<usize, ApiErro
 /// Readers already see such a request as `expired`; storing it makes the end part of the trail. Each gets an
 /// `error` record (`InvalidState`, as a late decision on it would) under the scheduler's name, made durable
 /// before the status changes, like any change; the round's records are queued together, and a request whose
-/// record failed stays pending for the next round.
+/// record failed (or beyond the round's [`PER_ROUND`]) stays pending for the next round.
 fn expire_overdue(app: &AppState, stored: &[Approval]) -> Result<usize, ApiError> {
     let now = app.clock.now();
     let overdue = |a: &Approval| a.status == "pending" && a.expires_at <= now;
-    let due: Vec<&Approval> = stored.iter().filter(|a| overdue(a)).collect();
+    // Bounded like the purge, so that a backlog never fills the audit queue that live requests share.
+    let due: Vec<&Approval> = stored
+        .iter()
+        .filter(|a| overdue(a))
+        .take(PER_ROUND)
+        .collect();
     if due.is_empty() {
         return Ok(0);
     }
@@ -553,8 +558,9 @@ fn expire_overdue(app: &AppState, stored: &[Approval]) -> Result<usize, ApiError
 /// really happened, which is closed too).
 const CLOSED: [&str; 4] = ["executed", "rejected", "expired", "failed"];
 
-/// The most closed requests one round deletes, so that a round stays short however many have accumulated.
-const PURGE_PER_ROUND: usize = 1000;
+/// The most requests one round expires, and the most closed ones it deletes, so that a round stays short
+/// however many have accumulated.
+const PER_ROUND: usize = 1000;
 
 /// One background round over the stored requests, read once: ends interrupted claims (every node once per
 /// run, `recover`, and the leading node every round), and on the leading node stores overdue requests as
@@ -596,11 +602,7 @@ fn purge_closed(app: &AppState, stored: &[Approval]) -> Result<usize, ApiError> 
     let past = |a: &Approval| {
         CLOSED.contains(&a.status.as_str()) && a.expires_at.saturating_add(keep) <= now
     };
-    let due: Vec<&Approval> = stored
-        .iter()
-        .filter(|a| past(a))
-        .take(PURGE_PER_ROUND)
-        .collect();
+    let due: Vec<&Approval> = stored.iter().filter(|a| past(a)).take(PER_ROUND).collect();
     if due.is_empty() {
         return Ok(0);
     }
