@@ -2021,15 +2021,15 @@ async fn serve(a: ServeArgs) -> Res {
     if let Some(token) = &startup.root_token {
         println!("Root token: {}", token.as_str());
     }
-    let listen = app.config.listen;
-    let listener_note = format!("listening on {scheme}://{listen}");
-    eprintln!("{listener_note}");
+    let listener = keyward_server::bind(&app).await?;
+    let listen = listener.local_addr().map_err(|e| e.to_string())?;
+    eprintln!("listening on {scheme}://{listen}");
     let _ = std::io::stdout().flush();
     let stopping = async {
         keyward_server::shutdown_signal().await;
-        eprintln!("stopping: letting in-flight requests finish");
+        eprintln!("stopping: new connections refused, letting in-flight requests finish");
     };
-    keyward_server::serve(app, stopping).await?;
+    keyward_server::serve(app, listener, stopping).await?;
     eprintln!("shut down; keys dropped from memory");
     Ok(())
 }

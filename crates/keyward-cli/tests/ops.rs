@@ -1712,7 +1712,8 @@ async fn audit_records_reach_syslog() {
 }
 
 /// SIGTERM while requests are in flight: they are carried out and answered before the node exits, and what
-/// they did is there after a restart.
+/// they did is there after a restart. New connections are refused from the signal on (a client with several
+/// addresses fails over at once), while the requests in flight are still being answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_requests_in_flight_finish() {
     let dir = tempfile::tempdir().unwrap();
@@ -1734,22 +1735,44 @@ async fn sigterm_lets_requests_in_flight_finish() {
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let signalled = std::time::Instant::now();
+    let port = server.addr.rsplit(':').next().unwrap().to_string();
     let stopping = tokio::task::spawn_blocking(move || {
         let status = server.stop();
         (server, status)
     });
+    let refused = tokio::spawn(async move {
+        let deadline = signalled + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Err(e) = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+                return Some(std::time::Instant::now());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        None
+    });
     let mut answered_after_signal = 0;
+    let mut last_answer = signalled;
     let mut created = Vec::new();
     for call in calls {
         let (r, at) = call.await.unwrap();
         created.push(r.unwrap().key_id);
         answered_after_signal += usize::from(at > signalled);
+        last_answer = last_answer.max(at);
     }
     let (mut server, status) = stopping.await.unwrap();
     assert!(status.success(), "{status}");
     assert!(
         answered_after_signal > 0,
         "every request had finished before the signal; nothing was in flight"
+    );
+    let refused_at = refused
+        .await
+        .unwrap()
+        .expect("new connections were still accepted 10 s after SIGTERM");
+    assert!(
+        refused_at < last_answer,
+        "new connections were refused only once every request had been answered"
     );
     server.restart(&[]);
     let c = server.root();

@@ -434,14 +434,21 @@ async fn background(app: AppState) {
     }
 }
 
-/// Serves until `shutdown` resolves; then lets in-flight requests finish and seals (dropping every key).
+/// Takes the configured address before anything says the service is listening, so that the announcement
+/// is true: a port already in use is reported instead, and the process ends.
+pub async fn bind(app: &AppState) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(app.config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", app.config.listen))
+}
+
+/// Serves on `listener` (from [`bind`]) until `shutdown` resolves; then stops accepting, lets in-flight
+/// requests finish and seals (dropping every key).
 pub async fn serve(
     app: AppState,
+    listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<SocketAddr, String> {
-    let listener = tokio::net::TcpListener::bind(app.config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", app.config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let bg = tokio::spawn(background(app.clone()));
     let tls = match (&app.config.tls_cert, &app.config.tls_key) {

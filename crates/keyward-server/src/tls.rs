@@ -85,7 +85,7 @@ pub struct Options {
 /// HTTP/1.1. A connection must deliver each request's headers within `idle` of being ready for one, so a
 /// keep-alive connection left idle, or a client trickling its headers in (slowloris), is closed rather than
 /// held open for ever. A connection from a trusted balancer first gives its client's address in a PROXY
-/// header. On shutdown the listener closes, idle connections end, and requests in flight get `grace` to
+/// header. On shutdown the listener closes at once, idle connections end, and requests in flight get `grace` to
 /// finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -204,6 +204,9 @@ pub async fn serve(
             }
         });
     }
+    // Closed before the drain, not after it: a connection attempted meanwhile is refused at once (a client
+    // with several addresses fails over) instead of waiting in the backlog of a socket nobody accepts on.
+    drop(listener);
     let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
     Ok(())
 }

@@ -95,15 +95,25 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        let logged_before = std::fs::metadata(&self.log).map_or(0, |m| m.len() as usize);
         self.child = Some(cmd.spawn().unwrap());
-        self.wait_listening();
+        self.wait_listening(logged_before);
     }
 
-    fn wait_listening(&mut self) {
+    /// Waits until this very process says it listens (it says so once its socket is bound) and the port
+    /// answers: a connect alone could reach some other process's socket on a port handed out moments ago.
+    fn wait_listening(&mut self, logged_before: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let port = self.addr.rsplit(':').next().unwrap().to_string();
+        let bound_here = format!("://127.0.0.1:{port}");
         while Instant::now() < deadline {
-            if listening(&format!("127.0.0.1:{port}")) {
+            let bound = std::fs::read(&self.log).is_ok_and(|log| {
+                String::from_utf8_lossy(log.get(logged_before..).unwrap_or_default())
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("listening on "))
+                    .any(|at| at.ends_with(&bound_here))
+            });
+            if bound && listening(&format!("127.0.0.1:{port}")) {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
