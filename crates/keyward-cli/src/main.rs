@@ -2021,15 +2021,17 @@ async fn serve(a: ServeArgs) -> Res {
     if let Some(token) = &startup.root_token {
         println!("Root token: {}", token.as_str());
     }
-    let listener = keyward_server::bind(&app).await?;
-    let listen = listener.local_addr().map_err(|e| e.to_string())?;
+    // Both signal handlers are in place before the service says it listens.
+    let signal = keyward_server::shutdown_signal();
+    let bound = keyward_server::bind(&app).await?;
+    let listen = bound.local_addr()?;
     eprintln!("listening on {scheme}://{listen}");
     let _ = std::io::stdout().flush();
     let stopping = async {
-        keyward_server::shutdown_signal().await;
+        signal.await;
         eprintln!("stopping: new connections refused, letting in-flight requests finish");
     };
-    keyward_server::serve(app, listener, stopping).await?;
+    keyward_server::serve(app, bound, stopping).await?;
     eprintln!("shut down; keys dropped from memory");
     Ok(())
 }

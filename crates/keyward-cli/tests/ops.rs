@@ -12,20 +12,19 @@ use common::{Server, ROOT};
 use keyward_api::CreateKeyRequest;
 use keyward_client::{envelope, Client, Error, Options};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_serves_https_only() {
-    let dir = tempfile::tempdir().unwrap();
-    // A CA and a server certificate it issued, as an operator would set up.
-    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    let (ca, ca_key, cert, key) = (p("ca.pem"), p("ca.key"), p("cert.pem"), p("key.pem"));
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+/// Runs `openssl` and insists that it succeeded.
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`ca.pem`, `ca.key` in `dir`) for the server certificates of a test; returns the CA's path.
+fn test_ca(dir: &std::path::Path) -> String {
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
     openssl(&[
         "req",
         "-x509",
@@ -39,10 +38,28 @@ async fn tls_serves_https_only() {
         "-subj",
         "/CN=Test CA",
         "-keyout",
-        &ca_key,
+        &p("ca.key"),
         "-out",
-        &ca,
+        &p("ca.pem"),
     ]);
+    p("ca.pem")
+}
+
+/// A certificate with subject `subject` and the extensions `ext` (an OpenSSL extension file), issued by
+/// [`test_ca`] of the same `dir`: returns the paths of `<name>.pem` and `<name>.key`.
+fn issue_certificate(
+    dir: &std::path::Path,
+    name: &str,
+    subject: &str,
+    ext: &str,
+) -> (String, String) {
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let (cert, key, csr, cnf) = (
+        p(&format!("{name}.pem")),
+        p(&format!("{name}.key")),
+        p(&format!("{name}.csr")),
+        p(&format!("{name}.cnf")),
+    );
     openssl(&[
         "req",
         "-new",
@@ -52,30 +69,193 @@ async fn tls_serves_https_only() {
         "ec_paramgen_curve:P-256",
         "-nodes",
         "-subj",
-        "/CN=localhost",
+        subject,
         "-keyout",
         &key,
         "-out",
-        &p("req.csr"),
+        &csr,
     ]);
-    std::fs::write(p("ext.cnf"), "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n").unwrap();
+    std::fs::write(&cnf, ext).unwrap();
     openssl(&[
         "x509",
         "-req",
         "-in",
-        &p("req.csr"),
+        &csr,
         "-CA",
-        &ca,
+        &p("ca.pem"),
         "-CAkey",
-        &ca_key,
+        &p("ca.key"),
         "-CAcreateserial",
         "-days",
         "1",
         "-extfile",
-        &p("ext.cnf"),
+        &cnf,
         "-out",
         &cert,
     ]);
+    (cert, key)
+}
+
+/// A server certificate for 127.0.0.1 and localhost with subject `CN=<name>`.
+fn issue_server_certificate(dir: &std::path::Path, name: &str) -> (String, String) {
+    issue_certificate(
+        dir,
+        name,
+        &format!("/CN={name}"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+}
+
+/// A TLS connector that trusts the CAs of the PEM file `ca` only.
+fn trusting(ca: &str) -> tokio_rustls::TlsConnector {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// The certificate a TLS server at `addr` presents to a new connection (DER), trusting `ca`.
+async fn served_certificate(addr: &str, ca: &str) -> Vec<u8> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = trusting(ca).connect(name, tcp).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// The first certificate of a PEM file, as DER.
+fn pem_certificate(path: &str) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject as _;
+    rustls_pki_types::CertificateDer::from_pem_file(path)
+        .unwrap()
+        .to_vec()
+}
+
+/// A renewed certificate is taken up on SIGHUP without a restart (which in production would leave the
+/// service sealed): new connections get it, a connection already open goes on working, and a reload from
+/// broken files keeps the certificate in use. Without TLS, SIGHUP changes nothing and ends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_tls_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = test_ca(dir.path());
+    let (first, first_key) = issue_server_certificate(dir.path(), "localhost");
+    let (renewed, renewed_key) = issue_server_certificate(dir.path(), "renewed");
+    let (cert, key) = (
+        dir.path().join("server.pem").to_str().unwrap().to_string(),
+        dir.path().join("server.key").to_str().unwrap().to_string(),
+    );
+    std::fs::copy(&first, &cert).unwrap();
+    std::fs::copy(&first_key, &key).unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--tls-cert", &cert, "--tls-key", &key],
+        &[("KEYWARD_DEV_ROOT_TOKEN", ROOT)],
+    );
+    let addr = server.addr.trim_start_matches("http://").to_string();
+    let https = server.addr.replace("http://", "https://");
+    let c = Client::with_options(
+        &https,
+        Some(ROOT.into()),
+        Options {
+            ca_pem: Some(std::fs::read(&ca).unwrap()),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let k = c
+        .create_key(&CreateKeyRequest {
+            spec: "AES_256".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        served_certificate(&addr, &ca).await,
+        pem_certificate(&first)
+    );
+    let hangup = || {
+        let pid = server.child.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    let said = |what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !server.logs().contains(what) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server never said {what:?}:\n{}",
+                server.logs()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+
+    // Renewed in place, then SIGHUP.
+    std::fs::copy(&renewed, &cert).unwrap();
+    std::fs::copy(&renewed_key, &key).unwrap();
+    hangup();
+    said("TLS certificate reloaded");
+    assert!(
+        server.logs().contains("subject CN=renewed"),
+        "{}",
+        server.logs()
+    );
+    assert_eq!(
+        served_certificate(&addr, &ca).await,
+        pem_certificate(&renewed)
+    );
+    c.encrypt(&k.key_id, b"after the renewal", None)
+        .await
+        .unwrap();
+
+    // A key that does not belong to the certificate: refused, the renewed certificate stays in use.
+    std::fs::copy(&first_key, &key).unwrap();
+    hangup();
+    said("TLS certificate not reloaded");
+    assert!(server.logs().contains("do not match"), "{}", server.logs());
+    assert_eq!(
+        served_certificate(&addr, &ca).await,
+        pem_certificate(&renewed)
+    );
+    c.encrypt(&k.key_id, b"after a failed reload", None)
+        .await
+        .unwrap();
+
+    // Without TLS there is nothing to reload, and the service goes on.
+    let mut plain = Server::dev(&dir.path().join("plain"));
+    let pid = plain.child.as_ref().unwrap().id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !plain.logs().contains("nothing to reload") {
+        assert!(std::time::Instant::now() < deadline, "{}", plain.logs());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(plain.root().health().await.unwrap().status, "ok");
+    assert!(plain.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_https_only() {
+    let dir = tempfile::tempdir().unwrap();
+    // A CA and a server certificate it issued, as an operator would set up.
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let ca = test_ca(dir.path());
+    let (cert, key) = issue_server_certificate(dir.path(), "localhost");
     // 127.0.0.2 stands for a load balancer passing TLS through with a PROXY header.
     std::fs::write(p("keyward.toml"), "proxy_protocol_from = [\"127.0.0.2\"]\n").unwrap();
     let server = Server::start(
@@ -117,18 +297,6 @@ async fn tls_serves_https_only() {
     // Through the balancer: the PROXY header, then the TLS handshake, then HTTP, recorded as the client.
     {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut roots = rustls::RootCertStore::empty();
-        use rustls_pki_types::pem::PemObject as _;
-        for c in rustls_pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
         let port = server.addr.rsplit(':').next().unwrap();
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
@@ -140,10 +308,7 @@ async fn tls_serves_https_only() {
             .await
             .unwrap();
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .unwrap();
+        let mut tls = trusting(&ca).connect(name, tcp).await.unwrap();
         tls.write_all(
             format!(
                 "GET /v1/auth/self HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {ROOT}\r\n\
@@ -1380,72 +1545,9 @@ async fn the_audit_file_gets_every_record_once_and_no_secret_is_written_anywhere
 async fn client_certificates_authenticate_as_identities() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-days",
-                "1",
-                "-subj",
-                "/CN=Test CA",
-                "-keyout",
-                &p("ca.key"),
-                "-out",
-                &p("ca.pem"),
-            ],
-        ]
-        .concat(),
-    );
+    test_ca(dir.path());
     let issue = |name: &str, subj: &str, ext: &str| {
-        openssl(
-            &[
-                &["req", "-new"][..],
-                &ec,
-                &[
-                    "-subj",
-                    subj,
-                    "-keyout",
-                    &p(&format!("{name}.key")),
-                    "-out",
-                    &p(&format!("{name}.csr")),
-                ],
-            ]
-            .concat(),
-        );
-        std::fs::write(p(&format!("{name}.cnf")), ext).unwrap();
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &p(&format!("{name}.csr")),
-            "-CA",
-            &p("ca.pem"),
-            "-CAkey",
-            &p("ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            &p(&format!("{name}.cnf")),
-            "-out",
-            &p(&format!("{name}.pem")),
-        ]);
+        issue_certificate(dir.path(), name, subj, ext);
     };
     issue(
         "server",

@@ -434,33 +434,61 @@ async fn background(app: AppState) {
     }
 }
 
-/// Takes the configured address before anything says the service is listening, so that the announcement
-/// is true: a port already in use is reported instead, and the process ends.
-pub async fn bind(app: &AppState) -> Result<tokio::net::TcpListener, String> {
-    tokio::net::TcpListener::bind(app.config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", app.config.listen))
+/// The listening socket and the TLS configuration, both ready before the service says it listens.
+pub struct Bound {
+    listener: tokio::net::TcpListener,
+    tls: Option<tls::Tls>,
+    hangups: tls::Hangups,
 }
 
-/// Serves on `listener` (from [`bind`]) until `shutdown` resolves; then stops accepting, lets in-flight
-/// requests finish and seals (dropping every key).
-pub async fn serve(
-    app: AppState,
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<SocketAddr, String> {
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let bg = tokio::spawn(background(app.clone()));
+impl Bound {
+    /// The address actually bound (the configured port may be 0).
+    pub fn local_addr(&self) -> Result<SocketAddr, String> {
+        self.listener.local_addr().map_err(|e| e.to_string())
+    }
+}
+
+/// Loads the TLS certificate and takes the configured address before anything says the service is
+/// listening, so that the announcement is true: an unreadable certificate or a port already in use is
+/// reported instead, and the process ends.
+pub async fn bind(app: &AppState) -> Result<Bound, String> {
     let tls = match (&app.config.tls_cert, &app.config.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::server_config(
-            cert,
-            key,
-            app.config.tls_client_ca.as_deref(),
-        )?),
+        (Some(cert), Some(key)) => Some(tls::Tls::load(tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: app.config.tls_client_ca.clone(),
+        })?),
         _ => None,
     };
+    // Installed before the port is taken, so that no SIGHUP from then on ends the service.
+    let hangups = tls::hangups();
+    let listener = tokio::net::TcpListener::bind(app.config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", app.config.listen))?;
+    Ok(Bound {
+        listener,
+        tls,
+        hangups,
+    })
+}
+
+/// Serves on what [`bind`] prepared until `shutdown` resolves; then stops accepting, lets in-flight
+/// requests finish and seals (dropping every key). SIGHUP reloads the TLS certificate meanwhile.
+pub async fn serve(
+    app: AppState,
+    bound: Bound,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<SocketAddr, String> {
+    let Bound {
+        listener,
+        tls,
+        hangups,
+    } = bound;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let bg = tokio::spawn(background(app.clone()));
     let options = tls::Options {
         tls,
+        hangups,
         idle: Duration::from_secs(app.config.idle_timeout_seconds),
         // Requests in flight finish within their own timeout; shutdown waits that long and a little more.
         grace: Duration::from_secs(app.config.request_timeout_seconds.saturating_add(5)),
@@ -472,26 +500,40 @@ pub async fn serve(
     result.map(|_| addr)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT or SIGTERM. The handlers are installed by this call, not when the future is first
+/// polled: call it before the service says it listens, so that a signal arriving from then on always means
+/// a graceful stop rather than the default action, an abrupt exit.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut interrupt = signal(SignalKind::interrupt()).ok();
+        async move {
+            tokio::select! {
+                _ = next_signal(&mut term) => {},
+                _ = next_signal(&mut interrupt) => {},
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
+    #[cfg(not(unix))]
+    async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Resolves at the next delivery of a signal whose handler could be installed; never otherwise (a handler
+/// that could not be installed must not read as a signal received).
+#[cfg(unix)]
+pub(crate) async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) {
+    if let Some(s) = signal {
+        if s.recv().await.is_some() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +62,87 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// Where the TLS material is read from, at start and again on every SIGHUP.
+pub struct TlsFiles {
+    /// PEM certificate chain, the server's own certificate first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM bundle of the CAs whose client certificates are accepted.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The TLS configuration in use and the files it came from. A renewed certificate is taken up without a
+/// restart, which in production would leave the service sealed until operators bring their shares again.
+pub struct Tls {
+    files: TlsFiles,
+    config: Arc<ServerConfig>,
+}
+
+impl Tls {
+    /// Reads the files; any error is the operator's to fix before the service starts.
+    pub fn load(files: TlsFiles) -> Result<Tls, String> {
+        let config = server_config(&files.cert, &files.key, files.client_ca.as_deref())?;
+        Ok(Tls { files, config })
+    }
+
+    /// Reads the files again. On success new connections get the new configuration (connections already
+    /// open keep theirs); on failure nothing changes and the reason is returned.
+    fn reload(&mut self) -> Result<String, String> {
+        let f = &self.files;
+        self.config = server_config(&f.cert, &f.key, f.client_ca.as_deref())?;
+        Ok(describe(&f.cert))
+    }
+}
+
+/// The served certificate as an operator checks it after a renewal: subject and end of validity.
+fn describe(cert: &Path) -> String {
+    let first = CertificateDer::pem_file_iter(cert)
+        .ok()
+        .and_then(|mut certs| certs.next())
+        .and_then(Result::ok);
+    match first
+        .as_ref()
+        .and_then(|der| x509_parser::parse_x509_certificate(der.as_ref()).ok())
+    {
+        Some((_, c)) => format!(
+            "{} (subject {}, valid until {})",
+            cert.display(),
+            c.subject(),
+            c.validity().not_after
+        ),
+        None => cert.display().to_string(),
+    }
+}
+
+/// SIGHUP, where the platform has it.
+#[cfg(unix)]
+pub type Hangups = Option<tokio::signal::unix::Signal>;
+/// SIGHUP, where the platform has it.
+#[cfg(not(unix))]
+pub type Hangups = ();
+
+/// Installs the SIGHUP handler.
+#[cfg(unix)]
+pub fn hangups() -> Hangups {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+/// Installs the SIGHUP handler.
+#[cfg(not(unix))]
+pub fn hangups() -> Hangups {}
+
+/// Resolves at the next SIGHUP; never where signals cannot be received.
+async fn hangup(hangups: &mut Hangups) {
+    #[cfg(unix)]
+    crate::next_signal(hangups).await;
+    #[cfg(not(unix))]
+    {
+        let _ = hangups;
+        std::future::pending::<()>().await
+    }
+}
+
 /// The longest a connection may take to present its PROXY header and finish its TLS handshake.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -71,7 +152,9 @@ static BAD_PROXY_HEADERS: crate::metrics::LogThrottle = crate::metrics::LogThrot
 /// How connections are served.
 pub struct Options {
     /// TLS, when configured.
-    pub tls: Option<Arc<ServerConfig>>,
+    pub tls: Option<Tls>,
+    /// SIGHUP, which reloads the TLS configuration; installed before the service said it listens.
+    pub hangups: Hangups,
     /// How long a connection may take to deliver a request's headers once it is ready for them (and, up to
     /// ten seconds, its PROXY header and TLS handshake).
     pub idle: Duration,
@@ -85,7 +168,8 @@ pub struct Options {
 /// HTTP/1.1. A connection must deliver each request's headers within `idle` of being ready for one, so a
 /// keep-alive connection left idle, or a client trickling its headers in (slowloris), is closed rather than
 /// held open for ever. A connection from a trusted balancer first gives its client's address in a PROXY
-/// header. On shutdown the listener closes at once, idle connections end, and requests in flight get `grace` to
+/// header. SIGHUP reloads the TLS certificate, key and client CAs from their files; a reload that fails
+/// keeps the configuration in use. On shutdown the listener closes at once, idle connections end, and requests in flight get `grace` to
 /// finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -95,6 +179,7 @@ pub async fn serve(
 ) -> Result<(), String> {
     let Options {
         tls,
+        hangups: mut sighup,
         idle,
         grace,
         proxies,
@@ -103,7 +188,12 @@ pub async fn serve(
     // A balancer sends its PROXY header at once, and a TLS handshake takes a few round trips: a connection
     // gets this long for both, however long it may then idle between requests.
     let setup = idle.min(SETUP_TIMEOUT);
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    // SIGHUP is handled whether or not TLS is configured, as `systemctl reload` and Vault's operators
+    // expect: it never ends the service abruptly.
+    let mut tls = tls;
+    let mut acceptor = tls
+        .as_ref()
+        .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -133,6 +223,21 @@ pub async fn serve(
                     continue;
                 }
             },
+            _ = hangup(&mut sighup) => {
+                match tls.as_mut().map(Tls::reload) {
+                    Some(Ok(what)) => {
+                        acceptor = tls
+                            .as_ref()
+                            .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
+                        eprintln!("SIGHUP: TLS certificate reloaded from {what}");
+                    }
+                    Some(Err(e)) => {
+                        eprintln!("SIGHUP: TLS certificate not reloaded, the one in use stays: {e}")
+                    }
+                    None => eprintln!("SIGHUP: nothing to reload (no TLS certificate configured)"),
+                }
+                continue;
+            }
             _ = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
