@@ -45,13 +45,14 @@ fn test_ca(dir: &std::path::Path) -> String {
     p("ca.pem")
 }
 
-/// A certificate with subject `subject` and the extensions `ext` (an OpenSSL extension file), issued by
-/// [`test_ca`] of the same `dir`: returns the paths of `<name>.pem` and `<name>.key`.
+/// A certificate with subject `subject` and the extensions `ext` (an OpenSSL extension file), valid for
+/// `days`, issued by [`test_ca`] of the same `dir`: returns the paths of `<name>.pem` and `<name>.key`.
 fn issue_certificate(
     dir: &std::path::Path,
     name: &str,
     subject: &str,
     ext: &str,
+    days: u32,
 ) -> (String, String) {
     let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
     let (cert, key, csr, cnf) = (
@@ -87,7 +88,7 @@ fn issue_certificate(
         &p("ca.key"),
         "-CAcreateserial",
         "-days",
-        "1",
+        &days.to_string(),
         "-extfile",
         &cnf,
         "-out",
@@ -96,14 +97,34 @@ fn issue_certificate(
     (cert, key)
 }
 
-/// A server certificate for 127.0.0.1 and localhost with subject `CN=<name>`.
-fn issue_server_certificate(dir: &std::path::Path, name: &str) -> (String, String) {
+/// A server certificate for 127.0.0.1 and localhost with subject `CN=<name>`, valid for `days`.
+fn issue_server_certificate(dir: &std::path::Path, name: &str, days: u32) -> (String, String) {
     issue_certificate(
         dir,
         name,
         &format!("/CN={name}"),
         "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        days,
     )
+}
+
+/// A certificate's end of validity in Unix seconds, as OpenSSL reads it.
+fn not_after(cert: &str) -> i64 {
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            "date -u -d \"$(openssl x509 -noout -enddate -in \"$1\" | cut -d= -f2)\" +%s",
+            "sh",
+            cert,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
 /// A TLS connector that trusts the CAs of the PEM file `ca` only.
@@ -146,8 +167,8 @@ fn pem_certificate(path: &str) -> Vec<u8> {
 async fn sighup_reloads_the_tls_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let ca = test_ca(dir.path());
-    let (first, first_key) = issue_server_certificate(dir.path(), "localhost");
-    let (renewed, renewed_key) = issue_server_certificate(dir.path(), "renewed");
+    let (first, first_key) = issue_server_certificate(dir.path(), "localhost", 1);
+    let (renewed, renewed_key) = issue_server_certificate(dir.path(), "renewed", 90);
     let (cert, key) = (
         dir.path().join("server.pem").to_str().unwrap().to_string(),
         dir.path().join("server.key").to_str().unwrap().to_string(),
@@ -181,6 +202,17 @@ async fn sighup_reloads_the_tls_certificate() {
         served_certificate(&addr, &ca).await,
         pem_certificate(&first)
     );
+    // Metrics tell when the served certificate expires, and how reloads went.
+    let expiry = |m: &str| -> i64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix("keyward_tls_certificate_not_after_seconds "))
+            .unwrap_or_else(|| panic!("no certificate expiry in the metrics:\n{m}"))
+            .parse()
+            .unwrap()
+    };
+    let metrics = c.metrics().await.unwrap();
+    assert_eq!(expiry(&metrics), not_after(&first));
+    assert!(metrics.contains("keyward_tls_reloads_total{result=\"ok\"} 0"));
     let hangup = || {
         let pid = server.child.as_ref().unwrap().id().to_string();
         assert!(Command::new("kill")
@@ -218,6 +250,10 @@ async fn sighup_reloads_the_tls_certificate() {
     c.encrypt(&k.key_id, b"after the renewal", None)
         .await
         .unwrap();
+    let metrics = c.metrics().await.unwrap();
+    assert_eq!(expiry(&metrics), not_after(&renewed));
+    assert!(not_after(&renewed) > not_after(&first) + 80 * 86_400);
+    assert!(metrics.contains("keyward_tls_reloads_total{result=\"ok\"} 1"));
 
     // A key that does not belong to the certificate: refused, the renewed certificate stays in use.
     std::fs::copy(&first_key, &key).unwrap();
@@ -231,6 +267,9 @@ async fn sighup_reloads_the_tls_certificate() {
     c.encrypt(&k.key_id, b"after a failed reload", None)
         .await
         .unwrap();
+    let metrics = c.metrics().await.unwrap();
+    assert_eq!(expiry(&metrics), not_after(&renewed));
+    assert!(metrics.contains("keyward_tls_reloads_total{result=\"refused\"} 1"));
 
     // Without TLS there is nothing to reload, and the service goes on.
     let mut plain = Server::dev(&dir.path().join("plain"));
@@ -246,6 +285,12 @@ async fn sighup_reloads_the_tls_certificate() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(plain.root().health().await.unwrap().status, "ok");
+    assert!(!plain
+        .root()
+        .metrics()
+        .await
+        .unwrap()
+        .contains("keyward_tls_certificate_not_after_seconds"));
     assert!(plain.stop().success());
 }
 
@@ -255,7 +300,7 @@ async fn tls_serves_https_only() {
     // A CA and a server certificate it issued, as an operator would set up.
     let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     let ca = test_ca(dir.path());
-    let (cert, key) = issue_server_certificate(dir.path(), "localhost");
+    let (cert, key) = issue_server_certificate(dir.path(), "localhost", 1);
     // 127.0.0.2 stands for a load balancer passing TLS through with a PROXY header.
     std::fs::write(p("keyward.toml"), "proxy_protocol_from = [\"127.0.0.2\"]\n").unwrap();
     let server = Server::start(
@@ -1547,7 +1592,7 @@ async fn client_certificates_authenticate_as_identities() {
     let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     test_ca(dir.path());
     let issue = |name: &str, subj: &str, ext: &str| {
-        issue_certificate(dir.path(), name, subj, ext);
+        issue_certificate(dir.path(), name, subj, ext, 1);
     };
     issue(
         "server",

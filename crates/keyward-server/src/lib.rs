@@ -489,6 +489,7 @@ pub async fn serve(
     let options = tls::Options {
         tls,
         hangups,
+        app: app.clone(),
         idle: Duration::from_secs(app.config.idle_timeout_seconds),
         // Requests in flight finish within their own timeout; shutdown waits that long and a little more.
         grace: Duration::from_secs(app.config.request_timeout_seconds.saturating_add(5)),

@@ -2,7 +2,7 @@
 //! request is a handful of relaxed atomic adds and never takes a lock.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::authz::Action;
@@ -104,6 +104,10 @@ pub struct Metrics {
     audit_failing: AtomicBool,
     /// The log lines saying the audit log cannot be written.
     audit_told: LogThrottle,
+    /// When the served TLS certificate expires, in Unix seconds; `i64::MIN` without TLS.
+    tls_not_after: AtomicI64,
+    /// SIGHUP reloads of the TLS configuration that took effect, and that were refused.
+    tls_reloads: [AtomicU64; 2],
 }
 
 impl Default for Metrics {
@@ -113,11 +117,29 @@ impl Default for Metrics {
             audit_failures: AtomicU64::new(0),
             audit_failing: AtomicBool::new(false),
             audit_told: LogThrottle::new(),
+            tls_not_after: AtomicI64::new(i64::MIN),
+            tls_reloads: [AtomicU64::new(0), AtomicU64::new(0)],
         }
     }
 }
 
 impl Metrics {
+    /// The served certificate's end of validity, so that an alert can fire well before clients start
+    /// refusing it.
+    pub fn tls_certificate(&self, not_after_unix: Option<i64>) {
+        self.tls_not_after
+            .store(not_after_unix.unwrap_or(i64::MIN), Ordering::Relaxed);
+    }
+
+    /// Counts a SIGHUP reload of the TLS configuration: a refused one means the files on disk are not what
+    /// is served.
+    pub fn tls_reloaded(&self, took_effect: bool) {
+        let i = usize::from(!took_effect);
+        if let Some(c) = self.tls_reloads.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Records one request.
     pub fn record(&self, action: Action, outcome: Outcome, elapsed: Duration) {
         let Some(m) = self.per_action.get(action as usize) else {
@@ -216,6 +238,20 @@ impl Metrics {
             out,
             "# HELP keyward_audit_failures_total Requests failed closed because the audit log could not be written.\n# TYPE keyward_audit_failures_total counter\nkeyward_audit_failures_total {}",
             self.audit_failures.load(Ordering::Relaxed)
+        );
+        let not_after = self.tls_not_after.load(Ordering::Relaxed);
+        if not_after != i64::MIN {
+            let _ = writeln!(
+                out,
+                "# HELP keyward_tls_certificate_not_after_seconds When the served TLS certificate expires (Unix time).\n# TYPE keyward_tls_certificate_not_after_seconds gauge\nkeyward_tls_certificate_not_after_seconds {not_after}"
+            );
+        }
+        let [ok, refused] = &self.tls_reloads;
+        let _ = writeln!(
+            out,
+            "# HELP keyward_tls_reloads_total SIGHUP reloads of the TLS certificate, by result.\n# TYPE keyward_tls_reloads_total counter\nkeyward_tls_reloads_total{{result=\"ok\"}} {}\nkeyward_tls_reloads_total{{result=\"refused\"}} {}",
+            ok.load(Ordering::Relaxed),
+            refused.load(Ordering::Relaxed)
         );
         out
     }

@@ -77,26 +77,37 @@ pub struct TlsFiles {
 pub struct Tls {
     files: TlsFiles,
     config: Arc<ServerConfig>,
+    /// The served certificate's end of validity (Unix seconds).
+    not_after: Option<i64>,
 }
 
 impl Tls {
     /// Reads the files; any error is the operator's to fix before the service starts.
     pub fn load(files: TlsFiles) -> Result<Tls, String> {
         let config = server_config(&files.cert, &files.key, files.client_ca.as_deref())?;
-        Ok(Tls { files, config })
+        let (_, not_after) = inspect(&files.cert);
+        Ok(Tls {
+            files,
+            config,
+            not_after,
+        })
     }
 
     /// Reads the files again. On success new connections get the new configuration (connections already
-    /// open keep theirs); on failure nothing changes and the reason is returned.
+    /// open keep theirs) and the new certificate is described; on failure nothing changes and the reason
+    /// is returned.
     fn reload(&mut self) -> Result<String, String> {
         let f = &self.files;
         self.config = server_config(&f.cert, &f.key, f.client_ca.as_deref())?;
-        Ok(describe(&f.cert))
+        let (described, not_after) = inspect(&f.cert);
+        self.not_after = not_after;
+        Ok(described)
     }
 }
 
-/// The served certificate as an operator checks it after a renewal: subject and end of validity.
-fn describe(cert: &Path) -> String {
+/// The served certificate as an operator checks it after a renewal (file, subject and end of validity),
+/// and its end of validity in Unix seconds.
+fn inspect(cert: &Path) -> (String, Option<i64>) {
     let first = CertificateDer::pem_file_iter(cert)
         .ok()
         .and_then(|mut certs| certs.next())
@@ -105,13 +116,16 @@ fn describe(cert: &Path) -> String {
         .as_ref()
         .and_then(|der| x509_parser::parse_x509_certificate(der.as_ref()).ok())
     {
-        Some((_, c)) => format!(
-            "{} (subject {}, valid until {})",
-            cert.display(),
-            c.subject(),
-            c.validity().not_after
+        Some((_, c)) => (
+            format!(
+                "{} (subject {}, valid until {})",
+                cert.display(),
+                c.subject(),
+                c.validity().not_after
+            ),
+            Some(c.validity().not_after.timestamp()),
         ),
-        None => cert.display().to_string(),
+        None => (cert.display().to_string(), None),
     }
 }
 
@@ -155,6 +169,8 @@ pub struct Options {
     pub tls: Option<Tls>,
     /// SIGHUP, which reloads the TLS configuration; installed before the service said it listens.
     pub hangups: Hangups,
+    /// Where the served certificate's validity and the reloads are counted.
+    pub app: crate::AppState,
     /// How long a connection may take to deliver a request's headers once it is ready for them (and, up to
     /// ten seconds, its PROXY header and TLS handshake).
     pub idle: Duration,
@@ -180,6 +196,7 @@ pub async fn serve(
     let Options {
         tls,
         hangups: mut sighup,
+        app,
         idle,
         grace,
         proxies,
@@ -191,6 +208,8 @@ pub async fn serve(
     // SIGHUP is handled whether or not TLS is configured, as `systemctl reload` and Vault's operators
     // expect: it never ends the service abruptly.
     let mut tls = tls;
+    app.metrics
+        .tls_certificate(tls.as_ref().and_then(|t| t.not_after));
     let mut acceptor = tls
         .as_ref()
         .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
@@ -229,9 +248,12 @@ pub async fn serve(
                         acceptor = tls
                             .as_ref()
                             .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
+                        app.metrics.tls_certificate(tls.as_ref().and_then(|t| t.not_after));
+                        app.metrics.tls_reloaded(true);
                         eprintln!("SIGHUP: TLS certificate reloaded from {what}");
                     }
                     Some(Err(e)) => {
+                        app.metrics.tls_reloaded(false);
                         eprintln!("SIGHUP: TLS certificate not reloaded, the one in use stays: {e}")
                     }
                     None => eprintln!("SIGHUP: nothing to reload (no TLS certificate configured)"),
