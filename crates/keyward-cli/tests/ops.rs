@@ -270,6 +270,34 @@ async fn sighup_reloads_the_tls_certificate() {
     let metrics = c.metrics().await.unwrap();
     assert_eq!(expiry(&metrics), not_after(&renewed));
     assert!(metrics.contains("keyward_tls_reloads_total{result=\"refused\"} 1"));
+    // Both reloads are in the audit log: the one that took effect names the certificate put in service by
+    // its SHA-256, the refused one is an error.
+    let (_, _, trail) = c
+        .answer(
+            reqwest::Method::GET,
+            "/v1/audit?action=kms:ReloadTlsCertificate",
+            None,
+        )
+        .await
+        .unwrap();
+    let trail: serde_json::Value = serde_json::from_slice(&trail).unwrap();
+    let records = trail["records"].as_array().unwrap();
+    let fingerprint: String =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &pem_certificate(&renewed))
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+    assert_eq!(records.len(), 2, "{trail}");
+    assert_eq!(records[0]["principal"], "system:signal");
+    assert_eq!(records[0]["outcome"], "allow");
+    assert_eq!(
+        records[0]["resource"],
+        format!("tls-certificate/{fingerprint}")
+    );
+    assert_eq!(records[1]["outcome"], "error");
+    assert_eq!(records[1]["error_code"], "ValidationError");
+    assert!(server.logs().contains(&fingerprint));
 
     // Without TLS there is nothing to reload, and the service goes on.
     let mut plain = Server::dev(&dir.path().join("plain"));

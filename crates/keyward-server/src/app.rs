@@ -740,6 +740,18 @@ pub fn unrecorded_deletions() -> ApiError {
     )
 }
 
+/// Records an event that is not a request (a signal's effect): durable before the change it describes is
+/// made, as a request's would be; nothing to wait for when the audit log is off.
+pub(crate) async fn record(
+    app: &AppState,
+    event: AuditEvent,
+) -> Result<u64, keyward_core::KmsError> {
+    if !app.config.audit {
+        return Ok(0);
+    }
+    append(app, event).await
+}
+
 async fn append(app: &AppState, event: AuditEvent) -> Result<u64, keyward_core::KmsError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     app.audit.append(event, Box::new(move |r| drop(tx.send(r))));

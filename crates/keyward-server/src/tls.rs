@@ -81,52 +81,117 @@ pub struct Tls {
     not_after: Option<i64>,
 }
 
+/// A configuration read from the files, not yet in service.
+struct Loaded {
+    config: Arc<ServerConfig>,
+    /// File, subject and end of validity, for the log.
+    described: String,
+    not_after: Option<i64>,
+    /// SHA-256 of the certificate (DER), hex: what the audit record names.
+    fingerprint: String,
+}
+
 impl Tls {
     /// Reads the files; any error is the operator's to fix before the service starts.
     pub fn load(files: TlsFiles) -> Result<Tls, String> {
-        let config = server_config(&files.cert, &files.key, files.client_ca.as_deref())?;
-        let (_, not_after) = inspect(&files.cert);
+        let loaded = Self::read(&files)?;
         Ok(Tls {
             files,
-            config,
-            not_after,
+            config: loaded.config,
+            not_after: loaded.not_after,
         })
     }
 
-    /// Reads the files again. On success new connections get the new configuration (connections already
-    /// open keep theirs) and the new certificate is described; on failure nothing changes and the reason
-    /// is returned.
-    fn reload(&mut self) -> Result<String, String> {
-        let f = &self.files;
-        self.config = server_config(&f.cert, &f.key, f.client_ca.as_deref())?;
-        let (described, not_after) = inspect(&f.cert);
-        self.not_after = not_after;
-        Ok(described)
+    fn read(f: &TlsFiles) -> Result<Loaded, String> {
+        let config = server_config(&f.cert, &f.key, f.client_ca.as_deref())?;
+        let first = CertificateDer::pem_file_iter(&f.cert)
+            .ok()
+            .and_then(|mut certs| certs.next())
+            .and_then(Result::ok)
+            .ok_or_else(|| format!("{} holds no certificate", f.cert.display()))?;
+        let fingerprint = crate::convert::hex(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, first.as_ref()).as_ref(),
+        );
+        let (described, not_after) = match x509_parser::parse_x509_certificate(first.as_ref()) {
+            Ok((_, c)) => (
+                format!(
+                    "{} (subject {}, valid until {})",
+                    f.cert.display(),
+                    c.subject(),
+                    c.validity().not_after
+                ),
+                Some(c.validity().not_after.timestamp()),
+            ),
+            Err(_) => (f.cert.display().to_string(), None),
+        };
+        Ok(Loaded {
+            config,
+            described,
+            not_after,
+            fingerprint,
+        })
     }
 }
 
-/// The served certificate as an operator checks it after a renewal (file, subject and end of validity),
-/// and its end of validity in Unix seconds.
-fn inspect(cert: &Path) -> (String, Option<i64>) {
-    let first = CertificateDer::pem_file_iter(cert)
-        .ok()
-        .and_then(|mut certs| certs.next())
-        .and_then(Result::ok);
-    match first
-        .as_ref()
-        .and_then(|der| x509_parser::parse_x509_certificate(der.as_ref()).ok())
-    {
-        Some((_, c)) => (
-            format!(
-                "{} (subject {}, valid until {})",
-                cert.display(),
-                c.subject(),
-                c.validity().not_after
-            ),
-            Some(c.validity().not_after.timestamp()),
-        ),
-        None => (cert.display().to_string(), None),
+/// Who the records of a signal's effects name as the principal: whoever could send it on the host.
+const SIGNAL: &str = "system:signal";
+
+/// A SIGHUP: reads the TLS files again and, once the change is recorded in the audit log like any other
+/// (`kms:ReloadTlsCertificate` under `tls-certificate/<SHA-256>`), serves new connections with it.
+/// Connections already open keep theirs. A reload that fails, or cannot be recorded, changes nothing and
+/// says why. Returns whether the configuration changed.
+async fn reload(app: &crate::AppState, tls: &mut Option<Tls>) -> bool {
+    let Some(current) = tls.as_mut() else {
+        eprintln!("SIGHUP: nothing to reload (no TLS certificate configured)");
+        return false;
+    };
+    let loaded = Tls::read(&current.files);
+    let mut event = keyward_core::audit::AuditEvent {
+        time_ms: crate::app::now_ms(),
+        request_id: format!("sighup-{}", uuid::Uuid::new_v4().simple()),
+        principal: SIGNAL.to_string(),
+        source_ip: "local".to_string(),
+        action: "kms:ReloadTlsCertificate".to_string(),
+        key_id: None,
+        version: None,
+        source_key_ids: Vec::new(),
+        resource: None,
+        outcome: "allow",
+        error_code: None,
+    };
+    let loaded = match loaded {
+        Ok(l) => l,
+        Err(e) => {
+            event.outcome = "error";
+            event.error_code = Some(
+                keyward_core::ErrorCode::ValidationError
+                    .as_str()
+                    .to_string(),
+            );
+            let _ = crate::app::record(app, event).await;
+            app.metrics.tls_reloaded(false);
+            eprintln!("SIGHUP: TLS certificate not reloaded, the one in use stays: {e}");
+            return false;
+        }
+    };
+    event.resource = Some(crate::app::resource("tls-certificate", &loaded.fingerprint));
+    if let Err(e) = crate::app::record(app, event).await {
+        app.metrics.tls_reloaded(false);
+        eprintln!(
+            "SIGHUP: TLS certificate not reloaded, the one in use stays: the change cannot be recorded: {}",
+            e.message()
+        );
+        return false;
     }
+    current.config = loaded.config;
+    current.not_after = loaded.not_after;
+    app.metrics.tls_certificate(loaded.not_after);
+    app.metrics.tls_reloaded(true);
+    eprintln!(
+        "SIGHUP: TLS certificate reloaded from {} (SHA-256 {})",
+        loaded.described, loaded.fingerprint
+    );
+    true
 }
 
 /// SIGHUP, where the platform has it.
@@ -243,20 +308,10 @@ pub async fn serve(
                 }
             },
             _ = hangup(&mut sighup) => {
-                match tls.as_mut().map(Tls::reload) {
-                    Some(Ok(what)) => {
-                        acceptor = tls
-                            .as_ref()
-                            .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
-                        app.metrics.tls_certificate(tls.as_ref().and_then(|t| t.not_after));
-                        app.metrics.tls_reloaded(true);
-                        eprintln!("SIGHUP: TLS certificate reloaded from {what}");
-                    }
-                    Some(Err(e)) => {
-                        app.metrics.tls_reloaded(false);
-                        eprintln!("SIGHUP: TLS certificate not reloaded, the one in use stays: {e}")
-                    }
-                    None => eprintln!("SIGHUP: nothing to reload (no TLS certificate configured)"),
+                if reload(&app, &mut tls).await {
+                    acceptor = tls
+                        .as_ref()
+                        .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
                 }
                 continue;
             }
