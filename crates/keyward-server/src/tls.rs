@@ -234,7 +234,8 @@ pub struct Options {
     pub tls: Option<Tls>,
     /// SIGHUP, which reloads the TLS configuration; installed before the service said it listens.
     pub hangups: Hangups,
-    /// Where the served certificate's validity and the reloads are counted.
+    /// The service, whose audit log records each reload and whose metrics show the served certificate's
+    /// validity.
     pub app: crate::AppState,
     /// How long a connection may take to deliver a request's headers once it is ready for them (and, up to
     /// ten seconds, its PROXY header and TLS handshake).
@@ -250,8 +251,8 @@ pub struct Options {
 /// keep-alive connection left idle, or a client trickling its headers in (slowloris), is closed rather than
 /// held open for ever. A connection from a trusted balancer first gives its client's address in a PROXY
 /// header. SIGHUP reloads the TLS certificate, key and client CAs from their files; a reload that fails
-/// keeps the configuration in use. On shutdown the listener closes at once, idle connections end, and requests in flight get `grace` to
-/// finish.
+/// keeps the configuration in use. On shutdown the listener closes at once, idle connections end, and
+/// requests in flight get `grace` to finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     options: Options,
@@ -259,7 +260,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let Options {
-        tls,
+        mut tls,
         hangups: mut sighup,
         app,
         idle,
@@ -272,7 +273,6 @@ pub async fn serve(
     let setup = idle.min(SETUP_TIMEOUT);
     // SIGHUP is handled whether or not TLS is configured, as `systemctl reload` and Vault's operators
     // expect: it never ends the service abruptly.
-    let mut tls = tls;
     app.metrics
         .tls_certificate(tls.as_ref().and_then(|t| t.not_after));
     let mut acceptor = tls
