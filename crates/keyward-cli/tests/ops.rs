@@ -299,6 +299,31 @@ async fn sighup_reloads_the_tls_certificate() {
     assert_eq!(records[1]["error_code"], "ValidationError");
     assert!(server.logs().contains(&fingerprint));
 
+    // No reload without its record: with the audit log unwritable, a valid pair is refused too.
+    let db = dir.path().join("data").join("keyward.db");
+    sqlite(&db, "ALTER TABLE audit RENAME TO audit_away;");
+    std::fs::copy(&first, &cert).unwrap();
+    std::fs::copy(&first_key, &key).unwrap();
+    hangup();
+    said("the change cannot be recorded");
+    assert_eq!(
+        served_certificate(&addr, &ca).await,
+        pem_certificate(&renewed)
+    );
+    sqlite(&db, "ALTER TABLE audit_away RENAME TO audit;");
+    hangup();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while served_certificate(&addr, &ca).await != pem_certificate(&first) {
+        assert!(std::time::Instant::now() < deadline, "{}", server.logs());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (_, _, verify) = c
+        .answer(reqwest::Method::GET, "/v1/audit/verify", None)
+        .await
+        .unwrap();
+    let verify: serde_json::Value = serde_json::from_slice(&verify).unwrap();
+    assert_eq!(verify["valid"], true, "{verify}");
+
     // Without TLS there is nothing to reload, and the service goes on.
     let mut plain = Server::dev(&dir.path().join("plain"));
     let pid = plain.child.as_ref().unwrap().id().to_string();
@@ -1759,6 +1784,19 @@ async fn client_certificates_authenticate_as_identities() {
     assert!(root.encrypt(&key, b"x", None).await.is_ok());
 }
 
+/// Runs SQL on a live node's database from another process, as someone with write access to the file could.
+fn sqlite(db: &std::path::Path, statement: &str) {
+    let ok = Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1], timeout=30); c.executescript(sys.argv[2]); c.commit()")
+        .arg(db)
+        .arg(statement)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "{statement}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_fail_closed_when_the_audit_log_cannot_be_written() {
     let dir = tempfile::tempdir().unwrap();
@@ -1774,17 +1812,7 @@ async fn requests_fail_closed_when_the_audit_log_cannot_be_written() {
         .unwrap();
     let ct = c.encrypt(&k.key_id, b"before", None).await.unwrap();
     let db = data.join("keyward.db");
-    let sql = |statement: &str| {
-        let ok = Command::new("python3")
-            .arg("-c")
-            .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1], timeout=30); c.executescript(sys.argv[2]); c.commit()")
-            .arg(&db)
-            .arg(statement)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "{statement}");
-    };
+    let sql = |statement: &str| sqlite(&db, statement);
     // Take the audit table away: every cryptographic request must now fail with 503 Unavailable.
     sql("ALTER TABLE audit RENAME TO audit_away;");
     let refused = c.encrypt(&k.key_id, b"during", None).await.unwrap_err();
