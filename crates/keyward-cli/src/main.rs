@@ -40,6 +40,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
+    ///
+    /// SIGHUP reloads the TLS certificate, key and client CAs from their files (audited; a failed reload
+    /// keeps the certificate in use). SIGTERM or SIGINT stops it gracefully: new connections are refused,
+    /// requests in flight finish, and the node seals before it exits.
     Serve(ServeArgs),
     /// Initialise, unseal, seal and inspect the service.
     #[command(subcommand)]
