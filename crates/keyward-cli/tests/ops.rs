@@ -160,6 +160,25 @@ fn pem_certificate(path: &str) -> Vec<u8> {
         .to_vec()
 }
 
+/// What a TLS node serves after a reload attempt: `cert` to new connections, a working encryption under
+/// `key` on the client's connection, and metrics giving `cert`'s expiry and `ok`/`refused` reloads so far.
+async fn serving(c: &Client, addr: &str, ca: &str, cert: &str, key: &str, reloads: (u32, u32)) {
+    assert_eq!(served_certificate(addr, ca).await, pem_certificate(cert));
+    c.encrypt(key, b"still served", None).await.unwrap();
+    let metrics = c.metrics().await.unwrap();
+    let expiry: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("keyward_tls_certificate_not_after_seconds "))
+        .unwrap_or_else(|| panic!("no certificate expiry in the metrics:\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert_eq!(expiry, not_after(cert));
+    for (result, n) in [("ok", reloads.0), ("refused", reloads.1)] {
+        let line = format!("keyward_tls_reloads_total{{result=\"{result}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
+}
+
 /// A renewed certificate is taken up on SIGHUP without a restart (which in production would leave the
 /// service sealed): new connections get it, a connection already open goes on working, and a reload from
 /// broken files keeps the certificate in use. Without TLS, SIGHUP changes nothing and ends nothing.
@@ -198,21 +217,8 @@ async fn sighup_reloads_the_tls_certificate() {
         })
         .await
         .unwrap();
-    assert_eq!(
-        served_certificate(&addr, &ca).await,
-        pem_certificate(&first)
-    );
-    // Metrics tell when the served certificate expires, and how reloads went.
-    let expiry = |m: &str| -> i64 {
-        m.lines()
-            .find_map(|l| l.strip_prefix("keyward_tls_certificate_not_after_seconds "))
-            .unwrap_or_else(|| panic!("no certificate expiry in the metrics:\n{m}"))
-            .parse()
-            .unwrap()
-    };
-    let metrics = c.metrics().await.unwrap();
-    assert_eq!(expiry(&metrics), not_after(&first));
-    assert!(metrics.contains("keyward_tls_reloads_total{result=\"ok\"} 0"));
+    // Before any reload: the first certificate, its expiry in the metrics, no reloads counted.
+    serving(&c, &addr, &ca, &first, &k.key_id, (0, 0)).await;
     let hangup = || {
         let pid = server.child.as_ref().unwrap().id().to_string();
         assert!(Command::new("kill")
@@ -243,33 +249,15 @@ async fn sighup_reloads_the_tls_certificate() {
         "{}",
         server.logs()
     );
-    assert_eq!(
-        served_certificate(&addr, &ca).await,
-        pem_certificate(&renewed)
-    );
-    c.encrypt(&k.key_id, b"after the renewal", None)
-        .await
-        .unwrap();
-    let metrics = c.metrics().await.unwrap();
-    assert_eq!(expiry(&metrics), not_after(&renewed));
+    serving(&c, &addr, &ca, &renewed, &k.key_id, (1, 0)).await;
     assert!(not_after(&renewed) > not_after(&first) + 80 * 86_400);
-    assert!(metrics.contains("keyward_tls_reloads_total{result=\"ok\"} 1"));
 
     // A key that does not belong to the certificate: refused, the renewed certificate stays in use.
     std::fs::copy(&first_key, &key).unwrap();
     hangup();
     said("TLS certificate not reloaded");
     assert!(server.logs().contains("do not match"), "{}", server.logs());
-    assert_eq!(
-        served_certificate(&addr, &ca).await,
-        pem_certificate(&renewed)
-    );
-    c.encrypt(&k.key_id, b"after a failed reload", None)
-        .await
-        .unwrap();
-    let metrics = c.metrics().await.unwrap();
-    assert_eq!(expiry(&metrics), not_after(&renewed));
-    assert!(metrics.contains("keyward_tls_reloads_total{result=\"refused\"} 1"));
+    serving(&c, &addr, &ca, &renewed, &k.key_id, (1, 1)).await;
     // Both reloads are in the audit log: the one that took effect names the certificate put in service by
     // its SHA-256, the refused one is an error.
     let (_, _, trail) = c
@@ -317,6 +305,7 @@ async fn sighup_reloads_the_tls_certificate() {
         assert!(std::time::Instant::now() < deadline, "{}", server.logs());
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    serving(&c, &addr, &ca, &first, &k.key_id, (2, 2)).await;
     let (_, _, verify) = c
         .answer(reqwest::Method::GET, "/v1/audit/verify", None)
         .await
