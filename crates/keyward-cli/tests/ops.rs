@@ -1971,6 +1971,23 @@ async fn sigterm_lets_requests_in_flight_finish() {
     for id in &created {
         assert_eq!(c.describe_key(id).await.unwrap().spec, "RSA_4096");
     }
+    // The stop is in the audit log, after every request it let finish: the node sealed itself.
+    let (_, trail, _) = common::raw(&server.addr, "GET", "/v1/audit", Some(ROOT), None).await;
+    let records = trail["records"].as_array().unwrap();
+    let seals: Vec<_> = records
+        .iter()
+        .filter(|r| r["action"] == "kms:Seal")
+        .collect();
+    assert_eq!(seals.len(), 1, "{trail}");
+    assert_eq!(seals[0]["principal"], "system:signal");
+    assert_eq!(seals[0]["outcome"], "allow");
+    let last_creation = records
+        .iter()
+        .filter(|r| r["action"] == "kms:CreateKey")
+        .filter_map(|r| r["seq"].as_u64())
+        .max()
+        .unwrap();
+    assert!(seals[0]["seq"].as_u64().unwrap() > last_creation, "{trail}");
 }
 
 /// The two reference servers of `benches/load.sh`: the plain floor, and the durable floor that makes a

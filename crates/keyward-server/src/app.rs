@@ -716,20 +716,30 @@ pub fn record_deletions<'a>(
     let request_id = round_request_id();
     let events = items
         .map(|(id, key_id)| AuditEvent {
-            time_ms: now_ms(),
-            request_id: request_id.clone(),
-            principal: keyward_core::audit::SCHEDULER.to_string(),
-            source_ip: "local".to_string(),
-            action: action.to_string(),
             key_id,
-            version: None,
-            source_key_ids: Vec::new(),
             resource: Some(resource(kind, id)),
-            outcome: "allow",
-            error_code: None,
+            ..system_event(keyward_core::audit::SCHEDULER, request_id.clone(), action)
         })
         .collect();
     record_all(app, events)
+}
+
+/// The record of something the service does on its own (the scheduler's work, a signal's effect): no client
+/// address, no key or resource until the caller names one, `allow` until it says otherwise.
+pub(crate) fn system_event(principal: &str, request_id: String, action: &str) -> AuditEvent {
+    AuditEvent {
+        time_ms: now_ms(),
+        request_id,
+        principal: principal.to_string(),
+        source_ip: "local".to_string(),
+        action: action.to_string(),
+        key_id: None,
+        version: None,
+        source_key_ids: Vec::new(),
+        resource: None,
+        outcome: "allow",
+        error_code: None,
+    }
 }
 
 /// A round that could not record every deletion: the rest wait for the next round.

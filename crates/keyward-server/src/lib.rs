@@ -497,8 +497,32 @@ pub async fn serve(
     };
     let result = tls::serve(listener, options, router(app.clone()), shutdown).await;
     bg.abort();
-    let _ = app.kms.seal();
+    seal_on_shutdown(&app).await;
     result.map(|_| addr)
+}
+
+/// Who the records of a signal's effects name as the principal: whoever could send it on the host.
+pub(crate) const SIGNAL: &str = "system:signal";
+
+/// Seals a node that is stopping, after recording it (`kms:Seal` by [`SIGNAL`]) as an operator's seal is
+/// recorded: the audit log then shows when the node stopped holding keys, not only when it last answered.
+/// A record that cannot be written does not keep the keys in memory: sealing is the safe side.
+async fn seal_on_shutdown(app: &AppState) {
+    if app.kms.is_sealed() {
+        return;
+    }
+    let event = app::system_event(
+        SIGNAL,
+        format!("shutdown-{}", uuid::Uuid::new_v4().simple()),
+        authz::Action::Seal.name(),
+    );
+    if let Err(e) = app::record(app, event).await {
+        eprintln!(
+            "the seal at shutdown could not be recorded: {}",
+            e.message()
+        );
+    }
+    let _ = app.kms.seal();
 }
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed by this call, not when the future is first

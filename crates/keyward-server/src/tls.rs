@@ -133,9 +133,6 @@ impl Tls {
     }
 }
 
-/// Who the records of a signal's effects name as the principal: whoever could send it on the host.
-const SIGNAL: &str = "system:signal";
-
 /// A SIGHUP: reads the TLS files again and, once the change is recorded in the audit log like any other
 /// (`kms:ReloadTlsCertificate` under `tls-certificate/<SHA-256>`), serves new connections with it.
 /// Connections already open keep theirs. A reload that fails, or cannot be recorded, changes nothing and
@@ -146,19 +143,11 @@ async fn reload(app: &crate::AppState, tls: &mut Option<Tls>) -> bool {
         return false;
     };
     let loaded = Tls::read(&current.files);
-    let mut event = keyward_core::audit::AuditEvent {
-        time_ms: crate::app::now_ms(),
-        request_id: format!("sighup-{}", uuid::Uuid::new_v4().simple()),
-        principal: SIGNAL.to_string(),
-        source_ip: "local".to_string(),
-        action: "kms:ReloadTlsCertificate".to_string(),
-        key_id: None,
-        version: None,
-        source_key_ids: Vec::new(),
-        resource: None,
-        outcome: "allow",
-        error_code: None,
-    };
+    let mut event = crate::app::system_event(
+        crate::SIGNAL,
+        format!("sighup-{}", uuid::Uuid::new_v4().simple()),
+        "kms:ReloadTlsCertificate",
+    );
     let loaded = match loaded {
         Ok(l) => l,
         Err(e) => {
