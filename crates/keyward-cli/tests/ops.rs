@@ -144,6 +144,20 @@ fn trusting(ca: &str) -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
 }
 
+/// A root client of a TLS `server` that trusts the CAs of the PEM file `ca` only.
+fn https_client(server: &Server, ca: &str) -> Client {
+    let opts = Options {
+        ca_pem: Some(std::fs::read(ca).unwrap()),
+        ..Options::default()
+    };
+    Client::with_options(
+        &server.addr.replace("http://", "https://"),
+        Some(ROOT.into()),
+        opts,
+    )
+    .unwrap()
+}
+
 /// The certificate a TLS server at `addr` presents to a new connection (DER), trusting `ca`.
 async fn served_certificate(addr: &str, ca: &str) -> Vec<u8> {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -200,25 +214,10 @@ async fn sighup_reloads_the_tls_certificate() {
         &[("KEYWARD_DEV_ROOT_TOKEN", ROOT)],
     );
     let addr = server.addr.trim_start_matches("http://").to_string();
-    let https = server.addr.replace("http://", "https://");
-    let c = Client::with_options(
-        &https,
-        Some(ROOT.into()),
-        Options {
-            ca_pem: Some(std::fs::read(&ca).unwrap()),
-            ..Options::default()
-        },
-    )
-    .unwrap();
-    let k = c
-        .create_key(&CreateKeyRequest {
-            spec: "AES_256".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let c = https_client(&server, &ca);
+    let key_id = common::aes_key(&c).await;
     // Before any reload: the first certificate, its expiry in the metrics, no reloads counted.
-    serving(&c, &addr, &ca, &first, &k.key_id, (0, 0)).await;
+    serving(&c, &addr, &ca, &first, &key_id, (0, 0)).await;
     let hangup = || {
         let pid = server.child.as_ref().unwrap().id().to_string();
         assert!(Command::new("kill")
@@ -249,7 +248,7 @@ async fn sighup_reloads_the_tls_certificate() {
         "{}",
         server.logs()
     );
-    serving(&c, &addr, &ca, &renewed, &k.key_id, (1, 0)).await;
+    serving(&c, &addr, &ca, &renewed, &key_id, (1, 0)).await;
     assert!(not_after(&renewed) > not_after(&first) + 80 * 86_400);
 
     // A key that does not belong to the certificate: refused, the renewed certificate stays in use.
@@ -257,7 +256,7 @@ async fn sighup_reloads_the_tls_certificate() {
     hangup();
     said("TLS certificate not reloaded");
     assert!(server.logs().contains("do not match"), "{}", server.logs());
-    serving(&c, &addr, &ca, &renewed, &k.key_id, (1, 1)).await;
+    serving(&c, &addr, &ca, &renewed, &key_id, (1, 1)).await;
     // Both reloads are in the audit log: the one that took effect names the certificate put in service by
     // its SHA-256, the refused one is an error.
     let (_, _, trail) = c
@@ -305,7 +304,7 @@ async fn sighup_reloads_the_tls_certificate() {
         assert!(std::time::Instant::now() < deadline, "{}", server.logs());
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    serving(&c, &addr, &ca, &first, &k.key_id, (2, 2)).await;
+    serving(&c, &addr, &ca, &first, &key_id, (2, 2)).await;
     let (_, _, verify) = c
         .answer(reqwest::Method::GET, "/v1/audit/verify", None)
         .await
@@ -359,11 +358,7 @@ async fn tls_serves_https_only() {
         &[("KEYWARD_DEV_ROOT_TOKEN", ROOT)],
     );
     let https = server.addr.replace("http://", "https://");
-    let opts = Options {
-        ca_pem: Some(std::fs::read(&ca).unwrap()),
-        ..Options::default()
-    };
-    let c = Client::with_options(&https, Some(ROOT.into()), opts).unwrap();
+    let c = https_client(&server, &ca);
     assert_eq!(c.health().await.unwrap().status, "ok");
     let k = c
         .create_key(&CreateKeyRequest {
