@@ -925,6 +925,22 @@ impl Kms {
     /// [`PRUNE_CHUNK`] records, each moving the anchor with it, so appends wait on none for long and a crash
     /// leaves the log consistent.
     pub fn prune_audit(&self, through_seq: u64, keep_after_ms: i64) -> KmsResult<Pruned> {
+        self.prune_audit_inner(through_seq, keep_after_ms, true)
+    }
+
+    /// Whether [`Kms::prune_audit`] would succeed now (every check, the chain verified), deleting nothing:
+    /// for a pruning that must wait for approval.
+    pub fn check_prune_audit(&self, through_seq: u64, keep_after_ms: i64) -> KmsResult<()> {
+        self.prune_audit_inner(through_seq, keep_after_ms, false)
+            .map(drop)
+    }
+
+    fn prune_audit_inner(
+        &self,
+        through_seq: u64,
+        keep_after_ms: i64,
+        apply: bool,
+    ) -> KmsResult<Pruned> {
         let key = self.audit_key().ok_or_else(KmsError::sealed)?;
         let (start, prev) = match self.audit_anchor(&key)? {
             Ok(Some(a)) => (a.seq, a.hash),
@@ -978,7 +994,7 @@ impl Kms {
         }
         let mut anchor_seq = start;
         let mut pruned = 0;
-        while anchor_seq < through_seq {
+        while apply && anchor_seq < through_seq {
             let chunk_end = through_seq.min(anchor_seq.saturating_add(PRUNE_CHUNK));
             let from = anchor_seq;
             pruned += transact(self.store.as_ref(), |tx: &mut dyn Tx| {

@@ -33,8 +33,14 @@ pub enum ErrorCode {
     KeyDestroyed,
     /// 409: any other forbidden lifecycle transition.
     InvalidState,
+    /// 408: the request body did not arrive in time, or was cut short: the client's side, never retried as
+    /// the service's fault.
+    RequestTimeout,
     /// 413.
     PayloadTooLarge,
+    /// 415: a JSON endpoint was sent another media type. Only `application/json` is read, so a cross-site
+    /// form post (which a browser may send without asking) never reaches the API.
+    UnsupportedMediaType,
     /// 429.
     Throttled,
     /// 503.
@@ -58,7 +64,9 @@ impl ErrorCode {
             ErrorCode::KeyPendingDeletion => "KeyPendingDeletion",
             ErrorCode::KeyDestroyed => "KeyDestroyed",
             ErrorCode::InvalidState => "InvalidState",
+            ErrorCode::RequestTimeout => "RequestTimeout",
             ErrorCode::PayloadTooLarge => "PayloadTooLarge",
+            ErrorCode::UnsupportedMediaType => "UnsupportedMediaType",
             ErrorCode::Throttled => "Throttled",
             ErrorCode::Sealed => "Sealed",
             ErrorCode::Unavailable => "Unavailable",
@@ -79,7 +87,9 @@ impl ErrorCode {
             | ErrorCode::KeyPendingDeletion
             | ErrorCode::KeyDestroyed
             | ErrorCode::InvalidState => 409,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::Throttled => 429,
             ErrorCode::Sealed | ErrorCode::Unavailable => 503,
         }
@@ -90,6 +100,30 @@ impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// The most characters of any input a message repeats.
+pub const QUOTED_MAX: usize = 64;
+
+/// Input as a refusal repeats it: escaped (no control character reaches a terminal or a log) and cut to
+/// [`QUOTED_MAX`] characters, so that a refusal stays one readable line whatever was sent, and a client
+/// cannot make the service send back (or log) a megabyte it chose.
+pub fn shown(input: &str) -> String {
+    let mut out: String = input
+        .chars()
+        .take(QUOTED_MAX)
+        .collect::<String>()
+        .escape_debug()
+        .collect();
+    if input.chars().nth(QUOTED_MAX).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// [`shown`] between single quotes.
+pub fn quoted(input: &str) -> String {
+    format!("'{}'", shown(input))
 }
 
 /// A refused or failed KMS operation.

@@ -168,6 +168,19 @@ impl Kms {
         Ok(self.hsm.export_wrapped(handle, wrapping_spki_der)?)
     }
 
+    /// Whether [`Kms::export_key`] would succeed now (the key exportable, the version live, the recipient
+    /// key usable), for an export that must wait for approval: what it would refuse is refused before
+    /// anyone is asked to approve it. The material wrapped for the recipient is discarded.
+    pub fn check_export(
+        &self,
+        key_ref: &str,
+        wrapping_spki_der: &[u8],
+        version: Option<u32>,
+    ) -> KmsResult<()> {
+        self.export_key(key_ref, wrapping_spki_der, version)
+            .map(drop)
+    }
+
     /// Imports plaintext material directly (tests and restore tooling); the material must fit the spec.
     #[doc(hidden)]
     pub fn import_plaintext_for_tests(

@@ -20,7 +20,7 @@ mod shamir;
 
 pub use clock::{Clock, ManualClock, SystemClock, DAY};
 pub use engine::{CacheStats, Kms, KmsConfig, RootOfTrust, SealStatus};
-pub use error::{ErrorCode, KmsError, KmsResult};
+pub use error::{quoted, shown, ErrorCode, KmsError, KmsResult, QUOTED_MAX};
 pub use import::ImportParameters;
 pub use lifecycle::{
     CreateKey, DueKind, DueWork, KeyFilter, UpdateKey, VersionAction, PENDING_DAYS, ROTATION_DAYS,

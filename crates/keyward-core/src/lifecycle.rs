@@ -357,6 +357,27 @@ impl Kms {
         self.mutate_by_id(&key_id, f)
     }
 
+    /// Runs `f` as [`Kms::mutate`] would, then rolls the transaction back: whatever the change would refuse is
+    /// refused, and nothing changes. Operations that wait for approval are checked this way before their
+    /// request is opened, so that approvers are never asked to approve what cannot run.
+    fn try_mutate<T>(
+        &self,
+        key_ref: &str,
+        f: impl FnOnce(&mut dyn Tx, &mut KeyRecord, &mut Vec<VersionRecord>, i64) -> KmsResult<T>,
+    ) -> KmsResult<()> {
+        let key_id = self.resolve_id(key_ref)?;
+        let now = self.clock.now();
+        let mut tx = self.store.begin()?;
+        let mut rec = tx
+            .get_key(&key_id)?
+            .ok_or_else(|| KmsError::not_found(format!("key {key_id} does not exist")))?;
+        let mut versions = tx.versions(&key_id)?;
+        f(tx.as_mut(), &mut rec, &mut versions, now)?;
+        // Dropped without a commit: rolled back.
+        drop(tx);
+        Ok(())
+    }
+
     pub(crate) fn mutate_by_id<T>(
         &self,
         key_id: &str,
@@ -728,75 +749,20 @@ impl Kms {
         action: VersionAction,
     ) -> KmsResult<VersionInfo> {
         let mut erased = Vec::new();
-        let info = self.mutate(key_ref, |tx, rec, versions, now| {
-            let key_state = parse_state(&rec.state, KeyState::parse)?;
-            if matches!(key_state, KeyState::Destroyed | KeyState::PendingDeletion) {
-                return Err(state_error(key_state, &rec.key_id));
-            }
-            let v = version
-                .checked_sub(1)
-                .and_then(|i| versions.get_mut(i as usize))
-                .ok_or_else(|| {
-                    KmsError::not_found(format!("key {} has no version {version}", rec.key_id))
-                })?;
-            let state = parse_state(&v.state, VersionState::parse)?;
-            let is_primary = version == rec.primary_version;
-            let destroyed = || {
-                KmsError::new(
-                    ErrorCode::KeyDestroyed,
-                    format!("version {version} of key {} is destroyed", rec.key_id),
-                )
-            };
-            let new_state = match (action, state) {
-                (_, VersionState::Destroyed) => return Err(destroyed()),
-                (VersionAction::Enable, VersionState::Enabled | VersionState::Disabled) => {
-                    VersionState::Enabled
-                }
-                (VersionAction::Enable, VersionState::Archived) => {
-                    return Err(KmsError::invalid_state(
-                        "an Archived version is brought back with restore",
-                    ))
-                }
-                (VersionAction::Restore, VersionState::Archived | VersionState::Enabled) => {
-                    VersionState::Enabled
-                }
-                (VersionAction::Restore, VersionState::Disabled) => {
-                    return Err(KmsError::invalid_state(
-                        "only Archived versions can be restored; enable a Disabled one",
-                    ))
-                }
-                (VersionAction::Disable | VersionAction::Archive | VersionAction::Destroy, _)
-                    if is_primary =>
-                {
-                    return Err(KmsError::invalid_state(format!(
-                        "version {version} is the primary; make another version primary first"
-                    )))
-                }
-                (VersionAction::Disable, _) => VersionState::Disabled,
-                (VersionAction::Archive, VersionState::Enabled | VersionState::Archived) => {
-                    VersionState::Archived
-                }
-                (VersionAction::Archive, VersionState::Disabled) => {
-                    return Err(KmsError::new(
-                        ErrorCode::KeyDisabled,
-                        format!("version {version} is disabled; enable it first"),
-                    ))
-                }
-                (VersionAction::Destroy, _) => VersionState::Destroyed,
-            };
-            v.state = new_state.as_str().into();
-            if new_state == VersionState::Destroyed {
-                if rec.origin == Origin::Hsm.as_str() {
-                    erased.extend(v.material.clone().map(|m| (rec.clone(), v.version, m)));
-                }
-                v.material = None;
-                v.destroyed_at = Some(now);
-            }
-            tx.put_version(v)?;
-            version_info(v)
-        })?;
+        let info = self.mutate(key_ref, version_change(version, action, &mut erased))?;
         self.erase_token_objects(erased);
         Ok(info)
+    }
+
+    /// Whether [`Kms::version_action`] would succeed now, changing nothing.
+    pub fn check_version_action(
+        &self,
+        key_ref: &str,
+        version: u32,
+        action: VersionAction,
+    ) -> KmsResult<()> {
+        let mut erased = Vec::new();
+        self.try_mutate(key_ref, version_change(version, action, &mut erased))
     }
 
     /// Deletes the token objects of destroyed `HSM` versions, once the store no longer refers to them: a
@@ -860,15 +826,15 @@ impl Kms {
         if !PENDING_DAYS.contains(&pending_days) {
             return Err(KmsError::validation("pending_days must be 7 to 30"));
         }
-        self.mutate(key_ref, |tx, rec, _, now| {
-            match parse_state(&rec.state, KeyState::parse)? {
-                KeyState::Enabled | KeyState::Disabled => {}
-                other => return Err(state_error(other, &rec.key_id)),
-            }
-            rec.state = KeyState::PendingDeletion.as_str().into();
-            rec.deletion_date = Some(now + pending_days as i64 * DAY);
-            info_in_tx(tx, rec)
-        })
+        self.mutate(key_ref, deletion_schedule(pending_days))
+    }
+
+    /// Whether [`Kms::schedule_deletion`] would succeed now, changing nothing.
+    pub fn check_schedule_deletion(&self, key_ref: &str, pending_days: u32) -> KmsResult<()> {
+        if !PENDING_DAYS.contains(&pending_days) {
+            return Err(KmsError::validation("pending_days must be 7 to 30"));
+        }
+        self.try_mutate(key_ref, deletion_schedule(pending_days))
     }
 
     /// Cancels a scheduled deletion; the key comes back Disabled.
@@ -1044,6 +1010,98 @@ impl Kms {
             None
         };
         Ok((page, next))
+    }
+}
+
+/// The change of one version's state, for [`Kms::version_action`] and its check; the material of a destroyed
+/// `HSM` version is collected in `erased`, for its token object to be deleted once the change is committed.
+fn version_change<'a>(
+    version: u32,
+    action: VersionAction,
+    erased: &'a mut Vec<(KeyRecord, u32, Vec<u8>)>,
+) -> impl FnOnce(&mut dyn Tx, &mut KeyRecord, &mut Vec<VersionRecord>, i64) -> KmsResult<VersionInfo> + 'a
+{
+    move |tx, rec, versions, now| {
+        let key_state = parse_state(&rec.state, KeyState::parse)?;
+        if matches!(key_state, KeyState::Destroyed | KeyState::PendingDeletion) {
+            return Err(state_error(key_state, &rec.key_id));
+        }
+        let v = version
+            .checked_sub(1)
+            .and_then(|i| versions.get_mut(i as usize))
+            .ok_or_else(|| {
+                KmsError::not_found(format!("key {} has no version {version}", rec.key_id))
+            })?;
+        let state = parse_state(&v.state, VersionState::parse)?;
+        let is_primary = version == rec.primary_version;
+        let destroyed = || {
+            KmsError::new(
+                ErrorCode::KeyDestroyed,
+                format!("version {version} of key {} is destroyed", rec.key_id),
+            )
+        };
+        let new_state = match (action, state) {
+            (_, VersionState::Destroyed) => return Err(destroyed()),
+            (VersionAction::Enable, VersionState::Enabled | VersionState::Disabled) => {
+                VersionState::Enabled
+            }
+            (VersionAction::Enable, VersionState::Archived) => {
+                return Err(KmsError::invalid_state(
+                    "an Archived version is brought back with restore",
+                ))
+            }
+            (VersionAction::Restore, VersionState::Archived | VersionState::Enabled) => {
+                VersionState::Enabled
+            }
+            (VersionAction::Restore, VersionState::Disabled) => {
+                return Err(KmsError::invalid_state(
+                    "only Archived versions can be restored; enable a Disabled one",
+                ))
+            }
+            (VersionAction::Disable | VersionAction::Archive | VersionAction::Destroy, _)
+                if is_primary =>
+            {
+                return Err(KmsError::invalid_state(format!(
+                    "version {version} is the primary; make another version primary first"
+                )))
+            }
+            (VersionAction::Disable, _) => VersionState::Disabled,
+            (VersionAction::Archive, VersionState::Enabled | VersionState::Archived) => {
+                VersionState::Archived
+            }
+            (VersionAction::Archive, VersionState::Disabled) => {
+                return Err(KmsError::new(
+                    ErrorCode::KeyDisabled,
+                    format!("version {version} is disabled; enable it first"),
+                ))
+            }
+            (VersionAction::Destroy, _) => VersionState::Destroyed,
+        };
+        v.state = new_state.as_str().into();
+        if new_state == VersionState::Destroyed {
+            if rec.origin == Origin::Hsm.as_str() {
+                erased.extend(v.material.clone().map(|m| (rec.clone(), v.version, m)));
+            }
+            v.material = None;
+            v.destroyed_at = Some(now);
+        }
+        tx.put_version(v)?;
+        version_info(v)
+    }
+}
+
+/// The change that schedules a key's deletion, for [`Kms::schedule_deletion`] and its check.
+fn deletion_schedule(
+    pending_days: u32,
+) -> impl FnOnce(&mut dyn Tx, &mut KeyRecord, &mut Vec<VersionRecord>, i64) -> KmsResult<KeyInfo> {
+    move |tx, rec, _, now| {
+        match parse_state(&rec.state, KeyState::parse)? {
+            KeyState::Enabled | KeyState::Disabled => {}
+            other => return Err(state_error(other, &rec.key_id)),
+        }
+        rec.state = KeyState::PendingDeletion.as_str().into();
+        rec.deletion_date = Some(now + pending_days as i64 * DAY);
+        info_in_tx(tx, rec)
     }
 }
 

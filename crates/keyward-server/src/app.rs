@@ -52,8 +52,8 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     /// Request id source.
     pub request_ids: RequestIds,
-    /// Compiled policies.
-    pub policies: crate::handlers::policies::PolicyCache,
+    /// Policy documents and their compiled forms.
+    pub policies: keyward_iam::policies::Policies,
     /// The PKCS#11 token when it is the root of trust.
     pub token: Option<Arc<keyward_hsm_pkcs11::Pkcs11Hsm>>,
 }
@@ -90,6 +90,7 @@ impl App {
     /// Assembles the state.
     pub fn new(kms: Arc<Kms>, audit: AuditLog, config: Config, node_id: String) -> Self {
         let auth = Auth::new(kms_store(&kms), kms.freshness());
+        let policies = keyward_iam::policies::Policies::new(kms_store(&kms), kms.freshness());
         App {
             limiter: Limiter::new(config.rate_limit_per_second, config.rate_limit_burst),
             kms,
@@ -100,7 +101,7 @@ impl App {
             config,
             clock: Arc::new(SystemClock),
             request_ids: RequestIds::new(),
-            policies: Default::default(),
+            policies,
             token: None,
         }
     }
@@ -367,7 +368,10 @@ impl Caller {
         if self.principal.policies.is_empty() {
             return role_allows;
         }
-        let policies = app.policies.load(app, &self.principal.policies);
+        // Policies that cannot be loaded allow nothing (fail closed).
+        let Ok(policies) = app.policies.load(&self.principal.policies) else {
+            return false;
+        };
         let Ok(resources) = resources(&app.kms, key_ref) else {
             return false;
         };
@@ -835,7 +839,11 @@ fn authorize(
             Err((principal, e))
         };
     }
-    let policies = app.policies.load(app, &principal.policies);
+    // Authorization fails closed: a policy the caller holds that cannot be loaded could hold a deny.
+    let policies = match app.policies.load(&principal.policies) {
+        Ok(p) => p,
+        Err(e) => return Err((principal, ApiError(e))),
+    };
     if key_ref.is_none() && action == Action::Decrypt {
         let pending = Pending {
             policies,

@@ -42,8 +42,9 @@ pub fn version_object(v: &VersionInfo) -> VersionObject {
 }
 
 fn named<T>(what: &str, value: &str, parse: impl Fn(&str) -> Option<T>) -> Result<T, ApiError> {
-    parse(value)
-        .ok_or_else(|| ApiError::validation(format!("unknown {what} '{}'", value.escape_debug())))
+    parse(value).ok_or_else(|| {
+        ApiError::validation(format!("unknown {what} {}", keyward_core::quoted(value)))
+    })
 }
 
 /// Parses a key spec.
@@ -85,21 +86,7 @@ pub fn pem(label: &str, der: &[u8]) -> String {
     out
 }
 
-/// A name from a request as a refusal repeats it: escaped (no control characters reach a terminal or a
-/// log) and cut to 64 characters, so that a refusal stays one readable line whatever was sent.
-pub fn shown(name: &str) -> String {
-    const MAX: usize = 64;
-    let mut out: String = name
-        .chars()
-        .take(MAX)
-        .collect::<String>()
-        .escape_debug()
-        .collect();
-    if name.chars().nth(MAX).is_some() {
-        out.push('…');
-    }
-    out
-}
+pub use keyward_core::shown;
 
 /// Lower-case hex.
 pub fn hex(b: &[u8]) -> String {
@@ -126,8 +113,8 @@ pub fn only(
 ) -> Result<(), ApiError> {
     match query.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(k) => Err(ApiError::validation(format!(
-            "unknown query parameter '{}'",
-            k.escape_debug()
+            "unknown query parameter {}",
+            keyward_core::quoted(k)
         ))),
         None => Ok(()),
     }

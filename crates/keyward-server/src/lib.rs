@@ -6,7 +6,6 @@
 
 pub mod app;
 pub mod auth;
-pub mod authz;
 pub mod config;
 mod convert;
 pub mod error;
@@ -14,7 +13,6 @@ pub mod handlers;
 pub mod limiter;
 pub mod metrics;
 pub mod pki;
-pub mod policy;
 mod proxy;
 pub mod sink;
 mod tls;
@@ -38,6 +36,8 @@ use keyward_store_sqlite::SqliteStore;
 
 pub use app::{router, App, AppState};
 pub use config::{Config, Overrides};
+/// Actions, roles and policies live beneath the HTTP layer, shared by every front end.
+pub use keyward_iam::{authz, policy};
 
 use authz::Role;
 use convert::{hex, unhex};

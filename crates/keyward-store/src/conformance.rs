@@ -360,6 +360,7 @@ pub fn audit_appends_and_queries(store: &dyn Store) {
 pub struct FailingStore {
     inner: Arc<dyn Store>,
     countdown: Arc<AtomicUsize>,
+    unreadable: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl FailingStore {
@@ -367,6 +368,15 @@ impl FailingStore {
         FailingStore {
             inner,
             countdown: Arc::new(AtomicUsize::new(0)),
+            unreadable: Arc::new(std::sync::Mutex::new(None)),
+        }
+    }
+
+    /// Fails every read of the meta namespace `ns` from now on, as a lost connection or a corrupt page
+    /// would; `None` makes it readable again.
+    pub fn fail_reads_of(&self, ns: Option<&str>) {
+        if let Ok(mut u) = self.unreadable.lock() {
+            *u = ns.map(str::to_string);
         }
     }
 
@@ -384,10 +394,20 @@ impl FailingStore {
 struct FailingTx<'a> {
     inner: Box<dyn Tx + 'a>,
     countdown: Arc<AtomicUsize>,
+    unreadable: Arc<std::sync::Mutex<Option<String>>>,
     wrote: bool,
 }
 
 impl FailingTx<'_> {
+    fn read(&self, ns: &str) -> StoreResult<()> {
+        match self.unreadable.lock() {
+            Ok(u) if u.as_deref() == Some(ns) => {
+                Err(StoreError::Unavailable("injected read failure".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn write(&mut self) -> StoreResult<()> {
         self.wrote = true;
         let n = self.countdown.load(Ordering::SeqCst);
@@ -451,6 +471,7 @@ impl Tx for FailingTx<'_> {
         self.inner.aliases_of(key_id)
     }
     fn get_meta(&mut self, ns: &str, name: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.read(ns)?;
         self.inner.get_meta(ns, name)
     }
     fn put_meta(&mut self, ns: &str, name: &str, value: &[u8]) -> StoreResult<()> {
@@ -462,6 +483,7 @@ impl Tx for FailingTx<'_> {
         self.inner.delete_meta(ns, name)
     }
     fn list_meta(&mut self, ns: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        self.read(ns)?;
         self.inner.list_meta(ns)
     }
     fn meta_namespaces(&mut self) -> StoreResult<Vec<String>> {
@@ -498,6 +520,7 @@ impl Store for FailingStore {
         Ok(Box::new(FailingTx {
             inner: self.inner.begin()?,
             countdown: self.countdown.clone(),
+            unreadable: self.unreadable.clone(),
             wrote: false,
         }))
     }

@@ -73,6 +73,9 @@ pub enum Operation {
     DeletePolicy {
         /// Name.
         name: String,
+        /// Whether identities holding the policy lose it (otherwise the deletion fails while any holds it).
+        #[serde(default)]
+        detach: bool,
     },
 }
 
@@ -162,7 +165,9 @@ pub fn required_for_key(app: &AppState, key_ref: &str) -> Result<u32, ApiError> 
     Ok(key.quorum_approvals.unwrap_or(app.config.quorum_approvals))
 }
 
-/// Approvals a policy change needs: the highest of the keys it names (and the service's setting).
+/// Approvals a policy change needs: the highest of the keys it names (and the service's setting). `doc` is
+/// the canonical document (see `keyward_iam::policies::prepare`), so that a key named in any spelling, or by
+/// any of its aliases, is found.
 pub fn required_for_policy(
     app: &AppState,
     doc: Option<&crate::policy::PolicyDoc>,
@@ -174,11 +179,14 @@ pub fn required_for_policy(
     for k in keys.iter().filter(|k| k.quorum_approvals.is_some()) {
         let touched = match doc {
             None => true,
-            Some(d) => d.statements.iter().flat_map(|s| &s.resources).any(|r| {
-                r.contains('*')
-                    || *r == format!("key/{}", k.key_id)
-                    || k.alias.as_ref().is_some_and(|a| a == r)
-            }),
+            Some(d) => {
+                let (_, aliases) = app.kms.key_aliases(&k.key_id)?;
+                let id = format!("key/{}", k.key_id);
+                d.statements
+                    .iter()
+                    .flat_map(|s| &s.resources)
+                    .any(|r| r.contains('*') || *r == id || aliases.iter().any(|a| a == r))
+            }
         };
         if touched {
             m = m.max(k.quorum_approvals.unwrap_or(0));
@@ -259,12 +267,11 @@ pub fn execute(app: &AppState, op: &Operation) -> Result<serde_json::Value, ApiE
         Operation::PruneAudit { through_seq } => v(serde_json::to_value(
             crate::handlers::audit::prune_now(app, *through_seq)?,
         )),
-        Operation::PutPolicy { name, document } => {
-            crate::handlers::policies::store(app, name, document)?;
-            v(serde_json::to_value(document))
-        }
-        Operation::DeletePolicy { name } => {
-            crate::handlers::policies::remove(app, name)?;
+        Operation::PutPolicy { name, document } => v(serde_json::to_value(
+            crate::handlers::policies::store(app, name, document)?,
+        )),
+        Operation::DeletePolicy { name, detach } => {
+            crate::handlers::policies::remove(app, name, *detach)?;
             Ok(serde_json::json!({ "deleted": name }))
         }
     }
@@ -295,7 +302,7 @@ fn executed(
         version,
         source_key_ids: Vec::new(),
         resource: match &a.operation {
-            Operation::PutPolicy { name, .. } | Operation::DeletePolicy { name } => {
+            Operation::PutPolicy { name, .. } | Operation::DeletePolicy { name, .. } => {
                 Some(crate::app::resource("policy", name))
             }
             _ => Some(crate::app::resource("approval", &a.approval_id)),
@@ -420,7 +427,9 @@ fn decide(
         Decided::Claimed(a) => run(app, meta, a)?,
     };
     let key = a.operation.key_id().map(str::to_string);
-    let reply = Reply::ok(&a)?;
+    // The decider sees the request as it may (an export's material is the requester's alone).
+    let shown = visible(app, caller, a).unwrap_or(serde_json::Value::Null);
+    let reply = Reply::ok(&shown)?;
     Ok(match key {
         Some(k) => reply.key(k, None),
         None => reply,
@@ -718,7 +727,7 @@ pub async fn reject(State(app): State<AppState>, meta: Meta, Path(id): Path<Stri
 
 #[derive(Serialize)]
 struct ApprovalList {
-    approvals: Vec<Approval>,
+    approvals: Vec<serde_json::Value>,
     next_token: Option<String>,
 }
 
@@ -729,6 +738,31 @@ fn as_seen(mut a: Approval, now: i64) -> Approval {
         a.status = "expired".into();
     }
     a
+}
+
+/// What a caller may see of a request. The requester sees all of it (an export's wrapped material is
+/// returned to the requester only); an identity that may perform the operation, and so approve it, sees the
+/// request without that material; an auditor sees what was asked, by whom and how it ended, without the
+/// payload (a policy document it may not read, a recipient key, a result); anyone else sees nothing.
+fn visible(app: &AppState, caller: &Caller, a: Approval) -> Option<serde_json::Value> {
+    let mine = a.requested_by == caller.principal.name;
+    let approver = !mine && caller.may(app, a.operation.action(), a.operation.key_id());
+    let auditor = !mine && !approver && caller.may(app, Action::ReadAudit, None);
+    if !(mine || approver || auditor) {
+        return None;
+    }
+    let mut v = serde_json::to_value(a).ok()?;
+    if let Some(fields) = v.as_object_mut() {
+        if !mine && fields.get("operation").and_then(|o| o.as_str()) == Some("export") {
+            fields.remove("result");
+        }
+        if auditor {
+            for payload in ["document", "wrapping_public_key_der", "result"] {
+                fields.remove(payload);
+            }
+        }
+    }
+    Some(v)
 }
 
 /// `GET /v1/approvals/{id}`: one request, as a requester follows it to its end.
@@ -745,10 +779,20 @@ pub async fn get(State(app): State<AppState>, meta: Meta, Path(id): Path<String>
         None,
         Some(key),
         Mode::Blocking,
-        move |_| {
+        move |caller| {
             let found = load(&a, &id)?;
             let key_id = found.operation.key_id().map(str::to_string);
-            let reply = Reply::ok(&as_seen(found, a.clock.now()))?;
+            let shown = visible(&a, &caller, as_seen(found, a.clock.now())).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::AccessDenied,
+                    format!(
+                        "{} may not read approval {}: it neither requested it nor may approve it",
+                        caller.principal.name,
+                        crate::convert::shown(&id)
+                    ),
+                )
+            })?;
+            let reply = Reply::ok(&shown)?;
             Ok(match key_id {
                 Some(k) => reply.key(k, None),
                 None => reply,
@@ -772,7 +816,7 @@ pub async fn list(
         Action::ListApprovals,
         None,
         Mode::Blocking,
-        move |_| {
+        move |caller| {
             let wanted = q.remove("status");
             crate::convert::only(&q, &["limit", "next_token"])?;
             if let Some(status) = &wanted {
@@ -803,12 +847,14 @@ pub async fn list(
                 })?;
                 let x = as_seen(x, now);
                 if wanted.as_ref().is_none_or(|s| *s == x.status) {
-                    matching.push((id, x));
+                    if let Some(v) = visible(&a, &caller, x) {
+                        matching.push((id, v));
+                    }
                 }
             }
             let (page, next_token) = crate::handlers::keys::page(matching, &q)?;
             Reply::ok(&ApprovalList {
-                approvals: page.into_iter().map(|(_, x)| x).collect(),
+                approvals: page.into_iter().map(|(_, v)| v).collect(),
                 next_token,
             })
         },

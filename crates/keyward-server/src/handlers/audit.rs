@@ -347,6 +347,9 @@ pub async fn prune(State(app): State<AppState>, meta: Meta, body: crate::app::Ra
                 return Err(ApiError::validation("through_seq is 1 or more"));
             }
             if a.config.quorum_approvals > 0 {
+                let (retention_ms, now_ms) = (retention_ms(&a), crate::app::now_ms());
+                a.kms
+                    .check_prune_audit(req.through_seq, now_ms.saturating_sub(retention_ms))?;
                 return crate::handlers::approvals::request(
                     &a,
                     &caller,
@@ -362,13 +365,16 @@ pub async fn prune(State(app): State<AppState>, meta: Meta, body: crate::app::Ra
     .await
 }
 
+fn retention_ms(app: &AppState) -> i64 {
+    i64::from(app.config.audit_retention_days) * 86_400_000
+}
+
 /// Prunes through `through_seq` now, keeping every record younger than the retention period.
 pub fn prune_now(
     app: &AppState,
     through_seq: u64,
 ) -> Result<keyward_core::audit::Pruned, ApiError> {
-    let retention_ms = i64::from(app.config.audit_retention_days) * 86_400_000;
-    let keep_after_ms = crate::app::now_ms().saturating_sub(retention_ms);
+    let keep_after_ms = crate::app::now_ms().saturating_sub(retention_ms(app));
     Ok(app.kms.prune_audit(through_seq, keep_after_ms)?)
 }
 

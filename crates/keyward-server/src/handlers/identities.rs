@@ -185,11 +185,7 @@ fn object(r: &IdentityRecord) -> IdentityObject {
 }
 
 fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 64
-        && n != "root"
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
+    keyward_iam::names::valid_identity(n)
 }
 
 fn load(app: &AppState, name: &str) -> Result<Option<IdentityRecord>, ApiError> {
@@ -203,25 +199,71 @@ fn load(app: &AppState, name: &str) -> Result<Option<IdentityRecord>, ApiError> 
     .transpose()
 }
 
-/// Roles must be built-in ones; policies are names (one that does not exist grants nothing).
-fn check_grants(roles: &[String], policies: &[String]) -> Result<(), ApiError> {
+/// Roles must be built-in ones; policies must exist (a misspelt deny would silently never apply), which is
+/// checked in the transaction that stores the grant.
+fn check_grants(tx: &mut dyn Tx, roles: &[String], policies: &[String]) -> Result<(), KmsError> {
     if let Some(r) = roles.iter().find(|r| Role::parse(r).is_none()) {
-        return Err(ApiError::validation(format!(
-            "unknown role '{}'",
-            r.escape_debug()
-        )));
+        return Err(KmsError::new(
+            ErrorCode::ValidationError,
+            format!("unknown role {}", keyward_core::quoted(r)),
+        ));
     }
     if roles.len() > 4 || policies.len() > 100 {
-        return Err(ApiError::validation(
+        return Err(KmsError::new(
+            ErrorCode::ValidationError,
             "an identity has at most 4 roles and 100 policies",
         ));
     }
-    if policies
+    if let Some(p) = policies
         .iter()
-        .any(|p| p.is_empty() || p.chars().count() > 128)
+        .find(|p| keyward_iam::names::check_policy(p).is_err())
     {
-        return Err(ApiError::validation("policy names are 1 to 128 characters"));
+        return Err(KmsError::new(
+            ErrorCode::ValidationError,
+            format!("{} is not a policy name", keyward_core::quoted(p)),
+        ));
     }
+    if let Some(missing) = keyward_iam::policies::Policies::missing_in(tx, policies)? {
+        return Err(KmsError::new(
+            ErrorCode::ValidationError,
+            format!(
+                "policy {} does not exist; create it first (PUT /v1/policies/NAME)",
+                keyward_core::quoted(&missing)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The names of the identities holding `policy`, read in `tx`.
+pub(crate) fn holders_in(tx: &mut dyn Tx, policy: &str) -> Result<Vec<String>, KmsError> {
+    let mut out = Vec::new();
+    for (_, raw) in tx.list_meta(IDENTITIES)? {
+        let rec: IdentityRecord = serde_json::from_slice(&raw)
+            .map_err(|_| KmsError::new(ErrorCode::Unavailable, "store corrupt: identity"))?;
+        if rec.policies.iter().any(|p| p == policy) {
+            out.push(rec.name);
+        }
+    }
+    Ok(out)
+}
+
+/// [`holders_in`] in a transaction of its own.
+pub(crate) fn holders(app: &AppState, policy: &str) -> Result<Vec<String>, ApiError> {
+    Ok(transact(
+        app.kms.store_handle().as_ref(),
+        |tx: &mut dyn Tx| holders_in(tx, policy),
+    )?)
+}
+
+/// Takes `policy` from an identity and from the tokens it holds, in `tx`.
+pub(crate) fn detach_in(tx: &mut dyn Tx, identity: &str, policy: &str) -> Result<(), KmsError> {
+    let mut rec = read_in(tx, identity)?;
+    rec.policies.retain(|p| p != policy);
+    let json = serde_json::to_vec(&rec)
+        .map_err(|_| KmsError::new(ErrorCode::Unavailable, "identity encoding"))?;
+    tx.put_meta(IDENTITIES, &rec.name, &json)?;
+    crate::auth::Auth::regrant_in(tx, &rec.name, Some((&rec.roles, &rec.policies)))?;
     Ok(())
 }
 
@@ -287,15 +329,10 @@ pub async fn create(State(app): State<AppState>, meta: Meta, body: RawBody) -> R
         Mode::Blocking,
         move |_| {
             let req: CreateIdentity = parse(&body)?;
-            if !valid_name(&req.name) {
-                return Err(ApiError::validation(
-                    "identity names are 1 to 64 characters of A-Z a-z 0-9 . _ - @ (not root)",
-                ));
-            }
+            keyward_iam::names::check_identity(&req.name)?;
             if !matches!(req.kind.as_str(), "service" | "user") {
                 return Err(ApiError::validation("kind is service or user"));
             }
-            check_grants(&req.roles, &req.policies)?;
             let password_hash = match &req.password {
                 None => None,
                 Some(_) if req.kind != "user" => {
@@ -336,10 +373,20 @@ pub async fn create(State(app): State<AppState>, meta: Meta, body: RawBody) -> R
                 }
             }
             transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
+                check_grants(tx, &rec.roles, &rec.policies)?;
                 if tx.get_meta(IDENTITIES, &rec.name)?.is_some() {
                     return Err(KmsError::new(
                         ErrorCode::AlreadyExists,
                         format!("identity {} already exists", rec.name),
+                    ));
+                }
+                let stored = tx.list_meta(IDENTITIES)?;
+                if let Some(other) =
+                    keyward_iam::names::clash(&rec.name, stored.iter().map(|(n, _)| n.as_str()))
+                {
+                    return Err(KmsError::new(
+                        ErrorCode::AlreadyExists,
+                        format!("identity {other} exists; names are unique without regard to case"),
                     ));
                 }
                 if let Some(subject) = &rec.certificate_subject {
@@ -799,7 +846,7 @@ pub async fn update(
                 if let Some(policies) = &req.policies {
                     rec.policies.clone_from(policies);
                 }
-                check_grants(&rec.roles, &rec.policies).map_err(|e| e.0)?;
+                check_grants(tx, &rec.roles, &rec.policies)?;
                 let json = serde_json::to_vec(&rec)
                     .map_err(|_| KmsError::new(ErrorCode::Unavailable, "identity encoding"))?;
                 tx.put_meta(IDENTITIES, &rec.name, &json)?;

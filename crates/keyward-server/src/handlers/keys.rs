@@ -97,7 +97,7 @@ pub async fn create(State(app): State<AppState>, meta: Meta, body: RawBody) -> R
             c.origin = match req.origin.as_deref() {
                 None => Origin::Keyward,
                 Some(o) => Origin::parse(o).ok_or_else(|| {
-                    ApiError::validation(format!("unknown origin '{}'", o.escape_debug()))
+                    ApiError::validation(format!("unknown origin {}", keyward_core::quoted(o)))
                 })?,
             };
             c.quorum_approvals = req.quorum.map(|q| q.approvals);
@@ -258,6 +258,7 @@ key_op!(
         }
         let m = approvals::required_for_key(&a, &key)?;
         if m > 0 {
+            a.kms.check_schedule_deletion(&key, days)?;
             let key_id = a.kms.key_id_of(&key)?;
             return approvals::request(&a, &caller, approvals::Operation::ScheduleDeletion { key_id, pending_days: days }, m);
         }
@@ -311,6 +312,7 @@ key_op!(
         let req: ExportRequest = parse(&body)?;
         let m = approvals::required_for_key(&a, &key)?;
         if m > 0 {
+            a.kms.check_export(&key, &req.wrapping_public_key_der.0, req.version)?;
             let op = approvals::Operation::Export {
                 key_id: a.kms.key_id_of(&key)?,
                 wrapping_public_key_der: crate::convert::hex(&req.wrapping_public_key_der.0),
@@ -355,6 +357,8 @@ pub async fn version_action(
             if act == VersionAction::Destroy {
                 let m = approvals::required_for_key(&a, &key)?;
                 if m > 0 {
+                    a.kms
+                        .check_version_action(&key, n, VersionAction::Destroy)?;
                     let key_id = a.kms.key_id_of(&key)?;
                     return approvals::request(
                         &a,

@@ -1,97 +1,69 @@
-//! `PUT/GET/DELETE /v1/policies/{name}`, `GET /v1/policies`, and the cache of compiled policies.
+//! `PUT/GET/DELETE /v1/policies/{name}` and `GET /v1/policies`: HTTP over the policy repository of
+//! `keyward-iam`, which validates, canonicalises and caches the documents.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use keyward_core::{ErrorCode, KmsError};
-use keyward_store::{transact, Tx};
-use parking_lot::RwLock;
 
 use crate::app::{call, parse, App, AppState, Meta, Mode, RawBody, Reply};
 use crate::authz::Action;
 use crate::error::ApiError;
-use crate::handlers::approvals;
-use crate::policy::{compile, Compiled, PolicyDoc};
+use crate::handlers::{approvals, identities};
+use crate::policy::PolicyDoc;
 
-pub(crate) const POLICIES: &str = "policy";
+/// The store namespace of policies, for the change feed.
+pub(crate) const POLICIES: &str = keyward_iam::policies::NAMESPACE;
 
-/// Compiled policies by name; a name that does not exist compiles to nothing (default deny).
-#[derive(Default)]
-pub struct PolicyCache {
-    compiled: RwLock<HashMap<String, Option<Arc<Compiled>>>>,
+/// Stores a validated policy (used directly and by approved quorum requests); returns it as stored.
+pub fn store(app: &App, name: &str, doc: &PolicyDoc) -> Result<PolicyDoc, ApiError> {
+    Ok(app.policies.put(name, doc)?)
 }
 
-impl PolicyCache {
-    /// The compiled policies of these names (missing ones are skipped).
-    pub fn load(&self, app: &App, names: &[String]) -> Vec<Arc<Compiled>> {
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            if app.kms.caches_trusted() {
-                if let Some(entry) = self.compiled.read().get(name) {
-                    out.extend(entry.clone());
-                    continue;
-                }
-            }
-            let stored = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-                tx.get_meta(POLICIES, name)
-            })
-            .ok()
-            .flatten()
-            .and_then(|b| serde_json::from_slice::<PolicyDoc>(&b).ok())
-            .and_then(|d| compile(&d).ok())
-            .map(Arc::new);
-            self.compiled.write().insert(name.clone(), stored.clone());
-            out.extend(stored);
+/// Deletes a policy; `NotFound` if there was none. Identities that hold it lose it in the same transaction
+/// when `detach` says so; otherwise the deletion is refused while any holds it (`InvalidState`, naming them),
+/// since tokens that name a missing policy are refused on every request.
+pub fn remove(app: &App, name: &str, detach: bool) -> Result<(), ApiError> {
+    let mut detached = Vec::new();
+    app.policies.delete(name, |tx| {
+        let holders = identities::holders_in(tx, name)?;
+        if holders.is_empty() {
+            return Ok(());
         }
-        out
-    }
-
-    /// Forgets one compiled policy (changed here or on another node).
-    pub fn forget(&self, name: &str) {
-        self.compiled.write().remove(name);
-    }
-
-    /// Forgets every compiled policy.
-    pub fn forget_all(&self) {
-        self.compiled.write().clear();
-    }
-}
-
-/// Stores a validated policy (used directly and by approved quorum requests).
-pub fn store(app: &App, name: &str, doc: &PolicyDoc) -> Result<(), ApiError> {
-    compile(doc).map_err(ApiError::validation)?;
-    let json = serde_json::to_vec(doc)
-        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "policy encoding"))?;
-    transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-        tx.put_meta(POLICIES, name, &json)
+        if !detach {
+            return Err(attached(name, &holders));
+        }
+        for holder in &holders {
+            identities::detach_in(tx, holder, name)?;
+        }
+        detached = holders;
+        Ok(())
     })?;
-    app.policies.forget(name);
+    for identity in &detached {
+        app.auth.forget_identity(identity);
+    }
     Ok(())
 }
 
-/// Deletes a policy; `NotFound` if there was none.
-pub fn remove(app: &App, name: &str) -> Result<(), ApiError> {
-    let existed = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-        tx.delete_meta(POLICIES, name)
-    })?;
-    app.policies.forget(name);
-    if existed {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            ErrorCode::NotFound,
-            format!("policy {} does not exist", crate::convert::shown(name)),
-        ))
+fn attached(name: &str, holders: &[String]) -> KmsError {
+    const SHOWN: usize = 10;
+    let mut names = holders
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if holders.len() > SHOWN {
+        names.push_str(&format!(" and {} more", holders.len() - SHOWN));
     }
-}
-
-fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 128
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    KmsError::new(
+        ErrorCode::InvalidState,
+        format!(
+            "policy {} is attached to {names}; detach it first, or delete with ?detach=true",
+            keyward_core::shown(name)
+        ),
+    )
 }
 
 /// `PUT /v1/policies/{name}`: creates or replaces a policy; the document is validated by compiling it.
@@ -110,13 +82,9 @@ pub async fn put(
         None,
         Mode::Blocking,
         move |caller| {
-            if !valid_name(&name) {
-                return Err(ApiError::validation(
-                    "policy names are 1 to 128 characters of A-Z a-z 0-9 . _ -",
-                ));
-            }
+            keyward_iam::names::check_policy(&name)?;
             let doc: PolicyDoc = parse(&body)?;
-            compile(&doc).map_err(ApiError::validation)?;
+            let doc = keyward_iam::policies::prepare(&doc)?;
             let m = approvals::required_for_policy(&a, Some(&doc))?;
             if m > 0 {
                 return approvals::request(
@@ -129,8 +97,7 @@ pub async fn put(
                     m,
                 );
             }
-            store(&a, &name, &doc)?;
-            Reply::ok(&doc)
+            Reply::ok(&store(&a, &name, &doc)?)
         },
     )
     .await
@@ -150,9 +117,7 @@ pub async fn list(
         None,
         Mode::Blocking,
         move |_| {
-            let all = transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-                tx.list_meta(POLICIES)
-            })?;
+            let all: Vec<(String, ())> = a.policies.names()?.into_iter().map(|n| (n, ())).collect();
             let (page, next) = crate::handlers::keys::page(all, &q)?;
             let names: Vec<&str> = page.iter().map(|(name, _)| name.as_str()).collect();
             Reply::ok(&serde_json::json!({ "policies": names, "next_token": next }))
@@ -171,27 +136,19 @@ pub async fn get(State(app): State<AppState>, meta: Meta, Path(name): Path<Strin
         Action::GetPolicy,
         None,
         Mode::Blocking,
-        move |_| {
-            let raw = transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-                tx.get_meta(POLICIES, &name)
-            })
-            .map_err(|e| ApiError(KmsError::from(e)))?
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::NotFound,
-                    format!("policy {} does not exist", crate::convert::shown(&name)),
-                )
-            })?;
-            let doc: PolicyDoc = serde_json::from_slice(&raw)
-                .map_err(|_| ApiError::new(ErrorCode::Unavailable, "store corrupt: policy"))?;
-            Reply::ok(&doc)
-        },
+        move |_| Reply::ok(&a.policies.get(&name)?),
     )
     .await
 }
 
-/// `DELETE /v1/policies/{name}`.
-pub async fn delete(State(app): State<AppState>, meta: Meta, Path(name): Path<String>) -> Response {
+/// `DELETE /v1/policies/{name}[?detach=true]`. Everything that would refuse the deletion is checked before
+/// a quorum request is opened, so that approvers are never asked to approve what cannot run.
+pub async fn delete(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let meta = meta.on(crate::app::resource("policy", &name));
     let a = app.clone();
     call(
@@ -201,16 +158,29 @@ pub async fn delete(State(app): State<AppState>, meta: Meta, Path(name): Path<St
         None,
         Mode::Blocking,
         move |caller| {
+            crate::convert::only(&q, &["detach"])?;
+            let detach = match q.get("detach").map(String::as_str) {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(_) => return Err(ApiError::validation("detach is true or false")),
+            };
+            a.policies.get(&name)?;
+            if !detach {
+                let holders = identities::holders(&a, &name)?;
+                if !holders.is_empty() {
+                    return Err(ApiError(attached(&name, &holders)));
+                }
+            }
             let m = approvals::required_for_policy(&a, None)?;
             if m > 0 {
                 return approvals::request(
                     &a,
                     &caller,
-                    approvals::Operation::DeletePolicy { name },
+                    approvals::Operation::DeletePolicy { name, detach },
                     m,
                 );
             }
-            remove(&a, &name)?;
+            remove(&a, &name, detach)?;
             Ok(Reply::empty())
         },
     )

@@ -131,18 +131,16 @@ pub fn compile(doc: &PolicyDoc) -> Result<Compiled, String> {
             let known = Action::ALL.iter().any(|x| Glob::new(a).matches(x.name()));
             if !a.starts_with("kms:") || !known {
                 return Err(format!(
-                    "statement {i}: action '{}' matches no kms: action",
-                    a.escape_debug()
+                    "statement {i}: action {} matches no kms: action",
+                    crate::quoted(a)
                 ));
             }
         }
-        for r in &s.resources {
-            if !(r == "*" || r.starts_with("key/") || r.starts_with("alias/")) {
-                return Err(format!(
-                    "statement {i}: resources are key/<id>, alias/<name> or *"
-                ));
-            }
-        }
+        let resources = s
+            .resources
+            .iter()
+            .map(|r| canonical_resource(r).map_err(|e| format!("statement {i}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
         let c = s.conditions.clone().unwrap_or_default();
         let cidrs = match &c.source_cidr {
             None => None,
@@ -150,7 +148,7 @@ pub fn compile(doc: &PolicyDoc) -> Result<Compiled, String> {
                 list.iter()
                     .map(|x| {
                         Cidr::parse(x).ok_or_else(|| {
-                            format!("statement {i}: '{}' is not a CIDR", x.escape_debug())
+                            format!("statement {i}: {} is not a CIDR", crate::quoted(x))
                         })
                     })
                     .collect::<Result<Vec<_>, _>>()?,
@@ -159,13 +157,78 @@ pub fn compile(doc: &PolicyDoc) -> Result<Compiled, String> {
         statements.push(Statement {
             allow,
             actions: s.actions.iter().map(|a| Glob::new(a)).collect(),
-            resources: s.resources.iter().map(|r| Glob::new(r)).collect(),
+            resources: resources.iter().map(|r| Glob::new(r)).collect(),
             context: c.context_equals,
             cidrs,
             mfa: c.mfa,
         });
     }
     Ok(Compiled { statements })
+}
+
+/// The one spelling of a resource that matching knows.
+///
+/// A key has one id but many spellings (`D179D8A1-...`, 32 hex digits, `{...}`, `urn:uuid:...`), all of which
+/// the API accepts when naming a key; requests are matched by the canonical lowercase hyphenated id. A
+/// statement naming a key in any other spelling would never match, and a deny that never matches is a
+/// fail-open: so every spelling is turned into the canonical one, and what names no key is refused. A
+/// pattern (`key/d179*`) can only match canonical ids, so it may hold lowercase hex digits, `-` and `*` only.
+/// Alias names are case-sensitive everywhere, so an alias pattern is kept as written once its characters
+/// are checked.
+pub fn canonical_resource(r: &str) -> Result<String, String> {
+    if r == "*" {
+        return Ok(r.to_string());
+    }
+    if let Some(id) = r.strip_prefix("key/") {
+        if id.contains('*') {
+            let ok = id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f' | b'-' | b'*'));
+            return if ok {
+                Ok(r.to_string())
+            } else {
+                Err(format!(
+                    "{} is not a key id pattern (lowercase hex digits, - and * only)",
+                    crate::quoted(r)
+                ))
+            };
+        }
+        return uuid::Uuid::parse_str(id)
+            .map(|u| format!("key/{}", u.hyphenated()))
+            .map_err(|_| format!("{} does not name a key by its id (UUID)", crate::quoted(r)));
+    }
+    if let Some(name) = r.strip_prefix("alias/") {
+        let ok = !name.is_empty()
+            && name.len() <= 256
+            && name.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-' | b'.' | b'*')
+            });
+        return if ok {
+            Ok(r.to_string())
+        } else {
+            Err(format!(
+                "{} is not an alias name or pattern (A-Z a-z 0-9 / _ - . *)",
+                crate::quoted(r)
+            ))
+        };
+    }
+    Err(format!(
+        "resources are key/<id>, alias/<name> or *, not {}",
+        crate::quoted(r)
+    ))
+}
+
+/// The document as it is stored: every resource in its canonical spelling ([`canonical_resource`]), so
+/// that what an administrator reads back is what is matched.
+pub fn canonical(doc: &PolicyDoc) -> Result<PolicyDoc, String> {
+    let mut out = doc.clone();
+    for (i, s) in out.statements.iter_mut().enumerate() {
+        for r in s.resources.iter_mut() {
+            *r = canonical_resource(r).map_err(|e| format!("statement {i}: {e}"))?;
+        }
+    }
+    Ok(out)
 }
 
 /// What a request looks like to the policy engine.
@@ -359,6 +422,59 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn every_spelling_of_a_key_id_is_stored_and_matched_canonically() {
+        let id = "d179d8a1-b7df-4001-bbe8-6668fa101363";
+        for spelling in [
+            "D179D8A1-B7DF-4001-BBE8-6668FA101363",
+            "d179d8a1b7df4001bbe86668fa101363",
+            "D179D8A1B7DF4001BBE86668FA101363",
+            "{d179d8a1-b7df-4001-bbe8-6668fa101363}",
+            "urn:uuid:D179D8A1-B7DF-4001-BBE8-6668FA101363",
+            id,
+        ] {
+            let json = format!(
+                r#"{{"statements": [{{"effect": "deny", "actions": ["kms:Encrypt"], "resources": ["key/{spelling}"]}}]}}"#
+            );
+            let d: PolicyDoc = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+            let stored = canonical(&d).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(stored.statements[0].resources, vec![format!("key/{id}")]);
+            let resources = vec![format!("key/{id}")];
+            // The deny holds against a role that would allow, whichever spelling the document used.
+            for p in [
+                doc(&json),
+                compile(&stored).unwrap_or_else(|e| panic!("{e}")),
+            ] {
+                assert!(
+                    matches!(
+                        evaluate(
+                            [&p],
+                            true,
+                            &req(Action::Encrypt, &resources, "127.0.0.1", false)
+                        ),
+                        Decision::Deny
+                    ),
+                    "{spelling}"
+                );
+            }
+        }
+        for bad in [
+            "key/not-a-uuid",
+            "key/D179*",
+            "key/d179d8a1-b7df-4001-bbe8-6668fa10136",
+            "alias/UPPER case",
+            "alias/",
+            "bucket/x",
+        ] {
+            assert!(canonical_resource(bad).is_err(), "{bad}");
+        }
+        assert_eq!(canonical_resource("key/d179*").as_deref(), Ok("key/d179*"));
+        assert_eq!(
+            canonical_resource("alias/App-*").as_deref(),
+            Ok("alias/App-*")
+        );
     }
 
     #[test]
