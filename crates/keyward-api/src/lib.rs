@@ -47,8 +47,12 @@ pub struct ApprovalPending {
 /// `GET /v1/health`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Health {
-    /// `ok`, `sealed` or `uninitialized`.
+    /// `ok`, `degraded` (serving, but something needs an operator: `reason` says what), `sealed`,
+    /// `uninitialized` or `unavailable`.
     pub status: String,
+    /// Why the node is `degraded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Server version.
     pub version: String,
     /// This node's id.

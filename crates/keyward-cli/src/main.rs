@@ -1737,6 +1737,14 @@ async fn run(cli: Cli) -> Res {
         Command::Health => {
             let h = c.health().await.map_err(e)?;
             out.value(&h);
+            if h.status == "degraded" {
+                // Serving, but an operator must look: a status of its own for monitoring scripts.
+                eprintln!(
+                    "keyward: the node is degraded: {}",
+                    h.reason.as_deref().unwrap_or("no reason given")
+                );
+                std::process::exit(2);
+            }
             if h.status != "ok" {
                 return Err(format!("the node is {}", h.status).into());
             }

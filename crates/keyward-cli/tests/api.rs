@@ -1945,8 +1945,18 @@ async fn policies_grant_scope_condition_and_deny() {
         (me.roles, me.policies),
         (vec!["auditor".to_string()], vec!["deny-all".to_string()])
     );
-    // Deleting the policy takes effect at once.
-    let (st, _, _) = raw(&server.addr, "DELETE", "/v1/policies/app", Some(ROOT), None).await;
+    // Deleting the policy takes effect at once: refused while attached, detached from its holders when
+    // asked.
+    let (st, v, _) = raw(&server.addr, "DELETE", "/v1/policies/app", Some(ROOT), None).await;
+    assert_eq!((st, code_of(&v)), (409, "InvalidState"), "{v}");
+    let (st, _, _) = raw(
+        &server.addr,
+        "DELETE",
+        "/v1/policies/app?detach=true",
+        Some(ROOT),
+        None,
+    )
+    .await;
     assert_eq!(st, 204);
     assert_eq!(
         api_code(svc.encrypt("alias/app-main", b"p", acme).await),
@@ -2452,6 +2462,9 @@ async fn quorum_deletion_waits_for_two_other_approvers() {
     )
     .await;
     assert_eq!((st, v["status"].as_str()), (200, Some("executed")), "{v}");
+    // The wrapped key is the requester's alone.
+    assert!(v.get("result").is_none(), "{v}");
+    let (_, v, _) = raw(a, "GET", &format!("/v1/approvals/{id3}"), Some(ROOT), None).await;
     assert!(v["result"]["wrapped_key_material"].as_str().unwrap().len() > 300);
 
     // A policy naming the key needs the quorum as well.
@@ -2489,12 +2502,16 @@ async fn quorum_deletion_waits_for_two_other_approvers() {
         trail("resource=policy/touching".into()).await,
         [(put, serde_json::Value::Null)]
     );
+    // A policy change is an admin's to approve: a key-admin does not see it, an admin does.
     let (st, list, _) = raw(a, "GET", "/v1/approvals?status=pending", Some(&ops1), None).await;
+    assert_eq!(st, 200);
+    assert_eq!(list["approvals"].as_array().unwrap().len(), 0, "{list}");
+    let (st, list, _) = raw(a, "GET", "/v1/approvals?status=pending", Some(ROOT), None).await;
     assert_eq!(st, 200);
     assert_eq!(list["approvals"].as_array().unwrap().len(), 1);
     assert_eq!(list["approvals"][0]["operation"], "put_policy");
     // The list is in the order the requests were made, even within one second.
-    let (_, list, _) = raw(a, "GET", "/v1/approvals", Some(&ops1), None).await;
+    let (_, list, _) = raw(a, "GET", "/v1/approvals", Some(ROOT), None).await;
     let ids: Vec<&str> = list["approvals"]
         .as_array()
         .unwrap()
@@ -2503,7 +2520,7 @@ async fn quorum_deletion_waits_for_two_other_approvers() {
         .collect();
     assert_eq!(ids, [&id, &id2, &id3, &id4]);
     // Pages of one walk the same list in the same order, with or without a status filter.
-    let reader = ops1.as_str();
+    let reader = ROOT;
     let walk = move |filter: &'static str| async move {
         let mut walked = Vec::new();
         let mut query = format!("{filter}limit=1");
@@ -2948,6 +2965,22 @@ async fn identity_lifecycle(server: &Server, alice: &Client, alice_token: &str, 
         Some(json!({"roles": null, "policies": ["nothing-yet"]})),
     )
     .await;
+    assert_eq!(st, 400, "a policy that does not exist is never granted");
+    let (st, _) = call(
+        "PUT",
+        "/v1/policies/nothing-yet".into(),
+        Some(ROOT),
+        Some(json!({"statements": [{"effect": "allow", "actions": ["kms:DescribeKey"], "resources": ["*"]}]})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (st, _) = call(
+        "PATCH",
+        "/v1/identities/alice".into(),
+        Some(ROOT),
+        Some(json!({"roles": null, "policies": ["nothing-yet"]})),
+    )
+    .await;
     assert_eq!(st, 200);
     assert_eq!(
         call("GET", "/v1/identities/alice".into(), Some(ROOT), None)
@@ -3082,13 +3115,14 @@ async fn identity_lifecycle(server: &Server, alice: &Client, alice_token: &str, 
     for (action, requests, errors) in [
         (
             "kms:UpdateIdentity",
-            8,
+            9,
             vec![
                 "ValidationError",
                 "ValidationError",
                 "ValidationError",
                 "ValidationError",
                 "NotFound",
+                "ValidationError",
             ],
         ),
         ("kms:DeleteIdentity", 2, vec!["NotFound"]),

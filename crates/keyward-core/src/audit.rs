@@ -740,6 +740,14 @@ impl Kms {
         Ok(v)
     }
 
+    /// Checks only the records after `after_seq`, whose hash `head` a verification already accepted: a
+    /// node re-checks its chain every round at the cost of what was appended since. The answer's `records`
+    /// counts those checked.
+    pub fn verify_audit_after(&self, after_seq: u64, head: &str) -> KmsResult<AuditVerification> {
+        let key = self.audit_key().ok_or_else(KmsError::sealed)?;
+        self.verify_range(&key, after_seq, head.to_string(), u64::MAX, &mut 0)
+    }
+
     /// Checks the records after `after_seq` (whose hash is `prev`) through `through_seq`, or to the end.
     /// `newest_ms` ends as the latest `time_ms` among the records checked.
     fn verify_range(

@@ -1,13 +1,16 @@
 //! Secret byte buffers.
 
 use core::fmt;
+use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
 /// Bytes that must not outlive their use: key material, plaintexts, shared secrets.
 ///
 /// Zeroized on drop; `Debug` prints only the length. Turning it into plain bytes is the explicit
-/// [`SecretBytes::expose`] so every place that lets a secret out can be found with grep.
-#[derive(Clone, Default, PartialEq, Eq)]
+/// [`SecretBytes::expose`] so every place that lets a secret out can be found with grep. Comparison takes
+/// the same time wherever two buffers of one length first differ, so that comparing a secret with a guess
+/// tells nothing of how close the guess came (the length is not secret).
+#[derive(Clone, Default)]
 pub struct SecretBytes(Zeroizing<Vec<u8>>);
 
 impl SecretBytes {
@@ -47,6 +50,21 @@ impl SecretBytes {
     }
 }
 
+impl ConstantTimeEq for SecretBytes {
+    fn ct_eq(&self, other: &Self) -> subtle::Choice {
+        // `subtle` answers "unequal" at once for slices of different lengths, which are not secret.
+        self.0.as_slice().ct_eq(other.0.as_slice())
+    }
+}
+
+impl PartialEq for SecretBytes {
+    fn eq(&self, other: &Self) -> bool {
+        self.ct_eq(other).into()
+    }
+}
+
+impl Eq for SecretBytes {}
+
 impl fmt::Debug for SecretBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SecretBytes({} bytes, redacted)", self.0.len())
@@ -62,5 +80,23 @@ impl Zeroize for SecretBytes {
 impl From<Zeroizing<Vec<u8>>> for SecretBytes {
     fn from(v: Zeroizing<Vec<u8>>) -> Self {
         SecretBytes(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SecretBytes;
+
+    fn constant_time<T: subtle::ConstantTimeEq + Eq>() {}
+
+    #[test]
+    fn secrets_compare_in_constant_time() {
+        constant_time::<SecretBytes>();
+        let a = SecretBytes::from_slice(b"0123456789abcdef");
+        assert_eq!(a, SecretBytes::from_slice(b"0123456789abcdef"));
+        assert_ne!(a, SecretBytes::from_slice(b"0123456789abcdeX"));
+        assert_ne!(a, SecretBytes::from_slice(b"X123456789abcdef"));
+        assert_ne!(a, SecretBytes::from_slice(b"0123456789abcde"));
+        assert_eq!(SecretBytes::default(), SecretBytes::zeroed(0));
     }
 }

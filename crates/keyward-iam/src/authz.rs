@@ -119,6 +119,7 @@ actions! {
     ListPolicies = "kms:ListPolicies": Access,
     ListTokens = "kms:ListTokens": Access,
     GetCallerIdentity = "kms:GetCallerIdentity": Own,
+    NoSuchEndpoint = "kms:NoSuchEndpoint": Own,
 }
 
 /// A built-in role.
@@ -194,6 +195,7 @@ mod tests {
             GenerateRoot,
             Login,
             GetCallerIdentity,
+            NoSuchEndpoint,
         ];
         let read = [
             ListKeys,

@@ -56,6 +56,8 @@ pub struct App {
     pub policies: keyward_iam::policies::Policies,
     /// The PKCS#11 token when it is the root of trust.
     pub token: Option<Arc<keyward_hsm_pkcs11::Pkcs11Hsm>>,
+    /// What the background rounds last found of the audit chain.
+    pub chain: crate::chain::ChainWatch,
 }
 
 /// Request ids: a random per-process prefix and a counter. Unique within the node, unguessable across
@@ -103,6 +105,7 @@ impl App {
             request_ids: RequestIds::new(),
             policies,
             token: None,
+            chain: Default::default(),
         }
     }
 }
@@ -132,6 +135,57 @@ pub struct Meta {
     pub start: Instant,
     /// What the request concerns other than a key (`identity/<name>`, `policy/<name>`, ...), for its records.
     pub resource: Option<String>,
+    /// A refusal decided from the request's head alone (a body too large or not JSON): the request is
+    /// authenticated and audited as any other, then refused with it, its body never read.
+    pub refused: Option<ApiError>,
+}
+
+/// What the head of a request says of its body, for [`RawBody`]: a refusal, or how long the body may take.
+#[derive(Clone)]
+struct BodyRules {
+    refused: Option<ApiError>,
+    deadline: Instant,
+}
+
+/// The body limit of a path (see [`router`]).
+fn body_limit(path: &str) -> usize {
+    if path == "/v1/sys/restore" {
+        MAX_BACKUP_BODY
+    } else {
+        MAX_BODY
+    }
+}
+
+/// Refuses, from the head alone, a body that cannot be accepted: a declared length over the limit (413,
+/// before a byte of it is read), or a body that is not declared JSON (415: every body of the API is JSON, and
+/// requiring the media type keeps a browser's cross-site form post, which cannot set it, from ever being
+/// read).
+fn body_refusal(req: &Request) -> Option<ApiError> {
+    let headers = req.headers();
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let limit = body_limit(req.uri().path());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Some(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body is over {} MiB", limit / (1024 * 1024)),
+        ));
+    }
+    let has_body = declared.is_some_and(|n| n > 0)
+        || headers.contains_key(axum::http::header::TRANSFER_ENCODING);
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    (has_body && !json).then(|| {
+        ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "request bodies are JSON: send Content-Type: application/json",
+        )
+    })
 }
 
 /// `kind/name` for [`Meta::on`]; a name from the request is cut to 256 bytes, as no valid one is longer.
@@ -205,15 +259,39 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = std::convert::Infallible;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Ok(RawBody(Bytes::from_request(req, state).await.map_err(
-            |e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(ErrorCode::PayloadTooLarge, "request body is over 1 MiB")
-                } else {
-                    ApiError::validation("request body could not be read")
+        let rules = req.extensions().get::<BodyRules>().cloned();
+        if let Some(refused) = rules.as_ref().and_then(|r| r.refused.clone()) {
+            return Ok(RawBody(Err(refused)));
+        }
+        let limit = body_limit(req.uri().path());
+        let read = Bytes::from_request(req, state);
+        // A body that stalls or stops short is the client's doing: 408, before the request's own time runs
+        // out (which would read as the service's failure).
+        let read = match rules {
+            Some(r) => match tokio::time::timeout_at(r.deadline.into(), read).await {
+                Ok(read) => read,
+                Err(_) => {
+                    return Ok(RawBody(Err(ApiError::new(
+                        ErrorCode::RequestTimeout,
+                        "the request body did not arrive in time",
+                    ))))
                 }
             },
-        )))
+            None => read.await,
+        };
+        Ok(RawBody(read.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("request body is over {} MiB", limit / (1024 * 1024)),
+                )
+            } else {
+                ApiError::new(
+                    ErrorCode::RequestTimeout,
+                    "the request body was cut short or could not be read",
+                )
+            }
+        })))
     }
 }
 
@@ -228,6 +306,49 @@ pub fn parse<T: DeserializeOwned>(body: &RawBody) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::validation(explain::<T>(bytes, &e)))
 }
 
+/// A batch body whose items did not all parse: the batch's items, each parsed on its own, so that one
+/// item's bad value (base64 that does not decode, a missing field) fails that item alone and the others run.
+/// `None` when the body is not a batch of objects with nothing beside `items` (the whole-body error stands).
+/// Only a body that failed the strict parse pays for this.
+pub fn batch_items<T: DeserializeOwned>(body: &RawBody) -> Option<Vec<Result<T, ApiError>>> {
+    let bytes = body.0.as_ref().ok()?;
+    let mut top: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(bytes).ok()?;
+    let items = match top.remove("items")? {
+        serde_json::Value::Array(items) => items,
+        _ => return None,
+    };
+    if !top.is_empty() || items.iter().any(|i| !i.is_object()) {
+        return None;
+    }
+    Some(
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                serde_json::from_value::<T>(item)
+                    .map_err(|e| ApiError::validation(format!("items[{i}]: {}", detail(&e))))
+            })
+            .collect(),
+    )
+}
+
+/// What serde says of a refused value, without the value itself (which may be a secret).
+fn detail(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let text = text.split(" at line").next().unwrap_or_default();
+    if text.starts_with("unknown field")
+        || text.starts_with("missing field")
+        || text.starts_with("invalid base64")
+    {
+        text.to_string()
+    } else if let Some((_, expected)) = text.split_once(", expected ") {
+        // "invalid type: string \"<value>\", expected u32": only the second half is safe to repeat.
+        format!("expected {expected}")
+    } else {
+        "invalid value".to_string()
+    }
+}
+
 /// Describes why a body did not parse: where (the field's path, found by parsing again, which only a
 /// refused request pays for) and what was expected, without the value serde would quote.
 fn explain<T: DeserializeOwned>(bytes: &[u8], e: &serde_json::Error) -> String {
@@ -235,19 +356,7 @@ fn explain<T: DeserializeOwned>(bytes: &[u8], e: &serde_json::Error) -> String {
     if e.is_syntax() || e.is_eof() {
         return format!("malformed JSON {at}");
     }
-    let text = e.to_string();
-    let text = text.split(" at line").next().unwrap_or_default();
-    let detail = if text.starts_with("unknown field")
-        || text.starts_with("missing field")
-        || text.starts_with("invalid base64")
-    {
-        text
-    } else if let Some((_, expected)) = text.split_once(", expected ") {
-        // "invalid type: string \"<value>\", expected u32": only the second half is safe to repeat.
-        &format!("expected {expected}")
-    } else {
-        "invalid value"
-    };
+    let detail = detail(e);
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let mut path = match serde_path_to_error::deserialize::<_, T>(&mut de) {
         Err(e) => e.path().to_string(),
@@ -510,7 +619,13 @@ where
     let mut source_keys = None;
     let mut noted = noted;
     let mut noted_key = None;
-    let (principal, result) = match authorize(app, meta, action, key_ref.as_deref(), now) {
+    let authorized = authorize(app, meta, action, key_ref.as_deref(), now).and_then(|caller| {
+        match &meta.refused {
+            Some(e) => Err((caller.principal, e.clone())),
+            None => Ok(caller),
+        }
+    });
+    let (principal, result) = match authorized {
         Err((p, e)) => (p, Err(e)),
         Ok(mut caller) => {
             let p = caller.principal.clone();
@@ -960,16 +1075,23 @@ async fn context(State(app): State<AppState>, mut req: Request, next: Next) -> R
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let source_ip = ip.map_or_else(|| "unknown".into(), |ip| ip.to_string());
+    let timeout = Duration::from_secs(app.config.request_timeout_seconds.max(1));
+    let start = Instant::now();
+    let refused = body_refusal(&req);
+    req.extensions_mut().insert(BodyRules {
+        refused: refused.clone(),
+        deadline: start + timeout * 3 / 4,
+    });
     req.extensions_mut().insert(Meta {
         request_id: request_id.clone(),
         source_ip,
         ip,
         bearer: None,
         client_subject: None,
-        start: Instant::now(),
+        start,
         resource: None,
+        refused,
     });
-    let timeout = Duration::from_secs(app.config.request_timeout_seconds.max(1));
     let mut resp = match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(r) => r,
         Err(_) => ApiError::new(ErrorCode::Unavailable, "request timed out").into_response(),
@@ -985,8 +1107,29 @@ async fn context(State(app): State<AppState>, mut req: Request, next: Next) -> R
     resp
 }
 
-async fn not_found() -> Response {
-    ApiError::new(ErrorCode::NotFound, "no such endpoint").into_response()
+/// An unknown path or method. A caller that presents a credential is authenticated and its attempt recorded
+/// (`kms:NoSuchEndpoint`, under `endpoint/<METHOD> <path>`), as a probe of the API is worth a trail; a
+/// request without one is answered at once.
+async fn not_found(
+    State(app): State<AppState>,
+    meta: Meta,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> Response {
+    let refusal = || ApiError::new(ErrorCode::NotFound, "no such endpoint");
+    if meta.bearer.is_none() && meta.client_subject.is_none() {
+        return refusal().into_response();
+    }
+    let meta = meta.on(resource("endpoint", &format!("{method} {}", uri.path())));
+    call(
+        &app,
+        &meta,
+        Action::NoSuchEndpoint,
+        None,
+        Mode::Inline,
+        move |_| Err(refusal()),
+    )
+    .await
 }
 
 /// The API router.
@@ -1161,6 +1304,7 @@ mod tests {
             client_subject: None,
             start: std::time::Instant::now(),
             resource: None,
+            refused: None,
         };
         let shown = format!("{meta:?} {:?}", meta.clone());
         assert!(!shown.contains("s3cr3t"), "{shown}");

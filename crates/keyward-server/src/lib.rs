@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod chain;
 pub mod config;
 mod convert;
 pub mod error;
@@ -403,6 +404,17 @@ async fn background(app: AppState) {
         }
         let a = app.clone();
         let _ = tokio::task::spawn_blocking(move || {
+            // Every node watches its own view of the audit chain, whoever leads.
+            if a.config.audit {
+                match a.chain.check(&a.kms, app::now_ms()) {
+                    Ok(true) => {
+                        let reason = a.chain.status().broken.unwrap_or_default();
+                        eprintln!("error: the audit chain is broken; the node serves on as degraded: {reason}");
+                    }
+                    Ok(false) => {}
+                    Err(e) => eprintln!("the audit chain was not checked this round: {e}"),
+                }
+            }
             // Once per run, each node ends the approvals it claimed in an earlier run and never finished;
             // on a shared store one node leads, and it also ends, every round, claims abandoned by any node.
             // The others stand by until it goes away.

@@ -29,7 +29,7 @@ fn secret(s: keyward_core::SecretBytes) -> SecretB64 {
 }
 
 fn batch<T, R>(
-    items: Vec<T>,
+    items: Vec<Result<T, ApiError>>,
     f: impl Fn(T) -> Result<R, ApiError>,
 ) -> Result<BatchResponse<R>, ApiError> {
     if items.is_empty() || items.len() > MAX_BATCH {
@@ -41,11 +41,27 @@ fn batch<T, R>(
         items: items
             .into_iter()
             .map(|i| {
-                f(i).map(BatchItem::Ok)
+                i.and_then(&f)
+                    .map(BatchItem::Ok)
                     .unwrap_or_else(|e| BatchItem::Err(e.body()))
             })
             .collect(),
     })
+}
+
+/// Parses a single-or-batch body strictly, or, when only some items are at fault, as a batch whose bad
+/// items fail on their own ([`crate::app::batch_items`]).
+fn parse_body<B: serde::de::DeserializeOwned, T: serde::de::DeserializeOwned>(
+    body: &RawBody,
+) -> Result<Result<B, Vec<Result<T, ApiError>>>, ApiError> {
+    match parse::<B>(body) {
+        Ok(b) => Ok(Ok(b)),
+        Err(e) => crate::app::batch_items::<T>(body).map(Err).ok_or(e),
+    }
+}
+
+fn all_ok<T>(items: Vec<T>) -> Vec<Result<T, ApiError>> {
+    items.into_iter().map(Ok).collect()
 }
 
 /// The key a batch names in its path, checked once for all items: a reference that does not parse, an
@@ -88,11 +104,19 @@ pub async fn encrypt(
         Some(key.clone()),
         Mode::Inline,
         move |caller| {
-            let b: EncryptBody = parse(&body)?;
+            let b: EncryptBody = match parse_body(&body)? {
+                Ok(b) => b,
+                Err(items) => {
+                    batch_key(&a.kms, &key)?;
+                    return Reply::ok(&batch(items, |i| encrypt_one(&caller, &a.kms, &key, i))?);
+                }
+            };
             match (b.items, b.plaintext) {
                 (Some(items), None) if b.context.is_none() && b.algorithm.is_none() => {
                     batch_key(&a.kms, &key)?;
-                    Reply::ok(&batch(items, |i| encrypt_one(&caller, &a.kms, &key, i))?)
+                    Reply::ok(&batch(all_ok(items), |i| {
+                        encrypt_one(&caller, &a.kms, &key, i)
+                    })?)
                 }
                 (None, Some(plaintext)) => {
                     let r = encrypt_one(
@@ -153,8 +177,12 @@ async fn decrypt_with(app: AppState, meta: Meta, key: Option<String>, body: RawB
         key.clone(),
         Mode::Inline,
         move |caller| {
-            let b: DecryptBody = parse(&body)?;
-            match (b.items, b.ciphertext) {
+            let (b, lenient): (DecryptBody, _) = match parse_body(&body)? {
+                Ok(b) => (b, None),
+                Err(items) => (DecryptBody::default(), Some(items)),
+            };
+            let items = lenient.or_else(|| b.items.map(all_ok));
+            match (items, b.ciphertext) {
                 (Some(items), None) if b.context.is_none() && b.algorithm.is_none() => {
                     if let Some(key) = &key {
                         batch_key(&a.kms, key)?;
@@ -240,11 +268,19 @@ pub async fn reencrypt(
         Some(key.clone()),
         Mode::Inline,
         move |caller| {
-            let b: ReencryptBody = parse(&body)?;
+            let b: ReencryptBody = match parse_body(&body)? {
+                Ok(b) => b,
+                Err(items) => {
+                    batch_key(&a.kms, &key)?;
+                    return Reply::ok(&batch(items, |i| reencrypt_one(&caller, &a.kms, &key, i))?);
+                }
+            };
             match (b.items, b.ciphertext) {
                 (Some(items), None) if b.context.is_none() && b.new_context.is_none() => {
                     batch_key(&a.kms, &key)?;
-                    Reply::ok(&batch(items, |i| reencrypt_one(&caller, &a.kms, &key, i))?)
+                    Reply::ok(&batch(all_ok(items), |i| {
+                        reencrypt_one(&caller, &a.kms, &key, i)
+                    })?)
                 }
                 (None, Some(ciphertext)) => {
                     let req = ReencryptRequest {

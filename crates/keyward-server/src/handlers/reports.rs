@@ -91,6 +91,11 @@ struct IdentityReview {
 
 #[derive(Serialize)]
 struct Report {
+    /// First, because nothing else in the report can be trusted when it is false: whether the audit chain
+    /// verifies (checked for this report), and what the node's own watch found.
+    audit_chain_valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit_chain_problem: Option<String>,
     generated_at: String,
     node_id: String,
     version: &'static str,
@@ -109,7 +114,6 @@ struct Report {
     /// Unexpired tokens of the root identity: after setup the root token should be revoked (a threshold of
     /// shares can always mint a new one).
     root_tokens_live: usize,
-    audit_chain_valid: bool,
     audit_records: u64,
     /// Records through this one were pruned under the retention period; the chain is checked from the next.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -300,6 +304,14 @@ fn build(app: &AppState, dormant_days: i64) -> Result<Report, ApiError> {
         identities,
         root_tokens_live: tokens.get("root").copied().unwrap_or(0),
         audit_chain_valid: chain.valid,
+        audit_chain_problem: match (chain.valid, app.chain.status().broken) {
+            (_, Some(reason)) => Some(reason),
+            (false, None) => Some(format!(
+                "audit record {} does not verify",
+                chain.first_bad_seq.unwrap_or(0)
+            )),
+            (true, None) => None,
+        },
         audit_records: chain.records,
         audit_pruned_through: chain.pruned_through,
         audit_retention_days: app.config.audit_retention_days,

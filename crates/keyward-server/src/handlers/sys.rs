@@ -41,12 +41,19 @@ pub async fn health(State(app): State<AppState>) -> Response {
     } else {
         "ok"
     };
+    // A broken audit chain does not stop the node (a load balancer keeps routing to it: 200), but it must
+    // never read as healthy.
+    let reason = (status == "ok")
+        .then(|| app.chain.status().broken)
+        .flatten();
+    let status = if reason.is_some() { "degraded" } else { status };
     let body = Health {
+        reason,
         status: status.into(),
         version: env!("CARGO_PKG_VERSION").into(),
         node_id: app.node_id.clone(),
     };
-    let code = if status == "ok" {
+    let code = if matches!(status, "ok" | "degraded") {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -277,11 +284,17 @@ pub async fn metrics(State(app): State<AppState>, meta: Meta) -> Response {
     if resp.status() != StatusCode::NO_CONTENT {
         return resp;
     }
-    text(
-        StatusCode::OK,
-        "text/plain; version=0.0.4",
-        a.metrics.render(a.kms.is_sealed(), a.kms.cache_stats()),
-    )
+    text(StatusCode::OK, "text/plain; version=0.0.4", {
+        let mut out = a.metrics.render(a.kms.is_sealed(), a.kms.cache_stats());
+        let chain = a.chain.status();
+        if chain.checked_at_ms.is_some() {
+            out.push_str(&format!(
+                    "# HELP keyward_audit_chain_valid Whether the last check of the audit chain found it whole (0: tampered with).\n# TYPE keyward_audit_chain_valid gauge\nkeyward_audit_chain_valid {}\n",
+                    u8::from(chain.broken.is_none())
+                ));
+        }
+        out
+    })
 }
 
 /// `GET /v1/openapi.json`: public, like the API contract itself.
