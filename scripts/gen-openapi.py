@@ -58,7 +58,7 @@ def ref(name):
 schemas = {
     "Error": obj({"error": obj({"code": S, "message": S}, ["code", "message"])}, ["error"]),
     "ApprovalPending": obj({"approval_id": S, "status": {"type": "string", "enum": ["pending"]}}),
-    "Health": obj({"status": {"type": "string", "enum": ["ok", "sealed", "uninitialized", "unavailable"]}, "version": S, "node_id": S}),
+    "Health": obj({"status": {"type": "string", "enum": ["ok", "degraded", "sealed", "uninitialized", "unavailable"]}, "reason": S, "version": S, "node_id": S}),
     "SysStatus": obj({"initialized": BOOL, "sealed": BOOL, "threshold": INT, "shares": INT, "progress": INT,
                       "root_of_trust": {"type": "string", "enum": ["shamir", "pkcs11", "dev"]}}),
     "InitRequest": obj({"shares": INT, "threshold": INT}, ["shares", "threshold"]),
@@ -290,7 +290,8 @@ ops = [
     ("get", "/v1/policies", "kms:ListPolicies", None, (200, "PolicyNames"), LIMIT, False),
     ("put", "/v1/policies/{name}", "kms:PutPolicy", "Policy", (200, "Policy"), [{"name": "name", "in": "path", "required": True, "schema": S}], False),
     ("get", "/v1/policies/{name}", "kms:GetPolicy", None, (200, "Policy"), [{"name": "name", "in": "path", "required": True, "schema": S}], False),
-    ("delete", "/v1/policies/{name}", "kms:DeletePolicy", None, (204, None), [{"name": "name", "in": "path", "required": True, "schema": S}], False),
+    ("delete", "/v1/policies/{name}", "kms:DeletePolicy", None, (204, None), [{"name": "name", "in": "path", "required": True, "schema": S},
+      {"name": "detach", "in": "query", "schema": {"type": "boolean"}, "description": "take the policy from every identity holding it (otherwise refused while attached)"}], False),
     ("get", "/v1/approvals", "kms:ListApprovals", None, (200, "ApprovalList"), [{"name": "status", "in": "query", "schema": {"type": "string", "enum": [
          "pending", "executing", "executed", "rejected", "expired", "failed"]}}] + LIMIT, False),
     ("get", "/v1/approvals/{id}", "kms:GetApproval", None, (200, "Approval"), [{"name": "id", "in": "path", "required": True, "schema": S}], False),
@@ -312,7 +313,9 @@ ERRORS = {
     "400": "ValidationError, IncorrectKeyUsage or InvalidCiphertext",
     "401": "Unauthenticated", "403": "AccessDenied", "404": "NotFound",
     "409": "AlreadyExists, KeyDisabled, KeyPendingDeletion, KeyDestroyed or InvalidState",
-    "413": "PayloadTooLarge", "429": "Throttled", "503": "Sealed or Unavailable",
+    "408": "RequestTimeout: the body did not arrive in time or stopped short",
+    "413": "PayloadTooLarge", "415": "UnsupportedMediaType: a body not sent as application/json",
+    "429": "Throttled", "503": "Sealed or Unavailable",
 }
 
 # An optional field of a request may be sent as null, which means the same as leaving it out.

@@ -2544,7 +2544,10 @@ async fn quorum_deletion_waits_for_two_other_approvers() {
     assert_eq!(walk("").await, [&*id, &*id2, &*id3, &*id4]);
     assert_eq!(walk("status=executed&").await, [&*id, &*id3]);
     // One request, read by id: its decisions and result; an unknown id or a bad page is refused.
+    // Read by its requester; a key-user, who neither asked nor may approve, is refused.
     let (st, one, _) = raw(a, "GET", &format!("/v1/approvals/{id2}"), Some(&user), None).await;
+    assert_eq!((st, code_of(&one)), (403, "AccessDenied"), "{one}");
+    let (st, one, _) = raw(a, "GET", &format!("/v1/approvals/{id2}"), Some(&ops1), None).await;
     assert_eq!(st, 200, "{one}");
     assert_eq!(
         (&one["status"], &one["rejected_by"], &one["requested_by"]),

@@ -105,3 +105,70 @@ fn every_route_is_documented_with_a_known_action() {
         "openapi.json documents routes the server does not have"
     );
 }
+
+/// `(METHOD, path)` for every endpoint a Markdown text names (`GET /v1/keys/{key}`), path parameters blanked.
+fn endpoints_named_in(text: &str) -> std::collections::BTreeSet<(String, Vec<String>)> {
+    let mut out = std::collections::BTreeSet::new();
+    for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+        let needle = format!("{method} /");
+        let mut rest = text;
+        while let Some(at) = rest.find(&needle) {
+            let before = rest[..at].chars().last();
+            let tail = &rest[at + method.len() + 1..];
+            rest = &rest[at + needle.len()..];
+            if before.is_some_and(|c| c.is_ascii_alphanumeric()) {
+                continue;
+            }
+            let path: String = tail
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || "/_{}|.-".contains(*c))
+                .collect();
+            out.insert((method.to_string(), segments(&path)));
+        }
+    }
+    out
+}
+
+fn segments(path: &str) -> Vec<String> {
+    path.split('/')
+        .map(|s| {
+            if s.starts_with('{') {
+                "{}".to_string()
+            } else {
+                s.to_string()
+            }
+        })
+        .collect()
+}
+
+/// The repository's API reference and the served OpenAPI document name the same endpoints: a route added to
+/// one and not the other fails here.
+#[test]
+fn docs_api_md_and_the_openapi_document_name_the_same_endpoints() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/API.md"))
+        .expect("docs/API.md");
+    let documented = endpoints_named_in(&text);
+    let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+    let mut served = std::collections::BTreeSet::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            served.insert((method.to_uppercase(), segments(path)));
+        }
+    }
+    // A literal segment in the text (`.../versions/{n}/destroy`) is an instance of a parameter in the document.
+    let covers = |(m, p): &(String, Vec<String>), (dm, dp): &(String, Vec<String>)| {
+        m == dm && p.len() == dp.len() && p.iter().zip(dp).all(|(a, b)| a == b || a == "{}")
+    };
+    for d in &documented {
+        assert!(
+            served.iter().any(|s| covers(s, d)),
+            "docs/API.md names {d:?}, which openapi.json lacks"
+        );
+    }
+    for s in &served {
+        assert!(
+            documented.iter().any(|d| covers(s, d)),
+            "openapi.json has {s:?}, which docs/API.md does not name"
+        );
+    }
+}
