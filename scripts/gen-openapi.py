@@ -13,9 +13,12 @@ INT = {"type": "integer", "minimum": 0}
 BOOL = {"type": "boolean"}
 DAYS = {"type": "integer", "minimum": 1, "maximum": 3650}
 def BATCH(item):
-    return {"type": "array", "minItems": 1, "maxItems": 1000, "items": ref(item),
-            "description": "Answered in order, each with its answer or its error; the key in the path is checked once, "
-                           "and one that no item could use fails the whole request"}
+    # Each item is an object validated on its own: one that does not fit the item schema (named in the
+    # description) fails alone, with its error in its place of the answer, so the schema only says "object".
+    return {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"type": "object"},
+            "description": f"Items as {item}, answered in order, each with its answer or its error (an item that does "
+                           "not parse fails alone); the key in the path is checked once, and one that no item could "
+                           "use fails the whole request"}
 
 
 # An identity's grants: built-in roles, and names of policies (one that does not exist grants nothing).
