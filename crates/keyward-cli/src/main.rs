@@ -348,6 +348,9 @@ struct ServeArgs {
     /// File holding the token's user PIN (or set KEYWARD_PKCS11_PIN).
     #[arg(long, env = "KEYWARD_PKCS11_PIN_FILE")]
     pkcs11_pin_file: Option<PathBuf>,
+    /// Log format: human (default) or json, one object per line for log shippers.
+    #[arg(long, env = "KEYWARD_LOG_FORMAT", value_parser = keyward_server::log::LogFormat::parse)]
+    log_format: Option<keyward_server::log::LogFormat>,
 }
 
 #[derive(Subcommand)]
@@ -2019,8 +2022,10 @@ async fn serve(a: ServeArgs) -> Res {
             .ok()
             .map(zeroize::Zeroizing::new),
         pkcs11_pin_file: a.pkcs11_pin_file,
+        log_format: a.log_format,
     };
     let config = keyward_server::Config::load(a.config.as_deref(), overrides)?;
+    keyward_server::log::init(config.log_format);
     let scheme = if config.tls_cert.is_some() {
         "https"
     } else {
@@ -2028,7 +2033,10 @@ async fn serve(a: ServeArgs) -> Res {
     };
     let (app, startup) = keyward_server::build(config)?;
     for note in &startup.notes {
-        eprintln!("{note}");
+        match note.strip_prefix("WARNING: ") {
+            Some(warning) => tracing::warn!("{warning}"),
+            None => tracing::info!("{note}"),
+        }
     }
     if let Some(token) = &startup.root_token {
         println!("Root token: {}", token.as_str());
@@ -2037,14 +2045,14 @@ async fn serve(a: ServeArgs) -> Res {
     let signal = keyward_server::shutdown_signal();
     let bound = keyward_server::bind(&app).await?;
     let listen = bound.local_addr()?;
-    eprintln!("listening on {scheme}://{listen}");
     let _ = std::io::stdout().flush();
+    tracing::info!("listening on {scheme}://{listen}");
     let stopping = async {
         signal.await;
-        eprintln!("stopping: new connections refused, letting in-flight requests finish");
+        tracing::info!("stopping: new connections refused, letting in-flight requests finish");
     };
     keyward_server::serve(app, bound, stopping).await?;
-    eprintln!("shut down; keys dropped from memory");
+    tracing::info!("shut down; keys dropped from memory");
     Ok(())
 }
 

@@ -3233,16 +3233,11 @@ async fn request_deletion(addr: &str, key: &str, token: &str) -> String {
 
 /// The audit records the scheduler made under `approval/{id}`.
 async fn scheduler_records(addr: &str, id: &str) -> Vec<serde_json::Value> {
-    let (st, v, _) = raw(
+    common::audit_records(
         addr,
-        "GET",
-        &format!("/v1/audit?resource=approval/{id}&principal=system:scheduler"),
-        Some(ROOT),
-        None,
+        &format!("resource=approval/{id}&principal=system:scheduler"),
     )
-    .await;
-    assert_eq!(st, 200, "{v}");
-    v["records"].as_array().unwrap().clone()
+    .await
 }
 
 /// A request nobody answers ends on the record: the leading node stores it as `expired` under an audit

@@ -8,7 +8,7 @@ use std::io::Cursor;
 use std::process::Command;
 
 use base64::Engine as _;
-use common::{Server, ROOT};
+use common::{sqlite, Server, ROOT};
 use keyward_api::CreateKeyRequest;
 use keyward_client::{envelope, Client, Error, Options};
 
@@ -1769,17 +1769,6 @@ async fn client_certificates_authenticate_as_identities() {
 }
 
 /// Runs SQL on a live node's database from another process, as someone with write access to the file could.
-fn sqlite(db: &std::path::Path, statement: &str) {
-    let ok = Command::new("python3")
-        .arg("-c")
-        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1], timeout=30); c.executescript(sys.argv[2]); c.commit()")
-        .arg(db)
-        .arg(statement)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "{statement}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_fail_closed_when_the_audit_log_cannot_be_written() {

@@ -60,19 +60,6 @@ async fn key(s: &Server) -> String {
     v["key_id"].as_str().unwrap().to_string()
 }
 
-async fn records(s: &Server, query: &str) -> Vec<Value> {
-    let (st, v, _) = raw(
-        &s.addr,
-        "GET",
-        &format!("/v1/audit?{query}"),
-        Some(ROOT),
-        None,
-    )
-    .await;
-    assert_eq!(st, 200, "{v}");
-    v["records"].as_array().unwrap().clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_or_short_body_is_the_clients_fault_and_a_large_one_is_refused_unread() {
     let dir = tempfile::tempdir().unwrap();
@@ -128,7 +115,7 @@ async fn a_stalled_or_short_body_is_the_clients_fault_and_a_large_one_is_refused
     assert!(took < Duration::from_secs(2), "{took:?}");
 
     // Each refusal is on the record, under the caller who made it.
-    let refused: Vec<String> = records(&s, &format!("key_id={id}"))
+    let refused: Vec<String> = common::audit_records(&s.addr, &format!("key_id={id}"))
         .await
         .iter()
         .filter_map(|r| r["error_code"].as_str().map(str::to_string))

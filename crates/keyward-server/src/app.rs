@@ -138,13 +138,8 @@ pub struct Meta {
     /// A refusal decided from the request's head alone (a body too large or not JSON): the request is
     /// authenticated and audited as any other, then refused with it, its body never read.
     pub refused: Option<ApiError>,
-}
-
-/// What the head of a request says of its body, for [`RawBody`]: a refusal, or how long the body may take.
-#[derive(Clone)]
-struct BodyRules {
-    refused: Option<ApiError>,
-    deadline: Instant,
+    /// When the body must have arrived (see [`RawBody`]).
+    pub body_deadline: Instant,
 }
 
 /// The body limit of a path (see [`router`]).
@@ -259,16 +254,19 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = std::convert::Infallible;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let rules = req.extensions().get::<BodyRules>().cloned();
-        if let Some(refused) = rules.as_ref().and_then(|r| r.refused.clone()) {
+        let (refused, deadline) = match req.extensions().get::<Meta>() {
+            Some(m) => (m.refused.clone(), Some(m.body_deadline)),
+            None => (None, None),
+        };
+        if let Some(refused) = refused {
             return Ok(RawBody(Err(refused)));
         }
         let limit = body_limit(req.uri().path());
         let read = Bytes::from_request(req, state);
         // A body that stalls or stops short is the client's doing: 408, before the request's own time runs
         // out (which would read as the service's failure).
-        let read = match rules {
-            Some(r) => match tokio::time::timeout_at(r.deadline.into(), read).await {
+        let read = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline.into(), read).await {
                 Ok(read) => read,
                 Err(_) => {
                     return Ok(RawBody(Err(ApiError::new(
@@ -616,6 +614,7 @@ where
 {
     let now = app.clock.now();
     let mut written_ahead = false;
+    let mut tracked = false;
     let mut source_keys = None;
     let mut noted = noted;
     let mut noted_key = None;
@@ -648,13 +647,22 @@ where
                     .or_else(|| noted_key.clone());
                 let intent = event(meta, &p, action, key_id, None, Outcome::Allow, None);
                 if let Err(e) = append(app, intent).await {
-                    app.metrics.audit_failed(e.message());
+                    app.metrics.audit_failed(e.message(), &meta.request_id);
                     app.metrics
                         .record(action, Outcome::Error, meta.start.elapsed());
                     return ApiError(e).into_response();
                 }
                 written_ahead = true;
             }
+            // A multi-step operation leaves a marker from its intent to its end (see `inflight`).
+            tracked = written_ahead && crate::inflight::multi_step(action);
+            let (a, m) = (app.clone(), meta.clone());
+            let f = move |caller: Caller| {
+                if tracked {
+                    crate::inflight::begin(&a, &m, &caller.principal.name, action)?;
+                }
+                f(caller)
+            };
             let result = match mode {
                 Mode::Inline => f(caller),
                 Mode::Blocking => tokio::task::spawn_blocking(move || f(caller))
@@ -706,7 +714,11 @@ where
         Ok(r) => r.created.clone(),
         Err(_) => None,
     };
-    let durable = if !app.config.audit || (written_ahead && result.is_ok() && created.is_none()) {
+    // A change recorded ahead needs no second record once done, unless it is a multi-step operation, whose
+    // end is recorded too.
+    let durable = if !app.config.audit
+        || (written_ahead && result.is_ok() && created.is_none() && !tracked)
+    {
         Ok(0)
     } else {
         let mut record = event(
@@ -728,10 +740,14 @@ where
     app.metrics.record(action, outcome, meta.start.elapsed());
     match durable {
         Err(e) => {
-            app.metrics.audit_failed(e.message());
+            app.metrics.audit_failed(e.message(), &meta.request_id);
             return ApiError(e).into_response();
         }
         Ok(_) => app.metrics.audit_written(),
+    }
+    if tracked {
+        let (a, id) = (app.clone(), meta.request_id.clone());
+        let _ = tokio::task::spawn_blocking(move || crate::inflight::end(&a, &id)).await;
     }
     match result {
         Ok(reply) => json_response(reply.status, reply.body),
@@ -1078,10 +1094,6 @@ async fn context(State(app): State<AppState>, mut req: Request, next: Next) -> R
     let timeout = Duration::from_secs(app.config.request_timeout_seconds.max(1));
     let start = Instant::now();
     let refused = body_refusal(&req);
-    req.extensions_mut().insert(BodyRules {
-        refused: refused.clone(),
-        deadline: start + timeout * 3 / 4,
-    });
     req.extensions_mut().insert(Meta {
         request_id: request_id.clone(),
         source_ip,
@@ -1091,6 +1103,7 @@ async fn context(State(app): State<AppState>, mut req: Request, next: Next) -> R
         start,
         resource: None,
         refused,
+        body_deadline: start + timeout * 3 / 4,
     });
     let mut resp = match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(r) => r,
@@ -1305,6 +1318,7 @@ mod tests {
             start: std::time::Instant::now(),
             resource: None,
             refused: None,
+            body_deadline: std::time::Instant::now(),
         };
         let shown = format!("{meta:?} {:?}", meta.clone());
         assert!(!shown.contains("s3cr3t"), "{shown}");

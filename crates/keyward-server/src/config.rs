@@ -77,6 +77,8 @@ pub struct Config {
     pub pkcs11_pin: Option<zeroize::Zeroizing<String>>,
     /// A file holding the PIN (`KEYWARD_PKCS11_PIN_FILE`), readable by the service only.
     pub pkcs11_pin_file: Option<PathBuf>,
+    /// How log lines are written (`KEYWARD_LOG_FORMAT`, `--log-format`): `human` or `json`.
+    pub log_format: crate::log::LogFormat,
 }
 
 impl Default for Config {
@@ -109,6 +111,7 @@ impl Default for Config {
             pkcs11_token_label: None,
             pkcs11_pin: None,
             pkcs11_pin_file: None,
+            log_format: crate::log::LogFormat::Human,
         }
     }
 }
@@ -140,6 +143,8 @@ pub struct Overrides {
     pub pkcs11_pin: Option<zeroize::Zeroizing<String>>,
     /// `--pkcs11-pin-file`.
     pub pkcs11_pin_file: Option<PathBuf>,
+    /// `--log-format`.
+    pub log_format: Option<crate::log::LogFormat>,
 }
 
 impl Config {
@@ -185,6 +190,9 @@ impl Config {
         }
         if o.pkcs11_pin_file.is_some() {
             c.pkcs11_pin_file = o.pkcs11_pin_file;
+        }
+        if let Some(f) = o.log_format {
+            c.log_format = f;
         }
         c.validate()?;
         Ok(c)

@@ -11,7 +11,9 @@ pub mod config;
 mod convert;
 pub mod error;
 pub mod handlers;
+mod inflight;
 pub mod limiter;
+pub mod log;
 pub mod metrics;
 pub mod pki;
 mod proxy;
@@ -409,10 +411,10 @@ async fn background(app: AppState) {
                 match a.chain.check(&a.kms, app::now_ms()) {
                     Ok(true) => {
                         let reason = a.chain.status().broken.unwrap_or_default();
-                        eprintln!("error: the audit chain is broken; the node serves on as degraded: {reason}");
+                        tracing::error!(%reason, "the audit chain is broken; the node serves on as degraded");
                     }
                     Ok(false) => {}
-                    Err(e) => eprintln!("the audit chain was not checked this round: {e}"),
+                    Err(e) => tracing::warn!(error = %e, "the audit chain was not checked this round"),
                 }
             }
             // Once per run, each node ends the approvals it claimed in an earlier run and never finished;
@@ -423,22 +425,34 @@ async fn background(app: AppState) {
             let store = a.kms.store_handle();
             let leads = store.leads().unwrap_or(false);
             let recover = !RECOVERED.load(std::sync::atomic::Ordering::Acquire);
-            if (leads || recover) && handlers::approvals::round(&a, leads, recover) {
-                RECOVERED.store(true, std::sync::atomic::Ordering::Release);
+            if leads || recover {
+                let operations = match inflight::recover(&a, leads) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::warn!(
+                            error = e.0.message(),
+                            "interrupted operations not recorded yet"
+                        );
+                        false
+                    }
+                };
+                if handlers::approvals::round(&a, leads, recover) && operations {
+                    RECOVERED.store(true, std::sync::atomic::Ordering::Release);
+                }
             }
             if !leads {
                 return;
             }
             if let Err(e) = handlers::identities::purge_expired_tokens(&a) {
-                eprintln!("expired tokens not deleted yet: {}", e.0.message());
+                tracing::warn!(error = e.0.message(), "expired tokens not deleted yet");
             }
             let _ = store.housekeeping();
             // Each rotation or destruction is recorded before it happens; a round that cannot write its
             // records stops and is retried at the next tick.
             if let Err(e) = keyward_core::audit::run_scheduled_work(&a.kms, &a.audit, app::now_ms) {
-                eprintln!(
-                    "scheduled work stopped until the next round: {}",
-                    e.message()
+                tracing::warn!(
+                    error = e.message(),
+                    "scheduled work stopped until the next round"
                 );
             }
         })
@@ -529,9 +543,9 @@ async fn seal_on_shutdown(app: &AppState) {
         authz::Action::Seal.name(),
     );
     if let Err(e) = app::record(app, event).await {
-        eprintln!(
-            "the seal at shutdown could not be recorded: {}",
-            e.message()
+        tracing::error!(
+            error = e.message(),
+            "the seal at shutdown could not be recorded"
         );
     }
     let _ = app.kms.seal();

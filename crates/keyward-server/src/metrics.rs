@@ -32,7 +32,7 @@ impl LogThrottle {
                 let untold = std::mem::take(&mut told.1);
                 told.0 = Some(Instant::now());
                 drop(told);
-                eprintln!("{}", line(untold));
+                tracing::warn!("{}", line(untold));
             }
         }
     }
@@ -157,15 +157,15 @@ impl Metrics {
 
     /// Counts an audit write failure, and tells the operator why: at once for the first, then at most every
     /// ten seconds with the number since (a full disk fails every request, and the log must not flood).
-    pub fn audit_failed(&self, why: &str) {
+    pub fn audit_failed(&self, why: &str, request_id: &str) {
         self.audit_failures.fetch_add(1, Ordering::Relaxed);
         self.audit_failing.store(true, Ordering::Relaxed);
         self.audit_told.tell(|since| {
             if since == 0 {
-                format!("audit log cannot be written, requests fail closed: {why}")
+                format!("audit log cannot be written, requests fail closed: {why} (request {request_id})")
             } else {
                 format!(
-                    "audit log cannot be written, requests fail closed ({since} more since the last message): {why}"
+                    "audit log cannot be written, requests fail closed ({since} more since the last message): {why} (request {request_id})"
                 )
             }
         });
@@ -177,7 +177,7 @@ impl Metrics {
             && self.audit_failing.swap(false, Ordering::Relaxed)
         {
             let since = self.audit_told.take_untold();
-            eprintln!(
+            tracing::info!(
                 "audit log written again ({} failures in all, {since} since the last message)",
                 self.audit_failures.load(Ordering::Relaxed)
             );

@@ -139,7 +139,7 @@ impl Tls {
 /// says why. Returns whether the configuration changed.
 async fn reload(app: &crate::AppState, tls: &mut Option<Tls>) -> bool {
     let Some(current) = tls.as_mut() else {
-        eprintln!("SIGHUP: nothing to reload (no TLS certificate configured)");
+        tracing::info!("SIGHUP: nothing to reload (no TLS certificate configured)");
         return false;
     };
     let loaded = Tls::read(&current.files);
@@ -159,14 +159,14 @@ async fn reload(app: &crate::AppState, tls: &mut Option<Tls>) -> bool {
             );
             let _ = crate::app::record(app, event).await;
             app.metrics.tls_reloaded(false);
-            eprintln!("SIGHUP: TLS certificate not reloaded, the one in use stays: {e}");
+            tracing::error!("SIGHUP: TLS certificate not reloaded, the one in use stays: {e}");
             return false;
         }
     };
     event.resource = Some(crate::app::resource("tls-certificate", &loaded.fingerprint));
     if let Err(e) = crate::app::record(app, event).await {
         app.metrics.tls_reloaded(false);
-        eprintln!(
+        tracing::error!(
             "SIGHUP: TLS certificate not reloaded, the one in use stays: the change cannot be recorded: {}",
             e.message()
         );
@@ -176,9 +176,10 @@ async fn reload(app: &crate::AppState, tls: &mut Option<Tls>) -> bool {
     current.not_after = loaded.not_after;
     app.metrics.tls_certificate(loaded.not_after);
     app.metrics.tls_reloaded(true);
-    eprintln!(
+    tracing::info!(
         "SIGHUP: TLS certificate reloaded from {} (SHA-256 {})",
-        loaded.described, loaded.fingerprint
+        loaded.described,
+        loaded.fingerprint
     );
     true
 }
@@ -289,7 +290,7 @@ pub async fn serve(
                     // Out of file descriptors or memory: the next accept would fail at once, and retrying
                     // at once would spin a core. Connections already open are served meanwhile.
                     if last_said.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                        eprintln!("cannot accept connections: {e}; retrying every 100 ms");
+                        tracing::error!("cannot accept connections: {e}; retrying every 100 ms");
                         last_said = Some(std::time::Instant::now());
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;

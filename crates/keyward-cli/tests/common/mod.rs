@@ -110,7 +110,7 @@ impl Server {
             let bound = std::fs::read(&self.log).is_ok_and(|log| {
                 String::from_utf8_lossy(log.get(logged_before..).unwrap_or_default())
                     .lines()
-                    .filter_map(|l| l.strip_prefix("listening on "))
+                    .filter_map(|l| l.split_once("listening on ").map(|(_, at)| at))
                     .any(|at| at.ends_with(&bound_here))
             });
             if bound && listening(&format!("127.0.0.1:{port}")) {
@@ -337,4 +337,41 @@ pub async fn aes_key(c: &Client) -> String {
     .await
     .unwrap()
     .key_id
+}
+
+/// The audit records a query (`/v1/audit?{query}`) returns, read as root.
+#[allow(dead_code)]
+pub async fn audit_records(addr: &str, query: &str) -> Vec<serde_json::Value> {
+    let (st, v, _) = raw(addr, "GET", &format!("/v1/audit?{query}"), Some(ROOT), None).await;
+    assert_eq!(st, 200, "{v}");
+    v["records"].as_array().unwrap().clone()
+}
+
+/// A GET as root whose answer is text (metrics, a report).
+#[allow(dead_code)]
+pub async fn text_as_root(addr: &str, path: &str) -> String {
+    reqwest::Client::new()
+        .get(format!("{addr}{path}"))
+        .bearer_auth(ROOT)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Runs SQL against a SQLite database file from outside the service (Python's sqlite3), as an operator or
+/// an intruder with access to the file would.
+#[allow(dead_code)]
+pub fn sqlite(db: &Path, statement: &str) {
+    let ok = Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1], timeout=30); c.executescript(sys.argv[2]); c.commit()")
+        .arg(db)
+        .arg(statement)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "{statement}");
 }

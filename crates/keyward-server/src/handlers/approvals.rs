@@ -141,7 +141,7 @@ pub struct Approval {
 
 /// This process's run of its node: a claim naming the node with another run was left by a process that
 /// stopped.
-fn claim_name(app: &AppState) -> String {
+pub(crate) fn claim_name(app: &AppState) -> String {
     static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let run = RUN.get_or_init(|| uuid::Uuid::new_v4().simple().to_string());
     format!("{} {run}", app.node_id)
@@ -578,7 +578,7 @@ pub fn round(app: &AppState, leads: bool, recover: bool) -> bool {
     let stored = match stored_requests(app) {
         Ok(stored) => stored,
         Err(e) => {
-            eprintln!("approvals not checked this round: {}", e.0.message());
+            tracing::warn!(error = e.0.message(), "approvals not checked this round");
             return false;
         }
     };
@@ -586,15 +586,15 @@ pub fn round(app: &AppState, leads: bool, recover: bool) -> bool {
     if leads || recover {
         match end_interrupted(app, &stored) {
             Ok(_) => recovered = true,
-            Err(e) => eprintln!("interrupted approvals not ended yet: {}", e.0.message()),
+            Err(e) => tracing::warn!(error = e.0.message(), "interrupted approvals not ended yet"),
         }
     }
     if leads {
         if let Err(e) = expire_overdue(app, &stored) {
-            eprintln!("overdue approvals not expired yet: {}", e.0.message());
+            tracing::warn!(error = e.0.message(), "overdue approvals not expired yet");
         }
         if let Err(e) = purge_closed(app, &stored) {
-            eprintln!("closed approvals not deleted yet: {}", e.0.message());
+            tracing::warn!(error = e.0.message(), "closed approvals not deleted yet");
         }
     }
     recovered
@@ -669,6 +669,19 @@ fn run(app: &AppState, meta: &Meta, mut a: Approval) -> Result<Approval, ApiErro
             a.status = "executed".into();
             a.result = Some(result);
             save(app, &a)?;
+            // A multi-step operation's end is on the record beside its intent (see `inflight`).
+            if app.config.audit && crate::inflight::multi_step(a.operation.action()) {
+                if let Err(e) = app
+                    .audit
+                    .append_blocking(executed(&a, by(meta), "allow", None))
+                {
+                    tracing::warn!(
+                        approval = %a.approval_id,
+                        error = e.message(),
+                        "the end of an approved operation could not be recorded"
+                    );
+                }
+            }
             Ok(a)
         }
         Err(e) => {
