@@ -645,7 +645,7 @@ where
                     .as_deref()
                     .map(|r| app.kms.key_id_of(r).unwrap_or_else(|_| r.to_string()))
                     .or_else(|| noted_key.clone());
-                let intent = event(meta, &p, action, key_id, None, Outcome::Allow, None);
+                let intent = event(app, meta, &p, action, key_id, None, Outcome::Allow, None);
                 if let Err(e) = append(app, intent).await {
                     app.metrics.audit_failed(e.message(), &meta.request_id);
                     app.metrics
@@ -722,7 +722,7 @@ where
         Ok(0)
     } else {
         let mut record = event(
-            meta, &principal, action, key_id, version, outcome, error_code,
+            app, meta, &principal, action, key_id, version, outcome, error_code,
         );
         if created.is_some() {
             record.resource = created;
@@ -783,7 +783,9 @@ fn mutates(action: Action) -> bool {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn event(
+    app: &App,
     meta: &Meta,
     principal: &Principal,
     action: Action,
@@ -793,7 +795,7 @@ fn event(
     error_code: Option<String>,
 ) -> AuditEvent {
     AuditEvent {
-        time_ms: now_ms(),
+        time_ms: app.clock.now_ms(),
         request_id: meta.request_id.clone(),
         principal: principal.name.clone(),
         source_ip: meta.source_ip.clone(),
@@ -853,7 +855,12 @@ pub fn record_deletions<'a>(
         .map(|(id, key_id)| AuditEvent {
             key_id,
             resource: Some(resource(kind, id)),
-            ..system_event(keyward_core::audit::SCHEDULER, request_id.clone(), action)
+            ..system_event(
+                app,
+                keyward_core::audit::SCHEDULER,
+                request_id.clone(),
+                action,
+            )
         })
         .collect();
     record_all(app, events)
@@ -861,9 +868,14 @@ pub fn record_deletions<'a>(
 
 /// The record of something the service does on its own (the scheduler's work, a signal's effect): no client
 /// address, no key or resource until the caller names one, `allow` until it says otherwise.
-pub(crate) fn system_event(principal: &str, request_id: String, action: &str) -> AuditEvent {
+pub(crate) fn system_event(
+    app: &App,
+    principal: &str,
+    request_id: String,
+    action: &str,
+) -> AuditEvent {
     AuditEvent {
-        time_ms: now_ms(),
+        time_ms: app.clock.now_ms(),
         request_id,
         principal: principal.to_string(),
         source_ip: "local".to_string(),
@@ -1064,13 +1076,6 @@ fn resources(kms: &keyward_core::Kms, key_ref: Option<&str>) -> Result<Vec<Strin
         out.push(given);
     }
     Ok(out)
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Assigns the request id, bounds the request time, and stamps `x-request-id` on the response.

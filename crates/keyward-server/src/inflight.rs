@@ -107,7 +107,7 @@ pub fn recover(app: &AppState, leads: bool) -> Result<usize, ApiError> {
             resource: m.resource.clone(),
             outcome: if completed { "allow" } else { "error" },
             error_code: (!completed).then(|| ErrorCode::Unavailable.as_str().to_string()),
-            ..crate::app::system_event(&m.principal, m.request_id.clone(), &m.action)
+            ..crate::app::system_event(app, &m.principal, m.request_id.clone(), &m.action)
         };
         if app.config.audit {
             app.audit.append_blocking(event)?;

@@ -408,7 +408,7 @@ async fn background(app: AppState) {
         let _ = tokio::task::spawn_blocking(move || {
             // Every node watches its own view of the audit chain, whoever leads.
             if a.config.audit {
-                match a.chain.check(&a.kms, app::now_ms()) {
+                match a.chain.check(&a.kms, a.clock.now_ms()) {
                     Ok(true) => {
                         let reason = a.chain.status().broken.unwrap_or_default();
                         tracing::error!(%reason, "the audit chain is broken; the node serves on as degraded");
@@ -449,7 +449,7 @@ async fn background(app: AppState) {
             let _ = store.housekeeping();
             // Each rotation or destruction is recorded before it happens; a round that cannot write its
             // records stops and is retried at the next tick.
-            if let Err(e) = keyward_core::audit::run_scheduled_work(&a.kms, &a.audit, app::now_ms) {
+            if let Err(e) = keyward_core::audit::run_scheduled_work(&a.kms, &a.audit, || a.clock.now_ms()) {
                 tracing::warn!(
                     error = e.message(),
                     "scheduled work stopped until the next round"
@@ -538,6 +538,7 @@ async fn seal_on_shutdown(app: &AppState) {
         return;
     }
     let event = app::system_event(
+        app,
         SIGNAL,
         format!("shutdown-{}", uuid::Uuid::new_v4().simple()),
         authz::Action::Seal.name(),

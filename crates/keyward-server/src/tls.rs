@@ -144,6 +144,7 @@ async fn reload(app: &crate::AppState, tls: &mut Option<Tls>) -> bool {
     };
     let loaded = Tls::read(&current.files);
     let mut event = crate::app::system_event(
+        app,
         crate::SIGNAL,
         format!("sighup-{}", uuid::Uuid::new_v4().simple()),
         "kms:ReloadTlsCertificate",

@@ -282,6 +282,7 @@ pub fn execute(app: &AppState, op: &Operation) -> Result<serde_json::Value, ApiE
 /// approval's trail ends with what it did, unless it changed a policy, which it names instead (that policy's
 /// trail must show every change to it).
 fn executed(
+    app: &AppState,
     a: &Approval,
     (request_id, source_ip): (&str, &str),
     outcome: &'static str,
@@ -293,7 +294,7 @@ fn executed(
         _ => None,
     };
     AuditEvent {
-        time_ms: crate::app::now_ms(),
+        time_ms: app.clock.now_ms(),
         request_id: request_id.to_string(),
         principal: a.requested_by.clone(),
         source_ip: source_ip.to_string(),
@@ -487,7 +488,7 @@ fn end_interrupted(app: &AppState, stored: &[Approval]) -> Result<usize, ApiErro
         if app.config.audit {
             let code = Some(ErrorCode::Unavailable.as_str().to_string());
             app.audit
-                .append_blocking(executed(a, (&a.approval_id, ""), "error", code))?;
+                .append_blocking(executed(app, a, (&a.approval_id, ""), "error", code))?;
         }
         transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
             let mut x = read(tx, &a.approval_id)?;
@@ -528,7 +529,7 @@ fn expire_overdue(app: &AppState, stored: &[Approval]) -> Result<usize, ApiError
     let events = due
         .iter()
         .map(|a| {
-            let mut record = executed(a, (&request_id, "local"), "error", None);
+            let mut record = executed(app, a, (&request_id, "local"), "error", None);
             record.principal = keyward_core::audit::SCHEDULER.to_string();
             record.resource = Some(crate::app::resource("approval", &a.approval_id));
             record.error_code = Some(ErrorCode::InvalidState.as_str().to_string());
@@ -654,7 +655,7 @@ fn run(app: &AppState, meta: &Meta, mut a: Approval) -> Result<Approval, ApiErro
     if app.config.audit {
         if let Err(e) = app
             .audit
-            .append_blocking(executed(&a, by(meta), "allow", None))
+            .append_blocking(executed(app, &a, by(meta), "allow", None))
         {
             a.status = "pending".into();
             a.approvals.pop();
@@ -671,9 +672,9 @@ fn run(app: &AppState, meta: &Meta, mut a: Approval) -> Result<Approval, ApiErro
             save(app, &a)?;
             // A multi-step operation's end is on the record beside its intent (see `inflight`).
             if app.config.audit && crate::inflight::multi_step(a.operation.action()) {
-                if let Err(e) = app
-                    .audit
-                    .append_blocking(executed(&a, by(meta), "allow", None))
+                if let Err(e) =
+                    app.audit
+                        .append_blocking(executed(app, &a, by(meta), "allow", None))
                 {
                     tracing::warn!(
                         approval = %a.approval_id,
@@ -691,7 +692,7 @@ fn run(app: &AppState, meta: &Meta, mut a: Approval) -> Result<Approval, ApiErro
             if app.config.audit {
                 let code = Some(e.code().as_str().to_string());
                 app.audit
-                    .append_blocking(executed(&a, by(meta), "error", code))?;
+                    .append_blocking(executed(app, &a, by(meta), "error", code))?;
             }
             Err(e)
         }

@@ -178,7 +178,7 @@ pub async fn checkpoint(State(app): State<AppState>, meta: Meta) -> Response {
         None,
         Mode::Blocking,
         move |_| {
-            let now_ms = a.clock.now() * 1000;
+            let now_ms = a.clock.now_ms();
             Reply::ok(&a.kms.audit_checkpoint(now_ms)?)
         },
     )
@@ -347,7 +347,7 @@ pub async fn prune(State(app): State<AppState>, meta: Meta, body: crate::app::Ra
                 return Err(ApiError::validation("through_seq is 1 or more"));
             }
             if a.config.quorum_approvals > 0 {
-                let (retention_ms, now_ms) = (retention_ms(&a), crate::app::now_ms());
+                let (retention_ms, now_ms) = (retention_ms(&a), a.clock.now_ms());
                 a.kms
                     .check_prune_audit(req.through_seq, now_ms.saturating_sub(retention_ms))?;
                 return crate::handlers::approvals::request(
@@ -374,7 +374,7 @@ pub fn prune_now(
     app: &AppState,
     through_seq: u64,
 ) -> Result<keyward_core::audit::Pruned, ApiError> {
-    let keep_after_ms = crate::app::now_ms().saturating_sub(retention_ms(app));
+    let keep_after_ms = app.clock.now_ms().saturating_sub(retention_ms(app));
     Ok(app.kms.prune_audit(through_seq, keep_after_ms)?)
 }
 
