@@ -348,6 +348,10 @@ struct ServeArgs {
     /// File holding the token's user PIN (or set KEYWARD_PKCS11_PIN).
     #[arg(long, env = "KEYWARD_PKCS11_PIN_FILE")]
     pkcs11_pin_file: Option<PathBuf>,
+    /// Any setting of the configuration file, given here (repeatable; wins over the file and the
+    /// environment, where every setting is also read as KEYWARD_<SETTING>).
+    #[arg(long = "set", value_name = "SETTING=VALUE")]
+    set: Vec<String>,
     /// Log format: human (default) or json, one object per line for log shippers.
     #[arg(long, env = "KEYWARD_LOG_FORMAT", value_parser = keyward_server::log::LogFormat::parse)]
     log_format: Option<keyward_server::log::LogFormat>,
@@ -2024,7 +2028,12 @@ async fn serve(a: ServeArgs) -> Res {
         pkcs11_pin_file: a.pkcs11_pin_file,
         log_format: a.log_format,
     };
-    let config = keyward_server::Config::load(a.config.as_deref(), overrides)?;
+    let config = keyward_server::Config::load_from(
+        a.config.as_deref(),
+        |name| std::env::var(name).ok(),
+        &a.set,
+        overrides,
+    )?;
     keyward_server::log::init(config.log_format);
     let scheme = if config.tls_cert.is_some() {
         "https"

@@ -147,18 +147,110 @@ pub struct Overrides {
     pub log_format: Option<crate::log::LogFormat>,
 }
 
+/// Every setting's name as the file spells it, read from the struct's own definition (what serde's derive
+/// hands a deserializer), so that the names the environment and `--set` accept cannot drift from it.
+pub fn setting_names() -> &'static [&'static str] {
+    struct Names(&'static [&'static str]);
+    #[derive(Debug)]
+    struct Done;
+    impl std::fmt::Display for Done {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("names read")
+        }
+    }
+    impl std::error::Error for Done {}
+    impl serde::de::Error for Done {
+        fn custom<T: std::fmt::Display>(_: T) -> Self {
+            Done
+        }
+    }
+    impl<'de> serde::Deserializer<'de> for &mut Names {
+        type Error = Done;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Done> {
+            Err(Done)
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Done> {
+            self.0 = fields;
+            Err(Done)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    static NAMES: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        let mut names = Names(&[]);
+        let _ = Config::deserialize(&mut names);
+        names.0
+    })
+}
+
+/// A value as the environment or `--set` gives it: TOML when it reads as TOML (`0`, `true`, `["10.0.0.0/8"]`,
+/// `"text"`), else the text itself (`/var/lib/keyward`, `0.0.0.0:9700`).
+fn setting_value(text: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {text}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_string()))
+}
+
 impl Config {
-    /// Reads the TOML file (if any) and applies the overrides.
+    /// Reads the TOML file (if any), then `KEYWARD_<SETTING>` from the environment for every setting, then
+    /// the `--set SETTING=VALUE` pairs, then the overrides of the dedicated flags (flags win).
     pub fn load(file: Option<&Path>, o: Overrides) -> Result<Config, String> {
-        let mut c = match file {
+        Self::load_from(file, |name| std::env::var(name).ok(), &[], o)
+    }
+
+    /// [`Config::load`] with the environment and `--set` pairs given.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        sets: &[String],
+        o: Overrides,
+    ) -> Result<Config, String> {
+        let mut table = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-                toml::from_str::<Config>(&text)
+                toml::from_str::<toml::Table>(&text)
                     .map_err(|e| format!("config file {}: {}", path.display(), e.message()))?
             }
-            None => Config::default(),
+            None => toml::Table::new(),
         };
+        for name in setting_names() {
+            if let Some(v) = env(&format!("KEYWARD_{}", name.to_ascii_uppercase())) {
+                table.insert(name.to_string(), setting_value(&v));
+            }
+        }
+        for pair in sets {
+            let (name, v) = pair.split_once('=').ok_or_else(|| {
+                format!(
+                    "--set takes SETTING=VALUE, not {}",
+                    keyward_core::quoted(pair)
+                )
+            })?;
+            let name = name.trim();
+            if !setting_names().contains(&name) {
+                return Err(format!(
+                    "--set: unknown setting {}",
+                    keyward_core::quoted(name)
+                ));
+            }
+            table.insert(name.to_string(), setting_value(v.trim()));
+        }
+        let origin = match file {
+            Some(path) => format!("config file {} or the environment", path.display()),
+            None => "the environment".to_string(),
+        };
+        let mut c: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("{origin}: {}", e.message()))?;
         if let Some(v) = o.listen {
             c.listen = v;
         }
