@@ -200,6 +200,27 @@ fn setting_value(text: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(text.to_string()))
 }
 
+/// Sets `name` to `text` read as TOML, or as the text itself where the setting is a string that happens to
+/// read as a number or a boolean (a PIN `1234`, a label `7`): the typed reading is kept only if the
+/// configuration accepts it.
+fn insert_setting(table: &mut toml::Table, name: &str, text: &str) {
+    let typed = setting_value(text);
+    let is_text = typed.is_str();
+    table.insert(name.to_string(), typed);
+    if !is_text
+        && toml::Value::Table(table.clone())
+            .try_into::<Config>()
+            .is_err()
+    {
+        let as_text = toml::Value::String(text.to_string());
+        let mut trial = table.clone();
+        trial.insert(name.to_string(), as_text.clone());
+        if toml::Value::Table(trial).try_into::<Config>().is_ok() {
+            table.insert(name.to_string(), as_text);
+        }
+    }
+}
+
 impl Config {
     /// Reads the TOML file (if any), then `KEYWARD_<SETTING>` from the environment for every setting, then
     /// the `--set SETTING=VALUE` pairs, then the overrides of the dedicated flags (flags win).
@@ -225,7 +246,7 @@ impl Config {
         };
         for name in setting_names() {
             if let Some(v) = env(&format!("KEYWARD_{}", name.to_ascii_uppercase())) {
-                table.insert(name.to_string(), setting_value(&v));
+                insert_setting(&mut table, name, &v);
             }
         }
         for pair in sets {
@@ -242,7 +263,7 @@ impl Config {
                     keyward_core::quoted(name)
                 ));
             }
-            table.insert(name.to_string(), setting_value(v.trim()));
+            insert_setting(&mut table, name, v.trim());
         }
         let origin = match file {
             Some(path) => format!("config file {} or the environment", path.display()),

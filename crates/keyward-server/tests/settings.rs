@@ -54,6 +54,9 @@ fn every_setting_is_read_from_the_environment_and_from_set_flags() {
         "KEYWARD_DATA_DIR" => Some("/var/lib/keyward".to_string()),
         "KEYWARD_LOG_FORMAT" => Some("json".to_string()),
         "KEYWARD_KEY_CACHE_CAPACITY" => Some("64".to_string()),
+        // Strings that read as numbers stay strings.
+        "KEYWARD_PKCS11_PIN" => Some("1234".to_string()),
+        "KEYWARD_NODE_ID" => Some("7".to_string()),
         _ => None,
     };
     let c = Config::load_from(
@@ -72,6 +75,8 @@ fn every_setting_is_read_from_the_environment_and_from_set_flags() {
     assert_eq!(c.log_format, keyward_server::log::LogFormat::Json);
     assert_eq!(c.key_cache_capacity, 99, "a flag wins over the environment");
     assert_eq!(c.audit_retention_days, 400);
+    assert_eq!(c.pkcs11_pin.as_deref().map(|p| p.as_str()), Some("1234"));
+    assert_eq!(c.node_id.as_deref(), Some("7"));
     for bad in ["nope=1", "no-equals-sign", "rate_limit_per_second=fast"] {
         assert!(
             Config::load_from(None, |_| None, &[bad.to_string()], Overrides::default()).is_err(),
