@@ -432,7 +432,7 @@ impl AuditWriter {
             match tx.audit_tail()? {
                 Some(row) if row.seq + 1 != self.next_seq => {
                     let rec: AuditRecord = serde_json::from_str(&row.record)
-                        .map_err(|_| crate::engine::corrupt("audit record"))?;
+                        .map_err(|_| crate::records::corrupt("audit record"))?;
                     self.next_seq = row.seq + 1;
                     self.last_hash = rec.hash;
                 }
@@ -476,7 +476,7 @@ impl AuditWriter {
         match tail {
             Some(row) => {
                 let rec: AuditRecord = serde_json::from_str(&row.record)
-                    .map_err(|_| crate::engine::corrupt("audit record"))?;
+                    .map_err(|_| crate::records::corrupt("audit record"))?;
                 self.next_seq = row.seq + 1;
                 self.last_hash = rec.hash;
             }
@@ -639,7 +639,7 @@ impl Kms {
         let (seq, head) = match tail {
             Some(row) => {
                 let rec: AuditRecord = serde_json::from_str(&row.record)
-                    .map_err(|_| crate::engine::corrupt("audit record"))?;
+                    .map_err(|_| crate::records::corrupt("audit record"))?;
                 (row.seq, rec.hash)
             }
             None => (0, GENESIS.to_string()),
@@ -711,7 +711,7 @@ impl Kms {
         let rows = transact(self.store.as_ref(), |tx: &mut dyn Tx| tx.query_audit(query))?;
         rows.iter()
             .map(|r| {
-                serde_json::from_str(&r.record).map_err(|_| crate::engine::corrupt("audit record"))
+                serde_json::from_str(&r.record).map_err(|_| crate::records::corrupt("audit record"))
             })
             .collect()
     }
@@ -907,7 +907,7 @@ impl Kms {
             return Ok(Ok(None));
         };
         let anchor: Anchor =
-            serde_json::from_slice(&raw).map_err(|_| crate::engine::corrupt("audit anchor"))?;
+            serde_json::from_slice(&raw).map_err(|_| crate::records::corrupt("audit anchor"))?;
         let genuine = match unhex(&anchor.mac) {
             Some(mac) => self.hsm.verify_mac(
                 key,
@@ -1010,7 +1010,7 @@ impl Kms {
                 let current = match tx.get_meta(ANCHOR.0, ANCHOR.1)? {
                     Some(raw) => serde_json::from_slice::<Anchor>(&raw)
                         .map(|a| a.seq)
-                        .map_err(|_| crate::engine::corrupt("audit anchor"))?,
+                        .map_err(|_| crate::records::corrupt("audit anchor"))?,
                     None => 0,
                 };
                 if current != from {
@@ -1019,9 +1019,9 @@ impl Kms {
                     ));
                 }
                 let row = row_at(tx, chunk_end)?
-                    .ok_or_else(|| crate::engine::corrupt("audit record to prune"))?;
+                    .ok_or_else(|| crate::records::corrupt("audit record to prune"))?;
                 let rec: AuditRecord = serde_json::from_str(&row.record)
-                    .map_err(|_| crate::engine::corrupt("audit record"))?;
+                    .map_err(|_| crate::records::corrupt("audit record"))?;
                 let mac = self.hsm.mac(
                     &key,
                     MacAlgorithm::HmacSha256,

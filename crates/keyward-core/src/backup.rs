@@ -27,8 +27,9 @@ use keyward_hsm::{KeyAttributes, KeyHandle, KeySpec, SecretBytes};
 use keyward_store::{transact, AuditQuery, AuditRow, KeyRecord, Tx, VersionRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{b64, corrupt, unb64, version_aad, Kms, SYS};
+use crate::engine::Kms;
 use crate::error::{KmsError, KmsResult};
+use crate::records::{b64, corrupt, unb64, version_aad, SYS};
 use crate::shamir;
 
 const MAGIC: &[u8; 8] = b"KWBACKUP";
@@ -295,14 +296,14 @@ impl Kms {
     ) -> KmsResult<Restored> {
         let keyring = self.keyring()?;
         let body = self.open_body(parsed, &keyring.unseal_kek, "this cluster's root of trust")?;
-        let (from_generation, wrapped_root) = crate::engine::parse_root(
+        let (from_generation, wrapped_root) = crate::records::parse_root(
             &serde_json::to_vec(&parsed.header.root).map_err(|_| corrupt("root"))?,
         )?;
         let from_root = self.hsm.unwrap_from_storage(
             &keyring.unseal_kek,
             KeySpec::Aes256,
             &wrapped_root,
-            &crate::engine::root_aad(from_generation),
+            &crate::records::root_aad(from_generation),
             &KeyAttributes::internal(),
         )?;
         let mut versions: BTreeMap<String, Vec<Version>> = BTreeMap::new();

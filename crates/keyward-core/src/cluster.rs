@@ -8,56 +8,16 @@
 //! database or the network failed), the window closes and every lookup goes to the store, so a node never
 //! answers from a snapshot older than the window, even while cut off.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use keyward_hsm::{KeyAttributes, KeySpec};
 use keyward_store::{transact, Change, Tx};
 
-use crate::engine::{corrupt, parse_id, Kms, SYS};
+use crate::engine::Kms;
 use crate::error::KmsResult;
+use crate::records::{corrupt, parse_id, SYS};
 
-/// How long one successful poll of the change feed keeps the caches trusted.
-pub const TRUST_WINDOW: Duration = Duration::from_millis(1000);
-
-/// Whether this node's caches may be used without asking the store.
-pub struct Freshness {
-    shared: bool,
-    epoch: Instant,
-    /// Milliseconds after `epoch` until which caches are trusted.
-    valid_until: AtomicU64,
-}
-
-impl Freshness {
-    /// For a store that only this process writes, caches are always true.
-    pub fn new(shared: bool) -> Freshness {
-        Freshness {
-            shared,
-            epoch: Instant::now(),
-            valid_until: AtomicU64::new(0),
-        }
-    }
-
-    /// True when cached records may be served.
-    #[inline]
-    pub fn trusted(&self) -> bool {
-        !self.shared
-            || (self.epoch.elapsed().as_millis() as u64) < self.valid_until.load(Ordering::Acquire)
-    }
-
-    /// Records that every change committed before `poll_started` has been applied.
-    pub fn confirm(&self, poll_started: Instant) {
-        let until = poll_started.saturating_duration_since(self.epoch) + TRUST_WINDOW;
-        self.valid_until
-            .fetch_max(until.as_millis() as u64, Ordering::AcqRel);
-    }
-
-    /// Stops trusting the caches until the next confirmation.
-    pub fn revoke(&self) {
-        self.valid_until.store(0, Ordering::Release);
-    }
-}
+pub use crate::freshness::{Freshness, TRUST_WINDOW};
 
 impl Kms {
     /// The trust state of this node's caches, shared with the server's own caches.
@@ -127,7 +87,7 @@ impl Kms {
             &keyring.unseal_kek,
             KeySpec::Aes256,
             &wrapped,
-            &crate::engine::root_aad(generation),
+            &crate::records::root_aad(generation),
             &KeyAttributes::internal(),
         )?;
         self.replace_root(root, generation);
@@ -139,6 +99,6 @@ impl Kms {
         let json = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
             tx.get_meta(SYS, "root")
         })?;
-        json.map(|j| crate::engine::parse_root(&j)).transpose()
+        json.map(|j| crate::records::parse_root(&j)).transpose()
     }
 }

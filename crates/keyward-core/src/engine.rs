@@ -14,7 +14,6 @@ use std::sync::{Arc, OnceLock};
 
 use zeroize::Zeroizing;
 
-use base64::Engine as _;
 use keyward_hsm::{Hsm, KeyAttributes, KeyHandle, KeySpec, KeyUsage, SecretBytes};
 use keyward_store::{transact, KeyRecord, Store, Tx};
 use parking_lot::RwLock;
@@ -22,15 +21,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::{CachedKey, CachedVersion, KeyIdHash, ShardedMap};
 use crate::clock::Clock;
-use crate::cluster::Freshness;
 use crate::error::{ErrorCode, KmsError, KmsResult};
+use crate::freshness::Freshness;
 use crate::model::{KeyState, Origin, VersionState};
+use crate::records::{
+    b64, corrupt, parse_id, root_aad, unb64, version_aad, ImportTokenRecord, RootRecord, IMPORT_NS,
+    SYS,
+};
 use crate::shamir;
-
-/// Namespace of system records in the store.
-pub(crate) const SYS: &str = "sys";
-/// Namespace of pending BYOK import tokens.
-pub(crate) const IMPORT_NS: &str = "import";
 
 /// How the unseal key is held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,13 +59,6 @@ pub(crate) struct InitRecord {
     pub(crate) shares: u8,
     pub(crate) threshold: u8,
     created_at: i64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct RootRecord {
-    generation: u32,
-    /// The root key wrapped under the unseal key, base64.
-    wrapped: String,
 }
 
 /// The seal status, as `/v1/sys/status` reports it.
@@ -172,46 +163,6 @@ pub struct Kms {
 const ED25519_PKCS8_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
-
-/// The associated data binding a version's wrapped material to its key and version.
-pub(crate) fn version_aad(key_id: &str, version: u32) -> Vec<u8> {
-    format!("keyward:key:{key_id}:{version}").into_bytes()
-}
-
-pub(crate) fn root_aad(generation: u32) -> Vec<u8> {
-    format!("keyward:root:{generation}").into_bytes()
-}
-
-/// Parses a stored root record into its generation and wrapped key.
-pub(crate) fn parse_root(json: &[u8]) -> KmsResult<(u32, Vec<u8>)> {
-    let rec: RootRecord = serde_json::from_slice(json).map_err(|_| corrupt("root record"))?;
-    Ok((rec.generation, unb64(&rec.wrapped)?))
-}
-
-pub(crate) fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-pub(crate) fn unb64(s: &str) -> KmsResult<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .map_err(|_| {
-            KmsError::new(
-                ErrorCode::Unavailable,
-                "store corrupt: bad base64 in a system record",
-            )
-        })
-}
-
-pub(crate) fn corrupt(what: &str) -> KmsError {
-    KmsError::new(ErrorCode::Unavailable, format!("store corrupt: {what}"))
-}
-
-pub(crate) fn parse_id(key_id: &str) -> KmsResult<[u8; 16]> {
-    uuid::Uuid::parse_str(key_id)
-        .map(|u| *u.as_bytes())
-        .map_err(|_| corrupt("a key id is not a UUID"))
-}
 
 impl Kms {
     /// Opens the engine over a store. It starts sealed (or uninitialised); nothing is decrypted yet.
@@ -701,9 +652,9 @@ impl Kms {
                 tx.put_version(&v)?;
             }
             for (token, bytes) in tx.list_meta(IMPORT_NS)? {
-                let mut rec: crate::import::ImportTokenRecord =
+                let mut rec: ImportTokenRecord =
                     serde_json::from_slice(&bytes).map_err(|_| corrupt("import token"))?;
-                let aad = crate::import::token_aad(&token);
+                let aad = crate::records::token_aad(&token);
                 let handle = self.hsm.unwrap_from_storage(
                     &old.root,
                     KeySpec::Rsa4096,

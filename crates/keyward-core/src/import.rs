@@ -7,23 +7,12 @@
 
 use keyward_hsm::{KeyAttributes, KeySpec, SecretBytes};
 use keyward_store::{transact, Tx};
-use serde::{Deserialize, Serialize};
 
-use crate::engine::{b64, corrupt, unb64, Kms, IMPORT_NS};
+use crate::engine::Kms;
 use crate::error::{ErrorCode, KmsError, KmsResult};
 use crate::lifecycle::state_error;
 use crate::model::{KeyInfo, KeyState, Origin};
-
-#[derive(Serialize, Deserialize)]
-pub(crate) struct ImportTokenRecord {
-    pub key_id: String,
-    pub expires_at: i64,
-    pub wrapped_private_key: String,
-}
-
-pub(crate) fn token_aad(token: &str) -> Vec<u8> {
-    format!("keyward:import:{token}").into_bytes()
-}
+use crate::records::{b64, corrupt, token_aad, unb64, ImportTokenRecord, IMPORT_NS};
 
 /// What a caller needs to wrap key material for import.
 #[derive(Clone, Debug)]

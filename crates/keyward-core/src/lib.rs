@@ -12,10 +12,12 @@ mod clock;
 pub mod cluster;
 mod engine;
 mod error;
+mod freshness;
 mod import;
 mod lifecycle;
 mod model;
 mod ops;
+mod records;
 mod shamir;
 
 pub use clock::{Clock, ManualClock, SystemClock, DAY};

@@ -15,9 +15,10 @@ use keyward_hsm::{KeyAttributes, KeySpec, KeyUsage};
 use keyward_store::{transact, KeyRecord, Tx, VersionRecord};
 
 use crate::clock::DAY;
-use crate::engine::{corrupt, parse_id, Kms, RootOfTrust};
+use crate::engine::{Kms, RootOfTrust};
 use crate::error::{ErrorCode, KmsError, KmsResult};
 use crate::model::{KeyInfo, KeyState, Origin, VersionInfo, VersionState};
+use crate::records::{corrupt, parse_id};
 
 /// Longest description accepted.
 pub const MAX_DESCRIPTION: usize = 8192;
@@ -778,7 +779,7 @@ impl Kms {
                 &keyring.root,
                 spec,
                 &blob,
-                &crate::engine::version_aad(&rec.key_id, version),
+                &crate::records::version_aad(&rec.key_id, version),
                 &KeyAttributes::internal(),
             );
             if let Ok(h) = handle {

@@ -158,9 +158,9 @@ impl Kms {
         }
         let v = key
             .version(n)
-            .ok_or_else(|| crate::engine::corrupt("primary version missing"))?;
+            .ok_or_else(|| crate::records::corrupt("primary version missing"))?;
         if v.state != VersionState::Enabled {
-            return Err(crate::engine::corrupt("primary version is not Enabled"));
+            return Err(crate::records::corrupt("primary version is not Enabled"));
         }
         Ok((v, self.handle(key, v)?))
     }

@@ -14,6 +14,7 @@ use keyward_hsm::{
 };
 
 use crate::keys::{ecdh_alg, Kind, PublicKind, SoftKey};
+use crate::material::{ec_spki_has_named_curve, fill};
 
 fn check_alg(key: &SoftKey, alg: SigningAlgorithm, input: &SignInput<'_>) -> HsmResult<()> {
     if !key.spec.signing_algorithms().contains(&alg) {
@@ -310,20 +311,6 @@ pub(crate) fn decrypt(
     }
 }
 
-/// True when an EC SPKI names its curve by OID. Explicit curve parameters are refused: they are how
-/// invalid-curve and cofactor attacks get a foreign group past a parser (Wycheproof ECDH, "UnnamedCurve").
-pub(crate) fn ec_spki_has_named_curve(spki: &[u8]) -> bool {
-    use k256::pkcs8::der::{Decode, Tag, Tagged};
-    use k256::pkcs8::spki::SubjectPublicKeyInfoRef;
-    match SubjectPublicKeyInfoRef::from_der(spki) {
-        Ok(info) => info
-            .algorithm
-            .parameters
-            .is_some_and(|p| p.tag() == Tag::ObjectIdentifier),
-        Err(_) => false,
-    }
-}
-
 pub(crate) fn agree(key: &SoftKey, peer_spki: &[u8]) -> HsmResult<SecretBytes> {
     let bad_peer =
         || HsmError::InvalidInput("peer public key is not a valid point on the key's curve");
@@ -365,7 +352,7 @@ pub(crate) fn rsa_aes_kwp_wrap(wrapping_spki: &[u8], material: &[u8]) -> HsmResu
     let oaep_key = OaepPublicEncryptingKey::new(public)
         .map_err(|_| HsmError::InvalidInput("wrapping key is not an RSA public key"))?;
     let mut ephemeral = SecretBytes::zeroed(32);
-    crate::fill(ephemeral.expose_mut())?;
+    fill(ephemeral.expose_mut())?;
     let mut out = rsa_encrypt(
         &oaep_key,
         EncryptionAlgorithm::RsaesOaepSha256,

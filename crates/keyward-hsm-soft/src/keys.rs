@@ -17,7 +17,7 @@ use aws_lc_rs::signature::{
 use k256::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
 use keyward_hsm::{HsmError, HsmResult, KeySpec, MacAlgorithm, SecretBytes, TDES_KEY_LEN};
 
-use crate::sym::Sm4Gcm;
+use crate::material::{check_tdes_key, ec_spki_has_named_curve, fill, sm4_gcm, Sm4Gcm};
 
 /// A key as the software HSM holds it: the material (raw, or PKCS#8) plus its parsed form.
 pub(crate) struct SoftKey {
@@ -144,7 +144,7 @@ fn rsa_bits(spec: KeySpec) -> Option<usize> {
 
 fn random_secret(len: usize) -> HsmResult<SecretBytes> {
     let mut out = SecretBytes::zeroed(len);
-    crate::fill(out.expose_mut())?;
+    fill(out.expose_mut())?;
     Ok(out)
 }
 
@@ -262,7 +262,7 @@ impl SoftKey {
                     UnboundKey::new(alg, bytes).map_err(|_| rejected("wrong AES key length"))?;
                 Kind::AesGcm(LessSafeKey::new(unbound))
             }
-            KeySpec::Sm4 => Kind::Sm4Gcm(Box::new(crate::sym::sm4_gcm(bytes)?)),
+            KeySpec::Sm4 => Kind::Sm4Gcm(Box::new(sm4_gcm(bytes)?)),
             KeySpec::Tdes => {
                 let (cipher_key, mac_key) = bytes
                     .split_at_checked(TDES_KEY_LEN)
@@ -270,7 +270,7 @@ impl SoftKey {
                     .ok_or(rejected(
                         "TDES material must be 24 key bytes and 32 MAC key bytes",
                     ))?;
-                crate::sym::check_tdes_key(cipher_key)?;
+                check_tdes_key(cipher_key)?;
                 Kind::Tdes {
                     mac: hmac::Key::new(hmac::HMAC_SHA256, mac_key),
                 }
@@ -392,7 +392,7 @@ impl SoftKey {
             }
             KeySpec::EccNistP256 | KeySpec::EccNistP384 | KeySpec::EccNistP521 => {
                 let alg = ecdh_alg(spec).ok_or(HsmError::UnsupportedSpec(spec))?;
-                if !crate::asym::ec_spki_has_named_curve(spki) {
+                if !ec_spki_has_named_curve(spki) {
                     return Err(bad());
                 }
                 // Parse once to reject points off the curve or on another curve.
@@ -406,7 +406,7 @@ impl SoftKey {
                 PublicKind::AwsLc
             }
             KeySpec::EccSecgP256k1 => {
-                if !crate::asym::ec_spki_has_named_curve(spki) {
+                if !ec_spki_has_named_curve(spki) {
                     return Err(bad());
                 }
                 let pk = k256::PublicKey::from_public_key_der(spki).map_err(|_| bad())?;

@@ -7,6 +7,7 @@
 
 mod asym;
 mod keys;
+mod material;
 mod sym;
 
 use keyward_hsm::{
@@ -15,6 +16,7 @@ use keyward_hsm::{
 };
 
 use keys::SoftKey;
+use material::fill;
 
 pub(crate) const BACKEND: &str = "software";
 
@@ -39,10 +41,6 @@ fn handle(key: SoftKey, extractable: bool) -> KeyHandle {
     let spec = key.spec;
     let public_only = key.is_public_only();
     KeyHandle::new(BACKEND, spec, extractable, public_only, key)
-}
-
-pub(crate) fn fill(out: &mut [u8]) -> HsmResult<()> {
-    aws_lc_rs::rand::fill(out).map_err(|_| HsmError::Backend("random generator failed".into()))
 }
 
 impl Hsm for SoftHsm {

@@ -3,48 +3,17 @@
 //! Sealed layout for every AEAD: `nonce || ciphertext || tag`. Nonces are drawn from the CSPRNG per message.
 
 use aes_gcm::aead::array::Array;
-use aes_gcm::aead::consts::U12;
-use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::aead::AeadInOut;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, NONCE_LEN};
 use aws_lc_rs::hmac;
 use keyward_hsm::{HsmError, HsmResult, SecretBytes, TDES_KEY_LEN};
-use zeroize::Zeroize;
 
 use crate::keys::{Kind, SoftKey};
-
-/// SM4 in GCM mode with a 96-bit nonce and a 128-bit tag.
-pub(crate) type Sm4Gcm = aes_gcm::AesGcm<sm4::Sm4, U12>;
+use crate::material::{fill, Sm4Gcm};
 
 const GCM_TAG_LEN: usize = 16;
 const TDES_IV_LEN: usize = 8;
 const TDES_TAG_LEN: usize = 32;
-
-pub(crate) fn sm4_gcm(key: &[u8]) -> HsmResult<Sm4Gcm> {
-    Sm4Gcm::new_from_slice(key).map_err(|_| HsmError::InvalidInput("SM4 keys are 16 bytes"))
-}
-
-/// Rejects TDES keys that collapse to single DES (K1 = K2 or K2 = K3).
-pub(crate) fn check_tdes_key(key: &[u8]) -> HsmResult<()> {
-    let strip = |b: &[u8]| b.iter().map(|x| x & 0xfe).collect::<Vec<u8>>();
-    let (k1, rest) = key
-        .split_at_checked(8)
-        .ok_or(HsmError::InvalidInput("TDES keys are 24 bytes"))?;
-    let (k2, k3) = rest
-        .split_at_checked(8)
-        .ok_or(HsmError::InvalidInput("TDES keys are 24 bytes"))?;
-    if k3.len() != 8 {
-        return Err(HsmError::InvalidInput("TDES keys are 24 bytes"));
-    }
-    let (mut a, mut b, mut c) = (strip(k1), strip(k2), strip(k3));
-    let degenerate = a == b || b == c;
-    a.zeroize();
-    b.zeroize();
-    c.zeroize();
-    if degenerate {
-        return Err(HsmError::InvalidInput("TDES key degenerates to single DES"));
-    }
-    Ok(())
-}
 
 pub(crate) fn aes_gcm_seal(
     key: &LessSafeKey,
@@ -53,7 +22,7 @@ pub(crate) fn aes_gcm_seal(
     out: &mut Vec<u8>,
 ) -> HsmResult<()> {
     let mut nonce = [0u8; NONCE_LEN];
-    crate::fill(&mut nonce)?;
+    fill(&mut nonce)?;
     out.reserve(NONCE_LEN + plaintext.len() + GCM_TAG_LEN);
     out.extend_from_slice(&nonce);
     let start = out.len();
@@ -87,7 +56,7 @@ pub(crate) fn aes_gcm_open(key: &LessSafeKey, aad: &[u8], sealed: &[u8]) -> HsmR
 
 fn sm4_seal(cipher: &Sm4Gcm, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) -> HsmResult<()> {
     let mut nonce = [0u8; 12];
-    crate::fill(&mut nonce)?;
+    fill(&mut nonce)?;
     out.reserve(12 + plaintext.len() + GCM_TAG_LEN);
     out.extend_from_slice(&nonce);
     let start = out.len();
@@ -148,7 +117,7 @@ fn tdes_seal(
         .get(..TDES_KEY_LEN)
         .ok_or(HsmError::DecryptFailed)?;
     let mut iv = [0u8; TDES_IV_LEN];
-    crate::fill(&mut iv)?;
+    fill(&mut iv)?;
     let enc = TdesCbcEnc::new_from_slices(cipher_key, &iv)
         .map_err(|_| HsmError::Backend("TDES setup failed".into()))?;
     let ct = enc.encrypt_padded_vec::<cbc::cipher::block_padding::Pkcs7>(plaintext);
@@ -255,6 +224,7 @@ pub(crate) fn hkdf_sha256(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::material::check_tdes_key;
     use keyward_hsm::KeySpec;
 
     #[test]
