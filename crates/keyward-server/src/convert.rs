@@ -88,23 +88,7 @@ pub fn pem(label: &str, der: &[u8]) -> String {
 
 pub use keyward_core::shown;
 
-/// Lower-case hex.
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Decodes hex; `None` for anything that is not an even run of hex digits.
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len() / 2)
-        .map(|i| {
-            s.get(2 * i..2 * i + 2)
-                .and_then(|p| u8::from_str_radix(p, 16).ok())
-        })
-        .collect()
-}
+pub use keyward_iam::{hex, unhex};
 
 /// Refuses query parameters an endpoint does not know (a misspelt filter must not silently match all).
 pub fn only(

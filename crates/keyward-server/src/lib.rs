@@ -5,7 +5,6 @@
 //! operational side, [`config`] the configuration. [`serve`] wires it together.
 
 pub mod app;
-pub mod auth;
 pub mod chain;
 pub mod config;
 mod convert;
@@ -19,7 +18,6 @@ pub mod pki;
 mod proxy;
 pub mod sink;
 mod tls;
-pub mod totp;
 
 use std::future::Future;
 use std::io::Write as _;
@@ -40,7 +38,7 @@ use keyward_store_sqlite::SqliteStore;
 pub use app::{router, App, AppState};
 pub use config::{Config, Overrides};
 /// Actions, roles and policies live beneath the HTTP layer, shared by every front end.
-pub use keyward_iam::{authz, policy};
+pub use keyward_iam::{auth, authz, policy, totp};
 
 use authz::Role;
 use convert::{hex, unhex};

@@ -165,7 +165,7 @@ pub(super) fn authorize(
         (token, _) => app
             .auth
             .authenticate(token.as_ref().map_or("", Bearer::expose), now)
-            .map_err(|e| (anonymous(), e))?,
+            .map_err(|e| (anonymous(), ApiError(e)))?,
     };
     if !app.limiter.allow(&principal.name) {
         return Err((

@@ -17,10 +17,10 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::authz::Role;
-use crate::convert::{hex, unhex};
-use crate::error::ApiError;
+use crate::{hex, unhex};
 
-pub(crate) const TOKENS: &str = "token";
+/// The store namespace of token records (by the hash of the token).
+pub const TOKENS: &str = "token";
 const TOKEN_IDS: &str = "token_id";
 
 /// Who is calling.
@@ -100,8 +100,8 @@ fn token_hash(token: &str) -> [u8; 32] {
     out
 }
 
-fn unauthenticated() -> ApiError {
-    ApiError::new(
+fn unauthenticated() -> KmsError {
+    KmsError::new(
         ErrorCode::Unauthenticated,
         "missing, unknown, expired or revoked token",
     )
@@ -193,7 +193,7 @@ impl Auth {
     }
 
     /// Checks a bearer token.
-    pub fn authenticate(&self, token: &str, now: i64) -> Result<Arc<Principal>, ApiError> {
+    pub fn authenticate(&self, token: &str, now: i64) -> KmsResult<Arc<Principal>> {
         if token.is_empty() || token.len() > 256 {
             return Err(unauthenticated());
         }
@@ -218,14 +218,14 @@ impl Auth {
     }
 
     /// A token's principal from the store, with the invalidation epoch seen before the read.
-    fn read_principal(&self, hash: &[u8; 32]) -> Result<(u64, Arc<Principal>), ApiError> {
+    fn read_principal(&self, hash: &[u8; 32]) -> KmsResult<(u64, Arc<Principal>)> {
         let epoch = self.epoch.load(Ordering::SeqCst);
         let rec = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
             tx.get_meta(TOKENS, &hex(hash))
         })?
         .ok_or_else(unauthenticated)?;
         let rec: TokenRecord = serde_json::from_slice(&rec)
-            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "store corrupt: token record"))?;
+            .map_err(|_| KmsError::new(ErrorCode::Unavailable, "store corrupt: token record"))?;
         Ok((
             epoch,
             Arc::new(Principal {
