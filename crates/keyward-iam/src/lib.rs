@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod authz;
+pub mod identities;
 pub mod names;
 pub mod policies;
 pub mod policy;

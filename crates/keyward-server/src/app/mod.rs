@@ -61,6 +61,8 @@ pub struct App {
     pub request_ids: RequestIds,
     /// Policy documents and their compiled forms.
     pub policies: keyward_iam::policies::Policies,
+    /// Identity records.
+    pub identities: keyward_iam::identities::Identities,
     /// The PKCS#11 token when it is the root of trust.
     pub token: Option<Arc<keyward_hsm_pkcs11::Pkcs11Hsm>>,
     /// What the background rounds last found of the audit chain.
@@ -100,6 +102,7 @@ impl App {
     pub fn new(kms: Arc<Kms>, audit: AuditLog, config: Config, node_id: String) -> Self {
         let auth = Auth::new(kms_store(&kms), kms.freshness());
         let policies = keyward_iam::policies::Policies::new(kms_store(&kms), kms.freshness());
+        let identities = keyward_iam::identities::Identities::new(kms_store(&kms));
         App {
             limiter: Limiter::new(config.rate_limit_per_second, config.rate_limit_burst),
             kms,
@@ -111,6 +114,7 @@ impl App {
             clock: Arc::new(SystemClock),
             request_ids: RequestIds::new(),
             policies,
+            identities,
             token: None,
             chain: Default::default(),
         }

@@ -13,8 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use keyward_core::audit::rfc3339;
-use keyward_core::{ErrorCode, KmsError};
-use keyward_store::{transact, Tx};
+use keyward_core::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 use crate::app::{call, parse, AppState, Meta, Mode, RawBody, Reply};
@@ -22,78 +21,21 @@ use crate::authz::{Action, Role};
 use crate::convert::hex;
 use crate::error::ApiError;
 
-pub(crate) const IDENTITIES: &str = "identity";
-pub(crate) const SUBJECTS: &str = "identity_subject";
-
-/// Subjects compare without spaces around separators, with upper-case attribute types, and in any
-/// attribute order (`O=Payments, CN=app1` matches a certificate issued to `CN=app1, O=Payments`).
-fn normalize(subject: &str) -> String {
-    let mut parts: Vec<String> = subject
-        .split(',')
-        .map(|part| {
-            let part = part.trim();
-            match part.split_once('=') {
-                Some((t, v)) => format!("{}={}", t.trim().to_ascii_uppercase(), v.trim()),
-                None => part.to_string(),
-            }
-        })
-        .collect();
-    parts.sort();
-    parts.join(",")
-}
+use keyward_iam::identities::{not_found, IdentityRecord};
+pub(crate) use keyward_iam::identities::{IDENTITIES, SUBJECTS};
 
 /// The principal a verified client certificate stands for.
 pub fn by_certificate(
     app: &AppState,
     subject: &str,
 ) -> Result<std::sync::Arc<crate::auth::Principal>, ApiError> {
-    let unknown = || {
-        ApiError::new(
-            ErrorCode::Unauthenticated,
-            "the client certificate maps to no identity",
-        )
-    };
-    let key = normalize(subject);
-    let name = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-        tx.get_meta(SUBJECTS, &key)
-    })
-    .map_err(|e| ApiError(KmsError::from(e)))?
-    .ok_or_else(unknown)?;
-    let name = String::from_utf8(name).map_err(|_| unknown())?;
-    let rec = load(app, &name)?.ok_or_else(unknown)?;
-    Ok(std::sync::Arc::new(crate::auth::Principal {
-        name: rec.name.clone(),
-        roles: roles_of(&rec),
-        token_id: "mtls".into(),
-        expires_at: None,
-        mfa: false,
-        policies: rec.policies.clone(),
-    }))
+    Ok(std::sync::Arc::new(app.identities.by_certificate(subject)?))
 }
+
 /// Token lifetime when the request names none.
 pub const DEFAULT_TTL: i64 = 24 * 3600;
 /// Longest token lifetime.
 pub const MAX_TTL: i64 = 366 * 24 * 3600;
-
-#[derive(Clone, Serialize, Deserialize)]
-struct IdentityRecord {
-    name: String,
-    kind: String,
-    roles: Vec<String>,
-    policies: Vec<String>,
-    created_at: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    password_hash: Option<String>,
-    /// The TOTP seed, encrypted under the service-secrets key (hex), when MFA is enrolled.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    totp_seed: Option<String>,
-    /// The last TOTP step used: codes are single-use.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    totp_last_step: Option<u64>,
-    /// A client certificate subject that authenticates as this identity (mutual TLS).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    certificate_subject: Option<String>,
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -189,97 +131,11 @@ fn valid_name(n: &str) -> bool {
 }
 
 fn load(app: &AppState, name: &str) -> Result<Option<IdentityRecord>, ApiError> {
-    let raw = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-        tx.get_meta(IDENTITIES, name)
-    })?;
-    raw.map(|b| {
-        serde_json::from_slice(&b)
-            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "store corrupt: identity"))
-    })
-    .transpose()
+    Ok(app.identities.get(name)?)
 }
 
-/// Roles must be built-in ones; policies must exist (a misspelt deny would silently never apply), which is
-/// checked in the transaction that stores the grant.
-fn check_grants(tx: &mut dyn Tx, roles: &[String], policies: &[String]) -> Result<(), KmsError> {
-    if let Some(r) = roles.iter().find(|r| Role::parse(r).is_none()) {
-        return Err(KmsError::new(
-            ErrorCode::ValidationError,
-            format!("unknown role {}", keyward_core::quoted(r)),
-        ));
-    }
-    if roles.len() > 4 || policies.len() > 100 {
-        return Err(KmsError::new(
-            ErrorCode::ValidationError,
-            "an identity has at most 4 roles and 100 policies",
-        ));
-    }
-    if let Some(p) = policies
-        .iter()
-        .find(|p| keyward_iam::names::check_policy(p).is_err())
-    {
-        return Err(KmsError::new(
-            ErrorCode::ValidationError,
-            format!("{} is not a policy name", keyward_core::quoted(p)),
-        ));
-    }
-    if let Some(missing) = keyward_iam::policies::Policies::missing_in(tx, policies)? {
-        return Err(KmsError::new(
-            ErrorCode::ValidationError,
-            format!(
-                "policy {} does not exist; create it first (PUT /v1/policies/NAME)",
-                keyward_core::quoted(&missing)
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// The names of the identities holding `policy`, read in `tx`.
-pub(crate) fn holders_in(tx: &mut dyn Tx, policy: &str) -> Result<Vec<String>, KmsError> {
-    let mut out = Vec::new();
-    for (_, raw) in tx.list_meta(IDENTITIES)? {
-        let rec: IdentityRecord = serde_json::from_slice(&raw)
-            .map_err(|_| KmsError::new(ErrorCode::Unavailable, "store corrupt: identity"))?;
-        if rec.policies.iter().any(|p| p == policy) {
-            out.push(rec.name);
-        }
-    }
-    Ok(out)
-}
-
-/// [`holders_in`] in a transaction of its own.
-pub(crate) fn holders(app: &AppState, policy: &str) -> Result<Vec<String>, ApiError> {
-    Ok(transact(
-        app.kms.store_handle().as_ref(),
-        |tx: &mut dyn Tx| holders_in(tx, policy),
-    )?)
-}
-
-/// Takes `policy` from an identity and from the tokens it holds, in `tx`.
-pub(crate) fn detach_in(tx: &mut dyn Tx, identity: &str, policy: &str) -> Result<(), KmsError> {
-    let mut rec = read_in(tx, identity)?;
-    rec.policies.retain(|p| p != policy);
-    let json = serde_json::to_vec(&rec)
-        .map_err(|_| KmsError::new(ErrorCode::Unavailable, "identity encoding"))?;
-    tx.put_meta(IDENTITIES, &rec.name, &json)?;
-    crate::auth::Auth::regrant_in(tx, &rec.name, Some((&rec.roles, &rec.policies)))?;
-    Ok(())
-}
-
-fn not_found(name: &str) -> ApiError {
-    ApiError::new(
-        ErrorCode::NotFound,
-        format!("identity {} does not exist", crate::convert::shown(name)),
-    )
-}
-
-fn read_in(tx: &mut dyn Tx, name: &str) -> Result<IdentityRecord, KmsError> {
-    let raw = tx
-        .get_meta(IDENTITIES, name)?
-        .ok_or_else(|| not_found(name).0)?;
-    serde_json::from_slice(&raw)
-        .map_err(|_| KmsError::new(ErrorCode::Unavailable, "store corrupt: identity"))
+fn missing(name: &str) -> ApiError {
+    ApiError(not_found(name))
 }
 
 /// The `name` a create or login body gives, read leniently ahead of the real parse, for the records: an
@@ -296,7 +152,7 @@ fn body_name(body: &RawBody) -> Option<String> {
 }
 
 fn roles_of(rec: &IdentityRecord) -> Vec<Role> {
-    rec.roles.iter().filter_map(|r| Role::parse(r)).collect()
+    rec.roles()
 }
 
 fn unauthenticated() -> ApiError {
@@ -363,43 +219,7 @@ pub async fn create(State(app): State<AppState>, meta: Meta, body: RawBody) -> R
                 totp_last_step: None,
                 certificate_subject: req.certificate_subject.clone(),
             };
-            let json = serde_json::to_vec(&rec)
-                .map_err(|_| ApiError::new(ErrorCode::Unavailable, "identity encoding"))?;
-            if let Some(subject) = &rec.certificate_subject {
-                if subject.is_empty() || subject.len() > 1024 {
-                    return Err(ApiError::validation(
-                        "certificate_subject is 1 to 1024 characters",
-                    ));
-                }
-            }
-            transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-                check_grants(tx, &rec.roles, &rec.policies)?;
-                if tx.get_meta(IDENTITIES, &rec.name)?.is_some() {
-                    return Err(KmsError::new(
-                        ErrorCode::AlreadyExists,
-                        format!("identity {} already exists", rec.name),
-                    ));
-                }
-                let stored = tx.list_meta(IDENTITIES)?;
-                if let Some(other) =
-                    keyward_iam::names::clash(&rec.name, stored.iter().map(|(n, _)| n.as_str()))
-                {
-                    return Err(KmsError::new(
-                        ErrorCode::AlreadyExists,
-                        format!("identity {other} exists; names are unique without regard to case"),
-                    ));
-                }
-                if let Some(subject) = &rec.certificate_subject {
-                    if tx.get_meta(SUBJECTS, &normalize(subject))?.is_some() {
-                        return Err(KmsError::new(
-                            ErrorCode::AlreadyExists,
-                            "another identity has this certificate subject",
-                        ));
-                    }
-                    tx.put_meta(SUBJECTS, &normalize(subject), rec.name.as_bytes())?;
-                }
-                Ok(tx.put_meta(IDENTITIES, &rec.name, &json)?)
-            })?;
+            a.identities.create(&rec)?;
             Reply::with_status(StatusCode::CREATED, &object(&rec))
         },
     )
@@ -429,7 +249,7 @@ pub async fn token(
                     "ttl_seconds must be 1 to 31622400 (366 days)",
                 ));
             }
-            let rec = load(&a, &name)?.ok_or_else(|| not_found(&name))?;
+            let rec = load(&a, &name)?.ok_or_else(|| missing(&name))?;
             let (token, t) = a.auth.mint_with_mfa(
                 &rec.name,
                 &roles_of(&rec),
@@ -478,7 +298,7 @@ pub async fn tokens(
         Mode::Blocking,
         move |_| {
             if name != "root" && load(&a, &name)?.is_none() {
-                return Err(not_found(&name));
+                return Err(missing(&name));
             }
             // Named by creation time (zero-padded) and id: the order of names, which pages follow, is
             // the order the tokens were issued in.
@@ -636,7 +456,7 @@ pub async fn login(State(app): State<AppState>, meta: Meta, body: RawBody) -> Re
                                 )
                             })?;
                     rec.totp_last_step = Some(step);
-                    save_if_step_unused(&a, &rec, step)?;
+                    a.identities.use_totp_step(&rec, step)?;
                     true
                 }
             };
@@ -663,28 +483,6 @@ fn totp_aad(name: &str) -> Vec<u8> {
     format!("keyward:totp:{name}").into_bytes()
 }
 
-/// Records the used step, refusing if a concurrent login already used it or a later one.
-fn save_if_step_unused(app: &AppState, rec: &IdentityRecord, step: u64) -> Result<(), ApiError> {
-    let json = serde_json::to_vec(rec)
-        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "identity encoding"))?;
-    transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-        let current: Option<IdentityRecord> = tx
-            .get_meta(IDENTITIES, &rec.name)?
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        if current
-            .and_then(|c| c.totp_last_step)
-            .is_some_and(|last| last >= step)
-        {
-            return Err(KmsError::new(
-                ErrorCode::Unauthenticated,
-                "wrong or already used TOTP code",
-            ));
-        }
-        Ok(tx.put_meta(IDENTITIES, &rec.name, &json)?)
-    })?;
-    Ok(())
-}
-
 #[derive(Serialize)]
 struct MfaResponse {
     totp_uri: String,
@@ -705,18 +503,14 @@ pub async fn enroll_mfa(
         None,
         Mode::Blocking,
         move |_| {
-            let mut rec = load(&a, &name)?.ok_or_else(|| not_found(&name))?;
+            let mut rec = load(&a, &name)?.ok_or_else(|| missing(&name))?;
             if rec.kind != "user" {
                 return Err(ApiError::validation("TOTP is for user identities"));
             }
             let seed = zeroize::Zeroizing::new(a.kms.random(20)?);
             rec.totp_seed = Some(hex(&a.kms.protect(&totp_aad(&rec.name), &seed)?));
             rec.totp_last_step = None;
-            let json = serde_json::to_vec(&rec)
-                .map_err(|_| ApiError::new(ErrorCode::Unavailable, "identity encoding"))?;
-            transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-                tx.put_meta(IDENTITIES, &rec.name, &json)
-            })?;
+            a.identities.save(&rec)?;
             let secret = zeroize::Zeroizing::new(crate::totp::base32(&seed));
             let uri = format!(
             "otpauth://totp/Keyward:{}?secret={}&issuer=Keyward&algorithm=SHA1&digits={}&period={}",
@@ -744,24 +538,20 @@ pub(crate) struct Summary {
 
 /// Every identity, by name.
 pub(crate) fn summaries(app: &AppState) -> Result<Vec<Summary>, ApiError> {
-    let all = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-        tx.list_meta(IDENTITIES)
-    })?;
-    all.into_iter()
-        .map(|(_, raw)| {
-            let r: IdentityRecord = serde_json::from_slice(&raw)
-                .map_err(|_| ApiError::new(ErrorCode::Unavailable, "store corrupt: identity"))?;
-            Ok(Summary {
-                password: r.password_hash.is_some(),
-                mfa: r.totp_seed.is_some(),
-                name: r.name,
-                kind: r.kind,
-                roles: r.roles,
-                policies: r.policies,
-                created_at: r.created_at,
-            })
+    Ok(app
+        .identities
+        .all()?
+        .into_iter()
+        .map(|r| Summary {
+            password: r.password_hash.is_some(),
+            mfa: r.totp_seed.is_some(),
+            name: r.name,
+            kind: r.kind,
+            roles: r.roles,
+            policies: r.policies,
+            created_at: r.created_at,
         })
-        .collect()
+        .collect())
 }
 
 /// `GET /v1/identities`: every identity, by name, without secrets (`password` and `mfa` say only whether
@@ -779,20 +569,14 @@ pub async fn list(
         None,
         Mode::Blocking,
         move |_| {
-            let all = transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-                tx.list_meta(IDENTITIES)
-            })?;
+            let all: Vec<(String, IdentityRecord)> = a
+                .identities
+                .all()?
+                .into_iter()
+                .map(|r| (r.name.clone(), r))
+                .collect();
             let (page, next_token) = crate::handlers::keys::page(all, &q)?;
-            let identities = page
-                .iter()
-                .map(|(_, raw)| {
-                    serde_json::from_slice(raw)
-                        .map(|r: IdentityRecord| object(&r))
-                        .map_err(|_| {
-                            ApiError::new(ErrorCode::Unavailable, "store corrupt: identity")
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let identities = page.iter().map(|(_, r)| object(r)).collect();
             Reply::ok(&IdentityList {
                 identities,
                 next_token,
@@ -813,7 +597,7 @@ pub async fn get(State(app): State<AppState>, meta: Meta, Path(name): Path<Strin
         None,
         Mode::Blocking,
         move |_| {
-            let rec = load(&a, &name)?.ok_or_else(|| not_found(&name))?;
+            let rec = load(&a, &name)?.ok_or_else(|| missing(&name))?;
             Reply::ok(&object(&rec))
         },
     )
@@ -838,21 +622,9 @@ pub async fn update(
         Mode::Blocking,
         move |_| {
             let req: UpdateIdentity = parse(&body)?;
-            let rec = transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-                let mut rec = read_in(tx, &name)?;
-                if let Some(roles) = &req.roles {
-                    rec.roles.clone_from(roles);
-                }
-                if let Some(policies) = &req.policies {
-                    rec.policies.clone_from(policies);
-                }
-                check_grants(tx, &rec.roles, &rec.policies)?;
-                let json = serde_json::to_vec(&rec)
-                    .map_err(|_| KmsError::new(ErrorCode::Unavailable, "identity encoding"))?;
-                tx.put_meta(IDENTITIES, &rec.name, &json)?;
-                crate::auth::Auth::regrant_in(tx, &rec.name, Some((&rec.roles, &rec.policies)))?;
-                Ok::<_, KmsError>(rec)
-            })?;
+            let rec = a
+                .identities
+                .regrant(&name, req.roles.as_deref(), req.policies.as_deref())?;
             a.auth.forget_identity(&rec.name);
             Reply::ok(&object(&rec))
         },
@@ -872,15 +644,7 @@ pub async fn delete(State(app): State<AppState>, meta: Meta, Path(name): Path<St
         None,
         Mode::Blocking,
         move |_| {
-            transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-                let rec = read_in(tx, &name)?;
-                if let Some(subject) = &rec.certificate_subject {
-                    tx.delete_meta(SUBJECTS, &normalize(subject))?;
-                }
-                crate::auth::Auth::regrant_in(tx, &rec.name, None)?;
-                tx.delete_meta(IDENTITIES, &rec.name)?;
-                Ok::<_, KmsError>(())
-            })?;
+            a.identities.delete(&name)?;
             a.auth.forget_identity(&name);
             Ok(Reply::empty())
         },

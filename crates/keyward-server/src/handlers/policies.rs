@@ -10,7 +10,7 @@ use keyward_core::{ErrorCode, KmsError};
 use crate::app::{call, parse, App, AppState, Meta, Mode, RawBody, Reply};
 use crate::authz::Action;
 use crate::error::ApiError;
-use crate::handlers::{approvals, identities};
+use crate::handlers::approvals;
 use crate::policy::PolicyDoc;
 
 /// The store namespace of policies, for the change feed.
@@ -27,7 +27,7 @@ pub fn store(app: &App, name: &str, doc: &PolicyDoc) -> Result<PolicyDoc, ApiErr
 pub fn remove(app: &App, name: &str, detach: bool) -> Result<(), ApiError> {
     let mut detached = Vec::new();
     app.policies.delete(name, |tx| {
-        let holders = identities::holders_in(tx, name)?;
+        let holders = keyward_iam::identities::holders_in(tx, name)?;
         if holders.is_empty() {
             return Ok(());
         }
@@ -35,7 +35,7 @@ pub fn remove(app: &App, name: &str, detach: bool) -> Result<(), ApiError> {
             return Err(attached(name, &holders));
         }
         for holder in &holders {
-            identities::detach_in(tx, holder, name)?;
+            keyward_iam::identities::detach_in(tx, holder, name)?;
         }
         detached = holders;
         Ok(())
@@ -166,7 +166,7 @@ pub async fn delete(
             };
             a.policies.get(&name)?;
             if !detach {
-                let holders = identities::holders(&a, &name)?;
+                let holders = a.identities.holders(&name)?;
                 if !holders.is_empty() {
                     return Err(ApiError(attached(&name, &holders)));
                 }
