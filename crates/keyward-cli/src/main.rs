@@ -1463,12 +1463,13 @@ async fn run(cli: Cli) -> Res {
             ..
         } => {
             let since = match (follow, since) {
-                (true, None) => Some(keyward_core::audit::rfc3339(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs() as i64)
-                        .unwrap_or(0),
-                )),
+                (true, None) => time::OffsetDateTime::now_utc()
+                    .replace_nanosecond(0)
+                    .ok()
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    }),
                 (_, since) => since,
             };
             let limit = limit.map(|n| n.to_string());
