@@ -63,6 +63,8 @@ pub struct App {
     pub policies: keyward_iam::policies::Policies,
     /// Identity records.
     pub identities: keyward_iam::identities::Identities,
+    /// Quorum approval requests.
+    pub approvals: keyward_iam::approvals::Approvals,
     /// The PKCS#11 token when it is the root of trust.
     pub token: Option<Arc<keyward_hsm_pkcs11::Pkcs11Hsm>>,
     /// What the background rounds last found of the audit chain.
@@ -103,6 +105,7 @@ impl App {
         let auth = Auth::new(kms_store(&kms), kms.freshness());
         let policies = keyward_iam::policies::Policies::new(kms_store(&kms), kms.freshness());
         let identities = keyward_iam::identities::Identities::new(kms_store(&kms));
+        let approvals = keyward_iam::approvals::Approvals::new(kms_store(&kms));
         App {
             limiter: Limiter::new(config.rate_limit_per_second, config.rate_limit_burst),
             kms,
@@ -115,6 +118,7 @@ impl App {
             request_ids: RequestIds::new(),
             policies,
             identities,
+            approvals,
             token: None,
             chain: Default::default(),
         }

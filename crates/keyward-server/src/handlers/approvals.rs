@@ -13,131 +13,16 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use keyward_api::{ApprovalPending, ExportResponse, B64};
 use keyward_core::audit::{rfc3339, AuditEvent};
-use keyward_core::{ErrorCode, KmsError, VersionAction};
-use keyward_store::{transact, Tx};
-use serde::{Deserialize, Serialize};
+use keyward_core::{ErrorCode, VersionAction};
+use serde::Serialize;
 
 use crate::app::{call, call_noting, AppState, Caller, Meta, Mode, Reply};
 use crate::authz::Action;
 use crate::convert::{key_object, version_object};
 use crate::error::ApiError;
 
-const APPROVALS: &str = "approval";
-/// How long a node may hold a request `executing`. Every operation is a few store writes (rotating the root
-/// key re-wraps each version, still far under this); a claim this old belongs to a node that stopped and
-/// never came back, or hangs, and the leading node ends it so that the request does not stay open forever.
-pub const CLAIM_TTL: i64 = 3600;
-
-/// The operation an approval will run.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "operation", rename_all = "snake_case")]
-pub enum Operation {
-    /// Schedule a key's deletion.
-    ScheduleDeletion {
-        /// Key id.
-        key_id: String,
-        /// Waiting period.
-        pending_days: u32,
-    },
-    /// Destroy one version.
-    DestroyVersion {
-        /// Key id.
-        key_id: String,
-        /// Version.
-        version: u32,
-    },
-    /// Export a key wrapped for a recipient.
-    Export {
-        /// Key id.
-        key_id: String,
-        /// Recipient's SPKI DER, hex.
-        wrapping_public_key_der: String,
-        /// Version.
-        version: Option<u32>,
-    },
-    /// Rotate the root key.
-    RotateRoot,
-    /// Delete the audit records through a sequence number (retention).
-    PruneAudit {
-        /// The last record to delete.
-        through_seq: u64,
-    },
-    /// Store a policy document.
-    PutPolicy {
-        /// Name.
-        name: String,
-        /// The document.
-        document: crate::policy::PolicyDoc,
-    },
-    /// Delete a policy.
-    DeletePolicy {
-        /// Name.
-        name: String,
-        /// Whether identities holding the policy lose it (otherwise the deletion fails while any holds it).
-        #[serde(default)]
-        detach: bool,
-    },
-}
-
-impl Operation {
-    /// The action an approver must be allowed to perform.
-    pub fn action(&self) -> Action {
-        match self {
-            Operation::ScheduleDeletion { .. } => Action::ScheduleKeyDeletion,
-            Operation::DestroyVersion { .. } => Action::DestroyKeyVersion,
-            Operation::Export { .. } => Action::ExportKey,
-            Operation::RotateRoot => Action::RotateRoot,
-            Operation::PruneAudit { .. } => Action::PruneAudit,
-            Operation::PutPolicy { .. } => Action::PutPolicy,
-            Operation::DeletePolicy { .. } => Action::DeletePolicy,
-        }
-    }
-
-    fn key_id(&self) -> Option<&str> {
-        match self {
-            Operation::ScheduleDeletion { key_id, .. }
-            | Operation::DestroyVersion { key_id, .. }
-            | Operation::Export { key_id, .. } => Some(key_id),
-            _ => None,
-        }
-    }
-}
-
-/// A stored approval request.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Approval {
-    /// Id.
-    pub approval_id: String,
-    /// `pending`, `executing` (claimed by the approval that completed the quorum, whose node is running the
-    /// operation), `executed`, `rejected`, `expired` or `failed`.
-    pub status: String,
-    /// What runs when approved.
-    #[serde(flatten)]
-    pub operation: Operation,
-    /// Who asked.
-    pub requested_by: String,
-    /// Approvals needed.
-    pub required: u32,
-    /// Who approved, in order.
-    pub approvals: Vec<String>,
-    /// Who rejected.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rejected_by: Option<String>,
-    /// RFC 3339.
-    pub created_at: String,
-    /// Unix seconds.
-    pub expires_at: i64,
-    /// The operation's result once executed (never key material in plaintext).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
-    /// From `executing` on: the node, and the run of its process, that claimed the request and ran it; a
-    /// node restarted with a claim of an earlier run in `executing` knows that run stopped mid-operation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub claimed_by: Option<String>,
-    /// Unix seconds of the claim: a claim older than [`CLAIM_TTL`] is taken to be abandoned by its node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub claimed_at: Option<i64>,
-}
+pub use keyward_iam::approvals::{Approval, Operation, CLAIM_TTL};
+use keyward_iam::approvals::{Decided, CLOSED};
 
 /// This process's run of its node: a claim naming the node with another run was left by a process that
 /// stopped.
@@ -148,15 +33,11 @@ pub(crate) fn claim_name(app: &AppState) -> String {
 }
 
 fn load(app: &AppState, id: &str) -> Result<Approval, ApiError> {
-    transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-        read(tx, id)
-    })
+    Ok(app.approvals.get(id)?)
 }
 
 fn save(app: &AppState, a: &Approval) -> Result<(), ApiError> {
-    transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-        write(tx, a)
-    })
+    Ok(app.approvals.put(a)?)
 }
 
 /// Approvals an operation on `key_ref` needs: the key's own setting, else the service's.
@@ -320,33 +201,6 @@ fn approval_key(app: &AppState, id: &str) -> Option<String> {
         .and_then(|a| a.operation.key_id().map(str::to_string))
 }
 
-/// What a decision left to do once its transaction committed.
-enum Decided {
-    /// Nothing more: the request was rejected, or still waits for approvals.
-    Recorded(Approval),
-    /// The request had expired; the decision is refused.
-    Expired,
-    /// This decision completed the quorum and claimed the request (`executing`): it runs the operation.
-    Claimed(Approval),
-}
-
-fn read(tx: &mut dyn Tx, id: &str) -> Result<Approval, ApiError> {
-    let raw = tx.get_meta(APPROVALS, id)?.ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::NotFound,
-            format!("approval {} does not exist", crate::convert::shown(id)),
-        )
-    })?;
-    serde_json::from_slice(&raw)
-        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "store corrupt: approval"))
-}
-
-fn write(tx: &mut dyn Tx, a: &Approval) -> Result<(), ApiError> {
-    let json = serde_json::to_vec(a)
-        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "approval encoding"))?;
-    Ok(tx.put_meta(APPROVALS, &a.approval_id, &json)?)
-}
-
 /// Takes a decision on a request.
 ///
 /// The decision is read, checked and written in one store transaction, and store transactions are
@@ -365,58 +219,12 @@ fn decide(
     // explicit deny on the key wins here as everywhere). The operation never changes once requested, and the
     // check reads policies and keys, so it is made before the transaction.
     let operation = load(app, id)?.operation;
-    let action = operation.action();
-    let allowed = caller.may(app, action, operation.key_id());
+    let allowed = caller.may(app, operation.action(), operation.key_id());
     let who = caller.principal.name.clone();
     let now = app.clock.now();
-    let decided = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-        let mut a = read(tx, id)?;
-        if a.status == "pending" && a.expires_at <= now {
-            a.status = "expired".into();
-            write(tx, &a)?;
-            return Ok(Decided::Expired);
-        }
-        if a.status != "pending" {
-            return Err(ApiError::new(
-                ErrorCode::InvalidState,
-                format!("approval {id} is {}", a.status),
-            ));
-        }
-        if who == a.requested_by {
-            return Err(ApiError::new(
-                ErrorCode::AccessDenied,
-                "the requester cannot approve or reject its own request",
-            ));
-        }
-        if !allowed {
-            return Err(ApiError::new(
-                ErrorCode::AccessDenied,
-                format!("{who} may not perform {}", action.name()),
-            ));
-        }
-        if !approve {
-            a.status = "rejected".into();
-            a.rejected_by = Some(who.clone());
-            write(tx, &a)?;
-            return Ok(Decided::Recorded(a));
-        }
-        if a.approvals.contains(&who) {
-            return Err(ApiError::new(
-                ErrorCode::AlreadyExists,
-                format!("{who} already approved {id}"),
-            ));
-        }
-        a.approvals.push(who.clone());
-        if (a.approvals.len() as u32) < a.required {
-            write(tx, &a)?;
-            return Ok(Decided::Recorded(a));
-        }
-        a.status = "executing".into();
-        a.claimed_by = Some(claim_name(app));
-        a.claimed_at = Some(now);
-        write(tx, &a)?;
-        Ok(Decided::Claimed(a))
-    })?;
+    let decided = app
+        .approvals
+        .decide(id, &who, allowed, approve, now, &claim_name(app))?;
     let a = match decided {
         Decided::Recorded(a) => a,
         Decided::Expired => {
@@ -444,13 +252,7 @@ fn by(meta: &Meta) -> (&str, &str) {
 /// Every stored request, for the background rounds; one that does not parse is left to the readers, which
 /// report it.
 fn stored_requests(app: &AppState) -> Result<Vec<Approval>, ApiError> {
-    let all = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-        tx.list_meta(APPROVALS)
-    })?;
-    Ok(all
-        .into_iter()
-        .filter_map(|(_, raw)| serde_json::from_slice::<Approval>(&raw).ok())
-        .collect())
+    Ok(app.approvals.readable()?)
 }
 
 /// Ends the requests whose claim will never be finished: those this node claimed in an earlier run (the
@@ -490,18 +292,7 @@ fn end_interrupted(app: &AppState, stored: &[Approval]) -> Result<usize, ApiErro
             app.audit
                 .append_blocking(executed(app, a, (&a.approval_id, ""), "error", code))?;
         }
-        transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-            let mut x = read(tx, &a.approval_id)?;
-            if x.status == "executing" && x.claimed_by.as_deref() == Some(claim.as_str()) {
-                x.status = "failed".into();
-                x.result = Some(serde_json::json!({"error": {
-                    "code": "Unavailable",
-                    "message": message,
-                }}));
-                write(tx, &x)?;
-            }
-            Ok::<_, ApiError>(())
-        })?;
+        app.approvals.fail_claim(&a.approval_id, &claim, &message)?;
         ended += 1;
     }
     Ok(ended)
@@ -538,23 +329,13 @@ fn expire_overdue(app: &AppState, stored: &[Approval]) -> Result<usize, ApiError
         .collect();
     let recorded = crate::app::record_all(app, events);
     // A decision taken since the list was read found it expired too, and stored it so.
-    let expired = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-        let mut expired = 0;
-        for (a, _) in due.iter().zip(&recorded).filter(|(_, ok)| **ok) {
-            let Some(mut x) = tx
-                .get_meta(APPROVALS, &a.approval_id)?
-                .and_then(|raw| serde_json::from_slice::<Approval>(&raw).ok())
-            else {
-                continue;
-            };
-            if overdue(&x) {
-                x.status = "expired".into();
-                write(tx, &x)?;
-                expired += 1;
-            }
-        }
-        Ok::<_, ApiError>(expired)
-    })?;
+    let expired = app.approvals.expire(
+        due.iter()
+            .zip(&recorded)
+            .filter(|(_, ok)| **ok)
+            .map(|(a, _)| a.approval_id.as_str()),
+        now,
+    )?;
     if recorded.iter().any(|ok| !ok) {
         return Err(ApiError::new(
             ErrorCode::Unavailable,
@@ -563,10 +344,6 @@ fn expire_overdue(app: &AppState, stored: &[Approval]) -> Result<usize, ApiError
     }
     Ok(expired)
 }
-
-/// The states a request never leaves (a `failed` one may still be overwritten by its claimant with what
-/// really happened, which is closed too).
-const CLOSED: [&str; 4] = ["executed", "rejected", "expired", "failed"];
 
 /// The most requests one round expires, and the most closed ones it deletes, so that a round stays short
 /// however many have accumulated.
@@ -627,20 +404,13 @@ fn purge_closed(app: &AppState, stored: &[Approval]) -> Result<usize, ApiError> 
             )
         }),
     );
-    let purged = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-        let mut purged = 0;
-        for (a, _) in due.iter().zip(&recorded).filter(|(_, ok)| **ok) {
-            // Read again: only a request still closed and past retention goes.
-            let still = match tx.get_meta(APPROVALS, &a.approval_id)? {
-                Some(raw) => serde_json::from_slice::<Approval>(&raw).is_ok_and(|x| past(&x)),
-                None => false,
-            };
-            if still && tx.delete_meta(APPROVALS, &a.approval_id)? {
-                purged += 1;
-            }
-        }
-        Ok::<_, ApiError>(purged)
-    })?;
+    let purged = app.approvals.purge(
+        due.iter()
+            .zip(&recorded)
+            .filter(|(_, ok)| **ok)
+            .map(|(a, _)| a.approval_id.as_str()),
+        past,
+    )?;
     if recorded.iter().any(|ok| !ok) {
         return Err(crate::app::unrecorded_deletions());
     }
@@ -745,15 +515,6 @@ struct ApprovalList {
     next_token: Option<String>,
 }
 
-/// A request as its readers see it: one still pending past its expiry is `expired` (it can no longer be
-/// approved), though the leading node's next round, or a decision finding it so, has yet to store it.
-fn as_seen(mut a: Approval, now: i64) -> Approval {
-    if a.status == "pending" && a.expires_at <= now {
-        a.status = "expired".into();
-    }
-    a
-}
-
 /// What a caller may see of a request. The requester sees all of it (an export's wrapped material is
 /// returned to the requester only); an identity that may perform the operation, and so approve it, sees the
 /// request without that material; an auditor sees what was asked, by whom and how it ended, without the
@@ -796,7 +557,7 @@ pub async fn get(State(app): State<AppState>, meta: Meta, Path(id): Path<String>
         move |caller| {
             let found = load(&a, &id)?;
             let key_id = found.operation.key_id().map(str::to_string);
-            let shown = visible(&a, &caller, as_seen(found, a.clock.now())).ok_or_else(|| {
+            let shown = visible(&a, &caller, found.as_seen(a.clock.now())).ok_or_else(|| {
                 ApiError::new(
                     ErrorCode::AccessDenied,
                     format!(
@@ -849,17 +610,10 @@ pub async fn list(
                 }
             }
             let now = a.clock.now();
-            let all = transact(a.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-                tx.list_meta(APPROVALS)
-            })
-            .map_err(|e| ApiError(KmsError::from(e)))?;
+            let all = a.approvals.all()?;
             let mut matching = Vec::with_capacity(all.len());
-            for (id, raw) in all {
-                // A record that does not parse is reported, never silently left out of the list.
-                let x: Approval = serde_json::from_slice(&raw).map_err(|_| {
-                    ApiError::new(ErrorCode::Unavailable, "store corrupt: approval")
-                })?;
-                let x = as_seen(x, now);
+            for (id, x) in all {
+                let x = x.as_seen(now);
                 if wanted.as_ref().is_none_or(|s| *s == x.status) {
                     if let Some(v) = visible(&a, &caller, x) {
                         matching.push((id, v));
