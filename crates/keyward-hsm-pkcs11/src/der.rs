@@ -75,67 +75,29 @@ fn bit_string(bytes: &[u8]) -> Vec<u8> {
     tlv(0x03, &content)
 }
 
-/// Reads one TLV: (tag, content, rest).
-pub fn read_tlv(input: &[u8]) -> HsmResult<(u8, &[u8], &[u8])> {
-    let bad = || HsmError::InvalidInput("malformed DER");
-    let (&tag, rest) = input.split_first().ok_or_else(bad)?;
-    let (&first, rest) = rest.split_first().ok_or_else(bad)?;
-    let (len, rest) = if first < 0x80 {
-        (first as usize, rest)
-    } else {
-        let n = (first & 0x7f) as usize;
-        if n == 0 || n > 4 || rest.len() < n {
-            return Err(bad());
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return Err(bad());
-    }
-    Ok((tag, &rest[..len], &rest[len..]))
-}
-
 /// The private parts of a PKCS#8 `PrivateKeyInfo`: the EC scalar, or RSA's eight integers in
 /// `RSAPrivateKey` order (n, e, d, p, q, dp, dq, qinv), leading zeros stripped. The caller has already had
-/// the structure, curve and size checked by the software HSM; this only takes it apart.
+/// the structure, curve and size checked by the software HSM; this only takes it apart, with RustCrypto's
+/// DER readers.
 pub fn pkcs8_private_parts(pkcs8: &[u8], rsa: bool) -> HsmResult<Vec<Vec<u8>>> {
-    let bad = || HsmError::InvalidInput("malformed PKCS#8 private key");
-    let (tag, info, _) = read_tlv(pkcs8)?;
-    if tag != 0x30 {
-        return Err(bad());
-    }
-    let (_, _version, rest) = read_tlv(info)?;
-    let (_, _alg, rest) = read_tlv(rest)?;
-    let (tag, private, _) = read_tlv(rest)?;
-    if tag != 0x04 {
-        return Err(bad());
-    }
-    let (tag, body, _) = read_tlv(private)?;
-    if tag != 0x30 {
-        return Err(bad());
-    }
-    let (_, _inner_version, mut rest) = read_tlv(body)?;
+    use der::{Decode, Reader};
+    let bad = |_| HsmError::InvalidInput("malformed PKCS#8 private key");
+    let info = pkcs8::PrivateKeyInfoRef::from_der(pkcs8).map_err(bad)?;
+    let private = info.private_key.as_bytes();
     if !rsa {
-        let (tag, scalar, _) = read_tlv(rest)?;
-        return if tag == 0x04 {
-            Ok(vec![scalar.to_vec()])
-        } else {
-            Err(bad())
-        };
+        let ec = sec1::EcPrivateKey::from_der(private).map_err(bad)?;
+        return Ok(vec![ec.private_key.to_vec()]);
     }
-    let mut parts = Vec::with_capacity(8);
-    for _ in 0..8 {
-        let (tag, int, next) = read_tlv(rest)?;
-        if tag != 0x02 {
-            return Err(bad());
-        }
-        let skip = int.iter().take_while(|b| **b == 0).count();
-        parts.push(int.get(skip..).unwrap_or_default().to_vec());
-        rest = next;
-    }
+    let mut reader = der::SliceReader::new(private).map_err(bad)?;
+    let parts = reader
+        .sequence(|r| {
+            let _version = der::asn1::UintRef::decode(r)?;
+            (0..8)
+                .map(|_| der::asn1::UintRef::decode(r).map(|u| u.as_bytes().to_vec()))
+                .collect::<der::Result<Vec<_>>>()
+        })
+        .map_err(bad)?;
+    reader.finish().map_err(bad)?;
     Ok(parts)
 }
 
@@ -149,8 +111,8 @@ pub fn rsa_spki(modulus: &[u8], exponent: &[u8]) -> Vec<u8> {
 pub fn ec_spki(spec: KeySpec, ec_point: &[u8]) -> HsmResult<Vec<u8>> {
     let oid = curve_oid(spec).ok_or(HsmError::UnsupportedSpec(spec))?;
     // Tokens differ: most wrap the point in an OCTET STRING as the standard says, a few return it bare.
-    let point = match read_tlv(ec_point) {
-        Ok((0x04, inner, [])) if inner.first() == Some(&0x04) => inner,
+    let point = match <&der::asn1::OctetStringRef as der::Decode>::from_der(ec_point) {
+        Ok(inner) if inner.as_bytes().first() == Some(&0x04) => inner.as_bytes(),
         _ => ec_point,
     };
     Ok(seq(&[&seq(&[EC_PUBLIC_KEY, oid]), &bit_string(point)]))
@@ -158,16 +120,11 @@ pub fn ec_spki(spec: KeySpec, ec_point: &[u8]) -> HsmResult<Vec<u8>> {
 
 /// The uncompressed point inside an EC SPKI (for ECDH's peer key).
 pub fn spki_point(spki: &[u8]) -> HsmResult<&[u8]> {
-    let (tag, body, rest) = read_tlv(spki)?;
-    if tag != 0x30 || !rest.is_empty() {
-        return Err(HsmError::InvalidInput("malformed public key"));
-    }
-    let (_, _alg, after) = read_tlv(body)?;
-    let (tag, bits, _) = read_tlv(after)?;
-    match (tag, bits.split_first()) {
-        (0x03, Some((0, point))) => Ok(point),
-        _ => Err(HsmError::InvalidInput("malformed public key")),
-    }
+    use der::Decode;
+    spki::SubjectPublicKeyInfoRef::from_der(spki)
+        .ok()
+        .and_then(|info| info.subject_public_key.as_bytes())
+        .ok_or(HsmError::InvalidInput("malformed public key"))
 }
 
 /// DER `ECDSA-Sig-Value` from PKCS#11's fixed-width `r || s`.
@@ -212,8 +169,9 @@ mod tests {
         assert_eq!(uint(&[0, 0]), vec![0x02, 0x01, 0x00]);
         let long = tlv(0x04, &[0u8; 200]);
         assert_eq!(&long[..3], &[0x04, 0x81, 200]);
-        let (tag, body, rest) = read_tlv(&long).unwrap();
-        assert_eq!((tag, body.len(), rest.len()), (0x04, 200, 0));
+        // Read back by an independent reader.
+        let body = <&der::asn1::OctetStringRef as der::Decode>::from_der(&long).unwrap();
+        assert_eq!(body.as_bytes(), &[0u8; 200][..]);
     }
 
     #[test]

@@ -52,40 +52,12 @@ impl SigningKey for KmsSigner {
     }
 }
 
-/// Reads one DER element at `pos`: (tag, start of contents, end).
-fn der_element(der: &[u8], pos: usize) -> Option<(u8, usize, usize)> {
-    let tag = *der.get(pos)?;
-    let first = *der.get(pos + 1)? as usize;
-    let (len, start) = if first < 0x80 {
-        (first, pos + 2)
-    } else {
-        let n = first & 0x7f;
-        if n == 0 || n > 3 {
-            return None;
-        }
-        let mut len = 0usize;
-        for i in 0..n {
-            len = (len << 8) | *der.get(pos + 2 + i)? as usize;
-        }
-        (len, pos + 2 + n)
-    };
-    let end = start.checked_add(len)?;
-    (end <= der.len()).then_some((tag, start, end))
-}
-
 /// The subjectPublicKey bit string's contents of an SPKI: what rcgen calls the public key's DER bytes.
 fn spki_key_bits(spki: &[u8]) -> Option<Vec<u8>> {
-    let (0x30, outer, _) = der_element(spki, 0)? else {
-        return None;
-    };
-    let (0x30, _, alg_end) = der_element(spki, outer)? else {
-        return None;
-    };
-    let (0x03, bits, end) = der_element(spki, alg_end)? else {
-        return None;
-    };
-    // Skip the unused-bits byte (always 0 for keys).
-    spki.get(bits + 1..end).map(<[u8]>::to_vec)
+    use x509_parser::prelude::FromDer;
+    let (rest, info) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki).ok()?;
+    rest.is_empty()
+        .then(|| info.subject_public_key.data.to_vec())
 }
 
 fn signer(kms: &Arc<Kms>, key: &str) -> Result<KmsSigner, ApiError> {
