@@ -1,4 +1,5 @@
-//! The in-memory key cache: the hot path's only shared state.
+//! The in-memory caches: keys (here), and tokens and compiled policies (in `keyward-iam`), all one sharded,
+//! optionally bounded map; the key cache is the hot path's only shared state.
 //!
 //! A sharded map from key id to an immutable snapshot of the key. Requests take a shard's read lock just long
 //! enough to clone an `Arc`; management operations replace whole snapshots after their transaction commits,
@@ -80,13 +81,22 @@ impl<V> Entry<V> {
 /// clear, so a hot entry's cache line is not written on every read), and a shard that outgrows its share
 /// drops the entries not used since its last sweep and clears the marks of the rest; should every entry have
 /// been used, it drops arbitrary ones down to its share. Sweeps happen only on insertion, never on a lookup.
-pub(crate) struct ShardedMap<K, V, S = RandomState> {
+pub struct ShardedMap<K, V, S = RandomState> {
     shards: Vec<Shard<K, V, S>>,
     hasher: S,
     per_shard: usize,
 }
 
+impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Clone + Default> Default
+    for ShardedMap<K, V, S>
+{
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Clone + Default> ShardedMap<K, V, S> {
+    /// A map without bound.
     pub fn new() -> Self {
         Self::bounded(usize::MAX)
     }
@@ -113,6 +123,7 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Clone + Default> ShardedMa
         &self.shards[i]
     }
 
+    /// The value of `k`, marked used.
     pub fn get(&self, k: &K) -> Option<V> {
         let shard = self.shard(k);
         let v = shard.map.read().get(k).map(|e| {
@@ -148,8 +159,41 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Clone + Default> ShardedMa
         self.shards.iter().map(|s| s.map.read().len()).sum()
     }
 
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.shards.iter().all(|s| s.map.read().is_empty())
+    }
+
+    /// Inserts or replaces.
     pub fn insert(&self, k: K, v: V) {
         self.insert_unless(k, v, |_| false);
+    }
+
+    /// Inserts only if `allowed` says so, asked under the shard's write lock: a caller that read `v` from
+    /// the store before an invalidation (which takes the same lock to drop entries) can thus never cache it
+    /// after the invalidation has passed.
+    pub fn insert_when(&self, k: K, v: V, allowed: impl FnOnce() -> bool) {
+        let shard = self.shard(&k);
+        let mut map = shard.map.write();
+        if allowed() {
+            map.insert(k.clone(), Entry::new(v));
+            if map.len() > self.per_shard {
+                let evicted = sweep(&mut map, &k, self.per_shard);
+                shard.evictions.fetch_add(evicted as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Keeps only the entries `keep` picks.
+    pub fn retain(&self, keep: impl Fn(&K, &V) -> bool) {
+        for s in &self.shards {
+            s.map.write().retain(|k, e| keep(k, &e.value));
+        }
+    }
+
+    /// Whether `k` is held (without marking it used).
+    pub fn contains(&self, k: &K) -> bool {
+        self.shard(k).map.read().contains_key(k)
     }
 
     /// Inserts unless `keep_existing` says the present value should win.
@@ -168,10 +212,12 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Clone + Default> ShardedMa
         }
     }
 
+    /// Drops `k`.
     pub fn remove(&self, k: &K) {
         self.shard(k).map.write().remove(k);
     }
 
+    /// Drops everything.
     pub fn clear(&self) {
         for s in &self.shards {
             s.map.write().clear();

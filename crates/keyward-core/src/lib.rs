@@ -20,6 +20,8 @@ mod ops;
 mod records;
 mod shamir;
 
+/// The one cache type of the service: keys here, tokens and policies in `keyward-iam`.
+pub use cache::ShardedMap;
 pub use clock::{Clock, ManualClock, SystemClock, DAY};
 pub use engine::{CacheStats, Kms, KmsConfig, RootOfTrust, SealStatus};
 pub use error::{quoted, shown, ErrorCode, KmsError, KmsResult, QUOTED_MAX};

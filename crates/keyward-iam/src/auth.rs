@@ -4,15 +4,14 @@
 //! entropy than any guessing attack can cover, which is what makes a fast hash sufficient (passwords, which
 //! do not, use Argon2id). Successful lookups are cached; revocation drops the cache entry.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use base64::Engine as _;
 use keyward_core::cluster::Freshness;
+use keyward_core::ShardedMap;
 use keyward_core::{ErrorCode, KmsError, KmsResult};
 use keyward_store::{transact, Store, Tx};
-use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -80,18 +79,15 @@ pub struct Auth {
     store: Arc<dyn Store>,
     /// Whether cached principals are known to be current (other nodes may revoke tokens).
     freshness: Arc<Freshness>,
-    /// Sharded by the hash's first byte so concurrent requests rarely share a lock.
-    cache: Vec<RwLock<HashMap<[u8; 32], Arc<Principal>>>>,
+    /// Principals by token hash, bounded (the least used give way), in the service's one cache type.
+    cache: ShardedMap<[u8; 32], Arc<Principal>>,
     /// Moves before every invalidation: a principal read from the store while a token was revoked or
     /// regranted may be the old one, and is not cached (else it would outlive the change indefinitely).
     epoch: AtomicU64,
 }
 
-const SHARDS: usize = 16;
-
-fn shard(hash: &[u8; 32]) -> usize {
-    hash[0] as usize % SHARDS
-}
+/// Principals held in memory at most: a flood of distinct valid tokens cannot grow the cache without bound.
+const CACHED_PRINCIPALS: usize = 100_000;
 
 fn token_hash(token: &str) -> [u8; 32] {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
@@ -113,7 +109,7 @@ impl Auth {
         Auth {
             store,
             freshness,
-            cache: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            cache: ShardedMap::bounded(CACHED_PRINCIPALS),
             epoch: AtomicU64::new(0),
         }
     }
@@ -199,7 +195,7 @@ impl Auth {
         }
         let hash = token_hash(token);
         let cached = if self.freshness.trusted() {
-            self.cache[shard(&hash)].read().get(&hash).cloned()
+            self.cache.get(&hash)
         } else {
             None
         };
@@ -243,18 +239,14 @@ impl Auth {
     /// insert hold the shard's lock, and an invalidation moves the epoch before it takes that lock to drop
     /// entries, so an entry is either refused here or dropped there.
     fn keep(&self, hash: [u8; 32], p: Arc<Principal>, epoch: u64) {
-        let mut shard = self.cache[shard(&hash)].write();
-        if self.epoch.load(Ordering::SeqCst) == epoch {
-            shard.insert(hash, p);
-        }
+        self.cache
+            .insert_when(hash, p, || self.epoch.load(Ordering::SeqCst) == epoch);
     }
 
     /// Drops cached principals that `stale` picks, after moving the epoch.
     fn invalidate(&self, stale: impl Fn(&Principal) -> bool) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        for s in &self.cache {
-            s.write().retain(|_, p| !stale(p));
-        }
+        self.cache.retain(|_, p| !stale(p));
     }
 
     /// Revokes a token by id; false if there was none.
@@ -387,7 +379,7 @@ impl Auth {
             return;
         };
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.cache[shard(&hash)].write().remove(&hash);
+        self.cache.remove(&hash);
     }
 
     /// Drops every cached principal.
@@ -442,6 +434,6 @@ mod tests {
         // Without a change in between, what was read is kept.
         let (epoch, p) = auth.read_principal(&hash).unwrap();
         auth.keep(hash, p, epoch);
-        assert!(auth.cache[shard(&hash)].read().contains_key(&hash));
+        assert!(auth.cache.contains(&hash));
     }
 }

@@ -5,14 +5,12 @@
 //! role alone would drop whatever deny that policy holds. Only policies that compiled are cached; a failure
 //! is never remembered as "no policy".
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use keyward_core::cluster::Freshness;
-use keyward_core::{shown, ErrorCode, KmsError, KmsResult};
+use keyward_core::{shown, ErrorCode, KmsError, KmsResult, ShardedMap};
 use keyward_store::{transact, Store, Tx};
-use parking_lot::RwLock;
 
 use crate::policy::{canonical, compile, Compiled, PolicyDoc};
 
@@ -23,7 +21,7 @@ pub const NAMESPACE: &str = "policy";
 pub struct Policies {
     store: Arc<dyn Store>,
     freshness: Arc<Freshness>,
-    compiled: RwLock<HashMap<String, Arc<Compiled>>>,
+    compiled: ShardedMap<String, Arc<Compiled>>,
     /// Bumped by every forget: a load that read the store before a change must not cache what it read.
     generation: AtomicU64,
 }
@@ -52,7 +50,7 @@ impl Policies {
         Policies {
             store,
             freshness,
-            compiled: RwLock::new(HashMap::new()),
+            compiled: ShardedMap::new(),
             generation: AtomicU64::new(0),
         }
     }
@@ -63,8 +61,8 @@ impl Policies {
         let trusted = self.freshness.trusted();
         for name in names {
             if trusted {
-                if let Some(p) = self.compiled.read().get(name) {
-                    out.push(p.clone());
+                if let Some(p) = self.compiled.get(name) {
+                    out.push(p);
                     continue;
                 }
             }
@@ -82,9 +80,10 @@ impl Policies {
                     shown(name)
                 ))
             })?);
-            if self.generation.load(Ordering::Acquire) == generation {
-                self.compiled.write().insert(name.clone(), compiled.clone());
-            }
+            self.compiled
+                .insert_when(name.clone(), compiled.clone(), || {
+                    self.generation.load(Ordering::Acquire) == generation
+                });
             out.push(compiled);
         }
         Ok(out)
@@ -178,12 +177,12 @@ impl Policies {
     /// Forgets one compiled policy (changed here or on another node).
     pub fn forget(&self, name: &str) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.compiled.write().remove(name);
+        self.compiled.remove(&name.to_string());
     }
 
     /// Forgets every compiled policy.
     pub fn forget_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.compiled.write().clear();
+        self.compiled.clear();
     }
 }
