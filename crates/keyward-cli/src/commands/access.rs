@@ -1,0 +1,218 @@
+//! Identities, tokens, sign-in, policies, approvals and MFA.
+
+use super::*;
+
+/// Runs one command of this area (the caller dispatches only those here).
+pub(crate) async fn run(c: &Client, out: &Out, command: Command) -> Res {
+    let e = Failure::from;
+    match command {
+        Command::Identity(IdentityCmd::Create {
+            name,
+            kind,
+            roles,
+            policies,
+            password_stdin,
+        }) => {
+            let pw = match (password_stdin, tty::interactive()) {
+                (false, _) => None,
+                (true, true) => Some(tty::new_password().await?),
+                (true, false) => Some(tty::all_of_stdin("the password")?),
+            };
+            let password = pw.as_ref().map(|p| p.trim_end_matches('\n'));
+            let body = NewIdentityBody {
+                name: &name,
+                kind: &kind,
+                roles: &roles,
+                policies: &policies,
+                password,
+            };
+            let named = name.len() + kind.len() + roles.concat().len() + policies.concat().len();
+            let capacity = 128
+                + 8 * (roles.len() + policies.len())
+                + 6 * (named + password.map_or(0, str::len));
+            let bytes = secret_json(&body, capacity)?;
+            let (status, id, resp) = c
+                .answer(
+                    reqwest::Method::POST,
+                    "/v1/identities",
+                    Some(bytes.to_vec()),
+                )
+                .await
+                .map_err(e)?;
+            print_raw(out, status, id.as_deref(), &resp)?;
+        }
+        Command::Identity(IdentityCmd::List) => {
+            let all = list_all(c, "/v1/identities", "identities").await?;
+            out.identities(&all);
+        }
+        Command::Identity(IdentityCmd::Show { name }) => {
+            let path = format!("/v1/identities/{}", keyward_client::segment(&name));
+            let (status, id, resp) = c
+                .answer(reqwest::Method::GET, &path, None)
+                .await
+                .map_err(e)?;
+            print_raw(out, status, id.as_deref(), &resp)?;
+        }
+        Command::Identity(IdentityCmd::Update {
+            name,
+            roles,
+            no_roles,
+            policies,
+            no_policies,
+        }) => {
+            let mut body = serde_json::Map::new();
+            if no_roles || !roles.is_empty() {
+                body.insert("roles".into(), roles.into());
+            }
+            if no_policies || !policies.is_empty() {
+                body.insert("policies".into(), policies.into());
+            }
+            if body.is_empty() {
+                return Err("give --role, --policy, --no-roles or --no-policies".into());
+            }
+            let path = format!("/v1/identities/{}", keyward_client::segment(&name));
+            let bytes = serde_json::to_vec(&body).map_err(|x| x.to_string())?;
+            let (status, id, resp) = c
+                .answer(reqwest::Method::PATCH, &path, Some(bytes))
+                .await
+                .map_err(e)?;
+            print_raw(out, status, id.as_deref(), &resp)?;
+        }
+        Command::Identity(IdentityCmd::Tokens { name }) => {
+            let path = format!("/v1/identities/{}/tokens", keyward_client::segment(&name));
+            out.tokens(&list_all(c, &path, "tokens").await?);
+        }
+        Command::Identity(IdentityCmd::Delete { name }) => {
+            let path = format!("/v1/identities/{}", keyward_client::segment(&name));
+            let (status, id, resp) = c
+                .answer(reqwest::Method::DELETE, &path, None)
+                .await
+                .map_err(e)?;
+            if !status.is_success() {
+                print_raw(out, status, id.as_deref(), &resp)?;
+            }
+        }
+        Command::Token { name, ttl } => {
+            let body = serde_json::to_vec(&serde_json::json!({"ttl_seconds": ttl}))
+                .map_err(|x| x.to_string())?;
+            let (status, id, resp) = c
+                .answer(
+                    reqwest::Method::POST,
+                    &format!("/v1/identities/{}/tokens", keyward_client::segment(&name)),
+                    Some(body),
+                )
+                .await
+                .map_err(e)?;
+            print_raw(out, status, id.as_deref(), &resp)?;
+        }
+        Command::Revoke { token_id } => {
+            let (status, id, resp) = c
+                .answer(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/tokens/{}", keyward_client::segment(&token_id)),
+                    None,
+                )
+                .await
+                .map_err(e)?;
+            if !status.is_success() {
+                print_raw(out, status, id.as_deref(), &resp)?;
+            }
+        }
+        Command::Login { name, totp } => {
+            let pw = if tty::interactive() {
+                tty::hidden("Password: ", true, "the password").await?
+            } else {
+                tty::all_of_stdin("the password")?
+            };
+            let password = pw.trim_end_matches('\n');
+            let body = secret_json(
+                &LoginBody {
+                    name: &name,
+                    password,
+                    totp: totp.as_deref(),
+                },
+                64 + 6 * (name.len() + password.len() + totp.as_ref().map_or(0, String::len)),
+            )?;
+            let (status, id, resp) = c
+                .answer(reqwest::Method::POST, "/v1/auth/login", Some(body.to_vec()))
+                .await
+                .map_err(e)?;
+            print_raw(out, status, id.as_deref(), &resp)?;
+        }
+        Command::Policy(p) => match p {
+            PolicyCmd::Put { name, input } => {
+                let raw = read_input(&input)?;
+                // Checked here first, so a typo is named before anything is sent.
+                let doc: keyward_api::PolicyDoc = serde_json::from_slice(&raw)
+                    .map_err(|x| format!("not a policy document: {x}"))?;
+                out.policy(&c.put_policy(&name, &doc).await.map_err(e)?);
+            }
+            PolicyCmd::Show { name } => out.policy(&c.get_policy(&name).await.map_err(e)?),
+            PolicyCmd::Delete { name } => c.delete_policy(&name).await.map_err(e)?,
+            PolicyCmd::List => {
+                let all = list_all(c, "/v1/policies", "policies").await?;
+                if out.json {
+                    out.value(&all);
+                } else {
+                    for name in all.iter().filter_map(|n| n.as_str()) {
+                        println!("{name}");
+                    }
+                }
+            }
+        },
+        Command::Approval(a) => match a {
+            ApprovalCmd::List { status } => {
+                out.approvals(&c.list_approvals(status.as_deref()).await.map_err(e)?)
+            }
+            ApprovalCmd::Show { id } => out.value(&c.get_approval(&id).await.map_err(e)?),
+            ApprovalCmd::Approve { id } => out.value(&c.approve(&id).await.map_err(e)?),
+            ApprovalCmd::Reject { id } => out.value(&c.reject(&id).await.map_err(e)?),
+        },
+        Command::Mfa { name } => {
+            let enrolled = c.enroll_mfa(&name).await.map_err(e)?;
+            if out.json {
+                out.value(&enrolled);
+            } else {
+                println!("{}", enrolled.totp_uri.as_str());
+                eprintln!(
+                    "Add this URI to {name}'s authenticator app now: it is shown once. Log in with \
+                     `keyward login {name} --totp CODE`."
+                );
+            }
+        }
+        // Commands of other areas are dispatched elsewhere.
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `POST /v1/identities`, borrowed so that the password exists only in zeroizing buffers.
+#[derive(serde::Serialize)]
+struct NewIdentityBody<'a> {
+    name: &'a str,
+    kind: &'a str,
+    roles: &'a [String],
+    policies: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password: Option<&'a str>,
+}
+
+/// `POST /v1/auth/login`, borrowed so that the password exists only in zeroizing buffers.
+#[derive(serde::Serialize)]
+struct LoginBody<'a> {
+    name: &'a str,
+    password: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    totp: Option<&'a str>,
+}
+
+/// JSON of a body holding a secret, written into a buffer of `capacity` bytes (what the escaped fields can
+/// take, so it is never reallocated, which would leave an unwiped copy behind) and wiped when dropped.
+fn secret_json<T: serde::Serialize>(
+    body: &T,
+    capacity: usize,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(capacity));
+    serde_json::to_writer(&mut *buf, body).map_err(|x| x.to_string())?;
+    Ok(buf)
+}
