@@ -340,6 +340,75 @@ fn carried_whole(csr_pem: &str, kept: &DistinguishedName) -> Result<(), ApiError
     Ok(())
 }
 
+/// Issues a certificate signed by `key`: self-signed from `r`'s subject, or for a CSR (whose subject must
+/// have been carried over whole), with the validity, CA flag and serial the request and the service decide.
+fn issue(a: &AppState, key: &str, r: &CertificateRequest) -> Result<Reply, ApiError> {
+    if !(1..=36_500).contains(&r.days) {
+        return Err(ApiError::validation("days must be 1 to 36500"));
+    }
+    let signer = signer(&a.kms, key)?;
+    let refusal = signer.refusal.clone();
+    let failed = x509_failed(&refusal);
+    let now = time::OffsetDateTime::from_unix_timestamp(a.clock.now())
+        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the clock is out of range"))?;
+    let not_after = now + time::Duration::days(r.days as i64);
+    let is_ca = if r.is_ca.unwrap_or(false) {
+        IsCa::Ca(rcgen::BasicConstraints::Unconstrained)
+    } else {
+        IsCa::NoCa
+    };
+    let ca_usages = matches!(is_ca, IsCa::Ca(_));
+    let issuer_dn = match &r.subject {
+        Some(s) => subject(s)?,
+        None => subject(&format!("CN={}", signer.key))?,
+    };
+    let serial = serial_number(&a.kms)?;
+    let pem = match &r.csr_pem {
+        None => {
+            let mut p = params(Vec::new(), issuer_dn)?;
+            p.not_before = now;
+            p.not_after = not_after;
+            p.is_ca = is_ca;
+            p.serial_number = Some(serial);
+            if ca_usages {
+                p.key_usages = CA_USAGES.to_vec();
+            }
+            p.self_signed(&signer).map_err(&failed)?.pem()
+        }
+        Some(csr_pem) => {
+            let mut csr =
+                rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| {
+                    ApiError::validation("csr_pem is not a valid, correctly signed PKCS#10 request")
+                })?;
+            carried_whole(csr_pem, &csr.params.distinguished_name)?;
+            csr.params.not_before = now;
+            csr.params.not_after = not_after;
+            csr.params.is_ca = is_ca;
+            csr.params.serial_number = Some(serial);
+            if ca_usages {
+                for usage in CA_USAGES {
+                    if !csr.params.key_usages.contains(&usage) {
+                        csr.params.key_usages.push(usage);
+                    }
+                }
+            }
+            let mut ca = CertificateParams::default();
+            ca.distinguished_name = issuer_dn;
+            let key_id = signer.key.clone();
+            let issuer = Issuer::new(ca, signer);
+            let cert = csr.signed_by(&issuer).map_err(&failed)?;
+            return Reply::ok(&CertificateResponse {
+                certificate_pem: cert.pem(),
+            })
+            .map(|x| x.key(key_id, None));
+        }
+    };
+    Reply::ok(&CertificateResponse {
+        certificate_pem: pem,
+    })
+    .map(|x| x.key(signer.key.clone(), None))
+}
+
 /// `POST /v1/keys/{key}/certificate`: self-signed, or issued from a CSR with this key as the CA.
 pub async fn certificate(
     State(app): State<AppState>,
@@ -356,71 +425,7 @@ pub async fn certificate(
         Mode::Blocking,
         move |_| {
             let r: CertificateRequest = parse(&body)?;
-            if !(1..=36_500).contains(&r.days) {
-                return Err(ApiError::validation("days must be 1 to 36500"));
-            }
-            let signer = signer(&a.kms, &key)?;
-            let refusal = signer.refusal.clone();
-            let failed = x509_failed(&refusal);
-            let now = time::OffsetDateTime::now_utc();
-            let not_after = now + time::Duration::days(r.days as i64);
-            let is_ca = if r.is_ca.unwrap_or(false) {
-                IsCa::Ca(rcgen::BasicConstraints::Unconstrained)
-            } else {
-                IsCa::NoCa
-            };
-            let ca_usages = matches!(is_ca, IsCa::Ca(_));
-            let issuer_dn = match &r.subject {
-                Some(s) => subject(s)?,
-                None => subject(&format!("CN={}", signer.key))?,
-            };
-            let serial = serial_number(&a.kms)?;
-            let pem = match &r.csr_pem {
-                None => {
-                    let mut p = params(Vec::new(), issuer_dn)?;
-                    p.not_before = now;
-                    p.not_after = not_after;
-                    p.is_ca = is_ca;
-                    p.serial_number = Some(serial);
-                    if ca_usages {
-                        p.key_usages = CA_USAGES.to_vec();
-                    }
-                    p.self_signed(&signer).map_err(&failed)?.pem()
-                }
-                Some(csr_pem) => {
-                    let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
-                        .map_err(|_| {
-                            ApiError::validation(
-                                "csr_pem is not a valid, correctly signed PKCS#10 request",
-                            )
-                        })?;
-                    carried_whole(csr_pem, &csr.params.distinguished_name)?;
-                    csr.params.not_before = now;
-                    csr.params.not_after = not_after;
-                    csr.params.is_ca = is_ca;
-                    csr.params.serial_number = Some(serial);
-                    if ca_usages {
-                        for usage in CA_USAGES {
-                            if !csr.params.key_usages.contains(&usage) {
-                                csr.params.key_usages.push(usage);
-                            }
-                        }
-                    }
-                    let mut ca = CertificateParams::default();
-                    ca.distinguished_name = issuer_dn;
-                    let key_id = signer.key.clone();
-                    let issuer = Issuer::new(ca, signer);
-                    let cert = csr.signed_by(&issuer).map_err(&failed)?;
-                    return Reply::ok(&CertificateResponse {
-                        certificate_pem: cert.pem(),
-                    })
-                    .map(|x| x.key(key_id, None));
-                }
-            };
-            Reply::ok(&CertificateResponse {
-                certificate_pem: pem,
-            })
-            .map(|x| x.key(signer.key.clone(), None))
+            issue(&a, &key, &r)
         },
     )
     .await

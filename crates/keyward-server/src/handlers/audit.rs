@@ -95,63 +95,7 @@ pub async fn query(
         None,
         Mode::Blocking,
         move |_| {
-            const ALLOWED: [&str; 10] = [
-                "since",
-                "until",
-                "principal",
-                "key_id",
-                "resource",
-                "request_id",
-                "action",
-                "outcome",
-                "limit",
-                "next_token",
-            ];
-            crate::convert::only(&q, &ALLOWED)?;
-            let time = |name: &str| {
-                q.get(name)
-                    .map(|v| {
-                        parse_time(v).ok_or_else(|| {
-                            ApiError::validation(format!("{name} must be an RFC 3339 UTC time"))
-                        })
-                    })
-                    .transpose()
-            };
-            let limit = keyward_api::page_limit(
-                q.get("limit")
-                    .map(|v| {
-                        v.parse()
-                            .map_err(|_| ApiError::validation("limit must be a number"))
-                    })
-                    .transpose()?,
-            )
-            .map_err(ApiError::validation)?;
-            let after_seq = q
-                .get("next_token")
-                .map(|t| {
-                    t.parse::<u64>().map_err(|_| {
-                        ApiError::validation("next_token is not one this service issued")
-                    })
-                })
-                .transpose()?
-                .unwrap_or(0);
-            if let Some(o) = q.get("outcome") {
-                if !matches!(o.as_str(), "allow" | "deny" | "error") {
-                    return Err(ApiError::validation("outcome is allow, deny or error"));
-                }
-            }
-            let query = AuditQuery {
-                after_seq,
-                since_ms: time("since")?,
-                until_ms: time("until")?,
-                principal: q.get("principal").cloned(),
-                key_id: q.get("key_id").map(|k| key_filter(&a, k)).transpose()?,
-                action: q.get("action").cloned(),
-                outcome: q.get("outcome").cloned(),
-                resource: q.get("resource").cloned(),
-                request_id: q.get("request_id").cloned(),
-                limit: limit + 1,
-            };
+            let (query, limit) = audit_query(&a, &q)?;
             let mut records = a.kms.query_audit(&query)?;
             let next_token = if records.len() > limit {
                 records.truncate(limit);
@@ -166,6 +110,68 @@ pub async fn query(
         },
     )
     .await
+}
+
+/// The store query a `GET /v1/audit` asks for, and its page size; every filter checked (unknown parameters,
+/// times, outcome, limit, page token, key reference) before anything is read.
+fn audit_query(a: &AppState, q: &HashMap<String, String>) -> Result<(AuditQuery, usize), ApiError> {
+    const ALLOWED: [&str; 10] = [
+        "since",
+        "until",
+        "principal",
+        "key_id",
+        "resource",
+        "request_id",
+        "action",
+        "outcome",
+        "limit",
+        "next_token",
+    ];
+    crate::convert::only(q, &ALLOWED)?;
+    let time = |name: &str| {
+        q.get(name)
+            .map(|v| {
+                parse_time(v).ok_or_else(|| {
+                    ApiError::validation(format!("{name} must be an RFC 3339 UTC time"))
+                })
+            })
+            .transpose()
+    };
+    let limit = keyward_api::page_limit(
+        q.get("limit")
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| ApiError::validation("limit must be a number"))
+            })
+            .transpose()?,
+    )
+    .map_err(ApiError::validation)?;
+    let after_seq = q
+        .get("next_token")
+        .map(|t| {
+            t.parse::<u64>()
+                .map_err(|_| ApiError::validation("next_token is not one this service issued"))
+        })
+        .transpose()?
+        .unwrap_or(0);
+    if let Some(o) = q.get("outcome") {
+        if !matches!(o.as_str(), "allow" | "deny" | "error") {
+            return Err(ApiError::validation("outcome is allow, deny or error"));
+        }
+    }
+    let query = AuditQuery {
+        after_seq,
+        since_ms: time("since")?,
+        until_ms: time("until")?,
+        principal: q.get("principal").cloned(),
+        key_id: q.get("key_id").map(|k| key_filter(a, k)).transpose()?,
+        action: q.get("action").cloned(),
+        outcome: q.get("outcome").cloned(),
+        resource: q.get("resource").cloned(),
+        request_id: q.get("request_id").cloned(),
+        limit: limit + 1,
+    };
+    Ok((query, limit))
 }
 
 /// `GET /v1/audit/checkpoint`: a signed statement of the chain head, to keep outside Keyward.
@@ -243,23 +249,6 @@ pub async fn verify_archive(
         #[serde(default)]
         prev_hash: Option<String>,
     }
-    /// The fields a record may carry: anything else is not what the log wrote.
-    const FIELDS: [&str; 14] = [
-        "seq",
-        "time",
-        "request_id",
-        "principal",
-        "source_ip",
-        "action",
-        "key_id",
-        "version",
-        "source_key_ids",
-        "resource",
-        "outcome",
-        "error_code",
-        "prev_hash",
-        "hash",
-    ];
     let a = app.clone();
     call(
         &app,
@@ -280,38 +269,65 @@ pub async fn verify_archive(
                     ));
                 }
             }
-            let mut records = Vec::with_capacity(req.records.len());
-            for (i, fields) in req.records.into_iter().enumerate() {
-                if let Some(k) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-                    return Err(ApiError::validation(format!(
-                        "records[{i}]: unknown field `{}`",
-                        crate::convert::shown(k)
-                    )));
-                }
-                if !fields.contains_key("hash") {
-                    return Err(ApiError::validation(format!(
-                        "records[{i}]: missing field `hash`"
-                    )));
-                }
-                let record: AuditRecord = serde_json::from_value(serde_json::Value::Object(fields))
-                    .map_err(|_| {
-                        ApiError::validation(format!(
-                            "records[{i}] is not an audit record as the log writes it (a field is missing or of the wrong type)"
-                        ))
-                    })?;
-                if !matches!(record.outcome.as_str(), "allow" | "deny" | "error")
-                    || parse_time(&record.time).is_none()
-                {
-                    return Err(ApiError::validation(format!(
-                        "records[{i}] is not an audit record as the log writes it (its outcome or time)"
-                    )));
-                }
-                records.push(record);
-            }
+            let records = archived_records(req.records)?;
             Reply::ok(&a.kms.verify_archive(&records, req.prev_hash.as_deref())?)
         },
     )
     .await
+}
+
+/// The fields a record may carry: anything else is not what the log wrote.
+const FIELDS: [&str; 14] = [
+    "seq",
+    "time",
+    "request_id",
+    "principal",
+    "source_ip",
+    "action",
+    "key_id",
+    "version",
+    "source_key_ids",
+    "resource",
+    "outcome",
+    "error_code",
+    "prev_hash",
+    "hash",
+];
+
+/// Records kept outside the service, read back as the log wrote them: unknown fields, a missing hash, a
+/// wrong type, an unknown outcome or a malformed time are refused by the record's index.
+fn archived_records(
+    raw: Vec<serde_json::Map<String, serde_json::Value>>,
+) -> Result<Vec<AuditRecord>, ApiError> {
+    let mut records = Vec::with_capacity(raw.len());
+    for (i, fields) in raw.into_iter().enumerate() {
+        if let Some(k) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(ApiError::validation(format!(
+                "records[{i}]: unknown field `{}`",
+                crate::convert::shown(k)
+            )));
+        }
+        if !fields.contains_key("hash") {
+            return Err(ApiError::validation(format!(
+                "records[{i}]: missing field `hash`"
+            )));
+        }
+        let record: AuditRecord = serde_json::from_value(serde_json::Value::Object(fields))
+            .map_err(|_| {
+                ApiError::validation(format!(
+                    "records[{i}] is not an audit record as the log writes it (a field is missing or of the wrong type)"
+                ))
+            })?;
+        if !matches!(record.outcome.as_str(), "allow" | "deny" | "error")
+            || parse_time(&record.time).is_none()
+        {
+            return Err(ApiError::validation(format!(
+                "records[{i}] is not an audit record as the log writes it (its outcome or time)"
+            )));
+        }
+        records.push(record);
+    }
+    Ok(records)
 }
 
 #[derive(serde::Deserialize)]

@@ -417,49 +417,8 @@ pub async fn login(State(app): State<AppState>, meta: Meta, body: RawBody) -> Re
                     "too many login attempts; retry shortly",
                 ));
             }
-            let rec = load(&a, &req.name)?;
-            let stored = rec
-                .as_ref()
-                .and_then(|r| r.password_hash.clone())
-                .unwrap_or_else(|| decoy_hash().to_string());
-            let ok = Argon2::default()
-                .verify_password(req.password.as_bytes(), stored.as_str())
-                .is_ok();
-            let mut rec = match rec {
-                Some(r) if ok && r.password_hash.is_some() => r,
-                _ => return Err(unauthenticated()),
-            };
-            let mfa = match rec.totp_seed.clone() {
-                None => {
-                    if req.totp.is_some() {
-                        return Err(ApiError::validation("this identity has no TOTP enrolled"));
-                    }
-                    false
-                }
-                Some(blob) => {
-                    let code = req.totp.as_deref().ok_or_else(|| {
-                        ApiError::new(
-                            ErrorCode::AccessDenied,
-                            "MFA is required: give the current TOTP code",
-                        )
-                    })?;
-                    let seed = a.kms.unprotect(
-                        &totp_aad(&rec.name),
-                        &crate::convert::unhex(&blob).unwrap_or_default(),
-                    )?;
-                    let step =
-                        crate::totp::verify(seed.expose(), code, a.clock.now(), rec.totp_last_step)
-                            .ok_or_else(|| {
-                                ApiError::new(
-                                    ErrorCode::Unauthenticated,
-                                    "wrong or already used TOTP code",
-                                )
-                            })?;
-                    rec.totp_last_step = Some(step);
-                    a.identities.use_totp_step(&rec, step)?;
-                    true
-                }
-            };
+            let mut rec = check_password(&a, &req)?;
+            let mfa = check_second_factor(&a, &mut rec, req.totp.as_deref())?;
             let (token, t) = a.auth.mint_with_mfa(
                 &rec.name,
                 &roles_of(&rec),
@@ -477,6 +436,58 @@ pub async fn login(State(app): State<AppState>, meta: Meta, body: RawBody) -> Re
         },
     )
     .await
+}
+
+/// The identity whose password this is; an unknown name costs a full Argon2 verification too, against a
+/// decoy, so that the answer's timing does not tell which names exist.
+fn check_password(a: &AppState, req: &LoginRequest) -> Result<IdentityRecord, ApiError> {
+    let rec = load(a, &req.name)?;
+    let stored = rec
+        .as_ref()
+        .and_then(|r| r.password_hash.clone())
+        .unwrap_or_else(|| decoy_hash().to_string());
+    let ok = Argon2::default()
+        .verify_password(req.password.as_bytes(), stored.as_str())
+        .is_ok();
+    match rec {
+        Some(r) if ok && r.password_hash.is_some() => Ok(r),
+        _ => Err(unauthenticated()),
+    }
+}
+
+/// Checks the TOTP code when the identity has MFA enrolled (each code works once); says whether the login
+/// is MFA-backed.
+fn check_second_factor(
+    a: &AppState,
+    rec: &mut IdentityRecord,
+    totp: Option<&str>,
+) -> Result<bool, ApiError> {
+    let Some(blob) = rec.totp_seed.clone() else {
+        if totp.is_some() {
+            return Err(ApiError::validation("this identity has no TOTP enrolled"));
+        }
+        return Ok(false);
+    };
+    let code = totp.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::AccessDenied,
+            "MFA is required: give the current TOTP code",
+        )
+    })?;
+    let seed = a.kms.unprotect(
+        &totp_aad(&rec.name),
+        &crate::convert::unhex(&blob).unwrap_or_default(),
+    )?;
+    let step = crate::totp::verify(seed.expose(), code, a.clock.now(), rec.totp_last_step)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthenticated,
+                "wrong or already used TOTP code",
+            )
+        })?;
+    rec.totp_last_step = Some(step);
+    a.identities.use_totp_step(rec, step)?;
+    Ok(true)
 }
 
 fn totp_aad(name: &str) -> Vec<u8> {
