@@ -229,7 +229,8 @@ pub fn rfc3339(secs: i64) -> String {
     s
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex, as hashes and ids are written in records and the store.
+pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -239,7 +240,8 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
+/// Decodes hex; `None` for anything that is not an even run of hex digits.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }

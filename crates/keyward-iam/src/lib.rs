@@ -15,22 +15,5 @@ pub mod policies;
 pub mod policy;
 pub mod totp;
 
+pub use keyward_core::audit::{hex, unhex};
 pub use keyward_core::{quoted, shown};
-
-/// Lower-case hex, as token hashes and ids are stored.
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Decodes hex; `None` for anything that is not an even run of hex digits.
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len() / 2)
-        .map(|i| {
-            s.get(2 * i..2 * i + 2)
-                .and_then(|p| u8::from_str_radix(p, 16).ok())
-        })
-        .collect()
-}
