@@ -11,6 +11,7 @@ pub mod auth;
 pub mod authz;
 pub mod identities;
 pub mod names;
+pub mod operations;
 pub mod policies;
 pub mod policy;
 pub mod totp;

@@ -11,15 +11,11 @@
 
 use keyward_core::audit::AuditEvent;
 use keyward_core::ErrorCode;
-use keyward_store::{transact, Tx};
-use serde::{Deserialize, Serialize};
 
 use crate::app::{AppState, Meta};
 use crate::authz::Action;
 use crate::error::ApiError;
 
-/// The store namespace of the markers (not part of what a restore brings back).
-const NAMESPACE: &str = "inflight";
 /// A marker of another node this old belongs to a node that stopped for good.
 const ABANDONED_AFTER: i64 = crate::handlers::approvals::CLAIM_TTL;
 
@@ -31,24 +27,9 @@ pub fn multi_step(action: Action) -> bool {
     )
 }
 
-/// What the end record needs, kept from the intent to the end.
-#[derive(Serialize, Deserialize)]
-struct Marker {
-    /// The node and the run of its process that runs the operation.
-    claimed_by: String,
-    started_at: i64,
-    request_id: String,
-    principal: String,
-    source_ip: String,
-    action: String,
-    resource: Option<String>,
-    /// For a rotation: the root generation before it.
-    generation: Option<u32>,
-}
-
 /// Leaves the marker of an operation whose intent is recorded, before it runs.
 pub fn begin(app: &AppState, meta: &Meta, principal: &str, action: Action) -> Result<(), ApiError> {
-    let marker = Marker {
+    let marker = keyward_iam::operations::Marker {
         claimed_by: crate::handlers::approvals::claim_name(app),
         started_at: app.clock.now(),
         request_id: meta.request_id.clone(),
@@ -58,20 +39,13 @@ pub fn begin(app: &AppState, meta: &Meta, principal: &str, action: Action) -> Re
         resource: meta.resource.clone(),
         generation: app.kms.root_generation(),
     };
-    let json = serde_json::to_vec(&marker)
-        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "marker encoding"))?;
-    Ok(transact(
-        app.kms.store_handle().as_ref(),
-        |tx: &mut dyn Tx| tx.put_meta(NAMESPACE, &meta.request_id, &json),
-    )?)
+    Ok(app.operations.begin(&marker)?)
 }
 
 /// Removes the marker once the end is recorded. One left behind only makes the next run record the end a
 /// second time.
 pub fn end(app: &AppState, request_id: &str) {
-    let removed = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-        tx.delete_meta(NAMESPACE, request_id)
-    });
+    let removed = app.operations.end(request_id);
     if let Err(e) = removed {
         tracing::warn!(request_id, error = %e, "the marker of a finished operation stays");
     }
@@ -83,14 +57,9 @@ pub fn recover(app: &AppState, leads: bool) -> Result<usize, ApiError> {
     let ours = crate::handlers::approvals::claim_name(app);
     let node = format!("{} ", app.node_id);
     let now = app.clock.now();
-    let stored = transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-        tx.list_meta(NAMESPACE)
-    })?;
+    let stored = app.operations.all()?;
     let mut ended = 0;
-    for (name, raw) in stored {
-        let Ok(m) = serde_json::from_slice::<Marker>(&raw) else {
-            continue;
-        };
+    for m in stored {
         let earlier_run = m.claimed_by.starts_with(&node) && m.claimed_by != ours;
         let abandoned = leads && now - m.started_at > ABANDONED_AFTER;
         if !(earlier_run || abandoned) {
@@ -112,9 +81,7 @@ pub fn recover(app: &AppState, leads: bool) -> Result<usize, ApiError> {
         if app.config.audit {
             app.audit.append_blocking(event)?;
         }
-        transact(app.kms.store_handle().as_ref(), |tx: &mut dyn Tx| {
-            tx.delete_meta(NAMESPACE, &name)
-        })?;
+        app.operations.end(&m.request_id)?;
         tracing::warn!(
             request_id = %m.request_id,
             action = %m.action,

@@ -65,6 +65,8 @@ pub struct App {
     pub identities: keyward_iam::identities::Identities,
     /// Quorum approval requests.
     pub approvals: keyward_iam::approvals::Approvals,
+    /// Multi-step operations in flight.
+    pub operations: keyward_iam::operations::Operations,
     /// The PKCS#11 token when it is the root of trust.
     pub token: Option<Arc<keyward_hsm_pkcs11::Pkcs11Hsm>>,
     /// What the background rounds last found of the audit chain.
@@ -106,6 +108,7 @@ impl App {
         let policies = keyward_iam::policies::Policies::new(kms_store(&kms), kms.freshness());
         let identities = keyward_iam::identities::Identities::new(kms_store(&kms));
         let approvals = keyward_iam::approvals::Approvals::new(kms_store(&kms));
+        let operations = keyward_iam::operations::Operations::new(kms_store(&kms));
         App {
             limiter: Limiter::new(config.rate_limit_per_second, config.rate_limit_burst),
             kms,
@@ -119,6 +122,7 @@ impl App {
             policies,
             identities,
             approvals,
+            operations,
             token: None,
             chain: Default::default(),
         }
