@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes crates/keyward-server/openapi.json, the OpenAPI 3 description of Keyward's REST API v1.
+"""Writes crates/keyward-rest/openapi.json, the OpenAPI 3 description of Keyward's REST API v1.
 
 The document is generated from the tables below so that every path, its action name and its schemas stay in
 one place; CI checks that the server's routes and this document agree (keyward-server's openapi test).
@@ -394,7 +394,7 @@ doc = {
     "paths": paths,
 }
 
-out = os.path.join(os.path.dirname(__file__), "..", "crates", "keyward-server", "openapi.json")
+out = os.path.join(os.path.dirname(__file__), "..", "crates", "keyward-rest", "openapi.json")
 with open(out, "w") as f:
     json.dump(doc, f, indent=1, sort_keys=False)
     f.write("\n")

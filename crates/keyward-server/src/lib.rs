@@ -1,23 +1,15 @@
-//! Keyward's HTTP server: the REST API v1 (`API.md`) over the KMS core.
-//!
-//! Layout: [`app`] holds the request pipeline and router, [`handlers`] one module per area of the API,
-//! [`pki`] CSRs and certificates, [`auth`]/[`authz`] tokens and roles, [`metrics`] and [`limiter`] the
-//! operational side, [`config`] the configuration. [`serve`] wires it together.
+//! Keyward's server process: configuration, listeners and TLS, PROXY protocol, signals, the audit sinks and
+//! the background rounds, around the REST API of `keyward-rest` (re-exported here under the same paths).
 
-pub mod app;
-pub mod chain;
-pub mod config;
-mod convert;
-pub mod error;
-pub mod handlers;
-mod inflight;
-pub mod limiter;
-pub mod log;
-pub mod metrics;
-pub mod pki;
 mod proxy;
 pub mod sink;
 mod tls;
+
+pub use keyward_rest::{
+    app, chain, config, convert, error, handlers, inflight, limiter, log, metrics, pki,
+    root_of_trust,
+};
+pub use keyward_rest::{pkcs11_init, pkcs11_unseal, PKCS11_ROOT_OF_TRUST};
 
 use std::future::Future;
 use std::io::Write as _;
@@ -27,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use config::StoreLocation;
-use error::ApiError;
 use keyward_core::audit::AuditLog;
 use keyward_core::{Kms, KmsConfig, RootOfTrust, SecretBytes, SystemClock};
 use keyward_hsm_soft::SoftHsm;
@@ -336,61 +327,6 @@ fn follow_changes(
         })
         .map(drop)
         .map_err(|e| format!("cannot start the change feed thread: {e}"))
-}
-
-/// Label of the token key that seals the unseal key: the PKCS#11 root of trust.
-pub const PKCS11_ROOT_OF_TRUST: &str = "keyward-root-of-trust";
-/// Binds the sealed unseal key to its purpose.
-const PKCS11_SEAL_AAD: &[u8] = b"keyward:pkcs11:unseal-key";
-
-/// With a PKCS#11 root of trust the service unseals itself: the unseal key is stored sealed by the token's
-/// root-of-trust key (AES-GCM inside the token) and opened at every start. An uninitialised service waits
-/// for `POST /v1/sys/init`, which seals a fresh unseal key the same way.
-pub(crate) fn pkcs11_unseal(
-    kms: &Kms,
-    token: &keyward_hsm_pkcs11::Pkcs11Hsm,
-) -> Result<(), String> {
-    let s = kms.status();
-    if !s.initialized {
-        return Ok(());
-    }
-    if s.root_of_trust != Some(RootOfTrust::Pkcs11) {
-        return Err(format!(
-            "this store was initialised with root of trust {}; it cannot be opened with a PKCS#11 token",
-            s.root_of_trust.map(RootOfTrust::as_str).unwrap_or("none")
-        ));
-    }
-    let rot = token
-        .root_of_trust_key(PKCS11_ROOT_OF_TRUST)
-        .map_err(|e| e.to_string())?;
-    kms.unseal_with_sealed_key(|sealed| {
-        token
-            .open_from_storage(&rot, PKCS11_SEAL_AAD, sealed)
-            .map_err(|_| {
-                keyward_core::KmsError::new(
-                    keyward_core::ErrorCode::Unavailable,
-                    "the PKCS#11 token cannot open this service's unseal key: it is another token, or its root-of-trust key was replaced",
-                )
-            })
-    })
-    .map_err(|e| e.message().to_string())
-}
-
-/// Initialises a service whose root of trust is the token: no shares, the service unseals itself.
-pub fn pkcs11_init(app: &App) -> Result<(), ApiError> {
-    let Some(token) = &app.token else {
-        return Err(ApiError::new(
-            keyward_core::ErrorCode::InvalidState,
-            "no PKCS#11 token is configured",
-        ));
-    };
-    let rot = token
-        .root_of_trust_key(PKCS11_ROOT_OF_TRUST)
-        .map_err(keyward_core::KmsError::from)?;
-    app.kms.init_sealed(RootOfTrust::Pkcs11, |unseal_key| {
-        Ok(token.seal_for_storage(&rot, PKCS11_SEAL_AAD, unseal_key.expose())?)
-    })?;
-    Ok(())
 }
 
 async fn background(app: AppState) {

@@ -374,12 +374,7 @@ pub fn record_deletions<'a>(
 
 /// The record of something the service does on its own (the scheduler's work, a signal's effect): no client
 /// address, no key or resource until the caller names one, `allow` until it says otherwise.
-pub(crate) fn system_event(
-    app: &App,
-    principal: &str,
-    request_id: String,
-    action: &str,
-) -> AuditEvent {
+pub fn system_event(app: &App, principal: &str, request_id: String, action: &str) -> AuditEvent {
     AuditEvent {
         time_ms: app.clock.now_ms(),
         request_id,
@@ -405,10 +400,7 @@ pub fn unrecorded_deletions() -> ApiError {
 
 /// Records an event that is not a request (a signal's effect): durable before the change it describes is
 /// made, as a request's would be; nothing to wait for when the audit log is off.
-pub(crate) async fn record(
-    app: &AppState,
-    event: AuditEvent,
-) -> Result<u64, keyward_core::KmsError> {
+pub async fn record(app: &AppState, event: AuditEvent) -> Result<u64, keyward_core::KmsError> {
     if !app.config.audit {
         return Ok(0);
     }

@@ -14,7 +14,7 @@ use crate::handlers::approvals;
 use crate::policy::PolicyDoc;
 
 /// The store namespace of policies, for the change feed.
-pub(crate) const POLICIES: &str = keyward_iam::policies::NAMESPACE;
+pub const POLICIES: &str = keyward_iam::policies::NAMESPACE;
 
 /// Stores a validated policy (used directly and by approved quorum requests); returns it as stored.
 pub fn store(app: &App, name: &str, doc: &PolicyDoc) -> Result<PolicyDoc, ApiError> {
