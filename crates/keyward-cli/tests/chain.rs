@@ -179,78 +179,154 @@ async fn a_multi_step_operation_records_its_end_even_when_the_node_is_killed() {
     for _ in 0..200 {
         common::aes_key(&root).await;
     }
-    for delay_ms in [2u64, 15, 40] {
-        let addr = s.addr.clone();
-        let rotation = tokio::spawn(async move {
-            raw(&addr, "POST", "/v1/sys/rotate-root", Some(ROOT), None).await
-        });
-        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
-        let mut child = s.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let _ = rotation.await;
+    let db = dir.path().join("data").join("keyward.db");
+    for (n, delay_ms) in [2u64, 15, 40].into_iter().enumerate() {
+        kill_rotating(&mut s, &format!("k-{n}"), delay_ms).await;
         s.restart(&env);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let trail = trail_of(&s, "kms:RotateRoot").await;
-            if trail.len() % 2 == 0 {
+            if trail.len() % 2 == 0 && markers(&db).is_empty() {
                 every_intent_has_one_end(&trail);
                 break;
             }
-            assert!(Instant::now() < deadline, "an intent has no end: {trail:?}");
+            assert!(
+                Instant::now() < deadline,
+                "an intent has no end: {trail:?}, markers {:?}",
+                markers(&db)
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
     let (_, v, _) = raw(&s.addr, "GET", "/v1/audit/verify", Some(ROOT), None).await;
     assert_eq!(v["valid"], true, "{v}");
 
-    // The markers such a node finds, as a killed process leaves them: one whose rotation moved the root on
-    // (it completed: its end reads allow), one that did not (error), one of another node (not this node's to
-    // end: left until it is an hour old).
+    // The markers a killed process leaves, set aside and steered: one whose rotation moved the root on (it
+    // completed: its end reads allow), one that did not (error), one of another node (not this node's to
+    // end: left until it is an hour old), and one whose intent never reached the log (it never ran: dropped
+    // without a record).
     let node = health(&s).await.1["node_id"].as_str().unwrap().to_string();
-    let marker = |claim: &str, id: &str, generation: u32| {
-        format!(
-            r#"INSERT INTO meta VALUES ('inflight', '{id}', CAST('{{"claimed_by": "{claim}", "started_at": 9999999999, "request_id": "{id}", "principal": "root", "source_ip": "127.0.0.1", "action": "kms:RotateRoot", "resource": null, "generation": {generation}}}' AS BLOB));"#
-        )
-    };
-    let db = dir.path().join("data").join("keyward.db");
+    let done = interrupted(&mut s, &db, "r-done", &env).await;
+    let cut = interrupted(&mut s, &db, "r-cut", &env).await;
+    let other = interrupted(&mut s, &db, "r-other", &env).await;
     s.stop();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let put = |(id, marker): &(String, Value), changes: Value| {
+        let mut m = marker.clone();
+        for (k, v) in changes.as_object().unwrap() {
+            m[k] = v.clone();
+        }
+        format!("INSERT INTO meta VALUES ('inflight', '{id}', CAST('{m}' AS BLOB));")
+    };
+    let never = (
+        "r-never".to_string(),
+        serde_json::json!({"claimed_by": format!("{node} gone-run"), "started_at": now,
+            "request_id": "r-never", "principal": "root", "source_ip": "127.0.0.1",
+            "action": "kms:RotateRoot", "resource": null, "generation": 0}),
+    );
     sqlite(
         &db,
         &[
-            marker(&format!("{node} gone-run"), "r-done", 0),
-            marker(&format!("{node} gone-run"), "r-cut", 1_000_000),
-            marker("another-node some-run", "r-other", 0),
+            put(&done, serde_json::json!({"generation": 0})),
+            put(&cut, serde_json::json!({"generation": 1_000_000})),
+            put(
+                &other,
+                serde_json::json!({"claimed_by": "another-node some-run", "started_at": now}),
+            ),
+            put(&never, serde_json::json!({})),
         ]
         .concat(),
     );
     s.restart(&env);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut ends = loop {
-        let ends: Vec<(String, String)> = trail_of(&s, "kms:RotateRoot")
-            .await
+    let ours = [&done.0, &cut.0, &other.0, &never.0];
+    let ended = |trail: Vec<(String, String)>| -> Vec<(String, String)> {
+        trail
             .into_iter()
-            .filter(|(id, _)| id.starts_with("r-"))
-            .collect();
-        if ends.len() >= 2 || Instant::now() > deadline {
-            break ends;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+            .filter(|(id, _)| ours.contains(&id))
+            .collect()
     };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while markers(&db).len() > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Another round passes: the other node's recent marker is still not this node's to end.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    ends.extend(
-        trail_of(&s, "kms:RotateRoot")
+    let mut trail = ended(trail_of(&s, "kms:RotateRoot").await);
+    trail.sort();
+    let mut expected = vec![
+        (cut.0.clone(), "allow".to_string()),
+        (cut.0.clone(), "error".to_string()),
+        (done.0.clone(), "allow".to_string()),
+        (done.0.clone(), "allow".to_string()),
+        (other.0.clone(), "allow".to_string()),
+    ];
+    expected.sort();
+    assert_eq!(trail, expected);
+    assert_eq!(markers(&db), std::slice::from_ref(&other.0));
+}
+
+/// The request ids of the markers in the store.
+fn markers(db: &std::path::Path) -> Vec<String> {
+    common::sqlite_rows(
+        db,
+        "SELECT name FROM meta WHERE ns = 'inflight' ORDER BY name",
+    )
+}
+
+/// Starts a root rotation under `request_id` and kills the node `delay_ms` later.
+async fn kill_rotating(s: &mut Server, request_id: &str, delay_ms: u64) {
+    let url = format!("{}/v1/sys/rotate-root", s.addr);
+    let id = request_id.to_string();
+    let rotation = tokio::spawn(async move {
+        // Refused or cut off by the kill, as the case may be.
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(ROOT)
+            .header("x-request-id", id)
+            .send()
             .await
-            .into_iter()
-            .filter(|(id, _)| id == "r-other"),
-    );
-    ends.sort();
-    assert_eq!(
-        ends,
-        [
-            ("r-cut".to_string(), "error".to_string()),
-            ("r-done".to_string(), "allow".to_string()),
-        ]
-    );
+    });
+    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    let mut child = s.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = rotation.await;
+}
+
+/// Kills rotations until one is cut off after its intent is on the record and before its end, and sets its
+/// marker aside (out of the store, so that the restarted node does not end it). Says its request id and
+/// marker. The node runs again when it returns.
+async fn interrupted(
+    s: &mut Server,
+    db: &std::path::Path,
+    prefix: &str,
+    env: &[(&str, &str)],
+) -> (String, Value) {
+    for attempt in 0..40u64 {
+        let id = format!("{prefix}-{attempt}");
+        kill_rotating(s, &id, 2 + (attempt * 7) % 60).await;
+        let marker = common::sqlite_rows(
+            db,
+            &format!(
+                "SELECT CAST(value AS TEXT) FROM meta WHERE ns = 'inflight' AND name = '{id}'"
+            ),
+        );
+        let intents = common::sqlite_rows(
+            db,
+            &format!("SELECT seq FROM audit WHERE json_extract(record, '$.request_id') = '{id}'"),
+        );
+        if let ([marker], [_]) = (marker.as_slice(), intents.as_slice()) {
+            sqlite(
+                db,
+                &format!("DELETE FROM meta WHERE ns = 'inflight' AND name = '{id}';"),
+            );
+            s.restart(env);
+            return (id, serde_json::from_str(marker).unwrap());
+        }
+        s.restart(env);
+    }
+    panic!("no kill landed between a rotation's intent and its end");
 }

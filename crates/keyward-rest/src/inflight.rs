@@ -4,8 +4,10 @@
 //! same request id. A multi-step operation also records its end: under its request id stand two records,
 //! the intent and the end (`allow` when it completed, `error` when it failed or was interrupted), so that an
 //! `allow` alone never passes for a completed rotation. A node killed in the middle cannot write the end, so
-//! the operation leaves a marker in the store from its intent to its end; the node's next run finds the
-//! markers of its earlier runs and records their end (the leading node does so too for markers another node
+//! the operation leaves a marker in the store from before its intent until after its end; the node's next
+//! run finds the markers of its earlier runs and records the end of each whose intent is on the record and
+//! whose end is not (a marker without its intent names an operation that never ran, since a change is
+//! recorded before it is made; one whose end is there was only left behind) (the leading node does so too for markers another node
 //! left more than an hour ago). A rotation whose root generation moved on did complete, and its end reads
 //! `allow`; anything else reads `error` (`Unavailable`), since whether it ran cannot be told from outside.
 
@@ -42,8 +44,8 @@ pub fn begin(app: &AppState, meta: &Meta, principal: &str, action: Action) -> Re
     Ok(app.operations.begin(&marker)?)
 }
 
-/// Removes the marker once the end is recorded. One left behind only makes the next run record the end a
-/// second time.
+/// Removes the marker once the end is recorded. One left behind is dropped by the next run, which finds the
+/// end on the record.
 pub fn end(app: &AppState, request_id: &str) {
     let removed = app.operations.end(request_id);
     if let Err(e) = removed {
@@ -63,6 +65,22 @@ pub fn recover(app: &AppState, leads: bool) -> Result<usize, ApiError> {
         let earlier_run = m.claimed_by.starts_with(&node) && m.claimed_by != ours;
         let abandoned = leads && now - m.started_at > ABANDONED_AFTER;
         if !(earlier_run || abandoned) {
+            continue;
+        }
+        // The marker is stored before the intent is recorded, and removed after the end is: the records
+        // under its request id tell whether the operation ever ran, and whether its end is already there.
+        let records = app.kms.query_audit(&keyward_store::AuditQuery {
+            request_id: Some(m.request_id.clone()),
+            action: Some(m.action.clone()),
+            since_ms: Some(m.started_at.saturating_mul(1000)),
+            limit: 2,
+            ..Default::default()
+        })?;
+        if records.len() != 1 {
+            app.operations.end(&m.request_id)?;
+            if records.is_empty() {
+                tracing::info!(request_id = %m.request_id, action = %m.action, "an operation stopped before its intent was recorded never ran");
+            }
             continue;
         }
         let completed = m.action == Action::RotateRoot.name()

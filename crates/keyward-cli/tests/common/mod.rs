@@ -375,3 +375,24 @@ pub fn sqlite(db: &Path, statement: &str) {
         .success();
     assert!(ok, "{statement}");
 }
+
+/// The rows a query of a service's SQLite store returns, each row's columns joined by tabs.
+pub fn sqlite_rows(db: &Path, query: &str) -> Vec<String> {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1], timeout=30)\nfor r in c.execute(sys.argv[2]): print('\\t'.join(map(str, r)))")
+        .arg(db)
+        .arg(query)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{query}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}

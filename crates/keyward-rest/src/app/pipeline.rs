@@ -156,41 +156,21 @@ where
                 caller.source_keys = Some(keys.clone());
                 source_keys = Some(keys);
             }
-            // A change is recorded before it is made: if the record cannot be made durable, nothing
-            // happens (fail closed). A failure afterwards adds an `error` record.
-            if mutates(action) && app.config.audit && !app.kms.is_sealed() {
-                let key_id = key_ref
-                    .as_deref()
-                    .map(|r| app.kms.key_id_of(r).unwrap_or_else(|_| r.to_string()))
-                    .or_else(|| noted_key.clone());
-                let intent = event(app, meta, &p, action, key_id, None, Outcome::Allow, None);
-                if let Err(e) = append(app, intent).await {
-                    app.metrics.audit_failed(e.message(), &meta.request_id);
-                    app.metrics
-                        .record(action, Outcome::Error, meta.start.elapsed());
-                    return ApiError(e).into_response();
-                }
-                written_ahead = true;
-            }
-            // A multi-step operation leaves a marker from its intent to its end (see `inflight`).
-            tracked = written_ahead && crate::inflight::multi_step(action);
-            let (a, m) = (app.clone(), meta.clone());
-            let f = move |caller: Caller| {
-                if tracked {
-                    crate::inflight::begin(&a, &m, &caller.principal.name, action)?;
-                }
-                f(caller)
-            };
-            let result = match mode {
-                Mode::Inline => f(caller),
-                Mode::Blocking => tokio::task::spawn_blocking(move || f(caller))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(ApiError::new(
-                            ErrorCode::Unavailable,
-                            "request worker failed",
-                        ))
-                    }),
+            let ahead =
+                match write_ahead(app, meta, &p, action, key_ref.as_deref(), &noted_key).await {
+                    Ok(ahead) => ahead,
+                    Err(refusal) => return refusal,
+                };
+            written_ahead = ahead.written;
+            tracked = ahead.tracked;
+            let result = match ahead.refused {
+                Some(e) => Err(e),
+                None => match mode {
+                    Mode::Inline => f(caller),
+                    Mode::Blocking => tokio::task::spawn_blocking(move || f(caller))
+                        .await
+                        .unwrap_or_else(|_| Err(worker_failed())),
+                },
             };
             (p, result)
         }
@@ -271,6 +251,82 @@ where
         Ok(reply) => json_response(reply.status, reply.body),
         Err(e) => e.into_response(),
     }
+}
+
+fn worker_failed() -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, "request worker failed")
+}
+
+/// What happened before a change ran.
+#[derive(Default)]
+struct Ahead {
+    /// Its intent is on the record.
+    written: bool,
+    /// It is a multi-step operation whose marker is in the store (see `inflight`).
+    tracked: bool,
+    /// It may not run: its marker could not be stored. Nothing is on the record yet.
+    refused: Option<ApiError>,
+}
+
+/// Records a change before it is made: if the record cannot be made durable, nothing happens (fail closed),
+/// and the refusal is the answer. A failure afterwards adds an `error` record.
+///
+/// A multi-step operation stores its marker before its intent, so that a node killed at any point after
+/// the intent leaves the marker its next run ends the operation by; a marker whose intent never reached the
+/// log names an operation that never ran, and is dropped.
+async fn write_ahead(
+    app: &AppState,
+    meta: &Meta,
+    principal: &Principal,
+    action: Action,
+    key_ref: Option<&str>,
+    noted_key: &Option<String>,
+) -> Result<Ahead, Response> {
+    if !(mutates(action) && app.config.audit && !app.kms.is_sealed()) {
+        return Ok(Ahead::default());
+    }
+    let tracked = crate::inflight::multi_step(action);
+    if tracked {
+        let (a, m, name) = (app.clone(), meta.clone(), principal.name.clone());
+        let begun =
+            tokio::task::spawn_blocking(move || crate::inflight::begin(&a, &m, &name, action))
+                .await
+                .unwrap_or_else(|_| Err(worker_failed()));
+        if let Err(e) = begun {
+            return Ok(Ahead {
+                refused: Some(e),
+                ..Ahead::default()
+            });
+        }
+    }
+    let key_id = key_ref
+        .map(|r| app.kms.key_id_of(r).unwrap_or_else(|_| r.to_string()))
+        .or_else(|| noted_key.clone());
+    let intent = event(
+        app,
+        meta,
+        principal,
+        action,
+        key_id,
+        None,
+        Outcome::Allow,
+        None,
+    );
+    if let Err(e) = append(app, intent).await {
+        if tracked {
+            let (a, id) = (app.clone(), meta.request_id.clone());
+            let _ = tokio::task::spawn_blocking(move || crate::inflight::end(&a, &id)).await;
+        }
+        app.metrics.audit_failed(e.message(), &meta.request_id);
+        app.metrics
+            .record(action, Outcome::Error, meta.start.elapsed());
+        return Err(ApiError(e).into_response());
+    }
+    Ok(Ahead {
+        written: true,
+        tracked,
+        refused: None,
+    })
 }
 
 /// Actions that change state, whose records are written before the change.
