@@ -213,9 +213,27 @@ impl Kms {
         self.hsm.backend_name()
     }
 
-    /// The store, for services that keep their own records beside the keys (tokens, identities).
+    /// The store, for the domain crates that keep their own records beside the keys (`keyward-iam`:
+    /// tokens, identities, policies, approvals). Front ends never take it: what they store goes through a
+    /// domain repository, so that every rule about it is written once.
     pub fn store_handle(&self) -> Arc<dyn Store> {
         self.store.clone()
+    }
+
+    /// Whether this node runs the background work of a shared store (see [`Store::leads`]).
+    pub fn leads(&self) -> KmsResult<bool> {
+        Ok(self.store.leads()?)
+    }
+
+    /// The store's periodic upkeep, run by the leading node.
+    pub fn housekeeping(&self) -> KmsResult<()> {
+        Ok(self.store.housekeeping()?)
+    }
+
+    /// The feed of other nodes' changes, which a node follows to keep its caches true; `None` when only this
+    /// process writes the store.
+    pub fn change_feed(&self) -> KmsResult<Option<Box<dyn keyward_store::ChangeFeed>>> {
+        Ok(self.store.change_feed()?)
     }
 
     /// The store backend's name.

@@ -18,3 +18,32 @@ pub mod totp;
 
 pub use keyward_core::audit::{hex, unhex};
 pub use keyward_core::{quoted, shown};
+
+/// The identity and access repositories over one engine's store, as every front end holds them: a door gets
+/// its tokens, policies, identities, approvals and operation markers here, never from the store itself.
+pub struct Iam {
+    /// Tokens: issued, hashed, cached, revoked.
+    pub auth: auth::Auth,
+    /// Policy documents, compiled and cached.
+    pub policies: policies::Policies,
+    /// Identities and their credentials.
+    pub identities: identities::Identities,
+    /// Requests held for quorum approval.
+    pub approvals: approvals::Approvals,
+    /// Markers of multi-step operations in progress.
+    pub operations: operations::Operations,
+}
+
+impl Iam {
+    /// The repositories over `kms`'s store, with its freshness guard for the caches.
+    pub fn open(kms: &keyward_core::Kms) -> Iam {
+        let store = kms.store_handle();
+        Iam {
+            auth: auth::Auth::new(store.clone(), kms.freshness()),
+            policies: policies::Policies::new(store.clone(), kms.freshness()),
+            identities: identities::Identities::new(store.clone()),
+            approvals: approvals::Approvals::new(store.clone()),
+            operations: operations::Operations::new(store),
+        }
+    }
+}

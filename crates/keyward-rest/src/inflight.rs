@@ -7,8 +7,8 @@
 //! the operation leaves a marker in the store from before its intent until after its end; the node's next
 //! run finds the markers of its earlier runs and records the end of each whose intent is on the record and
 //! whose end is not (a marker without its intent names an operation that never ran, since a change is
-//! recorded before it is made; one whose end is there was only left behind) (the leading node does so too for markers another node
-//! left more than an hour ago). A rotation whose root generation moved on did complete, and its end reads
+//! recorded before it is made; one whose end is there was only left behind). The leading node does so too
+//! for markers another node left more than an hour ago. A rotation whose root generation moved on did complete, and its end reads
 //! `allow`; anything else reads `error` (`Unavailable`), since whether it ran cannot be told from outside.
 
 use keyward_core::audit::AuditEvent;

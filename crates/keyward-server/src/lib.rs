@@ -238,7 +238,6 @@ pub fn build(config: Config) -> Result<(AppState, Startup), String> {
     let audit = AuditLog::start_with_sinks(kms.clone(), sinks).map_err(|e| e.to_string())?;
     let dev = config.dev;
     let feed = kms
-        .store_handle()
         .change_feed()
         .map_err(|e| format!("cannot follow the store's changes: {e}"))?;
     let mut app = App::new(kms.clone(), audit, config, node);
@@ -356,8 +355,7 @@ async fn background(app: AppState) {
             // The others stand by until it goes away.
             static RECOVERED: std::sync::atomic::AtomicBool =
                 std::sync::atomic::AtomicBool::new(false);
-            let store = a.kms.store_handle();
-            let leads = store.leads().unwrap_or(false);
+            let leads = a.kms.leads().unwrap_or(false);
             let recover = !RECOVERED.load(std::sync::atomic::Ordering::Acquire);
             if leads || recover {
                 let operations = match inflight::recover(&a, leads) {
@@ -380,7 +378,7 @@ async fn background(app: AppState) {
             if let Err(e) = handlers::identities::purge_expired_tokens(&a) {
                 tracing::warn!(error = e.0.message(), "expired tokens not deleted yet");
             }
-            let _ = store.housekeeping();
+            let _ = a.kms.housekeeping();
             // Each rotation or destruction is recorded before it happens; a round that cannot write its
             // records stops and is retried at the next tick.
             if let Err(e) = keyward_core::audit::run_scheduled_work(&a.kms, &a.audit, || a.clock.now_ms()) {

@@ -104,11 +104,13 @@ pub type AppState = Arc<App>;
 impl App {
     /// Assembles the state.
     pub fn new(kms: Arc<Kms>, audit: AuditLog, config: Config, node_id: String) -> Self {
-        let auth = Auth::new(kms_store(&kms), kms.freshness());
-        let policies = keyward_iam::policies::Policies::new(kms_store(&kms), kms.freshness());
-        let identities = keyward_iam::identities::Identities::new(kms_store(&kms));
-        let approvals = keyward_iam::approvals::Approvals::new(kms_store(&kms));
-        let operations = keyward_iam::operations::Operations::new(kms_store(&kms));
+        let keyward_iam::Iam {
+            auth,
+            policies,
+            identities,
+            approvals,
+            operations,
+        } = keyward_iam::Iam::open(&kms);
         App {
             limiter: Limiter::new(config.rate_limit_per_second, config.rate_limit_burst),
             kms,
@@ -127,10 +129,6 @@ impl App {
             chain: Default::default(),
         }
     }
-}
-
-fn kms_store(kms: &Kms) -> Arc<dyn keyward_store::Store> {
-    kms.store_handle()
 }
 
 /// Assigns the request id, bounds the request time, and stamps `x-request-id` on the response.

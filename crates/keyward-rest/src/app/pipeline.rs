@@ -175,37 +175,8 @@ where
             (p, result)
         }
     };
-    let (outcome, error_code) = match &result {
-        Ok(_) => (Outcome::Allow, None),
-        Err(e)
-            if matches!(
-                e.code(),
-                ErrorCode::Unauthenticated | ErrorCode::AccessDenied | ErrorCode::Throttled
-            ) =>
-        {
-            (Outcome::Deny, Some(e.code().as_str().to_string()))
-        }
-        Err(e) => (Outcome::Error, Some(e.code().as_str().to_string())),
-    };
-    // The record names the key by its id however the request named it, so that a key's trail is whole
-    // (`?key_id=`) and stays true after its aliases move; a reference that names no key is kept as given.
-    let named = |key_ref: Option<String>| key_ref.map(|r| app.kms.key_id_of(&r).unwrap_or(r));
-    let (key_id, version) = match &result {
-        Ok(r) if r.key_id.is_some() => (r.key_id.clone(), r.version),
-        Ok(r) => (named(key_ref).or(noted_key), r.version),
-        // An unauthenticated or throttled caller gets no lookup (which may read the store) on its behalf.
-        Err(e) if matches!(e.code(), ErrorCode::Unauthenticated | ErrorCode::Throttled) => {
-            (key_ref, None)
-        }
-        Err(_) => {
-            // A caller refused by authorization is known: its attempt names the key too.
-            let noted_key = match noted_key {
-                Some(k) => Some(k),
-                None => look_up(noted.take()).await,
-            };
-            (named(key_ref).or(noted_key), None)
-        }
-    };
+    let (outcome, error_code) = verdict(&result);
+    let (key_id, version) = recorded_key(app, &result, key_ref, noted_key, noted).await;
     // A request held for approval was recorded before the approval existed: a second record names it, so
     // that the approval's trail (`?resource=approval/<id>`) begins with the request that opened it.
     let created = match &result {
@@ -226,12 +197,7 @@ where
             record.resource = created;
         }
         if let Some(keys) = source_keys {
-            let mut keys = std::mem::take(&mut *keys.lock());
-            if action == Action::ReEncrypt || keys.len() > 1 {
-                record.source_key_ids = keys;
-            } else if record.key_id.is_none() {
-                record.key_id = keys.pop();
-            }
+            name_sources(&mut record, action, std::mem::take(&mut *keys.lock()));
         }
         append(app, record).await
     };
@@ -250,6 +216,64 @@ where
     match result {
         Ok(reply) => json_response(reply.status, reply.body),
         Err(e) => e.into_response(),
+    }
+}
+
+/// How a request ended, for its record and its metric: refused (`deny`), failed (`error`) or done.
+fn verdict(result: &Result<Reply, ApiError>) -> (Outcome, Option<String>) {
+    match result {
+        Ok(_) => (Outcome::Allow, None),
+        Err(e)
+            if matches!(
+                e.code(),
+                ErrorCode::Unauthenticated | ErrorCode::AccessDenied | ErrorCode::Throttled
+            ) =>
+        {
+            (Outcome::Deny, Some(e.code().as_str().to_string()))
+        }
+        Err(e) => (Outcome::Error, Some(e.code().as_str().to_string())),
+    }
+}
+
+/// The key (and version) a request's record names: by its id however the request named it, so that a
+/// key's trail is whole (`?key_id=`) and stays true after its aliases move; a reference that names no key is
+/// kept as given.
+async fn recorded_key<N>(
+    app: &AppState,
+    result: &Result<Reply, ApiError>,
+    key_ref: Option<String>,
+    noted_key: Option<String>,
+    noted: Option<N>,
+) -> (Option<String>, Option<u32>)
+where
+    N: FnOnce() -> Option<String> + Send + 'static,
+{
+    let named = |key_ref: Option<String>| key_ref.map(|r| app.kms.key_id_of(&r).unwrap_or(r));
+    match result {
+        Ok(r) if r.key_id.is_some() => (r.key_id.clone(), r.version),
+        Ok(r) => (named(key_ref).or(noted_key), r.version),
+        // An unauthenticated or throttled caller gets no lookup (which may read the store) on its behalf.
+        Err(e) if matches!(e.code(), ErrorCode::Unauthenticated | ErrorCode::Throttled) => {
+            (key_ref, None)
+        }
+        Err(_) => {
+            // A caller refused by authorization is known: its attempt names the key too.
+            let noted_key = match noted_key {
+                Some(k) => Some(k),
+                None => look_up(noted).await,
+            };
+            (named(key_ref).or(noted_key), None)
+        }
+    }
+}
+
+/// Names the keys a request reached only through its ciphertexts: a re-encryption's sources, or the one key
+/// of a decryption that named none.
+fn name_sources(record: &mut AuditEvent, action: Action, mut keys: Vec<String>) {
+    if action == Action::ReEncrypt || keys.len() > 1 {
+        record.source_key_ids = keys;
+    } else if record.key_id.is_none() {
+        record.key_id = keys.pop();
     }
 }
 

@@ -143,124 +143,209 @@ fn all_keys(app: &AppState) -> Result<Vec<KeyInfo>, ApiError> {
 fn build(app: &AppState, dormant_days: i64) -> Result<Report, ApiError> {
     let now = app.clock.now();
     let keys = all_keys(app)?;
-    let mut inventory = Inventory {
-        total: keys.len(),
-        ..Inventory::default()
-    };
-    let mut weak_keys = Vec::new();
-    let mut rotation = Vec::new();
-    let mut pending_deletions = Vec::new();
-    let mut quorum = Vec::new();
-    for k in &keys {
-        *inventory.by_spec.entry(k.spec.as_str().into()).or_default() += 1;
-        *inventory
-            .by_origin
-            .entry(k.origin.as_str().into())
-            .or_default() += 1;
-        *inventory
-            .by_state
-            .entry(k.state.as_str().into())
-            .or_default() += 1;
-        if k.spec == KeySpec::Tdes {
-            weak_keys.push(WeakKey {
-                key_id: k.key_id.clone(),
-                spec: k.spec.as_str().into(),
-                reason: "TDES: 112-bit security, legacy only",
-            });
+    let findings = KeyFindings::of(&keys, now);
+    let trail = Trail::read(app)?;
+    let tokens = app.auth.live_tokens(now)?;
+    let identities = review(app, &trail, &tokens, now, dormant_days)?;
+    let chain = app.kms.verify_audit()?;
+    Ok(Report {
+        generated_at: rfc3339(now),
+        node_id: app.node_id.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        root_of_trust: app.kms.status().root_of_trust.map(|r| r.as_str()),
+        dormant_after_days: dormant_days,
+        rotation_overdue: findings
+            .rotation
+            .iter()
+            .filter(|r| r.status == "overdue")
+            .count(),
+        inventory: findings.inventory,
+        weak_keys: findings.weak_keys,
+        rotation: findings.rotation,
+        pending_deletions: findings.pending_deletions,
+        dormant_keys: dormant(&keys, &trail, now, dormant_days),
+        access_by_principal: trail.access,
+        refused_and_failed: trail.refused.into(),
+        quorum: findings.quorum,
+        identities,
+        root_tokens_live: tokens.get("root").copied().unwrap_or(0),
+        audit_chain_valid: chain.valid,
+        audit_chain_problem: match (chain.valid, app.chain.status().broken) {
+            (_, Some(reason)) => Some(reason),
+            (false, None) => Some(format!(
+                "audit record {} does not verify",
+                chain.first_bad_seq.unwrap_or(0)
+            )),
+            (true, None) => None,
+        },
+        audit_records: chain.records,
+        audit_pruned_through: chain.pruned_through,
+        audit_retention_days: app.config.audit_retention_days,
+        approval_retention_days: app.config.approval_retention_days,
+    })
+}
+
+/// What the key inventory alone shows.
+#[derive(Default)]
+struct KeyFindings {
+    inventory: Inventory,
+    weak_keys: Vec<WeakKey>,
+    rotation: Vec<Rotation>,
+    pending_deletions: Vec<PendingDeletion>,
+    quorum: Vec<QuorumSetting>,
+}
+
+impl KeyFindings {
+    fn of(keys: &[KeyInfo], now: i64) -> KeyFindings {
+        let mut f = KeyFindings {
+            inventory: Inventory {
+                total: keys.len(),
+                ..Inventory::default()
+            },
+            ..KeyFindings::default()
+        };
+        for k in keys {
+            f.count(k);
+            if k.spec == KeySpec::Tdes {
+                f.weak_keys.push(WeakKey {
+                    key_id: k.key_id.clone(),
+                    spec: k.spec.as_str().into(),
+                    reason: "TDES: 112-bit security, legacy only",
+                });
+            }
+            if let Some(d) = k
+                .deletion_date
+                .filter(|_| k.state == KeyState::PendingDeletion)
+            {
+                f.pending_deletions.push(PendingDeletion {
+                    key_id: k.key_id.clone(),
+                    deletion_date: rfc3339(d),
+                });
+            }
+            if let Some(m) = k.quorum_approvals {
+                f.quorum.push(QuorumSetting {
+                    key_id: k.key_id.clone(),
+                    approvals: m,
+                });
+            }
+            if k.state != KeyState::Destroyed {
+                f.rotation.push(rotation(k, now));
+            }
         }
-        if let Some(d) = k
-            .deletion_date
-            .filter(|_| k.state == KeyState::PendingDeletion)
-        {
-            pending_deletions.push(PendingDeletion {
-                key_id: k.key_id.clone(),
-                deletion_date: rfc3339(d),
-            });
-        }
-        if let Some(m) = k.quorum_approvals {
-            quorum.push(QuorumSetting {
-                key_id: k.key_id.clone(),
-                approvals: m,
-            });
-        }
-        if k.state == KeyState::Destroyed {
-            continue;
-        }
-        let since = k.last_rotated_at.unwrap_or(k.created_at);
-        let age = (now - since).max(0) / DAY;
-        let status = match k.rotation_period_days {
+        f
+    }
+
+    fn count(&mut self, k: &KeyInfo) {
+        let inv = &mut self.inventory;
+        *inv.by_spec.entry(k.spec.as_str().into()).or_default() += 1;
+        *inv.by_origin.entry(k.origin.as_str().into()).or_default() += 1;
+        *inv.by_state.entry(k.state.as_str().into()).or_default() += 1;
+    }
+}
+
+/// A key's primary version against its cryptoperiod.
+fn rotation(k: &KeyInfo, now: i64) -> Rotation {
+    let since = k.last_rotated_at.unwrap_or(k.created_at);
+    let age = (now - since).max(0) / DAY;
+    Rotation {
+        key_id: k.key_id.clone(),
+        alias: k.alias.clone(),
+        spec: k.spec.as_str().into(),
+        rotation_period_days: k.rotation_period_days,
+        last_rotated_at: rfc3339(since),
+        primary_version_age_days: age,
+        status: match k.rotation_period_days {
             Some(p) if age > p as i64 => "overdue",
             Some(_) => "ok",
             None => "no cryptoperiod set",
-        };
-        rotation.push(Rotation {
-            key_id: k.key_id.clone(),
-            alias: k.alias.clone(),
-            spec: k.spec.as_str().into(),
-            rotation_period_days: k.rotation_period_days,
-            last_rotated_at: rfc3339(since),
-            primary_version_age_days: age,
-            status,
-        });
+        },
     }
-    // One pass over the audit log: last use per key, access per principal, refusals.
-    let mut last_used: HashMap<String, i64> = HashMap::new();
-    let mut last_active: HashMap<String, i64> = HashMap::new();
-    let mut access: BTreeMap<String, Access> = BTreeMap::new();
-    let mut refused: Vec<AuditRecord> = Vec::new();
-    let mut after_seq = 0;
-    loop {
-        let batch = app.kms.query_audit(&AuditQuery {
-            after_seq,
-            limit: 5000,
-            ..AuditQuery::default()
-        })?;
-        let Some(last) = batch.last() else { break };
-        after_seq = last.seq;
-        for r in batch {
-            let a = access.entry(r.principal.clone()).or_default();
-            match r.outcome.as_str() {
-                "allow" => a.allow += 1,
-                "deny" => a.deny += 1,
-                _ => a.error += 1,
-            }
-            if r.outcome == "allow" {
-                if let Some(t) = crate::handlers::audit::parse_time(&r.time) {
-                    last_active.insert(r.principal.clone(), t / 1000);
-                }
-            }
-            let is_use = Action::parse(&r.action).is_some_and(|a| a.class() == Class::Use);
-            if is_use && r.outcome == "allow" {
-                if let (Some(k), Some(t)) = (&r.key_id, crate::handlers::audit::parse_time(&r.time))
-                {
-                    last_used.insert(k.clone(), t / 1000);
-                }
-            }
-            if r.outcome != "allow" {
-                refused.push(r);
-                if refused.len() > 200 {
-                    refused.remove(0);
-                }
-            }
+}
+
+/// How many refused or failed records the report lists: the latest.
+const REFUSED_SHOWN: usize = 200;
+
+/// What one pass over the audit log shows: last use per key, last activity and outcomes per principal, and
+/// the latest refusals.
+#[derive(Default)]
+struct Trail {
+    last_used: HashMap<String, i64>,
+    last_active: HashMap<String, i64>,
+    access: BTreeMap<String, Access>,
+    refused: std::collections::VecDeque<AuditRecord>,
+}
+
+impl Trail {
+    fn read(app: &AppState) -> Result<Trail, ApiError> {
+        let mut t = Trail::default();
+        let mut after_seq = 0;
+        loop {
+            let batch = app.kms.query_audit(&AuditQuery {
+                after_seq,
+                limit: 5000,
+                ..AuditQuery::default()
+            })?;
+            let Some(last) = batch.last() else {
+                return Ok(t);
+            };
+            after_seq = last.seq;
+            batch.into_iter().for_each(|r| t.take(r));
         }
     }
-    let dormant_keys = keys
-        .iter()
+
+    fn take(&mut self, r: AuditRecord) {
+        let a = self.access.entry(r.principal.clone()).or_default();
+        match r.outcome.as_str() {
+            "allow" => a.allow += 1,
+            "deny" => a.deny += 1,
+            _ => a.error += 1,
+        }
+        if r.outcome != "allow" {
+            if self.refused.len() == REFUSED_SHOWN {
+                self.refused.pop_front();
+            }
+            self.refused.push_back(r);
+            return;
+        }
+        let Some(t) = crate::handlers::audit::parse_time(&r.time).map(|ms| ms / 1000) else {
+            return;
+        };
+        if Action::parse(&r.action).is_some_and(|a| a.class() == Class::Use) {
+            if let Some(k) = &r.key_id {
+                self.last_used.insert(k.clone(), t);
+            }
+        }
+        self.last_active.insert(r.principal, t);
+    }
+}
+
+/// Enabled keys unused for longer than `dormant_days`.
+fn dormant(keys: &[KeyInfo], trail: &Trail, now: i64, dormant_days: i64) -> Vec<Dormant> {
+    keys.iter()
         .filter(|k| k.state == KeyState::Enabled)
         .filter_map(|k| {
-            let used = last_used.get(&k.key_id).copied();
+            let used = trail.last_used.get(&k.key_id).copied();
             let idle_since = used.unwrap_or(k.created_at);
             (now - idle_since > dormant_days * DAY).then(|| Dormant {
                 key_id: k.key_id.clone(),
                 last_used_at: used.map(rfc3339),
             })
         })
-        .collect();
-    let tokens = app.auth.live_tokens(now)?;
-    let identities = crate::handlers::identities::summaries(app)?
+        .collect()
+}
+
+/// The access review: every identity's grants, live tokens, last activity, and findings.
+fn review(
+    app: &AppState,
+    trail: &Trail,
+    tokens: &BTreeMap<String, usize>,
+    now: i64,
+    dormant_days: i64,
+) -> Result<Vec<IdentityReview>, ApiError> {
+    Ok(crate::handlers::identities::summaries(app)?
         .into_iter()
         .map(|i| {
-            let active = last_active.get(&i.name).copied();
+            let active = trail.last_active.get(&i.name).copied();
             let mut findings = Vec::new();
             let privileged = i.roles.iter().any(|r| r == "admin" || r == "key-admin");
             if i.kind == "user" && privileged && !i.mfa {
@@ -284,39 +369,7 @@ fn build(app: &AppState, dormant_days: i64) -> Result<Report, ApiError> {
                 mfa: i.mfa,
             }
         })
-        .collect();
-    let chain = app.kms.verify_audit()?;
-    Ok(Report {
-        generated_at: rfc3339(now),
-        node_id: app.node_id.clone(),
-        version: env!("CARGO_PKG_VERSION"),
-        root_of_trust: app.kms.status().root_of_trust.map(|r| r.as_str()),
-        dormant_after_days: dormant_days,
-        rotation_overdue: rotation.iter().filter(|r| r.status == "overdue").count(),
-        inventory,
-        weak_keys,
-        rotation,
-        pending_deletions,
-        dormant_keys,
-        access_by_principal: access,
-        refused_and_failed: refused,
-        quorum,
-        identities,
-        root_tokens_live: tokens.get("root").copied().unwrap_or(0),
-        audit_chain_valid: chain.valid,
-        audit_chain_problem: match (chain.valid, app.chain.status().broken) {
-            (_, Some(reason)) => Some(reason),
-            (false, None) => Some(format!(
-                "audit record {} does not verify",
-                chain.first_bad_seq.unwrap_or(0)
-            )),
-            (true, None) => None,
-        },
-        audit_records: chain.records,
-        audit_pruned_through: chain.pruned_through,
-        audit_retention_days: app.config.audit_retention_days,
-        approval_retention_days: app.config.approval_retention_days,
-    })
+        .collect())
 }
 
 fn esc(s: &str) -> String {
@@ -386,31 +439,43 @@ fn html(r: &Report) -> String {
         r.inventory.total,
         r.rotation_overdue
     ));
+    key_tables(&mut o, r);
+    access_tables(&mut o, r);
+    o.push_str(&format!(
+        "<p>Closed approval requests are deleted {} days after their expiry time; their trail stays in the audit log.</p>",
+        r.approval_retention_days
+    ));
+    o.push_str("</body></html>\n");
+    o
+}
+
+/// The inventory, weak keys, rotation, pending deletions and dormant keys.
+fn key_tables(o: &mut String, r: &Report) {
     let counts = |m: &BTreeMap<String, usize>| {
         m.iter()
             .map(|(k, v)| vec![k.clone(), v.to_string()])
             .collect()
     };
     table(
-        &mut o,
+        o,
         "Keys by spec",
         &["spec", "keys"],
         counts(&r.inventory.by_spec),
     );
     table(
-        &mut o,
+        o,
         "Keys by origin",
         &["origin", "keys"],
         counts(&r.inventory.by_origin),
     );
     table(
-        &mut o,
+        o,
         "Keys by state",
         &["state", "keys"],
         counts(&r.inventory.by_state),
     );
     table(
-        &mut o,
+        o,
         "Weak keys",
         &["key", "spec", "reason"],
         r.weak_keys
@@ -419,7 +484,7 @@ fn html(r: &Report) -> String {
             .collect(),
     );
     table(
-        &mut o,
+        o,
         "Rotation against cryptoperiod (PCI DSS 3.6.4)",
         &[
             "key",
@@ -448,7 +513,7 @@ fn html(r: &Report) -> String {
             .collect(),
     );
     table(
-        &mut o,
+        o,
         "Pending deletions",
         &["key", "deletion date"],
         r.pending_deletions
@@ -457,7 +522,7 @@ fn html(r: &Report) -> String {
             .collect(),
     );
     table(
-        &mut o,
+        o,
         &format!("Dormant keys (unused for {} days)", r.dormant_after_days),
         &["key", "last used"],
         r.dormant_keys
@@ -470,8 +535,12 @@ fn html(r: &Report) -> String {
             })
             .collect(),
     );
+}
+
+/// The access review, access by principal, refusals and quorum settings.
+fn access_tables(o: &mut String, r: &Report) {
     table(
-        &mut o,
+        o,
         &format!(
             "Identities: access review ({} live root token{})",
             r.root_tokens_live,
@@ -506,7 +575,7 @@ fn html(r: &Report) -> String {
             .collect(),
     );
     table(
-        &mut o,
+        o,
         "Access by principal",
         &["principal", "allowed", "denied", "failed"],
         r.access_by_principal
@@ -522,7 +591,7 @@ fn html(r: &Report) -> String {
             .collect(),
     );
     table(
-        &mut o,
+        o,
         "Refused and failed requests (latest)",
         &[
             "time",
@@ -550,7 +619,7 @@ fn html(r: &Report) -> String {
             .collect(),
     );
     table(
-        &mut o,
+        o,
         "Quorum settings",
         &["key", "approvals"],
         r.quorum
@@ -558,12 +627,6 @@ fn html(r: &Report) -> String {
             .map(|q| vec![q.key_id.clone(), q.approvals.to_string()])
             .collect(),
     );
-    o.push_str(&format!(
-        "<p>Closed approval requests are deleted {} days after their expiry time; their trail stays in the audit log.</p>",
-        r.approval_retention_days
-    ));
-    o.push_str("</body></html>\n");
-    o
 }
 
 /// `GET /v1/reports/compliance`.
