@@ -6,10 +6,12 @@
 //! nothing of HTTP; it reads and writes through the store trait. Tokens (`auth`: issued, hashed, cached and
 //! revoked) and TOTP (`totp`) live here too, so that every front end authenticates the same way.
 
+pub mod access;
 pub mod approvals;
 pub mod auth;
 pub mod authz;
 pub mod identities;
+pub mod limiter;
 pub mod names;
 pub mod operations;
 pub mod policies;

@@ -41,13 +41,13 @@ pub fn begin(app: &AppState, meta: &Meta, principal: &str, action: Action) -> Re
         resource: meta.resource.clone(),
         generation: app.kms.root_generation(),
     };
-    Ok(app.operations.begin(&marker)?)
+    Ok(app.iam.operations.begin(&marker)?)
 }
 
 /// Removes the marker once the end is recorded. One left behind is dropped by the next run, which finds the
 /// end on the record.
 pub fn end(app: &AppState, request_id: &str) {
-    let removed = app.operations.end(request_id);
+    let removed = app.iam.operations.end(request_id);
     if let Err(e) = removed {
         tracing::warn!(request_id, error = %e, "the marker of a finished operation stays");
     }
@@ -59,7 +59,7 @@ pub fn recover(app: &AppState, leads: bool) -> Result<usize, ApiError> {
     let ours = crate::handlers::approvals::claim_name(app);
     let node = format!("{} ", app.node_id);
     let now = app.clock.now();
-    let stored = app.operations.all()?;
+    let stored = app.iam.operations.all()?;
     let mut ended = 0;
     for m in stored {
         let earlier_run = m.claimed_by.starts_with(&node) && m.claimed_by != ours;
@@ -77,7 +77,7 @@ pub fn recover(app: &AppState, leads: bool) -> Result<usize, ApiError> {
             ..Default::default()
         })?;
         if records.len() != 1 {
-            app.operations.end(&m.request_id)?;
+            app.iam.operations.end(&m.request_id)?;
             if records.is_empty() {
                 tracing::info!(request_id = %m.request_id, action = %m.action, "an operation stopped before its intent was recorded never ran");
             }
@@ -99,7 +99,7 @@ pub fn recover(app: &AppState, leads: bool) -> Result<usize, ApiError> {
         if app.config.audit {
             app.audit.append_blocking(event)?;
         }
-        app.operations.end(&m.request_id)?;
+        app.iam.operations.end(&m.request_id)?;
         tracing::warn!(
             request_id = %m.request_id,
             action = %m.action,

@@ -11,7 +11,6 @@ pub mod convert;
 pub mod error;
 pub mod handlers;
 pub mod inflight;
-pub mod limiter;
 pub mod log;
 pub mod metrics;
 pub mod pki;
@@ -20,5 +19,5 @@ pub mod root_of_trust;
 pub use app::{router, App, AppState};
 pub use config::{Config, Overrides};
 /// Actions, roles and policies live beneath the HTTP layer, shared by every front end.
-pub use keyward_iam::{auth, authz, policy, totp};
+pub use keyward_iam::{auth, authz, limiter, policy, totp};
 pub use root_of_trust::{pkcs11_init, pkcs11_unseal, PKCS11_ROOT_OF_TRUST};

@@ -247,7 +247,7 @@ pub fn build(config: Config) -> Result<(AppState, Startup), String> {
         follow_changes(Arc::downgrade(&app), feed)?;
     }
     if dev {
-        dev_bootstrap(&kms, &app.auth, &app.config, &mut startup)?;
+        dev_bootstrap(&kms, &app.iam.auth, &app.config, &mut startup)?;
     } else {
         let s = kms.status();
         if !s.initialized {
@@ -292,14 +292,14 @@ fn follow_changes(
                     for c in &changes {
                         match c {
                             Change::Meta { ns, name } if ns == auth::TOKENS => {
-                                app.auth.forget(name)
+                                app.iam.auth.forget(name)
                             }
                             Change::Meta { ns, name } if ns == handlers::policies::POLICIES => {
-                                app.policies.forget(name)
+                                app.iam.policies.forget(name)
                             }
                             Change::Everything => {
-                                app.auth.forget_all();
-                                app.policies.forget_all();
+                                app.iam.auth.forget_all();
+                                app.iam.policies.forget_all();
                             }
                             _ => {}
                         }

@@ -14,10 +14,8 @@ pub use caller::*;
 pub use pipeline::*;
 pub use request::*;
 
-use crate::auth::Auth;
 use crate::authz::Action;
 use crate::error::ApiError;
-use crate::limiter::Limiter;
 use crate::metrics::Metrics;
 use crate::{handlers, Config};
 use axum::body::Body;
@@ -29,6 +27,7 @@ use axum::routing::{delete, get, post, put};
 use axum::Router;
 use keyward_core::audit::AuditLog;
 use keyward_core::{Clock, ErrorCode, Kms, SystemClock};
+use keyward_iam::limiter::Limiter;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,8 +44,8 @@ pub struct App {
     pub kms: Arc<Kms>,
     /// The audit writer.
     pub audit: AuditLog,
-    /// Tokens.
-    pub auth: Auth,
+    /// The identity and access domain: tokens, policies, identities, approvals, operation markers.
+    pub iam: keyward_iam::Iam,
     /// Metrics.
     pub metrics: Metrics,
     /// Rate limiting.
@@ -59,14 +58,6 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     /// Request id source.
     pub request_ids: RequestIds,
-    /// Policy documents and their compiled forms.
-    pub policies: keyward_iam::policies::Policies,
-    /// Identity records.
-    pub identities: keyward_iam::identities::Identities,
-    /// Quorum approval requests.
-    pub approvals: keyward_iam::approvals::Approvals,
-    /// Multi-step operations in flight.
-    pub operations: keyward_iam::operations::Operations,
     /// The PKCS#11 token when it is the root of trust.
     pub token: Option<Arc<keyward_hsm_pkcs11::Pkcs11Hsm>>,
     /// What the background rounds last found of the audit chain.
@@ -104,27 +95,17 @@ pub type AppState = Arc<App>;
 impl App {
     /// Assembles the state.
     pub fn new(kms: Arc<Kms>, audit: AuditLog, config: Config, node_id: String) -> Self {
-        let keyward_iam::Iam {
-            auth,
-            policies,
-            identities,
-            approvals,
-            operations,
-        } = keyward_iam::Iam::open(&kms);
+        let iam = keyward_iam::Iam::open(&kms);
         App {
             limiter: Limiter::new(config.rate_limit_per_second, config.rate_limit_burst),
             kms,
             audit,
-            auth,
+            iam,
             metrics: Metrics::default(),
             node_id,
             config,
             clock: Arc::new(SystemClock),
             request_ids: RequestIds::new(),
-            policies,
-            identities,
-            approvals,
-            operations,
             token: None,
             chain: Default::default(),
         }

@@ -33,11 +33,11 @@ pub(crate) fn claim_name(app: &AppState) -> String {
 }
 
 fn load(app: &AppState, id: &str) -> Result<Approval, ApiError> {
-    Ok(app.approvals.get(id)?)
+    Ok(app.iam.approvals.get(id)?)
 }
 
 fn save(app: &AppState, a: &Approval) -> Result<(), ApiError> {
-    Ok(app.approvals.put(a)?)
+    Ok(app.iam.approvals.put(a)?)
 }
 
 /// Approvals an operation on `key_ref` needs: the key's own setting, else the service's.
@@ -219,10 +219,11 @@ fn decide(
     // explicit deny on the key wins here as everywhere). The operation never changes once requested, and the
     // check reads policies and keys, so it is made before the transaction.
     let operation = load(app, id)?.operation;
-    let allowed = caller.may(app, operation.action(), operation.key_id());
+    let allowed = caller.may(&app.iam, &app.kms, operation.action(), operation.key_id());
     let who = caller.principal.name.clone();
     let now = app.clock.now();
     let decided = app
+        .iam
         .approvals
         .decide(id, &who, allowed, approve, now, &claim_name(app))?;
     let a = match decided {
@@ -252,7 +253,7 @@ fn by(meta: &Meta) -> (&str, &str) {
 /// Every stored request, for the background rounds; one that does not parse is left to the readers, which
 /// report it.
 fn stored_requests(app: &AppState) -> Result<Vec<Approval>, ApiError> {
-    Ok(app.approvals.readable()?)
+    Ok(app.iam.approvals.readable()?)
 }
 
 /// Ends the requests whose claim will never be finished: those this node claimed in an earlier run (the
@@ -292,7 +293,9 @@ fn end_interrupted(app: &AppState, stored: &[Approval]) -> Result<usize, ApiErro
             app.audit
                 .append_blocking(executed(app, a, (&a.approval_id, ""), "error", code))?;
         }
-        app.approvals.fail_claim(&a.approval_id, &claim, &message)?;
+        app.iam
+            .approvals
+            .fail_claim(&a.approval_id, &claim, &message)?;
         ended += 1;
     }
     Ok(ended)
@@ -329,7 +332,7 @@ fn expire_overdue(app: &AppState, stored: &[Approval]) -> Result<usize, ApiError
         .collect();
     let recorded = crate::app::record_all(app, events);
     // A decision taken since the list was read found it expired too, and stored it so.
-    let expired = app.approvals.expire(
+    let expired = app.iam.approvals.expire(
         due.iter()
             .zip(&recorded)
             .filter(|(_, ok)| **ok)
@@ -404,7 +407,7 @@ fn purge_closed(app: &AppState, stored: &[Approval]) -> Result<usize, ApiError> 
             )
         }),
     );
-    let purged = app.approvals.purge(
+    let purged = app.iam.approvals.purge(
         due.iter()
             .zip(&recorded)
             .filter(|(_, ok)| **ok)
@@ -521,8 +524,14 @@ struct ApprovalList {
 /// payload (a policy document it may not read, a recipient key, a result); anyone else sees nothing.
 fn visible(app: &AppState, caller: &Caller, a: Approval) -> Option<serde_json::Value> {
     let mine = a.requested_by == caller.principal.name;
-    let approver = !mine && caller.may(app, a.operation.action(), a.operation.key_id());
-    let auditor = !mine && !approver && caller.may(app, Action::ReadAudit, None);
+    let approver = !mine
+        && caller.may(
+            &app.iam,
+            &app.kms,
+            a.operation.action(),
+            a.operation.key_id(),
+        );
+    let auditor = !mine && !approver && caller.may(&app.iam, &app.kms, Action::ReadAudit, None);
     if !(mine || approver || auditor) {
         return None;
     }
@@ -610,7 +619,7 @@ pub async fn list(
                 }
             }
             let now = a.clock.now();
-            let all = a.approvals.all()?;
+            let all = a.iam.approvals.all()?;
             let mut matching = Vec::with_capacity(all.len());
             for (id, x) in all {
                 let x = x.as_seen(now);

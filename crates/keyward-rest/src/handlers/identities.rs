@@ -29,7 +29,9 @@ pub fn by_certificate(
     app: &AppState,
     subject: &str,
 ) -> Result<std::sync::Arc<crate::auth::Principal>, ApiError> {
-    Ok(std::sync::Arc::new(app.identities.by_certificate(subject)?))
+    Ok(std::sync::Arc::new(
+        app.iam.identities.by_certificate(subject)?,
+    ))
 }
 
 /// Token lifetime when the request names none.
@@ -131,7 +133,7 @@ fn valid_name(n: &str) -> bool {
 }
 
 fn load(app: &AppState, name: &str) -> Result<Option<IdentityRecord>, ApiError> {
-    Ok(app.identities.get(name)?)
+    Ok(app.iam.identities.get(name)?)
 }
 
 fn missing(name: &str) -> ApiError {
@@ -219,7 +221,7 @@ pub async fn create(State(app): State<AppState>, meta: Meta, body: RawBody) -> R
                 totp_last_step: None,
                 certificate_subject: req.certificate_subject.clone(),
             };
-            a.identities.create(&rec)?;
+            a.iam.identities.create(&rec)?;
             Reply::with_status(StatusCode::CREATED, &object(&rec))
         },
     )
@@ -250,7 +252,7 @@ pub async fn token(
                 ));
             }
             let rec = load(&a, &name)?.ok_or_else(|| missing(&name))?;
-            let (token, t) = a.auth.mint_with_mfa(
+            let (token, t) = a.iam.auth.mint_with_mfa(
                 &rec.name,
                 &roles_of(&rec),
                 &rec.policies,
@@ -303,6 +305,7 @@ pub async fn tokens(
             // Named by creation time (zero-padded) and id: the order of names, which pages follow, is
             // the order the tokens were issued in.
             let all = a
+                .iam
                 .auth
                 .tokens_of(&name, a.clock.now())?
                 .into_iter()
@@ -371,7 +374,7 @@ pub async fn revoke(
         None,
         Mode::Blocking,
         move |_| {
-            if a.auth.revoke(&token_id)? {
+            if a.iam.auth.revoke(&token_id)? {
                 Ok(Reply::empty())
             } else {
                 Err(ApiError::new(ErrorCode::NotFound, "no such token"))
@@ -419,7 +422,7 @@ pub async fn login(State(app): State<AppState>, meta: Meta, body: RawBody) -> Re
             }
             let mut rec = check_password(&a, &req)?;
             let mfa = check_second_factor(&a, &mut rec, req.totp.as_deref())?;
-            let (token, t) = a.auth.mint_with_mfa(
+            let (token, t) = a.iam.auth.mint_with_mfa(
                 &rec.name,
                 &roles_of(&rec),
                 &rec.policies,
@@ -486,7 +489,7 @@ fn check_second_factor(
             )
         })?;
     rec.totp_last_step = Some(step);
-    a.identities.use_totp_step(rec, step)?;
+    a.iam.identities.use_totp_step(rec, step)?;
     Ok(true)
 }
 
@@ -521,7 +524,7 @@ pub async fn enroll_mfa(
             let seed = zeroize::Zeroizing::new(a.kms.random(20)?);
             rec.totp_seed = Some(hex(&a.kms.protect(&totp_aad(&rec.name), &seed)?));
             rec.totp_last_step = None;
-            a.identities.save(&rec)?;
+            a.iam.identities.save(&rec)?;
             let secret = zeroize::Zeroizing::new(crate::totp::base32(&seed));
             let uri = format!(
             "otpauth://totp/Keyward:{}?secret={}&issuer=Keyward&algorithm=SHA1&digits={}&period={}",
@@ -550,6 +553,7 @@ pub(crate) struct Summary {
 /// Every identity, by name.
 pub(crate) fn summaries(app: &AppState) -> Result<Vec<Summary>, ApiError> {
     Ok(app
+        .iam
         .identities
         .all()?
         .into_iter()
@@ -581,6 +585,7 @@ pub async fn list(
         Mode::Blocking,
         move |_| {
             let all: Vec<(String, IdentityRecord)> = a
+                .iam
                 .identities
                 .all()?
                 .into_iter()
@@ -633,10 +638,11 @@ pub async fn update(
         Mode::Blocking,
         move |_| {
             let req: UpdateIdentity = parse(&body)?;
-            let rec = a
-                .identities
-                .regrant(&name, req.roles.as_deref(), req.policies.as_deref())?;
-            a.auth.forget_identity(&rec.name);
+            let rec =
+                a.iam
+                    .identities
+                    .regrant(&name, req.roles.as_deref(), req.policies.as_deref())?;
+            a.iam.auth.forget_identity(&rec.name);
             Reply::ok(&object(&rec))
         },
     )
@@ -655,8 +661,8 @@ pub async fn delete(State(app): State<AppState>, meta: Meta, Path(name): Path<St
         None,
         Mode::Blocking,
         move |_| {
-            a.identities.delete(&name)?;
-            a.auth.forget_identity(&name);
+            a.iam.identities.delete(&name)?;
+            a.iam.auth.forget_identity(&name);
             Ok(Reply::empty())
         },
     )
@@ -672,7 +678,7 @@ const PURGE_PER_ROUND: usize = 1000;
 /// the store's size changes.
 pub fn purge_expired_tokens(app: &AppState) -> Result<usize, ApiError> {
     let now = app.clock.now();
-    let expired = app.auth.expired(now, PURGE_PER_ROUND)?;
+    let expired = app.iam.auth.expired(now, PURGE_PER_ROUND)?;
     if expired.is_empty() {
         return Ok(0);
     }
@@ -688,7 +694,7 @@ pub fn purge_expired_tokens(app: &AppState) -> Result<usize, ApiError> {
         .filter(|(_, ok)| **ok)
         .map(|(t, _)| t.token_id.as_str())
         .collect();
-    let deleted = app.auth.delete_expired(&ids, now)?;
+    let deleted = app.iam.auth.delete_expired(&ids, now)?;
     if ids.len() < expired.len() {
         return Err(crate::app::unrecorded_deletions());
     }

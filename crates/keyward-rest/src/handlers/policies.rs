@@ -18,7 +18,7 @@ pub const POLICIES: &str = keyward_iam::policies::NAMESPACE;
 
 /// Stores a validated policy (used directly and by approved quorum requests); returns it as stored.
 pub fn store(app: &App, name: &str, doc: &PolicyDoc) -> Result<PolicyDoc, ApiError> {
-    Ok(app.policies.put(name, doc)?)
+    Ok(app.iam.policies.put(name, doc)?)
 }
 
 /// Deletes a policy; `NotFound` if there was none. Identities that hold it lose it in the same transaction
@@ -26,7 +26,7 @@ pub fn store(app: &App, name: &str, doc: &PolicyDoc) -> Result<PolicyDoc, ApiErr
 /// since tokens that name a missing policy are refused on every request.
 pub fn remove(app: &App, name: &str, detach: bool) -> Result<(), ApiError> {
     let mut detached = Vec::new();
-    app.policies.delete(name, |tx| {
+    app.iam.policies.delete(name, |tx| {
         let holders = keyward_iam::identities::holders_in(tx, name)?;
         if holders.is_empty() {
             return Ok(());
@@ -41,7 +41,7 @@ pub fn remove(app: &App, name: &str, detach: bool) -> Result<(), ApiError> {
         Ok(())
     })?;
     for identity in &detached {
-        app.auth.forget_identity(identity);
+        app.iam.auth.forget_identity(identity);
     }
     Ok(())
 }
@@ -117,7 +117,13 @@ pub async fn list(
         None,
         Mode::Blocking,
         move |_| {
-            let all: Vec<(String, ())> = a.policies.names()?.into_iter().map(|n| (n, ())).collect();
+            let all: Vec<(String, ())> = a
+                .iam
+                .policies
+                .names()?
+                .into_iter()
+                .map(|n| (n, ()))
+                .collect();
             let (page, next) = crate::handlers::keys::page(all, &q)?;
             let names: Vec<&str> = page.iter().map(|(name, _)| name.as_str()).collect();
             Reply::ok(&serde_json::json!({ "policies": names, "next_token": next }))
@@ -136,7 +142,7 @@ pub async fn get(State(app): State<AppState>, meta: Meta, Path(name): Path<Strin
         Action::GetPolicy,
         None,
         Mode::Blocking,
-        move |_| Reply::ok(&a.policies.get(&name)?),
+        move |_| Reply::ok(&a.iam.policies.get(&name)?),
     )
     .await
 }
@@ -164,9 +170,9 @@ pub async fn delete(
                 Some("true") => true,
                 Some(_) => return Err(ApiError::validation("detach is true or false")),
             };
-            a.policies.get(&name)?;
+            a.iam.policies.get(&name)?;
             if !detach {
-                let holders = a.identities.holders(&name)?;
+                let holders = a.iam.identities.holders(&name)?;
                 if !holders.is_empty() {
                     return Err(ApiError(attached(&name, &holders)));
                 }

@@ -145,7 +145,7 @@ fn build(app: &AppState, dormant_days: i64) -> Result<Report, ApiError> {
     let keys = all_keys(app)?;
     let findings = KeyFindings::of(&keys, now);
     let trail = Trail::read(app)?;
-    let tokens = app.auth.live_tokens(now)?;
+    let tokens = app.iam.auth.live_tokens(now)?;
     let identities = review(app, &trail, &tokens, now, dormant_days)?;
     let chain = app.kms.verify_audit()?;
     Ok(Report {

@@ -91,9 +91,10 @@ pub async fn init(State(app): State<AppState>, meta: Meta, body: RawBody) -> Res
             let req: InitRequest = parse(&body)?;
             a.kms.init_shamir(req.shares, req.threshold)?
         };
-        let (root_token, rec) = a
-            .auth
-            .mint("root", &[Role::Admin], a.clock.now(), None, None)?;
+        let (root_token, rec) =
+            a.iam
+                .auth
+                .mint("root", &[Role::Admin], a.clock.now(), None, None)?;
         Reply::ok(&InitResponse {
             shares,
             root_token,
@@ -223,8 +224,8 @@ pub async fn restore(State(app): State<AppState>, meta: Meta, body: RawBody) -> 
             req.force,
             &RESTORED_NAMESPACES,
         )?;
-        a.auth.forget_all();
-        a.policies.forget_all();
+        a.iam.auth.forget_all();
+        a.iam.policies.forget_all();
         Reply::ok(&RestoreResponse {
             restored_keys: done.restored_keys,
             initialized: done.initialized,
@@ -260,9 +261,10 @@ pub async fn generate_root(State(app): State<AppState>, meta: Meta, body: RawBod
                 return Err(ApiError::validation("at most 255 shares"));
             }
             a.kms.check_shares(&req.shares)?;
-            let (token, rec) = a
-                .auth
-                .mint("root", &[Role::Admin], a.clock.now(), None, None)?;
+            let (token, rec) =
+                a.iam
+                    .auth
+                    .mint("root", &[Role::Admin], a.clock.now(), None, None)?;
             Reply::ok(&serde_json::json!({ "root_token": token, "token_id": rec.token_id }))
         },
     )
