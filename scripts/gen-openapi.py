@@ -157,6 +157,11 @@ schemas = {
     "TokenRequest": obj({"ttl_seconds": {"type": "integer", "minimum": 1, "maximum": 31622400}}),
     "TokenResponse": obj({"token": S, "token_id": S, "expires_at": {"type": "string", "format": "date-time"}}),
     "MfaResponse": obj({"totp_uri": S}),
+    "AccessKey": obj({"access_key_id": S, "secret_access_key": {"type": "string", "description": "shown once"},
+                      "identity": S, "created_at": {"type": "string", "format": "date-time"}}),
+    "AccessKeyList": obj({"access_keys": {"type": "array", "items": obj({
+        "access_key_id": S, "created_at": {"type": "string", "format": "date-time"},
+        "last_used_at": {"type": "string", "format": "date-time", "nullable": True}})}}),
     "TokenList": obj({"tokens": {"type": "array", "items": obj({
         "token_id": S, "created_at": {"type": "string", "format": "date-time"},
         "expires_at": {"type": "string", "format": "date-time"}, "mfa": BOOL})}, "next_token": {"type": "string", "nullable": True}}),
@@ -285,6 +290,14 @@ ops = [
     # Live tokens by id, never their values (`root` lists the root tokens).
     ("get", "/v1/identities/{name}/tokens", "kms:ListTokens", None, (200, "TokenList"),
      [{"name": "name", "in": "path", "required": True, "schema": S}] + LIMIT, False),
+    # Access keys sign requests of the AWS KMS protocol (Signature Version 4) as their identity; at most two each.
+    ("post", "/v1/identities/{name}/access-keys", "kms:CreateAccessKey", None, (201, "AccessKey"),
+     [{"name": "name", "in": "path", "required": True, "schema": S}], False),
+    ("get", "/v1/identities/{name}/access-keys", "kms:ListAccessKeys", None, (200, "AccessKeyList"),
+     [{"name": "name", "in": "path", "required": True, "schema": S}], False),
+    ("delete", "/v1/identities/{name}/access-keys/{access_key_id}", "kms:DeleteAccessKey", None, (204, None),
+     [{"name": "name", "in": "path", "required": True, "schema": S},
+      {"name": "access_key_id", "in": "path", "required": True, "schema": S}], False),
     ("delete", "/v1/tokens/{token_id}", "kms:RevokeToken", None, (204, None), [{"name": "token_id", "in": "path", "required": True, "schema": S}], False),
     ("post", "/v1/identities/{name}/mfa", "kms:EnrollMfa", None, (200, "MfaResponse"),
      [{"name": "name", "in": "path", "required": True, "schema": S}], False),

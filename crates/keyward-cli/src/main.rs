@@ -61,6 +61,9 @@ enum Command {
     /// Create, list, show, change or delete identities.
     #[command(subcommand)]
     Identity(IdentityCmd),
+    /// Access keys of an identity, for clients of the AWS KMS protocol (AWS SDKs, the AWS CLI).
+    #[command(subcommand)]
+    AccessKey(AccessKeyCmd),
     /// List, approve or reject operations waiting for quorum approval.
     #[command(subcommand)]
     Approval(ApprovalCmd),
@@ -653,6 +656,28 @@ enum IdentityCmd {
 }
 
 #[derive(Subcommand)]
+enum AccessKeyCmd {
+    /// Create an access key: prints its id and secret (the secret only this once). Configure an AWS SDK
+    /// with them (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and this server as its endpoint.
+    Create {
+        /// The identity it acts as, with that identity's roles and policies.
+        identity: String,
+    },
+    /// List an identity's access keys: ids, creation and last use, never secrets.
+    List {
+        /// Identity name.
+        identity: String,
+    },
+    /// Delete an access key: requests it signs are refused from then on.
+    Delete {
+        /// Identity name.
+        identity: String,
+        /// The key's id (AKKW...).
+        access_key_id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum ApprovalCmd {
     /// List approval requests, oldest first.
     List {
@@ -908,6 +933,7 @@ async fn run(cli: Cli) -> Res {
         | Command::Report { .. }
         | Command::Checkpoint) => commands::audit::run(c, &out, command).await?,
         command @ (Command::Identity { .. }
+        | Command::AccessKey { .. }
         | Command::Token { .. }
         | Command::Revoke { .. }
         | Command::Login { .. }

@@ -2361,3 +2361,59 @@ fn audit_pruning_archives_first() {
         serde_json::from_str(&ok(&["--json", "audit", "--verify"])).unwrap();
     assert_eq!(verified["pruned_through"], 4);
 }
+
+/// Access keys from the CLI: created with the secret shown once, listed without it, at most two per
+/// identity, deleted by id, and gone with their identity.
+#[test]
+fn access_keys_are_managed_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(dir.path());
+    let run = |args: &[&str]| run_keyward(&server.addr, ROOT, args, b"");
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_slice(&succeeded(args, run(&all))).unwrap()
+    };
+    succeeded(
+        &["identity"],
+        run(&["identity", "create", "app", "--role", "key-user"]),
+    );
+    let first = json(&["access-key", "create", "app"]);
+    let id = first["access_key_id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("AKKW") && id.len() == 20, "{first}");
+    assert_eq!(first["secret_access_key"].as_str().unwrap().len(), 40);
+    json(&["access-key", "create", "app"]);
+    let third = run(&["access-key", "create", "app"]);
+    assert!(!third.status.success());
+    assert!(
+        String::from_utf8_lossy(&third.stderr).contains("already holds 2 access keys"),
+        "{}",
+        String::from_utf8_lossy(&third.stderr)
+    );
+    let listed = json(&["access-key", "list", "app"]);
+    let keys = listed["access_keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(keys.iter().all(|k| k.get("secret_access_key").is_none()));
+    succeeded(&["delete"], run(&["access-key", "delete", "app", &id]));
+    let gone = run(&["access-key", "delete", "app", &id]);
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("NotFound"));
+    assert_eq!(
+        json(&["access-key", "list", "app"])["access_keys"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    succeeded(&["identity"], run(&["identity", "delete", "app"]));
+    succeeded(
+        &["identity"],
+        run(&["identity", "create", "app", "--role", "key-user"]),
+    );
+    assert_eq!(
+        json(&["access-key", "list", "app"])["access_keys"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}

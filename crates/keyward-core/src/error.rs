@@ -170,7 +170,8 @@ impl KmsError {
             "ciphertext does not parse or authenticate, or the encryption context differs",
         )
     }
-    pub(crate) fn sealed() -> Self {
+    /// Refused because no key material is available until the service is unsealed.
+    pub fn sealed() -> Self {
         Self::new(ErrorCode::Sealed, "the service is sealed")
     }
 }

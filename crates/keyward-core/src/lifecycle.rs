@@ -87,6 +87,11 @@ pub struct UpdateKey {
     pub rotation_period_days: Option<Option<u32>>,
     /// New lowest decryptable version.
     pub min_decryption_version: Option<u32>,
+    /// Tags to add or change, leaving the others, in the same transaction (applied after `tags`): two
+    /// callers tagging one key at once both keep their tags.
+    pub set_tags: BTreeMap<String, String>,
+    /// Tags to remove (applied after `set_tags`).
+    pub remove_tags: Vec<String>,
 }
 
 /// Lifecycle actions on one version.
@@ -615,6 +620,13 @@ impl Kms {
             }
             if let Some(t) = patch.tags {
                 rec.tags = t;
+            }
+            if !patch.set_tags.is_empty() || !patch.remove_tags.is_empty() {
+                rec.tags.extend(patch.set_tags);
+                for k in &patch.remove_tags {
+                    rec.tags.remove(k);
+                }
+                validate_tags(&rec.tags)?;
             }
             if let Some(period) = patch.rotation_period_days {
                 if period.is_some() && rec.origin == Origin::External.as_str() {

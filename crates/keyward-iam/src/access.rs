@@ -29,7 +29,7 @@ pub enum Credential<'a> {
     Certificate(&'a str),
     /// An identity its door has already authenticated with a credential of the door's own protocol (the
     /// owner of an access key whose signature verified).
-    Verified(&'a Principal),
+    Verified(&'a Arc<Principal>),
 }
 
 /// One request, as authorization sees it.
@@ -203,7 +203,7 @@ impl Iam {
         now: i64,
     ) -> Result<Arc<Principal>, KmsError> {
         match credential {
-            Credential::Verified(p) => Ok(Arc::new(p.clone())),
+            Credential::Verified(p) => Ok(p.clone()),
             Credential::Certificate(subject) => {
                 Ok(Arc::new(self.identities.by_certificate(subject)?))
             }

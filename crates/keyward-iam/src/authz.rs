@@ -118,6 +118,9 @@ actions! {
     DeleteIdentity = "kms:DeleteIdentity": Access,
     ListPolicies = "kms:ListPolicies": Access,
     ListTokens = "kms:ListTokens": Access,
+    CreateAccessKey = "kms:CreateAccessKey": Access,
+    ListAccessKeys = "kms:ListAccessKeys": Access,
+    DeleteAccessKey = "kms:DeleteAccessKey": Access,
     GetCallerIdentity = "kms:GetCallerIdentity": Own,
     NoSuchEndpoint = "kms:NoSuchEndpoint": Own,
 }

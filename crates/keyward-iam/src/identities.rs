@@ -266,6 +266,7 @@ impl Identities {
                 tx.delete_meta(SUBJECTS, &normalize_subject(subject))?;
             }
             Auth::regrant_in(tx, &rec.name, None)?;
+            crate::access_keys::AccessKeys::delete_all_in(tx, &rec.name)?;
             tx.delete_meta(IDENTITIES, &rec.name)?;
             Ok(())
         })

@@ -7,6 +7,7 @@
 //! revoked) and TOTP (`totp`) live here too, so that every front end authenticates the same way.
 
 pub mod access;
+pub mod access_keys;
 pub mod approvals;
 pub mod auth;
 pub mod authz;
@@ -34,6 +35,8 @@ pub struct Iam {
     pub approvals: approvals::Approvals,
     /// Markers of multi-step operations in progress.
     pub operations: operations::Operations,
+    /// Access keys, for protocols that sign requests.
+    pub access_keys: access_keys::AccessKeys,
 }
 
 impl Iam {
@@ -45,7 +48,15 @@ impl Iam {
             policies: policies::Policies::new(store.clone(), kms.freshness()),
             identities: identities::Identities::new(store.clone()),
             approvals: approvals::Approvals::new(store.clone()),
-            operations: operations::Operations::new(store),
+            operations: operations::Operations::new(store.clone()),
+            access_keys: access_keys::AccessKeys::new(store, kms.freshness()),
         }
+    }
+
+    /// Drops what this node caches of an identity whose grants changed or that was deleted: its tokens'
+    /// principals and its access keys'.
+    pub fn forget_identity(&self, identity: &str) {
+        self.auth.forget_identity(identity);
+        self.access_keys.forget_identity(identity);
     }
 }

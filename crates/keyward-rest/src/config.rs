@@ -79,6 +79,9 @@ pub struct Config {
     pub pkcs11_pin_file: Option<PathBuf>,
     /// How log lines are written (`KEYWARD_LOG_FORMAT`, `--log-format`): `human` or `json`.
     pub log_format: crate::log::LogFormat,
+    /// The account id in the ARNs the AWS KMS protocol answers with (`arn:aws:kms:REGION:ACCOUNT:key/ID`):
+    /// twelve digits, as AWS SDKs expect.
+    pub aws_account_id: String,
 }
 
 impl Default for Config {
@@ -112,6 +115,7 @@ impl Default for Config {
             pkcs11_pin: None,
             pkcs11_pin_file: None,
             log_format: crate::log::LogFormat::Human,
+            aws_account_id: "000000000000".into(),
         }
     }
 }
@@ -315,6 +319,11 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("tls_cert and tls_key go together".into());
+        }
+        if self.aws_account_id.len() != 12
+            || !self.aws_account_id.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err("aws_account_id is twelve digits".into());
         }
         if !self.audit && !self.dev {
             return Err("the audit log can only be turned off in dev mode (for benchmarks)".into());

@@ -297,9 +297,20 @@ fn follow_changes(
                             Change::Meta { ns, name } if ns == handlers::policies::POLICIES => {
                                 app.iam.policies.forget(name)
                             }
+                            Change::Meta { ns, name }
+                                if ns == keyward_iam::access_keys::ACCESS_KEYS =>
+                            {
+                                app.iam.access_keys.forget(name)
+                            }
+                            Change::Meta { ns, name }
+                                if ns == keyward_iam::identities::IDENTITIES =>
+                            {
+                                app.iam.access_keys.forget_identity(name)
+                            }
                             Change::Everything => {
                                 app.iam.auth.forget_all();
                                 app.iam.policies.forget_all();
+                                app.iam.access_keys.forget_all();
                             }
                             _ => {}
                         }
@@ -453,7 +464,14 @@ pub async fn serve(
         grace: Duration::from_secs(app.config.request_timeout_seconds.saturating_add(5)),
         proxies: app.config.proxies()?,
     };
-    let result = tls::serve(listener, options, router(app.clone()), shutdown).await;
+    let doors = keyward_aws::routes();
+    let result = tls::serve(
+        listener,
+        options,
+        app::router_with(app.clone(), doors),
+        shutdown,
+    )
+    .await;
     bg.abort();
     seal_on_shutdown(&app).await;
     result.map(|_| addr)

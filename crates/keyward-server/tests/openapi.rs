@@ -58,6 +58,12 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/identities/{name}"),
     ("post", "/v1/identities/{name}/tokens"),
     ("get", "/v1/identities/{name}/tokens"),
+    ("post", "/v1/identities/{name}/access-keys"),
+    ("get", "/v1/identities/{name}/access-keys"),
+    (
+        "delete",
+        "/v1/identities/{name}/access-keys/{access_key_id}",
+    ),
     ("delete", "/v1/tokens/{token_id}"),
     ("post", "/v1/identities/{name}/mfa"),
     ("post", "/v1/auth/login"),

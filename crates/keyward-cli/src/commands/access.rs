@@ -92,6 +92,36 @@ pub(crate) async fn run(c: &Client, out: &Out, command: Command) -> Res {
                 print_raw(out, status, id.as_deref(), &resp)?;
             }
         }
+        Command::AccessKey(cmd) => {
+            let (method, path) = match &cmd {
+                AccessKeyCmd::Create { identity } | AccessKeyCmd::List { identity } => {
+                    let method = match cmd {
+                        AccessKeyCmd::Create { .. } => reqwest::Method::POST,
+                        _ => reqwest::Method::GET,
+                    };
+                    let path = format!(
+                        "/v1/identities/{}/access-keys",
+                        keyward_client::segment(identity)
+                    );
+                    (method, path)
+                }
+                AccessKeyCmd::Delete {
+                    identity,
+                    access_key_id,
+                } => (
+                    reqwest::Method::DELETE,
+                    format!(
+                        "/v1/identities/{}/access-keys/{}",
+                        keyward_client::segment(identity),
+                        keyward_client::segment(access_key_id)
+                    ),
+                ),
+            };
+            let (status, id, resp) = c.answer(method, &path, None).await.map_err(e)?;
+            if !(status.is_success() && resp.is_empty()) {
+                print_raw(out, status, id.as_deref(), &resp)?;
+            }
+        }
         Command::Token { name, ttl } => {
             let body = serde_json::to_vec(&serde_json::json!({"ttl_seconds": ttl}))
                 .map_err(|x| x.to_string())?;

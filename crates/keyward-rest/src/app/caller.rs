@@ -19,10 +19,14 @@ pub(super) fn authorize(
     key_ref: Option<&str>,
     now: i64,
 ) -> Result<Caller, (Arc<Principal>, ApiError)> {
-    let credential = match (&meta.bearer, &meta.client_subject) {
-        (Some(token), _) => Credential::Bearer(token.expose()),
-        (None, Some(subject)) => Credential::Certificate(subject),
-        (None, None) => Credential::None,
+    let credential = match (&meta.verified, &meta.bearer, &meta.client_subject) {
+        (Some(Ok(principal)), _, _) => Credential::Verified(principal),
+        (Some(Err(refused)), _, _) => {
+            return Err((Arc::new(Principal::anonymous()), refused.clone()))
+        }
+        (None, Some(token), _) => Credential::Bearer(token.expose()),
+        (None, None, Some(subject)) => Credential::Certificate(subject),
+        (None, None, None) => Credential::None,
     };
     let request = Request {
         credential,

@@ -139,6 +139,7 @@ async fn context(State(app): State<AppState>, mut req: Request, next: Next) -> R
         ip,
         bearer: None,
         client_subject: None,
+        verified: None,
         start,
         resource: None,
         refused,
@@ -186,6 +187,12 @@ async fn not_found(
 
 /// The API router.
 pub fn router(app: AppState) -> Router {
+    router_with(app, Router::new())
+}
+
+/// The API router with other front ends' routes beside it (the AWS KMS protocol's `POST /`): their
+/// requests pass the same middleware (request id, time limit, body checks) into the same pipeline.
+pub fn router_with(app: AppState, doors: Router<AppState>) -> Router {
     use handlers::{crypto, keys, sys};
     Router::new()
         .route("/v1/health", get(sys::health))
@@ -261,6 +268,14 @@ pub fn router(app: AppState) -> Router {
             post(handlers::identities::token).get(handlers::identities::tokens),
         )
         .route(
+            "/v1/identities/{name}/access-keys",
+            post(handlers::access_keys::create).get(handlers::access_keys::list),
+        )
+        .route(
+            "/v1/identities/{name}/access-keys/{access_key_id}",
+            delete(handlers::access_keys::delete),
+        )
+        .route(
             "/v1/tokens/{token_id}",
             delete(handlers::identities::revoke),
         )
@@ -301,6 +316,7 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/reports/compliance", get(handlers::reports::compliance))
         .route("/v1/keys/{key}/csr", post(crate::pki::csr))
         .route("/v1/keys/{key}/certificate", post(crate::pki::certificate))
+        .merge(doors)
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -61,6 +61,11 @@ impl Reply {
         self
     }
 
+    /// The status and the JSON body, for a door that renders them its own way.
+    pub fn into_parts(self) -> (StatusCode, Vec<u8>) {
+        (self.status, self.body)
+    }
+
     /// Names what the request created (a `kind/name` from [`resource`]) in a record of its own: the
     /// request's first record was written before it existed.
     pub fn created(mut self, resource: String) -> Reply {
@@ -130,6 +135,27 @@ where
     F: FnOnce(Caller) -> Result<Reply, ApiError> + Send + 'static,
     N: FnOnce() -> Option<String> + Send + 'static,
 {
+    match run_noting(app, meta, action, key_ref, noted, mode, f).await {
+        Ok(reply) => json_response(reply.status, reply.body),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The pipeline without the answer: what every front end runs (authorize, record ahead, run, record the
+/// outcome), leaving the protocol's own rendering of the reply or the refusal to the door.
+pub async fn run_noting<F, N>(
+    app: &AppState,
+    meta: &Meta,
+    action: Action,
+    key_ref: Option<String>,
+    noted: Option<N>,
+    mode: Mode,
+    f: F,
+) -> Result<Reply, ApiError>
+where
+    F: FnOnce(Caller) -> Result<Reply, ApiError> + Send + 'static,
+    N: FnOnce() -> Option<String> + Send + 'static,
+{
     let now = app.clock.now();
     let mut written_ahead = false;
     let mut tracked = false;
@@ -159,7 +185,7 @@ where
             let ahead =
                 match write_ahead(app, meta, &p, action, key_ref.as_deref(), &noted_key).await {
                     Ok(ahead) => ahead,
-                    Err(refusal) => return refusal,
+                    Err(refusal) => return Err(refusal),
                 };
             written_ahead = ahead.written;
             tracked = ahead.tracked;
@@ -205,7 +231,7 @@ where
     match durable {
         Err(e) => {
             app.metrics.audit_failed(e.message(), &meta.request_id);
-            return ApiError(e).into_response();
+            return Err(ApiError(e));
         }
         Ok(_) => app.metrics.audit_written(),
     }
@@ -213,10 +239,7 @@ where
         let (a, id) = (app.clone(), meta.request_id.clone());
         let _ = tokio::task::spawn_blocking(move || crate::inflight::end(&a, &id)).await;
     }
-    match result {
-        Ok(reply) => json_response(reply.status, reply.body),
-        Err(e) => e.into_response(),
-    }
+    result
 }
 
 /// How a request ended, for its record and its metric: refused (`deny`), failed (`error`) or done.
@@ -305,7 +328,7 @@ async fn write_ahead(
     action: Action,
     key_ref: Option<&str>,
     noted_key: &Option<String>,
-) -> Result<Ahead, Response> {
+) -> Result<Ahead, ApiError> {
     if !(mutates(action) && app.config.audit && !app.kms.is_sealed()) {
         return Ok(Ahead::default());
     }
@@ -344,7 +367,7 @@ async fn write_ahead(
         app.metrics.audit_failed(e.message(), &meta.request_id);
         app.metrics
             .record(action, Outcome::Error, meta.start.elapsed());
-        return Err(ApiError(e).into_response());
+        return Err(ApiError(e));
     }
     Ok(Ahead {
         written: true,

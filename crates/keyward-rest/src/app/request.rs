@@ -27,6 +27,10 @@ pub struct Meta {
     pub bearer: Option<Bearer>,
     /// The verified client certificate's subject, if any.
     pub client_subject: Option<String>,
+    /// What a door that authenticates by its own protocol (a request signature) found: the identity, or
+    /// why the credential was refused. Authorization then takes it as the request's credential, and a
+    /// refusal is recorded as any other.
+    pub verified: Option<Result<Arc<crate::auth::Principal>, ApiError>>,
     /// When the request arrived.
     pub start: Instant,
     /// What the request concerns other than a key (`identity/<name>`, `policy/<name>`, ...), for its records.
@@ -66,15 +70,21 @@ pub(super) fn body_refusal(req: &Request) -> Option<ApiError> {
     }
     let has_body = declared.is_some_and(|n| n > 0)
         || headers.contains_key(axum::http::header::TRANSFER_ENCODING);
+    // The AWS KMS protocol (`POST /`) declares its JSON as `application/x-amz-json-1.1`.
+    let media = if req.uri().path() == "/" {
+        "application/x-amz-json-1.1"
+    } else {
+        "application/json"
+    };
     let json = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case(media));
     (has_body && !json).then(|| {
         ApiError::new(
             ErrorCode::UnsupportedMediaType,
-            "request bodies are JSON: send Content-Type: application/json",
+            format!("request bodies are JSON: send Content-Type: {media}"),
         )
     })
 }
@@ -293,6 +303,7 @@ mod tests {
             ip: None,
             bearer: Some(bearer),
             client_subject: None,
+            verified: None,
             start: std::time::Instant::now(),
             resource: None,
             refused: None,

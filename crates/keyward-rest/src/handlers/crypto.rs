@@ -72,7 +72,9 @@ fn batch_key(kms: &Kms, key: &str) -> Result<(), ApiError> {
     Ok(kms.check_usable(key, KeyUsage::EncryptDecrypt)?)
 }
 
-fn encrypt_one(
+/// One encryption, with the policies' conditions on its context checked: every front end encrypts
+/// through here.
+pub fn encrypt_one(
     caller: &Caller,
     kms: &Kms,
     key: &str,
@@ -139,7 +141,9 @@ pub async fn encrypt(
     .await
 }
 
-fn decrypt_one(
+/// One decryption. Where the request names no key, the key its ciphertext names is authorized here, with the
+/// context: every front end decrypts through here.
+pub fn decrypt_one(
     caller: &Caller,
     kms: &Kms,
     key: Option<&str>,
@@ -223,7 +227,9 @@ pub async fn decrypt(
     decrypt_with(app, meta, Some(key), body).await
 }
 
-fn reencrypt_one(
+/// One re-encryption: the caller must be allowed to decrypt with the key the ciphertext names, and both
+/// contexts must satisfy its policies. Every front end re-encrypts through here.
+pub fn reencrypt_one(
     caller: &Caller,
     kms: &Kms,
     key: &str,

@@ -642,7 +642,7 @@ pub async fn update(
                 a.iam
                     .identities
                     .regrant(&name, req.roles.as_deref(), req.policies.as_deref())?;
-            a.iam.auth.forget_identity(&rec.name);
+            a.iam.forget_identity(&rec.name);
             Reply::ok(&object(&rec))
         },
     )
@@ -662,7 +662,7 @@ pub async fn delete(State(app): State<AppState>, meta: Meta, Path(name): Path<St
         Mode::Blocking,
         move |_| {
             a.iam.identities.delete(&name)?;
-            a.iam.auth.forget_identity(&name);
+            a.iam.forget_identity(&name);
             Ok(Reply::empty())
         },
     )

@@ -187,6 +187,7 @@ key_op!(
             tags: req.tags,
             rotation_period_days: req.rotation_period_days,
             min_decryption_version: req.min_decryption_version,
+            ..UpdateKey::default()
         };
         key_reply(a.kms.update_key(&key, patch)?)
     }
@@ -252,19 +253,38 @@ key_op!(
     /// `POST /v1/keys/{key}/schedule-deletion`.
     schedule_deletion, Action::ScheduleKeyDeletion, |a, key, body, caller| {
         let req: ScheduleDeletionRequest = parse(&body)?;
-        let days = req.pending_days.unwrap_or(30);
-        if !keyward_core::PENDING_DAYS.contains(&days) {
-            return Err(ApiError::validation("pending_days must be 7 to 30"));
+        match schedule_deletion_or_hold(&a, &caller, &key, req.pending_days.unwrap_or(30))? {
+            Ok(k) => key_reply(k),
+            Err(held) => Ok(held),
         }
-        let m = approvals::required_for_key(&a, &key)?;
-        if m > 0 {
-            a.kms.check_schedule_deletion(&key, days)?;
-            let key_id = a.kms.key_id_of(&key)?;
-            return approvals::request(&a, &caller, approvals::Operation::ScheduleDeletion { key_id, pending_days: days }, m);
-        }
-        key_reply(a.kms.schedule_deletion(&key, days)?)
     }
 );
+
+/// Schedules a key's deletion, or, where the key (or the service) requires a quorum, validates the request
+/// and opens an approval instead (`Err` with the `202` reply naming it). Every front end schedules deletions
+/// through here.
+#[allow(clippy::type_complexity)]
+pub fn schedule_deletion_or_hold(
+    a: &AppState,
+    caller: &crate::app::Caller,
+    key: &str,
+    days: u32,
+) -> Result<Result<keyward_core::KeyInfo, Reply>, ApiError> {
+    if !keyward_core::PENDING_DAYS.contains(&days) {
+        return Err(ApiError::validation("pending_days must be 7 to 30"));
+    }
+    let m = approvals::required_for_key(a, key)?;
+    if m > 0 {
+        a.kms.check_schedule_deletion(key, days)?;
+        let key_id = a.kms.key_id_of(key)?;
+        let op = approvals::Operation::ScheduleDeletion {
+            key_id,
+            pending_days: days,
+        };
+        return approvals::request(a, caller, op, m).map(Err);
+    }
+    Ok(Ok(a.kms.schedule_deletion(key, days)?))
+}
 
 key_op!(
     /// `POST /v1/keys/{key}/cancel-deletion`.

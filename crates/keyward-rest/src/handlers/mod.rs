@@ -1,5 +1,6 @@
 //! Request handlers, one module per area of the API.
 
+pub mod access_keys;
 pub mod approvals;
 pub mod audit;
 pub mod crypto;

@@ -41,7 +41,7 @@ pub fn remove(app: &App, name: &str, detach: bool) -> Result<(), ApiError> {
         Ok(())
     })?;
     for identity in &detached {
-        app.iam.auth.forget_identity(identity);
+        app.iam.forget_identity(identity);
     }
     Ok(())
 }

@@ -135,6 +135,7 @@ pub async fn seal(State(app): State<AppState>, meta: Meta) -> Response {
     let a = app.clone();
     call(&app, &meta, Action::Seal, None, Mode::Blocking, move |_| {
         a.kms.seal()?;
+        a.iam.access_keys.forget_all();
         Ok(Reply::empty())
     })
     .await
