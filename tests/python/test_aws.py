@@ -373,3 +373,30 @@ def test_quorum_throttling_and_a_sealed_node_answer_as_aws_clients_expect(monkey
         api.call("POST", "/v1/sys/seal", expect=204)
         r = raises("ServiceUnavailableException", kms.list_keys)
         assert r["ResponseMetadata"]["HTTPStatusCode"] == 503 and "sealed" in r["Error"]["Message"]
+
+
+def test_key_material_is_imported_as_aws_documents_it(kms):
+    from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
+    meta = kms.create_key(Origin="EXTERNAL", Description="byok")["KeyMetadata"]
+    assert meta["Origin"] == "EXTERNAL" and meta["KeyState"] == "PendingImport" and not meta["Enabled"]
+    raises("ValidationException", kms.get_parameters_for_import, KeyId=meta["KeyId"],
+           WrappingAlgorithm="RSAES_OAEP_SHA_1", WrappingKeySpec="RSA_2048")
+    p = kms.get_parameters_for_import(KeyId=meta["KeyId"], WrappingAlgorithm="RSA_AES_KEY_WRAP_SHA_256",
+                                      WrappingKeySpec="RSA_4096")
+    assert p["KeyId"] == meta["Arn"] and p["ParametersValidTo"]
+    wrapping = serialization.load_der_public_key(p["PublicKey"])
+    material, ephemeral = os.urandom(32), os.urandom(32)
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    wrapped = wrapping.encrypt(ephemeral, oaep) + aes_key_wrap_with_padding(ephemeral, material)
+    raises("ValidationException", kms.import_key_material, KeyId=meta["KeyId"], ImportToken=p["ImportToken"],
+           EncryptedKeyMaterial=wrapped, ExpirationModel="KEY_MATERIAL_EXPIRES", ValidTo=2_000_000_000)
+    kms.import_key_material(KeyId=meta["KeyId"], ImportToken=p["ImportToken"], EncryptedKeyMaterial=wrapped,
+                            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    after = kms.describe_key(KeyId=meta["KeyId"])["KeyMetadata"]
+    assert after["KeyState"] == "Enabled" and after["Enabled"]
+    c = kms.encrypt(KeyId=meta["KeyId"], Plaintext=b"imported")
+    assert kms.decrypt(CiphertextBlob=c["CiphertextBlob"])["Plaintext"] == b"imported"
+    # The token is single-use.
+    raises("ValidationException", kms.import_key_material, KeyId=meta["KeyId"], ImportToken=p["ImportToken"],
+           EncryptedKeyMaterial=wrapped, ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    raises("UnsupportedOperationException", kms.delete_imported_key_material, KeyId=meta["KeyId"])

@@ -79,6 +79,8 @@ ops! {
     ListResourceTags => DescribeKey, Blocking, Some("KeyId");
     GetKeyPolicy => DescribeKey, Blocking, Some("KeyId");
     ListKeyPolicies => DescribeKey, Blocking, Some("KeyId");
+    GetParametersForImport => GetImportParameters, Blocking, Some("KeyId");
+    ImportKeyMaterial => ImportKeyMaterial, Blocking, Some("KeyId");
 }
 
 /// Operations of AWS KMS this service does not offer, and what to use instead.
@@ -93,6 +95,9 @@ fn unsupported(name: &str) -> Option<&'static str> {
         "CreateCustomKeyStore" | "ConnectCustomKeyStore" | "DeleteCustomKeyStore"
         | "DescribeCustomKeyStores" | "DisconnectCustomKeyStore" | "UpdateCustomKeyStore" => {
             "custom key stores are not offered: the service itself can be rooted in an HSM (pkcs11_module)"
+        }
+        "DeleteImportedKeyMaterial" => {
+            "imported key material is not deleted on its own: disable the key, or schedule its deletion"
         }
         "ReplicateKey" | "UpdatePrimaryRegion" => {
             "multi-Region keys are not offered: every node of a cluster serves every key"
@@ -383,6 +388,24 @@ struct UntagInput {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
+struct ImportParametersInput {
+    wrapping_algorithm: String,
+    wrapping_key_spec: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ImportInput {
+    import_token: Blob,
+    encrypted_key_material: SecretBlob,
+    #[serde(default)]
+    valid_to: Option<f64>,
+    #[serde(default)]
+    expiration_model: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
 struct PolicyInput {
     #[serde(default)]
     policy_name: Option<String>,
@@ -528,6 +551,8 @@ impl Call<'_> {
                     json!({"Policy": default_policy(self.place.account), "PolicyName": "default"}),
                 )
             }
+            Op::GetParametersForImport => self.import_parameters(parse(body)?),
+            Op::ImportKeyMaterial => self.import(parse(body)?),
             Op::ListKeyPolicies => {
                 self.app.kms.describe_key(self.key()?)?;
                 reply(json!({"PolicyNames": ["default"], "Truncated": false}))
@@ -979,6 +1004,43 @@ impl Call<'_> {
             out["NextRotationDate"] = json!(n);
         }
         reply(out)
+    }
+
+    /// The engine's import scheme is AWS's `RSA_AES_KEY_WRAP_SHA_256` with an `RSA_4096` wrapping key: an
+    /// ephemeral AES-256 key under RSA-OAEP-SHA-256, the material under it with AES-KWP.
+    fn import_parameters(&self, i: ImportParametersInput) -> Result<Reply, ApiError> {
+        if (i.wrapping_algorithm.as_str(), i.wrapping_key_spec.as_str())
+            != ("RSA_AES_KEY_WRAP_SHA_256", "RSA_4096")
+        {
+            return Err(invalid(
+                "the import scheme offered is WrappingAlgorithm RSA_AES_KEY_WRAP_SHA_256 with WrappingKeySpec RSA_4096",
+            ));
+        }
+        let key = self.key()?;
+        let p = self.app.kms.import_parameters(key)?;
+        let id = self.app.kms.key_id_of(key)?;
+        reply(json!({
+            "KeyId": self.arn_of(&id),
+            "ImportToken": blob(p.import_token.as_bytes()),
+            "PublicKey": blob(&p.wrapping_public_key_der),
+            "ParametersValidTo": p.expires_at,
+        }))
+        .map(|x| x.key(id, None))
+    }
+
+    fn import(&self, i: ImportInput) -> Result<Reply, ApiError> {
+        if i.valid_to.is_some() || i.expiration_model.as_deref() == Some("KEY_MATERIAL_EXPIRES") {
+            return Err(invalid(
+                "expiring key material is not offered: leave ValidTo out (KEY_MATERIAL_DOES_NOT_EXPIRE)",
+            ));
+        }
+        let token = String::from_utf8(i.import_token.0)
+            .map_err(|_| invalid("ImportToken is not one this service issued"))?;
+        let k =
+            self.app
+                .kms
+                .import_key_material(self.key()?, &token, &i.encrypted_key_material.0)?;
+        reply(json!({})).map(|x| x.key(k.key_id, Some(k.primary_version)))
     }
 
     fn list_rotations(&self) -> Result<Reply, ApiError> {

@@ -159,10 +159,18 @@ pub fn key_metadata(k: &KeyInfo, place: &Place<'_>) -> Value {
     m.insert("KeyId".into(), json!(k.key_id));
     m.insert("Arn".into(), json!(place.key_arn(&k.key_id)));
     m.insert("CreationDate".into(), json!(k.created_at));
-    m.insert("Enabled".into(), json!(k.state == KeyState::Enabled));
+    // An EXTERNAL key has no version until its material is imported: AWS calls it PendingImport.
+    let pending_import = k.origin == Origin::External && k.primary_version == 0;
+    let enabled = k.state == KeyState::Enabled && !pending_import;
+    m.insert("Enabled".into(), json!(enabled));
     m.insert("Description".into(), json!(k.description));
     m.insert("KeyUsage".into(), json!(k.usage.as_str()));
-    m.insert("KeyState".into(), json!(state(k.state)));
+    let shown = if pending_import && k.state == KeyState::Enabled {
+        "PendingImport"
+    } else {
+        state(k.state)
+    };
+    m.insert("KeyState".into(), json!(shown));
     if let Some(d) = k
         .deletion_date
         .filter(|_| k.state == KeyState::PendingDeletion)

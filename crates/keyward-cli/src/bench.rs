@@ -21,7 +21,8 @@ pub struct BenchArgs {
     /// Bearer token (defaults to KEYWARD_TOKEN).
     #[arg(long, env = "KEYWARD_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// encrypt | decrypt | sign | data-key | floor.
+    /// encrypt | decrypt | sign | data-key | aws-encrypt (the AWS KMS protocol's Encrypt, each request signed
+    /// with Signature Version 4 by an access key made for the run) | floor.
     #[arg(long, default_value = "encrypt")]
     op: String,
     /// Requests in flight.
@@ -55,6 +56,54 @@ struct Target {
     /// Every node's URL of the request.
     urls: Vec<String>,
     body: Option<Vec<u8>>,
+    /// For the AWS protocol: the access key that signs each request.
+    aws: Option<AwsSigner>,
+}
+
+/// Signs each request as an AWS SDK does: a fresh `X-Amz-Date`, every header sent signed.
+struct AwsSigner {
+    access_key_id: String,
+    secret: zeroize::Zeroizing<String>,
+}
+
+impl AwsSigner {
+    /// The headers of one signed request to `url` carrying `body`.
+    fn headers(&self, url: &str, body: &[u8]) -> Vec<(&'static str, String)> {
+        let host = url
+            .split_once("://")
+            .map_or(url, |(_, rest)| rest)
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut headers = vec![
+            ("content-type", keyward_aws::CONTENT_TYPE.to_string()),
+            ("host", host),
+            ("x-amz-date", keyward_aws::sigv4::amz_date(now)),
+            ("x-amz-target", "TrentService.Encrypt".to_string()),
+        ];
+        let listed: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+        let req = keyward_aws::sigv4::Request {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &listed,
+            body,
+        };
+        let date = headers[2].1.clone();
+        let auth = keyward_aws::sigv4::sign(
+            &req,
+            &self.access_key_id,
+            self.secret.as_bytes(),
+            "us-east-1",
+            &date,
+        );
+        headers.push(("authorization", auth));
+        headers
+    }
 }
 
 async fn prepare(a: &BenchArgs, http: &reqwest::Client) -> Result<Target, String> {
@@ -77,6 +126,7 @@ async fn prepare(a: &BenchArgs, http: &reqwest::Client) -> Result<Target, String
             return Ok(Target {
                 urls: urls("/"),
                 body: None,
+                aws: None,
             });
         };
         // The floor answers every request alike: no key to create (a stand-in id as long as Keyward's),
@@ -96,6 +146,7 @@ async fn prepare(a: &BenchArgs, http: &reqwest::Client) -> Result<Target, String
         return Ok(Target {
             urls: urls(&path),
             body: Some(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
+            aws: None,
         });
     }
     let token = a.token.clone().ok_or("a token is needed (KEYWARD_TOKEN)")?;
@@ -141,10 +192,35 @@ async fn prepare(a: &BenchArgs, http: &reqwest::Client) -> Result<Target, String
     } else {
         serde_json::Value::Null
     };
+    if a.op == "aws-encrypt" {
+        // An identity of the run's own that may only use keys, and its access key.
+        let name = format!("bench-aws-{}", std::process::id());
+        post(
+            "/v1/identities".into(),
+            serde_json::json!({"name": name, "kind": "service", "roles": ["key-user"]}),
+        )
+        .await?;
+        let k = post(
+            format!("/v1/identities/{name}/access-keys"),
+            serde_json::Value::Null,
+        )
+        .await?;
+        let field = |f: &str| k[f].as_str().unwrap_or_default().to_string();
+        let body = serde_json::json!({"KeyId": key, "Plaintext": payload});
+        return Ok(Target {
+            urls: urls("/"),
+            body: Some(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
+            aws: Some(AwsSigner {
+                access_key_id: field("access_key_id"),
+                secret: zeroize::Zeroizing::new(field("secret_access_key")),
+            }),
+        });
+    }
     let (path, body) = request(&a.op, &key_path, &payload, ciphertext)?;
     Ok(Target {
         urls: urls(&path),
         body: Some(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
+        aws: None,
     })
 }
 
@@ -214,13 +290,20 @@ pub async fn run(a: BenchArgs) -> Result<(), String> {
                 if measured && budget.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) == 0 {
                     break;
                 }
-                let req = match &target.body {
-                    Some(b) => http
+                let req = match (&target.body, &target.aws) {
+                    (Some(b), Some(signer)) => {
+                        let mut req = http.post(url).body(b.clone());
+                        for (name, value) in signer.headers(url, b) {
+                            req = req.header(name, value);
+                        }
+                        req
+                    }
+                    (Some(b), None) => http
                         .post(url)
                         .bearer_auth(token.as_str())
                         .header("content-type", "application/json")
                         .body(b.clone()),
-                    None => http.get(url),
+                    (None, _) => http.get(url),
                 };
                 let t0 = Instant::now();
                 let ok = match req.send().await {

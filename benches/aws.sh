@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The AWS KMS protocol against the REST API: audited Encrypt of 1 KiB through each, on one server, in one run.
+#
+#   benches/aws.sh                          # 5 rounds, 5 s per line, 32 connections
+#   ROUNDS=7 DURATION=4 benches/aws.sh
+#
+# One dev-mode server with the durable audit log (rate limiting off). The lines alternate REST, AWS, REST, ...,
+# REST; a round's ratio is its AWS line against the mean of the REST lines on either side of it, since this
+# machine's speed drifts within minutes. Every AWS request is signed afresh with Signature Version 4 by the load
+# generator (as an SDK signs each request) and verified by the server; the access key belongs to an identity
+# with the key-user role, made for the run. Goal: the AWS line at 85 % of the REST line or better.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-5}
+CONCURRENCY=${CONCURRENCY:-32}
+ROUNDS=${ROUNDS:-5}
+source benches/common.sh
+trap stop_servers EXIT
+
+S=$(port)
+printf 'rate_limit_per_second = 0\n' > "$TMP/audited.toml"
+KEYWARD_DEV_ROOT_TOKEN=$TOKEN "$BIN" serve --dev --config "$TMP/audited.toml" --data-dir "$TMP/s" --listen "127.0.0.1:$S" >/dev/null 2>&1 & pids+=($!)
+wait_for_ports $S
+KEY=$(KEYWARD_ADDR="http://127.0.0.1:$S" KEYWARD_TOKEN=$TOKEN "$BIN" --json key create --spec SYMMETRIC_DEFAULT \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["key_id"])')
+
+line() { KEYWARD_TOKEN=$TOKEN "$BIN" bench --addr "http://127.0.0.1:$S" --key "$KEY" --duration "$DURATION" --warmup 1 --concurrency "$CONCURRENCY" "$@"; }
+rest() { echo "R $(line --op encrypt)" | tee -a "$TMP/lines"; }
+aws() { echo "A $(line --op aws-encrypt)" | tee -a "$TMP/lines"; }
+
+echo "# $(nproc) cores, $CONCURRENCY connections, ${DURATION}s per line, $ROUNDS rounds, $(date -u +%FT%TZ)"
+rest
+for ((i = 0; i < ROUNDS; i++)); do
+  aws
+  rest
+done
+
+python3 - "$TMP/lines" <<'PY'
+import re, statistics, sys
+lines = [l for l in open(sys.argv[1]) if "req/s" in l]
+rate = lambda l: float(re.search(r"(\d+) req/s", l).group(1))
+p99 = lambda l: float(re.search(r"p99 ([\d.]+) ms", l).group(1))
+ratios = [rate(lines[i]) / ((rate(lines[i - 1]) + rate(lines[i + 1])) / 2)
+          for i in range(1, len(lines) - 1) if lines[i][0] == "A"]
+errors = sum(int(re.search(r"errors=(\d+)", l).group(1)) for l in lines)
+print("# aws/rest per round: " + ", ".join(f"{r:.3f}" for r in ratios))
+print(f"# median aws/rest {statistics.median(ratios):.3f} (goal 0.85); median p99 rest "
+      f"{statistics.median(p99(l) for l in lines if l[0] == 'R'):.2f} ms, aws "
+      f"{statistics.median(p99(l) for l in lines if l[0] == 'A'):.2f} ms; errors {errors}")
+PY
