@@ -145,20 +145,18 @@ pub(crate) async fn run(
     };
     let account = app.config.aws_account_id.clone();
     // The key a request names is read before it runs, for authorization and the record; a body that does
-    // not parse is refused inside the pipeline, where the refusal is recorded.
-    let fields: Option<Value> = body
+    // not parse is refused inside the pipeline, where the refusal is recorded. Only the naming fields are
+    // read here: the rest (a plaintext) is skipped, not copied.
+    let names: Names<'_> = body
         .as_ref()
         .ok()
-        .and_then(|b| serde_json::from_slice(b).ok());
-    let named = |field: &str| {
-        fields
-            .as_ref()
-            .and_then(|v| v.get(field))
-            .and_then(Value::as_str)
-            .map(|s| key_ref(s, &account))
-    };
-    let key = op.key_field().and_then(named);
-    let meta = match named("AliasName") {
+        .and_then(|b| serde_json::from_slice(b).ok())
+        .unwrap_or_default();
+    let key = op
+        .key_field()
+        .and_then(|f| names.get(f))
+        .map(|s| key_ref(s, &account));
+    let meta = match &names.alias_name {
         Some(alias) => meta.on(resource("alias", alias.trim_start_matches("alias/"))),
         None => meta,
     };
@@ -188,6 +186,30 @@ pub(crate) async fn run(
     )
     .await
     .map(Reply::into_parts)
+}
+
+/// The fields of a request that name what it acts on.
+#[derive(Deserialize, Default)]
+struct Names<'a> {
+    #[serde(rename = "KeyId", borrow, default)]
+    key_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "TargetKeyId", borrow, default)]
+    target_key_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "DestinationKeyId", borrow, default)]
+    destination_key_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "AliasName", borrow, default)]
+    alias_name: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl Names<'_> {
+    fn get(&self, field: &str) -> Option<&str> {
+        match field {
+            "KeyId" => self.key_id.as_deref(),
+            "TargetKeyId" => self.target_key_id.as_deref(),
+            "DestinationKeyId" => self.destination_key_id.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// One operation's context.

@@ -217,37 +217,90 @@ fn canonical_query(query: &str) -> String {
         .join("&")
 }
 
-/// A header value as signed: trimmed, runs of spaces made one.
-fn trimmed(value: &[u8]) -> String {
+/// Appends a header value as signed: trimmed, runs of spaces made one. Most values have neither, and are
+/// copied as they are.
+fn push_trimmed(value: &[u8], out: &mut String) {
     let text = String::from_utf8_lossy(value);
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    let plain = !text.starts_with(' ')
+        && !text.ends_with(' ')
+        && !text.contains("  ")
+        && !text.contains(['\t', '\n', '\r']);
+    if plain {
+        out.push_str(&text);
+        return;
+    }
+    for (i, word) in text.split_whitespace().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
 }
 
-/// The canonical request of Signature Version 4.
+fn push_hex(bytes: &[u8], out: &mut String) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+}
+
+/// The canonical request of Signature Version 4, built in one buffer: it is made for every request.
 pub fn canonical_request(req: &Request<'_>, signed_headers: &[String]) -> String {
-    let mut out = String::with_capacity(256 + req.path.len() + req.query.len());
+    canonical_request_with(req, signed_headers, |out| {
+        push_hex(digest::digest(&digest::SHA256, req.body).as_ref(), out)
+    })
+}
+
+/// The hex SHA-256 of a payload, as the canonical request ends with it.
+pub fn payload_hash(body: &[u8]) -> String {
+    sha256_hex(body)
+}
+
+fn canonical_request_with(
+    req: &Request<'_>,
+    signed_headers: &[String],
+    payload: impl FnOnce(&mut String),
+) -> String {
+    let mut out = String::with_capacity(512 + req.path.len() + req.query.len());
     out.push_str(req.method);
     out.push('\n');
-    out.push_str(&canonical_path(req.path));
+    if req.path == "/" {
+        out.push('/');
+    } else {
+        out.push_str(&canonical_path(req.path));
+    }
     out.push('\n');
-    out.push_str(&canonical_query(req.query));
+    if !req.query.is_empty() {
+        out.push_str(&canonical_query(req.query));
+    }
     out.push('\n');
     for name in signed_headers {
-        let values: Vec<String> = req
+        out.push_str(name);
+        out.push(':');
+        let mut first = true;
+        for (_, v) in req
             .headers
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| trimmed(v))
-            .collect();
-        out.push_str(name);
-        out.push(':');
-        out.push_str(&values.join(","));
+        {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            push_trimmed(v, &mut out);
+        }
         out.push('\n');
     }
     out.push('\n');
-    out.push_str(&signed_headers.join(";"));
+    for (i, name) in signed_headers.iter().enumerate() {
+        if i > 0 {
+            out.push(';');
+        }
+        out.push_str(name);
+    }
     out.push('\n');
-    out.push_str(&sha256_hex(req.body));
+    payload(&mut out);
     out
 }
 
@@ -360,6 +413,27 @@ pub fn sign(
     region: &str,
     amz_date: &str,
 ) -> String {
+    let key = signing_key(secret, amz_date.get(..8).unwrap_or_default(), region, "kms");
+    sign_with_key(
+        req,
+        access_key_id,
+        &key,
+        region,
+        amz_date,
+        &payload_hash(req.body),
+    )
+}
+
+/// [`sign`] with the day's signing key already derived (a client may keep it for the day, as a server
+/// does) and the body's hash ([`payload_hash`]) already computed (a client sending the same body again).
+pub fn sign_with_key(
+    req: &Request<'_>,
+    access_key_id: &str,
+    key: &[u8; 32],
+    region: &str,
+    amz_date: &str,
+    payload_hash: &str,
+) -> String {
     let mut signed: Vec<String> = req
         .headers
         .iter()
@@ -376,13 +450,10 @@ pub fn sign(
         signed_headers: signed,
         signature: [0; 32],
     };
-    let sts = string_to_sign(
-        amz_date,
-        &auth,
-        &canonical_request(req, &auth.signed_headers),
-    );
-    let key = signing_key(secret, date, region, "kms");
-    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &*key), sts.as_bytes());
+    let canonical =
+        canonical_request_with(req, &auth.signed_headers, |out| out.push_str(payload_hash));
+    let sts = string_to_sign(amz_date, &auth, &canonical);
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), sts.as_bytes());
     format!(
         "AWS4-HMAC-SHA256 Credential={access_key_id}/{date}/{region}/kms/aws4_request, SignedHeaders={}, Signature={}",
         auth.signed_headers.join(";"),

@@ -64,6 +64,10 @@ struct Target {
 struct AwsSigner {
     access_key_id: String,
     secret: zeroize::Zeroizing<String>,
+    /// The body's hash: the body is the same in every request.
+    payload_hash: String,
+    /// The day's signing key, derived once per day as SDKs that cache it do.
+    day: std::sync::Mutex<Option<(String, zeroize::Zeroizing<[u8; 32]>)>>,
 }
 
 impl AwsSigner {
@@ -94,12 +98,30 @@ impl AwsSigner {
             body,
         };
         let date = headers[2].1.clone();
-        let auth = keyward_aws::sigv4::sign(
+        let key = {
+            let mut day = self.day.lock().unwrap_or_else(|e| e.into_inner());
+            match &*day {
+                Some((d, k)) if date.starts_with(d.as_str()) => k.clone(),
+                _ => {
+                    let d = date.get(..8).unwrap_or_default().to_string();
+                    let k = keyward_aws::sigv4::signing_key(
+                        self.secret.as_bytes(),
+                        &d,
+                        "us-east-1",
+                        "kms",
+                    );
+                    *day = Some((d, k.clone()));
+                    k
+                }
+            }
+        };
+        let auth = keyward_aws::sigv4::sign_with_key(
             &req,
             &self.access_key_id,
-            self.secret.as_bytes(),
+            &key,
             "us-east-1",
             &date,
+            &self.payload_hash,
         );
         headers.push(("authorization", auth));
         headers
@@ -206,14 +228,17 @@ async fn prepare(a: &BenchArgs, http: &reqwest::Client) -> Result<Target, String
         )
         .await?;
         let field = |f: &str| k[f].as_str().unwrap_or_default().to_string();
-        let body = serde_json::json!({"KeyId": key, "Plaintext": payload});
+        let body = serde_json::to_vec(&serde_json::json!({"KeyId": key, "Plaintext": payload}))
+            .map_err(|e| e.to_string())?;
         return Ok(Target {
             urls: urls("/"),
-            body: Some(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
             aws: Some(AwsSigner {
+                payload_hash: keyward_aws::sigv4::payload_hash(&body),
                 access_key_id: field("access_key_id"),
                 secret: zeroize::Zeroizing::new(field("secret_access_key")),
+                day: std::sync::Mutex::new(None),
             }),
+            body: Some(body),
         });
     }
     let (path, body) = request(&a.op, &key_path, &payload, ciphertext)?;

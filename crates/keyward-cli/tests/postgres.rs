@@ -1332,3 +1332,120 @@ async fn nodes_sharing_a_pkcs11_token_unseal_themselves_when_another_node_initia
         .unwrap();
     assert_eq!(d.plaintext.expose(), b"token key");
 }
+
+/// An AWS KMS request, signed as an SDK signs it: the status and the body.
+async fn aws_call(
+    addr: &str,
+    key: &(String, String),
+    target: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let body = serde_json::to_vec(&body).unwrap();
+    let host = addr.trim_start_matches("http://").to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let date = keyward_aws::sigv4::amz_date(now);
+    let target = format!("TrentService.{target}");
+    let headers = [
+        ("content-type", keyward_aws::CONTENT_TYPE),
+        ("host", host.as_str()),
+        ("x-amz-date", date.as_str()),
+        ("x-amz-target", target.as_str()),
+    ];
+    let listed: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+    let req = keyward_aws::sigv4::Request {
+        method: "POST",
+        path: "/",
+        query: "",
+        headers: &listed,
+        body: &body,
+    };
+    let auth = keyward_aws::sigv4::sign(&req, &key.0, key.1.as_bytes(), "us-east-1", &date);
+    let mut http = reqwest::Client::new().post(format!("{addr}/")).body(body);
+    for (n, v) in headers {
+        http = http.header(n, v);
+    }
+    let resp = http.header("authorization", auth).send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+/// A store that fails under an AWS request answers `KMSInternalException` (500, which SDKs retry), and the
+/// request changed nothing: once the store is back, the same request succeeds and the chain is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_answers_aws_clients_with_an_internal_error_and_loses_nothing() {
+    let scratch = Scratch::new();
+    let dir = tempfile::tempdir().unwrap();
+    let url = scratch.url();
+    let server = Server::start(
+        dir.path(),
+        &["--dev", "--store", &url],
+        &[("KEYWARD_DEV_ROOT_TOKEN", ROOT)],
+    );
+    let (st, _, _) = raw(
+        &server.addr,
+        "POST",
+        "/v1/identities",
+        Some(ROOT),
+        Some(br#"{"name": "app", "kind": "service", "roles": ["admin"]}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(st, 201);
+    let (st, k, _) = raw(
+        &server.addr,
+        "POST",
+        "/v1/identities/app/access-keys",
+        Some(ROOT),
+        None,
+    )
+    .await;
+    assert_eq!(st, 201, "{k}");
+    let key = (
+        k["access_key_id"].as_str().unwrap().to_string(),
+        k["secret_access_key"].as_str().unwrap().to_string(),
+    );
+    let (st, created) = aws_call(&server.addr, &key, "CreateKey", serde_json::json!({})).await;
+    assert_eq!(st, 200, "{created}");
+    let key_id = created["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let encrypt = serde_json::json!({"KeyId": key_id, "Plaintext": "aGVsbG8="});
+    let (st, _) = aws_call(&server.addr, &key, "Encrypt", encrypt.clone()).await;
+    assert_eq!(st, 200);
+    let records = scratch.rows("keyward_audit");
+    sql(|c| {
+        c.batch_execute(&format!(
+            "ALTER TABLE {}.keyward_audit RENAME TO keyward_audit_away",
+            scratch.0
+        ))
+        .unwrap()
+    });
+    let (st, v) = aws_call(&server.addr, &key, "Encrypt", encrypt.clone()).await;
+    assert_eq!(
+        (st, v["__type"].as_str()),
+        (500, Some("KMSInternalException")),
+        "{v}"
+    );
+    sql(|c| {
+        c.batch_execute(&format!(
+            "ALTER TABLE {}.keyward_audit_away RENAME TO keyward_audit",
+            scratch.0
+        ))
+        .unwrap()
+    });
+    assert_eq!(scratch.rows("keyward_audit"), records);
+    let mut ok = false;
+    for _ in 0..50 {
+        let (st, _) = aws_call(&server.addr, &key, "Encrypt", encrypt.clone()).await;
+        if st == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the node did not recover once the store was back");
+    assert_eq!(chain_verifies(&server.addr, ROOT).await["valid"], true);
+}
