@@ -417,10 +417,10 @@ enum KeyCmd {
         /// Only this spec.
         #[arg(long)]
         spec: Option<String>,
-        /// Only keys with this tag, k:v.
-        #[arg(long)]
-        tag: Option<String>,
-        /// Page size.
+        /// Only keys with this tag, k=v (as `key create --tag` sets it).
+        #[arg(long, value_parser = kv)]
+        tag: Option<(String, String)>,
+        /// Print at most this many keys.
         #[arg(long)]
         limit: Option<usize>,
     },
@@ -873,6 +873,18 @@ fn write_output(path: &Option<PathBuf>, data: &[u8], access: Access) -> Result<(
 enum Failure {
     Message(String),
     Pending(keyward_api::ApprovalPending),
+    /// Standard output was closed by its reader (`| head`): the program ends quietly.
+    ClosedPipe,
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Failure::ClosedPipe
+        } else {
+            Failure::Message(e.to_string())
+        }
+    }
 }
 
 impl From<String> for Failure {
@@ -1092,7 +1104,27 @@ async fn serve(a: ServeArgs) -> Res {
     Ok(())
 }
 
+/// A reader that stops reading (`keyward key list | head -1`) ends the program quietly, as it ends other
+/// Unix tools: the standard library reports the closed pipe by panicking in `println!`, and this says
+/// nothing for that one case and leaves with the status a shell gives a program ended by SIGPIPE.
+fn quiet_on_closed_stdout() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        report(info)
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -1125,5 +1157,7 @@ fn main() -> ExitCode {
             eprintln!("keyward: {e}");
             ExitCode::FAILURE
         }
+        // The status a shell reports for a program ended by SIGPIPE, as other tools end.
+        Err(Failure::ClosedPipe) => ExitCode::from(141),
     }
 }

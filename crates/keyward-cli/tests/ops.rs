@@ -1319,6 +1319,22 @@ fn the_cli_manages_policies_approvals_mfa_and_health() {
         own.contains("AccessDenied (403)") && own.contains("its own request"),
         "{own}"
     );
+    // Refused before anything was recorded ahead: one record, deny.
+    let request = own
+        .rsplit("[request ")
+        .next()
+        .and_then(|r| r.split(']').next())
+        .unwrap();
+    let trail: serde_json::Value =
+        serde_json::from_str(&ok(ROOT, &["--json", "audit", "--request-id", request])).unwrap();
+    let outcomes: Vec<&str> = trail
+        .as_array()
+        .or_else(|| trail["records"].as_array())
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["deny"], "{trail}");
     ok(
         ROOT,
         &["identity", "create", "second-admin", "--role", "admin"],
@@ -2416,4 +2432,135 @@ fn access_keys_are_managed_from_the_cli() {
             .len(),
         0
     );
+}
+
+/// What a newcomer runs first reads as documented: `init` names the root token's id (and how to revoke it),
+/// `key list` honours `--limit` and takes `--tag` as `key create` does, a refused pruning leaves no archive
+/// behind, a restore into a running service says so, and a reader that stops early ends the CLI quietly.
+#[test]
+fn the_cli_reads_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = Server::start(&dir.path().join("fresh"), &[], &[]);
+    let init = run_keyward(
+        &fresh.addr,
+        "",
+        &["operator", "init", "--shares", "1", "--threshold", "1"],
+        b"",
+    );
+    let text = String::from_utf8(succeeded(&["operator", "init"], init.clone())).unwrap();
+    let id_line = text
+        .lines()
+        .find(|l| l.starts_with("Root token id: tok_"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let id = id_line.trim_start_matches("Root token id: ");
+    assert!(
+        String::from_utf8_lossy(&init.stderr).contains(&format!("keyward revoke {id}")),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let after = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap()
+            .to_string()
+    };
+    let (share, root) = (after("Unseal share 1: "), after("Root token: "));
+    succeeded(
+        &["unseal"],
+        run_keyward(&fresh.addr, "", &["operator", "unseal"], share.as_bytes()),
+    );
+    // A restore into the running service says so.
+    let backup = dir.path().join("backup.kw");
+    let on_fresh = |args: &[&str]| run_keyward(&fresh.addr, &root, args, b"");
+    succeeded(&["key"], on_fresh(&["key", "create", "--spec", "AES_256"]));
+    succeeded(
+        &["backup"],
+        on_fresh(&["operator", "backup", "--output", backup.to_str().unwrap()]),
+    );
+    let restored = String::from_utf8(succeeded(
+        &["restore"],
+        on_fresh(&["operator", "restore", "--input", backup.to_str().unwrap()]),
+    ))
+    .unwrap();
+    assert!(restored.contains("into the running service"), "{restored}");
+    drop(fresh);
+
+    let server = Server::dev(&dir.path().join("dev"));
+    let run = |args: &[&str]| run_keyward(&server.addr, ROOT, args, b"");
+    for i in 0..5 {
+        let team = if i % 2 == 0 { "team=pay" } else { "team=ops" };
+        succeeded(
+            &["key", "create"],
+            run(&["key", "create", "--spec", "AES_256", "--tag", team]),
+        );
+    }
+    let listed = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["--json", "key", "list"];
+        all.extend_from_slice(args);
+        serde_json::from_slice(&succeeded(&all, run(&all))).unwrap()
+    };
+    assert_eq!(listed(&["--limit", "2"]).len(), 2);
+    assert_eq!(listed(&["--limit", "20"]).len(), 5);
+    let pay = listed(&["--tag", "team=pay"]);
+    assert_eq!(pay.len(), 3);
+    assert!(pay.iter().all(|k| k["tags"]["team"] == "pay"));
+    let colon = run(&["key", "list", "--tag", "team:pay"]);
+    assert!(!colon.status.success());
+    assert!(String::from_utf8_lossy(&colon.stderr).contains("k=v"));
+
+    // Records younger than the retention period are never pruned: refused, and no archive is left.
+    let archive = dir.path().join("archive.jsonl");
+    let archive_arg = archive.to_str().unwrap();
+    for _ in 0..2 {
+        let out = run(&["audit", "--prune-through", "3", "--archive", archive_arg]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("File exists"), "{err}");
+        assert!(!archive.exists(), "a refused pruning left {err}");
+    }
+
+    // A closed pipe: no panic, no backtrace, the status of a program ended by SIGPIPE.
+    let piped = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "for i in $(seq 30); do '{bin}' --json audit --all; '{bin}' key list; '{bin}' whoami; done | head -c 10 >/dev/null",
+            bin = env!("CARGO_BIN_EXE_keyward")
+        ))
+        .env("KEYWARD_ADDR", &server.addr)
+        .env("KEYWARD_TOKEN", ROOT)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+}
+
+/// An audit copy that cannot be delivered is not silent: a syslog socket nobody listens on stops the start
+/// with a message naming it, and the metrics count deliveries a sink could not take.
+#[test]
+fn an_audit_sink_that_cannot_be_reached_is_refused_at_start_and_counted_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-syslog-here");
+    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--set")
+        .arg(format!("audit_syslog={}", missing.display()))
+        .env("KEYWARD_DEV_ROOT_TOKEN", ROOT)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("audit_syslog") && err.contains("no-syslog-here"),
+        "{err}"
+    );
+    let server = Server::dev(&dir.path().join("ok"));
+    let metrics = succeeded(
+        &["metrics"],
+        run_keyward(&server.addr, ROOT, &["metrics"], b""),
+    );
+    assert!(String::from_utf8_lossy(&metrics).contains("keyward_audit_sink_failures_total 0"));
 }

@@ -6,6 +6,7 @@
 
 mod common;
 
+use base64::Engine as _;
 use common::{code_of, pkcs11_token, raw, Server};
 use keyward_api::*;
 
@@ -180,26 +181,97 @@ async fn a_token_rooted_service_unseals_itself_and_keeps_hsm_keys_in_the_token()
     )
     .await;
     assert_eq!((status, code_of(&err)), (409, "InvalidState"), "{err}");
-    // A spec the token does not offer is refused with a clear error.
+    // A spec the token does not offer is the request's to change: 400 naming it, never a 503 (which load
+    // balancers and clients read as "node down, retry elsewhere").
+    for spec in ["SM4", "ED25519"] {
+        let (status, err, _) = raw(
+            &server.addr,
+            "POST",
+            "/v1/keys",
+            Some(&root),
+            Some(format!(r#"{{"spec":"{spec}","origin":"HSM"}}"#).into_bytes()),
+        )
+        .await;
+        assert_eq!(status, 400, "{err}");
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains(spec),
+            "{err}"
+        );
+    }
+    // An RSA key in the token encrypts only with what the token can decrypt: SoftHSM 2.6 decrypts OAEP with
+    // SHA-1 only, so OAEP with SHA-256 is refused before a ciphertext nobody could decrypt is made.
+    let oaep = create(&c, "RSA_2048", Some("ENCRYPT_DECRYPT"), Some("HSM")).await;
+    let encrypt = |alg: &str| {
+        serde_json::to_vec(&serde_json::json!({"plaintext": "c2VjcmV0", "algorithm": alg})).unwrap()
+    };
+    let path = format!("/v1/keys/{}/encrypt", oaep.key_id);
+    let (status, sha1, _) = raw(
+        &server.addr,
+        "POST",
+        &path,
+        Some(&root),
+        Some(encrypt("RSAES_OAEP_SHA_1")),
+    )
+    .await;
+    assert_eq!(status, 200, "{sha1}");
+    let back = c
+        .decrypt(
+            Some(&oaep.key_id),
+            &base64::engine::general_purpose::STANDARD
+                .decode(sha1["ciphertext"].as_str().unwrap())
+                .unwrap(),
+            None,
+            Some("RSAES_OAEP_SHA_1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(back.plaintext.expose(), b"secret");
     let (status, err, _) = raw(
         &server.addr,
         "POST",
-        "/v1/keys",
+        &path,
         Some(&root),
-        Some(br#"{"spec":"SM4","origin":"HSM"}"#.to_vec()),
+        Some(encrypt("RSAES_OAEP_SHA_256")),
     )
     .await;
-    assert!(status >= 400, "{err}");
-    assert!(
-        err["error"]["message"].as_str().unwrap().contains("SM4"),
-        "{err}"
-    );
+    if status != 200 {
+        assert_eq!((status, code_of(&err)), (400, "IncorrectKeyUsage"), "{err}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("cannot decrypt"),
+            "{err}"
+        );
+    } else {
+        // A token that does decrypt OAEP with SHA-256: what it encrypted decrypts.
+        let d = c
+            .decrypt(
+                Some(&oaep.key_id),
+                &base64::engine::general_purpose::STANDARD
+                    .decode(err["ciphertext"].as_str().unwrap())
+                    .unwrap(),
+                None,
+                Some("RSAES_OAEP_SHA_256"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(d.plaintext.expose(), b"secret");
+    }
 
     // A restart needs nobody: the service opens its unseal key with the token.
     let env = [("KEYWARD_PKCS11_PIN", pin.as_str())];
+    let logged = server.logs().len();
     server.restart(&env);
     let status = server.client(None).status().await.unwrap();
     assert!(!status.sealed, "a token-rooted service must unseal itself");
+    // And it says so, rather than asking for shares nobody needs to give.
+    let start = &server.logs()[logged..];
+    assert!(
+        start.contains("unsealed itself with the PKCS#11 token"),
+        "{start}"
+    );
+    assert!(!start.contains("is sealed"), "{start}");
     let c = server.client(Some(&root));
     for (ct, plain) in [
         (&ct_soft, &b"software key"[..]),

@@ -195,6 +195,7 @@ pub struct Pending {
 #[derive(Clone)]
 pub struct AuditLog {
     queue: SyncSender<Pending>,
+    sink_failures: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Formats unix milliseconds as RFC 3339 UTC with milliseconds.
@@ -264,6 +265,8 @@ pub struct AuditWriter {
     sinks: Vec<Box<dyn AuditSink>>,
     /// Sinks that failed and must be caught up from the store before the next write.
     behind: bool,
+    /// Failed deliveries to the sinks (each retried from the store), for operators to see.
+    sink_failures: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Pending {
@@ -312,6 +315,7 @@ impl AuditWriter {
             held: Vec::new(),
             sinks,
             behind: false,
+            sink_failures: Arc::default(),
         };
         w.reload_tail()?;
         w.catch_up()?;
@@ -401,6 +405,10 @@ impl AuditWriter {
                     } else {
                         let lines: Vec<&str> = rows.iter().map(|r| r.record.as_str()).collect();
                         self.behind = self.sinks.iter_mut().any(|s| s.write(&lines).is_err());
+                    }
+                    if self.behind {
+                        self.sink_failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
                 for (p, row) in all.into_iter().zip(rows) {
@@ -522,11 +530,22 @@ impl AuditLog {
     pub fn start_with_sinks(kms: Arc<Kms>, sinks: Vec<Box<dyn AuditSink>>) -> KmsResult<AuditLog> {
         let (tx, rx) = sync_channel(65_536);
         let writer = AuditWriter::new(kms, sinks)?;
+        let sink_failures = writer.sink_failures.clone();
         std::thread::Builder::new()
             .name("keyward-audit".into())
             .spawn(move || writer.run(rx))
             .map_err(|_| KmsError::new(ErrorCode::Unavailable, "cannot start the audit writer"))?;
-        Ok(AuditLog { queue: tx })
+        Ok(AuditLog {
+            queue: tx,
+            sink_failures,
+        })
+    }
+
+    /// How many batches could not be delivered to a sink (a file, syslog) since start. Each is delivered
+    /// again from the store once the sink takes writes, so a count that grows means a sink is behind.
+    pub fn sink_failures(&self) -> u64 {
+        self.sink_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Queues a record; `done` runs once it is durable or has failed.

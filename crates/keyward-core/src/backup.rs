@@ -368,7 +368,7 @@ impl Kms {
             if let Some(first) = newer.first() {
                 return Err(KmsError::invalid_state(format!(
                     "the store holds newer state of {} key(s) than the backup (first: {first}); restore with \
-                     \"force\": true to overwrite it",
+                     force to overwrite it (`--force` in the CLI, \"force\": true in the API)",
                     newer.len()
                 )));
             }

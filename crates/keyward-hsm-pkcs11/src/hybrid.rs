@@ -104,9 +104,7 @@ impl Hsm for HybridHsm {
     fn generate(&self, spec: KeySpec, attrs: &KeyAttributes) -> HsmResult<KeyHandle> {
         if attrs.token_resident {
             if !self.token.supports(spec) {
-                return Err(HsmError::Backend(format!(
-                    "the PKCS#11 token does not offer {spec} keys"
-                )));
+                return Err(HsmError::UnsupportedSpec(spec));
             }
             return Ok(self.token_handle(self.token.generate(spec, attrs)?));
         }

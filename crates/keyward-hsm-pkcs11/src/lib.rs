@@ -119,6 +119,12 @@ fn rv(e: &CkError) -> Option<RvError> {
     }
 }
 
+/// An RSA algorithm the token cannot decrypt with (SoftHSM 2.6 offers OAEP with SHA-1 only): refused on
+/// both sides, as the caller's choice to change.
+const UNDECRYPTABLE: HsmError = HsmError::IncorrectKeyUsage(
+    "the PKCS#11 token cannot decrypt with this algorithm, so nothing may be encrypted with it; choose another of the key's encryption algorithms (RSAES_OAEP_SHA_1)",
+);
+
 /// A token error in words, never with key material or the PIN.
 fn token_error(op: &str, e: CkError) -> HsmError {
     match rv(&e) {
@@ -126,9 +132,10 @@ fn token_error(op: &str, e: CkError) -> HsmError {
         | Some(RvError::EncryptedDataLenRange)
         | Some(RvError::WrappedKeyInvalid)
         | Some(RvError::WrappedKeyLenRange) => HsmError::DecryptFailed,
-        Some(RvError::MechanismInvalid) => {
-            HsmError::Backend(format!("the token does not offer the mechanism {op} needs"))
-        }
+        // What the token does not offer is the request's to change, not a failure of the service.
+        Some(RvError::MechanismInvalid) => HsmError::IncorrectKeyUsage(
+            "the PKCS#11 token does not offer the mechanism this operation needs",
+        ),
         Some(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid) => {
             HsmError::Backend(format!("token {op}: {STALE}"))
         }
@@ -1165,6 +1172,11 @@ impl Hsm for Pkcs11Hsm {
         alg: EncryptionAlgorithm,
         plaintext: &[u8],
     ) -> HsmResult<Vec<u8>> {
+        // The public half encrypts in software, but only the token can decrypt: what it cannot decrypt is
+        // never produced, or the data would be lost.
+        if key.spec().family() == KeyFamily::Rsa && !self.supports_encryption(key.spec(), alg) {
+            return Err(UNDECRYPTABLE);
+        }
         self.soft
             .encrypt_asymmetric(self.soft_public(key)?, alg, plaintext)
     }
@@ -1179,7 +1191,7 @@ impl Hsm for Pkcs11Hsm {
             return Err(HsmError::IncorrectKeyUsage("not an RSA key"));
         }
         if !self.supports_encryption(key.spec(), alg) {
-            return Err(HsmError::Backend(format!("the token does not offer {alg}")));
+            return Err(UNDECRYPTABLE);
         }
         let (hash, mgf) = match alg {
             EncryptionAlgorithm::RsaesOaepSha1 => (MechanismType::SHA1, PkcsMgfType::MGF1_SHA1),

@@ -231,8 +231,12 @@ pub fn build(config: Config) -> Result<(AppState, Startup), String> {
     #[cfg(unix)]
     if let Some(target) = &config.audit_syslog {
         let state = config.data_dir.join("audit-syslog.seq");
-        let sink = sink::SyslogSink::open(target, &state)
-            .map_err(|e| format!("cannot open syslog socket: {e}"))?;
+        let sink = sink::SyslogSink::open(target, &state).map_err(|e| {
+            format!(
+                "audit_syslog: cannot send to the syslog socket {}: {e} (is the syslog daemon running?)",
+                target.display()
+            )
+        })?;
         sinks.push(Box::new(sink));
     }
     let audit = AuditLog::start_with_sinks(kms.clone(), sinks).map_err(|e| e.to_string())?;
@@ -257,9 +261,15 @@ pub fn build(config: Config) -> Result<(AppState, Startup), String> {
             );
         } else if s.root_of_trust == Some(RootOfTrust::Dev) {
             return Err("this data directory was created in dev mode; start it with --dev".into());
+        } else if !s.sealed {
+            // A token-rooted node unseals itself at start.
+            startup
+                .notes
+                .push("Keyward unsealed itself with the PKCS#11 token.".into());
         } else {
+            let share = if s.threshold == 1 { "share" } else { "shares" };
             startup.notes.push(format!(
-                "Keyward is sealed: give {} unseal shares (`keyward operator unseal`).",
+                "Keyward is sealed: give {} unseal {share} (`keyward operator unseal`).",
                 s.threshold
             ));
         }
@@ -350,6 +360,16 @@ async fn background(app: AppState) {
         }
         let a = app.clone();
         let _ = tokio::task::spawn_blocking(move || {
+            // A sink that falls behind is caught up from the store; say so while it does.
+            static SINK_FAILURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let failures = a.audit.sink_failures();
+            let seen = SINK_FAILURES.swap(failures, std::sync::atomic::Ordering::Relaxed);
+            if failures > seen {
+                tracing::warn!(
+                    failures = failures - seen,
+                    "audit records could not be delivered to a sink (audit_file, audit_syslog); they are sent again from the store"
+                );
+            }
             // Every node watches its own view of the audit chain, whoever leads.
             if a.config.audit {
                 match a.chain.check(&a.kms, a.clock.now_ms()) {

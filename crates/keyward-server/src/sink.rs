@@ -79,6 +79,8 @@ pub struct SyslogSink {
 impl SyslogSink {
     /// Sends to the datagram socket at `target` (usually `/dev/log`), remembering progress in `state`.
     pub fn open(target: &Path, state: &Path) -> std::io::Result<SyslogSink> {
+        // A socket nobody listens on would swallow every record: refuse it at start.
+        std::os::unix::net::UnixDatagram::unbound()?.connect(target)?;
         let socket = std::os::unix::net::UnixDatagram::unbound()?;
         Ok(SyslogSink {
             socket,
@@ -143,6 +145,31 @@ mod tests {
                 .count(),
             2
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_syslog_socket_nobody_listens_on_is_refused_and_a_lost_listener_fails_writes() {
+        let dir = std::env::temp_dir().join(format!("keyward-syslog-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let (log, state) = (dir.join("log"), dir.join("state"));
+        let _ = std::fs::remove_file(&log);
+        assert!(SyslogSink::open(&log, &state).is_err(), "a missing socket");
+        let listener =
+            std::os::unix::net::UnixDatagram::bind(&log).unwrap_or_else(|e| panic!("{e}"));
+        let mut sink = SyslogSink::open(&log, &state).unwrap_or_else(|e| panic!("{e}"));
+        sink.write(&["{\"seq\":1,\"a\":1}"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut got = [0u8; 256];
+        let n = listener.recv(&mut got).unwrap_or_default();
+        assert!(String::from_utf8_lossy(&got[..n]).contains("{\"seq\":1,\"a\":1}"));
+        assert_eq!(sink.last_seq().unwrap_or(0), 1);
+        // The daemon goes away: the write fails (and the writer counts it and retries from the store).
+        drop(listener);
+        let _ = std::fs::remove_file(&log);
+        assert!(sink.write(&["{\"seq\":2,\"a\":2}"]).is_err());
+        assert_eq!(sink.last_seq().unwrap_or(0), 1);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -29,10 +29,20 @@ pub(crate) async fn run(c: &Client, out: &Out, command: Command) -> Res {
             archive,
             ..
         } => {
-            if let Some(path) = archive {
-                archive_audit(c, &path, through).await?;
+            if let Some(path) = &archive {
+                archive_audit(c, path, through).await?;
             }
-            out.value(&c.prune_audit(through).await.map_err(e)?);
+            match c.prune_audit(through).await {
+                Ok(v) => out.value(&v),
+                Err(refused) => {
+                    // Nothing was pruned: the archive of records that stay is taken back, so that a retry
+                    // starts afresh.
+                    if let Some(path) = &archive {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    return Err(e(refused));
+                }
+            }
         }
         Command::Audit {
             verify: false,
@@ -117,7 +127,7 @@ pub(crate) async fn run(c: &Client, out: &Out, command: Command) -> Res {
                 if out.json {
                     let mut stdout = std::io::stdout().lock();
                     for r in &records {
-                        writeln!(stdout, "{r}").map_err(|x| x.to_string())?;
+                        writeln!(stdout, "{r}").map_err(Failure::from)?;
                     }
                 } else {
                     kept.extend(records);
@@ -230,6 +240,20 @@ async fn archive_audit(c: &Client, path: &std::path::Path, through: u64) -> Resu
         .create_new(true)
         .open(path)
         .map_err(|x| format!("{}: {x}", path.display()))?;
+    let written = write_archive(c, path, file, through).await;
+    if written.is_err() {
+        // The file is this run's own (created new): an archive that failed is not left to look whole.
+        let _ = std::fs::remove_file(path);
+    }
+    written
+}
+
+async fn write_archive(
+    c: &Client,
+    path: &std::path::Path,
+    file: std::fs::File,
+    through: u64,
+) -> Result<(), Failure> {
     let mut w = std::io::BufWriter::new(file);
     let mut after: Option<u64> = None;
     let mut last = None;
@@ -292,9 +316,9 @@ async fn follow_audit(
                 } else {
                     output::audit_line(r)
                 };
-                writeln!(stdout, "{line}").map_err(|x| x.to_string())?;
+                writeln!(stdout, "{line}").map_err(Failure::from)?;
             }
-            stdout.flush().map_err(|x| x.to_string())?;
+            stdout.flush().map_err(Failure::from)?;
         }
         if let Some(last) = records.last().and_then(|r| r["seq"].as_u64()) {
             after = Some(last.to_string());

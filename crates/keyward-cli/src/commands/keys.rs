@@ -29,11 +29,15 @@ pub(crate) async fn run(c: &Client, out: &Out, command: Command) -> Res {
                 limit,
             } => {
                 let mut q = Vec::new();
+                // The API's filter spells a tag key:value.
+                let tag = tag.map(|(k, v)| format!("{k}:{v}"));
+                // Pages of at most what is still wanted: `--limit` bounds what is printed, not a page.
+                let page_size = limit.map(|l| l.clamp(1, 1000));
                 for (k, v) in [
                     ("state", state),
                     ("spec", spec),
                     ("tag", tag),
-                    ("limit", limit.map(|l| l.to_string())),
+                    ("limit", page_size.map(|l| l.to_string())),
                 ] {
                     if let Some(v) = v {
                         q.push(format!("{k}={}", keyward_client::segment(&v)));
@@ -44,6 +48,10 @@ pub(crate) async fn run(c: &Client, out: &Out, command: Command) -> Res {
                 loop {
                     let page = c.list_keys(&query).await.map_err(e)?;
                     all.extend(page.keys);
+                    if limit.is_some_and(|l| all.len() >= l) {
+                        all.truncate(limit.unwrap_or_default());
+                        break;
+                    }
                     match page.next_token {
                         Some(t) => {
                             query = [q.join("&"), format!("next_token={t}")]

@@ -9,12 +9,20 @@ pub(crate) async fn run(c: &Client, out: &Out, op: Operator) -> Res {
         Operator::Init { shares, threshold } => {
             let r = c.init(shares, threshold).await.map_err(e)?;
             if out.json {
-                out.value(&serde_json::json!({"shares": r.shares, "root_token": r.root_token}));
+                out.value(
+                    &serde_json::json!({"shares": r.shares, "root_token": r.root_token,
+                    "root_token_id": r.root_token_id}),
+                );
             } else {
                 for (i, s) in r.shares.iter().enumerate() {
                     println!("Unseal share {}: {}", i + 1, s.as_str());
                 }
                 println!("Root token: {}", r.root_token.as_str());
+                println!("Root token id: {}", r.root_token_id);
+                eprintln!(
+                    "Once an admin identity has a token of its own, revoke the root token: keyward revoke {}",
+                    r.root_token_id
+                );
                 if r.shares.is_empty() {
                     eprintln!(
                         "The PKCS#11 token holds the root of trust: the service unseals itself."
@@ -110,7 +118,19 @@ pub(crate) async fn run(c: &Client, out: &Out, op: Operator) -> Res {
                 })
                 .await
                 .map_err(e)?;
-            out.value(&r);
+            if out.json {
+                out.value(&r);
+            } else if r.initialized {
+                println!(
+                    "Restored {} key(s); the service was initialised from the backup.",
+                    r.restored_keys
+                );
+            } else {
+                println!(
+                    "Restored {} key(s) into the running service.",
+                    r.restored_keys
+                );
+            }
         }
     }
     Ok(())

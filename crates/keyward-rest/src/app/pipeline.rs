@@ -135,7 +135,32 @@ where
     F: FnOnce(Caller) -> Result<Reply, ApiError> + Send + 'static,
     N: FnOnce() -> Option<String> + Send + 'static,
 {
-    match run_noting(app, meta, action, key_ref, noted, mode, f).await {
+    call_guarded(app, meta, action, key_ref, noted, None::<Guard>, mode, f).await
+}
+
+/// A check of the caller that only the handler knows to make (an approver deciding its own request), run
+/// once the caller is authorized and before anything is recorded ahead: a refusal is then the request's one
+/// record, `deny`, as any authorization refusal is.
+pub type Guard = fn(Caller) -> Result<(), ApiError>;
+
+/// [`call_noting`] with a `guard` (see [`Guard`]) run on a blocking thread, as it may read the store.
+#[allow(clippy::too_many_arguments)]
+pub async fn call_guarded<F, N, G>(
+    app: &AppState,
+    meta: &Meta,
+    action: Action,
+    key_ref: Option<String>,
+    noted: Option<N>,
+    guard: Option<G>,
+    mode: Mode,
+    f: F,
+) -> Response
+where
+    F: FnOnce(Caller) -> Result<Reply, ApiError> + Send + 'static,
+    N: FnOnce() -> Option<String> + Send + 'static,
+    G: FnOnce(Caller) -> Result<(), ApiError> + Send + 'static,
+{
+    match run_guarded(app, meta, action, key_ref, noted, guard, mode, f).await {
         Ok(reply) => json_response(reply.status, reply.body),
         Err(e) => e.into_response(),
     }
@@ -155,6 +180,25 @@ pub async fn run_noting<F, N>(
 where
     F: FnOnce(Caller) -> Result<Reply, ApiError> + Send + 'static,
     N: FnOnce() -> Option<String> + Send + 'static,
+{
+    run_guarded(app, meta, action, key_ref, noted, None::<Guard>, mode, f).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_guarded<F, N, G>(
+    app: &AppState,
+    meta: &Meta,
+    action: Action,
+    key_ref: Option<String>,
+    noted: Option<N>,
+    guard: Option<G>,
+    mode: Mode,
+    f: F,
+) -> Result<Reply, ApiError>
+where
+    F: FnOnce(Caller) -> Result<Reply, ApiError> + Send + 'static,
+    N: FnOnce() -> Option<String> + Send + 'static,
+    G: FnOnce(Caller) -> Result<(), ApiError> + Send + 'static,
 {
     let now = app.clock.now();
     let mut written_ahead = false;
@@ -182,23 +226,37 @@ where
                 caller.source_keys = Some(keys.clone());
                 source_keys = Some(keys);
             }
-            let ahead =
-                match write_ahead(app, meta, &p, action, key_ref.as_deref(), &noted_key).await {
+            let guarded = match guard {
+                Some(g) => {
+                    let c = caller.clone();
+                    tokio::task::spawn_blocking(move || g(c))
+                        .await
+                        .unwrap_or_else(|_| Err(worker_failed()))
+                }
+                None => Ok(()),
+            };
+            if let Err(refused) = guarded {
+                (p, Err(refused))
+            } else {
+                let ahead = match write_ahead(app, meta, &p, action, key_ref.as_deref(), &noted_key)
+                    .await
+                {
                     Ok(ahead) => ahead,
                     Err(refusal) => return Err(refusal),
                 };
-            written_ahead = ahead.written;
-            tracked = ahead.tracked;
-            let result = match ahead.refused {
-                Some(e) => Err(e),
-                None => match mode {
-                    Mode::Inline => f(caller),
-                    Mode::Blocking => tokio::task::spawn_blocking(move || f(caller))
-                        .await
-                        .unwrap_or_else(|_| Err(worker_failed())),
-                },
-            };
-            (p, result)
+                written_ahead = ahead.written;
+                tracked = ahead.tracked;
+                let result = match ahead.refused {
+                    Some(e) => Err(e),
+                    None => match mode {
+                        Mode::Inline => f(caller),
+                        Mode::Blocking => tokio::task::spawn_blocking(move || f(caller))
+                            .await
+                            .unwrap_or_else(|_| Err(worker_failed())),
+                    },
+                };
+                (p, result)
+            }
         }
     };
     let (outcome, error_code) = verdict(&result);

@@ -16,7 +16,7 @@ use keyward_core::audit::{rfc3339, AuditEvent};
 use keyward_core::{ErrorCode, VersionAction};
 use serde::Serialize;
 
-use crate::app::{call, call_noting, AppState, Caller, Meta, Mode, Reply};
+use crate::app::{call, call_guarded, call_noting, AppState, Caller, Meta, Mode, Reply};
 use crate::authz::Action;
 use crate::convert::{key_object, version_object};
 use crate::error::ApiError;
@@ -480,12 +480,14 @@ pub async fn approve(State(app): State<AppState>, meta: Meta, Path(id): Path<Str
     let named = id.clone();
     let looked_up = app.clone();
     let key = move || approval_key(&looked_up, &named);
-    call_noting(
+    let guard = may_decide(&app, &id);
+    call_guarded(
         &app,
         &meta,
         Action::Approve,
         None,
         Some(key),
+        Some(guard),
         Mode::Blocking,
         move |caller| decide(&a, &caller, &m, &id, true),
     )
@@ -500,16 +502,56 @@ pub async fn reject(State(app): State<AppState>, meta: Meta, Path(id): Path<Stri
     let named = id.clone();
     let looked_up = app.clone();
     let key = move || approval_key(&looked_up, &named);
-    call_noting(
+    let guard = may_decide(&app, &id);
+    call_guarded(
         &app,
         &meta,
         Action::Reject,
         None,
         Some(key),
+        Some(guard),
         Mode::Blocking,
         move |caller| decide(&a, &caller, &m, &id, false),
     )
     .await
+}
+
+/// Whether the caller may decide the request at all, checked before anything is recorded: the requester
+/// may not decide its own request, and an approver must itself be allowed to perform the operation. A
+/// refusal is then the request's one record (`deny`); the decision transaction checks both again.
+fn may_decide(
+    app: &AppState,
+    id: &str,
+) -> impl FnOnce(Caller) -> Result<(), ApiError> + Send + 'static {
+    let (app, id) = (app.clone(), id.to_string());
+    move |caller| {
+        let Ok(a) = load(&app, &id) else {
+            // An unknown request is refused by the decision itself, under its own code.
+            return Ok(());
+        };
+        if caller.principal.name == a.requested_by {
+            return Err(ApiError::new(
+                ErrorCode::AccessDenied,
+                "the requester cannot approve or reject its own request",
+            ));
+        }
+        if !caller.may(
+            &app.iam,
+            &app.kms,
+            a.operation.action(),
+            a.operation.key_id(),
+        ) {
+            return Err(ApiError::new(
+                ErrorCode::AccessDenied,
+                format!(
+                    "{} may not perform {}",
+                    caller.principal.name,
+                    a.operation.action().name()
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Serialize)]

@@ -296,6 +296,13 @@ pub async fn metrics(State(app): State<AppState>, meta: Meta) -> Response {
                     u8::from(chain.broken.is_none())
                 ));
         }
+        out.push_str(&format!(
+            "# HELP keyward_audit_sink_failures_total Batches of audit records a sink (audit_file, audit_syslog) could not take; each is delivered again from the store.
+# TYPE keyward_audit_sink_failures_total counter
+keyward_audit_sink_failures_total {}
+",
+            a.audit.sink_failures()
+        ));
         out
     })
 }
