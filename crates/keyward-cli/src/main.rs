@@ -250,9 +250,9 @@ enum Command {
     },
     /// Prometheus metrics.
     Metrics,
-    /// The compliance report (JSON, or a self-contained HTML page with --html).
+    /// The compliance report: a summary table by default, the whole report with --json, or HTML (--html).
     Report {
-        /// HTML instead of JSON.
+        /// The whole report as HTML.
         #[arg(long)]
         html: bool,
         /// Keys unused for this many days are reported dormant.
@@ -1155,6 +1155,13 @@ fn main() -> ExitCode {
         }
         Err(Failure::Message(e)) => {
             eprintln!("keyward: {e}");
+            // The server cannot tell a missing token from a wrong one; the CLI can.
+            let no_token = std::env::var("KEYWARD_TOKEN").map_or(true, |t| t.trim().is_empty());
+            if e.starts_with("Unauthenticated") && no_token {
+                eprintln!(
+                    "keyward: KEYWARD_TOKEN is not set: export a token (`keyward login NAME` prints one), or use a client certificate"
+                );
+            }
             ExitCode::FAILURE
         }
         // The status a shell reports for a program ended by SIGPIPE, as other tools end.

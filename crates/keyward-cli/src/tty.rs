@@ -22,6 +22,11 @@ pub fn all_of_stdin(what: &str) -> Result<Zeroizing<String>, String> {
         .lock()
         .read_to_end(&mut buf)
         .map_err(|e| format!("cannot read stdin: {e}"))?;
+    if buf.iter().all(u8::is_ascii_whitespace) {
+        return Err(format!(
+            "nothing on standard input for {what}: pipe it in, or run at a terminal to be asked for it"
+        ));
+    }
     text(buf, what)
 }
 

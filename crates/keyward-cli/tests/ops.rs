@@ -644,8 +644,24 @@ fn the_operator_commands_take_shares_from_stdin() {
         (v["sealed"].as_bool(), v["progress"].as_u64()),
         (Some(true), Some(1))
     );
-    let v = status(run("", &["--json", "operator", "unseal"], first.as_bytes()));
+    // The same share again counts once, and says so (exit status 1).
+    let again = run("", &["--json", "operator", "unseal"], first.as_bytes());
+    assert!(!again.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(v["progress"].as_u64(), Some(1), "{v}");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("given already"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    // Nothing on stdin: said so, nothing sent.
+    let empty = run("", &["operator", "unseal"], b"");
+    assert!(!empty.status.success());
+    assert!(
+        String::from_utf8_lossy(&empty.stderr).contains("nothing on standard input for the share"),
+        "{}",
+        String::from_utf8_lossy(&empty.stderr)
+    );
     let v = status(run("", &["--json", "operator", "unseal", &shares[2]], b""));
     assert_eq!(v["sealed"].as_bool(), Some(false), "{v}");
     // Not a share: refused by name, nothing changes.
@@ -1144,6 +1160,18 @@ fn the_cli_covers_identities_pki_and_audit() {
     let cp: serde_json::Value = serde_json::from_str(&ok(&["checkpoint"], b"")).unwrap();
     assert!(cp["signature"].is_string());
     assert!(ok(&["metrics"], b"").contains("keyward_requests_total"));
+    // With --json, metrics are JSON; the report is a summary table by default and whole with --json.
+    let metrics: serde_json::Value =
+        serde_json::from_str(&ok(&["--json", "metrics"], b"")).unwrap();
+    assert!(metrics["keyward_sealed"].is_number(), "{metrics}");
+    let summary = ok(&["report"], b"");
+    assert!(summary.starts_with("FIELD"), "{summary}");
+    assert!(
+        summary.contains("audit_chain_valid") && summary.lines().count() < 30,
+        "{summary}"
+    );
+    let whole: serde_json::Value = serde_json::from_str(&ok(&["--json", "report"], b"")).unwrap();
+    assert!(whole["inventory"]["by_spec"].is_object(), "{whole}");
 }
 
 /// The current code of an `otpauth://totp/...?secret=BASE32&...` URI (RFC 6238: HMAC-SHA-1, 6 digits, 30 s).
@@ -2504,6 +2532,14 @@ fn the_cli_reads_as_documented() {
     let pay = listed(&["--tag", "team=pay"]);
     assert_eq!(pay.len(), 3);
     assert!(pay.iter().all(|k| k["tags"]["team"] == "pay"));
+    // No token: the CLI says which variable is missing.
+    let anonymous = run_keyward(&server.addr, "", &["key", "list"], b"");
+    assert!(!anonymous.status.success());
+    assert!(
+        String::from_utf8_lossy(&anonymous.stderr).contains("KEYWARD_TOKEN is not set"),
+        "{}",
+        String::from_utf8_lossy(&anonymous.stderr)
+    );
     let colon = run(&["key", "list", "--tag", "team:pay"]);
     assert!(!colon.status.success());
     assert!(String::from_utf8_lossy(&colon.stderr).contains("k=v"));

@@ -175,6 +175,8 @@ fn a_bad_store_url_is_refused_at_start_without_echoing_the_password() {
     );
     assert!(!ok);
     assert!(text.contains("postgres"), "{text}");
+    // It names the server it could not reach, never the password.
+    assert!(text.contains("127.0.0.1:1"), "{text}");
     assert!(!text.contains("s3cret-pw"), "{text}");
 }
 

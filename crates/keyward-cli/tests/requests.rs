@@ -248,3 +248,24 @@ async fn only_json_is_read_refusals_quote_little_and_batch_items_fail_alone() {
     .await;
     assert_eq!(st, 400);
 }
+
+/// A refusal says what would have been accepted: an unknown version action lists the actions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_version_action_names_the_actions() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::dev(dir.path());
+    let k = key(&s).await;
+    let (st, v, _) = raw(
+        &s.addr,
+        "POST",
+        &format!("/v1/keys/{k}/versions/1/frobnicate"),
+        Some(ROOT),
+        None,
+    )
+    .await;
+    assert_eq!((st, code_of(&v)), (404, "NotFound"), "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    for action in ["enable", "disable", "archive", "restore", "destroy"] {
+        assert!(message.contains(action), "{message}");
+    }
+}

@@ -193,11 +193,24 @@ impl PgStore {
         Ok(store)
     }
 
+    /// `host:port` of the server (or the socket directory), for messages.
+    fn server(&self) -> String {
+        let host = match self.config.get_hosts().first() {
+            Some(postgres::config::Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        format!("{host}:{port}")
+    }
+
     fn connect(&self) -> StoreResult<Conn> {
-        let mut client = self
-            .config
-            .connect(NoTls)
-            .map_err(|e| unavailable("connect", &e))?;
+        let mut client = self.config.connect(NoTls).map_err(|e| {
+            // Which server could not be reached (never the URL: it may hold the password).
+            let op = format!("connect to {}", self.server());
+            unavailable(&op, &e)
+        })?;
         if let Some(schema) = &self.options.schema {
             // The name was checked to be a plain identifier when the store was opened.
             client

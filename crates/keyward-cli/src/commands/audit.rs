@@ -141,7 +141,14 @@ pub(crate) async fn run(c: &Client, out: &Out, command: Command) -> Res {
                 out.audit(&serde_json::json!({ "records": kept }));
             }
         }
-        Command::Metrics => print!("{}", c.metrics().await.map_err(e)?),
+        Command::Metrics => {
+            let text = c.metrics().await.map_err(e)?;
+            if out.json {
+                out.value(&metrics_json(&text));
+            } else {
+                print!("{text}");
+            }
+        }
         Command::Report {
             html,
             dormant_days,
@@ -157,7 +164,18 @@ pub(crate) async fn run(c: &Client, out: &Out, command: Command) -> Res {
             if !status.is_success() {
                 return print_raw(out, status, id.as_deref(), &body);
             }
-            write_output(&dest, &body, Access::Ordinary)?;
+            if html || dest.is_some() {
+                write_output(&dest, &body, Access::Ordinary)?;
+            } else {
+                let report: serde_json::Value = serde_json::from_slice(&body)
+                    .map_err(|x| format!("the report does not parse: {x}"))?;
+                if out.json {
+                    out.value(&report);
+                } else {
+                    out.value(&report_summary(&report));
+                    eprintln!("The whole report: keyward --json report, or keyward report --html --out report.html");
+                }
+            }
         }
         Command::Checkpoint => {
             let (status, id, body) = c
@@ -327,4 +345,45 @@ async fn follow_audit(
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
     }
+}
+
+/// Prometheus text as a JSON object: each sample's name (with its labels) and value.
+fn metrics_json(text: &str) -> serde_json::Value {
+    let samples = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            let value: f64 = value.parse().ok()?;
+            Some((name.to_string(), serde_json::json!(value)))
+        })
+        .collect::<serde_json::Map<_, _>>();
+    serde_json::Value::Object(samples)
+}
+
+/// What a reader needs first of the compliance report: whether the chain holds, and how many of each
+/// finding there are.
+fn report_summary(r: &serde_json::Value) -> serde_json::Value {
+    let count = |field: &str| r[field].as_array().map_or(0, Vec::len);
+    let flagged = r["identities"].as_array().map_or(0, |ids| {
+        ids.iter()
+            .filter(|i| i["findings"].as_array().is_some_and(|f| !f.is_empty()))
+            .count()
+    });
+    serde_json::json!({
+        "audit_chain_valid": r["audit_chain_valid"],
+        "audit_chain_problem": r["audit_chain_problem"],
+        "generated_at": r["generated_at"],
+        "node_id": r["node_id"],
+        "keys": r["inventory"]["total"],
+        "rotation_overdue": r["rotation_overdue"],
+        "weak_keys": count("weak_keys"),
+        "pending_deletions": count("pending_deletions"),
+        "dormant_keys": count("dormant_keys"),
+        "refused_and_failed": count("refused_and_failed"),
+        "identities": count("identities"),
+        "identities_with_findings": flagged,
+        "root_tokens_live": r["root_tokens_live"],
+        "audit_records": r["audit_records"],
+    })
 }

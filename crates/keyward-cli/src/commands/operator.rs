@@ -40,7 +40,16 @@ pub(crate) async fn run(c: &Client, out: &Out, op: Operator) -> Res {
                 }
                 None => tty::all_of_stdin("the share")?,
             };
-            out.status(&c.unseal(share.trim()).await.map_err(e)?);
+            let before = c.status().await.map_err(e)?;
+            let after = c.unseal(share.trim()).await.map_err(e)?;
+            out.status(&after);
+            if after.sealed && after.progress <= before.progress {
+                return Err(format!(
+                    "that share was given already: still {} of {} (each operator gives a different share)",
+                    after.progress, after.threshold
+                )
+                .into());
+            }
         }
         Operator::Seal => {
             c.seal().await.map_err(e)?;

@@ -369,7 +369,10 @@ pub async fn version_action(
         Mode::Blocking,
         move |caller| {
             let act = act.ok_or_else(|| {
-                ApiError::new(keyward_core::ErrorCode::NotFound, "no such version action")
+                ApiError::new(
+                    keyward_core::ErrorCode::NotFound,
+                    "no such version action; the actions are enable, disable, archive, restore and destroy",
+                )
             })?;
             let n: u32 = n
                 .parse()
