@@ -1157,6 +1157,16 @@ fn main() -> ExitCode {
             eprintln!("keyward: {e}");
             // The server cannot tell a missing token from a wrong one; the CLI can.
             let no_token = std::env::var("KEYWARD_TOKEN").map_or(true, |t| t.trim().is_empty());
+            // rustls names certificate problems by variant; say what to do about them.
+            if e.contains("CaUsedAsEndEntity") {
+                eprintln!(
+                    "keyward: the server presents a CA certificate as its own: serve a leaf certificate issued by that CA (README, Production start)"
+                );
+            } else if e.contains("UnknownIssuer") {
+                eprintln!(
+                    "keyward: the server's certificate is not issued by a CA this client trusts: set KEYWARD_CACERT to the CA's PEM file"
+                );
+            }
             if e.starts_with("Unauthenticated") && no_token {
                 eprintln!(
                     "keyward: KEYWARD_TOKEN is not set: export a token (`keyward login NAME` prints one), or use a client certificate"

@@ -2600,3 +2600,43 @@ fn an_audit_sink_that_cannot_be_reached_is_refused_at_start_and_counted_after() 
     );
     assert!(String::from_utf8_lossy(&metrics).contains("keyward_audit_sink_failures_total 0"));
 }
+
+/// The usual `openssl req -x509` certificate is a CA: served as the server's own, every client refuses it.
+/// The server warns at start, and the CLI turns the TLS library's refusal into what to do.
+#[test]
+fn a_ca_certificate_served_as_the_servers_own_is_named_at_both_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = test_ca(dir.path());
+    let key = dir.path().join("ca.key");
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--dev",
+            "--tls-cert",
+            &ca,
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[("KEYWARD_DEV_ROOT_TOKEN", ROOT)],
+    );
+    assert!(
+        server
+            .logs()
+            .contains("the served certificate is a CA certificate"),
+        "{}",
+        server.logs()
+    );
+    let addr = server.addr.replace("http://", "https://");
+    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .arg("health")
+        .env("KEYWARD_ADDR", &addr)
+        .env("KEYWARD_CACERT", &ca)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("presents a CA certificate as its own"),
+        "{err}"
+    );
+}

@@ -113,15 +113,26 @@ impl Tls {
             aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, first.as_ref()).as_ref(),
         );
         let (described, not_after) = match x509_parser::parse_x509_certificate(first.as_ref()) {
-            Ok((_, c)) => (
-                format!(
-                    "{} (subject {}, valid until {})",
-                    f.cert.display(),
-                    c.subject(),
-                    c.validity().not_after
-                ),
-                Some(c.validity().not_after.timestamp()),
-            ),
+            Ok((_, c)) => {
+                if c.is_ca() {
+                    // rustls clients (the CLI among them) refuse a CA as a server's own certificate.
+                    tracing::warn!(
+                        certificate = %f.cert.display(),
+                        "the served certificate is a CA certificate (basicConstraints CA:TRUE): clients will refuse it \
+                         (CaUsedAsEndEntity); serve a leaf certificate issued by that CA, or one made with \
+                         -addext basicConstraints=critical,CA:FALSE (see README, Production start)"
+                    );
+                }
+                (
+                    format!(
+                        "{} (subject {}, valid until {})",
+                        f.cert.display(),
+                        c.subject(),
+                        c.validity().not_after
+                    ),
+                    Some(c.validity().not_after.timestamp()),
+                )
+            }
             Err(_) => (f.cert.display().to_string(), None),
         };
         Ok(Loaded {
