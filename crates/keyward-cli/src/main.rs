@@ -29,7 +29,16 @@ use output::Out;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "keyward", version, about = "Keyward key management service")]
+#[command(
+    name = "keyward",
+    version,
+    about = "Keyward key management service",
+    after_help = "Environment of the client commands:\n  \
+        KEYWARD_ADDR         the server (default http://127.0.0.1:9700; several, comma-separated, fail over)\n  \
+        KEYWARD_TOKEN        the bearer token (keyward login NAME prints one)\n  \
+        KEYWARD_CACERT       PEM CA bundle to trust instead of the system roots\n  \
+        KEYWARD_CLIENT_CERT  PEM client certificate for mutual TLS, with KEYWARD_CLIENT_KEY (its key)"
+)]
 struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
@@ -618,6 +627,10 @@ enum IdentityCmd {
         /// Read a password from stdin (user identities; at a terminal, asked for twice without echo).
         #[arg(long)]
         password_stdin: bool,
+        /// The subject of a client certificate that authenticates as this identity over mutual TLS
+        /// (`"CN=app1, O=Payments"`; the server needs `tls_client_ca`).
+        #[arg(long)]
+        certificate_subject: Option<String>,
     },
     /// List identities (no secrets: whether a password or MFA is set).
     List,

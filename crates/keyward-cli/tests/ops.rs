@@ -1810,6 +1810,64 @@ async fn client_certificates_authenticate_as_identities() {
         Some("Unauthenticated")
     );
     assert!(root.encrypt(&key, b"x", None).await.is_ok());
+
+    // The same from the CLI: an identity bound to a certificate subject, and the certificate given in
+    // KEYWARD_CLIENT_CERT and KEYWARD_CLIENT_KEY.
+    let cli = |env: &[(&str, String)], args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyward"));
+        cmd.args(args)
+            .env("KEYWARD_ADDR", &https)
+            .env("KEYWARD_CACERT", p("ca.pem"))
+            .env_remove("KEYWARD_TOKEN");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        tokio::task::block_in_place(|| cmd.output().unwrap())
+    };
+    let created = cli(
+        &[("KEYWARD_TOKEN", ROOT.to_string())],
+        &[
+            "identity",
+            "create",
+            "app2",
+            "--role",
+            "key-user",
+            "--certificate-subject",
+            "CN=app2, O=Payments",
+        ],
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    issue(
+        "app2",
+        "/O=Payments/CN=app2",
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    );
+    let me = cli(
+        &[
+            ("KEYWARD_CLIENT_CERT", p("app2.pem")),
+            ("KEYWARD_CLIENT_KEY", p("app2.key")),
+        ],
+        &["--json", "whoami"],
+    );
+    assert!(
+        me.status.success(),
+        "{}",
+        String::from_utf8_lossy(&me.stderr)
+    );
+    let me: serde_json::Value = serde_json::from_slice(&me.stdout).unwrap();
+    assert_eq!(
+        (&me["name"], &me["authenticated_by"]),
+        (
+            &serde_json::json!("app2"),
+            &serde_json::json!("certificate")
+        )
+    );
+    let half = cli(&[("KEYWARD_CLIENT_CERT", p("app2.pem"))], &["whoami"]);
+    assert!(String::from_utf8_lossy(&half.stderr).contains("go together"));
 }
 
 /// Runs SQL on a live node's database from another process, as someone with write access to the file could.

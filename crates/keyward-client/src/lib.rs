@@ -131,11 +131,29 @@ impl Client {
             .ok()
             .filter(|t| !t.is_empty());
         let mut opts = Options::default();
+        let read = |path: &str| {
+            std::fs::read(path).map_err(|e| Error::Invalid(format!("cannot read {path}: {e}")))
+        };
         if let Ok(path) = std::env::var("KEYWARD_CACERT") {
-            opts.ca_pem = Some(
-                std::fs::read(&path)
-                    .map_err(|e| Error::Invalid(format!("cannot read {path}: {e}")))?,
-            );
+            opts.ca_pem = Some(read(&path)?);
+        }
+        // A client certificate for mutual TLS: the certificate (chain) and its key, in PEM files of their own.
+        match (
+            std::env::var("KEYWARD_CLIENT_CERT"),
+            std::env::var("KEYWARD_CLIENT_KEY"),
+        ) {
+            (Ok(cert), Ok(key)) => {
+                let mut pem = read(&cert)?;
+                pem.push(b'\n');
+                pem.extend(zeroize::Zeroizing::new(read(&key)?).iter());
+                opts.identity_pem = Some(pem);
+            }
+            (Ok(_), Err(_)) | (Err(_), Ok(_)) => {
+                return Err(Error::Invalid(
+                    "KEYWARD_CLIENT_CERT and KEYWARD_CLIENT_KEY go together".into(),
+                ))
+            }
+            _ => {}
         }
         Self::with_options(&addr, token, opts)
     }

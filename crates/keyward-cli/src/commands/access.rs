@@ -12,6 +12,7 @@ pub(crate) async fn run(c: &Client, out: &Out, command: Command) -> Res {
             roles,
             policies,
             password_stdin,
+            certificate_subject,
         }) => {
             let pw = match (password_stdin, tty::interactive()) {
                 (false, _) => None,
@@ -25,6 +26,7 @@ pub(crate) async fn run(c: &Client, out: &Out, command: Command) -> Res {
                 roles: &roles,
                 policies: &policies,
                 password,
+                certificate_subject: certificate_subject.as_deref(),
             };
             let named = name.len() + kind.len() + roles.concat().len() + policies.concat().len();
             let capacity = 128
@@ -225,6 +227,8 @@ struct NewIdentityBody<'a> {
     policies: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     password: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificate_subject: Option<&'a str>,
 }
 
 /// `POST /v1/auth/login`, borrowed so that the password exists only in zeroizing buffers.
