@@ -6,12 +6,10 @@ use std::collections::BTreeMap;
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use keyward_api::{Context, DecryptRequest, EncryptRequest, ReencryptRequest, SecretB64, B64};
-use keyward_core::{
-    CreateKey, ErrorCode, KeyFilter, KeySpec, KeyUsage, MacAlgorithm, Origin, SignInput,
-    SigningAlgorithm, UpdateKey,
-};
+use keyward_core::{CreateKey, ErrorCode, KeyFilter, KeySpec, Origin, SignInput, UpdateKey};
 use keyward_iam::authz::Action;
 use keyward_rest::app::{parse, resource, run_noting, Caller, Meta, Mode, RawBody, Reply};
+use keyward_rest::convert;
 use keyward_rest::error::ApiError;
 use keyward_rest::handlers::crypto::{decrypt_one, encrypt_one, reencrypt_one};
 use keyward_rest::AppState;
@@ -228,10 +226,6 @@ fn context(c: Option<Context>) -> Option<Context> {
 
 fn reply(v: Value) -> Result<Reply, ApiError> {
     Reply::ok(&v)
-}
-
-fn named<T>(what: &str, value: &str, parse: impl Fn(&str) -> Option<T>) -> Result<T, ApiError> {
-    parse(value).ok_or_else(|| invalid(format!("unknown {what} {}", keyward_core::quoted(value))))
 }
 
 #[derive(Deserialize)]
@@ -598,13 +592,9 @@ impl Call<'_> {
             .key_spec
             .or(i.customer_master_key_spec)
             .unwrap_or_else(|| "SYMMETRIC_DEFAULT".into());
-        let spec = named("key spec", &spec_name, KeySpec::parse)?;
+        let spec = convert::spec(&spec_name)?;
         let mut req = CreateKey::new(spec);
-        req.usage = i
-            .key_usage
-            .as_deref()
-            .map(|u| named("key usage", u, KeyUsage::parse))
-            .transpose()?;
+        req.usage = i.key_usage.as_deref().map(convert::usage).transpose()?;
         req.description = i.description.unwrap_or_default();
         req.origin = match i.origin.as_deref() {
             None | Some("AWS_KMS") => Origin::Keyward,
@@ -807,7 +797,7 @@ impl Call<'_> {
     }
 
     fn data_key_pair(&self, i: DataKeyPairInput, plaintext: bool) -> Result<Reply, ApiError> {
-        let spec = named("key pair spec", &i.key_pair_spec, KeySpec::parse)?;
+        let spec = convert::spec(&i.key_pair_spec)?;
         let ctx = i.encryption_context.unwrap_or_default();
         self.caller.check_context(&ctx)?;
         let d = self
@@ -850,11 +840,7 @@ impl Call<'_> {
     }
 
     fn sign(&self, i: SignInputAws) -> Result<Reply, ApiError> {
-        let alg = named(
-            "signing algorithm",
-            &i.signing_algorithm,
-            SigningAlgorithm::parse,
-        )?;
+        let alg = convert::signing_algorithm(&i.signing_algorithm)?;
         let input = Self::sign_input(&i.message.0, i.message_type.as_deref())?;
         let s = self.app.kms.sign(self.key()?, input, alg)?;
         let (id, v) = (s.key_id.to_string(), s.version);
@@ -867,11 +853,7 @@ impl Call<'_> {
     }
 
     fn verify(&self, i: SignInputAws) -> Result<Reply, ApiError> {
-        let alg = named(
-            "signing algorithm",
-            &i.signing_algorithm,
-            SigningAlgorithm::parse,
-        )?;
+        let alg = convert::signing_algorithm(&i.signing_algorithm)?;
         let signature = i
             .signature
             .ok_or_else(|| invalid("Signature is required"))?;
@@ -895,7 +877,7 @@ impl Call<'_> {
     }
 
     fn mac(&self, i: MacInput) -> Result<Reply, ApiError> {
-        let alg = named("MAC algorithm", &i.mac_algorithm, MacAlgorithm::parse)?;
+        let alg = convert::mac_algorithm(&i.mac_algorithm)?;
         let m = self.app.kms.mac(self.key()?, &i.message.0, alg)?;
         let (id, v) = (m.key_id.to_string(), m.version);
         reply(json!({"Mac": blob(&m.mac), "MacAlgorithm": alg.as_str(), "KeyId": self.arn_of(&id)}))
@@ -903,7 +885,7 @@ impl Call<'_> {
     }
 
     fn verify_mac(&self, i: MacInput) -> Result<Reply, ApiError> {
-        let alg = named("MAC algorithm", &i.mac_algorithm, MacAlgorithm::parse)?;
+        let alg = convert::mac_algorithm(&i.mac_algorithm)?;
         let mac = i.mac.ok_or_else(|| invalid("Mac is required"))?;
         let key = self.key()?;
         let valid = self.app.kms.verify_mac(key, &i.message.0, &mac.0, alg)?;

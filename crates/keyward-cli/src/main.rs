@@ -99,7 +99,7 @@ enum Command {
     Mac {
         /// Key id or alias.
         key: String,
-        /// HMAC_SHA_256, ... (default: the one of the key's spec, HMAC_SHA_256 for HMAC_256)
+        /// HMAC_SHA_224, HMAC_SHA_256, HMAC_SHA_384 or HMAC_SHA_512 (default: the one of the key's spec)
         #[arg(long)]
         algorithm: Option<String>,
         /// Input file (default stdin).
@@ -124,7 +124,7 @@ enum Command {
     DataKeyPair {
         /// Key id or alias of the symmetric KMS key.
         key: String,
-        /// RSA_2048, ECC_NIST_P256, ...
+        /// RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521, ECC_SECG_P256K1 or SM2.
         #[arg(long)]
         spec: String,
     },
@@ -132,7 +132,7 @@ enum Command {
     VerifyMac {
         /// Key id or alias.
         key: String,
-        /// HMAC_SHA_256, ... (default: the one of the key's spec, HMAC_SHA_256 for HMAC_256)
+        /// HMAC_SHA_224, HMAC_SHA_256, HMAC_SHA_384 or HMAC_SHA_512 (default: the one of the key's spec)
         #[arg(long)]
         algorithm: Option<String>,
         /// Base64 MAC.
@@ -535,10 +535,11 @@ enum KeyCmd {
 
 #[derive(Args)]
 struct CreateArgs {
-    /// Key spec.
+    /// Key spec: SYMMETRIC_DEFAULT, AES_128, AES_256, SM4, TDES (legacy: with --allow-legacy), RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521, ECC_SECG_P256K1, ED25519, SM2, HMAC_224, HMAC_256, HMAC_384, HMAC_512.
     #[arg(long, default_value = "SYMMETRIC_DEFAULT")]
     spec: String,
-    /// Usage.
+    /// Usage: ENCRYPT_DECRYPT, SIGN_VERIFY, GENERATE_VERIFY_MAC or KEY_AGREEMENT (default: the spec's usual
+    /// one).
     #[arg(long)]
     usage: Option<String>,
     /// Description.
@@ -734,7 +735,8 @@ struct EncryptArgs {
     /// Segment size for --file.
     #[arg(long, default_value_t = envelope::DEFAULT_SEGMENT)]
     segment: u32,
-    /// Algorithm for asymmetric keys.
+    /// Algorithm: SYMMETRIC_DEFAULT for symmetric keys; RSAES_OAEP_SHA_256 (the default for RSA keys) or
+    /// RSAES_OAEP_SHA_1 for RSA keys; SM2PKE for SM2 keys.
     #[arg(long)]
     algorithm: Option<String>,
 }
@@ -756,7 +758,8 @@ struct DecryptArgs {
     /// Output file (default stdout).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Algorithm for asymmetric keys.
+    /// Algorithm: SYMMETRIC_DEFAULT for symmetric keys; RSAES_OAEP_SHA_256 (the default for RSA keys) or
+    /// RSAES_OAEP_SHA_1 for RSA keys; SM2PKE for SM2 keys.
     #[arg(long)]
     algorithm: Option<String>,
 }
@@ -765,7 +768,8 @@ struct DecryptArgs {
 struct SignArgs {
     /// Key id or alias.
     key: String,
-    /// Signing algorithm (default: the key spec's usual one: RSASSA_PSS_SHA_256 for RSA, ECDSA with the
+    /// Signing algorithm: RSASSA_PSS_SHA_256|384|512, RSASSA_PKCS1_V1_5_SHA_256|384|512, ECDSA_SHA_256|384|512,
+    /// ED25519 or SM2DSA (default: the key spec's usual one: RSASSA_PSS_SHA_256 for RSA, ECDSA with the
     /// curve's hash, ED25519, SM2DSA).
     #[arg(long)]
     algorithm: Option<String>,
@@ -781,7 +785,8 @@ struct SignArgs {
 struct VerifyArgs {
     /// Key id or alias.
     key: String,
-    /// Signing algorithm (default: the key spec's usual one: RSASSA_PSS_SHA_256 for RSA, ECDSA with the
+    /// Signing algorithm: RSASSA_PSS_SHA_256|384|512, RSASSA_PKCS1_V1_5_SHA_256|384|512, ECDSA_SHA_256|384|512,
+    /// ED25519 or SM2DSA (default: the key spec's usual one: RSASSA_PSS_SHA_256 for RSA, ECDSA with the
     /// curve's hash, ED25519, SM2DSA).
     #[arg(long)]
     algorithm: Option<String>,

@@ -268,4 +268,44 @@ async fn an_unknown_version_action_names_the_actions() {
     for action in ["enable", "disable", "archive", "restore", "destroy"] {
         assert!(message.contains(action), "{message}");
     }
+    // A wrong spec or algorithm is refused with the ones that exist; an asymmetric encryption without an
+    // algorithm is told which to give.
+    let (st, v, _) = raw(
+        &s.addr,
+        "POST",
+        "/v1/keys",
+        Some(ROOT),
+        Some(br#"{"spec": "AES256"}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("one of:") && message.contains("AES_256"),
+        "{message}"
+    );
+    let (_, rsa, _) = raw(
+        &s.addr,
+        "POST",
+        "/v1/keys",
+        Some(ROOT),
+        Some(br#"{"spec": "RSA_2048", "usage": "ENCRYPT_DECRYPT"}"#.to_vec()),
+    )
+    .await;
+    let (st, v, _) = raw(
+        &s.addr,
+        "POST",
+        &format!("/v1/keys/{}/encrypt", rsa["key_id"].as_str().unwrap()),
+        Some(ROOT),
+        Some(br#"{"plaintext": "aGk="}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("RSAES_OAEP_SHA_256"),
+        "{v}"
+    );
 }

@@ -616,8 +616,19 @@ fn asymmetric_algorithm(
             "an encryption context is only bound by symmetric keys",
         ));
     }
-    let alg = algorithm
-        .ok_or_else(|| KmsError::validation("algorithm is required for asymmetric keys"))?;
+    let alg = algorithm.ok_or_else(|| {
+        let names: Vec<&str> = key
+            .spec
+            .encryption_algorithms()
+            .iter()
+            .map(|a| a.as_str())
+            .collect();
+        KmsError::validation(format!(
+            "an algorithm is required for {} keys (decryption needs the same one): one of {}",
+            key.spec,
+            names.join(", ")
+        ))
+    })?;
     if !key.spec.encryption_algorithms().contains(&alg) {
         return Err(KmsError::usage(format!(
             "key spec {} does not encrypt with {alg}",

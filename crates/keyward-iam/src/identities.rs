@@ -90,7 +90,10 @@ pub fn check_grants(tx: &mut dyn Tx, roles: &[String], policies: &[String]) -> K
     if let Some(r) = roles.iter().find(|r| Role::parse(r).is_none()) {
         return Err(KmsError::new(
             ErrorCode::ValidationError,
-            format!("unknown role {}", keyward_core::quoted(r)),
+            format!(
+                "unknown role {}; one of: admin, key-admin, key-user, auditor",
+                keyward_core::quoted(r)
+            ),
         ));
     }
     if roles.len() > 4 || policies.len() > 100 {

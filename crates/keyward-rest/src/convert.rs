@@ -41,36 +41,74 @@ pub fn version_object(v: &VersionInfo) -> VersionObject {
     }
 }
 
-fn named<T>(what: &str, value: &str, parse: impl Fn(&str) -> Option<T>) -> Result<T, ApiError> {
+/// Parses a wire name, or refuses it naming every accepted one: a refusal says what would have worked.
+fn named<T: Copy>(
+    what: &str,
+    value: &str,
+    parse: impl Fn(&str) -> Option<T>,
+    all: &[T],
+    name: impl Fn(T) -> &'static str,
+) -> Result<T, ApiError> {
     parse(value).ok_or_else(|| {
-        ApiError::validation(format!("unknown {what} {}", keyward_core::quoted(value)))
+        let names: Vec<&str> = all.iter().map(|t| name(*t)).collect();
+        ApiError::validation(format!(
+            "unknown {what} {}; one of: {}",
+            keyward_core::quoted(value),
+            names.join(", ")
+        ))
     })
 }
 
 /// Parses a key spec.
 pub fn spec(s: &str) -> Result<KeySpec, ApiError> {
-    named("key spec", s, KeySpec::parse)
+    named("key spec", s, KeySpec::parse, KeySpec::ALL, KeySpec::as_str)
 }
 
 /// Parses a usage.
 pub fn usage(s: &str) -> Result<KeyUsage, ApiError> {
-    named("key usage", s, KeyUsage::parse)
+    named(
+        "key usage",
+        s,
+        KeyUsage::parse,
+        KeyUsage::ALL,
+        KeyUsage::as_str,
+    )
 }
 
 /// Parses an encryption algorithm.
 pub fn encryption_algorithm(s: Option<&str>) -> Result<Option<EncryptionAlgorithm>, ApiError> {
-    s.map(|s| named("encryption algorithm", s, EncryptionAlgorithm::parse))
-        .transpose()
+    s.map(|s| {
+        named(
+            "encryption algorithm",
+            s,
+            EncryptionAlgorithm::parse,
+            EncryptionAlgorithm::ALL,
+            EncryptionAlgorithm::as_str,
+        )
+    })
+    .transpose()
 }
 
 /// Parses a signing algorithm.
 pub fn signing_algorithm(s: &str) -> Result<SigningAlgorithm, ApiError> {
-    named("signing algorithm", s, SigningAlgorithm::parse)
+    named(
+        "signing algorithm",
+        s,
+        SigningAlgorithm::parse,
+        SigningAlgorithm::ALL,
+        SigningAlgorithm::as_str,
+    )
 }
 
 /// Parses a MAC algorithm.
 pub fn mac_algorithm(s: &str) -> Result<MacAlgorithm, ApiError> {
-    named("MAC algorithm", s, MacAlgorithm::parse)
+    named(
+        "MAC algorithm",
+        s,
+        MacAlgorithm::parse,
+        MacAlgorithm::ALL,
+        MacAlgorithm::as_str,
+    )
 }
 
 /// PEM armour of a DER blob.
