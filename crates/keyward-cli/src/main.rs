@@ -328,10 +328,11 @@ struct ServeArgs {
     /// Development mode: embedded store, initialised and unsealed, root token printed.
     #[arg(long)]
     dev: bool,
-    /// Listen address.
+    /// Listen address (default 127.0.0.1:9700, or `listen` in the configuration file).
     #[arg(long, env = "KEYWARD_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Data directory.
+    /// Data directory: the node's own files and the default SQLite store (default ./keyward-data, relative
+    /// to the directory the server starts in; the server names it at start).
     #[arg(long, env = "KEYWARD_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Store URL: sqlite://PATH (default: keyward.db in the data directory) or postgres://USER@HOST/DB.

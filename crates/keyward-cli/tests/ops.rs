@@ -2698,3 +2698,20 @@ fn a_ca_certificate_served_as_the_servers_own_is_named_at_both_ends() {
         "{err}"
     );
 }
+
+/// A server says where it keeps its data, and a restarted dev server says how to get a token again.
+#[test]
+fn a_server_names_its_data_directory_and_a_dev_restart_how_to_get_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::dev(&data);
+    let first = server.logs();
+    let canonical = std::fs::canonicalize(&data).unwrap();
+    assert!(
+        first.contains(&format!("data directory: {}", canonical.display())),
+        "{first}"
+    );
+    server.restart(&[]);
+    let again = &server.logs()[first.len()..];
+    assert!(again.contains("KEYWARD_DEV_ROOT_TOKEN"), "{again}");
+}

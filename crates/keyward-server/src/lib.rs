@@ -168,7 +168,8 @@ fn dev_bootstrap(
         out.root_token = Some(zeroize::Zeroizing::new(token));
     } else {
         out.notes.push(
-            "The root token printed at the first start of this data directory is still valid."
+            "The root token printed at the first start of this data directory is still valid. Lost it? \
+             Restart with KEYWARD_DEV_ROOT_TOKEN=<a value of your choice> and use that value as the token."
                 .into(),
         );
     }
@@ -221,6 +222,12 @@ pub fn build(config: Config) -> Result<(AppState, Startup), String> {
         pkcs11_unseal(&kms, t)?;
     }
     let mut startup = Startup::default();
+    startup.notes.push(format!(
+        "data directory: {}",
+        std::fs::canonicalize(&config.data_dir)
+            .unwrap_or_else(|_| config.data_dir.clone())
+            .display()
+    ));
     let node = node_id(&config)?;
     let mut sinks: Vec<Box<dyn keyward_core::audit::AuditSink>> = Vec::new();
     if let Some(path) = &config.audit_file {
