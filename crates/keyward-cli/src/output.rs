@@ -28,6 +28,20 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
+/// A field's value in a table: a time given in unix seconds (`expires_at` of an approval) in RFC 3339 like
+/// every other time the tables show, anything else as [`cell`] writes it.
+fn field_cell(name: &str, v: &serde_json::Value) -> String {
+    let as_time = (name.ends_with("_at") || name.ends_with("_date"))
+        .then(|| v.as_i64())
+        .flatten()
+        .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        });
+    as_time.unwrap_or_else(|| cell(v))
+}
+
 /// A value in a table cell: strings as they are, nested values as compact JSON.
 fn cell(v: &serde_json::Value) -> String {
     match v {
@@ -45,7 +59,9 @@ impl Out {
             if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(v) {
                 return table(
                     &["FIELD", "VALUE"],
-                    map.iter().map(|(k, v)| vec![k.clone(), cell(v)]).collect(),
+                    map.iter()
+                        .map(|(k, v)| vec![k.clone(), field_cell(k, v)])
+                        .collect(),
                 );
             }
         }
@@ -117,8 +133,17 @@ impl Out {
         if let Some(d) = &k.next_rotation_at {
             rows.push(("next_rotation_at", d.clone()));
         }
+        if let Some(d) = &k.last_rotated_at {
+            rows.push(("last_rotated_at", d.clone()));
+        }
         if let Some(d) = &k.deletion_date {
             rows.push(("deletion_date", d.clone()));
+        }
+        if let Some(q) = &k.quorum {
+            rows.push(("quorum", format!("{} approvals", q.approvals)));
+        }
+        if k.exportable {
+            rows.push(("exportable", "true".into()));
         }
         for (t, v) in &k.tags {
             rows.push(("tag", format!("{t}={v}")));

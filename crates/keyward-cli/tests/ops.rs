@@ -2602,6 +2602,41 @@ fn the_cli_reads_as_documented() {
     assert!(!colon.status.success());
     assert!(String::from_utf8_lossy(&colon.stderr).contains("k=v"));
 
+    // A key's quorum shows in its table; an approval's times read as every other time does (RFC 3339).
+    let held = String::from_utf8(succeeded(
+        &["key", "create"],
+        run(&["key", "create", "--spec", "AES_256", "--quorum", "2"]),
+    ))
+    .unwrap();
+    assert!(
+        held.lines()
+            .any(|l| l.starts_with("quorum") && l.ends_with("2 approvals")),
+        "{held}"
+    );
+    let held_id = held
+        .lines()
+        .find_map(|l| l.strip_prefix("key_id"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let pending = run(&["--json", "key", "schedule-deletion", &held_id]);
+    let pending: serde_json::Value = serde_json::from_slice(&pending.stdout).unwrap();
+    let approval = pending["approval_id"].as_str().unwrap().to_string();
+    let shown = String::from_utf8(succeeded(
+        &["approval"],
+        run(&["approval", "show", &approval]),
+    ))
+    .unwrap();
+    let expires = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("expires_at"))
+        .unwrap()
+        .trim();
+    assert!(
+        expires.len() == 20 && expires.ends_with('Z') && expires.contains('T'),
+        "{shown}"
+    );
+
     // Records younger than the retention period are never pruned: refused, and no archive is left.
     let archive = dir.path().join("archive.jsonl");
     let archive_arg = archive.to_str().unwrap();
