@@ -461,6 +461,40 @@ pub fn sign_with_key(
     )
 }
 
+/// The headers an AWS SDK sends with one KMS operation to `host` (`TrentService.<operation>`, JSON 1.1),
+/// signed at `now` with the day's signing key ([`signing_key`]) over every one of them and the body whose
+/// hash is `payload_hash` ([`payload_hash`]): for the load generator and the tests that play a client.
+#[allow(clippy::too_many_arguments)]
+pub fn kms_request_headers(
+    host: &str,
+    operation: &str,
+    body: &[u8],
+    payload_hash: &str,
+    access_key_id: &str,
+    key: &[u8; 32],
+    region: &str,
+    now: i64,
+) -> Vec<(&'static str, String)> {
+    let date = amz_date(now);
+    let mut headers = vec![
+        ("content-type", crate::CONTENT_TYPE.to_string()),
+        ("host", host.to_string()),
+        ("x-amz-date", date.clone()),
+        ("x-amz-target", format!("TrentService.{operation}")),
+    ];
+    let listed: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+    let req = Request {
+        method: "POST",
+        path: "/",
+        query: "",
+        headers: &listed,
+        body,
+    };
+    let auth = sign_with_key(&req, access_key_id, key, region, &date, payload_hash);
+    headers.push(("authorization", auth));
+    headers
+}
+
 /// `X-Amz-Date` for unix seconds.
 pub fn amz_date(secs: i64) -> String {
     let days = secs.div_euclid(86_400);

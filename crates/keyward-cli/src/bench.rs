@@ -83,21 +83,7 @@ impl AwsSigner {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let mut headers = vec![
-            ("content-type", keyward_aws::CONTENT_TYPE.to_string()),
-            ("host", host),
-            ("x-amz-date", keyward_aws::sigv4::amz_date(now)),
-            ("x-amz-target", "TrentService.Encrypt".to_string()),
-        ];
-        let listed: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
-        let req = keyward_aws::sigv4::Request {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &listed,
-            body,
-        };
-        let date = headers[2].1.clone();
+        let date = keyward_aws::sigv4::amz_date(now);
         let key = {
             let mut day = self.day.lock().unwrap_or_else(|e| e.into_inner());
             match &*day {
@@ -115,16 +101,16 @@ impl AwsSigner {
                 }
             }
         };
-        let auth = keyward_aws::sigv4::sign_with_key(
-            &req,
+        keyward_aws::sigv4::kms_request_headers(
+            &host,
+            "Encrypt",
+            body,
+            &self.payload_hash,
             &self.access_key_id,
             &key,
             "us-east-1",
-            &date,
-            &self.payload_hash,
-        );
-        headers.push(("authorization", auth));
-        headers
+            now,
+        )
     }
 }
 

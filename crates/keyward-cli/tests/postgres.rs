@@ -1348,28 +1348,23 @@ async fn aws_call(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let date = keyward_aws::sigv4::amz_date(now);
-    let target = format!("TrentService.{target}");
-    let headers = [
-        ("content-type", keyward_aws::CONTENT_TYPE),
-        ("host", host.as_str()),
-        ("x-amz-date", date.as_str()),
-        ("x-amz-target", target.as_str()),
-    ];
-    let listed: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
-    let req = keyward_aws::sigv4::Request {
-        method: "POST",
-        path: "/",
-        query: "",
-        headers: &listed,
-        body: &body,
-    };
-    let auth = keyward_aws::sigv4::sign(&req, &key.0, key.1.as_bytes(), "us-east-1", &date);
+    let day = keyward_aws::sigv4::amz_date(now);
+    let signing = keyward_aws::sigv4::signing_key(key.1.as_bytes(), &day[..8], "us-east-1", "kms");
+    let headers = keyward_aws::sigv4::kms_request_headers(
+        &host,
+        target,
+        &body,
+        &keyward_aws::sigv4::payload_hash(&body),
+        &key.0,
+        &signing,
+        "us-east-1",
+        now,
+    );
     let mut http = reqwest::Client::new().post(format!("{addr}/")).body(body);
     for (n, v) in headers {
         http = http.header(n, v);
     }
-    let resp = http.header("authorization", auth).send().await.unwrap();
+    let resp = http.send().await.unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap())
 }
