@@ -150,10 +150,15 @@ pub(crate) async fn run(
         .ok()
         .and_then(|b| serde_json::from_slice(b).ok())
         .unwrap_or_default();
-    let key = op
-        .key_field()
-        .and_then(|f| names.get(f))
-        .map(|s| key_ref(s, &account));
+    // A new key's id is chosen before the request runs, as the REST API chooses it, so that the record
+    // written ahead names the key it creates.
+    let key = match op {
+        Op::CreateKey => Some(uuid::Uuid::new_v4().to_string()),
+        _ => op
+            .key_field()
+            .and_then(|f| names.get(f))
+            .map(|s| key_ref(s, &account)),
+    };
     let meta = match &names.alias_name {
         Some(alias) => meta.on(resource("alias", alias.trim_start_matches("alias/"))),
         None => meta,
@@ -611,6 +616,7 @@ impl Call<'_> {
             .into_iter()
             .map(|t| (t.tag_key, t.tag_value))
             .collect::<BTreeMap<_, _>>();
+        req.key_id = self.key.clone();
         let k = self.app.kms.create_key(req)?;
         let (id, v) = (k.key_id.clone(), k.primary_version);
         reply(json!({"KeyMetadata": key_metadata(&k, &self.place)})).map(|r| r.key(id, Some(v)))
