@@ -284,6 +284,10 @@ pub struct KeyObject {
         skip_serializing_if = "Option::is_none"
     )]
     pub quorum: Option<Quorum>,
+    /// The encryption algorithms the key can use where it lives (a PKCS#11 token may offer fewer than its
+    /// spec has); given when a key is created or described, for keys that encrypt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub encryption_algorithms: Vec<String>,
 }
 
 /// `GET /v1/keys`.

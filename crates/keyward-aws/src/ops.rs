@@ -466,7 +466,7 @@ impl Call<'_> {
             Op::DescribeKey => {
                 parse::<KeyOnly>(body)?;
                 let k = self.app.kms.describe_key(self.key()?)?;
-                reply(json!({"KeyMetadata": key_metadata(&k, &self.place)}))
+                reply(json!({"KeyMetadata": key_metadata(&k, &self.place, &self.app.kms)}))
             }
             Op::ListKeys => self.list_keys(parse(body)?),
             Op::UpdateKeyDescription => {
@@ -619,7 +619,8 @@ impl Call<'_> {
         req.key_id = self.key.clone();
         let k = self.app.kms.create_key(req)?;
         let (id, v) = (k.key_id.clone(), k.primary_version);
-        reply(json!({"KeyMetadata": key_metadata(&k, &self.place)})).map(|r| r.key(id, Some(v)))
+        reply(json!({"KeyMetadata": key_metadata(&k, &self.place, &self.app.kms)}))
+            .map(|r| r.key(id, Some(v)))
     }
 
     fn list_keys(&self, i: ListInput) -> Result<Reply, ApiError> {
@@ -917,7 +918,8 @@ impl Call<'_> {
         out.insert("CustomerMasterKeySpec".into(), json!(p.spec.as_str()));
         out.insert("KeySpec".into(), json!(p.spec.as_str()));
         out.insert("KeyUsage".into(), json!(info.usage.as_str()));
-        crate::wire::algorithms(p.spec, info.usage, &mut out);
+        let encryption = self.app.kms.encryption_algorithms(&info);
+        crate::wire::algorithms(p.spec, info.usage, &encryption, &mut out);
         let (id, v) = (p.key_id.to_string(), p.version);
         reply(Value::Object(out)).map(|x| x.key(id, Some(v)))
     }

@@ -109,19 +109,20 @@ pub fn origin(o: Origin) -> &'static str {
     }
 }
 
-/// The algorithm lists of `KeyMetadata` and `GetPublicKey`, each present only where the usage has it.
-pub fn algorithms(spec: KeySpec, usage: KeyUsage, out: &mut serde_json::Map<String, Value>) {
+/// The algorithm lists of `KeyMetadata` and `GetPublicKey`, each present only where the usage has it; the
+/// encryption algorithms are those the key's HSM offers (`Kms::encryption_algorithms`).
+pub fn algorithms(
+    spec: KeySpec,
+    usage: KeyUsage,
+    encryption: &[keyward_core::EncryptionAlgorithm],
+    out: &mut serde_json::Map<String, Value>,
+) {
     let names = |v: Vec<&'static str>| Value::from(v);
     match usage {
         KeyUsage::EncryptDecrypt => {
             out.insert(
                 "EncryptionAlgorithms".into(),
-                names(
-                    spec.encryption_algorithms()
-                        .iter()
-                        .map(|a| a.as_str())
-                        .collect(),
-                ),
+                names(encryption.iter().map(|a| a.as_str()).collect()),
             );
         }
         KeyUsage::SignVerify => {
@@ -153,7 +154,7 @@ pub fn algorithms(spec: KeySpec, usage: KeyUsage, out: &mut serde_json::Map<Stri
 }
 
 /// `KeyMetadata` for a key.
-pub fn key_metadata(k: &KeyInfo, place: &Place<'_>) -> Value {
+pub fn key_metadata(k: &KeyInfo, place: &Place<'_>, kms: &keyward_core::Kms) -> Value {
     let mut m = serde_json::Map::new();
     m.insert("AWSAccountId".into(), json!(place.account));
     m.insert("KeyId".into(), json!(k.key_id));
@@ -181,7 +182,7 @@ pub fn key_metadata(k: &KeyInfo, place: &Place<'_>) -> Value {
     m.insert("KeyManager".into(), json!("CUSTOMER"));
     m.insert("CustomerMasterKeySpec".into(), json!(k.spec.as_str()));
     m.insert("KeySpec".into(), json!(k.spec.as_str()));
-    algorithms(k.spec, k.usage, &mut m);
+    algorithms(k.spec, k.usage, &kms.encryption_algorithms(k), &mut m);
     m.insert("MultiRegion".into(), json!(false));
     Value::Object(m)
 }

@@ -145,6 +145,9 @@ impl Out {
         if k.exportable {
             rows.push(("exportable", "true".into()));
         }
+        if !k.encryption_algorithms.is_empty() {
+            rows.push(("encryption_algorithms", k.encryption_algorithms.join(", ")));
+        }
         for (t, v) in &k.tags {
             rows.push(("tag", format!("{t}={v}")));
         }

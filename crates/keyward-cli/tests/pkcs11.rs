@@ -201,6 +201,19 @@ async fn a_token_rooted_service_unseals_itself_and_keeps_hsm_keys_in_the_token()
     // An RSA key in the token encrypts only with what the token can decrypt: SoftHSM 2.6 decrypts OAEP with
     // SHA-1 only, so OAEP with SHA-256 is refused before a ciphertext nobody could decrypt is made.
     let oaep = create(&c, "RSA_2048", Some("ENCRYPT_DECRYPT"), Some("HSM")).await;
+    // The key lists what the token can decrypt, on creation and on description alike.
+    let offered = oaep.encryption_algorithms.clone();
+    assert!(
+        offered.iter().any(|a| a == "RSAES_OAEP_SHA_1"),
+        "{offered:?}"
+    );
+    assert_eq!(
+        c.describe_key(&oaep.key_id)
+            .await
+            .unwrap()
+            .encryption_algorithms,
+        offered
+    );
     let encrypt = |alg: &str| {
         serde_json::to_vec(&serde_json::json!({"plaintext": "c2VjcmV0", "algorithm": alg})).unwrap()
     };
@@ -234,6 +247,11 @@ async fn a_token_rooted_service_unseals_itself_and_keeps_hsm_keys_in_the_token()
         Some(encrypt("RSAES_OAEP_SHA_256")),
     )
     .await;
+    assert_eq!(
+        status == 200,
+        offered.iter().any(|a| a == "RSAES_OAEP_SHA_256"),
+        "listed {offered:?}, encrypt answered {status}"
+    );
     if status != 200 {
         assert_eq!((status, code_of(&err)), (400, "IncorrectKeyUsage"), "{err}");
         assert!(

@@ -208,6 +208,19 @@ impl Kms {
         }
     }
 
+    /// The encryption algorithms a key can use, as its HSM offers them (a PKCS#11 token may offer fewer than
+    /// the spec has); none for a key that does not encrypt.
+    pub fn encryption_algorithms(
+        &self,
+        key: &crate::model::KeyInfo,
+    ) -> Vec<keyward_hsm::EncryptionAlgorithm> {
+        if key.usage != keyward_hsm::KeyUsage::EncryptDecrypt {
+            return Vec::new();
+        }
+        self.hsm
+            .encryption_algorithms(key.spec, key.origin == crate::model::Origin::Hsm)
+    }
+
     /// The HSM backend's name.
     pub fn hsm_backend(&self) -> &'static str {
         self.hsm.backend_name()

@@ -101,6 +101,18 @@ impl Hsm for HybridHsm {
         self.soft.supports(spec)
     }
 
+    fn encryption_algorithms(
+        &self,
+        spec: KeySpec,
+        token_resident: bool,
+    ) -> Vec<EncryptionAlgorithm> {
+        if token_resident {
+            self.token.encryption_algorithms(spec, true)
+        } else {
+            self.soft.encryption_algorithms(spec, false)
+        }
+    }
+
     fn generate(&self, spec: KeySpec, attrs: &KeyAttributes) -> HsmResult<KeyHandle> {
         if attrs.token_resident {
             if !self.token.supports(spec) {

@@ -154,6 +154,22 @@ pub trait Hsm: Send + Sync + 'static {
         self.supports(spec) && spec.encryption_algorithms().contains(&alg)
     }
 
+    /// The encryption algorithms a key of `spec` can use here, where it would live (in a token, for a backend
+    /// that holds some keys in one): what a key's description lists, so that nobody picks an algorithm whose
+    /// ciphertexts could not be decrypted.
+    fn encryption_algorithms(
+        &self,
+        spec: KeySpec,
+        token_resident: bool,
+    ) -> Vec<EncryptionAlgorithm> {
+        let _ = token_resident;
+        spec.encryption_algorithms()
+            .iter()
+            .copied()
+            .filter(|a| self.supports_encryption(spec, *a))
+            .collect()
+    }
+
     /// Generates a fresh key from the backend's CSPRNG.
     fn generate(&self, spec: KeySpec, attrs: &KeyAttributes) -> HsmResult<KeyHandle>;
 

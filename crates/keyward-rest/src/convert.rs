@@ -28,6 +28,20 @@ pub fn key_object(k: &KeyInfo) -> KeyObject {
         origin: k.origin.as_str().into(),
         exportable: k.exportable,
         quorum: k.quorum_approvals.map(|approvals| Quorum { approvals }),
+        encryption_algorithms: Vec::new(),
+    }
+}
+
+/// A key for the API with the encryption algorithms it can use where it lives: what a key's creation and
+/// description show.
+pub fn described_key(kms: &keyward_core::Kms, k: &KeyInfo) -> KeyObject {
+    KeyObject {
+        encryption_algorithms: kms
+            .encryption_algorithms(k)
+            .iter()
+            .map(|a| a.as_str().to_string())
+            .collect(),
+        ..key_object(k)
     }
 }
 

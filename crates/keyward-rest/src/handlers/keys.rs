@@ -15,7 +15,7 @@ use keyward_core::{CreateKey, KeyFilter, KeyState, Origin, UpdateKey, VersionAct
 
 use crate::app::{call, parse, AppState, Meta, Mode, RawBody, Reply};
 use crate::authz::Action;
-use crate::convert::{key_object, only, pem, spec, usage, version_object};
+use crate::convert::{described_key, key_object, only, pem, spec, usage, version_object};
 use crate::error::ApiError;
 use crate::handlers::approvals;
 
@@ -104,8 +104,11 @@ pub async fn create(State(app): State<AppState>, meta: Meta, body: RawBody) -> R
             c.allow_legacy = req.allow_legacy.unwrap_or(false);
             c.key_id = Some(new_id);
             let info = a.kms.create_key(c)?;
-            Reply::with_status(axum::http::StatusCode::CREATED, &key_object(&info))
-                .map(|r| r.key(info.key_id, Some(1)))
+            Reply::with_status(
+                axum::http::StatusCode::CREATED,
+                &described_key(&a.kms, &info),
+            )
+            .map(|r| r.key(info.key_id, Some(1)))
         },
     )
     .await
@@ -175,7 +178,10 @@ fn key_reply(info: keyward_core::KeyInfo) -> Result<Reply, ApiError> {
 
 key_op!(
     /// `GET /v1/keys/{key}`.
-    describe, Action::DescribeKey, |a, key, body| key_reply(a.kms.describe_key(&key)?)
+    describe, Action::DescribeKey, |a, key, body| {
+        let info = a.kms.describe_key(&key)?;
+        Reply::ok(&described_key(&a.kms, &info)).map(|r| r.key(info.key_id, Some(info.primary_version)))
+    }
 );
 
 key_op!(
