@@ -89,12 +89,13 @@ schemas = {
                 "primary_version": INT, "min_decryption_version": INT, "rotation_period_days": INT,
                 "next_rotation_at": {"type": "string", "format": "date-time"}, "last_rotated_at": {"type": "string", "format": "date-time"},
                 "deletion_date": {"type": "string", "format": "date-time"}, "origin": S, "exportable": BOOL, "quorum": ref("Quorum"),
+                "pending_import": {"type": "boolean", "description": "the imported material of this EXTERNAL key was deleted: it refuses every cryptographic call until the same material is imported again"},
                 "encryption_algorithms": {"type": "array", "items": S,
                                           "description": "what the key can encrypt with where it lives (a PKCS#11 token may offer fewer than the spec); on creation and description"}}),
     "KeyList": obj({"keys": {"type": "array", "items": ref("Key")}, "next_token": {"type": "string", "nullable": True}}),
     "UpdateKeyRequest": obj({"description": S, "tags": {"type": "object", "additionalProperties": S},
                              "rotation_period_days": {**DAYS, "nullable": True}, "min_decryption_version": VERSION}),
-    "Version": obj({"version": INT, "state": {"type": "string", "enum": ["Enabled", "Disabled", "Archived", "Destroyed"]},
+    "Version": obj({"version": INT, "state": {"type": "string", "enum": ["Enabled", "Disabled", "Archived", "PendingImport", "Destroyed"]},
                     "created_at": {"type": "string", "format": "date-time"}, "destroyed_at": {"type": "string", "format": "date-time"}}),
     "VersionList": obj({"versions": {"type": "array", "items": ref("Version")}, "next_token": {"type": "string", "nullable": True}}),
     "SetPrimaryRequest": obj({"version": VERSION}, ["version"]),
@@ -260,6 +261,7 @@ ops = [
     ("get", "/v1/keys/{key}/public-key", "kms:GetPublicKey", None, (200, "PublicKey"), [KEY], False),
     ("get", "/v1/keys/{key}/import-parameters", "kms:GetImportParameters", None, (200, "ImportParameters"), [KEY], False),
     ("post", "/v1/keys/{key}/import", "kms:ImportKeyMaterial", "ImportRequest", (200, "Key"), [KEY], False),
+    ("post", "/v1/keys/{key}/delete-imported-material", "kms:DeleteImportedKeyMaterial", None, (200, "Key"), [KEY], False),
     ("post", "/v1/keys/{key}/export", "kms:ExportKey", "ExportRequest", (200, "ExportResponse"), [KEY], False),
     ("get", "/v1/aliases", "kms:ListAliases", None, (200, "AliasList"), LIMIT, False),
     ("put", "/v1/aliases/{name}", "kms:PutAlias", "PutAliasRequest", (200, "Alias"), [{"name": "name", "in": "path", "required": True, "schema": ALIAS}], False),
@@ -328,7 +330,7 @@ ops = [
 ]
 
 ERRORS = {
-    "400": "ValidationError, IncorrectKeyUsage or InvalidCiphertext",
+    "400": "ValidationError, IncorrectKeyUsage, InvalidCiphertext or IncorrectKeyMaterial",
     "401": "Unauthenticated", "403": "AccessDenied", "404": "NotFound",
     "409": "AlreadyExists, KeyDisabled, KeyPendingDeletion, KeyDestroyed or InvalidState",
     "408": "RequestTimeout: the body did not arrive in time or stopped short",

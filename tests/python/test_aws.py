@@ -428,4 +428,32 @@ def test_key_material_is_imported_as_aws_documents_it(kms):
     # The token is single-use.
     raises("ValidationException", kms.import_key_material, KeyId=meta["KeyId"], ImportToken=p["ImportToken"],
            EncryptedKeyMaterial=wrapped, ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
-    raises("UnsupportedOperationException", kms.delete_imported_key_material, KeyId=meta["KeyId"])
+
+    def wrap(public, key_material):
+        eph = os.urandom(32)
+        return public.encrypt(eph, oaep) + aes_key_wrap_with_padding(eph, key_material)
+
+    # Deleting the material makes the key PendingImport: nothing encrypts or decrypts under it.
+    deleted = kms.delete_imported_key_material(KeyId=meta["KeyId"])
+    assert deleted["KeyId"] == meta["Arn"]
+    gone = kms.describe_key(KeyId=meta["KeyId"])["KeyMetadata"]
+    assert gone["KeyState"] == "PendingImport" and not gone["Enabled"]
+    raises("KMSInvalidStateException", kms.decrypt, CiphertextBlob=c["CiphertextBlob"])
+    raises("KMSInvalidStateException", kms.encrypt, KeyId=meta["KeyId"], Plaintext=b"x")
+    raises("KMSInvalidStateException", kms.delete_imported_key_material, KeyId=meta["KeyId"])
+    # Only the same material brings it back; other material is refused and leaves the token unused.
+    p = kms.get_parameters_for_import(KeyId=meta["KeyId"], WrappingAlgorithm="RSA_AES_KEY_WRAP_SHA_256",
+                                      WrappingKeySpec="RSA_4096")
+    public = serialization.load_der_public_key(p["PublicKey"])
+    raises("IncorrectKeyMaterialException", kms.import_key_material, KeyId=meta["KeyId"],
+           ImportToken=p["ImportToken"], EncryptedKeyMaterial=wrap(public, os.urandom(32)),
+           ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    kms.import_key_material(KeyId=meta["KeyId"], ImportToken=p["ImportToken"],
+                            EncryptedKeyMaterial=wrap(public, material),
+                            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    back = kms.describe_key(KeyId=meta["KeyId"])["KeyMetadata"]
+    assert back["KeyState"] == "Enabled" and back["Enabled"]
+    assert kms.decrypt(CiphertextBlob=c["CiphertextBlob"])["Plaintext"] == b"imported"
+    # A key whose material Keyward generated has no imported material to delete.
+    native = kms.create_key()["KeyMetadata"]["KeyId"]
+    raises("KMSInvalidStateException", kms.delete_imported_key_material, KeyId=native)

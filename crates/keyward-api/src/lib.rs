@@ -288,6 +288,10 @@ pub struct KeyObject {
     /// spec has); given when a key is created or described, for keys that encrypt.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub encryption_algorithms: Vec<String>,
+    /// True when the imported material of an EXTERNAL key was deleted: the key refuses every cryptographic
+    /// call until the same material is imported again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending_import: bool,
 }
 
 /// `GET /v1/keys`.

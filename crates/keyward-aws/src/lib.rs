@@ -144,6 +144,9 @@ fn exception_of(code: ErrorCode) -> (StatusCode, &'static str) {
         ErrorCode::ValidationError => (StatusCode::BAD_REQUEST, "ValidationException"),
         ErrorCode::IncorrectKeyUsage => (StatusCode::BAD_REQUEST, "InvalidKeyUsageException"),
         ErrorCode::InvalidCiphertext => (StatusCode::BAD_REQUEST, "InvalidCiphertextException"),
+        ErrorCode::IncorrectKeyMaterial => {
+            (StatusCode::BAD_REQUEST, "IncorrectKeyMaterialException")
+        }
         ErrorCode::Unauthenticated => (StatusCode::BAD_REQUEST, "UnrecognizedClientException"),
         ErrorCode::AccessDenied => (StatusCode::BAD_REQUEST, "AccessDeniedException"),
         ErrorCode::NotFound => (StatusCode::BAD_REQUEST, "NotFoundException"),

@@ -79,6 +79,7 @@ ops! {
     ListKeyPolicies => DescribeKey, Blocking, Some("KeyId");
     GetParametersForImport => GetImportParameters, Blocking, Some("KeyId");
     ImportKeyMaterial => ImportKeyMaterial, Blocking, Some("KeyId");
+    DeleteImportedKeyMaterial => DeleteImportedKeyMaterial, Blocking, Some("KeyId");
 }
 
 /// Operations of AWS KMS this service does not offer, and what to use instead.
@@ -93,9 +94,6 @@ fn unsupported(name: &str) -> Option<&'static str> {
         "CreateCustomKeyStore" | "ConnectCustomKeyStore" | "DeleteCustomKeyStore"
         | "DescribeCustomKeyStores" | "DisconnectCustomKeyStore" | "UpdateCustomKeyStore" => {
             "custom key stores are not offered: the service itself can be rooted in an HSM (pkcs11_module)"
-        }
-        "DeleteImportedKeyMaterial" => {
-            "imported key material is not deleted on its own: disable the key, or schedule its deletion"
         }
         "ReplicateKey" | "UpdatePrimaryRegion" => {
             "multi-Region keys are not offered: every node of a cluster serves every key"
@@ -427,6 +425,13 @@ struct ImportInput {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
+struct DeleteMaterialInput {
+    #[serde(default)]
+    key_material_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
 struct PolicyInput {
     #[serde(default)]
     policy_name: Option<String>,
@@ -574,6 +579,7 @@ impl Call<'_> {
             }
             Op::GetParametersForImport => self.import_parameters(parse(body)?),
             Op::ImportKeyMaterial => self.import(parse(body)?),
+            Op::DeleteImportedKeyMaterial => self.delete_material(parse(body)?),
             Op::ListKeyPolicies => {
                 self.app.kms.describe_key(self.key()?)?;
                 reply(json!({"PolicyNames": ["default"], "Truncated": false}))
@@ -1053,6 +1059,25 @@ impl Call<'_> {
                 .kms
                 .import_key_material(self.key()?, &token, &i.encrypted_key_material.0)?;
         reply(json!({})).map(|x| x.key(k.key_id, Some(k.primary_version)))
+    }
+
+    /// Deletes all of the key's imported material; the key reports PendingImport until the same material
+    /// is imported again. Held for approval where the key requires a quorum, as through the REST API.
+    fn delete_material(&self, i: DeleteMaterialInput) -> Result<Reply, ApiError> {
+        if i.key_material_id.is_some() {
+            return Err(invalid(
+                "KeyMaterialId is not offered: the deletion covers all of the key's imported material",
+            ));
+        }
+        let outcome = keyward_rest::handlers::keys::delete_imported_material_or_hold(
+            self.app,
+            self.caller,
+            self.key()?,
+        )?;
+        match outcome {
+            Ok(k) => reply(json!({"KeyId": self.arn_of(&k.key_id)})).map(|x| x.key(k.key_id, None)),
+            Err(held) => Err(self.held(held)),
+        }
     }
 
     fn list_rotations(&self) -> Result<Reply, ApiError> {

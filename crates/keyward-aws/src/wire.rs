@@ -160,13 +160,14 @@ pub fn key_metadata(k: &KeyInfo, place: &Place<'_>, kms: &keyward_core::Kms) -> 
     m.insert("KeyId".into(), json!(k.key_id));
     m.insert("Arn".into(), json!(place.key_arn(&k.key_id)));
     m.insert("CreationDate".into(), json!(k.created_at));
-    // An EXTERNAL key has no version until its material is imported: AWS calls it PendingImport.
-    let pending_import = k.origin == Origin::External && k.primary_version == 0;
+    // An EXTERNAL key before its first import, or after its material was deleted: AWS calls it PendingImport.
+    let pending_import =
+        k.pending_import || (k.origin == Origin::External && k.primary_version == 0);
     let enabled = k.state == KeyState::Enabled && !pending_import;
     m.insert("Enabled".into(), json!(enabled));
     m.insert("Description".into(), json!(k.description));
     m.insert("KeyUsage".into(), json!(k.usage.as_str()));
-    let shown = if pending_import && k.state == KeyState::Enabled {
+    let shown = if pending_import && matches!(k.state, KeyState::Enabled | KeyState::Disabled) {
         "PendingImport"
     } else {
         state(k.state)

@@ -521,6 +521,12 @@ enum KeyCmd {
         #[arg(long)]
         material: PathBuf,
     },
+    /// Delete the imported material of an EXTERNAL key: it refuses all use until the same material is
+    /// imported again (held for approval where the key needs a quorum).
+    DeleteImportedMaterial {
+        /// Key id or alias.
+        key: String,
+    },
     /// Export an exportable key wrapped for the holder of an RSA public key (SPKI DER file).
     Export {
         /// Key id or alias.

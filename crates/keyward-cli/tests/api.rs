@@ -3199,6 +3199,99 @@ async fn identity_lifecycle(server: &Server, alice: &Client, alice_token: &str, 
     assert_eq!(v["records"][0]["action"], "kms:PutPolicy", "{v}");
 }
 
+/// Deleting imported material makes the key unusable, so a key under quorum holds it for approval; once
+/// approved it runs as the requester's action on the key's trail, and only the same material undoes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_imported_material_waits_for_approval_and_is_undone_by_the_same_material() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(&dir.path().join("data"));
+    let root = server.root();
+    let key = root
+        .create_key(&CreateKeyRequest {
+            spec: "HMAC_256".into(),
+            origin: Some("EXTERNAL".into()),
+            quorum: Some(Quorum { approvals: 1 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .key_id;
+    let import = |material: [u8; 32]| {
+        let root = &root;
+        let key = &key;
+        async move {
+            let params = root.import_parameters(key).await.unwrap();
+            let wrapped =
+                keyward_client::byok::wrap(&params.wrapping_public_key_der.0, &material).unwrap();
+            let req = ImportRequest {
+                import_token: params.import_token,
+                wrapped_key_material: SecretB64::new(wrapped),
+            };
+            root.import(key, &req).await
+        }
+    };
+    import([7u8; 32]).await.unwrap();
+    let mac = |k: String| {
+        let root = &root;
+        async move {
+            let req = MacRequest {
+                message: B64(b"m".to_vec()),
+                algorithm: "HMAC_SHA_256".into(),
+            };
+            root.mac(&k, &req).await
+        }
+    };
+    let before = mac(key.clone()).await.unwrap().mac.0;
+    let ops1 = token_for(&server, "ops1", &["key-admin"]).await;
+    let ops2 = token_for(&server, "ops2", &["key-admin"]).await;
+    let a = &server.addr;
+    let path = format!("/v1/keys/{key}/delete-imported-material");
+    let (st, v, _) = raw(a, "POST", &path, Some(&ops1), None).await;
+    assert_eq!((st, v["status"].as_str()), (202, Some("pending")), "{v}");
+    assert!(mac(key.clone()).await.is_ok(), "ran before approval");
+    let id = v["approval_id"].as_str().unwrap();
+    let (st, v, executed_by) = raw(
+        a,
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        Some(&ops2),
+        None,
+    )
+    .await;
+    assert_eq!((st, v["status"].as_str()), (200, Some("executed")), "{v}");
+    assert!(root.describe_key(&key).await.unwrap().pending_import);
+    match mac(key.clone()).await {
+        Err(Error::Api { code, .. }) => assert_eq!(code, "InvalidState"),
+        other => panic!("{other:?}"),
+    }
+    let trail = common::audit_records(
+        a,
+        &format!("key_id={key}&action=kms:DeleteImportedKeyMaterial"),
+    )
+    .await;
+    let last = trail.last().unwrap();
+    assert_eq!(
+        (&last["principal"], &last["outcome"], &last["request_id"]),
+        (
+            &json!("ops1"),
+            &json!("allow"),
+            &json!(executed_by.as_deref().unwrap())
+        ),
+        "{trail:?}"
+    );
+    // A second deletion is refused before anyone is asked to approve it.
+    let (st, v, _) = raw(a, "POST", &path, Some(&ops1), None).await;
+    assert_eq!((st, code_of(&v)), (409, "InvalidState"), "{v}");
+
+    match import([8u8; 32]).await {
+        Err(Error::Api { code, .. }) => assert_eq!(code, "IncorrectKeyMaterial"),
+        other => panic!("{other:?}"),
+    }
+    let back = import([7u8; 32]).await.unwrap();
+    assert!(!back.pending_import);
+    assert_eq!(mac(key.clone()).await.unwrap().mac.0, before);
+}
+
 /// A key whose destructive operations need one approval, and two key administrators (`ops1`, `ops2`) to
 /// request and decide them; with the root client.
 async fn quorum_key_and_two_admins(server: &Server) -> (Client, String, String, String) {

@@ -2750,3 +2750,64 @@ fn a_server_names_its_data_directory_and_a_dev_restart_how_to_get_a_token() {
     let again = &server.logs()[first.len()..];
     assert!(again.contains("KEYWARD_DEV_ROOT_TOKEN"), "{again}");
 }
+
+/// Bring your own key from the command line, and take it back: the material is imported from a file, deleted,
+/// refused while deleted, and the same file brings the key and its ciphertexts back.
+#[test]
+fn the_cli_deletes_and_reimports_key_material() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(&dir.path().join("data"));
+    let run = |args: &[&str], stdin: &[u8]| run_keyward(&server.addr, ROOT, args, stdin);
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_slice(&succeeded(args, run(&all, b""))).unwrap()
+    };
+    let created = json(&["key", "create", "--spec", "AES_256", "--origin", "EXTERNAL"]);
+    let key = created["key_id"].as_str().unwrap().to_string();
+    let material = dir.path().join("material.bin");
+    std::fs::write(&material, [0x42u8; 32]).unwrap();
+    let material = material.to_str().unwrap();
+    json(&["key", "import", &key, "--material", material]);
+    let ct = succeeded(&["encrypt"], run(&["encrypt", &key], b"kept"));
+    let ct_path = dir.path().join("ct.b64");
+    std::fs::write(&ct_path, &ct).unwrap();
+    let decrypt = || run(&["decrypt", "--in", ct_path.to_str().unwrap()], b"");
+
+    let deleted = json(&["key", "delete-imported-material", &key]);
+    assert_eq!(
+        deleted["pending_import"],
+        serde_json::json!(true),
+        "{deleted}"
+    );
+    let refused = decrypt();
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("InvalidState") && message.contains("deleted"),
+        "{message}"
+    );
+    let versions = json(&["key", "versions", &key]);
+    assert_eq!(versions[0]["state"], "PendingImport", "{versions}");
+
+    let other = dir.path().join("other.bin");
+    std::fs::write(&other, [0x17u8; 32]).unwrap();
+    let wrong = run(
+        &["key", "import", &key, "--material", other.to_str().unwrap()],
+        b"",
+    );
+    let message = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        !wrong.status.success() && message.contains("IncorrectKeyMaterial"),
+        "{message}"
+    );
+    let back = json(&["key", "import", &key, "--material", material]);
+    assert_eq!(
+        (
+            back["pending_import"].as_bool(),
+            back["primary_version"].as_u64()
+        ),
+        (None, Some(1))
+    );
+    assert_eq!(succeeded(&["decrypt"], decrypt()), b"kept");
+}

@@ -474,6 +474,11 @@ impl Client {
     pub async fn import(&self, key: &str, req: &ImportRequest) -> Result<KeyObject> {
         self.post(&Self::key_path(key, "/import"), req).await
     }
+    /// `POST /v1/keys/{key}/delete-imported-material`.
+    pub async fn delete_imported_material(&self, key: &str) -> Result<KeyObject> {
+        self.post_empty(&Self::key_path(key, "/delete-imported-material"))
+            .await
+    }
     /// `POST /v1/keys/{key}/export`.
     pub async fn export(&self, key: &str, req: &ExportRequest) -> Result<ExportResponse> {
         self.post(&Self::key_path(key, "/export"), req).await

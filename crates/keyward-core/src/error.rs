@@ -17,6 +17,8 @@ pub enum ErrorCode {
     IncorrectKeyUsage,
     /// 400: ciphertext does not parse or authenticate, or the context is wrong.
     InvalidCiphertext,
+    /// 400: imported material is not the material that was deleted from the key.
+    IncorrectKeyMaterial,
     /// 401.
     Unauthenticated,
     /// 403.
@@ -56,6 +58,7 @@ impl ErrorCode {
             ErrorCode::ValidationError => "ValidationError",
             ErrorCode::IncorrectKeyUsage => "IncorrectKeyUsage",
             ErrorCode::InvalidCiphertext => "InvalidCiphertext",
+            ErrorCode::IncorrectKeyMaterial => "IncorrectKeyMaterial",
             ErrorCode::Unauthenticated => "Unauthenticated",
             ErrorCode::AccessDenied => "AccessDenied",
             ErrorCode::NotFound => "NotFound",
@@ -78,7 +81,8 @@ impl ErrorCode {
         match self {
             ErrorCode::ValidationError
             | ErrorCode::IncorrectKeyUsage
-            | ErrorCode::InvalidCiphertext => 400,
+            | ErrorCode::InvalidCiphertext
+            | ErrorCode::IncorrectKeyMaterial => 400,
             ErrorCode::Unauthenticated => 401,
             ErrorCode::AccessDenied => 403,
             ErrorCode::NotFound => 404,

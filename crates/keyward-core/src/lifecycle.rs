@@ -226,7 +226,7 @@ fn validate_tags(tags: &BTreeMap<String, String>) -> KmsResult<()> {
     Ok(())
 }
 
-fn parse_state<T>(s: &str, f: impl Fn(&str) -> Option<T>) -> KmsResult<T> {
+pub(crate) fn parse_state<T>(s: &str, f: impl Fn(&str) -> Option<T>) -> KmsResult<T> {
     f(s).ok_or_else(|| corrupt("unknown state"))
 }
 
@@ -249,6 +249,7 @@ pub(crate) fn key_info(rec: &KeyRecord, alias: Option<String>) -> KmsResult<KeyI
         origin: parse_state(&rec.origin, Origin::parse)?,
         exportable: rec.exportable,
         quorum_approvals: rec.quorum_approvals,
+        pending_import: rec.pending_import,
     })
 }
 
@@ -349,7 +350,7 @@ impl Kms {
         self.resolve_id(key_ref)
     }
 
-    fn resolve_id(&self, key_ref: &str) -> KmsResult<String> {
+    pub(crate) fn resolve_id(&self, key_ref: &str) -> KmsResult<String> {
         Ok(uuid::Uuid::from_bytes(self.resolve(key_ref)?).to_string())
     }
 
@@ -496,6 +497,7 @@ impl Kms {
             exportable: req.exportable,
             quorum_approvals: req.quorum_approvals,
             allow_legacy: req.allow_legacy,
+            pending_import: false,
         };
         let version = match &material {
             Some(handle) => {
@@ -822,6 +824,9 @@ impl Kms {
                 VersionState::Destroyed => {
                     return Err(KmsError::new(ErrorCode::KeyDestroyed, format!("version {version} is destroyed")))
                 }
+                VersionState::PendingImport => {
+                    return Err(KmsError::invalid_state(format!("the imported material of version {version} was deleted: import it again first")))
+                }
             }
             if version < rec.min_decryption_version {
                 return Err(KmsError::invalid_state(format!(
@@ -830,6 +835,8 @@ impl Kms {
                 )));
             }
             rec.primary_version = version;
+            // The new primary has its material: a key whose other versions await re-import serves again.
+            rec.pending_import = false;
             info_in_tx(tx, rec)
         })
     }
@@ -876,6 +883,12 @@ impl Kms {
         now: i64,
     ) -> KmsResult<()> {
         for v in versions.iter_mut() {
+            if v.state == VersionState::PendingImport.as_str() {
+                tx.delete_meta(
+                    crate::records::IMPORT_CHECK_NS,
+                    &crate::records::check_name(&rec.key_id, v.version),
+                )?;
+            }
             if v.material.is_some() || v.state != VersionState::Destroyed.as_str() {
                 v.material = None;
                 v.state = VersionState::Destroyed.as_str().into();
@@ -1055,6 +1068,18 @@ fn version_change<'a>(
         };
         let new_state = match (action, state) {
             (_, VersionState::Destroyed) => return Err(destroyed()),
+            (VersionAction::Destroy, VersionState::PendingImport) if !is_primary => {
+                tx.delete_meta(
+                    crate::records::IMPORT_CHECK_NS,
+                    &crate::records::check_name(&rec.key_id, version),
+                )?;
+                VersionState::Destroyed
+            }
+            (_, VersionState::PendingImport) => {
+                return Err(KmsError::invalid_state(format!(
+                    "the imported material of version {version} was deleted: import it again first"
+                )))
+            }
             (VersionAction::Enable, VersionState::Enabled | VersionState::Disabled) => {
                 VersionState::Enabled
             }

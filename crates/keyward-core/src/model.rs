@@ -43,6 +43,8 @@ states!(
         Disabled,
         /// Decrypts and verifies old data; cannot be primary until restored.
         Archived,
+        /// Its imported material was deleted; it serves nothing until the same material is imported again.
+        PendingImport,
         /// Material erased.
         Destroyed,
     }
@@ -117,6 +119,8 @@ pub struct KeyInfo {
     pub exportable: bool,
     /// Approvals needed for destructive operations.
     pub quorum_approvals: Option<u32>,
+    /// The imported material was deleted: every cryptographic call is refused until it is imported again.
+    pub pending_import: bool,
 }
 
 /// A key version as callers see it.

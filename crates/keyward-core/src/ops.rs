@@ -136,6 +136,9 @@ impl Kms {
         if key.state != KeyState::Enabled {
             return Err(state_error(key.state, &key.key_id));
         }
+        if key.record.pending_import {
+            return Err(material_deleted(&key.key_id));
+        }
         if key.usage != usage {
             return Err(KmsError::usage(format!(
                 "key {} has usage {}, not {usage}",
@@ -188,6 +191,12 @@ impl Kms {
                     ErrorCode::KeyDestroyed,
                     format!("version {n} of key {} is destroyed", key.key_id),
                 ))
+            }
+            VersionState::PendingImport => {
+                return Err(KmsError::invalid_state(format!(
+                    "the imported material of version {n} of key {} was deleted: import it again",
+                    key.key_id
+                )))
             }
         }
         if n < key.record.min_decryption_version {
@@ -636,4 +645,11 @@ fn asymmetric_algorithm(
         )));
     }
     Ok(alg)
+}
+
+/// The refusal of a key whose imported material was deleted.
+pub(crate) fn material_deleted(key_id: &str) -> KmsError {
+    KmsError::invalid_state(format!(
+        "the imported material of key {key_id} was deleted: import the same material again to use it"
+    ))
 }

@@ -26,6 +26,23 @@ pub(crate) struct ImportTokenRecord {
     pub wrapped_private_key: String,
 }
 
+/// Imported material that was deleted, kept as a value that recognises the same material when it is imported
+/// again (HKDF output for secret keys, the public key for key pairs), under `IMPORT_CHECK_NS` by
+/// `key_id/version`.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct DeletedMaterialRecord {
+    pub check: String,
+    /// The version's state before the deletion, restored with the material.
+    pub state: String,
+}
+
+pub(crate) const IMPORT_CHECK_NS: &str = "import-check";
+
+/// The name of a version's [`DeletedMaterialRecord`].
+pub(crate) fn check_name(key_id: &str, version: u32) -> String {
+    format!("{key_id}/{version}")
+}
+
 pub(crate) fn token_aad(token: &str) -> Vec<u8> {
     format!("keyward:import:{token}").into_bytes()
 }

@@ -926,6 +926,140 @@ fn byok_import_and_wrapped_export() {
     assert_eq!(code(kms.import_parameters(&plain)), ErrorCode::InvalidState);
 }
 
+/// Imports the material of the exportable key `src` into the EXTERNAL key `ext`.
+fn import_from(kms: &Kms, src: &str, ext: &str) -> KmsResult<KeyInfo> {
+    let params = kms.import_parameters(ext)?;
+    let wrapped = kms.export_key(src, &params.wrapping_public_key_der, None)?;
+    kms.import_key_material(ext, &params.import_token, &wrapped)
+}
+
+fn exportable(kms: &Kms, spec: KeySpec) -> String {
+    let mut req = CreateKey::new(spec);
+    req.exportable = true;
+    kms.create_key(req).unwrap().key_id
+}
+
+#[test]
+fn deleted_imported_material_comes_back_only_as_the_same_material() {
+    let h = harness();
+    let kms = &h.kms;
+    let (a, b, wrong) = (
+        exportable(kms, KeySpec::Aes256),
+        exportable(kms, KeySpec::Aes256),
+        exportable(kms, KeySpec::Aes256),
+    );
+    let mut req = CreateKey::new(KeySpec::Aes256);
+    req.origin = Origin::External;
+    let ext = kms.create_key(req).unwrap().key_id;
+    assert_eq!(
+        code(kms.delete_imported_material(&ext)),
+        ErrorCode::InvalidState,
+        "nothing imported yet"
+    );
+    assert_eq!(
+        code(kms.delete_imported_material(&a)),
+        ErrorCode::InvalidState,
+        "only EXTERNAL keys"
+    );
+    import_from(kms, &a, &ext).unwrap();
+    let under_a = kms.encrypt(&ext, b"one", &Context::new(), None).unwrap();
+    assert_eq!(import_from(kms, &b, &ext).unwrap().primary_version, 2);
+    let under_b = kms.encrypt(&ext, b"two", &Context::new(), None).unwrap();
+
+    let info = kms.delete_imported_material(&ext).unwrap();
+    assert!(info.pending_import);
+    assert_eq!(info.state, KeyState::Enabled);
+    assert!(kms
+        .list_versions(&ext)
+        .unwrap()
+        .iter()
+        .all(|v| v.state == VersionState::PendingImport));
+    let refused = kms.decrypt(None, &under_a.ciphertext, &Context::new(), None);
+    assert_eq!(code(refused), ErrorCode::InvalidState);
+    assert_eq!(
+        code(kms.encrypt(&ext, b"x", &Context::new(), None)),
+        ErrorCode::InvalidState
+    );
+    assert_eq!(
+        code(kms.delete_imported_material(&ext)),
+        ErrorCode::InvalidState,
+        "already deleted"
+    );
+
+    // Other material is refused, and the refusal leaves the token usable for the right material.
+    let params = kms.import_parameters(&ext).unwrap();
+    let other = kms
+        .export_key(&wrong, &params.wrapping_public_key_der, None)
+        .unwrap();
+    assert_eq!(
+        code(kms.import_key_material(&ext, &params.import_token, &other)),
+        ErrorCode::IncorrectKeyMaterial
+    );
+    let first = kms
+        .export_key(&a, &params.wrapping_public_key_der, None)
+        .unwrap();
+    let info = kms
+        .import_key_material(&ext, &params.import_token, &first)
+        .unwrap();
+    // Version 1 is back, but the primary still waits for its own material.
+    assert!(info.pending_import);
+    assert_eq!(info.primary_version, 2);
+    let states: Vec<_> = kms
+        .list_versions(&ext)
+        .unwrap()
+        .iter()
+        .map(|v| v.state)
+        .collect();
+    assert_eq!(states, [VersionState::Enabled, VersionState::PendingImport]);
+    assert_eq!(
+        code(kms.encrypt(&ext, b"x", &Context::new(), None)),
+        ErrorCode::InvalidState
+    );
+
+    let info = import_from(kms, &b, &ext).unwrap();
+    assert!(!info.pending_import);
+    assert_eq!(info.primary_version, 2, "restored, not a new version");
+    for (c, want) in [(&under_a, b"one"), (&under_b, b"two")] {
+        let p = kms
+            .decrypt(None, &c.ciphertext, &Context::new(), None)
+            .unwrap();
+        assert_eq!(p.plaintext.expose(), want);
+    }
+    // Once the key serves again, other material is a new primary version, as before the deletion.
+    assert_eq!(import_from(kms, &wrong, &ext).unwrap().primary_version, 3);
+}
+
+#[test]
+fn deleted_imported_key_pair_is_recognised_by_its_public_key() {
+    let h = harness();
+    let kms = &h.kms;
+    let src = exportable(kms, KeySpec::EccNistP256);
+    let other = exportable(kms, KeySpec::EccNistP256);
+    let mut req = CreateKey::new(KeySpec::EccNistP256);
+    req.origin = Origin::External;
+    let ext = kms.create_key(req).unwrap().key_id;
+    import_from(kms, &src, &ext).unwrap();
+    let alg = SigningAlgorithm::EcdsaSha256;
+    let sig = kms.sign(&ext, SignInput::Message(b"m"), alg).unwrap();
+    // A Disabled key can lose its material, and stays Disabled when it comes back.
+    kms.disable_key(&ext).unwrap();
+    kms.delete_imported_material(&ext).unwrap();
+    assert_eq!(
+        code(import_from(kms, &other, &ext)),
+        ErrorCode::IncorrectKeyMaterial
+    );
+    let info = import_from(kms, &src, &ext).unwrap();
+    assert_eq!(
+        (info.state, info.pending_import),
+        (KeyState::Disabled, false)
+    );
+    kms.enable_key(&ext).unwrap();
+    let ok = kms
+        .verify(&ext, SignInput::Message(b"m"), &sig.signature, alg, None)
+        .unwrap();
+    assert!(ok);
+}
+
 #[test]
 fn tampered_stored_material_is_refused_not_used() {
     let h = harness();

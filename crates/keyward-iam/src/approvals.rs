@@ -41,6 +41,11 @@ pub enum Operation {
         /// Version.
         version: u32,
     },
+    /// Delete an EXTERNAL key's imported material.
+    DeleteImportedMaterial {
+        /// Key id.
+        key_id: String,
+    },
     /// Export a key wrapped for a recipient.
     Export {
         /// Key id.
@@ -80,6 +85,7 @@ impl Operation {
         match self {
             Operation::ScheduleDeletion { .. } => Action::ScheduleKeyDeletion,
             Operation::DestroyVersion { .. } => Action::DestroyKeyVersion,
+            Operation::DeleteImportedMaterial { .. } => Action::DeleteImportedKeyMaterial,
             Operation::Export { .. } => Action::ExportKey,
             Operation::RotateRoot => Action::RotateRoot,
             Operation::PruneAudit { .. } => Action::PruneAudit,
@@ -93,6 +99,7 @@ impl Operation {
         match self {
             Operation::ScheduleDeletion { key_id, .. }
             | Operation::DestroyVersion { key_id, .. }
+            | Operation::DeleteImportedMaterial { key_id }
             | Operation::Export { key_id, .. } => Some(key_id),
             _ => None,
         }

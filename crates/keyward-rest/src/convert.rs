@@ -29,6 +29,7 @@ pub fn key_object(k: &KeyInfo) -> KeyObject {
         exportable: k.exportable,
         quorum: k.quorum_approvals.map(|approvals| Quorum { approvals }),
         encryption_algorithms: Vec::new(),
+        pending_import: k.pending_import,
     }
 }
 

@@ -32,6 +32,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/keys/{key}/public-key"),
     ("get", "/v1/keys/{key}/import-parameters"),
     ("post", "/v1/keys/{key}/import"),
+    ("post", "/v1/keys/{key}/delete-imported-material"),
     ("post", "/v1/keys/{key}/export"),
     ("get", "/v1/aliases"),
     ("put", "/v1/aliases/{name}"),

@@ -58,6 +58,7 @@ pub fn key(id: &str) -> KeyRecord {
         exportable: false,
         quorum_approvals: None,
         allow_legacy: false,
+        pending_import: false,
     }
 }
 

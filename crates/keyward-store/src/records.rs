@@ -44,6 +44,10 @@ pub struct KeyRecord {
     /// Whether legacy specs were explicitly allowed at creation.
     #[serde(default)]
     pub allow_legacy: bool,
+    /// An EXTERNAL key whose imported material was deleted: it refuses every cryptographic call until the
+    /// same material is imported again.
+    #[serde(default)]
+    pub pending_import: bool,
 }
 
 /// One version of a key.
@@ -53,7 +57,8 @@ pub struct VersionRecord {
     pub key_id: String,
     /// 1-based version number.
     pub version: u32,
-    /// `Enabled`, `Disabled`, `Archived` or `Destroyed`.
+    /// `Enabled`, `Disabled`, `Archived`, `PendingImport` (imported material deleted, awaiting the same
+    /// material again) or `Destroyed`.
     pub state: String,
     /// Unix seconds.
     pub created_at: i64,

@@ -126,6 +126,9 @@ pub(crate) async fn run(c: &Client, out: &Out, command: Command) -> Res {
                 };
                 out.key(&c.import(&key, &req).await.map_err(e)?);
             }
+            KeyCmd::DeleteImportedMaterial { key } => {
+                out.key(&c.delete_imported_material(&key).await.map_err(e)?)
+            }
             KeyCmd::Export {
                 key,
                 wrapping_key,

@@ -234,6 +234,10 @@ pub fn router_with(app: AppState, doors: Router<AppState>) -> Router {
             get(keys::import_parameters),
         )
         .route("/v1/keys/{key}/import", post(keys::import))
+        .route(
+            "/v1/keys/{key}/delete-imported-material",
+            post(keys::delete_imported_material),
+        )
         .route("/v1/keys/{key}/export", post(keys::export))
         .route("/v1/aliases", get(keys::list_aliases))
         .route(

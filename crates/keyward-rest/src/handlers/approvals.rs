@@ -132,6 +132,9 @@ pub fn execute(app: &AppState, op: &Operation) -> Result<serde_json::Value, ApiE
             &app.kms
                 .version_action(key_id, *version, VersionAction::Destroy)?,
         ))),
+        Operation::DeleteImportedMaterial { key_id } => v(serde_json::to_value(key_object(
+            &app.kms.delete_imported_material(key_id)?,
+        ))),
         Operation::Export {
             key_id,
             wrapping_public_key_der,

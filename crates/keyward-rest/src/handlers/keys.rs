@@ -333,6 +333,35 @@ key_op!(
 );
 
 key_op!(
+    /// `POST /v1/keys/{key}/delete-imported-material`.
+    delete_imported_material, Action::DeleteImportedKeyMaterial, |a, key, body, caller| {
+        match delete_imported_material_or_hold(&a, &caller, &key)? {
+            Ok(k) => key_reply(k),
+            Err(held) => Ok(held),
+        }
+    }
+);
+
+/// Deletes an EXTERNAL key's imported material, or, where the key (or the service) requires a quorum,
+/// checks the deletion could run and opens an approval instead (`Err` with the `202` reply naming it). The
+/// key is unusable until its owner imports the material again, so it is held like any destructive change.
+/// Every front end deletes imported material through here.
+#[allow(clippy::type_complexity)]
+pub fn delete_imported_material_or_hold(
+    a: &AppState,
+    caller: &crate::app::Caller,
+    key: &str,
+) -> Result<Result<keyward_core::KeyInfo, Reply>, ApiError> {
+    let m = approvals::required_for_key(a, key)?;
+    if m > 0 {
+        let key_id = a.kms.check_delete_imported_material(key)?;
+        let op = approvals::Operation::DeleteImportedMaterial { key_id };
+        return approvals::request(a, caller, op, m).map(Err);
+    }
+    Ok(Ok(a.kms.delete_imported_material(key)?))
+}
+
+key_op!(
     /// `POST /v1/keys/{key}/export`.
     export, Action::ExportKey, |a, key, body, caller| {
         let req: ExportRequest = parse(&body)?;
