@@ -39,10 +39,11 @@ SUBJECT = {"type": "string", "minLength": 1,
 ALIAS = {"type": "string", "pattern": "^(alias[/:])?[A-Za-z0-9/_.-]{1,256}$"}
 SPEC = {"type": "string", "enum": ["SYMMETRIC_DEFAULT", "AES_128", "AES_256", "SM4", "TDES", "RSA_2048", "RSA_3072",
                                    "RSA_4096", "ECC_NIST_P256", "ECC_NIST_P384", "ECC_NIST_P521", "ECC_SECG_P256K1",
-                                   "ED25519", "SM2", "HMAC_224", "HMAC_256", "HMAC_384", "HMAC_512"]}
+                                   "ED25519", "SM2", "HMAC_224", "HMAC_256", "HMAC_384", "HMAC_512",
+                                   "ML_DSA_44", "ML_DSA_65", "ML_DSA_87", "ML_KEM_768", "ML_KEM_1024"]}
 SIGNING = {"type": "string", "enum": [
     "RSASSA_PSS_SHA_256", "RSASSA_PSS_SHA_384", "RSASSA_PSS_SHA_512", "RSASSA_PKCS1_V1_5_SHA_256", "RSASSA_PKCS1_V1_5_SHA_384",
-    "RSASSA_PKCS1_V1_5_SHA_512", "ECDSA_SHA_256", "ECDSA_SHA_384", "ECDSA_SHA_512", "ED25519", "SM2DSA"]}
+    "RSASSA_PKCS1_V1_5_SHA_512", "ECDSA_SHA_256", "ECDSA_SHA_384", "ECDSA_SHA_512", "ED25519", "SM2DSA", "ML_DSA_SHAKE_256"]}
 MACS = {"type": "string", "enum": ["HMAC_SHA_224", "HMAC_SHA_256", "HMAC_SHA_384", "HMAC_SHA_512"]}
 CTX = {"type": "object", "additionalProperties": {"type": "string"}, "description": "Encryption context"}
 
@@ -136,6 +137,8 @@ schemas = {
     "DeriveResponse": obj({"ciphertext": B64, "plaintext": B64}),
     "AgreeRequest": obj({"peer_public_key_der": B64}, ["peer_public_key_der"]),
     "AgreeResponse": obj({"shared_secret": B64}),
+    "DecapsulateRequest": obj({"ciphertext": B64, "version": VERSION}, ["ciphertext"]),
+    "DecapsulateResponse": obj({"shared_secret": B64, "key_id": S, "version": INT}),
     "RandomRequest": obj({"length": {"type": "integer", "minimum": 1, "maximum": 1024}}, ["length"]),
     "RandomResponse": obj({"random": B64}),
     "CsrRequest": obj({"subject": SUBJECT, "sans": {"type": "array", "items": S}}, ["subject"]),
@@ -278,6 +281,7 @@ ops = [
     ("post", "/v1/keys/{key}/verify-mac", "kms:VerifyMac", "VerifyMacRequest", (200, "Validity"), [KEY], False),
     ("post", "/v1/keys/{key}/derive", "kms:DeriveKey", "DeriveRequest", (200, "DeriveResponse"), [KEY], False),
     ("post", "/v1/keys/{key}/agree", "kms:DeriveSharedSecret", "AgreeRequest", (200, "AgreeResponse"), [KEY], False),
+    ("post", "/v1/keys/{key}/decapsulate", "kms:Decapsulate", "DecapsulateRequest", (200, "DecapsulateResponse"), [KEY], False),
     ("post", "/v1/random", "kms:GenerateRandom", "RandomRequest", (200, "RandomResponse"), [], False),
     ("post", "/v1/keys/{key}/csr", "kms:CreateCsr", "CsrRequest", (200, "CsrResponse"), [KEY], False),
     ("post", "/v1/keys/{key}/certificate", "kms:IssueCertificate", "CertificateRequest", (200, "CertificateResponse"), [KEY], False),

@@ -457,3 +457,23 @@ def test_key_material_is_imported_as_aws_documents_it(kms):
     # A key whose material Keyward generated has no imported material to delete.
     native = kms.create_key()["KeyMetadata"]["KeyId"]
     raises("KMSInvalidStateException", kms.delete_imported_key_material, KeyId=native)
+
+
+def test_ml_dsa_keys_sign_through_boto3_and_verify_in_dilithium_py(kms):
+    from dilithium_py.ml_dsa import ML_DSA_65
+    from test_pq import raw_public_key
+    meta = kms.create_key(KeySpec="ML_DSA_65", KeyUsage="SIGN_VERIFY")["KeyMetadata"]
+    assert meta["KeySpec"] == "ML_DSA_65" and meta["SigningAlgorithms"] == ["ML_DSA_SHAKE_256"]
+    pk = kms.get_public_key(KeyId=meta["KeyId"])
+    assert pk["SigningAlgorithms"] == ["ML_DSA_SHAKE_256"]
+    raw = raw_public_key(pk["PublicKey"], 0x03, 0x12)
+    msg = os.urandom(100)
+    sig = kms.sign(KeyId=meta["KeyId"], Message=msg, MessageType="RAW",
+                   SigningAlgorithm="ML_DSA_SHAKE_256")["Signature"]
+    assert ML_DSA_65.verify(raw, msg, sig)
+    assert kms.verify(KeyId=meta["KeyId"], Message=msg, Signature=sig,
+                      SigningAlgorithm="ML_DSA_SHAKE_256")["SignatureValid"]
+    raises("ValidationException", kms.sign, KeyId=meta["KeyId"], Message=os.urandom(64),
+           MessageType="EXTERNAL_MU", SigningAlgorithm="ML_DSA_SHAKE_256")
+    raises("InvalidKeyUsageException", kms.sign, KeyId=meta["KeyId"], Message=os.urandom(32),
+           MessageType="DIGEST", SigningAlgorithm="ML_DSA_SHAKE_256")

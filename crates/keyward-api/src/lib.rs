@@ -794,6 +794,28 @@ pub struct AgreeResponse {
     pub shared_secret: SecretB64,
 }
 
+/// `POST /v1/keys/{key}/decapsulate`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecapsulateRequest {
+    /// The ML-KEM ciphertext the sender made against the key's public key.
+    pub ciphertext: B64,
+    /// The version whose public key the sender used (default: the primary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+}
+
+/// Response of decapsulate.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DecapsulateResponse {
+    /// The 32-byte shared secret.
+    pub shared_secret: SecretB64,
+    /// Key id.
+    pub key_id: String,
+    /// The version that decapsulated.
+    pub version: u32,
+}
+
 /// `POST /v1/random`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -845,6 +845,9 @@ impl Call<'_> {
         match kind {
             None | Some("RAW") => Ok(SignInput::Message(message)),
             Some("DIGEST") => Ok(SignInput::Digest(message)),
+            Some("EXTERNAL_MU") => Err(invalid(
+                "MessageType EXTERNAL_MU is not offered: send the message itself (RAW)",
+            )),
             Some(other) => Err(invalid(format!(
                 "MessageType {} is not RAW or DIGEST",
                 keyward_core::quoted(other)

@@ -161,6 +161,18 @@ enum Command {
         #[arg(long)]
         peer: PathBuf,
     },
+    /// ML-KEM decapsulation of a ciphertext (file) made against the key's public key; prints the shared
+    /// secret (base64).
+    Decapsulate {
+        /// Key id or alias.
+        key: String,
+        /// The ciphertext (raw bytes).
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// The version whose public key the sender used (default: the primary).
+        #[arg(long)]
+        version: Option<u32>,
+    },
     /// Create a CSR signed by a key.
     Csr {
         /// Key id or alias.
@@ -963,6 +975,7 @@ async fn run(cli: Cli) -> Res {
         | Command::VerifyMac { .. }
         | Command::Derive { .. }
         | Command::Agree { .. }
+        | Command::Decapsulate { .. }
         | Command::Csr { .. }
         | Command::Certificate { .. }) => commands::crypto::run(c, &out, command).await?,
         command @ (Command::Audit { .. }

@@ -183,7 +183,7 @@ async fn a_token_rooted_service_unseals_itself_and_keeps_hsm_keys_in_the_token()
     assert_eq!((status, code_of(&err)), (409, "InvalidState"), "{err}");
     // A spec the token does not offer is the request's to change: 400 naming it, never a 503 (which load
     // balancers and clients read as "node down, retry elsewhere").
-    for spec in ["SM4", "ED25519"] {
+    for spec in ["SM4", "ED25519", "ML_DSA_65", "ML_KEM_768"] {
         let (status, err, _) = raw(
             &server.addr,
             "POST",

@@ -661,6 +661,22 @@ impl Client {
         )
         .await
     }
+    /// `POST /v1/keys/{key}/decapsulate`.
+    pub async fn decapsulate(
+        &self,
+        key: &str,
+        ciphertext: &[u8],
+        version: Option<u32>,
+    ) -> Result<DecapsulateResponse> {
+        self.post(
+            &Self::key_path(key, "/decapsulate"),
+            &DecapsulateRequest {
+                ciphertext: B64(ciphertext.to_vec()),
+                version,
+            },
+        )
+        .await
+    }
     /// `POST /v1/random`.
     pub async fn random(&self, length: usize) -> Result<Vec<u8>> {
         self.post::<_, RandomResponse>("/v1/random", &RandomRequest { length })

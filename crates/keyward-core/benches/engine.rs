@@ -239,5 +239,63 @@ fn mac(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, aes_gcm, sign, mac);
+/// ML-DSA-65 sign and verify of a 1 KiB message and ML-KEM-768 decapsulation, beside aws-lc-rs called
+/// directly with a key of the same parameter set.
+fn post_quantum(c: &mut Criterion) {
+    use aws_lc_rs::kem::{DecapsulationKey, EncapsulationKey, ML_KEM_768};
+    use aws_lc_rs::signature::{KeyPair as _, PqdsaKeyPair, UnparsedPublicKey};
+    let b = engine();
+    let msg = vec![0x5au8; 1024];
+    let alg = SigningAlgorithm::MlDsaShake256;
+    let mut g = c.benchmark_group("post-quantum");
+    g.throughput(Throughput::Elements(1));
+
+    let pair = PqdsaKeyPair::generate(&signature::ML_DSA_65_SIGNING).expect("ml-dsa");
+    let mut sig = vec![0u8; signature::ML_DSA_65_SIGNING.signature_len()];
+    g.bench_function("ML_DSA_65-sign/raw", |bch| {
+        bch.iter(|| black_box(pair.sign(&msg, &mut sig).expect("sign")))
+    });
+    let id = key(&b.kms, KeySpec::MlDsa65, KeyUsage::SignVerify);
+    g.bench_function("ML_DSA_65-sign/engine", |bch| {
+        bch.iter(|| black_box(b.kms.sign(&id, SignInput::Message(&msg), alg).expect("s")))
+    });
+    let n = pair.sign(&msg, &mut sig).expect("sign");
+    let public = UnparsedPublicKey::new(&signature::ML_DSA_65, pair.public_key().as_ref());
+    g.bench_function("ML_DSA_65-verify/raw", |bch| {
+        bch.iter(|| black_box(public.verify(&msg, &sig[..n]).is_ok()))
+    });
+    let signed = b
+        .kms
+        .sign(&id, SignInput::Message(&msg), alg)
+        .expect("sign");
+    g.bench_function("ML_DSA_65-verify/engine", |bch| {
+        bch.iter(|| {
+            black_box(
+                b.kms
+                    .verify(&id, SignInput::Message(&msg), &signed.signature, alg, None)
+                    .expect("v"),
+            )
+        })
+    });
+
+    let dk = DecapsulationKey::generate(&ML_KEM_768).expect("ml-kem");
+    let (ct, _) = dk
+        .encapsulation_key()
+        .expect("ek")
+        .encapsulate()
+        .expect("encapsulate");
+    g.bench_function("ML_KEM_768-decapsulate/raw", |bch| {
+        bch.iter(|| black_box(dk.decapsulate(ct.as_ref().into()).expect("d")))
+    });
+    let id = key(&b.kms, KeySpec::MlKem768, KeyUsage::KeyAgreement);
+    let spki = b.kms.public_key(&id).expect("public key").der;
+    let sender = EncapsulationKey::new(&ML_KEM_768, &spki[spki.len() - 1184..]).expect("ek");
+    let (ct, _) = sender.encapsulate().expect("encapsulate");
+    g.bench_function("ML_KEM_768-decapsulate/engine", |bch| {
+        bch.iter(|| black_box(b.kms.decapsulate(&id, ct.as_ref(), None).expect("d")))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, aes_gcm, sign, mac, post_quantum);
 criterion_main!(benches);

@@ -244,7 +244,9 @@ impl Kms {
                 .derive_hkdf(handle, CHECK_SALT, key_id.as_bytes(), 32)?
                 .expose()
                 .to_vec()),
-            KeyFamily::Rsa | KeyFamily::Ec => Ok(self.hsm.public_key_der(handle)?),
+            KeyFamily::Rsa | KeyFamily::Ec | KeyFamily::PostQuantum => {
+                Ok(self.hsm.public_key_der(handle)?)
+            }
         }
     }
 

@@ -31,7 +31,8 @@ pub use lifecycle::{
 };
 pub use model::{KeyInfo, KeyState, Origin, VersionInfo, VersionState};
 pub use ops::{
-    Context, DataKey, DataKeyPair, Decrypted, Derived, Encrypted, Maced, PublicKey, Signed,
+    Context, DataKey, DataKeyPair, Decapsulated, Decrypted, Derived, Encrypted, Maced, PublicKey,
+    Signed,
 };
 
 pub use keyward_hsm::{

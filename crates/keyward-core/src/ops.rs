@@ -72,6 +72,17 @@ pub struct DataKeyPair {
     pub version: u32,
 }
 
+/// The shared secret an ML-KEM ciphertext carries.
+#[derive(Debug)]
+pub struct Decapsulated {
+    /// 32 bytes.
+    pub shared_secret: SecretBytes,
+    /// The key.
+    pub key_id: Arc<str>,
+    /// The version whose private key decapsulated.
+    pub version: u32,
+}
+
 /// A signature.
 #[derive(Clone, Debug)]
 pub struct Signed {
@@ -445,7 +456,7 @@ impl Kms {
         context: &Context,
         include_plaintext: bool,
     ) -> KmsResult<DataKeyPair> {
-        if !spec.is_asymmetric() {
+        if !matches!(spec.family(), KeyFamily::Rsa | KeyFamily::Ec) {
             return Err(KmsError::validation("data key pairs are RSA or ECC specs"));
         }
         let key = self.usable(key_ref, KeyUsage::EncryptDecrypt)?;
@@ -578,6 +589,31 @@ impl Kms {
         let key = self.usable(key_ref, KeyUsage::KeyAgreement)?;
         let (_, handle) = self.primary(&key)?;
         Ok(self.hsm.agree(handle, peer_spki_der)?)
+    }
+
+    /// ML-KEM decapsulation with a version of the key (the primary unless named: a sender may have
+    /// encapsulated against the public key of a version since rotated). ML-KEM rejects implicitly, so a
+    /// tampered ciphertext yields an unrelated secret, which the protocol built on it must catch.
+    pub fn decapsulate(
+        &self,
+        key_ref: &str,
+        ciphertext: &[u8],
+        version: Option<u32>,
+    ) -> KmsResult<Decapsulated> {
+        let key = self.usable(key_ref, KeyUsage::KeyAgreement)?;
+        if !key.spec.is_kem() {
+            return Err(KmsError::usage(format!(
+                "key {} is {}, not an ML-KEM key: use derive-shared-secret for ECDH",
+                key.key_id, key.spec
+            )));
+        }
+        let n = version.unwrap_or(key.record.primary_version);
+        let (v, handle) = self.decryptable(&key, n, ErrorCode::NotFound)?;
+        Ok(Decapsulated {
+            shared_secret: self.hsm.decapsulate(handle, ciphertext)?,
+            key_id: key.key_id.clone(),
+            version: v.version,
+        })
     }
 
     /// Random bytes from the HSM, 1 to 1024.

@@ -1061,6 +1061,52 @@ fn deleted_imported_key_pair_is_recognised_by_its_public_key() {
 }
 
 #[test]
+fn post_quantum_keys_sign_and_decapsulate_through_the_engine() {
+    let h = harness();
+    let kms = &h.kms;
+    let dsa = kms.create_key(CreateKey::new(KeySpec::MlDsa65)).unwrap();
+    assert_eq!(dsa.usage, KeyUsage::SignVerify);
+    let alg = SigningAlgorithm::MlDsaShake256;
+    let sig = kms
+        .sign(&dsa.key_id, SignInput::Message(b"pq"), alg)
+        .unwrap();
+    kms.rotate_key(&dsa.key_id).unwrap();
+    let verify = |sig: &[u8], version| {
+        kms.verify(&dsa.key_id, SignInput::Message(b"pq"), sig, alg, version)
+            .unwrap()
+    };
+    assert!(verify(&sig.signature, Some(1)));
+    assert!(!verify(&sig.signature, None), "signed by version 1, not 2");
+    assert_eq!(
+        code(kms.sign(&dsa.key_id, SignInput::Digest(&[0; 64]), alg)),
+        ErrorCode::IncorrectKeyUsage
+    );
+
+    let kem = kms.create_key(CreateKey::new(KeySpec::MlKem768)).unwrap();
+    assert_eq!(kem.usage, KeyUsage::KeyAgreement);
+    let spki = kms.public_key(&kem.key_id).unwrap().der;
+    let ek = &spki[spki.len() - 1184..];
+    let sender = aws_lc_rs::kem::EncapsulationKey::new(&aws_lc_rs::kem::ML_KEM_768, ek).unwrap();
+    let (ct, secret) = sender.encapsulate().unwrap();
+    let got = kms.decapsulate(&kem.key_id, ct.as_ref(), None).unwrap();
+    assert_eq!(got.shared_secret.expose(), secret.as_ref());
+    assert_eq!(got.version, 1);
+    assert_eq!(
+        code(kms.decapsulate(&dsa.key_id, ct.as_ref(), None)),
+        ErrorCode::IncorrectKeyUsage
+    );
+    assert_eq!(
+        code(kms.agree(&kem.key_id, &spki)),
+        ErrorCode::IncorrectKeyUsage
+    );
+    kms.disable_key(&kem.key_id).unwrap();
+    assert_eq!(
+        code(kms.decapsulate(&kem.key_id, ct.as_ref(), None)),
+        ErrorCode::KeyDisabled
+    );
+}
+
+#[test]
 fn tampered_stored_material_is_refused_not_used() {
     let h = harness();
     let id = sym(&h.kms);

@@ -334,6 +334,11 @@ impl Hsm for HybridHsm {
         hsm.agree(h, peer_spki_der)
     }
 
+    fn decapsulate(&self, key: &KeyHandle, ciphertext: &[u8]) -> HsmResult<SecretBytes> {
+        let (hsm, h) = self.route(key)?;
+        hsm.decapsulate(h, ciphertext)
+    }
+
     fn fill_random(&self, out: &mut [u8]) -> HsmResult<()> {
         self.soft.fill_random(out)
     }

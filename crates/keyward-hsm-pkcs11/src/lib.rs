@@ -1254,7 +1254,7 @@ impl Hsm for Pkcs11Hsm {
                         s.sign(&Mechanism::RsaPkcsPss(params), object, &digest)
                     })
                 }
-                Ed25519 | Sm2Dsa => Err(HsmError::UnsupportedSpec(key.spec())),
+                Ed25519 | Sm2Dsa | MlDsaShake256 => Err(HsmError::UnsupportedSpec(key.spec())),
             }
         })
     }

@@ -79,6 +79,7 @@ fn verification_alg(
         (EcdsaSha384, KeySpec::EccNistP384) => &signature::ECDSA_P384_SHA384_ASN1,
         (EcdsaSha512, KeySpec::EccNistP521) => &signature::ECDSA_P521_SHA512_ASN1,
         (Ed25519, KeySpec::Ed25519) => &signature::ED25519,
+        (MlDsaShake256, _) => crate::pq::ml_dsa_verification(spec)?,
         _ => return None,
     })
 }
@@ -143,6 +144,10 @@ pub(crate) fn sign(
             .map_err(|_| sign_failed())?;
             Ok(sig.to_der().to_vec())
         }
+        Kind::MlDsa(k) => match input {
+            SignInput::Message(m) => crate::pq::sign(k, m),
+            SignInput::Digest(_) => Err(HsmError::IncorrectKeyUsage("ML-DSA signs messages only")),
+        },
         Kind::Public(_) => Err(HsmError::IncorrectKeyUsage("a public key cannot sign")),
         _ => Err(HsmError::IncorrectKeyUsage(
             "signing needs an asymmetric signing key",
@@ -204,6 +209,7 @@ pub(crate) fn verify(
         Kind::Ed25519(k) => verify_awslc(alg, key.spec, &k.public_der, input, sig),
         Kind::K256(k) => Ok(verify_k256(k.signing.verifying_key(), input, sig)),
         Kind::Sm2(k) => Ok(verify_sm2(k.signing.verifying_key(), input, sig)),
+        Kind::MlDsa(k) => verify_awslc(alg, key.spec, &k.public_der, input, sig),
         Kind::Public(p) => match &p.kind {
             PublicKind::K256(vk) => Ok(verify_k256(vk, input, sig)),
             PublicKind::Sm2 { verifying, .. } => Ok(verify_sm2(verifying, input, sig)),
@@ -314,6 +320,11 @@ pub(crate) fn decrypt(
 pub(crate) fn agree(key: &SoftKey, peer_spki: &[u8]) -> HsmResult<SecretBytes> {
     let bad_peer =
         || HsmError::InvalidInput("peer public key is not a valid point on the key's curve");
+    if !key.spec.supports_agreement() {
+        return Err(HsmError::IncorrectKeyUsage(
+            "ECDH needs an ECC key; an ML-KEM key decapsulates instead",
+        ));
+    }
     if !ec_spki_has_named_curve(peer_spki) {
         return Err(bad_peer());
     }

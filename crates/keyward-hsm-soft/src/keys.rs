@@ -36,6 +36,8 @@ pub(crate) enum Kind {
     K256(Box<K256Key>),
     Ed25519(Box<Ed25519Key>),
     Sm2(Box<Sm2Key>),
+    MlDsa(Box<crate::pq::MlDsaKey>),
+    MlKem(Box<crate::pq::MlKemKey>),
     Public(Box<PublicOnly>),
 }
 
@@ -171,6 +173,8 @@ impl SoftKey {
             Kind::K256(k) => Some(&k.public_der),
             Kind::Ed25519(k) => Some(&k.public_der),
             Kind::Sm2(k) => Some(&k.public_der),
+            Kind::MlDsa(k) => Some(&k.public_der),
+            Kind::MlKem(k) => Some(&k.public_der),
             Kind::Public(p) => Some(&p.spki),
             _ => None,
         }
@@ -243,6 +247,11 @@ impl SoftKey {
                     .map_err(|_| backend("SM2 key encoding failed"))?;
                 SecretBytes::from_slice(doc.as_bytes())
             }
+            KeySpec::MlDsa44
+            | KeySpec::MlDsa65
+            | KeySpec::MlDsa87
+            | KeySpec::MlKem768
+            | KeySpec::MlKem1024 => crate::pq::generate(spec)?,
             _ => return Err(HsmError::UnsupportedSpec(spec)),
         };
         SoftKey::from_material(spec, pkcs8)
@@ -370,6 +379,12 @@ impl SoftKey {
                     public_der,
                 }))
             }
+            KeySpec::MlDsa44 | KeySpec::MlDsa65 | KeySpec::MlDsa87 => {
+                Kind::MlDsa(Box::new(crate::pq::ml_dsa_key(spec, bytes)?))
+            }
+            KeySpec::MlKem768 | KeySpec::MlKem1024 => {
+                Kind::MlKem(Box::new(crate::pq::ml_kem_key(spec, bytes)?))
+            }
         };
         Ok(SoftKey {
             spec,
@@ -420,6 +435,17 @@ impl SoftKey {
                     verifying,
                     encrypting: sm2::pke::EncryptingKey::new(pk),
                 }
+            }
+            KeySpec::MlDsa44 | KeySpec::MlDsa65 | KeySpec::MlDsa87 => {
+                let alg =
+                    crate::pq::ml_dsa_verification(spec).ok_or(HsmError::UnsupportedSpec(spec))?;
+                aws_lc_rs::signature::ParsedPublicKey::new(alg, spki).map_err(|_| bad())?;
+                PublicKind::AwsLc
+            }
+            KeySpec::MlKem768 | KeySpec::MlKem1024 => {
+                return Err(HsmError::IncorrectKeyUsage(
+                    "an ML-KEM public key is used by the encapsulating party, not imported",
+                ))
             }
             _ => {
                 return Err(HsmError::IncorrectKeyUsage(

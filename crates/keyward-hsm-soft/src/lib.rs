@@ -8,6 +8,7 @@
 mod asym;
 mod keys;
 mod material;
+mod pq;
 mod sym;
 
 use keyward_hsm::{
@@ -240,6 +241,15 @@ impl Hsm for SoftHsm {
 
     fn agree(&self, handle: &KeyHandle, peer_spki_der: &[u8]) -> HsmResult<SecretBytes> {
         asym::agree(key(handle)?, peer_spki_der)
+    }
+
+    fn decapsulate(&self, handle: &KeyHandle, ciphertext: &[u8]) -> HsmResult<SecretBytes> {
+        match &key(handle)?.kind {
+            keys::Kind::MlKem(k) => pq::decapsulate(k, ciphertext),
+            _ => Err(HsmError::IncorrectKeyUsage(
+                "decapsulation needs an ML-KEM key",
+            )),
+        }
     }
 
     fn fill_random(&self, out: &mut [u8]) -> HsmResult<()> {

@@ -291,6 +291,13 @@ pub trait Hsm: Send + Sync + 'static {
     /// ECDH with a peer public key (SPKI DER); returns the raw shared secret (the x coordinate).
     fn agree(&self, key: &KeyHandle, peer_spki_der: &[u8]) -> HsmResult<SecretBytes>;
 
+    /// ML-KEM decapsulation (FIPS 203): the shared secret a ciphertext made against the key's public key
+    /// carries. A backend without ML-KEM refuses, naming the spec.
+    fn decapsulate(&self, key: &KeyHandle, ciphertext: &[u8]) -> HsmResult<SecretBytes> {
+        let _ = ciphertext;
+        Err(HsmError::UnsupportedSpec(key.spec()))
+    }
+
     /// Fills `out` from the backend's CSPRNG.
     fn fill_random(&self, out: &mut [u8]) -> HsmResult<()>;
 

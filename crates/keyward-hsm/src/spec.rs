@@ -71,6 +71,16 @@ wire_enum!(
         Hmac384 => "HMAC_384",
         /// HMAC with SHA-512.
         Hmac512 => "HMAC_512",
+        /// ML-DSA-44 (FIPS 204), NIST security category 2.
+        MlDsa44 => "ML_DSA_44",
+        /// ML-DSA-65 (FIPS 204), category 3.
+        MlDsa65 => "ML_DSA_65",
+        /// ML-DSA-87 (FIPS 204), category 5.
+        MlDsa87 => "ML_DSA_87",
+        /// ML-KEM-768 (FIPS 203), category 3.
+        MlKem768 => "ML_KEM_768",
+        /// ML-KEM-1024 (FIPS 203), category 5.
+        MlKem1024 => "ML_KEM_1024",
     }
 );
 
@@ -83,7 +93,7 @@ wire_enum!(
         SignVerify => "SIGN_VERIFY",
         /// Compute and verify MACs.
         GenerateVerifyMac => "GENERATE_VERIFY_MAC",
-        /// ECDH key agreement.
+        /// Establishing a shared secret: ECDH for EC keys, decapsulation for ML-KEM keys.
         KeyAgreement => "KEY_AGREEMENT",
     }
 );
@@ -127,6 +137,8 @@ wire_enum!(
         Ed25519 => "ED25519",
         /// SM2 signature with SM3 and the default distinguishing id, DER signature.
         Sm2Dsa => "SM2DSA",
+        /// ML-DSA (FIPS 204) of the message with an empty context, the name AWS KMS gives it.
+        MlDsaShake256 => "ML_DSA_SHAKE_256",
     }
 );
 
@@ -155,6 +167,8 @@ pub enum KeyFamily {
     Ec,
     /// An HMAC key.
     Hmac,
+    /// A post-quantum key pair: ML-DSA signatures or ML-KEM key encapsulation.
+    PostQuantum,
 }
 
 impl KeySpec {
@@ -168,12 +182,21 @@ impl KeySpec {
                 KeyFamily::Ec
             }
             Hmac224 | Hmac256 | Hmac384 | Hmac512 => KeyFamily::Hmac,
+            MlDsa44 | MlDsa65 | MlDsa87 | MlKem768 | MlKem1024 => KeyFamily::PostQuantum,
         }
     }
 
     /// True for specs that have a public half.
     pub const fn is_asymmetric(self) -> bool {
-        matches!(self.family(), KeyFamily::Rsa | KeyFamily::Ec)
+        matches!(
+            self.family(),
+            KeyFamily::Rsa | KeyFamily::Ec | KeyFamily::PostQuantum
+        )
+    }
+
+    /// True for the ML-KEM specs, whose only operation is decapsulation.
+    pub const fn is_kem(self) -> bool {
+        matches!(self, KeySpec::MlKem768 | KeySpec::MlKem1024)
     }
 
     /// The usages a key of this spec may be created with.
@@ -187,6 +210,8 @@ impl KeySpec {
             Ed25519 => &[SignVerify],
             Sm2 => &[SignVerify, EncryptDecrypt],
             Hmac224 | Hmac256 | Hmac384 | Hmac512 => &[GenerateVerifyMac],
+            MlDsa44 | MlDsa65 | MlDsa87 => &[SignVerify],
+            MlKem768 | MlKem1024 => &[KeyAgreement],
         }
     }
 
@@ -196,6 +221,8 @@ impl KeySpec {
             KeyFamily::Symmetric | KeyFamily::Rsa => KeyUsage::EncryptDecrypt,
             KeyFamily::Ec => KeyUsage::SignVerify,
             KeyFamily::Hmac => KeyUsage::GenerateVerifyMac,
+            KeyFamily::PostQuantum if self.is_kem() => KeyUsage::KeyAgreement,
+            KeyFamily::PostQuantum => KeyUsage::SignVerify,
         }
     }
 
@@ -248,6 +275,7 @@ impl KeySpec {
             KeySpec::EccNistP521 => &[EcdsaSha512],
             KeySpec::Ed25519 => &[Ed25519],
             KeySpec::Sm2 => &[Sm2Dsa],
+            KeySpec::MlDsa44 | KeySpec::MlDsa65 | KeySpec::MlDsa87 => &[MlDsaShake256],
             _ => &[],
         }
     }
@@ -290,7 +318,8 @@ impl SigningAlgorithm {
             RsassaPssSha512 | RsassaPkcs1V15Sha512 | EcdsaSha512 => Some(64),
             // SM2 signs e = SM3(Z_A || M); a digest request carries e.
             Sm2Dsa => Some(32),
-            Ed25519 => None,
+            // Pure signatures: ML-DSA hashes inside, with the public key, so no digest stands for a message.
+            Ed25519 | MlDsaShake256 => None,
         }
     }
 }

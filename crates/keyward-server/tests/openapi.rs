@@ -49,6 +49,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/keys/{key}/verify-mac"),
     ("post", "/v1/keys/{key}/derive"),
     ("post", "/v1/keys/{key}/agree"),
+    ("post", "/v1/keys/{key}/decapsulate"),
     ("post", "/v1/random"),
     ("post", "/v1/keys/{key}/csr"),
     ("post", "/v1/keys/{key}/certificate"),

@@ -244,6 +244,16 @@ pub(crate) async fn run(c: &Client, out: &Out, command: Command) -> Res {
             let r = c.agree(&key, &der).await.map_err(e)?;
             println!("{}", b64(r.shared_secret.expose()));
         }
+        Command::Decapsulate {
+            key,
+            input,
+            version,
+        } => {
+            let ct = std::fs::read(&input)
+                .map_err(|x| format!("cannot read {}: {x}", input.display()))?;
+            let r = c.decapsulate(&key, &ct, version).await.map_err(e)?;
+            println!("{}", b64(r.shared_secret.expose()));
+        }
         Command::Csr { key, subject, sans } => {
             let r = c
                 .csr(

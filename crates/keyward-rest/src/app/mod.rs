@@ -256,6 +256,7 @@ pub fn router_with(app: AppState, doors: Router<AppState>) -> Router {
         .route("/v1/keys/{key}/verify-mac", post(crypto::verify_mac))
         .route("/v1/keys/{key}/derive", post(crypto::derive))
         .route("/v1/keys/{key}/agree", post(crypto::agree))
+        .route("/v1/keys/{key}/decapsulate", post(crypto::decapsulate))
         .route("/v1/random", post(crypto::random))
         .route(
             "/v1/identities",

@@ -5,10 +5,11 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use keyward_api::{
     AgreeRequest, AgreeResponse, BatchItem, BatchResponse, Context, DataKeyPairRequest,
-    DataKeyPairResponse, DataKeyRequest, DataKeyResponse, DecryptBody, DecryptRequest,
-    DecryptResponse, DeriveRequest, DeriveResponse, EncryptBody, EncryptRequest, EncryptResponse,
-    MacRequest, MacResponse, RandomRequest, RandomResponse, ReencryptBody, ReencryptRequest,
-    SecretB64, SignRequest, SignResponse, Validity, VerifyMacRequest, VerifyRequest, B64,
+    DataKeyPairResponse, DataKeyRequest, DataKeyResponse, DecapsulateRequest, DecapsulateResponse,
+    DecryptBody, DecryptRequest, DecryptResponse, DeriveRequest, DeriveResponse, EncryptBody,
+    EncryptRequest, EncryptResponse, MacRequest, MacResponse, RandomRequest, RandomResponse,
+    ReencryptBody, ReencryptRequest, SecretB64, SignRequest, SignResponse, Validity,
+    VerifyMacRequest, VerifyRequest, B64,
 };
 use keyward_core::{KeyUsage, Kms, SignInput};
 
@@ -562,6 +563,35 @@ pub async fn agree(
             Reply::ok(&AgreeResponse {
                 shared_secret: secret(s),
             })
+        },
+    )
+    .await
+}
+
+/// `POST /v1/keys/{key}/decapsulate`.
+pub async fn decapsulate(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(key): Path<String>,
+    body: RawBody,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::Decapsulate,
+        Some(key.clone()),
+        Mode::Inline,
+        move |_| {
+            let r: DecapsulateRequest = parse(&body)?;
+            let d = a.kms.decapsulate(&key, &r.ciphertext.0, r.version)?;
+            let (id, v) = (d.key_id.to_string(), d.version);
+            Reply::ok(&DecapsulateResponse {
+                shared_secret: secret(d.shared_secret),
+                key_id: id.clone(),
+                version: v,
+            })
+            .map(|x| x.key(id, Some(v)))
         },
     )
     .await

@@ -1,0 +1,272 @@
+//! Post-quantum keys: ML-DSA (FIPS 204) signatures and ML-KEM (FIPS 203) decapsulation, on aws-lc-rs.
+//!
+//! ML-DSA private keys are kept as PKCS#8 in the seed form (the 32-byte seed FIPS 204 expands into the key),
+//! public keys as SPKI in the IETF LAMPS encoding. aws-lc-rs has no SPKI encoding for ML-KEM, so its SPKI is
+//! built here: an AlgorithmIdentifier with the NIST OID and no parameters, and the raw encapsulation key as
+//! the BIT STRING.
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::kem::{self, DecapsulationKey};
+use aws_lc_rs::signature::{self, KeyPair as _, PqdsaKeyPair, PqdsaSigningAlgorithm};
+use keyward_hsm::{HsmError, HsmResult, KeySpec, SecretBytes};
+
+/// A parsed ML-DSA key pair.
+pub(crate) struct MlDsaKey {
+    pub pair: PqdsaKeyPair,
+    pub public_der: Vec<u8>,
+}
+
+/// A parsed ML-KEM decapsulation key.
+pub(crate) struct MlKemKey {
+    pub key: DecapsulationKey,
+    pub public_der: Vec<u8>,
+}
+
+fn backend(what: &'static str) -> HsmError {
+    HsmError::Backend(what.to_string())
+}
+
+pub(crate) fn ml_dsa_alg(spec: KeySpec) -> Option<&'static PqdsaSigningAlgorithm> {
+    match spec {
+        KeySpec::MlDsa44 => Some(&signature::ML_DSA_44_SIGNING),
+        KeySpec::MlDsa65 => Some(&signature::ML_DSA_65_SIGNING),
+        KeySpec::MlDsa87 => Some(&signature::ML_DSA_87_SIGNING),
+        _ => None,
+    }
+}
+
+pub(crate) fn ml_dsa_verification(
+    spec: KeySpec,
+) -> Option<&'static signature::PqdsaVerificationAlgorithm> {
+    match spec {
+        KeySpec::MlDsa44 => Some(&signature::ML_DSA_44),
+        KeySpec::MlDsa65 => Some(&signature::ML_DSA_65),
+        KeySpec::MlDsa87 => Some(&signature::ML_DSA_87),
+        _ => None,
+    }
+}
+
+fn ml_kem_alg(spec: KeySpec) -> Option<&'static kem::Algorithm> {
+    match spec {
+        KeySpec::MlKem768 => Some(&kem::ML_KEM_768),
+        KeySpec::MlKem1024 => Some(&kem::ML_KEM_1024),
+        _ => None,
+    }
+}
+
+/// The DER of id-alg-ml-kem-768 (2.16.840.1.101.3.4.4.2) or -1024 (…4.4.3).
+fn ml_kem_oid(spec: KeySpec) -> Option<[u8; 11]> {
+    let last = match spec {
+        KeySpec::MlKem768 => 2,
+        KeySpec::MlKem1024 => 3,
+        _ => return None,
+    };
+    Some([
+        0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x04, last,
+    ])
+}
+
+/// A DER tag and definite length (short or long form) around `body`.
+fn der(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = body.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// SubjectPublicKeyInfo of an ML-KEM encapsulation key.
+pub(crate) fn ml_kem_spki(spec: KeySpec, encapsulation_key: &[u8]) -> HsmResult<Vec<u8>> {
+    let oid = ml_kem_oid(spec).ok_or(HsmError::UnsupportedSpec(spec))?;
+    let algorithm = der(0x30, &oid);
+    let mut bits = Vec::with_capacity(encapsulation_key.len() + 1);
+    bits.push(0);
+    bits.extend_from_slice(encapsulation_key);
+    let mut body = algorithm;
+    body.extend_from_slice(&der(0x03, &bits));
+    Ok(der(0x30, &body))
+}
+
+/// Fresh material: PKCS#8 (seed form) for ML-DSA, the raw decapsulation key for ML-KEM.
+pub(crate) fn generate(spec: KeySpec) -> HsmResult<SecretBytes> {
+    if let Some(alg) = ml_dsa_alg(spec) {
+        let pair = PqdsaKeyPair::generate(alg).map_err(|_| backend("ML-DSA key generation"))?;
+        let doc = pair
+            .to_pkcs8v1()
+            .map_err(|_| backend("ML-DSA key encoding"))?;
+        return Ok(SecretBytes::from_slice(doc.as_ref()));
+    }
+    let alg = ml_kem_alg(spec).ok_or(HsmError::UnsupportedSpec(spec))?;
+    let key = DecapsulationKey::generate(alg).map_err(|_| backend("ML-KEM key generation"))?;
+    let bytes = key
+        .key_bytes()
+        .map_err(|_| backend("ML-KEM key encoding"))?;
+    Ok(SecretBytes::from_slice(bytes.as_ref()))
+}
+
+pub(crate) fn ml_dsa_key(spec: KeySpec, pkcs8: &[u8]) -> HsmResult<MlDsaKey> {
+    let alg = ml_dsa_alg(spec).ok_or(HsmError::UnsupportedSpec(spec))?;
+    let pair = PqdsaKeyPair::from_pkcs8(alg, pkcs8).map_err(|_| {
+        HsmError::InvalidInput("not an ML-DSA PKCS#8 key of the key spec's parameter set")
+    })?;
+    let public_der = pair
+        .public_key()
+        .as_der()
+        .map_err(|_| backend("ML-DSA public key"))?
+        .as_ref()
+        .to_vec();
+    Ok(MlDsaKey { pair, public_der })
+}
+
+pub(crate) fn ml_kem_key(spec: KeySpec, raw: &[u8]) -> HsmResult<MlKemKey> {
+    let alg = ml_kem_alg(spec).ok_or(HsmError::UnsupportedSpec(spec))?;
+    let key = DecapsulationKey::new(alg, raw).map_err(|_| {
+        HsmError::InvalidInput("not an ML-KEM decapsulation key of the key spec's parameter set")
+    })?;
+    // A key parsed from its raw bytes carries no separate public half, but FIPS 203 (7.3) lays the
+    // decapsulation key out as dk_PKE ‖ ek ‖ H(ek) ‖ z, with dk_PKE and ek 384·k and 384·k + 32 bytes long.
+    let k = if spec == KeySpec::MlKem768 { 3 } else { 4 };
+    let public = raw
+        .get(384 * k..384 * k + 384 * k + 32)
+        .ok_or(HsmError::InvalidInput("ML-KEM decapsulation key too short"))?;
+    // Parsing the encapsulation key checks it is well formed (every coefficient reduced).
+    kem::EncapsulationKey::new(alg, public).map_err(|_| {
+        HsmError::InvalidInput("the decapsulation key holds no valid encapsulation key")
+    })?;
+    Ok(MlKemKey {
+        public_der: ml_kem_spki(spec, public)?,
+        key,
+    })
+}
+
+/// Signs a message; ML-DSA signs with fresh randomness (the hedged variant of FIPS 204).
+pub(crate) fn sign(key: &MlDsaKey, message: &[u8]) -> HsmResult<Vec<u8>> {
+    let mut sig = vec![0u8; key.pair.algorithm().signature_len()];
+    let n = key
+        .pair
+        .sign(message, &mut sig)
+        .map_err(|_| backend("ML-DSA signing failed"))?;
+    sig.truncate(n);
+    Ok(sig)
+}
+
+/// Recovers the shared secret of a ciphertext. ML-KEM rejects implicitly: a tampered ciphertext gives an
+/// unrelated secret, never an error, so only a ciphertext of the wrong length is refused here.
+pub(crate) fn decapsulate(key: &MlKemKey, ciphertext: &[u8]) -> HsmResult<SecretBytes> {
+    let secret = key
+        .key
+        .decapsulate(ciphertext.into())
+        .map_err(|_| HsmError::InvalidInput("ciphertext length does not match the ML-KEM key"))?;
+    Ok(SecretBytes::from_slice(secret.as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lc_rs::signature::{UnparsedPublicKey, VerificationAlgorithm};
+
+    /// PKCS#8 of an ML-DSA seed as the IETF LAMPS profile writes it: the seed as `[0] IMPLICIT OCTET STRING`.
+    fn seed_pkcs8(last_oid_byte: u8, seed: &[u8; 32]) -> Vec<u8> {
+        let mut der = vec![
+            0x30,
+            0x34,
+            0x02,
+            0x01,
+            0x00,
+            0x30,
+            0x0b,
+            0x06,
+            0x09,
+            0x60,
+            0x86,
+            0x48,
+            0x01,
+            0x65,
+            0x03,
+            0x04,
+            0x03,
+            last_oid_byte,
+            0x04,
+            0x22,
+            0x80,
+            0x20,
+        ];
+        der.extend_from_slice(seed);
+        der
+    }
+
+    #[test]
+    fn ml_dsa_keys_are_seed_form_pkcs8_and_sign_verifiably() {
+        for (spec, oid) in [
+            (KeySpec::MlDsa44, 0x11),
+            (KeySpec::MlDsa65, 0x12),
+            (KeySpec::MlDsa87, 0x13),
+        ] {
+            let seed = [7u8; 32];
+            let alg = ml_dsa_alg(spec).unwrap();
+            let from_seed = PqdsaKeyPair::from_seed(alg, &seed).unwrap();
+            let written = from_seed.to_pkcs8v1().unwrap();
+            assert_eq!(written.as_ref(), seed_pkcs8(oid, &seed), "{spec}");
+            // The same seed, written by hand, is the same key.
+            let key = ml_dsa_key(spec, &seed_pkcs8(oid, &seed)).unwrap();
+            assert_eq!(
+                key.pair.public_key().as_ref(),
+                from_seed.public_key().as_ref()
+            );
+            let sig = sign(&key, b"message").unwrap();
+            assert_eq!(sig.len(), alg.signature_len());
+            let verify = |msg: &[u8], sig: &[u8]| {
+                let valg: &dyn VerificationAlgorithm = ml_dsa_verification(spec).unwrap();
+                UnparsedPublicKey::new(valg, &key.public_der)
+                    .verify(msg, sig)
+                    .is_ok()
+            };
+            assert!(verify(b"message", &sig));
+            assert!(!verify(b"messagf", &sig));
+            // Hedged signing: two signatures of one message differ, and both verify.
+            let again = sign(&key, b"message").unwrap();
+            assert_ne!(sig, again);
+            assert!(verify(b"message", &again));
+            // A key of another parameter set is refused, not misread.
+            let other = if spec == KeySpec::MlDsa44 {
+                KeySpec::MlDsa65
+            } else {
+                KeySpec::MlDsa44
+            };
+            assert!(ml_dsa_key(other, &seed_pkcs8(oid, &seed)).is_err());
+        }
+    }
+
+    #[test]
+    fn ml_kem_decapsulates_what_its_public_key_encapsulated() {
+        for (spec, alg, ek_len) in [
+            (KeySpec::MlKem768, &kem::ML_KEM_768, 1184),
+            (KeySpec::MlKem1024, &kem::ML_KEM_1024, 1568),
+        ] {
+            let raw = generate(spec).unwrap();
+            let key = ml_kem_key(spec, raw.expose()).unwrap();
+            // The SPKI is the LAMPS encoding: its BIT STRING is the raw encapsulation key.
+            let spki = &key.public_der;
+            let ek = &spki[spki.len() - ek_len..];
+            assert_eq!(spki[spki.len() - ek_len - 1], 0, "unused-bits byte");
+            assert_eq!(ml_kem_spki(spec, ek).unwrap(), *spki);
+            let sender = kem::EncapsulationKey::new(alg, ek).unwrap();
+            let (ct, secret) = sender.encapsulate().unwrap();
+            let got = decapsulate(&key, ct.as_ref()).unwrap();
+            assert_eq!(got.expose(), secret.as_ref());
+            // Implicit rejection: a flipped bit gives another secret, not an error.
+            let mut bad = ct.as_ref().to_vec();
+            bad[0] ^= 1;
+            assert_ne!(decapsulate(&key, &bad).unwrap().expose(), secret.as_ref());
+            assert!(decapsulate(&key, &bad[1..]).is_err(), "wrong length");
+            assert!(ml_kem_key(spec, &raw.expose()[1..]).is_err());
+        }
+    }
+}

@@ -1,0 +1,141 @@
+"""Post-quantum keys against independent implementations of the standards: dilithium-py (ML-DSA, FIPS 204) and
+kyber-py (ML-KEM, FIPS 203). What Keyward signs verifies there, a key made there and imported signs for
+Keyward's verification, and what is encapsulated there decapsulates in Keyward to the same secret."""
+import base64
+import os
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
+from dilithium_py.ml_dsa import ML_DSA_44, ML_DSA_65, ML_DSA_87
+from kyber_py.ml_kem import ML_KEM_768, ML_KEM_1024
+import pytest
+
+b64 = lambda b: base64.b64encode(b).decode()
+unb64 = base64.b64decode
+
+ML_DSA = {"ML_DSA_44": (ML_DSA_44, 0x11), "ML_DSA_65": (ML_DSA_65, 0x12), "ML_DSA_87": (ML_DSA_87, 0x13)}
+ML_KEM = {"ML_KEM_768": (ML_KEM_768, 2), "ML_KEM_1024": (ML_KEM_1024, 3)}
+
+
+def der_len(n):
+    if n < 0x80:
+        return bytes([n])
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def raw_public_key(spki, oid_arc, oid_last):
+    """The raw key of a LAMPS SPKI, checking every byte around it: SEQUENCE { SEQUENCE { OID }, BIT STRING }."""
+    oid = bytes([0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, oid_arc, oid_last])
+    algorithm = b"\x30" + der_len(len(oid)) + oid
+    for n in range(len(spki)):
+        key = spki[-n:] if n else b""
+        bits = b"\x03" + der_len(len(key) + 1) + b"\x00" + key
+        body = algorithm + bits
+        if b"\x30" + der_len(len(body)) + body == spki:
+            return key
+    raise AssertionError("not a LAMPS SubjectPublicKeyInfo")
+
+
+def public_key(api, key, oid_arc, oid_last):
+    pk = api.call("GET", f"/v1/keys/{key}/public-key")
+    der = unb64(pk["public_key_der"])
+    assert pk["public_key_pem"].startswith("-----BEGIN PUBLIC KEY-----")
+    return raw_public_key(der, oid_arc, oid_last)
+
+
+@pytest.mark.parametrize("spec", sorted(ML_DSA))
+def test_ml_dsa_signatures_verify_in_dilithium_py(api, spec):
+    impl, oid = ML_DSA[spec]
+    key = api.create(spec)
+    assert key["usage"] == "SIGN_VERIFY"
+    pk = public_key(api, key["key_id"], 0x03, oid)
+    msg = os.urandom(200)
+    signed = api.call("POST", f"/v1/keys/{key['key_id']}/sign", {"message": b64(msg), "algorithm": "ML_DSA_SHAKE_256"})
+    sig = unb64(signed["signature"])
+    assert impl.verify(pk, msg, sig)
+    assert not impl.verify(pk, msg + b"!", sig)
+    # Keyward verifies its own signature, and refuses a digest: ML-DSA signs messages only.
+    ok = api.call("POST", f"/v1/keys/{key['key_id']}/verify",
+                  {"message": b64(msg), "signature": b64(sig), "algorithm": "ML_DSA_SHAKE_256"})
+    assert ok["valid"] is True
+    r = api.session.post(api.base + f"/v1/keys/{key['key_id']}/sign",
+                         json={"digest": b64(os.urandom(64)), "algorithm": "ML_DSA_SHAKE_256"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "IncorrectKeyUsage", r.text
+
+
+def wrap_for_import(api, key, material):
+    params = api.call("GET", f"/v1/keys/{key}/import-parameters")
+    wrapping = serialization.load_der_public_key(unb64(params["wrapping_public_key_der"]))
+    ephemeral = os.urandom(32)
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    wrapped = wrapping.encrypt(ephemeral, oaep) + aes_key_wrap_with_padding(ephemeral, material)
+    return {"import_token": params["import_token"], "wrapped_key_material": b64(wrapped)}
+
+
+@pytest.mark.parametrize("spec", sorted(ML_DSA))
+def test_an_ml_dsa_key_made_in_dilithium_py_is_imported_and_verified(api, spec):
+    impl, oid = ML_DSA[spec]
+    seed = os.urandom(32)
+    pk, sk = impl.key_derive(seed)
+    # PKCS#8 of the seed as the LAMPS profile writes it: [0] IMPLICIT OCTET STRING inside the privateKey.
+    algorithm = bytes([0x30, 0x0B, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x03, oid])
+    private = b"\x04\x22\x80\x20" + seed
+    body = b"\x02\x01\x00" + algorithm + private
+    pkcs8 = b"\x30" + der_len(len(body)) + body
+    key = api.create(spec, origin="EXTERNAL")["key_id"]
+    api.call("POST", f"/v1/keys/{key}/import", wrap_for_import(api, key, pkcs8))
+    # The same seed gives the same key in both implementations.
+    assert public_key(api, key, 0x03, oid) == pk
+    msg = b"signed outside Keyward"
+    sig = impl.sign(sk, msg)
+    check = lambda m, s: api.call("POST", f"/v1/keys/{key}/verify",
+                                  {"message": b64(m), "signature": b64(s), "algorithm": "ML_DSA_SHAKE_256"})["valid"]
+    assert check(msg, sig) is True
+    assert check(b"another message", sig) is False
+    # A signature under another context string is another signature: Keyward signs with the empty context.
+    assert check(msg, impl.sign(sk, msg, ctx=b"ctx")) is False
+
+
+@pytest.mark.parametrize("spec", sorted(ML_KEM))
+def test_ml_kem_encapsulated_in_kyber_py_decapsulates_to_the_same_secret(api, spec):
+    impl, oid = ML_KEM[spec]
+    key = api.create(spec)
+    assert key["usage"] == "KEY_AGREEMENT"
+    ek = public_key(api, key["key_id"], 0x04, oid)
+    secret, ct = impl.encaps(ek)
+    got = api.call("POST", f"/v1/keys/{key['key_id']}/decapsulate", {"ciphertext": b64(ct)})
+    assert unb64(got["shared_secret"]) == secret
+    assert got["version"] == 1 and got["key_id"] == key["key_id"]
+    # Implicit rejection: another ciphertext of the right length yields another secret, without an error.
+    bad = bytes([ct[0] ^ 1]) + ct[1:]
+    other = api.call("POST", f"/v1/keys/{key['key_id']}/decapsulate", {"ciphertext": b64(bad)})
+    assert unb64(other["shared_secret"]) != secret
+    r = api.session.post(api.base + f"/v1/keys/{key['key_id']}/decapsulate", json={"ciphertext": b64(ct[:-1])},
+                         timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "ValidationError", r.text
+    # After a rotation the sender may still hold the old public key: naming its version decapsulates.
+    api.call("POST", f"/v1/keys/{key['key_id']}/rotate")
+    again = api.call("POST", f"/v1/keys/{key['key_id']}/decapsulate", {"ciphertext": b64(ct), "version": 1})
+    assert unb64(again["shared_secret"]) == secret
+    assert public_key(api, key["key_id"], 0x04, oid) != ek
+
+
+def test_pq_keys_refuse_what_they_cannot_do(api):
+    kem = api.create("ML_KEM_768")["key_id"]
+    dsa = api.create("ML_DSA_65")["key_id"]
+    ecdh = api.create("ECC_NIST_P256", "KEY_AGREEMENT")["key_id"]
+    refusals = [
+        ("POST", f"/v1/keys/{dsa}/decapsulate", {"ciphertext": b64(b"x" * 1088)}, 400, "IncorrectKeyUsage"),
+        ("POST", f"/v1/keys/{ecdh}/decapsulate", {"ciphertext": b64(b"x" * 1088)}, 400, "IncorrectKeyUsage"),
+        ("POST", f"/v1/keys/{kem}/sign", {"message": b64(b"m"), "algorithm": "ML_DSA_SHAKE_256"}, 400,
+         "IncorrectKeyUsage"),
+        ("POST", f"/v1/keys/{dsa}/sign", {"message": b64(b"m"), "algorithm": "ECDSA_SHA_256"}, 400,
+         "IncorrectKeyUsage"),
+        ("POST", "/v1/keys", {"spec": "ML_KEM_768", "usage": "ENCRYPT_DECRYPT"}, 400, "IncorrectKeyUsage"),
+        ("POST", f"/v1/keys/{ecdh}/data-key-pair", {"spec": "ML_DSA_65"}, 400, "ValidationError"),
+    ]
+    for method, path, body, status, code in refusals:
+        r = api.session.request(method, api.base + path, json=body, timeout=30)
+        assert (r.status_code, r.json()["error"]["code"]) == (status, code), (path, r.text)
