@@ -8,6 +8,7 @@
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::kem::{self, DecapsulationKey};
 use aws_lc_rs::signature::{self, KeyPair as _, PqdsaKeyPair, PqdsaSigningAlgorithm};
+use keyward_hsm::der::tlv as der;
 use keyward_hsm::{HsmError, HsmResult, KeySpec, SecretBytes};
 
 /// A parsed ML-DSA key pair.
@@ -64,22 +65,6 @@ fn ml_kem_oid(spec: KeySpec) -> Option<[u8; 11]> {
     Some([
         0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x04, last,
     ])
-}
-
-/// A DER tag and definite length (short or long form) around `body`.
-fn der(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = body.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-    out.extend_from_slice(body);
-    out
 }
 
 /// SubjectPublicKeyInfo of an ML-KEM encapsulation key.

@@ -15,6 +15,7 @@
 
 #![cfg_attr(not(test), warn(clippy::indexing_slicing))]
 
+pub mod der;
 mod error;
 mod secret;
 mod spec;
