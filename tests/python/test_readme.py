@@ -24,6 +24,7 @@ NOT_RUN = {
     ("## Quick start", 0): "starts the dev server, which the test starts itself",
     ("## Quick start", 1): "runs this very test suite",
     ("## Production start", 0): "a production server on 0.0.0.0 with certificate files under /etc",
+    ("## FIPS mode", 0): "a release build of the whole binary (scripts/test builds and tests the FIPS crates)",
     ("## A PKCS#11 HSM as the root of trust", 0): "needs a PKCS#11 module at a production path (tests/pkcs11 runs SoftHSM2)",
     ("## Several nodes on one PostgreSQL database", 0): "needs three hosts",
     ("## Backup and disaster recovery", 0): "restore needs a fresh production node and its shares (covered by the backup tests)",

@@ -74,6 +74,21 @@ pub struct SysStatus {
     pub progress: u8,
     /// `shamir`, `pkcs11` or `dev`.
     pub root_of_trust: Option<String>,
+    /// Whether the cryptographic module runs in FIPS mode (a FIPS build on AWS-LC's validated module).
+    #[serde(default)]
+    pub fips: bool,
+    /// The cryptographic module by name and version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crypto_module: Option<CryptoModuleInfo>,
+}
+
+/// The cryptographic module a node runs, as `GET /v1/sys/status` and the compliance report name it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CryptoModuleInfo {
+    /// `AWS-LC`, or `AWS-LC FIPS` for the validated module.
+    pub name: String,
+    /// The version it reports at run time.
+    pub version: String,
 }
 
 /// `POST /v1/sys/init`.

@@ -226,6 +226,11 @@ impl Kms {
         self.hsm.backend_name()
     }
 
+    /// The cryptographic module the HSM's software operations run in, and whether it is in FIPS mode.
+    pub fn crypto_module(&self) -> keyward_hsm::CryptoModule {
+        self.hsm.crypto_module()
+    }
+
     /// The store, for the domain crates that keep their own records beside the keys (`keyward-iam`:
     /// tokens, identities, policies, approvals). Front ends never take it: what they store goes through a
     /// domain repository, so that every rule about it is written once.

@@ -207,6 +207,7 @@ impl From<HsmError> for KmsError {
             HsmError::UnsupportedSpec(s) => {
                 KmsError::usage(format!("key spec {s} is not supported by the HSM"))
             }
+            e @ HsmError::OutsideFipsModule(_) => KmsError::usage(e.to_string()),
             other => KmsError::new(ErrorCode::Unavailable, other.to_string()),
         }
     }

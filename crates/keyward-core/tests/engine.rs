@@ -17,6 +17,12 @@ fn ctx(pairs: &[(&str, &str)]) -> Context {
         .collect()
 }
 
+/// Whether this build offers the spec: a FIPS build refuses those outside the validated module (their
+/// refusal is tested in `specs_outside_the_fips_module_are_refused_in_a_fips_build`).
+fn in_this_build(spec: KeySpec) -> bool {
+    !keyward_hsm_soft::FIPS_BUILD || spec.fips_approved()
+}
+
 fn code<T: std::fmt::Debug>(r: KmsResult<T>) -> ErrorCode {
     r.expect_err("expected an error").code()
 }
@@ -102,7 +108,10 @@ fn every_symmetric_spec_encrypts() {
         KeySpec::Aes256,
         KeySpec::Sm4,
         KeySpec::Tdes,
-    ] {
+    ]
+    .into_iter()
+    .filter(|s| in_this_build(*s))
+    {
         let mut req = CreateKey::new(spec);
         req.allow_legacy = spec == KeySpec::Tdes;
         let id = h.kms.create_key(req).unwrap().key_id;
@@ -646,7 +655,10 @@ fn asymmetric_operations_through_the_engine() {
         KeySpec::EccSecgP256k1,
         KeySpec::Ed25519,
         KeySpec::Sm2,
-    ] {
+    ]
+    .into_iter()
+    .filter(|s| in_this_build(*s))
+    {
         let mut req = CreateKey::new(spec);
         req.usage = Some(KeyUsage::SignVerify);
         let id = kms.create_key(req).unwrap().key_id;
@@ -669,7 +681,10 @@ fn asymmetric_operations_through_the_engine() {
     for (spec, alg) in [
         (KeySpec::Rsa2048, EncryptionAlgorithm::RsaesOaepSha256),
         (KeySpec::Sm2, EncryptionAlgorithm::Sm2Pke),
-    ] {
+    ]
+    .into_iter()
+    .filter(|(s, _)| in_this_build(*s))
+    {
         let mut req = CreateKey::new(spec);
         req.usage = Some(KeyUsage::EncryptDecrypt);
         let id = kms.create_key(req).unwrap().key_id;
@@ -1104,6 +1119,62 @@ fn post_quantum_keys_sign_and_decapsulate_through_the_engine() {
         code(kms.decapsulate(&kem.key_id, ct.as_ref(), None)),
         ErrorCode::KeyDisabled
     );
+}
+
+/// The module is named as it runs. In a FIPS build every spec outside the validated module is refused where
+/// a key is made, with a message naming FIPS mode; a key of such a spec that an earlier, non-FIPS build left
+/// in the store still shows its metadata and can be deleted, but is never used.
+#[test]
+fn specs_outside_the_fips_module_are_refused_in_a_fips_build() {
+    let h = harness();
+    let module = h.kms.crypto_module();
+    assert_eq!(module.fips, keyward_hsm_soft::FIPS_BUILD, "{module:?}");
+    assert!(module.name.starts_with("AWS-LC") && !module.version.is_empty());
+    let outside = [
+        KeySpec::Sm2,
+        KeySpec::Sm4,
+        KeySpec::EccSecgP256k1,
+        KeySpec::Tdes,
+    ];
+    for spec in outside {
+        let mut req = CreateKey::new(spec);
+        req.allow_legacy = true;
+        let made = h.kms.create_key(req);
+        if !keyward_hsm_soft::FIPS_BUILD {
+            assert!(made.is_ok(), "{spec}");
+            continue;
+        }
+        let e = made.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::IncorrectKeyUsage, "{spec}");
+        assert!(e.message().contains("FIPS"), "{spec}: {}", e.message());
+    }
+    // An AES-128 key's record rewritten to SM4 (same material length): what a FIPS node finds when it takes
+    // over a store a non-FIPS node wrote.
+    let id = h
+        .kms
+        .create_key(CreateKey::new(KeySpec::Aes128))
+        .unwrap()
+        .key_id;
+    let db = h.dir.path().join("keyward.db");
+    let conn = rusqlite_like::open(&db);
+    conn(&format!(
+        "UPDATE keys SET data = json_set(data, '$.spec', 'SM4') WHERE key_id = '{id}'"
+    ));
+    let kms = h.restart();
+    assert_eq!(kms.describe_key(&id).unwrap().spec, KeySpec::Sm4);
+    let used = kms.encrypt(&id, b"x", &Context::new(), None);
+    if keyward_hsm_soft::FIPS_BUILD {
+        let e = used.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::IncorrectKeyUsage);
+        assert!(e.message().contains("FIPS"), "{}", e.message());
+    }
+    kms.schedule_deletion(&id, 7).unwrap();
+    h.clock.advance(8 * 86_400);
+    assert_eq!(
+        kms.run_due_work().unwrap().destroyed,
+        std::slice::from_ref(&id)
+    );
+    assert_eq!(kms.describe_key(&id).unwrap().state, KeyState::Destroyed);
 }
 
 #[test]

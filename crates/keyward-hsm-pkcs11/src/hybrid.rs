@@ -97,6 +97,12 @@ impl Hsm for HybridHsm {
         "pkcs11"
     }
 
+    /// The software module beside the token: keys that are not token-resident run there. The token's own
+    /// validation is the token vendor's to state.
+    fn crypto_module(&self) -> keyward_hsm::CryptoModule {
+        self.soft.crypto_module()
+    }
+
     fn supports(&self, spec: KeySpec) -> bool {
         self.soft.supports(spec)
     }

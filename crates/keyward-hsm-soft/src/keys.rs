@@ -99,6 +99,14 @@ impl fmt::Debug for SoftKey {
     }
 }
 
+/// In a FIPS build, the refusal of a spec outside the validated module.
+pub(crate) fn fips_check(spec: KeySpec) -> HsmResult<()> {
+    if crate::FIPS_BUILD && !spec.fips_approved() {
+        return Err(HsmError::OutsideFipsModule(spec));
+    }
+    Ok(())
+}
+
 fn rejected(what: &'static str) -> HsmError {
     HsmError::InvalidInput(what)
 }
@@ -199,6 +207,7 @@ impl SoftKey {
 
     /// Fresh key material from the CSPRNG.
     pub fn generate(spec: KeySpec) -> HsmResult<SoftKey> {
+        fips_check(spec)?;
         if let Some(len) = spec.secret_len() {
             return SoftKey::from_material(spec, random_secret(len)?);
         }
@@ -259,6 +268,7 @@ impl SoftKey {
 
     /// Parses material (raw secret, or PKCS#8 for private keys), checking it fits the spec.
     pub fn from_material(spec: KeySpec, material: SecretBytes) -> HsmResult<SoftKey> {
+        fips_check(spec)?;
         let bytes = material.expose();
         let kind = match spec {
             KeySpec::SymmetricDefault | KeySpec::Aes256 | KeySpec::Aes128 => {
@@ -395,6 +405,7 @@ impl SoftKey {
 
     /// A public-only key from an SPKI, for verifying and encrypting.
     pub fn from_public(spec: KeySpec, spki: &[u8]) -> HsmResult<SoftKey> {
+        fips_check(spec)?;
         let bad = || rejected("public key does not parse for the key spec");
         let kind = match spec {
             KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => {

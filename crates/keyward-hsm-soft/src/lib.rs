@@ -21,6 +21,11 @@ use material::fill;
 
 pub(crate) const BACKEND: &str = "software";
 
+/// Whether this is a FIPS build (the `fips` feature: aws-lc-rs on AWS-LC's FIPS 140-3 validated module). A
+/// FIPS build refuses every spec outside the module ([`KeySpec::fips_approved`]) wherever a key is made,
+/// imported or loaded, so such a key can be listed and destroyed but never used.
+pub const FIPS_BUILD: bool = cfg!(feature = "fips");
+
 /// The in-process software HSM.
 #[derive(Debug, Default)]
 pub struct SoftHsm {
@@ -49,8 +54,16 @@ impl Hsm for SoftHsm {
         BACKEND
     }
 
-    fn supports(&self, _spec: KeySpec) -> bool {
-        true
+    fn supports(&self, spec: KeySpec) -> bool {
+        !FIPS_BUILD || spec.fips_approved()
+    }
+
+    fn crypto_module(&self) -> keyward_hsm::CryptoModule {
+        keyward_hsm::CryptoModule {
+            name: if FIPS_BUILD { "AWS-LC FIPS" } else { "AWS-LC" }.to_string(),
+            version: aws_lc_rs::awslc_version().to_string(),
+            fips: aws_lc_rs::try_fips_mode().is_ok(),
+        }
     }
 
     fn generate(&self, spec: KeySpec, attrs: &KeyAttributes) -> HsmResult<KeyHandle> {
@@ -118,6 +131,8 @@ impl Hsm for SoftHsm {
         aad: &[u8],
         attrs: &KeyAttributes,
     ) -> HsmResult<KeyHandle> {
+        // Before the blob is opened: a key outside the FIPS module is refused for that, not as corrupt.
+        keys::fips_check(spec)?;
         let kek_key = key(kek)?;
         let aead = kek_key
             .aes_gcm()
@@ -143,6 +158,7 @@ impl Hsm for SoftHsm {
         wrapped: &[u8],
         attrs: &KeyAttributes,
     ) -> HsmResult<KeyHandle> {
+        keys::fips_check(spec)?;
         let material = asym::rsa_aes_kwp_unwrap(key(unwrapping_key)?, wrapped)?;
         Ok(handle(
             SoftKey::from_material(spec, material)?,

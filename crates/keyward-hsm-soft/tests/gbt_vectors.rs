@@ -5,6 +5,8 @@
 //! SM4: the SM4-GCM example of RFC 8998 (A.1).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// A FIPS build refuses SM2 and SM4 (keyward-core's engine tests check the refusal).
+#![cfg(not(feature = "fips"))]
 
 use keyward_hsm::conformance::ec_pkcs8;
 use keyward_hsm::{Hsm, KeyAttributes, KeySpec, SecretBytes, SignInput, SigningAlgorithm};

@@ -12,6 +12,8 @@ use core::fmt;
 pub enum HsmError {
     /// The backend does not implement this key spec.
     UnsupportedSpec(crate::KeySpec),
+    /// The backend runs a FIPS 140-3 validated module, and this spec's algorithms are not in it.
+    OutsideFipsModule(crate::KeySpec),
     /// The algorithm does not fit the key (e.g. signing with an AES key, ECDSA_SHA_384 on P-256).
     IncorrectKeyUsage(&'static str),
     /// The input is malformed: wrong digest length, bad public key, key material of the wrong size.
@@ -30,6 +32,10 @@ impl fmt::Display for HsmError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HsmError::UnsupportedSpec(s) => write!(f, "key spec {s} is not supported by this HSM"),
+            HsmError::OutsideFipsModule(s) => write!(
+                f,
+                "key spec {s} is outside the FIPS 140-3 validated module: refused in FIPS mode"
+            ),
             HsmError::IncorrectKeyUsage(why) => write!(f, "incorrect key usage: {why}"),
             HsmError::InvalidInput(why) => write!(f, "invalid input: {why}"),
             HsmError::DecryptFailed => f.write_str("decryption failed"),

@@ -34,6 +34,18 @@ pub use spec::{
     TDES_KEY_LEN, TDES_MAC_KEY_LEN,
 };
 
+/// The cryptographic module a backend's software operations run in, as status and compliance reports name
+/// it: an auditor asks which library, which version, and whether it runs as a FIPS 140-3 validated module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CryptoModule {
+    /// The library ("AWS-LC", or "AWS-LC FIPS" for the validated build).
+    pub name: String,
+    /// Its version as it reports itself at run time.
+    pub version: String,
+    /// Whether it runs in FIPS mode (its self-tests passed and only its approved services are used).
+    pub fips: bool,
+}
+
 /// How a key is to be held by the backend.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyAttributes {
@@ -147,6 +159,16 @@ pub trait Hsm: Send + Sync + 'static {
 
     /// Whether the backend can generate and use keys of this spec.
     fn supports(&self, spec: KeySpec) -> bool;
+
+    /// The module the backend's cryptography runs in. A backend that names none reports its own name, no
+    /// version, and no FIPS mode.
+    fn crypto_module(&self) -> CryptoModule {
+        CryptoModule {
+            name: self.backend_name().to_string(),
+            version: String::new(),
+            fips: false,
+        }
+    }
 
     /// Whether the backend offers this encryption algorithm for a spec it supports. Tokens differ here
     /// (SoftHSM2 offers RSA-OAEP with SHA-1 only), and the service refuses an algorithm its HSM lacks with

@@ -226,6 +226,16 @@ impl KeySpec {
         }
     }
 
+    /// Whether the spec's algorithms are inside AWS-LC's FIPS 140-3 validated module. The Chinese national
+    /// algorithms, secp256k1 and TDES are served by other libraries (or, for TDES, are no longer approved for
+    /// encryption), so a FIPS build refuses them.
+    pub const fn fips_approved(self) -> bool {
+        !matches!(
+            self,
+            KeySpec::Sm2 | KeySpec::Sm4 | KeySpec::EccSecgP256k1 | KeySpec::Tdes
+        )
+    }
+
     /// Specs that compliance reports flag as weak and that need an explicit opt-in.
     pub const fn is_legacy(self) -> bool {
         matches!(self, KeySpec::Tdes)

@@ -206,6 +206,15 @@ pub fn build(config: Config) -> Result<(AppState, Startup), String> {
         Some(t) => Arc::new(keyward_hsm_pkcs11::HybridHsm::new(t.clone())),
         None => Arc::new(SoftHsm::new()),
     };
+    // A FIPS build whose module is not in FIPS mode (its power-on self-tests failed, or it was linked
+    // against another build) must not serve: its operators rely on every operation being FIPS-approved.
+    let module = hsm.crypto_module();
+    if keyward_hsm_soft::FIPS_BUILD && !module.fips {
+        return Err(format!(
+            "this is a FIPS build, but its cryptographic module ({} {}) is not in FIPS mode: refusing to start",
+            module.name, module.version
+        ));
+    }
     let kms = Arc::new(
         Kms::open(
             hsm,
@@ -222,6 +231,12 @@ pub fn build(config: Config) -> Result<(AppState, Startup), String> {
         pkcs11_unseal(&kms, t)?;
     }
     let mut startup = Startup::default();
+    startup.notes.push(format!(
+        "cryptographic module: {} {}{}",
+        module.name,
+        module.version,
+        if module.fips { " in FIPS mode" } else { "" }
+    ));
     startup.notes.push(format!(
         "data directory: {}",
         std::fs::canonicalize(&config.data_dir)

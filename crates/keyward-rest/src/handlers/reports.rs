@@ -100,6 +100,9 @@ struct Report {
     node_id: String,
     version: &'static str,
     root_of_trust: Option<&'static str>,
+    /// Whether cryptography runs in a FIPS 140-3 validated module in FIPS mode, and which module.
+    fips: bool,
+    crypto_module: keyward_api::CryptoModuleInfo,
     dormant_after_days: i64,
     inventory: Inventory,
     weak_keys: Vec<WeakKey>,
@@ -148,7 +151,13 @@ fn build(app: &AppState, dormant_days: i64) -> Result<Report, ApiError> {
     let tokens = app.iam.auth.live_tokens(now)?;
     let identities = review(app, &trail, &tokens, now, dormant_days)?;
     let chain = app.kms.verify_audit()?;
+    let module = app.kms.crypto_module();
     Ok(Report {
+        fips: module.fips,
+        crypto_module: keyward_api::CryptoModuleInfo {
+            name: module.name,
+            version: module.version,
+        },
         generated_at: rfc3339(now),
         node_id: app.node_id.clone(),
         version: env!("CARGO_PKG_VERSION"),
@@ -417,11 +426,15 @@ fn html(r: &Report) -> String {
          .none{color:#777}.ok{color:#1a7f37}.bad{color:#c62828}small{color:#777;font-weight:normal}</style></head><body>",
     );
     o.push_str(&format!(
-        "<h1>Keyward compliance report</h1><p>Generated {} on node {} (Keyward {}), root of trust: {}.</p>",
+        "<h1>Keyward compliance report</h1><p>Generated {} on node {} (Keyward {}), root of trust: {}, \
+         cryptographic module: {} {} ({}).</p>",
         esc(&r.generated_at),
         esc(&r.node_id),
         r.version,
-        r.root_of_trust.unwrap_or("none")
+        r.root_of_trust.unwrap_or("none"),
+        esc(&r.crypto_module.name),
+        esc(&r.crypto_module.version),
+        if r.fips { "FIPS mode" } else { "not in FIPS mode" }
     ));
     let retained = match r.audit_pruned_through {
         Some(n) => format!(

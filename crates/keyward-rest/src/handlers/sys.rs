@@ -16,8 +16,13 @@ use crate::error::{json_response, ApiError};
 /// The OpenAPI document, kept in the repository beside the code.
 pub const OPENAPI: &str = include_str!("../../openapi.json");
 
-fn status_body(s: SealStatus) -> SysStatus {
+fn status_body(s: SealStatus, module: keyward_hsm::CryptoModule) -> SysStatus {
     SysStatus {
+        fips: module.fips,
+        crypto_module: Some(keyward_api::CryptoModuleInfo {
+            name: module.name,
+            version: module.version,
+        }),
         initialized: s.initialized,
         sealed: s.sealed,
         threshold: s.threshold,
@@ -65,7 +70,7 @@ pub async fn health(State(app): State<AppState>) -> Response {
 pub async fn status(State(app): State<AppState>, meta: Meta) -> Response {
     let a = app.clone();
     call(&app, &meta, Action::Status, None, Mode::Inline, move |_| {
-        Reply::ok(&status_body(a.kms.status()))
+        Reply::ok(&status_body(a.kms.status(), a.kms.crypto_module()))
     })
     .await
 }
@@ -119,12 +124,12 @@ pub async fn unseal(State(app): State<AppState>, meta: Meta, body: RawBody) -> R
                 if a.kms.status().root_of_trust == Some(keyward_core::RootOfTrust::Pkcs11) {
                     crate::pkcs11_unseal(&a.kms, token)
                         .map_err(|m| ApiError::new(ErrorCode::Unavailable, m))?;
-                    return Reply::ok(&status_body(a.kms.status()));
+                    return Reply::ok(&status_body(a.kms.status(), a.kms.crypto_module()));
                 }
             }
             let req: UnsealRequest = parse(&body)?;
             let s = a.kms.unseal(&req.share)?;
-            Reply::ok(&status_body(s))
+            Reply::ok(&status_body(s, a.kms.crypto_module()))
         },
     )
     .await
