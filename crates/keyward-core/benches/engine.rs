@@ -179,6 +179,19 @@ fn sign(c: &mut Criterion) {
         })
     });
 
+    // secp256k1 and SM2 are outside the FIPS module: a FIPS build refuses them.
+    if !keyward_hsm_soft::FIPS_BUILD {
+        non_fips_signers(&b, &mut g, msg);
+    }
+    g.finish();
+}
+
+/// secp256k1 and SM2 signing (RustCrypto), beside the same crates called directly.
+fn non_fips_signers(
+    b: &Bench,
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    msg: &[u8],
+) {
     {
         use k256::ecdsa::signature::Signer;
         let sk = k256::ecdsa::SigningKey::from_slice(&[0x11; 32]).expect("k256");
@@ -220,7 +233,6 @@ fn sign(c: &mut Criterion) {
             )
         })
     });
-    g.finish();
 }
 
 fn mac(c: &mut Criterion) {
