@@ -473,7 +473,11 @@ def test_ml_dsa_keys_sign_through_boto3_and_verify_in_dilithium_py(kms):
     assert ML_DSA_65.verify(raw, msg, sig)
     assert kms.verify(KeyId=meta["KeyId"], Message=msg, Signature=sig,
                       SigningAlgorithm="ML_DSA_SHAKE_256")["SignatureValid"]
-    raises("ValidationException", kms.sign, KeyId=meta["KeyId"], Message=os.urandom(64),
-           MessageType="EXTERNAL_MU", SigningAlgorithm="ML_DSA_SHAKE_256")
-    raises("InvalidKeyUsageException", kms.sign, KeyId=meta["KeyId"], Message=os.urandom(32),
+    mu = ML_DSA_65.prehash_external_mu(raw, msg)
+    by_mu = kms.sign(KeyId=meta["KeyId"], Message=mu, MessageType="EXTERNAL_MU",
+                     SigningAlgorithm="ML_DSA_SHAKE_256")["Signature"]
+    assert ML_DSA_65.verify(raw, msg, by_mu)
+    assert kms.verify(KeyId=meta["KeyId"], Message=mu, MessageType="EXTERNAL_MU", Signature=sig,
+                      SigningAlgorithm="ML_DSA_SHAKE_256")["SignatureValid"]
+    raises("ValidationException", kms.sign, KeyId=meta["KeyId"], Message=os.urandom(32),
            MessageType="DIGEST", SigningAlgorithm="ML_DSA_SHAKE_256")

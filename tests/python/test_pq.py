@@ -56,13 +56,21 @@ def test_ml_dsa_signatures_verify_in_dilithium_py(api, spec):
     sig = unb64(signed["signature"])
     assert impl.verify(pk, msg, sig)
     assert not impl.verify(pk, msg + b"!", sig)
-    # Keyward verifies its own signature, and refuses a digest: ML-DSA signs messages only.
     ok = api.call("POST", f"/v1/keys/{key['key_id']}/verify",
                   {"message": b64(msg), "signature": b64(sig), "algorithm": "ML_DSA_SHAKE_256"})
     assert ok["valid"] is True
+    # External μ: the signer hashes the message with the public key itself and sends the 64-byte μ as the
+    # digest; the signature is the message's own signature.
+    mu = impl.prehash_external_mu(pk, msg)
+    by_mu = api.call("POST", f"/v1/keys/{key['key_id']}/sign", {"digest": b64(mu), "algorithm": "ML_DSA_SHAKE_256"})
+    assert impl.verify(pk, msg, unb64(by_mu["signature"]))
+    check = lambda body: api.call("POST", f"/v1/keys/{key['key_id']}/verify",
+                                  {**body, "signature": b64(sig), "algorithm": "ML_DSA_SHAKE_256"})["valid"]
+    assert check({"digest": b64(mu)}) is True
+    assert check({"digest": b64(impl.prehash_external_mu(pk, msg + b"!"))}) is False
     r = api.session.post(api.base + f"/v1/keys/{key['key_id']}/sign",
-                         json={"digest": b64(os.urandom(64)), "algorithm": "ML_DSA_SHAKE_256"}, timeout=30)
-    assert r.status_code == 400 and r.json()["error"]["code"] == "IncorrectKeyUsage", r.text
+                         json={"digest": b64(mu[:32]), "algorithm": "ML_DSA_SHAKE_256"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "ValidationError", r.text
 
 
 def wrap_for_import(api, key, material):
@@ -94,6 +102,11 @@ def test_an_ml_dsa_key_made_in_dilithium_py_is_imported_and_verified(api, spec):
                                   {"message": b64(m), "signature": b64(s), "algorithm": "ML_DSA_SHAKE_256"})["valid"]
     assert check(msg, sig) is True
     assert check(b"another message", sig) is False
+    # Signed here over an external μ, verified there as a message signature; and the other way round.
+    mu = impl.prehash_external_mu(pk, msg)
+    assert check(msg, impl.sign_external_mu(sk, mu)) is True
+    by_mu = api.call("POST", f"/v1/keys/{key}/sign", {"digest": b64(mu), "algorithm": "ML_DSA_SHAKE_256"})
+    assert impl.verify(pk, msg, unb64(by_mu["signature"]))
     # A signature under another context string is another signature: Keyward signs with the empty context.
     assert check(msg, impl.sign(sk, msg, ctx=b"ctx")) is False
 

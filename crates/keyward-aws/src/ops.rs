@@ -841,15 +841,24 @@ impl Call<'_> {
         reply(json!({"Plaintext": blob(&bytes)}))
     }
 
-    fn sign_input<'m>(message: &'m [u8], kind: Option<&str>) -> Result<SignInput<'m>, ApiError> {
+    /// AWS's message types: ML-DSA takes a message or its external μ (FIPS 204), the other algorithms a
+    /// message or its digest; the engine reads both of the latter as its "digest" input.
+    fn sign_input<'m>(
+        message: &'m [u8],
+        kind: Option<&str>,
+        alg: keyward_core::SigningAlgorithm,
+    ) -> Result<SignInput<'m>, ApiError> {
+        let ml_dsa = alg == keyward_core::SigningAlgorithm::MlDsaShake256;
         match kind {
             None | Some("RAW") => Ok(SignInput::Message(message)),
-            Some("DIGEST") => Ok(SignInput::Digest(message)),
-            Some("EXTERNAL_MU") => Err(invalid(
-                "MessageType EXTERNAL_MU is not offered: send the message itself (RAW)",
+            Some("DIGEST") if !ml_dsa => Ok(SignInput::Digest(message)),
+            Some("EXTERNAL_MU") if ml_dsa => Ok(SignInput::Digest(message)),
+            Some("DIGEST") => Err(invalid(
+                "ML_DSA_SHAKE_256 signs a RAW message or its EXTERNAL_MU, not a DIGEST",
             )),
+            Some("EXTERNAL_MU") => Err(invalid("EXTERNAL_MU is for ML_DSA_SHAKE_256 only")),
             Some(other) => Err(invalid(format!(
-                "MessageType {} is not RAW or DIGEST",
+                "MessageType {} is not RAW, DIGEST or EXTERNAL_MU",
                 keyward_core::quoted(other)
             ))),
         }
@@ -857,7 +866,7 @@ impl Call<'_> {
 
     fn sign(&self, i: SignInputAws) -> Result<Reply, ApiError> {
         let alg = convert::signing_algorithm(&i.signing_algorithm)?;
-        let input = Self::sign_input(&i.message.0, i.message_type.as_deref())?;
+        let input = Self::sign_input(&i.message.0, i.message_type.as_deref(), alg)?;
         let s = self.app.kms.sign(self.key()?, input, alg)?;
         let (id, v) = (s.key_id.to_string(), s.version);
         reply(json!({
@@ -873,7 +882,7 @@ impl Call<'_> {
         let signature = i
             .signature
             .ok_or_else(|| invalid("Signature is required"))?;
-        let input = Self::sign_input(&i.message.0, i.message_type.as_deref())?;
+        let input = Self::sign_input(&i.message.0, i.message_type.as_deref(), alg)?;
         let key = self.key()?;
         let valid = self.app.kms.verify(key, input, &signature.0, alg, None)?;
         let id = self.app.kms.key_id_of(key)?;

@@ -1092,9 +1092,29 @@ fn post_quantum_keys_sign_and_decapsulate_through_the_engine() {
     };
     assert!(verify(&sig.signature, Some(1)));
     assert!(!verify(&sig.signature, None), "signed by version 1, not 2");
+    // An external μ (64 bytes) signs through RustCrypto's ml-dsa, outside the FIPS module.
+    let mu = [0x6d; 64];
+    let by_mu = kms.sign(&dsa.key_id, SignInput::Digest(&mu), alg);
+    if keyward_hsm_soft::FIPS_BUILD {
+        assert_eq!(code(by_mu), ErrorCode::IncorrectKeyUsage);
+    } else {
+        let by_mu = by_mu.unwrap();
+        let check = |mu: &[u8]| {
+            kms.verify(
+                &dsa.key_id,
+                SignInput::Digest(mu),
+                &by_mu.signature,
+                alg,
+                None,
+            )
+            .unwrap()
+        };
+        assert!(check(&mu));
+        assert!(!check(&[0x6e; 64]));
+    }
     assert_eq!(
-        code(kms.sign(&dsa.key_id, SignInput::Digest(&[0; 64]), alg)),
-        ErrorCode::IncorrectKeyUsage
+        code(kms.sign(&dsa.key_id, SignInput::Digest(&[0; 32]), alg)),
+        ErrorCode::ValidationError
     );
 
     let kem = kms.create_key(CreateKey::new(KeySpec::MlKem768)).unwrap();

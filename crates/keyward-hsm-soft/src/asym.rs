@@ -146,7 +146,7 @@ pub(crate) fn sign(
         }
         Kind::MlDsa(k) => match input {
             SignInput::Message(m) => crate::pq::sign(k, m),
-            SignInput::Digest(_) => Err(HsmError::IncorrectKeyUsage("ML-DSA signs messages only")),
+            SignInput::Digest(mu) => crate::pq::sign_mu(key.spec, key.material.expose(), mu),
         },
         Kind::Public(_) => Err(HsmError::IncorrectKeyUsage("a public key cannot sign")),
         _ => Err(HsmError::IncorrectKeyUsage(
@@ -203,6 +203,12 @@ pub(crate) fn verify(
     sig: &[u8],
 ) -> HsmResult<bool> {
     check_alg(key, alg, &input)?;
+    if let (SigningAlgorithm::MlDsaShake256, SignInput::Digest(mu)) = (alg, &input) {
+        let spki = key.public_der().ok_or(HsmError::IncorrectKeyUsage(
+            "verification needs an ML-DSA key",
+        ))?;
+        return crate::pq::verify_mu(key.spec, spki, mu, sig);
+    }
     match &key.kind {
         Kind::Rsa(k) => verify_awslc(alg, key.spec, &k.public_der, input, sig),
         Kind::EcNist(k) => verify_awslc(alg, key.spec, &k.public_der, input, sig),

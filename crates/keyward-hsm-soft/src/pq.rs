@@ -142,6 +142,92 @@ pub(crate) fn sign(key: &MlDsaKey, message: &[u8]) -> HsmResult<Vec<u8>> {
     Ok(sig)
 }
 
+/// μ as ml-dsa takes it: the 64 bytes SHAKE256(SHAKE256(public key, 64) ‖ 0 ‖ len(ctx) ‖ ctx ‖ message) of
+/// FIPS 204, which a signer of a large message computes itself ("external μ") and sends instead.
+type Mu = ml_dsa::common::array::Array<u8, ml_dsa::common::typenum::U64>;
+
+/// The seed of a PKCS#8 ML-DSA key in the seed form this HSM writes: a 22-byte header, then the seed.
+fn seed_of(pkcs8: &[u8]) -> HsmResult<ml_dsa::Seed> {
+    match pkcs8 {
+        [0x30, 0x34, 0x02, 0x01, 0x00, 0x30, 0x0b, 0x06, 0x09, _, _, _, _, _, _, _, _, _, 0x04, 0x22, 0x80, 0x20, seed @ ..]
+            if seed.len() == 32 =>
+        {
+            ml_dsa::Seed::try_from(seed).map_err(|_| backend("ML-DSA seed"))
+        }
+        _ => Err(HsmError::IncorrectKeyUsage(
+            "this ML-DSA key was imported without its seed: signing an external μ needs the seed form",
+        )),
+    }
+}
+
+fn mu_array(mu: &[u8]) -> HsmResult<Mu> {
+    Mu::try_from(mu).map_err(|_| HsmError::InvalidInput("an external μ is 64 bytes"))
+}
+
+fn sign_mu_with<P: ml_dsa::MlDsaParams>(seed: &ml_dsa::Seed, mu: &Mu) -> HsmResult<Vec<u8>> {
+    let key = ml_dsa::ExpandedSigningKey::<P>::from_seed(seed);
+    let sig = key
+        .sign_mu_randomized(mu, &mut getrandom::SysRng)
+        .map_err(|_| backend("ML-DSA signing failed"))?;
+    Ok(sig.encode().to_vec())
+}
+
+/// Signs an externally computed μ (hedged, like message signing). aws-lc-rs signs only whole messages, so
+/// this runs on RustCrypto's ml-dsa from the key's seed, and a FIPS build refuses it.
+pub(crate) fn sign_mu(spec: KeySpec, pkcs8: &[u8], mu: &[u8]) -> HsmResult<Vec<u8>> {
+    if crate::FIPS_BUILD {
+        return Err(HsmError::IncorrectKeyUsage(
+            "signing an external μ is outside the FIPS 140-3 validated module: refused in FIPS mode",
+        ));
+    }
+    let (seed, mu) = (seed_of(pkcs8)?, mu_array(mu)?);
+    match spec {
+        KeySpec::MlDsa44 => sign_mu_with::<ml_dsa::MlDsa44>(&seed, &mu),
+        KeySpec::MlDsa65 => sign_mu_with::<ml_dsa::MlDsa65>(&seed, &mu),
+        KeySpec::MlDsa87 => sign_mu_with::<ml_dsa::MlDsa87>(&seed, &mu),
+        _ => Err(HsmError::UnsupportedSpec(spec)),
+    }
+}
+
+fn verify_mu_with<P: ml_dsa::MlDsaParams>(public: &[u8], mu: &Mu, sig: &[u8]) -> bool {
+    let (Ok(public), Ok(sig)) = (
+        ml_dsa::EncodedVerifyingKey::<P>::try_from(public),
+        ml_dsa::EncodedSignature::<P>::try_from(sig),
+    ) else {
+        return false;
+    };
+    match ml_dsa::Signature::<P>::decode(&sig) {
+        Some(sig) => ml_dsa::VerifyingKey::<P>::decode(&public).verify_mu(mu, &sig),
+        None => false,
+    }
+}
+
+/// Verifies a signature over an external μ with a raw public key (the BIT STRING of its SPKI).
+pub(crate) fn verify_mu(spec: KeySpec, spki: &[u8], mu: &[u8], sig: &[u8]) -> HsmResult<bool> {
+    if crate::FIPS_BUILD {
+        return Err(HsmError::IncorrectKeyUsage(
+            "verifying over an external μ is outside the FIPS 140-3 validated module: refused in FIPS mode",
+        ));
+    }
+    let mu = mu_array(mu)?;
+    let public_len = match spec {
+        KeySpec::MlDsa44 => 1312,
+        KeySpec::MlDsa65 => 1952,
+        KeySpec::MlDsa87 => 2592,
+        _ => return Err(HsmError::UnsupportedSpec(spec)),
+    };
+    let public = spki
+        .len()
+        .checked_sub(public_len)
+        .and_then(|at| spki.get(at..))
+        .ok_or(HsmError::InvalidInput("ML-DSA public key too short"))?;
+    Ok(match spec {
+        KeySpec::MlDsa44 => verify_mu_with::<ml_dsa::MlDsa44>(public, &mu, sig),
+        KeySpec::MlDsa65 => verify_mu_with::<ml_dsa::MlDsa65>(public, &mu, sig),
+        _ => verify_mu_with::<ml_dsa::MlDsa87>(public, &mu, sig),
+    })
+}
+
 /// Recovers the shared secret of a ciphertext. ML-KEM rejects implicitly: a tampered ciphertext gives an
 /// unrelated secret, never an error, so only a ciphertext of the wrong length is refused here.
 pub(crate) fn decapsulate(key: &MlKemKey, ciphertext: &[u8]) -> HsmResult<SecretBytes> {
@@ -227,6 +313,44 @@ mod tests {
             };
             assert!(ml_dsa_key(other, &seed_pkcs8(oid, &seed)).is_err());
         }
+    }
+
+    #[test]
+    fn an_external_mu_signs_from_the_seed_and_an_expanded_only_key_says_why_it_cannot() {
+        let spec = KeySpec::MlDsa65;
+        let pkcs8 = seed_pkcs8(0x12, &[9u8; 32]);
+        let key = ml_dsa_key(spec, &pkcs8).unwrap();
+        let mu = [0x4du8; 64];
+        if crate::FIPS_BUILD {
+            assert!(sign_mu(spec, &pkcs8, &mu).is_err());
+            return;
+        }
+        let sig = sign_mu(spec, &pkcs8, &mu).unwrap();
+        assert_eq!(sig.len(), 3309);
+        assert!(verify_mu(spec, &key.public_der, &mu, &sig).unwrap());
+        assert!(!verify_mu(spec, &key.public_der, &[0x4e; 64], &sig).unwrap());
+        assert!(!verify_mu(spec, &key.public_der, &mu, &sig[1..]).unwrap());
+        assert!(matches!(
+            sign_mu(spec, &pkcs8, &mu[1..]),
+            Err(HsmError::InvalidInput(_))
+        ));
+        // The same key in the expanded form only (privateKey holding `expandedKey OCTET STRING`): aws-lc
+        // signs messages with it, but there is no seed to sign a μ from.
+        use aws_lc_rs::encoding::{AsRawBytes, PqdsaPrivateKeyRaw};
+        let pair = PqdsaKeyPair::from_seed(ml_dsa_alg(spec).unwrap(), &[9u8; 32]).unwrap();
+        let raw: PqdsaPrivateKeyRaw<'_> = pair.private_key().as_raw_bytes().unwrap();
+        let algorithm = der(0x30, &pkcs8[7..18]);
+        let private = der(0x04, &der(0x04, raw.as_ref()));
+        let expanded = der(
+            0x30,
+            &[&[0x02, 0x01, 0x00][..], &algorithm, &private].concat(),
+        );
+        let from_expanded = ml_dsa_key(spec, &expanded).unwrap();
+        assert_eq!(from_expanded.public_der, key.public_der);
+        assert!(matches!(
+            sign_mu(spec, &expanded, &mu),
+            Err(HsmError::IncorrectKeyUsage(m)) if m.contains("seed")
+        ));
     }
 
     #[test]

@@ -328,8 +328,9 @@ impl SigningAlgorithm {
             RsassaPssSha512 | RsassaPkcs1V15Sha512 | EcdsaSha512 => Some(64),
             // SM2 signs e = SM3(Z_A || M); a digest request carries e.
             Sm2Dsa => Some(32),
-            // Pure signatures: ML-DSA hashes inside, with the public key, so no digest stands for a message.
-            Ed25519 | MlDsaShake256 => None,
+            // ML-DSA's "digest" is the external μ of FIPS 204 (64 bytes, bound to the public key).
+            MlDsaShake256 => Some(64),
+            Ed25519 => None,
         }
     }
 }
