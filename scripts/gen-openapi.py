@@ -139,7 +139,8 @@ schemas = {
     "DeriveResponse": obj({"ciphertext": B64, "plaintext": B64}),
     "AgreeRequest": obj({"peer_public_key_der": B64}, ["peer_public_key_der"]),
     "AgreeResponse": obj({"shared_secret": B64}),
-    "DecapsulateRequest": obj({"ciphertext": B64, "version": VERSION}, ["ciphertext"]),
+    "DecapsulateRequest": obj({"ciphertext": B64, "version": VERSION, "as_data_key": BOOL, "wrapping_key": S,
+                               "context": CTX, "include_plaintext": BOOL}, ["ciphertext"]),
     "DecapsulateResponse": obj({"shared_secret": B64, "key_id": S, "version": INT}),
     "RandomRequest": obj({"length": {"type": "integer", "minimum": 1, "maximum": 1024}}, ["length"]),
     "RandomResponse": obj({"random": B64}),
@@ -226,6 +227,8 @@ def answer(single):
 
 for name in ["EncryptResponse", "DecryptResponse"]:
     schemas[name.replace("Response", "Answer")] = answer(name)
+# Decapsulation answers the secret, or with "as_data_key": true the data key derived from it (data-key's answer).
+schemas["DecapsulateAnswer"] = {"oneOf": [ref("DecapsulateResponse"), ref("DataKeyResponse")]}
 
 KEY = {"name": "key", "in": "path", "required": True, "description": "Key id (UUID), alias%2FNAME or alias:NAME",
        "schema": KEY_REF}
@@ -283,7 +286,7 @@ ops = [
     ("post", "/v1/keys/{key}/verify-mac", "kms:VerifyMac", "VerifyMacRequest", (200, "Validity"), [KEY], False),
     ("post", "/v1/keys/{key}/derive", "kms:DeriveKey", "DeriveRequest", (200, "DeriveResponse"), [KEY], False),
     ("post", "/v1/keys/{key}/agree", "kms:DeriveSharedSecret", "AgreeRequest", (200, "AgreeResponse"), [KEY], False),
-    ("post", "/v1/keys/{key}/decapsulate", "kms:Decapsulate", "DecapsulateRequest", (200, "DecapsulateResponse"), [KEY], False),
+    ("post", "/v1/keys/{key}/decapsulate", "kms:Decapsulate", "DecapsulateRequest", (200, "DecapsulateAnswer"), [KEY], False),
     ("post", "/v1/random", "kms:GenerateRandom", "RandomRequest", (200, "RandomResponse"), [], False),
     ("post", "/v1/keys/{key}/csr", "kms:CreateCsr", "CsrRequest", (200, "CsrResponse"), [KEY], False),
     ("post", "/v1/keys/{key}/certificate", "kms:IssueCertificate", "CertificateRequest", (200, "CertificateResponse"), [KEY], False),

@@ -152,3 +152,41 @@ def test_pq_keys_refuse_what_they_cannot_do(api):
     for method, path, body, status, code in refusals:
         r = api.session.request(method, api.base + path, json=body, timeout=30)
         assert (r.status_code, r.json()["error"]["code"]) == (status, code), (path, r.text)
+
+
+def test_a_decapsulated_data_key_leaves_only_encrypted(api):
+    """The receiver never sees the secret: Keyward derives the data key the sender derives (HKDF-SHA-256 with
+    the documented info) and returns it encrypted under a symmetric key, as data-key does."""
+    import requests
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    kem = api.create("ML_KEM_1024")["key_id"]
+    wrap = api.create("AES_256")["key_id"]
+    ek = public_key(api, kem, 0x04, 3)
+    secret, ct = ML_KEM_1024.encaps(ek)
+    sender_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"keyward:ml-kem:data-key:v1").derive(secret)
+    body = {"ciphertext": b64(ct), "as_data_key": True, "wrapping_key": wrap, "context": {"inbox": "a"}}
+    got = api.call("POST", f"/v1/keys/{kem}/decapsulate", body)
+    assert set(got) == {"ciphertext", "key_id", "version"} and got["key_id"] == wrap
+    opened = api.call("POST", "/v1/decrypt", {"ciphertext": got["ciphertext"], "context": {"inbox": "a"}})
+    assert unb64(opened["plaintext"]) == sender_key
+    both = api.call("POST", f"/v1/keys/{kem}/decapsulate", {**body, "include_plaintext": True})
+    assert unb64(both["plaintext"]) == sender_key
+    # The wrapping key is in the record, beside the ML-KEM key.
+    records = api.call("GET", f"/v1/audit?key_id={kem}&action=kms:Decapsulate")["records"]
+    assert wrap in records[-1]["source_key_ids"], records[-1]
+    for bad, code in [({"ciphertext": b64(ct), "as_data_key": True}, "ValidationError"),
+                      ({"ciphertext": b64(ct), "wrapping_key": wrap}, "ValidationError"),
+                      ({**body, "wrapping_key": kem}, "IncorrectKeyUsage")]:
+        r = api.session.post(api.base + f"/v1/keys/{kem}/decapsulate", json=bad, timeout=30)
+        assert (r.status_code, r.json()["error"]["code"]) == (400, code), r.text
+    # A service allowed to decapsulate but not to make data keys under the wrapping key is refused.
+    policy = {"statements": [{"effect": "allow", "actions": ["kms:Decapsulate"], "resources": [f"key/{kem}"]}]}
+    api.call("PUT", "/v1/policies/pq-inbox", policy)
+    api.call("POST", "/v1/identities", {"name": "pq-inbox", "kind": "service", "roles": [], "policies": ["pq-inbox"]},
+             expect=201)
+    token = api.call("POST", "/v1/identities/pq-inbox/tokens", {}, expect=201)["token"]
+    as_inbox = lambda b: requests.post(api.base + f"/v1/keys/{kem}/decapsulate", json=b, timeout=30,
+                                       headers={"Authorization": f"Bearer {token}"})
+    assert unb64(as_inbox({"ciphertext": b64(ct)}).json()["shared_secret"]) == secret
+    r = as_inbox(body)
+    assert (r.status_code, r.json()["error"]["code"]) == (403, "AccessDenied"), r.text

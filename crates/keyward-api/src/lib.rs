@@ -818,6 +818,19 @@ pub struct DecapsulateRequest {
     /// The version whose public key the sender used (default: the primary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
+    /// Answer with a data key derived from the secret, encrypted under `wrapping_key` (data-key's answer),
+    /// instead of the secret itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_data_key: Option<bool>,
+    /// With `as_data_key`: the symmetric key that encrypts the data key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapping_key: Option<String>,
+    /// With `as_data_key`: the encryption context of the encrypted data key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Context>,
+    /// With `as_data_key`: return the data key's plaintext too (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_plaintext: Option<bool>,
 }
 
 /// Response of decapsulate.

@@ -172,6 +172,13 @@ enum Command {
         /// The version whose public key the sender used (default: the primary).
         #[arg(long)]
         version: Option<u32>,
+        /// Instead of the secret, print a data key derived from it, encrypted under this symmetric key
+        /// (JSON, as `data-key` prints it, without the plaintext).
+        #[arg(long)]
+        wrapping_key: Option<String>,
+        /// With --wrapping-key: encryption context of the encrypted data key, k=v (repeatable).
+        #[arg(long = "context", value_parser = kv, requires = "wrapping_key")]
+        context: Vec<(String, String)>,
     },
     /// Create a CSR signed by a key.
     Csr {

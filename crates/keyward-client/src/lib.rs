@@ -673,6 +673,34 @@ impl Client {
             &DecapsulateRequest {
                 ciphertext: B64(ciphertext.to_vec()),
                 version,
+                as_data_key: None,
+                wrapping_key: None,
+                context: None,
+                include_plaintext: None,
+            },
+        )
+        .await
+    }
+    /// `POST /v1/keys/{key}/decapsulate` with `"as_data_key": true`: the data key derived from the secret,
+    /// encrypted under `wrapping_key` (the secret itself never leaves the service).
+    pub async fn decapsulate_data_key(
+        &self,
+        key: &str,
+        ciphertext: &[u8],
+        version: Option<u32>,
+        wrapping_key: &str,
+        context: Option<Context>,
+        include_plaintext: bool,
+    ) -> Result<DataKeyResponse> {
+        self.post(
+            &Self::key_path(key, "/decapsulate"),
+            &DecapsulateRequest {
+                ciphertext: B64(ciphertext.to_vec()),
+                version,
+                as_data_key: Some(true),
+                wrapping_key: Some(wrapping_key.to_string()),
+                context,
+                include_plaintext: Some(include_plaintext),
             },
         )
         .await

@@ -32,7 +32,7 @@ pub use lifecycle::{
 pub use model::{KeyInfo, KeyState, Origin, VersionInfo, VersionState};
 pub use ops::{
     Context, DataKey, DataKeyPair, Decapsulated, Decrypted, Derived, Encrypted, Maced, PublicKey,
-    Signed,
+    Signed, KEM_DATA_KEY_INFO,
 };
 
 pub use keyward_hsm::{

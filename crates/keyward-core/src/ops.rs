@@ -72,6 +72,9 @@ pub struct DataKeyPair {
     pub version: u32,
 }
 
+/// HKDF `info` of the data key [`Kms::decapsulate_data_key`] derives from an ML-KEM shared secret.
+pub const KEM_DATA_KEY_INFO: &[u8] = b"keyward:ml-kem:data-key:v1";
+
 /// The shared secret an ML-KEM ciphertext carries.
 #[derive(Debug)]
 pub struct Decapsulated {
@@ -613,6 +616,43 @@ impl Kms {
             shared_secret: self.hsm.decapsulate(handle, ciphertext)?,
             key_id: key.key_id.clone(),
             version: v.version,
+        })
+    }
+
+    /// ML-KEM decapsulation whose secret never leaves: a 32-byte data key is derived from it (HKDF-SHA-256,
+    /// empty salt, info [`KEM_DATA_KEY_INFO`], which the sender computes from its copy of the secret), and
+    /// returned encrypted under the symmetric `wrapping_key` like [`Kms::generate_data_key`]'s output, with
+    /// its plaintext only when asked for.
+    pub fn decapsulate_data_key(
+        &self,
+        key_ref: &str,
+        ciphertext: &[u8],
+        version: Option<u32>,
+        wrapping_key: &str,
+        context: &Context,
+        include_plaintext: bool,
+    ) -> KmsResult<DataKey> {
+        let wrapping = self.usable(wrapping_key, KeyUsage::EncryptDecrypt)?;
+        if wrapping.spec.family() != KeyFamily::Symmetric {
+            return Err(KmsError::usage(
+                "a decapsulated data key is encrypted under a symmetric key",
+            ));
+        }
+        let secret = self
+            .decapsulate(key_ref, ciphertext, version)?
+            .shared_secret;
+        // The secret becomes HKDF input keying material inside the HSM layer, never a key of its own.
+        let ikm =
+            self.hsm
+                .import_plaintext(KeySpec::Aes256, &secret, &KeyAttributes::internal())?;
+        let data_key = self.hsm.derive_hkdf(&ikm, &[], KEM_DATA_KEY_INFO, 32)?;
+        self.hsm.destroy(ikm)?;
+        let enc = self.encrypt_with(&wrapping, data_key.expose(), context, None)?;
+        Ok(DataKey {
+            plaintext: include_plaintext.then_some(data_key),
+            ciphertext: enc.ciphertext,
+            key_id: enc.key_id,
+            version: enc.version,
         })
     }
 

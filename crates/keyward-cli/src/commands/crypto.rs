@@ -248,11 +248,24 @@ pub(crate) async fn run(c: &Client, out: &Out, command: Command) -> Res {
             key,
             input,
             version,
+            wrapping_key,
+            context: ctx,
         } => {
             let ct = std::fs::read(&input)
                 .map_err(|x| format!("cannot read {}: {x}", input.display()))?;
-            let r = c.decapsulate(&key, &ct, version).await.map_err(e)?;
-            println!("{}", b64(r.shared_secret.expose()));
+            match wrapping_key {
+                Some(w) => {
+                    let r = c
+                        .decapsulate_data_key(&key, &ct, version, &w, context(ctx), false)
+                        .await
+                        .map_err(e)?;
+                    out.value(&r);
+                }
+                None => {
+                    let r = c.decapsulate(&key, &ct, version).await.map_err(e)?;
+                    println!("{}", b64(r.shared_secret.expose()));
+                }
+            }
         }
         Command::Csr { key, subject, sans } => {
             let r = c

@@ -220,8 +220,11 @@ where
                 noted_key = look_up(noted.take()).await;
             }
             // The keys named only by ciphertexts are collected for the record: a re-encryption's sources,
-            // and the keys of a decryption that names none (its record must name the key even when refused).
-            if action == Action::ReEncrypt || (action == Action::Decrypt && key_ref.is_none()) {
+            // the keys of a decryption that names none (its record must name the key even when refused),
+            // and the key a decapsulated data key is encrypted under.
+            if matches!(action, Action::ReEncrypt | Action::Decapsulate)
+                || (action == Action::Decrypt && key_ref.is_none())
+            {
                 let keys = Arc::new(parking_lot::Mutex::new(Vec::new()));
                 caller.source_keys = Some(keys.clone());
                 source_keys = Some(keys);
@@ -348,10 +351,10 @@ where
     }
 }
 
-/// Names the keys a request reached only through its ciphertexts: a re-encryption's sources, or the one key
-/// of a decryption that named none.
+/// Names the keys a request reached beside its own: a re-encryption's sources, the key a decapsulated data key
+/// is encrypted under, or the one key of a decryption that named none.
 fn name_sources(record: &mut AuditEvent, action: Action, mut keys: Vec<String>) {
-    if action == Action::ReEncrypt || keys.len() > 1 {
+    if matches!(action, Action::ReEncrypt | Action::Decapsulate) || keys.len() > 1 {
         record.source_key_ids = keys;
     } else if record.key_id.is_none() {
         record.key_id = keys.pop();

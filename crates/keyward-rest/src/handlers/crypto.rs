@@ -582,8 +582,16 @@ pub async fn decapsulate(
         Action::Decapsulate,
         Some(key.clone()),
         Mode::Inline,
-        move |_| {
+        move |caller| {
             let r: DecapsulateRequest = parse(&body)?;
+            if r.as_data_key == Some(true) {
+                return decapsulate_data_key(&a, &caller, &key, r);
+            }
+            if r.wrapping_key.is_some() || r.context.is_some() || r.include_plaintext.is_some() {
+                return Err(ApiError::validation(
+                    "wrapping_key, context and include_plaintext go with \"as_data_key\": true",
+                ));
+            }
             let d = a.kms.decapsulate(&key, &r.ciphertext.0, r.version)?;
             let (id, v) = (d.key_id.to_string(), d.version);
             Reply::ok(&DecapsulateResponse {
@@ -595,6 +603,46 @@ pub async fn decapsulate(
         },
     )
     .await
+}
+
+/// Decapsulation answered as a data key encrypted under `wrapping_key`: the caller must also be allowed to
+/// make data keys under that key, and the key is named in the audit record beside the ML-KEM key.
+fn decapsulate_data_key(
+    a: &AppState,
+    caller: &Caller,
+    key: &str,
+    r: DecapsulateRequest,
+) -> Result<Reply, ApiError> {
+    let wrapping = r
+        .wrapping_key
+        .ok_or_else(|| ApiError::validation("\"as_data_key\": true needs wrapping_key"))?;
+    let wrapping_id = a.kms.key_id_of(&wrapping)?;
+    caller.note_source_key(&wrapping_id);
+    if !caller.may(&a.iam, &a.kms, Action::GenerateDataKey, Some(&wrapping_id)) {
+        return Err(ApiError::new(
+            keyward_core::ErrorCode::AccessDenied,
+            format!(
+                "{} may not perform kms:GenerateDataKey with key {wrapping_id}",
+                caller.principal.name
+            ),
+        ));
+    }
+    let context = ctx(r.context);
+    let d = a.kms.decapsulate_data_key(
+        key,
+        &r.ciphertext.0,
+        r.version,
+        &wrapping_id,
+        &context,
+        r.include_plaintext.unwrap_or(false),
+    )?;
+    let (id, v) = (d.key_id.to_string(), d.version);
+    Reply::ok(&DataKeyResponse {
+        plaintext: d.plaintext.map(secret),
+        ciphertext: B64(d.ciphertext),
+        key_id: id,
+        version: v,
+    })
 }
 
 /// `POST /v1/random`.
