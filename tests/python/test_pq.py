@@ -59,18 +59,21 @@ def test_ml_dsa_signatures_verify_in_dilithium_py(api, spec):
     ok = api.call("POST", f"/v1/keys/{key['key_id']}/verify",
                   {"message": b64(msg), "signature": b64(sig), "algorithm": "ML_DSA_SHAKE_256"})
     assert ok["valid"] is True
-    # External μ: the signer hashes the message with the public key itself and sends the 64-byte μ as the
-    # digest; the signature is the message's own signature.
+    # External μ: the signer hashes the message with the public key itself and sends the 64-byte μ; the
+    # signature is the message's own signature.
     mu = impl.prehash_external_mu(pk, msg)
-    by_mu = api.call("POST", f"/v1/keys/{key['key_id']}/sign", {"digest": b64(mu), "algorithm": "ML_DSA_SHAKE_256"})
+    by_mu = api.call("POST", f"/v1/keys/{key['key_id']}/sign", {"external_mu": b64(mu), "algorithm": "ML_DSA_SHAKE_256"})
     assert impl.verify(pk, msg, unb64(by_mu["signature"]))
     check = lambda body: api.call("POST", f"/v1/keys/{key['key_id']}/verify",
                                   {**body, "signature": b64(sig), "algorithm": "ML_DSA_SHAKE_256"})["valid"]
-    assert check({"digest": b64(mu)}) is True
-    assert check({"digest": b64(impl.prehash_external_mu(pk, msg + b"!"))}) is False
-    r = api.session.post(api.base + f"/v1/keys/{key['key_id']}/sign",
-                         json={"digest": b64(mu[:32]), "algorithm": "ML_DSA_SHAKE_256"}, timeout=30)
-    assert r.status_code == 400 and r.json()["error"]["code"] == "ValidationError", r.text
+    assert check({"external_mu": b64(mu)}) is True
+    assert check({"external_mu": b64(impl.prehash_external_mu(pk, msg + b"!"))}) is False
+    for body, code in [({"external_mu": b64(mu[:32])}, "ValidationError"),
+                       ({"digest": b64(mu)}, "IncorrectKeyUsage"),
+                       ({"message": b64(msg), "external_mu": b64(mu)}, "ValidationError")]:
+        r = api.session.post(api.base + f"/v1/keys/{key['key_id']}/sign",
+                             json={**body, "algorithm": "ML_DSA_SHAKE_256"}, timeout=30)
+        assert (r.status_code, r.json()["error"]["code"]) == (400, code), r.text
 
 
 def wrap_for_import(api, key, material):
@@ -105,7 +108,7 @@ def test_an_ml_dsa_key_made_in_dilithium_py_is_imported_and_verified(api, spec):
     # Signed here over an external μ, verified there as a message signature; and the other way round.
     mu = impl.prehash_external_mu(pk, msg)
     assert check(msg, impl.sign_external_mu(sk, mu)) is True
-    by_mu = api.call("POST", f"/v1/keys/{key}/sign", {"digest": b64(mu), "algorithm": "ML_DSA_SHAKE_256"})
+    by_mu = api.call("POST", f"/v1/keys/{key}/sign", {"external_mu": b64(mu), "algorithm": "ML_DSA_SHAKE_256"})
     assert impl.verify(pk, msg, unb64(by_mu["signature"]))
     # A signature under another context string is another signature: Keyward signs with the empty context.
     assert check(msg, impl.sign(sk, msg, ctx=b"ctx")) is False
@@ -139,7 +142,10 @@ def test_pq_keys_refuse_what_they_cannot_do(api):
     kem = api.create("ML_KEM_768")["key_id"]
     dsa = api.create("ML_DSA_65")["key_id"]
     ecdh = api.create("ECC_NIST_P256", "KEY_AGREEMENT")["key_id"]
+    ecdsa = api.create("ECC_NIST_P256", "SIGN_VERIFY")["key_id"]
     refusals = [
+        ("POST", f"/v1/keys/{ecdsa}/sign", {"external_mu": b64(bytes(64)), "algorithm": "ECDSA_SHA_256"}, 400,
+         "IncorrectKeyUsage"),
         ("POST", f"/v1/keys/{dsa}/decapsulate", {"ciphertext": b64(b"x" * 1088)}, 400, "IncorrectKeyUsage"),
         ("POST", f"/v1/keys/{ecdh}/decapsulate", {"ciphertext": b64(b"x" * 1088)}, 400, "IncorrectKeyUsage"),
         ("POST", f"/v1/keys/{kem}/sign", {"message": b64(b"m"), "algorithm": "ML_DSA_SHAKE_256"}, 400,
@@ -190,3 +196,23 @@ def test_a_decapsulated_data_key_leaves_only_encrypted(api):
     assert unb64(as_inbox({"ciphertext": b64(ct)}).json()["shared_secret"]) == secret
     r = as_inbox(body)
     assert (r.status_code, r.json()["error"]["code"]) == (403, "AccessDenied"), r.text
+
+
+def test_the_cli_signs_a_message_and_an_external_mu(server, api, tmp_path):
+    import subprocess
+    from conftest import BIN, ROOT
+    env = dict(os.environ, KEYWARD_ADDR=server["base"], KEYWARD_TOKEN=ROOT)
+    key = api.create("ML_DSA_44")["key_id"]
+    pk = public_key(api, key, 0x03, 0x11)
+    msg = b"a large message, hashed where it lies"
+    mu = ML_DSA_44.prehash_external_mu(pk, msg)
+    (tmp_path / "mu.bin").write_bytes(mu)
+    run = lambda *args, stdin=b"": subprocess.run([BIN, *args], env=env, input=stdin, capture_output=True)
+    # No --algorithm: the spec's usual one (ML_DSA_SHAKE_256).
+    by_message = unb64(run("sign", key, stdin=msg).stdout.strip())
+    by_mu = unb64(run("sign", key, "--external-mu", "--in", str(tmp_path / "mu.bin")).stdout.strip())
+    assert ML_DSA_44.verify(pk, msg, by_message) and ML_DSA_44.verify(pk, msg, by_mu)
+    checked = run("verify", key, "--external-mu", "--in", str(tmp_path / "mu.bin"), "--signature", b64(by_message))
+    assert checked.returncode == 0 and checked.stdout.strip() == b"valid", checked.stderr
+    refused = run("sign", key, "--digest", "--in", str(tmp_path / "mu.bin"))
+    assert refused.returncode != 0 and b"IncorrectKeyUsage" in refused.stderr, refused.stderr

@@ -695,6 +695,9 @@ pub struct SignRequest {
     /// A digest made with the algorithm's hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<B64>,
+    /// For `ML_DSA_SHAKE_256`: the message's 64-byte external μ (FIPS 204) instead of the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_mu: Option<B64>,
     /// Signing algorithm.
     pub algorithm: String,
 }
@@ -722,6 +725,9 @@ pub struct VerifyRequest {
     /// The digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<B64>,
+    /// For `ML_DSA_SHAKE_256`: the message's 64-byte external μ (FIPS 204) instead of the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_mu: Option<B64>,
     /// The signature.
     pub signature: B64,
     /// Algorithm.

@@ -795,8 +795,8 @@ struct SignArgs {
     /// Key id or alias.
     key: String,
     /// Signing algorithm: RSASSA_PSS_SHA_256|384|512, RSASSA_PKCS1_V1_5_SHA_256|384|512, ECDSA_SHA_256|384|512,
-    /// ED25519 or SM2DSA (default: the key spec's usual one: RSASSA_PSS_SHA_256 for RSA, ECDSA with the
-    /// curve's hash, ED25519, SM2DSA).
+    /// ED25519, SM2DSA or ML_DSA_SHAKE_256 (default: the key spec's usual one: RSASSA_PSS_SHA_256 for RSA,
+    /// ECDSA with the curve's hash, ED25519, SM2DSA, ML_DSA_SHAKE_256).
     #[arg(long)]
     algorithm: Option<String>,
     /// Input file (default stdin).
@@ -805,6 +805,9 @@ struct SignArgs {
     /// The input is already a digest.
     #[arg(long)]
     digest: bool,
+    /// The input is an ML-DSA message's 64-byte external μ (FIPS 204), for ML_DSA_SHAKE_256.
+    #[arg(long, conflicts_with = "digest")]
+    external_mu: bool,
 }
 
 #[derive(Args)]
@@ -812,8 +815,8 @@ struct VerifyArgs {
     /// Key id or alias.
     key: String,
     /// Signing algorithm: RSASSA_PSS_SHA_256|384|512, RSASSA_PKCS1_V1_5_SHA_256|384|512, ECDSA_SHA_256|384|512,
-    /// ED25519 or SM2DSA (default: the key spec's usual one: RSASSA_PSS_SHA_256 for RSA, ECDSA with the
-    /// curve's hash, ED25519, SM2DSA).
+    /// ED25519, SM2DSA or ML_DSA_SHAKE_256 (default: the key spec's usual one: RSASSA_PSS_SHA_256 for RSA,
+    /// ECDSA with the curve's hash, ED25519, SM2DSA, ML_DSA_SHAKE_256).
     #[arg(long)]
     algorithm: Option<String>,
     /// Base64 signature.
@@ -825,6 +828,9 @@ struct VerifyArgs {
     /// The input is already a digest.
     #[arg(long)]
     digest: bool,
+    /// The input is an ML-DSA message's 64-byte external μ (FIPS 204), for ML_DSA_SHAKE_256.
+    #[arg(long, conflicts_with = "digest")]
+    external_mu: bool,
 }
 
 fn kv(s: &str) -> Result<(String, String), String> {
@@ -863,6 +869,7 @@ async fn algorithm_for(
         (Purpose::Sign, "ECC_NIST_P521") => "ECDSA_SHA_512",
         (Purpose::Sign, "ED25519") => "ED25519",
         (Purpose::Sign, "SM2") => "SM2DSA",
+        (Purpose::Sign, "ML_DSA_44" | "ML_DSA_65" | "ML_DSA_87") => "ML_DSA_SHAKE_256",
         (Purpose::Mac, "HMAC_224") => "HMAC_SHA_224",
         (Purpose::Mac, "HMAC_256") => "HMAC_SHA_256",
         (Purpose::Mac, "HMAC_384") => "HMAC_SHA_384",

@@ -367,6 +367,7 @@ async fn every_endpoint_on_a_fresh_server_and_after_a_restart() {
             &SignRequest {
                 message: Some(B64(b"m".to_vec())),
                 digest: None,
+                external_mu: None,
                 algorithm: "ECDSA_SHA_256".into(),
             },
         )
@@ -378,6 +379,7 @@ async fn every_endpoint_on_a_fresh_server_and_after_a_restart() {
             &VerifyRequest {
                 message: Some(B64(b"m".to_vec())),
                 digest: None,
+                external_mu: None,
                 signature: sig.signature.clone(),
                 algorithm: "ECDSA_SHA_256".into(),
                 version: None
@@ -391,6 +393,7 @@ async fn every_endpoint_on_a_fresh_server_and_after_a_restart() {
             &VerifyRequest {
                 message: Some(B64(b"n".to_vec())),
                 digest: None,
+                external_mu: None,
                 signature: sig.signature.clone(),
                 algorithm: "ECDSA_SHA_256".into(),
                 version: None
@@ -405,6 +408,7 @@ async fn every_endpoint_on_a_fresh_server_and_after_a_restart() {
             &VerifyRequest {
                 message: None,
                 digest: Some(B64(digest.as_ref().to_vec())),
+                external_mu: None,
                 signature: sig.signature.clone(),
                 algorithm: "ECDSA_SHA_256".into(),
                 version: Some(1)
@@ -719,6 +723,7 @@ async fn every_endpoint_on_a_fresh_server_and_after_a_restart() {
             &VerifyRequest {
                 message: Some(B64(b"m".to_vec())),
                 digest: None,
+                external_mu: None,
                 signature: sig.signature,
                 algorithm: "ECDSA_SHA_256".into(),
                 version: None
@@ -1890,6 +1895,7 @@ async fn policies_grant_scope_condition_and_deny() {
                 &SignRequest {
                     message: Some(B64(b"m".to_vec())),
                     digest: None,
+                    external_mu: None,
                     algorithm: "ED25519".into()
                 }
             )

@@ -84,6 +84,7 @@ async fn a_token_rooted_service_unseals_itself_and_keeps_hsm_keys_in_the_token()
                 &SignRequest {
                     message: Some(B64(b"signed in the token".to_vec())),
                     digest: None,
+                    external_mu: None,
                     algorithm: "ECDSA_SHA_256".into(),
                 },
             )
@@ -123,6 +124,7 @@ async fn a_token_rooted_service_unseals_itself_and_keeps_hsm_keys_in_the_token()
             &SignRequest {
                 message: Some(B64(b"signed in the token".to_vec())),
                 digest: None,
+                external_mu: None,
                 algorithm: "RSASSA_PSS_SHA_256".into(),
             },
         )
@@ -304,6 +306,7 @@ async fn a_token_rooted_service_unseals_itself_and_keeps_hsm_keys_in_the_token()
             &VerifyRequest {
                 message: Some(B64(b"signed in the token".to_vec())),
                 digest: None,
+                external_mu: None,
                 signature: sig.signature.clone(),
                 algorithm: "ECDSA_SHA_256".into(),
                 version: None,

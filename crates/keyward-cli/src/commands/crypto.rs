@@ -109,10 +109,10 @@ pub(crate) async fn run(c: &Client, out: &Out, command: Command) -> Res {
         }
         Command::Sign(a) => {
             let data = read_input(&a.input)?;
-            let (message, digest) = if a.digest {
-                (None, Some(B64(data)))
-            } else {
-                (Some(B64(data)), None)
+            let (message, digest, external_mu) = match (a.digest, a.external_mu) {
+                (true, _) => (None, Some(B64(data)), None),
+                (_, true) => (None, None, Some(B64(data))),
+                _ => (Some(B64(data)), None, None),
             };
             let r = c
                 .sign(
@@ -120,6 +120,7 @@ pub(crate) async fn run(c: &Client, out: &Out, command: Command) -> Res {
                     &SignRequest {
                         message,
                         digest,
+                        external_mu,
                         algorithm: algorithm_for(c, &a.key, a.algorithm, Purpose::Sign).await?,
                     },
                 )
@@ -133,14 +134,15 @@ pub(crate) async fn run(c: &Client, out: &Out, command: Command) -> Res {
         }
         Command::Verify(a) => {
             let data = read_input(&a.input)?;
-            let (message, digest) = if a.digest {
-                (None, Some(B64(data)))
-            } else {
-                (Some(B64(data)), None)
+            let (message, digest, external_mu) = match (a.digest, a.external_mu) {
+                (true, _) => (None, Some(B64(data)), None),
+                (_, true) => (None, None, Some(B64(data))),
+                _ => (Some(B64(data)), None, None),
             };
             let req = VerifyRequest {
                 message,
                 digest,
+                external_mu,
                 signature: B64(unb64(&a.signature)?),
                 algorithm: algorithm_for(c, &a.key, a.algorithm, Purpose::Sign).await?,
                 version: None,

@@ -380,15 +380,29 @@ pub async fn data_key_pair(
     .await
 }
 
+/// What is signed: the message, its digest, or for ML-DSA its external μ (which the engine takes as the
+/// algorithm's "digest", as AWS's EXTERNAL_MU and DIGEST are one input to it).
 fn sign_input<'a>(
     message: &'a Option<B64>,
     digest: &'a Option<B64>,
+    external_mu: &'a Option<B64>,
+    alg: keyward_core::SigningAlgorithm,
 ) -> Result<SignInput<'a>, ApiError> {
-    match (message, digest) {
-        (Some(m), None) => Ok(SignInput::Message(&m.0)),
-        (None, Some(d)) => Ok(SignInput::Digest(&d.0)),
+    let ml_dsa = alg == keyward_core::SigningAlgorithm::MlDsaShake256;
+    match (message, digest, external_mu) {
+        (Some(m), None, None) => Ok(SignInput::Message(&m.0)),
+        (None, Some(d), None) if !ml_dsa => Ok(SignInput::Digest(&d.0)),
+        (None, None, Some(mu)) if ml_dsa => Ok(SignInput::Digest(&mu.0)),
+        (None, Some(_), None) => Err(ApiError(keyward_core::KmsError::new(
+            keyward_core::ErrorCode::IncorrectKeyUsage,
+            "ML_DSA_SHAKE_256 signs a message or its external_mu, not a digest",
+        ))),
+        (None, None, Some(_)) => Err(ApiError(keyward_core::KmsError::new(
+            keyward_core::ErrorCode::IncorrectKeyUsage,
+            "external_mu is for ML_DSA_SHAKE_256 only",
+        ))),
         _ => Err(ApiError::validation(
-            "give exactly one of message or digest",
+            "give exactly one of message, digest or external_mu",
         )),
     }
 }
@@ -410,7 +424,8 @@ pub async fn sign(
         move |_| {
             let r: SignRequest = parse(&body)?;
             let alg = signing_algorithm(&r.algorithm)?;
-            let s = a.kms.sign(&key, sign_input(&r.message, &r.digest)?, alg)?;
+            let input = sign_input(&r.message, &r.digest, &r.external_mu, alg)?;
+            let s = a.kms.sign(&key, input, alg)?;
             let (id, v) = (s.key_id.to_string(), s.version);
             Reply::ok(&SignResponse {
                 signature: B64(s.signature),
@@ -443,7 +458,7 @@ pub async fn verify(
             let alg = signing_algorithm(&r.algorithm)?;
             let valid = a.kms.verify(
                 &key,
-                sign_input(&r.message, &r.digest)?,
+                sign_input(&r.message, &r.digest, &r.external_mu, alg)?,
                 &r.signature.0,
                 alg,
                 r.version,
