@@ -85,6 +85,7 @@ schemas = {
         "description": S, "alias": ALIAS, "tags": {"type": "object", "additionalProperties": S},
         "rotation_period_days": DAYS, "exportable": BOOL,
         "origin": {"type": "string", "enum": ["KEYWARD", "HSM", "EXTERNAL"]}, "quorum": ref("Quorum"), "allow_legacy": BOOL,
+        "blind_index_bits": {"type": "integer", "minimum": 16, "maximum": 256, "multipleOf": 8},
     }, ["spec"]),
     "Key": obj({"key_id": S, "alias": S, "spec": S, "usage": S,
                 "state": {"type": "string", "enum": ["Enabled", "Disabled", "PendingDeletion", "Destroyed"]},
@@ -92,6 +93,7 @@ schemas = {
                 "primary_version": INT, "min_decryption_version": INT, "rotation_period_days": INT,
                 "next_rotation_at": {"type": "string", "format": "date-time"}, "last_rotated_at": {"type": "string", "format": "date-time"},
                 "deletion_date": {"type": "string", "format": "date-time"}, "origin": S, "exportable": BOOL, "quorum": ref("Quorum"),
+                "blind_index_bits": INT,
                 "pending_import": {"type": "boolean", "description": "the imported material of this EXTERNAL key was deleted: it refuses every cryptographic call until the same material is imported again"},
                 "encryption_algorithms": {"type": "array", "items": S,
                                           "description": "what the key can encrypt with where it lives (a PKCS#11 token may offer fewer than the spec); on creation and description"}}),
@@ -139,6 +141,19 @@ schemas = {
     "DeriveResponse": obj({"ciphertext": B64, "plaintext": B64}),
     "AgreeRequest": obj({"peer_public_key_der": B64}, ["peer_public_key_der"]),
     "AgreeResponse": obj({"shared_secret": B64}),
+    "ProtectItem": obj({"value": S, "type": ref("FieldType"),
+                        "mode": {"type": "string", "enum": ["encrypt", "deterministic", "fpe"]}, "context": CTX,
+                        "mask": obj({"keep_first": INT, "keep_last": INT, "char": {"type": "string", "minLength": 1, "maxLength": 1}})},
+                       ["value", "type"]),
+    "ProtectRequest": obj({"items": BATCH("ProtectItem")}, ["items"]),
+    "ProtectedItem": obj({"ciphertext": B64, "masked": S, "blind_index": S}),
+    "UnprotectItem": obj({"ciphertext": B64, "type": ref("FieldType"), "context": CTX}, ["ciphertext", "type"]),
+    "UnprotectRequest": obj({"items": BATCH("UnprotectItem")}, ["items"]),
+    "UnprotectedItem": obj({"value": S}),
+    "BlindIndexRequestItem": obj({"value": S, "type": ref("FieldType")}, ["value", "type"]),
+    "BlindIndexRequest": obj({"items": BATCH("BlindIndexRequestItem")}, ["items"]),
+    "BlindIndexItem": obj({"blind_index": S}),
+    "FieldType": {"type": "string", "enum": ["phone", "id_card_cn", "bank_card", "email", "name", "address", "text", "digits", "alnum"]},
     "DecapsulateRequest": obj({"ciphertext": B64, "version": VERSION, "as_data_key": BOOL, "wrapping_key": S,
                                "context": CTX, "include_plaintext": BOOL}, ["ciphertext"]),
     "DecapsulateResponse": obj({"shared_secret": B64, "key_id": S, "version": INT}),
@@ -227,6 +242,9 @@ def answer(single):
 
 for name in ["EncryptResponse", "DecryptResponse"]:
     schemas[name.replace("Response", "Answer")] = answer(name)
+# Field protection answers item by item, each an answer or that item's error.
+for name in ["ProtectedItem", "UnprotectedItem", "BlindIndexItem"]:
+    schemas[name + "s"] = obj({"items": {"type": "array", "items": {"oneOf": [ref(name), ref("Error")]}}}, ["items"])
 # Decapsulation answers the secret, or with "as_data_key": true the data key derived from it (data-key's answer).
 schemas["DecapsulateAnswer"] = {"oneOf": [ref("DecapsulateResponse"), ref("DataKeyResponse")]}
 
@@ -286,6 +304,9 @@ ops = [
     ("post", "/v1/keys/{key}/verify-mac", "kms:VerifyMac", "VerifyMacRequest", (200, "Validity"), [KEY], False),
     ("post", "/v1/keys/{key}/derive", "kms:DeriveKey", "DeriveRequest", (200, "DeriveResponse"), [KEY], False),
     ("post", "/v1/keys/{key}/agree", "kms:DeriveSharedSecret", "AgreeRequest", (200, "AgreeResponse"), [KEY], False),
+    ("post", "/v1/keys/{key}/protect", "kms:Protect", "ProtectRequest", (200, "ProtectedItems"), [KEY], False),
+    ("post", "/v1/keys/{key}/unprotect", "kms:Unprotect", "UnprotectRequest", (200, "UnprotectedItems"), [KEY], False),
+    ("post", "/v1/keys/{key}/blind-index", "kms:BlindIndex", "BlindIndexRequest", (200, "BlindIndexItems"), [KEY], False),
     ("post", "/v1/keys/{key}/decapsulate", "kms:Decapsulate", "DecapsulateRequest", (200, "DecapsulateAnswer"), [KEY], False),
     ("post", "/v1/random", "kms:GenerateRandom", "RandomRequest", (200, "RandomResponse"), [], False),
     ("post", "/v1/keys/{key}/csr", "kms:CreateCsr", "CsrRequest", (200, "CsrResponse"), [KEY], False),
@@ -348,7 +369,8 @@ ERRORS = {
 }
 
 # An optional field of a request may be sent as null, which means the same as leaving it out.
-for name in {op[3] for op in ops if op[3]} | {"EncryptItem", "EncryptBatchItem", "DecryptItem", "ReencryptItem"}:
+for name in {op[3] for op in ops if op[3]} | {"EncryptItem", "EncryptBatchItem", "DecryptItem", "ReencryptItem",
+                                                 "ProtectItem", "UnprotectItem", "BlindIndexRequestItem"}:
     schema = schemas[name]
     for field, prop in schema.get("properties", {}).items():
         if field in schema.get("required", []):

@@ -250,6 +250,9 @@ pub struct CreateKeyRequest {
     /// Needed for legacy specs (TDES).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_legacy: Option<bool>,
+    /// Blind index length of field protection, 16 to 256 bits (default 64); fixed for the key's life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blind_index_bits: Option<u32>,
 }
 
 /// A key as the API shows it.
@@ -307,6 +310,9 @@ pub struct KeyObject {
     /// call until the same material is imported again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending_import: bool,
+    /// Blind index length of field protection, when set at creation (64 bits otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blind_index_bits: Option<u32>,
 }
 
 /// `GET /v1/keys`.
@@ -848,6 +854,99 @@ pub struct DecapsulateResponse {
     pub key_id: String,
     /// The version that decapsulated.
     pub version: u32,
+}
+
+/// The items of a field-protection call (`protect`, `unprotect`, `blind-index`): 1 to 1000.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldItems<T> {
+    /// The values, in order; each answer item stands at the same place.
+    pub items: Vec<T>,
+}
+
+/// A mask other than the type's usual one. At least half of a value stays hidden whatever it asks.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskRequest {
+    /// Characters shown at the start (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_first: Option<u32>,
+    /// Characters shown at the end (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    /// The character that hides the others (default `*`).
+    #[serde(default, rename = "char", skip_serializing_if = "Option::is_none")]
+    pub mask_char: Option<char>,
+}
+
+/// One value to protect.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtectItem {
+    /// The value.
+    pub value: String,
+    /// `phone`, `id_card_cn`, `bank_card`, `email`, `name`, `address`, `text`, `digits` or `alnum`.
+    #[serde(rename = "type")]
+    pub field_type: String,
+    /// `encrypt` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Encryption context the ciphertext is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Context>,
+    /// A mask other than the type's usual one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<MaskRequest>,
+}
+
+/// A protected value: what to store, what to show, what to search by.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProtectedItem {
+    /// A Keyward ciphertext of the value.
+    pub ciphertext: B64,
+    /// The display form.
+    pub masked: String,
+    /// The search hash, hex.
+    pub blind_index: String,
+}
+
+/// One field ciphertext to open.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnprotectItem {
+    /// What `protect` returned.
+    pub ciphertext: B64,
+    /// The type it was protected as.
+    #[serde(rename = "type")]
+    pub field_type: String,
+    /// The context it was protected with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Context>,
+}
+
+/// An opened field.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnprotectedItem {
+    /// The value as it was protected.
+    pub value: String,
+}
+
+/// One value to compute the search hash of.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlindIndexItem {
+    /// The value.
+    pub value: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub field_type: String,
+}
+
+/// A search hash.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlindIndexAnswer {
+    /// Hex, as `protect` gives it.
+    pub blind_index: String,
 }
 
 /// `POST /v1/random`.

@@ -592,6 +592,9 @@ struct CreateArgs {
     /// Allow legacy specs (TDES).
     #[arg(long)]
     allow_legacy: bool,
+    /// Blind index length of field protection, 16 to 256 bits (default 64; fixed for the key's life).
+    #[arg(long)]
+    blind_index_bits: Option<u32>,
 }
 
 #[derive(Subcommand)]

@@ -651,6 +651,34 @@ impl Client {
     pub async fn derive(&self, key: &str, req: &DeriveRequest) -> Result<DeriveResponse> {
         self.post(&Self::key_path(key, "/derive"), req).await
     }
+    /// `POST /v1/keys/{key}/protect`: ciphertext, mask and blind index per value (up to 1000), or that
+    /// item's error.
+    pub async fn protect(
+        &self,
+        key: &str,
+        items: Vec<ProtectItem>,
+    ) -> Result<BatchResponse<ProtectedItem>> {
+        self.post(&Self::key_path(key, "/protect"), &FieldItems { items })
+            .await
+    }
+    /// `POST /v1/keys/{key}/unprotect`.
+    pub async fn unprotect(
+        &self,
+        key: &str,
+        items: Vec<UnprotectItem>,
+    ) -> Result<BatchResponse<UnprotectedItem>> {
+        self.post(&Self::key_path(key, "/unprotect"), &FieldItems { items })
+            .await
+    }
+    /// `POST /v1/keys/{key}/blind-index`: the search hashes alone.
+    pub async fn blind_index(
+        &self,
+        key: &str,
+        items: Vec<BlindIndexItem>,
+    ) -> Result<BatchResponse<BlindIndexAnswer>> {
+        self.post(&Self::key_path(key, "/blind-index"), &FieldItems { items })
+            .await
+    }
     /// `POST /v1/keys/{key}/agree`.
     pub async fn agree(&self, key: &str, peer_spki_der: &[u8]) -> Result<AgreeResponse> {
         self.post(

@@ -12,11 +12,13 @@ mod clock;
 pub mod cluster;
 mod engine;
 mod error;
+pub mod fields;
 mod freshness;
 mod import;
 mod lifecycle;
 mod model;
 mod ops;
+mod protect;
 mod records;
 mod shamir;
 
@@ -33,6 +35,10 @@ pub use model::{KeyInfo, KeyState, Origin, VersionInfo, VersionState};
 pub use ops::{
     Context, DataKey, DataKeyPair, Decapsulated, Decrypted, Derived, Encrypted, Maced, PublicKey,
     Signed, KEM_DATA_KEY_INFO,
+};
+pub use protect::{
+    valid_blind_index_bits, FieldInput, ProtectedField, DEFAULT_BLIND_INDEX_BITS,
+    FIELD_CONTEXT_KEY, MAX_FIELD_ITEMS,
 };
 
 pub use keyward_hsm::{

@@ -52,6 +52,8 @@ pub struct CreateKey {
     pub quorum_approvals: Option<u32>,
     /// Required for legacy specs (TDES).
     pub allow_legacy: bool,
+    /// Blind index length of field protection (16 to 256 bits, whole bytes; AES keys only).
+    pub blind_index_bits: Option<u32>,
     /// The id to give the key (a UUID the caller generated, so it can be audited before the key exists);
     /// a fresh random one when `None`.
     pub key_id: Option<String>,
@@ -71,6 +73,7 @@ impl CreateKey {
             origin: Origin::Keyward,
             quorum_approvals: None,
             allow_legacy: false,
+            blind_index_bits: None,
             key_id: None,
         }
     }
@@ -250,6 +253,7 @@ pub(crate) fn key_info(rec: &KeyRecord, alias: Option<String>) -> KmsResult<KeyI
         exportable: rec.exportable,
         quorum_approvals: rec.quorum_approvals,
         pending_import: rec.pending_import,
+        blind_index_bits: rec.blind_index_bits,
     })
 }
 
@@ -418,6 +422,21 @@ impl Kms {
                 req.spec
             )));
         }
+        if let Some(bits) = req.blind_index_bits {
+            if !crate::protect::valid_blind_index_bits(bits) {
+                return Err(KmsError::validation(
+                    "blind_index_bits must be 16 to 256, a multiple of 8",
+                ));
+            }
+            if !matches!(
+                req.spec,
+                KeySpec::SymmetricDefault | KeySpec::Aes128 | KeySpec::Aes256
+            ) {
+                return Err(KmsError::usage(
+                    "blind_index_bits is for the AES keys of field protection",
+                ));
+            }
+        }
         if req.spec.is_legacy() && !req.allow_legacy {
             return Err(KmsError::validation(format!(
                 "{} is a legacy algorithm; pass allow_legacy to create it",
@@ -498,6 +517,7 @@ impl Kms {
             quorum_approvals: req.quorum_approvals,
             allow_legacy: req.allow_legacy,
             pending_import: false,
+            blind_index_bits: req.blind_index_bits,
         };
         let version = match &material {
             Some(handle) => {

@@ -121,6 +121,8 @@ pub struct KeyInfo {
     pub quorum_approvals: Option<u32>,
     /// The imported material was deleted: every cryptographic call is refused until it is imported again.
     pub pending_import: bool,
+    /// Blind index length of field protection, when set at creation (64 bits otherwise).
+    pub blind_index_bits: Option<u32>,
 }
 
 /// A key version as callers see it.

@@ -293,7 +293,7 @@ impl Kms {
         self.encrypt_with(&key, plaintext, context, algorithm)
     }
 
-    fn encrypt_with(
+    pub(crate) fn encrypt_with(
         &self,
         key: &CachedKey,
         plaintext: &[u8],

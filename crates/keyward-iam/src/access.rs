@@ -192,6 +192,8 @@ fn carries_context(action: Action) -> bool {
             | Action::ReEncrypt
             | Action::GenerateDataKey
             | Action::GenerateDataKeyPair
+            | Action::Protect
+            | Action::Unprotect
     )
 }
 

@@ -30,6 +30,7 @@ pub fn key_object(k: &KeyInfo) -> KeyObject {
         quorum: k.quorum_approvals.map(|approvals| Quorum { approvals }),
         encryption_algorithms: Vec::new(),
         pending_import: k.pending_import,
+        blind_index_bits: k.blind_index_bits,
     }
 }
 

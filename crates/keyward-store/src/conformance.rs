@@ -59,6 +59,7 @@ pub fn key(id: &str) -> KeyRecord {
         quorum_approvals: None,
         allow_legacy: false,
         pending_import: false,
+        blind_index_bits: None,
     }
 }
 

@@ -48,6 +48,10 @@ pub struct KeyRecord {
     /// same material is imported again.
     #[serde(default)]
     pub pending_import: bool,
+    /// Length of the blind indexes of field protection under this key; fixed at creation, since indexes
+    /// already stored must keep matching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blind_index_bits: Option<u32>,
 }
 
 /// One version of a key.

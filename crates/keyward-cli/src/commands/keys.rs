@@ -19,6 +19,7 @@ pub(crate) async fn run(c: &Client, out: &Out, command: Command) -> Res {
                     origin: a.origin,
                     quorum: a.quorum.map(|approvals| Quorum { approvals }),
                     allow_legacy: a.allow_legacy.then_some(true),
+                    blind_index_bits: a.blind_index_bits,
                 };
                 out.key(&c.create_key(&req).await.map_err(e)?);
             }

@@ -193,7 +193,7 @@ pub fn router(app: AppState) -> Router {
 /// The API router with other front ends' routes beside it (the AWS KMS protocol's `POST /`): their
 /// requests pass the same middleware (request id, time limit, body checks) into the same pipeline.
 pub fn router_with(app: AppState, doors: Router<AppState>) -> Router {
-    use handlers::{crypto, keys, sys};
+    use handlers::{crypto, fields, keys, sys};
     Router::new()
         .route("/v1/health", get(sys::health))
         .route("/v1/sys/status", get(sys::status))
@@ -257,6 +257,9 @@ pub fn router_with(app: AppState, doors: Router<AppState>) -> Router {
         .route("/v1/keys/{key}/derive", post(crypto::derive))
         .route("/v1/keys/{key}/agree", post(crypto::agree))
         .route("/v1/keys/{key}/decapsulate", post(crypto::decapsulate))
+        .route("/v1/keys/{key}/protect", post(fields::protect))
+        .route("/v1/keys/{key}/unprotect", post(fields::unprotect))
+        .route("/v1/keys/{key}/blind-index", post(fields::blind_index))
         .route("/v1/random", post(crypto::random))
         .route(
             "/v1/identities",

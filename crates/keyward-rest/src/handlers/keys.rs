@@ -102,6 +102,7 @@ pub async fn create(State(app): State<AppState>, meta: Meta, body: RawBody) -> R
             };
             c.quorum_approvals = req.quorum.map(|q| q.approvals);
             c.allow_legacy = req.allow_legacy.unwrap_or(false);
+            c.blind_index_bits = req.blind_index_bits;
             c.key_id = Some(new_id);
             let info = a.kms.create_key(c)?;
             Reply::with_status(

@@ -4,6 +4,7 @@ pub mod access_keys;
 pub mod approvals;
 pub mod audit;
 pub mod crypto;
+pub mod fields;
 pub mod identities;
 pub mod keys;
 pub mod policies;

@@ -1,0 +1,258 @@
+//! Field-level protection of personal data: `protect`, `unprotect` and `blind-index`, each a batch of up to
+//! 1000 values under one key, one audit record, and each item answered (or refused) on its own.
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use keyward_api::{
+    BatchItem, BatchResponse, BlindIndexAnswer, BlindIndexItem, Context, FieldItems, MaskRequest,
+    ProtectItem, ProtectedItem, UnprotectItem, UnprotectedItem, B64,
+};
+use keyward_core::fields::{FieldType, MaskRule};
+use keyward_core::{FieldInput, KeyUsage, KmsResult, MAX_FIELD_ITEMS};
+use serde::de::DeserializeOwned;
+
+use crate::app::{call, parse, AppState, Caller, Meta, Mode, RawBody, Reply};
+use crate::authz::Action;
+use crate::error::ApiError;
+
+/// The items of a body `{"items": [...]}`, each parsed on its own so that one malformed item fails alone.
+fn items<T: DeserializeOwned>(body: &RawBody) -> Result<Vec<Result<T, ApiError>>, ApiError> {
+    let items = match crate::app::batch_items::<T>(body) {
+        Some(items) => items,
+        None => {
+            parse::<FieldItems<serde_json::Value>>(body)?;
+            return Err(ApiError::validation("every item is a JSON object"));
+        }
+    };
+    if items.is_empty() || items.len() > MAX_FIELD_ITEMS {
+        return Err(ApiError::validation("items: 1 to 1000 values"));
+    }
+    Ok(items)
+}
+
+fn field_type(name: &str) -> Result<FieldType, ApiError> {
+    FieldType::parse(name).ok_or_else(|| {
+        let names: Vec<&str> = FieldType::ALL.iter().map(|t| t.as_str()).collect();
+        ApiError::validation(format!(
+            "type {} is not one of {}",
+            keyward_core::quoted(name),
+            names.join(", ")
+        ))
+    })
+}
+
+/// The caller's context, checked against its policies' conditions.
+fn context(caller: &Caller, c: Option<Context>) -> Result<Context, ApiError> {
+    let c = c.unwrap_or_default();
+    caller.check_context(&c)?;
+    Ok(c)
+}
+
+/// Runs the well-formed items through `run` (one engine call) and puts each answer back at its item's place.
+fn answer<T, R, A>(
+    prepared: Vec<Result<T, ApiError>>,
+    run: impl FnOnce(&[T]) -> KmsResult<Vec<KmsResult<R>>>,
+    show: impl Fn(R) -> A,
+) -> Result<BatchResponse<A>, ApiError> {
+    let mut good = Vec::new();
+    let mut order = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        match p {
+            Ok(t) => {
+                good.push(t);
+                order.push(None);
+            }
+            Err(e) => order.push(Some(e)),
+        }
+    }
+    let mut results = if good.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        run(&good)?.into_iter()
+    };
+    let items = order
+        .into_iter()
+        .map(|refused| match refused {
+            Some(e) => BatchItem::Err(e.body()),
+            None => match results.next() {
+                Some(Ok(r)) => BatchItem::Ok(show(r)),
+                Some(Err(e)) => BatchItem::Err(ApiError::from(e).body()),
+                None => BatchItem::Err(ApiError::validation("item not processed").body()),
+            },
+        })
+        .collect();
+    Ok(BatchResponse { items })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    keyward_core::audit::hex(bytes)
+}
+
+/// One value to protect, checked where the API's own rules decide (type, mode, mask, policy context).
+struct Prepared {
+    value: String,
+    field: FieldType,
+    context: Context,
+    mask: Option<MaskRule>,
+}
+
+fn prepare(caller: &Caller, i: ProtectItem) -> Result<Prepared, ApiError> {
+    let field = field_type(&i.field_type)?;
+    match i.mode.as_deref() {
+        None | Some("encrypt") => {}
+        Some("deterministic" | "fpe") => {
+            return Err(ApiError::validation(format!(
+                "mode {} is not offered yet: use encrypt",
+                i.mode.as_deref().unwrap_or_default()
+            )))
+        }
+        Some(other) => {
+            return Err(ApiError::validation(format!(
+                "mode {} is not encrypt",
+                keyward_core::quoted(other)
+            )))
+        }
+    }
+    let mask = i.mask.map(|m: MaskRequest| MaskRule {
+        keep_first: m.keep_first.unwrap_or(0) as usize,
+        keep_last: m.keep_last.unwrap_or(0) as usize,
+        mask_char: m.mask_char.unwrap_or('*'),
+    });
+    Ok(Prepared {
+        value: i.value,
+        field,
+        context: context(caller, i.context)?,
+        mask,
+    })
+}
+
+/// `POST /v1/keys/{key}/protect`.
+pub async fn protect(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(key): Path<String>,
+    body: RawBody,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::Protect,
+        Some(key.clone()),
+        Mode::Inline,
+        move |caller| {
+            let parsed = items::<ProtectItem>(&body)?;
+            a.kms.check_usable(&key, KeyUsage::EncryptDecrypt)?;
+            let prepared = parsed
+                .into_iter()
+                .map(|i| i.and_then(|i| prepare(&caller, i)))
+                .collect();
+            let out = answer(
+                prepared,
+                |good: &[Prepared]| {
+                    let inputs: Vec<FieldInput<'_>> = good
+                        .iter()
+                        .map(|p| FieldInput {
+                            value: &p.value,
+                            field: p.field,
+                            context: p.context.clone(),
+                            mask: p.mask,
+                        })
+                        .collect();
+                    a.kms.protect_fields(&key, &inputs)
+                },
+                |p| ProtectedItem {
+                    ciphertext: B64(p.ciphertext),
+                    masked: p.masked,
+                    blind_index: hex(&p.blind_index),
+                },
+            )?;
+            Reply::ok(&out)
+        },
+    )
+    .await
+}
+
+/// `POST /v1/keys/{key}/unprotect`.
+pub async fn unprotect(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(key): Path<String>,
+    body: RawBody,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::Unprotect,
+        Some(key.clone()),
+        Mode::Inline,
+        move |caller| {
+            let parsed = items::<UnprotectItem>(&body)?;
+            a.kms.check_usable(&key, KeyUsage::EncryptDecrypt)?;
+            let prepared = parsed
+                .into_iter()
+                .map(|i| {
+                    i.and_then(|i| {
+                        Ok((
+                            i.ciphertext.0,
+                            field_type(&i.field_type)?,
+                            context(&caller, i.context)?,
+                        ))
+                    })
+                })
+                .collect();
+            let out = answer(
+                prepared,
+                |good: &[(Vec<u8>, FieldType, Context)]| {
+                    let inputs: Vec<(&[u8], FieldType, Context)> = good
+                        .iter()
+                        .map(|(c, t, x)| (c.as_slice(), *t, x.clone()))
+                        .collect();
+                    a.kms.unprotect_fields(&key, &inputs)
+                },
+                |value| UnprotectedItem { value },
+            )?;
+            Reply::ok(&out)
+        },
+    )
+    .await
+}
+
+/// `POST /v1/keys/{key}/blind-index`.
+pub async fn blind_index(
+    State(app): State<AppState>,
+    meta: Meta,
+    Path(key): Path<String>,
+    body: RawBody,
+) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::BlindIndex,
+        Some(key.clone()),
+        Mode::Inline,
+        move |_| {
+            let parsed = items::<BlindIndexItem>(&body)?;
+            a.kms.check_usable(&key, KeyUsage::EncryptDecrypt)?;
+            let prepared = parsed
+                .into_iter()
+                .map(|i| i.and_then(|i| Ok((i.value, field_type(&i.field_type)?))))
+                .collect();
+            let out = answer(
+                prepared,
+                |good: &[(String, FieldType)]| {
+                    let inputs: Vec<(&str, FieldType)> =
+                        good.iter().map(|(v, t)| (v.as_str(), *t)).collect();
+                    a.kms.blind_indexes(&key, &inputs)
+                },
+                |b| BlindIndexAnswer {
+                    blind_index: hex(&b),
+                },
+            )?;
+            Reply::ok(&out)
+        },
+    )
+    .await
+}

@@ -1,0 +1,169 @@
+"""Field-level protection end to end, the way an application uses it: 10,000 generated customers protected
+through the API into a PostgreSQL table of ciphertext, mask and blind-index columns; one customer found by
+phone with WHERE phone_bidx = <index of the query>; no plaintext anywhere in the table; the result opened
+again; and a service allowed to write and search but not to read gets 403 on unprotect."""
+import base64
+import os
+import random
+import urllib.parse
+import uuid
+
+import pg8000.native
+import requests
+
+from conftest import ROOT  # noqa: F401  (the server fixture runs with it)
+
+CUSTOMERS = 10_000
+W = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]
+
+
+def id_card(rng):
+    first = f"{rng.choice([110105, 310104, 440305, 330106])}{rng.randint(1950, 2005)}" \
+            f"{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}{rng.randint(0, 999):03d}"
+    return first + "10X98765432"[sum(int(d) * w for d, w in zip(first, W)) % 11]
+
+
+def luhn_complete(prefix):
+    for d in "0123456789":
+        digits = [int(c) for c in prefix + d][::-1]
+        total = sum(x if i % 2 == 0 else (x * 2 - 9 if x * 2 > 9 else x * 2) for i, x in enumerate(digits))
+        if total % 10 == 0:
+            return prefix + d
+    raise AssertionError
+
+
+def customers(n):
+    rng = random.Random(20261207)
+    phones = set()
+    out = []
+    while len(out) < n:
+        phone = f"1{rng.choice('3456789')}{rng.randint(0, 10**9 - 1):09d}"
+        if phone in phones:
+            continue
+        phones.add(phone)
+        card = luhn_complete(f"622202{rng.randint(0, 10**9 - 1):09d}")
+        out.append({"phone": phone, "id": id_card(rng), "card": card})
+    return out
+
+
+def pg():
+    url = urllib.parse.urlparse(os.environ.get("KEYWARD_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/test"))
+    return pg8000.native.Connection(user=url.username or "postgres", password=url.password,
+                                    host=url.hostname or "127.0.0.1", port=url.port or 5432,
+                                    database=(url.path or "/test").lstrip("/"))
+
+
+def protect(api, key, items, expect=200):
+    return api.call("POST", f"/v1/keys/{key}/protect", {"items": items}, expect=expect)["items"]
+
+
+def test_ten_thousand_customers_are_stored_searched_and_read_back(api):
+    key = api.create("AES_256", alias=f"alias/pii-{uuid.uuid4().hex[:8]}")["key_id"]
+    people = customers(CUSTOMERS)
+    fields = [("phone", "phone"), ("id", "id_card_cn"), ("card", "bank_card")]
+    rows = []
+    per_call = 1000 // len(fields)
+    for start in range(0, CUSTOMERS, per_call):
+        batch = people[start:start + per_call]
+        items = [{"value": p[f], "type": t, "context": {"table": "customers"}} for p in batch for f, t in fields]
+        answers = protect(api, key, items)
+        assert all("error" not in a for a in answers), [a for a in answers if "error" in a][:3]
+        for i, _ in enumerate(batch):
+            row = []
+            for j in range(len(fields)):
+                a = answers[i * len(fields) + j]
+                row += [a["ciphertext"], a["masked"], a["blind_index"]]
+            rows.append(row)
+
+    db = pg()
+    table = f"customers_{uuid.uuid4().hex[:10]}"
+    cols = [f"{f}_{c}" for f, _ in fields for c in ("ct", "masked", "bidx")]
+    db.run(f"CREATE TABLE {table} (n serial PRIMARY KEY, {', '.join(c + ' text NOT NULL' for c in cols)})")
+    try:
+        db.run(f"CREATE INDEX ON {table} (phone_bidx)")
+        for start in range(0, len(rows), 500):
+            chunk = rows[start:start + 500]
+            values = ", ".join("(" + ", ".join(f":v{r}_{c}" for c in range(len(cols))) + ")" for r in range(len(chunk)))
+            params = {f"v{r}_{c}": v for r, row in enumerate(chunk) for c, v in enumerate(row)}
+            db.run(f"INSERT INTO {table} ({', '.join(cols)}) VALUES {values}", **params)
+        assert db.run(f"SELECT count(*) FROM {table}")[0][0] == CUSTOMERS
+
+        # Search: the index of the query value, written another way, finds exactly that customer.
+        target = people[7321]
+        spelled = f"{target['phone'][:3]}-{target['phone'][3:7]}-{target['phone'][7:]}"
+        bidx = api.call("POST", f"/v1/keys/{key}/blind-index",
+                        {"items": [{"value": spelled, "type": "phone"}]})["items"][0]["blind_index"]
+        found = db.run(f"SELECT phone_ct, phone_masked, id_masked, card_masked FROM {table} WHERE phone_bidx = :b", b=bidx)
+        assert len(found) == 1, found
+        phone_ct, phone_masked, id_masked, card_masked = found[0]
+        assert phone_masked == target["phone"][:3] + "****" + target["phone"][-4:]
+        assert id_masked == target["id"][:6] + "*" * 8 + target["id"][-4:]
+        assert card_masked == target["card"][:6] + "*" * (len(target["card"]) - 10) + target["card"][-4:]
+
+        # No plaintext in the table: not one phone, ID number or card number of anyone, as text anywhere.
+        dump = "\n".join(r[0] for r in db.run(f"SELECT t::text FROM {table} t"))
+        sample = people[::97] + [target]
+        for p in sample:
+            for f, _ in fields:
+                assert p[f] not in dump, f"{f} of a customer appears in the table"
+        # Not in the ciphertexts either (they are base64 of AES-GCM output).
+        assert all(target["phone"].encode() not in base64.b64decode(r[0]) for r in found)
+
+        opened = api.call("POST", f"/v1/keys/{key}/unprotect", {"items": [
+            {"ciphertext": phone_ct, "type": "phone", "context": {"table": "customers"}}]})["items"][0]
+        assert opened == {"value": target["phone"]}
+    finally:
+        db.run(f"DROP TABLE {table}")
+        db.close()
+
+    # A service that writes and searches but never reads: protect and blind-index, no unprotect.
+    name = f"intake-{uuid.uuid4().hex[:6]}"
+    api.call("PUT", f"/v1/policies/{name}", {"statements": [
+        {"effect": "allow", "actions": ["kms:Protect", "kms:BlindIndex"], "resources": [f"key/{key}"]}]})
+    api.call("POST", "/v1/identities", {"name": name, "kind": "service", "roles": [], "policies": [name]}, expect=201)
+    token = api.call("POST", f"/v1/identities/{name}/tokens", {}, expect=201)["token"]
+    as_service = lambda path, body: requests.post(api.base + f"/v1/keys/{key}/{path}", json=body, timeout=30,
+                                                  headers={"Authorization": f"Bearer {token}"})
+    r = as_service("protect", {"items": [{"value": "13900001111", "type": "phone"}]})
+    assert r.status_code == 200 and r.json()["items"][0]["masked"] == "139****1111", r.text
+    ct = r.json()["items"][0]["ciphertext"]
+    r = as_service("blind-index", {"items": [{"value": "139 0000 1111", "type": "phone"}]})
+    assert r.status_code == 200, r.text
+    r = as_service("unprotect", {"items": [{"ciphertext": ct, "type": "phone"}]})
+    assert (r.status_code, r.json()["error"]["code"]) == (403, "AccessDenied"), r.text
+    # Every call is on the key's trail, the refused one too.
+    trail = api.call("GET", f"/v1/audit?key_id={key}&principal={name}")["records"]
+    assert [(t["action"], t["outcome"]) for t in trail][-3:] == [
+        ("kms:Protect", "allow"), ("kms:BlindIndex", "allow"), ("kms:Unprotect", "deny")], trail[-3:]
+
+
+def test_each_item_fails_on_its_own_and_nothing_is_echoed(api):
+    key = api.create("AES_256", blind_index_bits=128)["key_id"]
+    assert api.call("GET", f"/v1/keys/{key}")["blind_index_bits"] == 128
+    secret_looking = "4111111111111112"
+    answers = protect(api, key, [
+        {"value": "4111 1111 1111 1111", "type": "bank_card"},
+        {"value": secret_looking, "type": "bank_card"},
+        {"value": "x", "type": "passport"},
+        {"value": "x", "type": "text", "mode": "fpe"},
+        {"value": "x", "type": "text", "unknown": 1},
+        {"value": "张三丰", "type": "name", "mask": {"keep_first": 2, "char": "#"}},
+        {"value": "x", "type": "text", "context": {"keyward:field": "phone"}},
+    ])
+    assert answers[0]["masked"] == "411111******1111" and len(answers[0]["blind_index"]) == 32
+    codes = [a.get("error", {}).get("code") for a in answers]
+    assert codes == [None, "ValidationError", "ValidationError", "ValidationError", "ValidationError", None,
+                     "ValidationError"], answers
+    assert secret_looking not in answers[1]["error"]["message"] and "bank_card" in answers[1]["error"]["message"]
+    assert answers[5]["masked"] == "张##"
+    # Opened only as the type it was protected as.
+    wrong = api.call("POST", f"/v1/keys/{key}/unprotect",
+                     {"items": [{"ciphertext": answers[0]["ciphertext"], "type": "digits"}]})["items"][0]
+    assert wrong["error"]["code"] == "InvalidCiphertext"
+    for body, status in [({"items": []}, 400), ({"items": [{"value": "1", "type": "digits"}] * 1001}, 400), ({}, 400)]:
+        r = api.session.post(api.base + f"/v1/keys/{key}/protect", json=body, timeout=30)
+        assert (r.status_code, r.json()["error"]["code"]) == (status, "ValidationError"), r.text
+    rsa = api.create("RSA_2048", "ENCRYPT_DECRYPT")["key_id"]
+    r = api.session.post(api.base + f"/v1/keys/{rsa}/protect", json={"items": [{"value": "1", "type": "digits"}]},
+                         timeout=30)
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "IncorrectKeyUsage"), r.text
