@@ -8,7 +8,7 @@ use keyward_api::{
     ProtectItem, ProtectedItem, UnprotectItem, UnprotectedItem, B64,
 };
 use keyward_core::fields::{FieldType, MaskRule};
-use keyward_core::{FieldInput, KeyUsage, KmsResult, MAX_FIELD_ITEMS};
+use keyward_core::{FieldInput, KeyUsage, Kms, KmsResult, ProtectedField, MAX_FIELD_ITEMS};
 use serde::de::DeserializeOwned;
 
 use crate::app::{call, parse, AppState, Caller, Meta, Mode, RawBody, Reply};
@@ -126,6 +126,104 @@ fn prepare(caller: &Caller, i: ProtectItem) -> Result<Prepared, ApiError> {
     })
 }
 
+/// An engine call over the well-formed items of a batch: each item's result, or the key's error for all.
+type Engine<T, R> = fn(&Kms, &str, &[T]) -> KmsResult<Vec<KmsResult<R>>>;
+
+/// One field call: parse the items, check the key once, prepare each item (its refusals stay its own), run
+/// the well-formed ones through the engine in one call, and answer item by item.
+#[allow(clippy::too_many_arguments)]
+async fn field_op<I, T, R, A>(
+    app: AppState,
+    meta: Meta,
+    key: String,
+    body: RawBody,
+    action: Action,
+    prepare: fn(&Caller, I) -> Result<T, ApiError>,
+    run: Engine<T, R>,
+    show: fn(R) -> A,
+) -> Response
+where
+    I: DeserializeOwned + Send + 'static,
+    T: Send + 'static,
+    R: Send + 'static,
+    A: serde::Serialize + Send + 'static,
+{
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        action,
+        Some(key.clone()),
+        Mode::Inline,
+        move |caller| {
+            let parsed = items::<I>(&body)?;
+            a.kms.check_usable(&key, KeyUsage::EncryptDecrypt)?;
+            let prepared = parsed
+                .into_iter()
+                .map(|i| i.and_then(|i| prepare(&caller, i)))
+                .collect();
+            Reply::ok(&answer(prepared, |good| run(&a.kms, &key, good), show)?)
+        },
+    )
+    .await
+}
+
+fn run_protect(
+    kms: &Kms,
+    key: &str,
+    good: &[Prepared],
+) -> KmsResult<Vec<KmsResult<ProtectedField>>> {
+    let inputs: Vec<FieldInput<'_>> = good
+        .iter()
+        .map(|p| FieldInput {
+            value: &p.value,
+            field: p.field,
+            context: p.context.clone(),
+            mask: p.mask,
+        })
+        .collect();
+    kms.protect_fields(key, &inputs)
+}
+
+fn show_protected(p: ProtectedField) -> ProtectedItem {
+    ProtectedItem {
+        ciphertext: B64(p.ciphertext),
+        masked: p.masked,
+        blind_index: hex(&p.blind_index),
+    }
+}
+
+type Sealed = (Vec<u8>, FieldType, Context);
+
+fn prepare_sealed(caller: &Caller, i: UnprotectItem) -> Result<Sealed, ApiError> {
+    Ok((
+        i.ciphertext.0,
+        field_type(&i.field_type)?,
+        context(caller, i.context)?,
+    ))
+}
+
+fn run_unprotect(kms: &Kms, key: &str, good: &[Sealed]) -> KmsResult<Vec<KmsResult<String>>> {
+    let inputs: Vec<(&[u8], FieldType, Context)> = good
+        .iter()
+        .map(|(c, t, x)| (c.as_slice(), *t, x.clone()))
+        .collect();
+    kms.unprotect_fields(key, &inputs)
+}
+
+fn prepare_search(_: &Caller, i: BlindIndexItem) -> Result<(String, FieldType), ApiError> {
+    Ok((i.value, field_type(&i.field_type)?))
+}
+
+fn run_search(
+    kms: &Kms,
+    key: &str,
+    good: &[(String, FieldType)],
+) -> KmsResult<Vec<KmsResult<Vec<u8>>>> {
+    let inputs: Vec<(&str, FieldType)> = good.iter().map(|(v, t)| (v.as_str(), *t)).collect();
+    kms.blind_indexes(key, &inputs)
+}
+
 /// `POST /v1/keys/{key}/protect`.
 pub async fn protect(
     State(app): State<AppState>,
@@ -133,44 +231,9 @@ pub async fn protect(
     Path(key): Path<String>,
     body: RawBody,
 ) -> Response {
-    let a = app.clone();
-    call(
-        &app,
-        &meta,
-        Action::Protect,
-        Some(key.clone()),
-        Mode::Inline,
-        move |caller| {
-            let parsed = items::<ProtectItem>(&body)?;
-            a.kms.check_usable(&key, KeyUsage::EncryptDecrypt)?;
-            let prepared = parsed
-                .into_iter()
-                .map(|i| i.and_then(|i| prepare(&caller, i)))
-                .collect();
-            let out = answer(
-                prepared,
-                |good: &[Prepared]| {
-                    let inputs: Vec<FieldInput<'_>> = good
-                        .iter()
-                        .map(|p| FieldInput {
-                            value: &p.value,
-                            field: p.field,
-                            context: p.context.clone(),
-                            mask: p.mask,
-                        })
-                        .collect();
-                    a.kms.protect_fields(&key, &inputs)
-                },
-                |p| ProtectedItem {
-                    ciphertext: B64(p.ciphertext),
-                    masked: p.masked,
-                    blind_index: hex(&p.blind_index),
-                },
-            )?;
-            Reply::ok(&out)
-        },
-    )
-    .await
+    let (prepare, run, show) = (prepare, run_protect, show_protected);
+    field_op::<ProtectItem, _, _, _>(app, meta, key, body, Action::Protect, prepare, run, show)
+        .await
 }
 
 /// `POST /v1/keys/{key}/unprotect`.
@@ -180,41 +243,16 @@ pub async fn unprotect(
     Path(key): Path<String>,
     body: RawBody,
 ) -> Response {
-    let a = app.clone();
-    call(
-        &app,
-        &meta,
+    let show = |value| UnprotectedItem { value };
+    field_op(
+        app,
+        meta,
+        key,
+        body,
         Action::Unprotect,
-        Some(key.clone()),
-        Mode::Inline,
-        move |caller| {
-            let parsed = items::<UnprotectItem>(&body)?;
-            a.kms.check_usable(&key, KeyUsage::EncryptDecrypt)?;
-            let prepared = parsed
-                .into_iter()
-                .map(|i| {
-                    i.and_then(|i| {
-                        Ok((
-                            i.ciphertext.0,
-                            field_type(&i.field_type)?,
-                            context(&caller, i.context)?,
-                        ))
-                    })
-                })
-                .collect();
-            let out = answer(
-                prepared,
-                |good: &[(Vec<u8>, FieldType, Context)]| {
-                    let inputs: Vec<(&[u8], FieldType, Context)> = good
-                        .iter()
-                        .map(|(c, t, x)| (c.as_slice(), *t, x.clone()))
-                        .collect();
-                    a.kms.unprotect_fields(&key, &inputs)
-                },
-                |value| UnprotectedItem { value },
-            )?;
-            Reply::ok(&out)
-        },
+        prepare_sealed,
+        run_unprotect,
+        show,
     )
     .await
 }
@@ -226,33 +264,18 @@ pub async fn blind_index(
     Path(key): Path<String>,
     body: RawBody,
 ) -> Response {
-    let a = app.clone();
-    call(
-        &app,
-        &meta,
+    let show = |b: Vec<u8>| BlindIndexAnswer {
+        blind_index: hex(&b),
+    };
+    field_op(
+        app,
+        meta,
+        key,
+        body,
         Action::BlindIndex,
-        Some(key.clone()),
-        Mode::Inline,
-        move |_| {
-            let parsed = items::<BlindIndexItem>(&body)?;
-            a.kms.check_usable(&key, KeyUsage::EncryptDecrypt)?;
-            let prepared = parsed
-                .into_iter()
-                .map(|i| i.and_then(|i| Ok((i.value, field_type(&i.field_type)?))))
-                .collect();
-            let out = answer(
-                prepared,
-                |good: &[(String, FieldType)]| {
-                    let inputs: Vec<(&str, FieldType)> =
-                        good.iter().map(|(v, t)| (v.as_str(), *t)).collect();
-                    a.kms.blind_indexes(&key, &inputs)
-                },
-                |b| BlindIndexAnswer {
-                    blind_index: hex(&b),
-                },
-            )?;
-            Reply::ok(&out)
-        },
+        prepare_search,
+        run_search,
+        show,
     )
     .await
 }
