@@ -167,3 +167,63 @@ def test_each_item_fails_on_its_own_and_nothing_is_echoed(api):
     r = api.session.post(api.base + f"/v1/keys/{rsa}/protect", json={"items": [{"value": "1", "type": "digits"}]},
                          timeout=30)
     assert (r.status_code, r.json()["error"]["code"]) == (400, "IncorrectKeyUsage"), r.text
+
+
+def test_the_cli_protects_and_unprotects_whole_files(server, api, tmp_path):
+    import csv
+    import json
+    import subprocess
+    from conftest import BIN
+    env = dict(os.environ, KEYWARD_ADDR=server["base"], KEYWARD_TOKEN=ROOT)
+    key = api.create("AES_256")["key_id"]
+    people = customers(2500)
+    src = tmp_path / "customers.csv"
+    with open(src, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["n", "phone", "note", "card"])
+        for i, p in enumerate(people):
+            w.writerow([i, p["phone"], f"note, with a comma {i}", p["card"]])
+    out, back = tmp_path / "protected.csv", tmp_path / "back.csv"
+    cols = "phone:phone,card:bank_card"
+    run = lambda *args: subprocess.run([BIN, *args], env=env, capture_output=True, text=True)
+    r = run("protect", key, "--columns", cols, "--in", str(src), "--out", str(out), "--context", "table=c")
+    assert r.returncode == 0, r.stderr
+    assert "2500 rows" in r.stderr
+    with open(out, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["n", "phone", "phone_masked", "phone_bidx", "note", "card", "card_masked", "card_bidx"]
+    assert len(rows) == 2501 and rows[1][2] == people[0]["phone"][:3] + "****" + people[0]["phone"][-4:]
+    text = out.read_text()
+    assert all(p["phone"] not in text and p["card"] not in text for p in people[::50])
+    # The index a search would use is the one in the file.
+    bidx = api.call("POST", f"/v1/keys/{key}/blind-index",
+                    {"items": [{"value": people[1234]["phone"], "type": "phone"}]})["items"][0]["blind_index"]
+    assert rows[1235][3] == bidx
+    r = run("unprotect", key, "--columns", cols, "--in", str(out), "--out", str(back), "--context", "table=c")
+    assert r.returncode == 0, r.stderr
+    with open(back, newline="") as b, open(src, newline="") as s:
+        assert list(csv.reader(b)) == list(csv.reader(s))
+    assert oct(back.stat().st_mode & 0o777) == "0o600", "plaintext is the owner's only"
+
+    # A bad row is named by its line, and nothing is written.
+    bad = tmp_path / "bad.csv"
+    lines = src.read_text().splitlines()
+    lines[1801] = lines[1801].replace(people[1800]["card"], "4111111111111112")
+    bad.write_text("\n".join(lines) + "\n")
+    failed = tmp_path / "failed.csv"
+    r = run("protect", key, "--columns", cols, "--in", str(bad), "--out", str(failed))
+    assert r.returncode != 0 and "line 1802" in r.stderr and "bank_card" in r.stderr, r.stderr
+    assert "4111111111111112" not in r.stderr
+    assert not failed.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".failed.csv")]
+
+    # JSON lines, in and back.
+    src_j, out_j, back_j = tmp_path / "c.jsonl", tmp_path / "p.jsonl", tmp_path / "b.jsonl"
+    src_j.write_text("".join(json.dumps({"email": p["phone"][-4:] + "@example.com", "id": str(i)}) + "\n"
+                             for i, p in enumerate(people[:10])))
+    r = run("protect", key, "--columns", "email:email", "--format", "jsonl", "--in", str(src_j), "--out", str(out_j))
+    assert r.returncode == 0, r.stderr
+    first = json.loads(out_j.read_text().splitlines()[0])
+    assert set(first) == {"email", "email_masked", "email_bidx", "id"} and first["email_masked"].endswith("@example.com")
+    r = run("unprotect", key, "--columns", "email:email", "--format", "jsonl", "--in", str(out_j), "--out", str(back_j))
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(l) for l in back_j.read_text().splitlines()] == [json.loads(l) for l in src_j.read_text().splitlines()]

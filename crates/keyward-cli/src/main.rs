@@ -153,6 +153,13 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         length: usize,
     },
+    /// Protect columns of personal data in a CSV (with a header) or JSON-lines file: each named column is
+    /// replaced by its ciphertext, and `<col>_masked` and `<col>_bidx` are added beside it. Values go through
+    /// the API in batches of 1000; the output appears only if every row succeeded.
+    Protect(FieldFileArgs),
+    /// Reverse `protect`: each named column's ciphertext is replaced by its value, and its `_masked` and
+    /// `_bidx` columns are dropped. The output is readable by its owner only.
+    Unprotect(FieldFileArgs),
     /// ECDH with a peer public key (SPKI DER file).
     Agree {
         /// Key id or alias.
@@ -794,6 +801,28 @@ struct DecryptArgs {
 }
 
 #[derive(Args)]
+struct FieldFileArgs {
+    /// Key id or alias.
+    key: String,
+    /// The columns and their types: NAME:TYPE,... with TYPE one of phone, id_card_cn, bank_card, email, name,
+    /// address, text, digits, alnum.
+    #[arg(long)]
+    columns: String,
+    /// Input file (default stdin).
+    #[arg(long = "in")]
+    input: Option<PathBuf>,
+    /// Output file, written whole or not at all.
+    #[arg(long)]
+    out: PathBuf,
+    /// csv (with a header row) or jsonl.
+    #[arg(long, default_value = "csv", value_parser = ["csv", "jsonl"])]
+    format: String,
+    /// Encryption context of every value, k=v (repeatable).
+    #[arg(long = "context", value_parser = kv)]
+    context: Vec<(String, String)>,
+}
+
+#[derive(Args)]
 struct SignArgs {
     /// Key id or alias.
     key: String,
@@ -992,6 +1021,8 @@ async fn run(cli: Cli) -> Res {
         | Command::VerifyMac { .. }
         | Command::Derive { .. }
         | Command::Agree { .. }
+        | Command::Protect(_)
+        | Command::Unprotect(_)
         | Command::Decapsulate { .. }
         | Command::Csr { .. }
         | Command::Certificate { .. }) => commands::crypto::run(c, &out, command).await?,

@@ -246,6 +246,8 @@ pub(crate) async fn run(c: &Client, out: &Out, command: Command) -> Res {
             let r = c.agree(&key, &der).await.map_err(e)?;
             println!("{}", b64(r.shared_secret.expose()));
         }
+        Command::Protect(a) => field_file(c, a, commands::fields::Direction::Protect).await?,
+        Command::Unprotect(a) => field_file(c, a, commands::fields::Direction::Unprotect).await?,
         Command::Decapsulate {
             key,
             input,
@@ -312,5 +314,26 @@ pub(crate) async fn run(c: &Client, out: &Out, command: Command) -> Res {
         // Commands of other areas are dispatched elsewhere.
         _ => {}
     }
+    Ok(())
+}
+
+async fn field_file(
+    c: &Client,
+    a: FieldFileArgs,
+    direction: commands::fields::Direction,
+) -> Result<(), String> {
+    let cols = commands::fields::columns(&a.columns)?;
+    let rows = commands::fields::run(
+        c,
+        &a.key,
+        direction,
+        &cols,
+        a.input.as_deref(),
+        &a.out,
+        a.format == "jsonl",
+        context(a.context),
+    )
+    .await?;
+    commands::fields::report(rows, &a.out);
     Ok(())
 }

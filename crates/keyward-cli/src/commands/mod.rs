@@ -6,5 +6,6 @@ use super::*;
 pub(crate) mod access;
 pub(crate) mod audit;
 pub(crate) mod crypto;
+pub(crate) mod fields;
 pub(crate) mod keys;
 pub(crate) mod operator;
