@@ -216,6 +216,15 @@ def test_the_cli_protects_and_unprotects_whole_files(server, api, tmp_path):
     assert "4111111111111112" not in r.stderr
     assert not failed.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".failed.csv")]
 
+    # Deterministic mode: a repeated value gets the same ciphertext, so the column can be joined on.
+    twice, det = tmp_path / "twice.csv", tmp_path / "det.csv"
+    twice.write_text("n,phone\n1,13812345678\n2,13812345678\n3,13912345678\n")
+    r = run("protect", key, "--columns", "phone:phone", "--mode", "deterministic", "--in", str(twice), "--out", str(det))
+    assert r.returncode == 0, r.stderr
+    with open(det, newline="") as f:
+        cts = [row[1] for row in list(csv.reader(f))[1:]]
+    assert cts[0] == cts[1] != cts[2]
+
     # JSON lines, in and back.
     src_j, out_j, back_j = tmp_path / "c.jsonl", tmp_path / "p.jsonl", tmp_path / "b.jsonl"
     src_j.write_text("".join(json.dumps({"email": p["phone"][-4:] + "@example.com", "id": str(i)}) + "\n"
@@ -227,3 +236,20 @@ def test_the_cli_protects_and_unprotects_whole_files(server, api, tmp_path):
     r = run("unprotect", key, "--columns", "email:email", "--format", "jsonl", "--in", str(out_j), "--out", str(back_j))
     assert r.returncode == 0, r.stderr
     assert [json.loads(l) for l in back_j.read_text().splitlines()] == [json.loads(l) for l in src_j.read_text().splitlines()]
+
+
+def test_deterministic_mode_gives_equal_ciphertexts_for_equal_values(api):
+    key = api.create("AES_256")["key_id"]
+    items = [{"value": v, "type": "email", "mode": "deterministic", "context": {"table": "users"}}
+             for v in ["a@example.com", "a@example.com", "b@example.com"]]
+    a, again, b = protect(api, key, items)
+    assert a["ciphertext"] == again["ciphertext"] != b["ciphertext"]
+    plain = protect(api, key, [{**items[0], "mode": "encrypt"}, {**items[0], "mode": "encrypt"}])
+    assert plain[0]["ciphertext"] != plain[1]["ciphertext"], "encrypt mode never repeats"
+    opened = api.call("POST", f"/v1/keys/{key}/unprotect", {"items": [
+        {"ciphertext": a["ciphertext"], "type": "email", "context": {"table": "users"}}]})["items"][0]
+    assert opened == {"value": "a@example.com"}
+    # The ordinary decrypt opens it too, with the context the field was bound to.
+    d = api.call("POST", "/v1/decrypt", {"ciphertext": a["ciphertext"],
+                                         "context": {"table": "users", "keyward:field": "email"}})
+    assert base64.b64decode(d["plaintext"]) == b"a@example.com"

@@ -817,6 +817,9 @@ struct FieldFileArgs {
     /// csv (with a header row) or jsonl.
     #[arg(long, default_value = "csv", value_parser = ["csv", "jsonl"])]
     format: String,
+    /// With protect: encrypt (a fresh nonce per value) or deterministic (equal values, equal ciphertexts).
+    #[arg(long, value_parser = ["encrypt", "deterministic"])]
+    mode: Option<String>,
     /// Encryption context of every value, k=v (repeatable).
     #[arg(long = "context", value_parser = kv)]
     context: Vec<(String, String)>,

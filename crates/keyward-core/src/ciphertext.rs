@@ -3,7 +3,8 @@
 //! ```text
 //! offset  size  field
 //! 0       1     format version (0x01)
-//! 1       1     algorithm (1 AES-256-GCM, 2 AES-128-GCM, 3 SM4-GCM, 4 TDES-CBC-HMAC-SHA-256)
+//! 1       1     algorithm (1 AES-256-GCM, 2 AES-128-GCM, 3 SM4-GCM, 4 TDES-CBC-HMAC-SHA-256,
+//!               5 AES-256-SIV: deterministic, under a key derived from an AES key; no nonce)
 //! 2       16    key id (UUID, binary)
 //! 18      4     key version (big-endian u32)
 //! 22      n     nonce (12 bytes for GCM, 8-byte IV for TDES)
@@ -26,6 +27,10 @@ use crate::error::{KmsError, KmsResult};
 pub const FORMAT_V1: u8 = 1;
 /// Length of the authenticated header.
 pub const HEADER_LEN: usize = 22;
+
+/// The algorithm byte of a deterministic (AES-SIV) ciphertext of an AES key: `header ‖ synthetic IV (16) ‖
+/// ciphertext`, the same header and associated data as the key's other ciphertexts.
+pub const DETERMINISTIC: u8 = 5;
 
 /// The algorithm byte of the header.
 pub fn algorithm_id(spec: KeySpec) -> Option<u8> {

@@ -37,7 +37,7 @@ pub use ops::{
     Signed, KEM_DATA_KEY_INFO,
 };
 pub use protect::{
-    valid_blind_index_bits, FieldInput, ProtectedField, DEFAULT_BLIND_INDEX_BITS,
+    valid_blind_index_bits, FieldInput, FieldMode, ProtectedField, DEFAULT_BLIND_INDEX_BITS,
     FIELD_CONTEXT_KEY, MAX_FIELD_ITEMS,
 };
 

@@ -293,6 +293,36 @@ impl Kms {
         self.encrypt_with(&key, plaintext, context, algorithm)
     }
 
+    /// A deterministic ciphertext under the primary version of an AES key: equal plaintexts under one
+    /// version and context give equal ciphertexts (for equality joins), in the self-describing format, so it
+    /// decrypts like any other.
+    pub(crate) fn encrypt_deterministic(
+        &self,
+        key: &CachedKey,
+        plaintext: &[u8],
+        context: &Context,
+    ) -> KmsResult<Encrypted> {
+        let (v, handle) = self.primary(key)?;
+        let mut header = [0u8; HEADER_LEN];
+        Header {
+            algorithm: crate::ciphertext::DETERMINISTIC,
+            key_id: key.id_bytes,
+            version: v.version,
+        }
+        .write_into(&mut header);
+        let mut buf = Vec::new();
+        let aad = associated_data(&header, context, &mut buf);
+        let sealed = self.hsm.encrypt_deterministic(handle, aad, plaintext)?;
+        let mut ciphertext = Vec::with_capacity(HEADER_LEN + sealed.len());
+        ciphertext.extend_from_slice(&header);
+        ciphertext.extend_from_slice(&sealed);
+        Ok(Encrypted {
+            ciphertext,
+            key_id: key.key_id.clone(),
+            version: v.version,
+        })
+    }
+
     pub(crate) fn encrypt_with(
         &self,
         key: &CachedKey,
@@ -383,7 +413,12 @@ impl Kms {
                 k
             }
         };
-        if algorithm_id(key.spec) != Some(header.algorithm) {
+        let deterministic = header.algorithm == crate::ciphertext::DETERMINISTIC
+            && matches!(
+                key.spec,
+                KeySpec::SymmetricDefault | KeySpec::Aes128 | KeySpec::Aes256
+            );
+        if algorithm_id(key.spec) != Some(header.algorithm) && !deterministic {
             return Err(KmsError::invalid_ciphertext());
         }
         let (v, handle) = self.decryptable(&key, header.version, ErrorCode::InvalidCiphertext)?;
@@ -392,7 +427,11 @@ impl Kms {
             .ok_or_else(KmsError::invalid_ciphertext)?;
         let mut buf = Vec::new();
         let aad = associated_data(header_bytes, context, &mut buf);
-        let plaintext = self.hsm.decrypt_symmetric(handle, aad, sealed)?;
+        let plaintext = if deterministic {
+            self.hsm.decrypt_deterministic(handle, aad, sealed)?
+        } else {
+            self.hsm.decrypt_symmetric(handle, aad, sealed)?
+        };
         Ok(Decrypted {
             plaintext,
             key_id: key.key_id.clone(),

@@ -29,9 +29,22 @@ pub const FIELD_CONTEXT_KEY: &str = "keyward:field";
 
 const BLIND_INDEX_SALT: &[u8] = b"keyward:blind-index:v1";
 
+/// How a field's ciphertext is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FieldMode {
+    /// AES-GCM with a fresh nonce: equal values give unrelated ciphertexts.
+    #[default]
+    Encrypt,
+    /// AES-SIV (RFC 5297): equal values under one key version and context give equal ciphertexts, for
+    /// equality joins; that equality is all it reveals, and it reveals it by design.
+    Deterministic,
+}
+
 /// What to protect.
 #[derive(Clone, Debug)]
 pub struct FieldInput<'a> {
+    /// How the ciphertext is made.
+    pub mode: FieldMode,
     /// The value as the application holds it; unprotect gives it back byte for byte.
     pub value: &'a str,
     /// Its type.
@@ -138,7 +151,14 @@ impl Kms {
                     None => fields::mask(i.field, &normal),
                 };
                 let context = bound(&i.context, i.field)?;
-                let enc = self.encrypt_with(&key, i.value.as_bytes(), &context, None)?;
+                let enc = match i.mode {
+                    FieldMode::Encrypt => {
+                        self.encrypt_with(&key, i.value.as_bytes(), &context, None)?
+                    }
+                    FieldMode::Deterministic => {
+                        self.encrypt_deterministic(&key, i.value.as_bytes(), &context)?
+                    }
+                };
                 Ok(ProtectedField {
                     ciphertext: enc.ciphertext,
                     masked,

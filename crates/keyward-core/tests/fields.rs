@@ -11,6 +11,7 @@ use keyward_core::*;
 
 fn item(value: &str, field: FieldType) -> FieldInput<'_> {
     FieldInput {
+        mode: FieldMode::Encrypt,
         value,
         field,
         context: Context::new(),
@@ -188,5 +189,63 @@ fn index_length_masks_and_refusals_follow_the_request_and_the_key() {
     assert_eq!(
         r[0].as_ref().unwrap_err().code(),
         ErrorCode::ValidationError
+    );
+}
+
+#[test]
+fn deterministic_fields_are_equal_for_equal_values_and_open_like_the_others() {
+    let h = harness();
+    let kms = &h.kms;
+    let key = kms
+        .create_key(CreateKey::new(KeySpec::Aes256))
+        .unwrap()
+        .key_id;
+    let det = |value: &str, ctx: &[(&str, &str)]| {
+        let mut i = item(value, FieldType::Email);
+        i.mode = FieldMode::Deterministic;
+        i.context = ctx
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        kms.protect_fields(&key, &[i]).unwrap().remove(0)
+    };
+    let a = det("a@example.com", &[]);
+    if keyward_hsm_soft::FIPS_BUILD {
+        assert_eq!(a.unwrap_err().code(), ErrorCode::IncorrectKeyUsage);
+        return;
+    }
+    let a = a.unwrap();
+    assert_eq!(a.ciphertext, det("a@example.com", &[]).unwrap().ciphertext);
+    assert_ne!(a.ciphertext, det("b@example.com", &[]).unwrap().ciphertext);
+    assert_ne!(
+        a.ciphertext,
+        det("a@example.com", &[("t", "x")]).unwrap().ciphertext
+    );
+    // The exact value comes back, and only as its type; a flipped bit is refused.
+    let open = |ct: &[u8], t| {
+        kms.unprotect_fields(&key, &[(ct, t, Context::new())])
+            .unwrap()
+            .remove(0)
+    };
+    assert_eq!(
+        open(&a.ciphertext, FieldType::Email).unwrap(),
+        "a@example.com"
+    );
+    assert!(open(&a.ciphertext, FieldType::Text).is_err());
+    let mut bad = a.ciphertext.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert_eq!(
+        open(&bad, FieldType::Email).unwrap_err().code(),
+        ErrorCode::InvalidCiphertext
+    );
+    // A new version gives new ciphertexts; the old ones still open.
+    kms.rotate_key(&key).unwrap();
+    let after = det("a@example.com", &[]).unwrap();
+    assert_ne!(after.ciphertext, a.ciphertext);
+    assert_eq!(after.blind_index, a.blind_index);
+    assert_eq!(
+        open(&a.ciphertext, FieldType::Email).unwrap(),
+        "a@example.com"
     );
 }

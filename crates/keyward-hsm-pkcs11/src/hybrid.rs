@@ -340,6 +340,26 @@ impl Hsm for HybridHsm {
         hsm.agree(h, peer_spki_der)
     }
 
+    fn encrypt_deterministic(
+        &self,
+        key: &KeyHandle,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> HsmResult<Vec<u8>> {
+        let (hsm, h) = self.route(key)?;
+        hsm.encrypt_deterministic(h, aad, plaintext)
+    }
+
+    fn decrypt_deterministic(
+        &self,
+        key: &KeyHandle,
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> HsmResult<SecretBytes> {
+        let (hsm, h) = self.route(key)?;
+        hsm.decrypt_deterministic(h, aad, ciphertext)
+    }
+
     fn decapsulate(&self, key: &KeyHandle, ciphertext: &[u8]) -> HsmResult<SecretBytes> {
         let (hsm, h) = self.route(key)?;
         hsm.decapsulate(h, ciphertext)

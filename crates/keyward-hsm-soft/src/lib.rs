@@ -259,6 +259,24 @@ impl Hsm for SoftHsm {
         asym::agree(key(handle)?, peer_spki_der)
     }
 
+    fn encrypt_deterministic(
+        &self,
+        handle: &KeyHandle,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> HsmResult<Vec<u8>> {
+        sym::siv_seal(key(handle)?, aad, plaintext)
+    }
+
+    fn decrypt_deterministic(
+        &self,
+        handle: &KeyHandle,
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> HsmResult<SecretBytes> {
+        sym::siv_open(key(handle)?, aad, ciphertext)
+    }
+
     fn decapsulate(&self, handle: &KeyHandle, ciphertext: &[u8]) -> HsmResult<SecretBytes> {
         match &key(handle)?.kind {
             keys::Kind::MlKem(k) => pq::decapsulate(k, ciphertext),

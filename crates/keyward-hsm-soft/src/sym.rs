@@ -243,3 +243,91 @@ mod tests {
         assert!(KeySpec::Tdes.aead_nonce_len() == Some(TDES_IV_LEN));
     }
 }
+
+/// HKDF salt of the AES-SIV key derived from an AES key for deterministic encryption.
+const SIV_SALT: &[u8] = b"keyward:aes-siv:v1";
+
+/// AES-256-SIV (RFC 5297, CMAC) under a 512-bit key derived from the AES key for this purpose only, so that
+/// the key's own AES-GCM use and its deterministic use never share a key. RustCrypto's aes-siv: outside the
+/// FIPS module, so a FIPS build refuses it.
+fn siv_for(key: &crate::keys::SoftKey) -> HsmResult<aes_siv::siv::Aes256Siv> {
+    use aes_siv::aead::KeyInit;
+    if crate::FIPS_BUILD {
+        return Err(HsmError::IncorrectKeyUsage(
+            "deterministic encryption (AES-SIV) is outside the FIPS 140-3 validated module: refused in FIPS mode",
+        ));
+    }
+    if key.aes_gcm().is_none() {
+        return Err(HsmError::IncorrectKeyUsage(
+            "deterministic encryption needs an AES key",
+        ));
+    }
+    let derived = hkdf_sha256(key.material.expose(), SIV_SALT, b"", 64)?;
+    aes_siv::siv::Aes256Siv::new_from_slice(derived.expose())
+        .map_err(|_| HsmError::Backend("AES-SIV key".into()))
+}
+
+pub(crate) fn siv_seal(
+    key: &crate::keys::SoftKey,
+    aad: &[u8],
+    plaintext: &[u8],
+) -> HsmResult<Vec<u8>> {
+    siv_for(key)?
+        .encrypt([aad], plaintext)
+        .map_err(|_| HsmError::Backend("AES-SIV encryption failed".into()))
+}
+
+pub(crate) fn siv_open(
+    key: &crate::keys::SoftKey,
+    aad: &[u8],
+    ciphertext: &[u8],
+) -> HsmResult<SecretBytes> {
+    let plain = siv_for(key)?
+        .decrypt([aad], ciphertext)
+        .map_err(|_| HsmError::DecryptFailed)?;
+    Ok(SecretBytes::from(zeroize::Zeroizing::new(plain)))
+}
+
+#[cfg(test)]
+mod siv_tests {
+    use aes_siv::aead::KeyInit;
+
+    /// RFC 5297, A.1 (deterministic authenticated encryption): the crate's CMAC-SIV construction, which the
+    /// HSM runs with a 512-bit key.
+    #[test]
+    fn aes_siv_matches_rfc_5297_a1() {
+        let key = hex::decode("fffefdfcfbfaf9f8f7f6f5f4f3f2f1f0f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff")
+            .unwrap();
+        let ad = hex::decode("101112131415161718191a1b1c1d1e1f2021222324252627").unwrap();
+        let pt = hex::decode("112233445566778899aabbccddee").unwrap();
+        let mut siv = aes_siv::siv::Aes128Siv::new_from_slice(&key).unwrap();
+        let out = siv.encrypt([&ad], &pt).unwrap();
+        assert_eq!(
+            hex::encode(&out),
+            "85632d07c6e8f37f950acd320a2ecc9340c02b9690c4dc04daef7f6afe5c"
+        );
+        assert_eq!(siv.decrypt([&ad], &out).unwrap(), pt);
+    }
+
+    #[test]
+    fn deterministic_encryption_is_deterministic_bound_and_authenticated() {
+        let key = crate::keys::SoftKey::generate(keyward_hsm::KeySpec::Aes256).unwrap();
+        if crate::FIPS_BUILD {
+            assert!(super::siv_seal(&key, b"aad", b"value").is_err());
+            return;
+        }
+        let a = super::siv_seal(&key, b"aad", b"value").unwrap();
+        assert_eq!(a, super::siv_seal(&key, b"aad", b"value").unwrap());
+        assert_ne!(a, super::siv_seal(&key, b"aaD", b"value").unwrap());
+        assert_eq!(
+            super::siv_open(&key, b"aad", &a).unwrap().expose(),
+            b"value"
+        );
+        let mut bad = a.clone();
+        bad[20] ^= 1;
+        assert!(super::siv_open(&key, b"aad", &bad).is_err());
+        assert!(super::siv_open(&key, b"other", &a).is_err());
+        let other = crate::keys::SoftKey::generate(keyward_hsm::KeySpec::Aes256).unwrap();
+        assert_ne!(a, super::siv_seal(&other, b"aad", b"value").unwrap());
+    }
+}

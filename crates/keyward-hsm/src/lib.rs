@@ -314,6 +314,32 @@ pub trait Hsm: Send + Sync + 'static {
     /// ECDH with a peer public key (SPKI DER); returns the raw shared secret (the x coordinate).
     fn agree(&self, key: &KeyHandle, peer_spki_der: &[u8]) -> HsmResult<SecretBytes>;
 
+    /// Deterministic authenticated encryption (AES-SIV, RFC 5297) under a key the backend derives from this
+    /// AES key for that purpose only: equal plaintexts under equal associated data give equal ciphertexts
+    /// (`synthetic IV ‖ ciphertext`), which is what equality joins on encrypted columns need and all they
+    /// reveal. A backend without it refuses, naming the spec.
+    fn encrypt_deterministic(
+        &self,
+        key: &KeyHandle,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> HsmResult<Vec<u8>> {
+        let _ = (aad, plaintext);
+        Err(HsmError::UnsupportedSpec(key.spec()))
+    }
+
+    /// Opens what [`Hsm::encrypt_deterministic`] made; any change to it or to the associated data is
+    /// [`HsmError::DecryptFailed`].
+    fn decrypt_deterministic(
+        &self,
+        key: &KeyHandle,
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> HsmResult<SecretBytes> {
+        let _ = (aad, ciphertext);
+        Err(HsmError::UnsupportedSpec(key.spec()))
+    }
+
     /// ML-KEM decapsulation (FIPS 203): the shared secret a ciphertext made against the key's public key
     /// carries. A backend without ML-KEM refuses, naming the spec.
     fn decapsulate(&self, key: &KeyHandle, ciphertext: &[u8]) -> HsmResult<SecretBytes> {

@@ -332,6 +332,7 @@ async fn field_file(
         &a.out,
         a.format == "jsonl",
         context(a.context),
+        a.mode.as_deref(),
     )
     .await?;
     commands::fields::report(rows, &a.out);

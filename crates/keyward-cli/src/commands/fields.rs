@@ -108,6 +108,7 @@ pub async fn run(
     out: &Path,
     jsonl: bool,
     context: Option<keyward_api::Context>,
+    mode: Option<&str>,
 ) -> Result<u64, String> {
     let total = input
         .and_then(|p| std::fs::metadata(p).ok())
@@ -147,7 +148,7 @@ pub async fn run(
             staged.write_all(&w.into_inner().map_err(|e| e.to_string())?)?;
             header_written = true;
         }
-        let done = transform(c, key, direction, cols, &rows, context.as_ref()).await?;
+        let done = transform(c, key, direction, cols, &rows, context.as_ref(), mode).await?;
         staged.write_all(&encode(&done, jsonl)?)?;
         progress.update(rows.len() as u64, (rows.len() * per_row) as u64, bytes_read);
     }
@@ -198,6 +199,7 @@ async fn transform(
     cols: &[(String, String)],
     rows: &[Row],
     context: Option<&keyward_api::Context>,
+    mode: Option<&str>,
 ) -> Result<Vec<Row>, String> {
     let value_of = |row: &Row, col: &str| -> Result<String, String> {
         row.fields
@@ -215,7 +217,7 @@ async fn transform(
                     items.push(ProtectItem {
                         value: value_of(row, col)?,
                         field_type: t.clone(),
-                        mode: None,
+                        mode: mode.map(str::to_string),
                         context: context.cloned(),
                         mask: None,
                     });

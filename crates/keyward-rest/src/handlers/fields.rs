@@ -8,7 +8,9 @@ use keyward_api::{
     ProtectItem, ProtectedItem, UnprotectItem, UnprotectedItem, B64,
 };
 use keyward_core::fields::{FieldType, MaskRule};
-use keyward_core::{FieldInput, KeyUsage, Kms, KmsResult, ProtectedField, MAX_FIELD_ITEMS};
+use keyward_core::{
+    FieldInput, FieldMode, KeyUsage, Kms, KmsResult, ProtectedField, MAX_FIELD_ITEMS,
+};
 use serde::de::DeserializeOwned;
 
 use crate::app::{call, parse, AppState, Caller, Meta, Mode, RawBody, Reply};
@@ -90,6 +92,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// One value to protect, checked where the API's own rules decide (type, mode, mask, policy context).
 struct Prepared {
+    mode: FieldMode,
     value: String,
     field: FieldType,
     context: Context,
@@ -98,27 +101,28 @@ struct Prepared {
 
 fn prepare(caller: &Caller, i: ProtectItem) -> Result<Prepared, ApiError> {
     let field = field_type(&i.field_type)?;
-    match i.mode.as_deref() {
-        None | Some("encrypt") => {}
-        Some("deterministic" | "fpe") => {
-            return Err(ApiError::validation(format!(
-                "mode {} is not offered yet: use encrypt",
-                i.mode.as_deref().unwrap_or_default()
-            )))
+    let mode = match i.mode.as_deref() {
+        None | Some("encrypt") => FieldMode::Encrypt,
+        Some("deterministic") => FieldMode::Deterministic,
+        Some("fpe") => {
+            return Err(ApiError::validation(
+                "mode fpe is not offered yet: use encrypt or deterministic",
+            ))
         }
         Some(other) => {
             return Err(ApiError::validation(format!(
-                "mode {} is not encrypt",
+                "mode {} is not encrypt or deterministic",
                 keyward_core::quoted(other)
             )))
         }
-    }
+    };
     let mask = i.mask.map(|m: MaskRequest| MaskRule {
         keep_first: m.keep_first.unwrap_or(0) as usize,
         keep_last: m.keep_last.unwrap_or(0) as usize,
         mask_char: m.mask_char.unwrap_or('*'),
     });
     Ok(Prepared {
+        mode,
         value: i.value,
         field,
         context: context(caller, i.context)?,
@@ -176,6 +180,7 @@ fn run_protect(
     let inputs: Vec<FieldInput<'_>> = good
         .iter()
         .map(|p| FieldInput {
+            mode: p.mode,
             value: &p.value,
             field: p.field,
             context: p.context.clone(),
