@@ -18,12 +18,7 @@ ROUNDS=${ROUNDS:-5}
 source benches/common.sh
 trap stop_servers EXIT
 
-S=$(port)
-printf 'rate_limit_per_second = 0\n' > "$TMP/audited.toml"
-KEYWARD_DEV_ROOT_TOKEN=$TOKEN "$BIN" serve --dev --config "$TMP/audited.toml" --data-dir "$TMP/s" --listen "127.0.0.1:$S" >/dev/null 2>&1 & pids+=($!)
-wait_for_ports $S
-KEY=$(KEYWARD_ADDR="http://127.0.0.1:$S" KEYWARD_TOKEN=$TOKEN "$BIN" --json key create --spec SYMMETRIC_DEFAULT \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["key_id"])')
+serve_audited SYMMETRIC_DEFAULT
 
 line() { KEYWARD_TOKEN=$TOKEN "$BIN" bench --addr "http://127.0.0.1:$S" --key "$KEY" --duration "$DURATION" --warmup 1 --concurrency "$CONCURRENCY" "$@"; }
 rest() { echo "R $(line --op encrypt)" | tee -a "$TMP/lines"; }

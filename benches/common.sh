@@ -31,3 +31,14 @@ for port in map(int, sys.argv[1:]):
         time.sleep(0.1)
 END
 }
+
+# Starts one dev-mode server with the durable audit log and rate limiting off on a free port, waits for it,
+# and sets S (its port) and KEY (a new key of spec $1).
+serve_audited() {
+  S=$(port)
+  printf 'rate_limit_per_second = 0\n' > "$TMP/audited.toml"
+  KEYWARD_DEV_ROOT_TOKEN=$TOKEN "$BIN" serve --dev --config "$TMP/audited.toml" --data-dir "$TMP/s" --listen "127.0.0.1:$S" >/dev/null 2>&1 & pids+=($!)
+  wait_for_ports "$S"
+  KEY=$(KEYWARD_ADDR="http://127.0.0.1:$S" KEYWARD_TOKEN=$TOKEN "$BIN" --json key create --spec "$1" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["key_id"])')
+}

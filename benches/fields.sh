@@ -20,12 +20,8 @@ ROWS=${ROWS:-1000000}
 source benches/common.sh
 trap stop_servers EXIT
 
-S=$(port)
-printf 'rate_limit_per_second = 0\n' > "$TMP/audited.toml"
-KEYWARD_DEV_ROOT_TOKEN=$TOKEN "$BIN" serve --dev --config "$TMP/audited.toml" --data-dir "$TMP/s" --listen "127.0.0.1:$S" >/dev/null 2>&1 & pids+=($!)
-wait_for_ports $S
+serve_audited AES_256
 export KEYWARD_ADDR="http://127.0.0.1:$S" KEYWARD_TOKEN=$TOKEN
-KEY=$("$BIN" --json key create --spec AES_256 | python3 -c 'import json,sys; print(json.load(sys.stdin)["key_id"])')
 
 line() { "$BIN" bench --key "$KEY" --duration "$DURATION" --warmup 1 --concurrency "$CONCURRENCY" "$@"; }
 echo "# $(nproc) cores, $CONCURRENCY connections, ${DURATION}s per line, $ROUNDS rounds, $(date -u +%FT%TZ)"
