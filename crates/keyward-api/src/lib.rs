@@ -880,7 +880,7 @@ pub struct MaskRequest {
 }
 
 /// One value to protect.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProtectItem {
     /// The value.
@@ -925,14 +925,14 @@ pub struct UnprotectItem {
 }
 
 /// An opened field.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UnprotectedItem {
     /// The value as it was protected.
     pub value: String,
 }
 
 /// One value to compute the search hash of.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlindIndexItem {
     /// The value.
@@ -1135,5 +1135,55 @@ pub fn page_limit(limit: Option<usize>) -> Result<usize, &'static str> {
         None => Ok(100),
         Some(n) if (1..=1000).contains(&n) => Ok(n),
         Some(_) => Err("limit must be 1 to 1000"),
+    }
+}
+
+/// Field values are personal data: a debug print names the type and never the value.
+macro_rules! redacted_field_debug {
+    ($($t:ty => |$s:ident| $ty:expr),+ $(,)?) => {
+        $(impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let $s = self;
+                f.debug_struct(stringify!($t))
+                    .field("type", &$ty)
+                    .field("value", &"<redacted>")
+                    .finish_non_exhaustive()
+            }
+        })+
+    };
+}
+
+redacted_field_debug! {
+    ProtectItem => |s| s.field_type.as_str(),
+    BlindIndexItem => |s| s.field_type.as_str(),
+    UnprotectedItem => |_s| "-",
+}
+
+#[cfg(test)]
+mod field_debug_tests {
+    #[test]
+    fn field_items_print_their_type_and_never_their_value() {
+        let p = super::ProtectItem {
+            value: "4111111111111111".into(),
+            field_type: "bank_card".into(),
+            mode: None,
+            context: None,
+            mask: None,
+        };
+        let b = super::BlindIndexItem {
+            value: "zhang@example.com".into(),
+            field_type: "email".into(),
+        };
+        let u = super::UnprotectedItem {
+            value: "13812345678".into(),
+        };
+        let shown = format!("{p:?} {b:?} {u:?}");
+        for secret in ["4111111111111111", "zhang@example.com", "13812345678"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(
+            shown.contains("bank_card") && shown.contains("email"),
+            "{shown}"
+        );
     }
 }

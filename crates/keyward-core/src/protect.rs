@@ -40,8 +40,8 @@ pub enum FieldMode {
     Deterministic,
 }
 
-/// What to protect.
-#[derive(Clone, Debug)]
+/// What to protect. Its `Debug` names the type and mode, never the value (personal data).
+#[derive(Clone)]
 pub struct FieldInput<'a> {
     /// How the ciphertext is made.
     pub mode: FieldMode,
@@ -53,6 +53,16 @@ pub struct FieldInput<'a> {
     pub context: Context,
     /// A mask other than the type's usual one.
     pub mask: Option<MaskRule>,
+}
+
+impl std::fmt::Debug for FieldInput<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FieldInput")
+            .field("mode", &self.mode)
+            .field("field", &self.field)
+            .field("value", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 /// One protected value.

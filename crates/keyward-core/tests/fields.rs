@@ -249,3 +249,13 @@ fn deterministic_fields_are_equal_for_equal_values_and_open_like_the_others() {
         "a@example.com"
     );
 }
+
+#[test]
+fn debug_prints_never_show_a_value() {
+    let i = item("13812345678", FieldType::Phone);
+    let shown = format!("{i:?}");
+    assert!(
+        !shown.contains("13812345678") && shown.contains("Phone"),
+        "{shown}"
+    );
+}
