@@ -5,7 +5,8 @@
 #   ROWS=200000 ROUNDS=2 benches/fields.sh
 #
 # One dev-mode server with the durable audit log (rate limiting off). Each request protects 1000 mobile
-# numbers (mode encrypt: ciphertext, mask and blind index each); values/s is requests/s times 1000. The encrypt
+# numbers (mode encrypt: ciphertext, mask and blind index each; then mode fpe), or 1000 card numbers in mode
+# fpe; values/s is requests/s times 1000. The encrypt
 # line of 1 KiB is measured in the same rounds as the reference. Then `keyward protect` streams a generated CSV
 # of ROWS customers (two protected columns) and its peak resident memory is read from /usr/bin/time, on a
 # file a tenth the size too, so that "flat" is a comparison, not an absolute. Goals: 100,000 values/s; the
@@ -28,16 +29,20 @@ echo "# $(nproc) cores, $CONCURRENCY connections, ${DURATION}s per line, $ROUNDS
 for ((i = 0; i < ROUNDS; i++)); do
   echo "E $(line --op encrypt)" | tee -a "$TMP/lines"
   echo "P $(line --op protect)" | tee -a "$TMP/lines"
+  echo "F $(line --op protect-fpe)" | tee -a "$TMP/lines"
+  echo "C $(line --op protect-fpe-card)" | tee -a "$TMP/lines"
 done
 python3 - "$TMP/lines" <<'PY'
 import re, statistics, sys
 rate = lambda l: float(re.search(r"([\d.]+) req/s", l).group(1))
 lines = open(sys.argv[1]).read().splitlines()
 enc = [rate(l) for l in lines if l.startswith("E ")]
-prot = [rate(l) * 1000 for l in lines if l.startswith("P ")]
 print(f"encrypt 1 KiB: median {statistics.median(enc):,.0f} req/s")
-print(f"protect, 1000 phone numbers per request: median {statistics.median(prot):,.0f} values/s "
-      f"({min(prot):,.0f} to {max(prot):,.0f})")
+for tag, what in [("P", "protect, 1000 phone numbers per request"),
+                  ("F", "protect mode fpe, 1000 phone numbers per request"),
+                  ("C", "protect mode fpe, 1000 card numbers per request")]:
+    vals = [rate(l) * 1000 for l in lines if l.startswith(tag + " ")]
+    print(f"{what}: median {statistics.median(vals):,.0f} values/s ({min(vals):,.0f} to {max(vals):,.0f})")
 PY
 
 python3 - "$TMP" "$ROWS" <<'PY'

@@ -888,7 +888,7 @@ pub struct ProtectItem {
     /// `phone`, `id_card_cn`, `bank_card`, `email`, `name`, `address`, `text`, `digits` or `alnum`.
     #[serde(rename = "type")]
     pub field_type: String,
-    /// `encrypt` (the default).
+    /// `encrypt` (the default), `deterministic` or `fpe`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
     /// Encryption context the ciphertext is bound to.
@@ -897,13 +897,18 @@ pub struct ProtectItem {
     /// A mask other than the type's usual one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask: Option<MaskRequest>,
+    /// The FF1 tweak for mode `fpe` (up to 256 bytes); derived from the type and context when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tweak: Option<B64>,
 }
 
 /// A protected value: what to store, what to show, what to search by.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProtectedItem {
-    /// A Keyward ciphertext of the value.
-    pub ciphertext: B64,
+    /// A Keyward ciphertext of the value, base64; in mode `fpe`, the format-preserved value itself.
+    pub ciphertext: String,
+    /// The key version that protected it (mode `fpe` needs it back after a rotation).
+    pub version: u32,
     /// The display form.
     pub masked: String,
     /// The search hash, hex.
@@ -915,13 +920,22 @@ pub struct ProtectedItem {
 #[serde(deny_unknown_fields)]
 pub struct UnprotectItem {
     /// What `protect` returned.
-    pub ciphertext: B64,
+    pub ciphertext: String,
     /// The type it was protected as.
     #[serde(rename = "type")]
     pub field_type: String,
+    /// `fpe` for a format-preserved value; any other mode's ciphertext names itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
     /// The context it was protected with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<Context>,
+    /// The tweak it was protected with (mode `fpe`, when one was given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tweak: Option<B64>,
+    /// The version protect reported (mode `fpe`; the primary version when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
 }
 
 /// An opened field.
@@ -1169,6 +1183,7 @@ mod field_debug_tests {
             mode: None,
             context: None,
             mask: None,
+            tweak: None,
         };
         let b = super::BlindIndexItem {
             value: "zhang@example.com".into(),

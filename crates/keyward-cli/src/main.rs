@@ -817,8 +817,9 @@ struct FieldFileArgs {
     /// csv (with a header row) or jsonl.
     #[arg(long, default_value = "csv", value_parser = ["csv", "jsonl"])]
     format: String,
-    /// With protect: encrypt (a fresh nonce per value) or deterministic (equal values, equal ciphertexts).
-    #[arg(long, value_parser = ["encrypt", "deterministic"])]
+    /// encrypt (a fresh nonce per value), deterministic (equal values, equal ciphertexts) or fpe (FF1: a value
+    /// of the same type and length, with a <col>_kv column for the key version; unprotect needs it too).
+    #[arg(long, value_parser = ["encrypt", "deterministic", "fpe"])]
     mode: Option<String>,
     /// Encryption context of every value, k=v (repeatable).
     #[arg(long = "context", value_parser = kv)]

@@ -37,8 +37,8 @@ pub use ops::{
     Signed, KEM_DATA_KEY_INFO,
 };
 pub use protect::{
-    valid_blind_index_bits, FieldInput, FieldMode, ProtectedField, DEFAULT_BLIND_INDEX_BITS,
-    FIELD_CONTEXT_KEY, MAX_FIELD_ITEMS,
+    valid_blind_index_bits, FieldInput, FieldMode, ProtectedField, SealedField,
+    DEFAULT_BLIND_INDEX_BITS, FIELD_CONTEXT_KEY, MAX_FIELD_ITEMS, MAX_FPE_TWEAK,
 };
 
 pub use keyward_hsm::{

@@ -183,7 +183,7 @@ impl Kms {
     }
 
     /// A version that may decrypt or verify: Enabled or Archived, at or above min_decryption_version.
-    fn decryptable<'a>(
+    pub(crate) fn decryptable<'a>(
         &self,
         key: &'a CachedKey,
         n: u32,

@@ -360,6 +360,41 @@ impl Hsm for HybridHsm {
         hsm.decrypt_deterministic(h, aad, ciphertext)
     }
 
+    fn derived_macs(
+        &self,
+        key: &KeyHandle,
+        label: &[u8],
+        context: &[u8],
+        messages: &[&[u8]],
+    ) -> HsmResult<Vec<Vec<u8>>> {
+        let (hsm, h) = self.route(key)?;
+        hsm.derived_macs(h, label, context, messages)
+    }
+
+    fn fpe_encrypt(
+        &self,
+        key: &KeyHandle,
+        radix: u32,
+        tweak: &[u8],
+        numerals: &[u16],
+        accept: &dyn Fn(&[u16]) -> bool,
+    ) -> HsmResult<Vec<u16>> {
+        let (hsm, h) = self.route(key)?;
+        hsm.fpe_encrypt(h, radix, tweak, numerals, accept)
+    }
+
+    fn fpe_decrypt(
+        &self,
+        key: &KeyHandle,
+        radix: u32,
+        tweak: &[u8],
+        numerals: &[u16],
+        accept: &dyn Fn(&[u16]) -> bool,
+    ) -> HsmResult<Vec<u16>> {
+        let (hsm, h) = self.route(key)?;
+        hsm.fpe_decrypt(h, radix, tweak, numerals, accept)
+    }
+
     fn decapsulate(&self, key: &KeyHandle, ciphertext: &[u8]) -> HsmResult<SecretBytes> {
         let (hsm, h) = self.route(key)?;
         hsm.decapsulate(h, ciphertext)

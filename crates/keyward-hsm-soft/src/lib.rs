@@ -6,6 +6,7 @@
 //! SM4 and TDES.
 
 mod asym;
+mod derived;
 mod keys;
 mod material;
 mod pq;
@@ -275,6 +276,38 @@ impl Hsm for SoftHsm {
         ciphertext: &[u8],
     ) -> HsmResult<SecretBytes> {
         sym::siv_open(key(handle)?, aad, ciphertext)
+    }
+
+    fn derived_macs(
+        &self,
+        handle: &KeyHandle,
+        label: &[u8],
+        context: &[u8],
+        messages: &[&[u8]],
+    ) -> HsmResult<Vec<Vec<u8>>> {
+        derived::derived_macs(key(handle)?, label, context, messages)
+    }
+
+    fn fpe_encrypt(
+        &self,
+        handle: &KeyHandle,
+        radix: u32,
+        tweak: &[u8],
+        numerals: &[u16],
+        accept: &dyn Fn(&[u16]) -> bool,
+    ) -> HsmResult<Vec<u16>> {
+        derived::ff1(key(handle)?, true, radix, tweak, numerals, accept)
+    }
+
+    fn fpe_decrypt(
+        &self,
+        handle: &KeyHandle,
+        radix: u32,
+        tweak: &[u8],
+        numerals: &[u16],
+        accept: &dyn Fn(&[u16]) -> bool,
+    ) -> HsmResult<Vec<u16>> {
+        derived::ff1(key(handle)?, false, radix, tweak, numerals, accept)
     }
 
     fn decapsulate(&self, handle: &KeyHandle, ciphertext: &[u8]) -> HsmResult<SecretBytes> {

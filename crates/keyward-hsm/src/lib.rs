@@ -340,6 +340,68 @@ pub trait Hsm: Send + Sync + 'static {
         Err(HsmError::UnsupportedSpec(key.spec()))
     }
 
+    /// MACs of `messages` under a key derived from this symmetric key for one purpose only (`label` names
+    /// the purpose, `context` binds the derived key to its owner), so that keyed search hashes never share a
+    /// key with the key's own encryption. AES keys: HMAC-SHA-256 under HKDF-SHA-256 (salt `label`, info
+    /// `context`); SM4 keys: HMAC-SM3 under HKDF-SM3, for users whose compliance rules ask for the national
+    /// algorithms end to end. The derived key is made once per call, never leaves the backend in a backend
+    /// that overrides this; the default goes through [`Hsm::derive_hkdf`] and an internal HMAC key.
+    fn derived_macs(
+        &self,
+        key: &KeyHandle,
+        label: &[u8],
+        context: &[u8],
+        messages: &[&[u8]],
+    ) -> HsmResult<Vec<Vec<u8>>> {
+        if !matches!(
+            key.spec(),
+            KeySpec::SymmetricDefault | KeySpec::Aes128 | KeySpec::Aes256
+        ) {
+            return Err(HsmError::UnsupportedSpec(key.spec()));
+        }
+        let derived = self.derive_hkdf(key, label, context, 32)?;
+        let mac_key =
+            self.import_plaintext(KeySpec::Hmac256, &derived, &KeyAttributes::internal())?;
+        let macs = messages
+            .iter()
+            .map(|m| self.mac(&mac_key, MacAlgorithm::HmacSha256, m))
+            .collect();
+        self.destroy(mac_key)?;
+        macs
+    }
+
+    /// Format-preserving encryption (NIST SP 800-38G FF1) of `numerals` (each below `radix`) under a key
+    /// derived from this AES key for that purpose only: the result has as many numerals in the same radix,
+    /// so a value keeps its length and alphabet where a schema cannot change. While `accept` refuses the
+    /// result it is encrypted again (cycle walking), so the output stays in the subset `accept` defines (a
+    /// card number that passes Luhn); [`Hsm::fpe_decrypt`] with the same `accept` inverts it. FF1 carries no
+    /// integrity: a changed input decrypts to another value of the domain. A backend without it refuses,
+    /// naming the spec.
+    fn fpe_encrypt(
+        &self,
+        key: &KeyHandle,
+        radix: u32,
+        tweak: &[u8],
+        numerals: &[u16],
+        accept: &dyn Fn(&[u16]) -> bool,
+    ) -> HsmResult<Vec<u16>> {
+        let _ = (radix, tweak, numerals, accept);
+        Err(HsmError::UnsupportedSpec(key.spec()))
+    }
+
+    /// The inverse of [`Hsm::fpe_encrypt`] under the same key, radix, tweak and `accept`.
+    fn fpe_decrypt(
+        &self,
+        key: &KeyHandle,
+        radix: u32,
+        tweak: &[u8],
+        numerals: &[u16],
+        accept: &dyn Fn(&[u16]) -> bool,
+    ) -> HsmResult<Vec<u16>> {
+        let _ = (radix, tweak, numerals, accept);
+        Err(HsmError::UnsupportedSpec(key.spec()))
+    }
+
     /// ML-KEM decapsulation (FIPS 203): the shared secret a ciphertext made against the key's public key
     /// carries. A backend without ML-KEM refuses, naming the spec.
     fn decapsulate(&self, key: &KeyHandle, ciphertext: &[u8]) -> HsmResult<SecretBytes> {

@@ -7,7 +7,7 @@ use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use keyward_api::{BatchItem, ProtectItem, UnprotectItem, B64};
+use keyward_api::{BatchItem, ProtectItem, UnprotectItem};
 use keyward_client::Client;
 
 use crate::files::{Access, Staged};
@@ -130,6 +130,7 @@ pub async fn run(
     let rows_per_batch = (BATCH / per_row).max(1);
     let mut source = Source::new(reader, jsonl)?;
     let mut header_written = false;
+    let fpe = mode == Some("fpe");
     loop {
         let (rows, bytes_read) = source.next_rows(rows_per_batch)?;
         if rows.is_empty() {
@@ -143,7 +144,7 @@ pub async fn run(
                 }
             }
             let mut w = csv::Writer::from_writer(Vec::new());
-            w.write_record(out_header(names, cols, direction))
+            w.write_record(out_header(names, cols, direction, fpe))
                 .map_err(|e| e.to_string())?;
             staged.write_all(&w.into_inner().map_err(|e| e.to_string())?)?;
             header_written = true;
@@ -156,7 +157,7 @@ pub async fn run(
         // An empty CSV (only its header, or nothing): the header alone.
         if let Some(names) = source.header() {
             let mut w = csv::Writer::from_writer(Vec::new());
-            w.write_record(out_header(names, cols, direction))
+            w.write_record(out_header(names, cols, direction, fpe))
                 .map_err(|e| e.to_string())?;
             staged.write_all(&w.into_inner().map_err(|e| e.to_string())?)?;
         }
@@ -166,23 +167,39 @@ pub async fn run(
     Ok(progress.rows)
 }
 
-fn out_header(names: &[String], cols: &[(String, String)], direction: Direction) -> Vec<String> {
-    let protected: Vec<&str> = cols.iter().map(|(c, _)| c.as_str()).collect();
+/// The columns protect adds beside each protected one: its mask, its blind index, and in mode fpe the key
+/// version (a format-preserved value has no room to name it).
+const DERIVED: [&str; 3] = ["_masked", "_bidx", "_kv"];
+
+/// Whether `name` is a column protect added for one of `cols`.
+fn is_derived(name: &str, cols: &[(String, String)]) -> bool {
+    cols.iter().any(|(c, _)| {
+        name.strip_prefix(c.as_str())
+            .is_some_and(|rest| DERIVED.contains(&rest))
+    })
+}
+
+fn out_header(
+    names: &[String],
+    cols: &[(String, String)],
+    direction: Direction,
+    fpe: bool,
+) -> Vec<String> {
     let mut out = Vec::new();
     for n in names {
         match direction {
             Direction::Protect => {
                 out.push(n.clone());
-                if protected.contains(&n.as_str()) {
+                if cols.iter().any(|(c, _)| c == n) {
                     out.push(format!("{n}_masked"));
                     out.push(format!("{n}_bidx"));
+                    if fpe {
+                        out.push(format!("{n}_kv"));
+                    }
                 }
             }
             Direction::Unprotect => {
-                let derived = protected
-                    .iter()
-                    .any(|p| *n == format!("{p}_masked") || *n == format!("{p}_bidx"));
-                if !derived {
+                if !is_derived(n, cols) {
                     out.push(n.clone());
                 }
             }
@@ -201,6 +218,7 @@ async fn transform(
     context: Option<&keyward_api::Context>,
     mode: Option<&str>,
 ) -> Result<Vec<Row>, String> {
+    let fpe = mode == Some("fpe");
     let value_of = |row: &Row, col: &str| -> Result<String, String> {
         row.fields
             .iter()
@@ -220,20 +238,20 @@ async fn transform(
                         mode: mode.map(str::to_string),
                         context: context.cloned(),
                         mask: None,
+                        tweak: None,
                     });
                 }
             }
             let r = c.protect(key, items).await.map_err(|e| e.to_string())?;
             for item in r.items {
                 answers.push(match item {
-                    BatchItem::Ok(p) => Ok(vec![
-                        base64::Engine::encode(
-                            &base64::engine::general_purpose::STANDARD,
-                            &p.ciphertext.0,
-                        ),
-                        p.masked,
-                        p.blind_index,
-                    ]),
+                    BatchItem::Ok(p) => {
+                        let mut a = vec![p.ciphertext, p.masked, p.blind_index];
+                        if fpe {
+                            a.push(p.version.to_string());
+                        }
+                        Ok(a)
+                    }
                     BatchItem::Err(e) => Err(format!("{}: {}", e.error.code, e.error.message)),
                 });
             }
@@ -242,15 +260,19 @@ async fn transform(
             let mut items = Vec::with_capacity(rows.len() * cols.len());
             for row in rows {
                 for (col, t) in cols {
-                    let ct = base64::Engine::decode(
-                        &base64::engine::general_purpose::STANDARD,
-                        value_of(row, col)?,
-                    )
-                    .map_err(|_| format!("line {}: column {col:?} is not base64", row.line))?;
+                    let version = match value_of(row, &format!("{col}_kv")) {
+                        Ok(v) if fpe => Some(v.parse::<u32>().map_err(|_| {
+                            format!("line {}: column {col:?}_kv is not a key version", row.line)
+                        })?),
+                        _ => None,
+                    };
                     items.push(UnprotectItem {
-                        ciphertext: B64(ct),
+                        ciphertext: value_of(row, col)?,
                         field_type: t.clone(),
+                        mode: mode.map(str::to_string),
                         context: context.cloned(),
+                        tweak: None,
+                        version,
                     });
                 }
             }
@@ -277,21 +299,17 @@ async fn transform(
             let mut fields = Vec::new();
             for (name, value) in &row.fields {
                 match (direction, results.remove(name.as_str())) {
-                    (Direction::Protect, Some(mut a)) => {
-                        let bidx = a.pop().unwrap_or_default();
-                        let masked = a.pop().unwrap_or_default();
-                        let ct = a.pop().unwrap_or_default();
-                        fields.push((name.clone(), ct));
-                        fields.push((format!("{name}_masked"), masked));
-                        fields.push((format!("{name}_bidx"), bidx));
+                    (Direction::Protect, Some(a)) => {
+                        let mut a = a.into_iter();
+                        fields.push((name.clone(), a.next().unwrap_or_default()));
+                        for (suffix, value) in DERIVED.iter().zip(a) {
+                            fields.push((format!("{name}{suffix}"), value));
+                        }
                     }
                     (Direction::Unprotect, Some(mut a)) => {
                         fields.push((name.clone(), a.pop().unwrap_or_default()));
                     }
-                    (Direction::Unprotect, None)
-                        if cols.iter().any(|(c, _)| {
-                            *name == format!("{c}_masked") || *name == format!("{c}_bidx")
-                        }) => {}
+                    (Direction::Unprotect, None) if is_derived(name, cols) => {}
                     (_, None) => fields.push((name.clone(), value.clone())),
                 }
             }

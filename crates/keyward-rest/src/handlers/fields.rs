@@ -9,7 +9,7 @@ use keyward_api::{
 };
 use keyward_core::fields::{FieldType, MaskRule};
 use keyward_core::{
-    FieldInput, FieldMode, KeyUsage, Kms, KmsResult, ProtectedField, MAX_FIELD_ITEMS,
+    FieldInput, FieldMode, KeyUsage, Kms, KmsResult, ProtectedField, SealedField, MAX_FIELD_ITEMS,
 };
 use serde::de::DeserializeOwned;
 
@@ -97,25 +97,37 @@ struct Prepared {
     field: FieldType,
     context: Context,
     mask: Option<MaskRule>,
+    tweak: Option<Vec<u8>>,
+}
+
+fn field_mode(mode: Option<&str>) -> Result<FieldMode, ApiError> {
+    match mode {
+        None | Some("encrypt") => Ok(FieldMode::Encrypt),
+        Some("deterministic") => Ok(FieldMode::Deterministic),
+        Some("fpe") => Ok(FieldMode::Fpe),
+        Some(other) => Err(ApiError::validation(format!(
+            "mode {} is not encrypt, deterministic or fpe",
+            keyward_core::quoted(other)
+        ))),
+    }
+}
+
+/// A tweak is FF1's alone: given with another mode it would be silently ignored, so it is refused.
+fn fpe_tweak(mode: FieldMode, tweak: Option<B64>) -> Result<Option<Vec<u8>>, ApiError> {
+    match tweak {
+        Some(_) if mode != FieldMode::Fpe => {
+            Err(ApiError::validation("tweak is taken by mode fpe only"))
+        }
+        Some(t) if t.0.len() > keyward_core::MAX_FPE_TWEAK => {
+            Err(ApiError::validation("tweak: at most 256 bytes"))
+        }
+        t => Ok(t.map(|t| t.0)),
+    }
 }
 
 fn prepare(caller: &Caller, i: ProtectItem) -> Result<Prepared, ApiError> {
     let field = field_type(&i.field_type)?;
-    let mode = match i.mode.as_deref() {
-        None | Some("encrypt") => FieldMode::Encrypt,
-        Some("deterministic") => FieldMode::Deterministic,
-        Some("fpe") => {
-            return Err(ApiError::validation(
-                "mode fpe is not offered yet: use encrypt or deterministic",
-            ))
-        }
-        Some(other) => {
-            return Err(ApiError::validation(format!(
-                "mode {} is not encrypt or deterministic",
-                keyward_core::quoted(other)
-            )))
-        }
-    };
+    let mode = field_mode(i.mode.as_deref())?;
     let mask = i.mask.map(|m: MaskRequest| MaskRule {
         keep_first: m.keep_first.unwrap_or(0) as usize,
         keep_last: m.keep_last.unwrap_or(0) as usize,
@@ -127,6 +139,7 @@ fn prepare(caller: &Caller, i: ProtectItem) -> Result<Prepared, ApiError> {
         field,
         context: context(caller, i.context)?,
         mask,
+        tweak: fpe_tweak(mode, i.tweak)?,
     })
 }
 
@@ -172,11 +185,12 @@ where
     .await
 }
 
+/// Each answer with whether it is format-preserved text (shown as it is) or a ciphertext (shown in base64).
 fn run_protect(
     kms: &Kms,
     key: &str,
     good: &[Prepared],
-) -> KmsResult<Vec<KmsResult<ProtectedField>>> {
+) -> KmsResult<Vec<KmsResult<(ProtectedField, bool)>>> {
     let inputs: Vec<FieldInput<'_>> = good
         .iter()
         .map(|p| FieldInput {
@@ -185,33 +199,80 @@ fn run_protect(
             field: p.field,
             context: p.context.clone(),
             mask: p.mask,
+            tweak: p.tweak.as_deref(),
         })
         .collect();
-    kms.protect_fields(key, &inputs)
+    Ok(kms
+        .protect_fields(key, &inputs)?
+        .into_iter()
+        .zip(good)
+        .map(|(r, p)| r.map(|f| (f, p.mode == FieldMode::Fpe)))
+        .collect())
 }
 
-fn show_protected(p: ProtectedField) -> ProtectedItem {
+fn show_protected((p, fpe): (ProtectedField, bool)) -> ProtectedItem {
     ProtectedItem {
-        ciphertext: B64(p.ciphertext),
+        ciphertext: if fpe {
+            String::from_utf8(p.ciphertext).unwrap_or_default()
+        } else {
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &p.ciphertext)
+        },
+        version: p.version,
         masked: p.masked,
         blind_index: hex(&p.blind_index),
     }
 }
 
-type Sealed = (Vec<u8>, FieldType, Context);
+/// One field ciphertext to open, decoded: base64 for the self-describing modes, the text itself for fpe.
+struct Sealed {
+    mode: FieldMode,
+    ciphertext: Vec<u8>,
+    field: FieldType,
+    context: Context,
+    tweak: Option<Vec<u8>>,
+    version: Option<u32>,
+}
 
 fn prepare_sealed(caller: &Caller, i: UnprotectItem) -> Result<Sealed, ApiError> {
-    Ok((
-        i.ciphertext.0,
-        field_type(&i.field_type)?,
-        context(caller, i.context)?,
-    ))
+    let mode = match i.mode.as_deref() {
+        Some("fpe") => FieldMode::Fpe,
+        other => {
+            field_mode(other)?;
+            FieldMode::Encrypt
+        }
+    };
+    if i.version.is_some() && mode != FieldMode::Fpe {
+        return Err(ApiError::validation(
+            "version is taken by mode fpe only: other ciphertexts name their version",
+        ));
+    }
+    let ciphertext = if mode == FieldMode::Fpe {
+        i.ciphertext.into_bytes()
+    } else {
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &i.ciphertext)
+            .map_err(|_| ApiError::validation("ciphertext is not base64"))?
+    };
+    Ok(Sealed {
+        mode,
+        ciphertext,
+        field: field_type(&i.field_type)?,
+        context: context(caller, i.context)?,
+        tweak: fpe_tweak(mode, i.tweak)?,
+        version: i.version,
+    })
 }
 
 fn run_unprotect(kms: &Kms, key: &str, good: &[Sealed]) -> KmsResult<Vec<KmsResult<String>>> {
-    let inputs: Vec<(&[u8], FieldType, Context)> = good
+    let inputs: Vec<SealedField<'_>> = good
         .iter()
-        .map(|(c, t, x)| (c.as_slice(), *t, x.clone()))
+        .map(|s| SealedField {
+            mode: s.mode,
+            ciphertext: &s.ciphertext,
+            field: s.field,
+            context: s.context.clone(),
+            tweak: s.tweak.as_deref(),
+            version: s.version,
+        })
         .collect();
     kms.unprotect_fields(key, &inputs)
 }
