@@ -64,11 +64,13 @@ def running_server():
     """A `keyward serve --dev` of its own, with a fresh data directory, stopped on exit."""
     assert os.path.exists(BIN), f"build the binary first: {BIN}"
     data = tempfile.mkdtemp(prefix="keyward-py-")
-    port = free_port()
+    port, vault_port = free_port(), free_port()
     env = dict(os.environ, KEYWARD_DEV_ROOT_TOKEN=ROOT)
+    env.setdefault("KEYWARD_KV_MOUNTS", '["secret", "apps", "mariadb"]')
     log = open(os.path.join(data, "server.log"), "wb")
     proc = subprocess.Popen(
-        [BIN, "serve", "--dev", "--listen", f"127.0.0.1:{port}", "--data-dir", os.path.join(data, "d")],
+        [BIN, "serve", "--dev", "--listen", f"127.0.0.1:{port}", "--vault-listen", f"127.0.0.1:{vault_port}",
+         "--data-dir", os.path.join(data, "d")],
         stdout=log, stderr=log, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30
@@ -82,7 +84,8 @@ def running_server():
         proc.kill()
         raise RuntimeError("keyward did not start")
     try:
-        yield {"base": base, "data": data, "log": os.path.join(data, "server.log"), "port": port, "proc": proc}
+        yield {"base": base, "data": data, "log": os.path.join(data, "server.log"), "port": port, "proc": proc,
+               "vault": f"http://127.0.0.1:{vault_port}"}
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -79,7 +79,7 @@ def run_block(text, server, cwd):
     leftover = re.findall(r"<[a-z][a-z _]*>", text)
     assert not leftover, f"a placeholder the runner cannot fill: {leftover}"
     text = text.replace("http://127.0.0.1:9700", server["base"]).replace(
-        "https://keyward.internal:9700", server["base"])
+        "https://keyward.internal:9700", server["base"]).replace("http://127.0.0.1:8200", server["vault"])
     # The reader's shell alias for the binary; a function here, as scripts do not expand aliases.
     text = "\n".join(l for l in text.split("\n") if not l.startswith("alias keyward="))
     prelude = f'''

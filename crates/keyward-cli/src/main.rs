@@ -357,6 +357,9 @@ struct ServeArgs {
     /// Listen address (default 127.0.0.1:9700, or `listen` in the configuration file).
     #[arg(long, env = "KEYWARD_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Also serve the Vault API (KV version 2, health, token lookup) on this address (`vault_listen`).
+    #[arg(long, env = "KEYWARD_VAULT_LISTEN")]
+    vault_listen: Option<SocketAddr>,
     /// Data directory: the node's own files and the default SQLite store (default ./keyward-data, relative
     /// to the directory the server starts in; the server names it at start).
     #[arg(long, env = "KEYWARD_DATA_DIR")]
@@ -1156,6 +1159,7 @@ async fn serve(a: ServeArgs) -> Res {
             .map(zeroize::Zeroizing::new),
         pkcs11_pin_file: a.pkcs11_pin_file,
         log_format: a.log_format,
+        vault_listen: a.vault_listen,
     };
     let config = keyward_server::Config::load_from(
         a.config.as_deref(),
@@ -1185,6 +1189,9 @@ async fn serve(a: ServeArgs) -> Res {
     let listen = bound.local_addr()?;
     let _ = std::io::stdout().flush();
     tracing::info!("listening on {scheme}://{listen}");
+    if let Some(vault) = bound.vault_addr() {
+        tracing::info!("Vault API listening on {scheme}://{vault}");
+    }
     let stopping = async {
         signal.await;
         tracing::info!("stopping: new connections refused, letting in-flight requests finish");

@@ -20,6 +20,7 @@ mod model;
 mod ops;
 mod protect;
 mod records;
+pub mod secrets;
 mod shamir;
 
 /// The one cache type of the service: keys here, tokens and policies in `keyward-iam`.

@@ -316,6 +316,10 @@ fn resources(kms: &Kms, key_ref: Option<&str>) -> Result<Vec<String>, KmsError> 
     let Some(r) = key_ref else {
         return Ok(Vec::new());
     };
+    if r.starts_with("kv/") {
+        // A secret's resource names itself: there is no key, and no alias, to look up.
+        return Ok(vec![r.to_string()]);
+    }
     let given = match r
         .strip_prefix("alias/")
         .or_else(|| r.strip_prefix("alias:"))

@@ -41,6 +41,9 @@ pub enum Class {
     Audit,
     /// Identities, tokens, policies: admin only.
     Access,
+    /// Secrets kept for other systems (the Vault API's KV): admin by role, anyone else by a policy that
+    /// names the mount and path, so that holding a key role never reads a secret.
+    Secrets,
     /// About the caller itself: anyone authenticated, whatever its roles and policies (a policy that hid
     /// from a caller who it is would protect nothing its credential does not already show).
     Own,
@@ -127,6 +130,11 @@ actions! {
     ListAccessKeys = "kms:ListAccessKeys": Access,
     DeleteAccessKey = "kms:DeleteAccessKey": Access,
     GetCallerIdentity = "kms:GetCallerIdentity": Own,
+    KvRead = "kv:Read": Secrets,
+    KvWrite = "kv:Write": Secrets,
+    KvList = "kv:List": Secrets,
+    KvDelete = "kv:Delete": Secrets,
+    KvListMounts = "kv:ListMounts": Own,
     NoSuchEndpoint = "kms:NoSuchEndpoint": Own,
 }
 
@@ -203,6 +211,7 @@ mod tests {
             GenerateRoot,
             Login,
             GetCallerIdentity,
+            KvListMounts,
             NoSuchEndpoint,
         ];
         let read = [
@@ -302,6 +311,10 @@ mod tests {
             ListPolicies,
             DeletePolicy,
             DestroyKey,
+            KvRead,
+            KvWrite,
+            KvList,
+            KvDelete,
         ] {
             assert!(
                 [Role::KeyAdmin, Role::KeyUser, Role::Auditor]

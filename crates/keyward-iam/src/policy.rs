@@ -129,9 +129,9 @@ pub fn compile(doc: &PolicyDoc) -> Result<Compiled, String> {
         }
         for a in &s.actions {
             let known = Action::ALL.iter().any(|x| Glob::new(a).matches(x.name()));
-            if !a.starts_with("kms:") || !known {
+            if !(a.starts_with("kms:") || a.starts_with("kv:")) || !known {
                 return Err(format!(
-                    "statement {i}: action {} matches no kms: action",
+                    "statement {i}: action {} matches no kms: or kv: action",
                     crate::quoted(a)
                 ));
             }
@@ -213,8 +213,27 @@ pub fn canonical_resource(r: &str) -> Result<String, String> {
             ))
         };
     }
+    if let Some(rest) = r.strip_prefix("kv/") {
+        // kv/<mount>/<path>: a mount name, then a path or pattern of printable characters.
+        let (mount, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let mount_ok = mount == "*"
+            || (!mount.is_empty()
+                && mount.len() <= 64
+                && mount
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'*')));
+        let path_ok = path.len() <= 512 && !path.chars().any(char::is_control);
+        return if mount_ok && path_ok {
+            Ok(r.to_string())
+        } else {
+            Err(format!(
+                "{} is not a secret resource (kv/<mount>/<path>, * allowed)",
+                crate::quoted(r)
+            ))
+        };
+    }
     Err(format!(
-        "resources are key/<id>, alias/<name> or *, not {}",
+        "resources are key/<id>, alias/<name>, kv/<mount>/<path> or *, not {}",
         crate::quoted(r)
     ))
 }
@@ -490,5 +509,39 @@ mod tests {
             assert!(compile(&doc).is_err(), "{bad}");
         }
         assert!(serde_json::from_str::<PolicyDoc>(r#"{"statements": [], "extra": 1}"#).is_err());
+    }
+
+    /// Secrets are resources of their own: `kv:` actions on `kv/<mount>/<path>`, which `kms:*` never
+    /// reaches and which match across slashes.
+    #[test]
+    fn secret_resources_and_actions() {
+        for bad in [
+            r#"{"statements": [{"effect": "allow", "actions": ["kv:Read"], "resources": ["kv/bad mount/x"]}]}"#,
+            r#"{"statements": [{"effect": "allow", "actions": ["kv:Nope"], "resources": ["kv/m/*"]}]}"#,
+            r#"{"statements": [{"effect": "allow", "actions": ["Read"], "resources": ["kv/m/*"]}]}"#,
+        ] {
+            let doc: PolicyDoc = serde_json::from_str(bad).unwrap_or_else(|e| panic!("{e}"));
+            assert!(compile(&doc).is_err(), "{bad}");
+        }
+        let doc: PolicyDoc = serde_json::from_str(
+            r#"{"statements": [
+                {"effect": "allow", "actions": ["kv:Read"], "resources": ["kv/mariadb/*"]},
+                {"effect": "allow", "actions": ["kms:*"], "resources": ["*"]}]}"#,
+        )
+        .unwrap();
+        let p = compile(&doc).unwrap();
+        let ask = |action, r: &str| {
+            let resources = vec![r.to_string()];
+            let req = Request {
+                action,
+                resources: &resources,
+                source_ip: None,
+                mfa: false,
+            };
+            matches!(evaluate([&p], false, &req), Decision::Allow)
+        };
+        assert!(ask(Action::KvRead, "kv/mariadb/keys/1"));
+        assert!(!ask(Action::KvWrite, "kv/mariadb/keys/1"));
+        assert!(!ask(Action::KvRead, "kv/other/1"));
     }
 }

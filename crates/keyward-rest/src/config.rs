@@ -82,6 +82,11 @@ pub struct Config {
     /// The account id in the ARNs the AWS KMS protocol answers with (`arn:aws:kms:REGION:ACCOUNT:key/ID`):
     /// twelve digits, as AWS SDKs expect.
     pub aws_account_id: String,
+    /// A second listener serving the Vault API (`KEYWARD_VAULT_LISTEN`, `--vault-listen`), whose paths
+    /// (`/v1/sys/...`) collide with Keyward's own; off when unset. It takes the same TLS settings.
+    pub vault_listen: Option<SocketAddr>,
+    /// The KV version 2 mounts the Vault API serves (`kv_mounts = ["secret", "mariadb"]`).
+    pub kv_mounts: Vec<String>,
 }
 
 impl Default for Config {
@@ -116,6 +121,8 @@ impl Default for Config {
             pkcs11_pin_file: None,
             log_format: crate::log::LogFormat::Human,
             aws_account_id: "000000000000".into(),
+            vault_listen: None,
+            kv_mounts: vec!["secret".into()],
         }
     }
 }
@@ -149,6 +156,8 @@ pub struct Overrides {
     pub pkcs11_pin_file: Option<PathBuf>,
     /// `--log-format`.
     pub log_format: Option<crate::log::LogFormat>,
+    /// `--vault-listen`.
+    pub vault_listen: Option<SocketAddr>,
 }
 
 /// Every setting's name as the file spells it, read from the struct's own definition (what serde's derive
@@ -311,6 +320,9 @@ impl Config {
         if let Some(f) = o.log_format {
             c.log_format = f;
         }
+        if o.vault_listen.is_some() {
+            c.vault_listen = o.vault_listen;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -361,6 +373,24 @@ impl Config {
         }
         if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
             return Err("tls_client_ca needs tls_cert and tls_key".into());
+        }
+        for m in &self.kv_mounts {
+            if !keyward_core::secrets::valid_mount(m) || matches!(m.as_str(), "sys" | "auth") {
+                return Err(format!(
+                    "kv_mounts: {} is not a mount name (letters, digits, - _ ., at most 64; not sys or auth)",
+                    keyward_core::quoted(m)
+                ));
+            }
+        }
+        if let Some(v) = self.vault_listen {
+            if v == self.listen && v.port() != 0 {
+                return Err("vault_listen must differ from listen".into());
+            }
+            if self.tls_cert.is_none() && !v.ip().is_loopback() && !self.insecure_http {
+                return Err(format!(
+                    "refusing plain HTTP for the Vault API on {v}: configure tls_cert/tls_key, or pass --insecure-http"
+                ));
+            }
         }
         if self.tls_cert.is_none() && !self.listen.ip().is_loopback() && !self.insecure_http {
             return Err(format!(

@@ -445,11 +445,13 @@ async fn background(app: AppState) {
     }
 }
 
-/// The listening socket and the TLS configuration, both ready before the service says it listens.
+/// The listening sockets and the TLS configuration, all ready before the service says it listens.
 pub struct Bound {
     listener: tokio::net::TcpListener,
     tls: Option<tls::Tls>,
     hangups: tls::Hangups,
+    /// The Vault API's listener (`vault_listen`), with TLS of its own loaded from the same files.
+    vault: Option<(tokio::net::TcpListener, Option<tls::Tls>, tls::Hangups)>,
 }
 
 impl Bound {
@@ -457,29 +459,52 @@ impl Bound {
     pub fn local_addr(&self) -> Result<SocketAddr, String> {
         self.listener.local_addr().map_err(|e| e.to_string())
     }
+
+    /// The Vault API's address, when it is served.
+    pub fn vault_addr(&self) -> Option<SocketAddr> {
+        self.vault
+            .as_ref()
+            .and_then(|(l, _, _)| l.local_addr().ok())
+    }
 }
 
-/// Loads the TLS certificate and takes the configured address before anything says the service is
-/// listening, so that the announcement is true: an unreadable certificate or a port already in use is
-/// reported instead, and the process ends.
-pub async fn bind(app: &AppState) -> Result<Bound, String> {
-    let tls = match (&app.config.tls_cert, &app.config.tls_key) {
+fn load_tls(app: &AppState) -> Result<Option<tls::Tls>, String> {
+    Ok(match (&app.config.tls_cert, &app.config.tls_key) {
         (Some(cert), Some(key)) => Some(tls::Tls::load(tls::TlsFiles {
             cert: cert.clone(),
             key: key.clone(),
             client_ca: app.config.tls_client_ca.clone(),
         })?),
         _ => None,
-    };
+    })
+}
+
+/// Loads the TLS certificate and takes the configured address before anything says the service is
+/// listening, so that the announcement is true: an unreadable certificate or a port already in use is
+/// reported instead, and the process ends.
+pub async fn bind(app: &AppState) -> Result<Bound, String> {
+    let tls = load_tls(app)?;
     // Installed before the port is taken, so that no SIGHUP from then on ends the service.
     let hangups = tls::hangups();
     let listener = tokio::net::TcpListener::bind(app.config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", app.config.listen))?;
+    let vault = match app.config.vault_listen {
+        Some(addr) => {
+            let tls = load_tls(app)?;
+            let hangups = tls::hangups();
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (vault_listen): {e}"))?;
+            Some((l, tls, hangups))
+        }
+        None => None,
+    };
     Ok(Bound {
         listener,
         tls,
         hangups,
+        vault,
     })
 }
 
@@ -494,26 +519,53 @@ pub async fn serve(
         listener,
         tls,
         hangups,
+        vault,
     } = bound;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let bg = tokio::spawn(background(app.clone()));
-    let options = tls::Options {
-        tls,
-        hangups,
-        app: app.clone(),
-        idle: Duration::from_secs(app.config.idle_timeout_seconds),
-        // Requests in flight finish within their own timeout; shutdown waits that long and a little more.
-        grace: Duration::from_secs(app.config.request_timeout_seconds.saturating_add(5)),
-        proxies: app.config.proxies()?,
+    let options = |tls, hangups| -> Result<tls::Options, String> {
+        Ok(tls::Options {
+            tls,
+            hangups,
+            app: app.clone(),
+            idle: Duration::from_secs(app.config.idle_timeout_seconds),
+            // Requests in flight finish within their own timeout; shutdown waits that long and a little more.
+            grace: Duration::from_secs(app.config.request_timeout_seconds.saturating_add(5)),
+            proxies: app.config.proxies()?,
+        })
+    };
+    // One shutdown for every listener: each stops accepting when it resolves.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let vault_served = match vault {
+        Some((l, tls, hangups)) => Some(tokio::spawn(tls::serve(
+            l,
+            options(tls, hangups)?,
+            keyward_vault::router(app.clone()),
+            until(stopped.clone()),
+        ))),
+        None => None,
     };
     let doors = keyward_aws::routes();
-    let result = tls::serve(
+    let mut result = tls::serve(
         listener,
-        options,
+        options(tls, hangups)?,
         app::router_with(app.clone(), doors),
-        shutdown,
+        until(stopped),
     )
     .await;
+    if let Some(v) = vault_served {
+        let v = v
+            .await
+            .unwrap_or_else(|_| Err("the Vault listener failed".into()));
+        result = result.and(v);
+    }
     bg.abort();
     seal_on_shutdown(&app).await;
     result.map(|_| addr)

@@ -332,6 +332,15 @@ pub fn router_with(app: AppState, doors: Router<AppState>) -> Router {
         .with_state(app)
 }
 
+/// A front end served on a listener of its own (the Vault API), with the API's middleware (request id,
+/// time limit, body checks) and state.
+pub fn door(app: AppState, routes: Router<AppState>) -> Router {
+    routes
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(app.clone(), context))
+        .with_state(app)
+}
+
 /// Percent-encodes a URI component.
 pub fn percent(s: &str) -> String {
     s.bytes()

@@ -43,6 +43,24 @@ impl Reply {
         })
     }
 
+    /// A body already encoded as JSON, for a door that builds its answer without a tree (a secret's value
+    /// spliced in as stored).
+    pub fn raw(status: StatusCode, body: Vec<u8>) -> Reply {
+        Reply {
+            status,
+            body,
+            key_id: None,
+            version: None,
+            created: None,
+        }
+    }
+
+    /// Names the version of what the request concerns (a secret's) for the audit record.
+    pub fn version(mut self, version: u32) -> Reply {
+        self.version = Some(version);
+        self
+    }
+
     /// `204 No Content`.
     pub fn empty() -> Reply {
         Reply {
@@ -271,9 +289,10 @@ where
         Err(_) => None,
     };
     // A change recorded ahead needs no second record once done, unless it is a multi-step operation, whose
-    // end is recorded too.
+    // end is recorded too, or a secret's write, whose version is known only once it is made.
+    let versioned = action.class() == Class::Secrets && version.is_some();
     let durable = if !app.config.audit
-        || (written_ahead && result.is_ok() && created.is_none() && !tracked)
+        || (written_ahead && result.is_ok() && created.is_none() && !tracked && !versioned)
     {
         Ok(0)
     } else {
@@ -332,13 +351,17 @@ async fn recorded_key<N>(
 where
     N: FnOnce() -> Option<String> + Send + 'static,
 {
-    let named = |key_ref: Option<String>| key_ref.map(|r| app.kms.key_id_of(&r).unwrap_or(r));
+    let named = |key_ref: Option<String>| {
+        key_ref
+            .filter(|r| names_key(r))
+            .map(|r| app.kms.key_id_of(&r).unwrap_or(r))
+    };
     match result {
         Ok(r) if r.key_id.is_some() => (r.key_id.clone(), r.version),
         Ok(r) => (named(key_ref).or(noted_key), r.version),
         // An unauthenticated or throttled caller gets no lookup (which may read the store) on its behalf.
         Err(e) if matches!(e.code(), ErrorCode::Unauthenticated | ErrorCode::Throttled) => {
-            (key_ref, None)
+            (key_ref.filter(|r| names_key(r)), None)
         }
         Err(_) => {
             // A caller refused by authorization is known: its attempt names the key too.
@@ -349,6 +372,12 @@ where
             (named(key_ref).or(noted_key), None)
         }
     }
+}
+
+/// Whether a reference authorization matched is a key's: a secret's (`kv/<mount>/<path>`) is a resource
+/// of its own, which its records name as their resource, never as a key.
+fn names_key(r: &str) -> bool {
+    !r.starts_with("kv/")
 }
 
 /// Names the keys a request reached beside its own: a re-encryption's sources, the key a decapsulated data key
@@ -408,6 +437,7 @@ async fn write_ahead(
         }
     }
     let key_id = key_ref
+        .filter(|r| names_key(r))
         .map(|r| app.kms.key_id_of(r).unwrap_or_else(|_| r.to_string()))
         .or_else(|| noted_key.clone());
     let intent = event(
@@ -449,6 +479,7 @@ fn mutates(action: Action) -> bool {
                 | Action::ListTokens
                 | Action::GetMetrics
         ),
+        Class::Secrets => matches!(action, Action::KvWrite | Action::KvDelete),
         Class::Public | Class::Read | Class::Use | Class::Audit | Class::Own => false,
     }
 }
