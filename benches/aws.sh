@@ -31,16 +31,4 @@ for ((i = 0; i < ROUNDS; i++)); do
   rest
 done
 
-python3 - "$TMP/lines" <<'PY'
-import re, statistics, sys
-lines = [l for l in open(sys.argv[1]) if "req/s" in l]
-rate = lambda l: float(re.search(r"(\d+) req/s", l).group(1))
-p99 = lambda l: float(re.search(r"p99 ([\d.]+) ms", l).group(1))
-ratios = [rate(lines[i]) / ((rate(lines[i - 1]) + rate(lines[i + 1])) / 2)
-          for i in range(1, len(lines) - 1) if lines[i][0] == "A"]
-errors = sum(int(re.search(r"errors=(\d+)", l).group(1)) for l in lines)
-print("# aws/rest per round: " + ", ".join(f"{r:.3f}" for r in ratios))
-print(f"# median aws/rest {statistics.median(ratios):.3f} (goal 0.85); median p99 rest "
-      f"{statistics.median(p99(l) for l in lines if l[0] == 'R'):.2f} ms, aws "
-      f"{statistics.median(p99(l) for l in lines if l[0] == 'A'):.2f} ms; errors {errors}")
-PY
+alternation_report A aws 0.85

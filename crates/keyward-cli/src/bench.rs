@@ -22,7 +22,8 @@ pub struct BenchArgs {
     #[arg(long, env = "KEYWARD_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// encrypt | decrypt | sign | data-key | protect (1000 phone numbers per request) | protect-fpe (the same in
-    /// mode fpe) | protect-fpe-card (1000 16-digit card numbers in mode fpe) | aws-encrypt (the AWS KMS protocol's Encrypt, each request signed
+    /// mode fpe) | protect-fpe-card (1000 16-digit card numbers in mode fpe) | vault-encrypt (Vault's transit
+    /// encrypt on `--vault-addr`, with a transit key made for the run) | aws-encrypt (the AWS KMS protocol's Encrypt, each request signed
     /// with Signature Version 4 by an access key made for the run) | floor.
     #[arg(long, default_value = "encrypt")]
     op: String,
@@ -48,6 +49,9 @@ pub struct BenchArgs {
     /// than a bare GET, so that the floor carries the same load as the line it is compared with.
     #[arg(long, value_name = "OP")]
     like: Option<String>,
+    /// With `--op vault-encrypt`: the address of the Vault API listener (`vault_listen`).
+    #[arg(long)]
+    vault_addr: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -201,6 +205,28 @@ async fn prepare(a: &BenchArgs, http: &reqwest::Client) -> Result<Target, String
     } else {
         serde_json::Value::Null
     };
+    if a.op == "vault-encrypt" {
+        // A transit key of the run's own: a Keyward key with the alias transit/<name>.
+        let vault = a
+            .vault_addr
+            .as_deref()
+            .ok_or("--op vault-encrypt needs --vault-addr")?
+            .trim_end_matches('/');
+        let name = format!("bench-{}", std::process::id());
+        post(
+            "/v1/keys".into(),
+            serde_json::json!({"spec": "SYMMETRIC_DEFAULT", "alias": format!("alias/transit/{name}")}),
+        )
+        .await?;
+        return Ok(Target {
+            urls: vec![format!("{vault}/v1/transit/encrypt/{name}")],
+            body: Some(
+                serde_json::to_vec(&serde_json::json!({"plaintext": payload}))
+                    .map_err(|e| e.to_string())?,
+            ),
+            aws: None,
+        });
+    }
     if a.op == "aws-encrypt" {
         // An identity of the run's own that may only use keys, and its access key.
         let name = format!("bench-aws-{}", std::process::id());

@@ -135,6 +135,7 @@ actions! {
     KvList = "kv:List": Secrets,
     KvDelete = "kv:Delete": Secrets,
     KvListMounts = "kv:ListMounts": Own,
+    Hash = "kms:Hash": Own,
     NoSuchEndpoint = "kms:NoSuchEndpoint": Own,
 }
 
@@ -212,6 +213,7 @@ mod tests {
             Login,
             GetCallerIdentity,
             KvListMounts,
+            Hash,
             NoSuchEndpoint,
         ];
         let read = [

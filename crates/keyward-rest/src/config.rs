@@ -87,6 +87,9 @@ pub struct Config {
     pub vault_listen: Option<SocketAddr>,
     /// The KV version 2 mounts the Vault API serves (`kv_mounts = ["secret", "mariadb"]`).
     pub kv_mounts: Vec<String>,
+    /// The mount of the Vault API's transit engine (`""` turns it off). Its keys are Keyward keys with the
+    /// alias `<transit_mount>/<name>`.
+    pub transit_mount: String,
 }
 
 impl Default for Config {
@@ -123,6 +126,7 @@ impl Default for Config {
             aws_account_id: "000000000000".into(),
             vault_listen: None,
             kv_mounts: vec!["secret".into()],
+            transit_mount: "transit".into(),
         }
     }
 }
@@ -381,6 +385,16 @@ impl Config {
                     keyward_core::quoted(m)
                 ));
             }
+        }
+        if !self.transit_mount.is_empty()
+            && (!keyward_core::secrets::valid_mount(&self.transit_mount)
+                || self.kv_mounts.contains(&self.transit_mount)
+                || matches!(self.transit_mount.as_str(), "sys" | "auth"))
+        {
+            return Err(format!(
+                "transit_mount: {} is not a mount name, or is one of kv_mounts",
+                keyward_core::quoted(&self.transit_mount)
+            ));
         }
         if let Some(v) = self.vault_listen {
             if v == self.listen && v.port() != 0 {

@@ -11,6 +11,7 @@
 
 mod kv;
 mod sys;
+mod transit;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -93,6 +94,10 @@ async fn dispatch(
     match first {
         "sys" => sys::route(call, rest).await,
         "auth" if rest == "token/lookup-self" => sys::lookup_self(call).await,
+        mount if !mount.is_empty() && call.app.config.transit_mount == mount => {
+            let mount = mount.to_string();
+            transit::route(call, mount, rest).await
+        }
         mount if call.app.config.kv_mounts.iter().any(|m| m == mount) => {
             let mount = mount.to_string();
             kv::route(call, mount, rest).await
@@ -101,18 +106,31 @@ async fn dispatch(
     }
 }
 
-/// Vault's envelope around a response's `data`.
-pub(crate) fn envelope(request_id: &str, data: serde_json::Value) -> serde_json::Value {
-    serde_json::json!({
-        "request_id": request_id,
-        "lease_id": "",
-        "renewable": false,
-        "lease_duration": 0,
-        "data": data,
-        "wrap_info": null,
-        "warnings": null,
-        "auth": null,
-    })
+/// Vault's envelope around a response's `data`, serialized as it stands (no JSON tree is built for it).
+#[derive(serde::Serialize)]
+pub(crate) struct Envelope<'a, T: serde::Serialize> {
+    request_id: &'a str,
+    lease_id: &'static str,
+    renewable: bool,
+    lease_duration: u32,
+    data: T,
+    wrap_info: Option<()>,
+    warnings: Option<()>,
+    auth: Option<()>,
+}
+
+/// `data` in Vault's envelope.
+pub(crate) fn envelope<T: serde::Serialize>(request_id: &str, data: T) -> Envelope<'_, T> {
+    Envelope {
+        request_id,
+        lease_id: "",
+        renewable: false,
+        lease_duration: 0,
+        data,
+        wrap_info: None,
+        warnings: None,
+        auth: None,
+    }
 }
 
 /// The status Vault answers an error with.
