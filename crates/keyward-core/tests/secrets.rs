@@ -194,3 +194,36 @@ fn values_are_sealed_bound_to_their_place_and_stop_with_the_key() {
         r#"{"data":"44556677"}"#
     );
 }
+
+#[test]
+fn secrets_travel_in_backups_and_open_after_a_restore() {
+    let h = harness();
+    let kms = &h.kms;
+    kms.kv_write("mariadb", "1", br#"{"data":"8899aabb"}"#, None)
+        .unwrap();
+    kms.kv_write("mariadb", "1", br#"{"data":"ccddeeff"}"#, Some(1))
+        .unwrap();
+    let backup = kms.backup().unwrap();
+    assert!(
+        !backup.windows(8).any(|w| w == b"ccddeeff"),
+        "sealed in the backup"
+    );
+    // Disaster: a new machine, an empty database, the shares.
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = common::open_at(&dir.path().join("new.db"), &h.clock);
+    fresh
+        .restore(&backup, Some(&h.shares[1..]), false, &[])
+        .unwrap();
+    assert_eq!(
+        value(&fresh.kv_read("mariadb", "1", None).unwrap()),
+        r#"{"data":"ccddeeff"}"#
+    );
+    assert_eq!(
+        value(&fresh.kv_read("mariadb", "1", Some(1)).unwrap()),
+        r#"{"data":"8899aabb"}"#
+    );
+    assert_eq!(
+        fresh.kv_metadata("mariadb", "1").unwrap().current_version,
+        2
+    );
+}
