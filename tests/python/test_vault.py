@@ -102,10 +102,14 @@ def test_kv_v2_versions_cas_list_delete_undelete_destroy(server, api, vault):
                 assert password.encode() not in fh.read(), f
     key = api.call("GET", "/v1/keys/alias:kv-secret")
     assert key["spec"] == "AES_256" and key["state"] == "Enabled"
+    # The mount's first write made that key, and its record names it.
+    made = api.call("GET", f"/v1/audit?action=kv:Write&key_id={key['key_id']}")["records"]
+    assert made and all(r["resource"].startswith("kv/secret/") for r in made)
     # Every access is on the record with mount, path and version, never the value.
     records = api.call("GET", f"/v1/audit?action=kv:Write&limit=1000")["records"]
     mine = [r for r in records if r.get("resource") == f"kv/secret/{path}"]
-    assert mine and {r.get("version") for r in mine} >= {1, 2} and all("key_id" not in r for r in mine)
+    assert mine and {r.get("version") for r in mine} >= {1, 2}
+    assert all(r.get("key_id") in (None, key["key_id"]) for r in mine)
     reads = api.call("GET", f"/v1/audit?action=kv:Read&limit=1000")["records"]
     assert any(r.get("resource") == f"kv/secret/{path}" for r in reads)
     assert password not in str(records) + str(reads)

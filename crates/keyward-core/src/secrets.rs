@@ -257,12 +257,13 @@ impl Kms {
         raw.map(|r| decode(&r)).transpose()
     }
 
-    /// The mount's key, made (AES-256, alias `kv-<mount>`) on the mount's first write. Two nodes making it
-    /// at once: the second finds the alias taken and uses the first's key.
-    fn mount_key(&self, mount: &str) -> KmsResult<String> {
+    /// The mount's key, made (AES-256, alias `kv-<mount>`) on the mount's first write, and whether this call
+    /// made it (the caller's audit record then names it). Two nodes making it at once: the second finds the
+    /// alias taken and uses the first's key.
+    fn mount_key(&self, mount: &str) -> KmsResult<(String, bool)> {
         let alias = mount_key_alias(mount);
         match self.key_id_of(&alias) {
-            Ok(id) => return Ok(id),
+            Ok(id) => return Ok((id, false)),
             Err(e) if e.code() != ErrorCode::NotFound => return Err(e),
             Err(_) => {}
         }
@@ -270,23 +271,24 @@ impl Kms {
         req.alias = Some(alias.clone());
         req.description = format!("values of the secrets of mount {mount}");
         match self.create_key(req) {
-            Ok(k) => Ok(k.key_id),
-            Err(e) if e.code() == ErrorCode::AlreadyExists => self.key_id_of(&alias),
+            Ok(k) => Ok((k.key_id, true)),
+            Err(e) if e.code() == ErrorCode::AlreadyExists => Ok((self.key_id_of(&alias)?, false)),
             Err(e) => Err(e),
         }
     }
 
     /// Writes a new version of a secret: `data` is its JSON object, `cas` the version the caller believes
-    /// current (0: the secret must not exist yet). Returns the new version.
+    /// current (0: the secret must not exist yet). Returns the new version, and the id of the mount's key
+    /// when this write made it.
     pub fn kv_write(
         &self,
         mount: &str,
         path: &str,
         data: &[u8],
         cas: Option<u32>,
-    ) -> KmsResult<VersionInfo> {
+    ) -> KmsResult<(VersionInfo, Option<String>)> {
         check_path(path)?;
-        let key = self.mount_key(mount)?;
+        let (key, made) = self.mount_key(mount)?;
         let now = self.clock.now_ms();
         // The version is chosen, then sealed under it, then written only if nobody wrote meanwhile: the
         // transaction re-reads the record and refuses a stale version rather than overwrite.
@@ -339,12 +341,13 @@ impl Kms {
             tx.put_meta(&ns, path, &encode(&s)?)?;
             Ok::<_, KmsError>(())
         })?;
-        Ok(VersionInfo {
+        let info = VersionInfo {
             version,
             created_ms: now,
             deleted_ms: None,
             destroyed: false,
-        })
+        };
+        Ok((info, made.then_some(key)))
     }
 
     /// Reads a version (the current one when `version` is `None`). A deleted or destroyed version is

@@ -21,12 +21,18 @@ fn value(
 fn versions_cas_delete_undelete_destroy() {
     let h = harness();
     let kms = &h.kms;
-    let v1 = kms
+    let (v1, made) = kms
         .kv_write("app", "db/creds", br#"{"password":"one"}"#, None)
         .unwrap();
     assert_eq!(v1.version, 1);
+    // The mount's first write made its key, and says so once.
+    assert_eq!(
+        made.unwrap(),
+        kms.describe_key(&mount_key_alias("app")).unwrap().key_id
+    );
     // Check-and-set: 0 only for a new secret, otherwise the current version.
-    let code = |r: KmsResult<keyward_core::secrets::VersionInfo>| r.unwrap_err().code();
+    let code =
+        |r: KmsResult<(keyward_core::secrets::VersionInfo, Option<String>)>| r.unwrap_err().code();
     assert_eq!(
         code(kms.kv_write("app", "db/creds", b"{}", Some(0))),
         ErrorCode::ValidationError
@@ -35,10 +41,11 @@ fn versions_cas_delete_undelete_destroy() {
         code(kms.kv_write("app", "db/creds", b"{}", Some(2))),
         ErrorCode::ValidationError
     );
-    let v2 = kms
+    let (v2, made) = kms
         .kv_write("app", "db/creds", br#"{"password":"two"}"#, Some(1))
         .unwrap();
     assert_eq!(v2.version, 2);
+    assert!(made.is_none());
     assert_eq!(
         value(&kms.kv_read("app", "db/creds", None).unwrap()),
         r#"{"password":"two"}"#

@@ -162,8 +162,14 @@ async fn write_data(call: Call, mount: String, path: String) -> Response {
             let value =
                 zeroize::Zeroizing::new(serde_json::to_vec(&req.data).map_err(|_| encoding())?);
             let cas = req.options.and_then(|o| o.cas);
-            let v = kms.kv_write(&m, &p, &value, cas)?;
-            Ok(Reply::ok(&envelope(rid, version_json(&v, None)))?.version(v.version))
+            let (v, made) = kms.kv_write(&m, &p, &value, cas)?;
+            let reply = Reply::ok(&envelope(rid, version_json(&v, None)))?.version(v.version);
+            // The mount's first write makes its key: that write's record names it, so the key's own trail
+            // (`?key_id=`) begins with the request that brought it into being.
+            Ok(match made {
+                Some(key_id) => reply.key(key_id, Some(v.version)),
+                None => reply,
+            })
         },
     )
     .await
