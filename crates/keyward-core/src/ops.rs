@@ -708,6 +708,12 @@ impl Kms {
         Ok(out)
     }
 
+    /// A key's spec from the key cache, for a front end that picks an algorithm by it (Vault's transit
+    /// signs with the hash of an ECDSA key's curve) without reading the store on every request.
+    pub fn key_spec(&self, key_ref: &str) -> KmsResult<KeySpec> {
+        Ok(self.load(&self.resolve(key_ref)?)?.spec)
+    }
+
     /// The public key of the primary version.
     pub fn public_key(&self, key_ref: &str) -> KmsResult<PublicKey> {
         let key = self.load(&self.resolve(key_ref)?)?;

@@ -149,6 +149,8 @@ pub struct SecretRead {
     pub data: SecretBytes,
     /// The version read.
     pub info: VersionInfo,
+    /// The secret's labels (never secret), read in the same lookup.
+    pub custom_metadata: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for SecretRead {
@@ -376,6 +378,7 @@ impl Kms {
         Ok(Ok(SecretRead {
             data: opened.plaintext,
             info,
+            custom_metadata: s.custom_metadata,
         }))
     }
 

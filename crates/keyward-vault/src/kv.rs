@@ -96,10 +96,11 @@ async fn read(call: Call, mount: String, path: String) -> Response {
     let m = mount.clone();
     let p = path.clone();
     run(call, Action::KvRead, &mount, &path, move |kms, _, rid| {
-        let meta = kms.kv_metadata(&m, &p).ok();
-        let custom = meta.as_ref().map(|x| &x.custom_metadata);
+        let labels = |c: &BTreeMap<String, String>| (!c.is_empty()).then_some(c.clone());
         match kms.kv_read(&m, &p, version)? {
             Ok(read) => {
+                let custom = labels(&read.custom_metadata);
+                let custom = custom.as_ref();
                 let head = serde_json::to_string(&serde_json::json!({
                     "request_id": rid, "lease_id": "", "renewable": false, "lease_duration": 0,
                     "wrap_info": null, "warnings": null, "auth": null,
@@ -120,6 +121,10 @@ async fn read(call: Call, mount: String, path: String) -> Response {
                 Ok(Reply::raw(StatusCode::OK, body).version(read.info.version))
             }
             Err(info) => {
+                // A deleted or destroyed version: rare, so its labels take a second lookup.
+                let meta = kms.kv_metadata(&m, &p).ok();
+                let custom = meta.as_ref().and_then(|x| labels(&x.custom_metadata));
+                let custom = custom.as_ref();
                 let data =
                     serde_json::json!({ "data": null, "metadata": version_json(&info, custom) });
                 Ok(

@@ -1012,7 +1012,7 @@ async fn sign(call: Call, mount: String, name: String, hash: Option<String>) -> 
                     "key_version is not taken: a key signs with its primary version",
                 ));
             }
-            let spec = app.kms.describe_key(&key)?.spec;
+            let spec = app.kms.key_spec(&key)?;
             let s = scheme(spec, &r, hash.as_deref())?;
             let one = |i: &SignItem| -> Result<serde_json::Value, ApiError> {
                 no_context(i)?;
@@ -1099,7 +1099,7 @@ async fn verify(call: Call, mount: String, name: String, hash: Option<String>) -
         Mode::Inline,
         move |app, _, body, rid| {
             let r: SignRequest = parse(body)?;
-            let spec = app.kms.describe_key(&key)?.spec;
+            let spec = app.kms.key_spec(&key)?;
             let is_mac = spec.mac_algorithm().is_some();
             let s = if is_mac {
                 None
