@@ -104,6 +104,15 @@ def test_encrypt_decrypt_rotate_rewrap_trim(server, api, transit):
     with pytest.raises(hvac.exceptions.InvalidPath):
         transit.read_key(key)
     assert api.call("GET", f"/v1/keys/{info['keyward_key_id']}")["state"] == "PendingDeletion"
+    # A ciphertext of one transit key does not open under another.
+    other = name("other")
+    transit.create_key(other)
+    foreign = transit.encrypt_data(other, plaintext=b64(b"x"))["data"]["ciphertext"]
+    third = name("third")
+    transit.create_key(third)
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        transit.decrypt_data(third, ciphertext=foreign)
+    assert base64.b64decode(transit.decrypt_data(other, ciphertext=foreign)["data"]["plaintext"]) == b"x"
     # Types not offered are refused by name.
     with pytest.raises(hvac.exceptions.InvalidRequest) as e:
         transit.create_key(name("x"), key_type="chacha20-poly1305")
@@ -186,6 +195,9 @@ def test_hmac_random_hash_and_policies(server, api, transit):
     assert mac.startswith("vault:v1:") and len(base64.b64decode(mac.split(":", 2)[2])) == 32
     assert transit.verify_signed_data(k, hash_input=b64(b"payload"), hmac=mac)["data"]["valid"] is True
     assert transit.verify_signed_data(k, hash_input=b64(b"tampered"), hmac=mac)["data"]["valid"] is False
+    # Checking a MAC is kms:VerifyMac here as in the REST API.
+    verified = api.call("GET", "/v1/audit?action=kms:VerifyMac&limit=1000")["records"]
+    assert any(r.get("key_id") == transit.read_key(k)["data"]["keyward_key_id"] for r in verified)
     rnd = transit.generate_random_bytes(n_bytes=48)["data"]["random_bytes"]
     assert len(base64.b64decode(rnd)) == 48
     s = transit.hash_data(b64(b"abc"), algorithm="sha2-256")["data"]["sum"]

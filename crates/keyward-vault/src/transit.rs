@@ -1091,7 +1091,13 @@ fn batch_or_one(
 /// `POST <mount>/verify/<name>`: a signature, or with `hmac` a MAC.
 async fn verify(call: Call, mount: String, name: String, hash: Option<String>) -> Response {
     let key = alias(&mount, &name);
-    let action = Action::Verify;
+    // One path verifies signatures and MACs; the action is the REST API's for what the key does, so that a
+    // policy granting `kms:VerifyMac` (and not `kms:Verify`) governs MAC checks here as it does there. A key
+    // that cannot be looked up falls to `kms:Verify`, and the pipeline answers for it.
+    let action = match call.app.kms.key_spec(&key) {
+        Ok(spec) if spec.mac_algorithm().is_some() => Action::VerifyMac,
+        _ => Action::Verify,
+    };
     run(
         call,
         action,
