@@ -60,7 +60,7 @@ def run_measured(args, env):
 
 
 @contextlib.contextmanager
-def running_server():
+def running_server(extra_args=()):
     """A `keyward serve --dev` of its own, with a fresh data directory, stopped on exit."""
     assert os.path.exists(BIN), f"build the binary first: {BIN}"
     data = tempfile.mkdtemp(prefix="keyward-py-")
@@ -70,7 +70,7 @@ def running_server():
     log = open(os.path.join(data, "server.log"), "wb")
     proc = subprocess.Popen(
         [BIN, "serve", "--dev", "--listen", f"127.0.0.1:{port}", "--vault-listen", f"127.0.0.1:{vault_port}",
-         "--data-dir", os.path.join(data, "d")],
+         "--data-dir", os.path.join(data, "d"), *extra_args],
         stdout=log, stderr=log, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30

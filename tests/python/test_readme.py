@@ -27,6 +27,8 @@ NOT_RUN = {
     ("## FIPS mode", 0): "a release build of the whole binary (scripts/test builds and tests the FIPS crates)",
     ("## A PKCS#11 HSM as the root of trust", 0): "needs a PKCS#11 module at a production path (tests/pkcs11 runs SoftHSM2)",
     ("## Several nodes on one PostgreSQL database", 0): "needs three hosts",
+    ("## Sign in with your identity provider", 0): "needs an OIDC provider and a Kubernetes cluster (test_jwt.py runs its own issuer)",
+    ("## Sign in with your identity provider", 1): "needs an Active Directory (test_ldap.py runs its own slapd)",
     ("## Backup and disaster recovery", 0): "restore needs a fresh production node and its shares (covered by the backup tests)",
 }
 

@@ -70,6 +70,10 @@ enum Command {
     /// Create, list, show, change or delete identities.
     #[command(subcommand)]
     Identity(IdentityCmd),
+    /// Sign in through the enterprise's identity provider (a JWT issuer, an LDAP directory), and configure
+    /// which providers are trusted.
+    #[command(subcommand)]
+    Auth(AuthCmd),
     /// Access keys of an identity, for clients of the AWS KMS protocol (AWS SDKs, the AWS CLI).
     #[command(subcommand)]
     AccessKey(AccessKeyCmd),
@@ -626,6 +630,60 @@ enum AliasCmd {
 }
 
 #[derive(Subcommand)]
+enum AuthCmd {
+    /// Exchange a JWT from a trusted issuer (read from --in, or stdin) for a Keyward token.
+    JwtLogin {
+        /// The issuer's name in Keyward.
+        issuer: String,
+        /// The issuer's rule to sign in under (default: the first whose bound claims hold).
+        #[arg(long)]
+        rule: Option<String>,
+        /// A file holding the JWT.
+        #[arg(long = "in")]
+        input: Option<PathBuf>,
+    },
+    /// Sign in with a directory account; the password is read from stdin (asked for without echo at a
+    /// terminal).
+    LdapLogin {
+        /// The account's name in the directory.
+        name: String,
+        /// The current code of the identity's authenticator, when enrolled.
+        #[arg(long)]
+        totp: Option<String>,
+    },
+    /// Create or replace a trusted JWT issuer from a JSON document (a file, or stdin).
+    IssuerPut {
+        /// The issuer's name in Keyward.
+        name: String,
+        /// {"issuer", "jwks_url"?, "jwks"?, "audiences", "algorithms"?, "rules": [...]}.
+        #[arg(long = "in")]
+        input: Option<PathBuf>,
+    },
+    /// Show a trusted JWT issuer.
+    IssuerShow {
+        /// The issuer's name in Keyward.
+        name: String,
+    },
+    /// List the trusted JWT issuers.
+    IssuerList,
+    /// Stop trusting a JWT issuer.
+    IssuerDelete {
+        /// The issuer's name in Keyward.
+        name: String,
+    },
+    /// Set the LDAP directory from a JSON document (a file, or stdin); the server seals its bind_password.
+    LdapPut {
+        /// {"url", "bind_dn", "bind_password", "user_base", "user_filter", "group_base"?, ...}.
+        #[arg(long = "in")]
+        input: Option<PathBuf>,
+    },
+    /// Show the LDAP directory configuration (never its bind password).
+    LdapShow,
+    /// Stop LDAP sign-in.
+    LdapDelete,
+}
+
+#[derive(Subcommand)]
 enum PolicyCmd {
     /// Create or replace a policy from a JSON document (a file, or stdin).
     Put {
@@ -1042,6 +1100,7 @@ async fn run(cli: Cli) -> Res {
         | Command::Token { .. }
         | Command::Revoke { .. }
         | Command::Login { .. }
+        | Command::Auth { .. }
         | Command::Policy { .. }
         | Command::Approval { .. }
         | Command::Mfa { .. }) => commands::access::run(c, &out, command).await?,

@@ -72,6 +72,34 @@ pub struct TokenRecord {
     /// Policies of the identity when the token was issued.
     #[serde(default)]
     pub policies: Vec<String>,
+    /// Roles the sign-in itself granted (an identity provider's groups), held beside the identity's own for
+    /// the token's life: a change of the identity's grants leaves them, the next sign-in maps them afresh.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub login_roles: Vec<String>,
+    /// Policies the sign-in itself granted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub login_policies: Vec<String>,
+    /// How the token was obtained, when not issued by an administrator or a password: `jwt:<issuer>`, `ldap`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+}
+
+/// A sign-in through an identity provider, as [`Auth::mint_federated`] turns it into a token.
+pub struct Federated<'a> {
+    /// The identity signed in (its own grants are the token's too).
+    pub identity: &'a crate::identities::IdentityRecord,
+    /// Roles the provider's claims or groups map to.
+    pub roles: &'a [String],
+    /// Policies the provider's claims or groups map to.
+    pub policies: &'a [String],
+    /// Unix seconds.
+    pub now: i64,
+    /// The token's life in seconds.
+    pub ttl: i64,
+    /// Whether a TOTP code was checked too.
+    pub mfa: bool,
+    /// `jwt:<issuer>` or `ldap`.
+    pub via: &'a str,
 }
 
 /// Token issuing and checking.
@@ -140,6 +168,61 @@ impl Auth {
         self.mint_inner(identity, roles, policies, now, ttl_seconds, None, mfa)
     }
 
+    /// Issues a token for a sign-in through an identity provider: the identity's own grants, and those the
+    /// provider's claims or groups map to for this sign-in.
+    pub fn mint_federated(&self, f: &Federated<'_>) -> KmsResult<(Zeroizing<String>, TokenRecord)> {
+        let (token, mut rec) = self.fresh(f.identity.name.as_str())?;
+        rec.roles = f.identity.roles.clone();
+        rec.policies = f.identity.policies.clone();
+        rec.created_at = f.now;
+        rec.expires_at = Some(f.now + f.ttl);
+        rec.mfa = f.mfa;
+        rec.login_roles = f.roles.to_vec();
+        rec.login_policies = f.policies.to_vec();
+        rec.via = Some(f.via.to_string());
+        self.store_token(&token, &rec)?;
+        Ok((token, rec))
+    }
+
+    /// A new random token and a record naming `identity`, with nothing granted yet.
+    fn fresh(&self, identity: &str) -> KmsResult<(Zeroizing<String>, TokenRecord)> {
+        let mut raw = Zeroizing::new([0u8; 32]);
+        aws_lc_rs::rand::fill(raw.as_mut())
+            .map_err(|_| KmsError::new(ErrorCode::Unavailable, "random generator failed"))?;
+        let mut token = Zeroizing::new(String::with_capacity(46));
+        token.push_str("kw.");
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(raw.as_ref(), &mut token);
+        let mut id_raw = [0u8; 12];
+        aws_lc_rs::rand::fill(&mut id_raw)
+            .map_err(|_| KmsError::new(ErrorCode::Unavailable, "random generator failed"))?;
+        Ok((
+            token,
+            TokenRecord {
+                token_id: format!("tok_{}", hex(&id_raw)),
+                identity: identity.to_string(),
+                roles: Vec::new(),
+                created_at: 0,
+                expires_at: None,
+                mfa: false,
+                policies: Vec::new(),
+                login_roles: Vec::new(),
+                login_policies: Vec::new(),
+                via: None,
+            },
+        ))
+    }
+
+    fn store_token(&self, token: &str, rec: &TokenRecord) -> KmsResult<()> {
+        let hash = hex(&token_hash(token));
+        let json = serde_json::to_vec(rec)
+            .map_err(|_| KmsError::new(ErrorCode::Unavailable, "token encoding"))?;
+        transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            tx.put_meta(TOKENS, &hash, &json)?;
+            tx.put_meta(TOKEN_IDS, &rec.token_id, hash.as_bytes())
+        })?;
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn mint_inner(
         &self,
@@ -151,40 +234,17 @@ impl Auth {
         fixed: Option<&str>,
         mfa: bool,
     ) -> KmsResult<(Zeroizing<String>, TokenRecord)> {
+        let (generated, mut rec) = self.fresh(identity)?;
         let token = match fixed {
             Some(t) => Zeroizing::new(t.to_string()),
-            None => {
-                let mut raw = Zeroizing::new([0u8; 32]);
-                aws_lc_rs::rand::fill(raw.as_mut()).map_err(|_| {
-                    KmsError::new(ErrorCode::Unavailable, "random generator failed")
-                })?;
-                // Written straight into the zeroizing buffer: no intermediate copy of the token.
-                let mut token = Zeroizing::new(String::with_capacity(46));
-                token.push_str("kw.");
-                base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .encode_string(raw.as_ref(), &mut token);
-                token
-            }
+            None => generated,
         };
-        let mut id_raw = [0u8; 12];
-        aws_lc_rs::rand::fill(&mut id_raw)
-            .map_err(|_| KmsError::new(ErrorCode::Unavailable, "random generator failed"))?;
-        let rec = TokenRecord {
-            token_id: format!("tok_{}", hex(&id_raw)),
-            identity: identity.to_string(),
-            roles: roles.iter().map(|r| r.name().to_string()).collect(),
-            created_at: now,
-            expires_at: ttl_seconds.map(|t| now + t),
-            mfa,
-            policies: policies.to_vec(),
-        };
-        let hash = hex(&token_hash(&token));
-        let json = serde_json::to_vec(&rec)
-            .map_err(|_| KmsError::new(ErrorCode::Unavailable, "token encoding"))?;
-        transact(self.store.as_ref(), |tx: &mut dyn Tx| {
-            tx.put_meta(TOKENS, &hash, &json)?;
-            tx.put_meta(TOKEN_IDS, &rec.token_id, hash.as_bytes())
-        })?;
+        rec.roles = roles.iter().map(|r| r.name().to_string()).collect();
+        rec.created_at = now;
+        rec.expires_at = ttl_seconds.map(|t| now + t);
+        rec.mfa = mfa;
+        rec.policies = policies.to_vec();
+        self.store_token(&token, &rec)?;
         Ok((token, rec))
     }
 
@@ -222,15 +282,29 @@ impl Auth {
         .ok_or_else(unauthenticated)?;
         let rec: TokenRecord = serde_json::from_slice(&rec)
             .map_err(|_| KmsError::new(ErrorCode::Unavailable, "store corrupt: token record"))?;
+        let mut roles: Vec<Role> = rec
+            .roles
+            .iter()
+            .chain(&rec.login_roles)
+            .filter_map(|r| Role::parse(r))
+            .collect();
+        roles.sort_by_key(|r| r.name());
+        roles.dedup();
+        let mut policies = rec.policies;
+        for p in rec.login_policies {
+            if !policies.contains(&p) {
+                policies.push(p);
+            }
+        }
         Ok((
             epoch,
             Arc::new(Principal {
                 name: rec.identity,
-                roles: rec.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+                roles,
                 token_id: rec.token_id,
                 expires_at: rec.expires_at,
                 mfa: rec.mfa,
-                policies: rec.policies,
+                policies,
             }),
         ))
     }
@@ -435,5 +509,57 @@ mod tests {
         let (epoch, p) = auth.read_principal(&hash).unwrap();
         auth.keep(hash, p, epoch);
         assert!(auth.cache.contains(&hash));
+    }
+
+    #[test]
+    fn a_sign_in_grants_beside_the_identitys_own_grants_and_reaches_only_its_own_identity() {
+        use crate::identities::Identities;
+        let dir = tempfile::tempdir().unwrap();
+        let auth = auth(dir.path());
+        let ids = Identities::new(auth.store.clone());
+        let rec = ids
+            .federated("alice", "user", "jwt:corp", true, (&[], &[]), 0)
+            .unwrap();
+        assert_eq!(rec.source.as_deref(), Some("jwt:corp"));
+        // Another provider, or the same name in another case, does not reach it; nothing is created unasked.
+        for (name, via, create) in [
+            ("alice", "ldap", true),
+            ("ALICE", "jwt:corp", true),
+            ("bob", "jwt:corp", false),
+        ] {
+            let e = ids
+                .federated(name, "user", via, create, (&[], &[]), 0)
+                .err()
+                .unwrap();
+            assert_eq!(e.code(), ErrorCode::Unauthenticated, "{name} {via}");
+        }
+        assert!(ids.get("bob").unwrap().is_none());
+        let key_user = ["key-user".to_string()];
+        let (token, _) = auth
+            .mint_federated(&Federated {
+                identity: &rec,
+                roles: &key_user,
+                policies: &[],
+                now: 0,
+                ttl: 60,
+                mfa: false,
+                via: "jwt:corp",
+            })
+            .unwrap();
+        assert_eq!(auth.authenticate(&token, 1).unwrap().roles, [Role::KeyUser]);
+        // A grant to the identity adds to the sign-in's; the sign-in's stay for the token's life.
+        ids.regrant("alice", Some(&["auditor".to_string()]), None)
+            .unwrap();
+        auth.forget_identity("alice");
+        let p = auth.authenticate(&token, 1).unwrap();
+        assert!(p.roles.contains(&Role::Auditor) && p.roles.contains(&Role::KeyUser));
+        assert_eq!(
+            auth.authenticate(&token, 60).unwrap_err().code(),
+            ErrorCode::Unauthenticated
+        );
+        // Deleting the identity revokes what it signed in with.
+        ids.delete("alice").unwrap();
+        auth.forget_identity("alice");
+        assert!(auth.authenticate(&token, 1).is_err());
     }
 }

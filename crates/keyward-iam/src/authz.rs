@@ -137,6 +137,15 @@ actions! {
     KvListMounts = "kv:ListMounts": Own,
     Hash = "kms:Hash": Own,
     NoSuchEndpoint = "kms:NoSuchEndpoint": Own,
+    LoginJwt = "kms:LoginJwt": Public,
+    LoginLdap = "kms:LoginLdap": Public,
+    PutJwtIssuer = "kms:PutJwtIssuer": Access,
+    GetJwtIssuer = "kms:GetJwtIssuer": Access,
+    ListJwtIssuers = "kms:ListJwtIssuers": Access,
+    DeleteJwtIssuer = "kms:DeleteJwtIssuer": Access,
+    PutLdapConfig = "kms:PutLdapConfig": Access,
+    GetLdapConfig = "kms:GetLdapConfig": Access,
+    DeleteLdapConfig = "kms:DeleteLdapConfig": Access,
 }
 
 /// A built-in role.
@@ -211,6 +220,8 @@ mod tests {
             Unseal,
             GenerateRoot,
             Login,
+            LoginJwt,
+            LoginLdap,
             GetCallerIdentity,
             KvListMounts,
             Hash,
@@ -317,6 +328,13 @@ mod tests {
             KvWrite,
             KvList,
             KvDelete,
+            PutJwtIssuer,
+            GetJwtIssuer,
+            ListJwtIssuers,
+            DeleteJwtIssuer,
+            PutLdapConfig,
+            GetLdapConfig,
+            DeleteLdapConfig,
         ] {
             assert!(
                 [Role::KeyAdmin, Role::KeyUser, Role::Auditor]

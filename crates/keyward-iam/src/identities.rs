@@ -42,6 +42,10 @@ pub struct IdentityRecord {
     /// A client certificate subject that authenticates as this identity (mutual TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_subject: Option<String>,
+    /// The identity provider this identity signs in through (`jwt:<issuer>`, `ldap`): only that provider's
+    /// sign-ins reach it, so that another issuer, or the directory, naming the same account cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl IdentityRecord {
@@ -257,6 +261,77 @@ impl Identities {
             check_grants(tx, &rec.roles, &rec.policies)?;
             tx.put_meta(IDENTITIES, &rec.name, &encode(&rec)?)?;
             Auth::regrant_in(tx, &rec.name, Some((&rec.roles, &rec.policies)))?;
+            Ok(rec)
+        })
+    }
+
+    /// The identity a sign-in through `source` names: the one bound to that provider, or a new one when
+    /// `create` allows. An identity of another provider, or a local one, is never reached this way. The
+    /// grants the sign-in maps to are checked in the same transaction (a policy deleted since the provider
+    /// was configured refuses the sign-in with 503, rather than issue a token that every request refuses).
+    #[allow(clippy::too_many_arguments)]
+    pub fn federated(
+        &self,
+        name: &str,
+        kind: &str,
+        source: &str,
+        create: bool,
+        grants: (&[String], &[String]),
+        now: i64,
+    ) -> KmsResult<IdentityRecord> {
+        crate::names::check_identity(name)?;
+        let not_bound = || {
+            KmsError::new(
+                ErrorCode::Unauthenticated,
+                format!(
+                    "identity {} exists and does not sign in through {source}",
+                    shown(name)
+                ),
+            )
+        };
+        transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            crate::jwt::check_named_grants(tx, grants.0, grants.1).map_err(|e| {
+                KmsError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "the sign-in's configuration is out of date: {}",
+                        e.message()
+                    ),
+                )
+            })?;
+            if let Some(raw) = tx.get_meta(IDENTITIES, name)? {
+                let rec: IdentityRecord = serde_json::from_slice(&raw).map_err(|_| corrupt())?;
+                return match rec.source.as_deref() {
+                    Some(s) if s == source => Ok(rec),
+                    _ => Err(not_bound()),
+                };
+            }
+            let stored = tx.list_meta(IDENTITIES)?;
+            if crate::names::clash(name, stored.iter().map(|(n, _)| n.as_str())).is_some() {
+                return Err(not_bound());
+            }
+            if !create {
+                return Err(KmsError::new(
+                    ErrorCode::Unauthenticated,
+                    format!(
+                        "no identity {} signs in through {source}, and the rule does not create identities",
+                        shown(name)
+                    ),
+                ));
+            }
+            let rec = IdentityRecord {
+                name: name.to_string(),
+                kind: kind.to_string(),
+                roles: Vec::new(),
+                policies: Vec::new(),
+                created_at: now,
+                password_hash: None,
+                totp_seed: None,
+                totp_last_step: None,
+                certificate_subject: None,
+                source: Some(source.to_string()),
+            };
+            tx.put_meta(IDENTITIES, name, &encode(&rec)?)?;
             Ok(rec)
         })
     }

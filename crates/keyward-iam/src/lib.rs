@@ -12,6 +12,8 @@ pub mod approvals;
 pub mod auth;
 pub mod authz;
 pub mod identities;
+pub mod jwt;
+pub mod ldap;
 pub mod limiter;
 pub mod names;
 pub mod operations;
@@ -37,6 +39,10 @@ pub struct Iam {
     pub operations: operations::Operations,
     /// Access keys, for protocols that sign requests.
     pub access_keys: access_keys::AccessKeys,
+    /// Trusted JWT issuers, and the keys fetched from them.
+    pub issuers: jwt::Issuers,
+    /// The directory people sign in with.
+    pub directory: ldap::Directory,
 }
 
 impl Iam {
@@ -49,7 +55,9 @@ impl Iam {
             identities: identities::Identities::new(store.clone()),
             approvals: approvals::Approvals::new(store.clone()),
             operations: operations::Operations::new(store.clone()),
-            access_keys: access_keys::AccessKeys::new(store, kms.freshness()),
+            access_keys: access_keys::AccessKeys::new(store.clone(), kms.freshness()),
+            issuers: jwt::Issuers::new(store.clone()),
+            directory: ldap::Directory::new(store),
         }
     }
 

@@ -90,6 +90,12 @@ pub struct Config {
     /// The mount of the Vault API's transit engine (`""` turns it off). Its keys are Keyward keys with the
     /// alias `<transit_mount>/<name>`.
     pub transit_mount: String,
+    /// Trusted JWT issuers by name (`[jwt_issuers.<name>]`, as `PUT /v1/auth/jwt/issuers/{name}` takes
+    /// them), beside those configured through the API; these can be changed only here.
+    pub jwt_issuers: std::collections::BTreeMap<String, keyward_iam::jwt::IssuerConfig>,
+    /// The directory people sign in with (`[ldap]`, as `PUT /v1/auth/ldap/config` takes it); when set, the
+    /// API cannot replace it.
+    pub ldap: Option<keyward_iam::ldap::LdapConfig>,
 }
 
 impl Default for Config {
@@ -127,6 +133,8 @@ impl Default for Config {
             vault_listen: None,
             kv_mounts: vec!["secret".into()],
             transit_mount: "transit".into(),
+            jwt_issuers: std::collections::BTreeMap::new(),
+            ldap: None,
         }
     }
 }
@@ -396,6 +404,32 @@ impl Config {
                 keyward_core::quoted(&self.transit_mount)
             ));
         }
+        for (name, issuer) in &self.jwt_issuers {
+            keyward_iam::jwt::check_name(name)
+                .and_then(|_| issuer.check())
+                .map_err(|e| format!("jwt_issuers.{name}: {}", e.message()))?;
+            let roles = issuer_roles(issuer);
+            if let Some(r) = roles
+                .iter()
+                .find(|r| keyward_iam::authz::Role::parse(r).is_none())
+            {
+                return Err(format!("jwt_issuers.{name}: unknown role {r}"));
+            }
+        }
+        if let Some(l) = &self.ldap {
+            l.check().map_err(|e| format!("ldap: {}", e.message()))?;
+            if !l.bind_dn.is_empty() && l.bind_password.is_none() {
+                return Err("ldap: bind_password is needed with bind_dn".into());
+            }
+            if let Some(r) = l
+                .group_roles
+                .values()
+                .flatten()
+                .find(|r| keyward_iam::authz::Role::parse(r).is_none())
+            {
+                return Err(format!("ldap: unknown role {r}"));
+            }
+        }
         if let Some(v) = self.vault_listen {
             if v == self.listen && v.port() != 0 {
                 return Err("vault_listen must differ from listen".into());
@@ -480,6 +514,16 @@ pub enum StoreLocation {
     Sqlite(PathBuf),
     /// A PostgreSQL connection URL (it may hold a password: never print it).
     Postgres(String),
+}
+
+/// The roles an issuer's rules name (checked at start; policies are checked when a token is used).
+fn issuer_roles(issuer: &keyward_iam::jwt::IssuerConfig) -> Vec<String> {
+    issuer
+        .rules
+        .iter()
+        .flat_map(|r| r.roles.iter().chain(r.group_roles.values().flatten()))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]

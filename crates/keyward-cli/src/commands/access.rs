@@ -151,26 +151,9 @@ pub(crate) async fn run(c: &Client, out: &Out, command: Command) -> Res {
             }
         }
         Command::Login { name, totp } => {
-            let pw = if tty::interactive() {
-                tty::hidden("Password: ", true, "the password").await?
-            } else {
-                tty::all_of_stdin("the password")?
-            };
-            let password = pw.trim_end_matches('\n');
-            let body = secret_json(
-                &LoginBody {
-                    name: &name,
-                    password,
-                    totp: totp.as_deref(),
-                },
-                64 + 6 * (name.len() + password.len() + totp.as_ref().map_or(0, String::len)),
-            )?;
-            let (status, id, resp) = c
-                .answer(reqwest::Method::POST, "/v1/auth/login", Some(body.to_vec()))
-                .await
-                .map_err(e)?;
-            print_raw(out, status, id.as_deref(), &resp)?;
+            password_login(c, out, "/v1/auth/login", &name, totp.as_deref()).await?
         }
+        Command::Auth(a) => auth(c, out, a).await?,
         Command::Policy(p) => match p {
             PolicyCmd::Put { name, input } => {
                 let raw = read_input(&input)?;
@@ -249,4 +232,114 @@ fn secret_json<T: serde::Serialize>(
     let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(capacity));
     serde_json::to_writer(&mut *buf, body).map_err(|x| x.to_string())?;
     Ok(buf)
+}
+
+#[derive(serde::Serialize)]
+struct JwtLoginBody<'a> {
+    issuer: &'a str,
+    jwt: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<&'a str>,
+}
+
+/// Sends `body` to `path` and prints the answer (nothing for `204`).
+async fn exchange(
+    c: &Client,
+    out: &Out,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Res {
+    let (status, id, resp) = c.answer(method, path, body).await.map_err(Failure::from)?;
+    if status == reqwest::StatusCode::NO_CONTENT {
+        return Ok(());
+    }
+    print_raw(out, status, id.as_deref(), &resp)
+}
+
+/// A JSON document read from a file or stdin, checked to be JSON before it is sent.
+fn json_input(input: &Option<PathBuf>) -> Result<Vec<u8>, String> {
+    let raw = read_input(input)?;
+    serde_json::from_slice::<serde_json::Value>(&raw).map_err(|x| format!("not JSON: {x}"))?;
+    Ok(raw)
+}
+
+async fn auth(c: &Client, out: &Out, a: AuthCmd) -> Res {
+    use reqwest::Method;
+    let issuer_path =
+        |name: &str| format!("/v1/auth/jwt/issuers/{}", keyward_client::segment(name));
+    match a {
+        AuthCmd::JwtLogin {
+            issuer,
+            rule,
+            input,
+        } => {
+            let raw = zeroize::Zeroizing::new(read_input(&input)?);
+            let jwt = std::str::from_utf8(&raw)
+                .map_err(|_| "the JWT is not text".to_string())?
+                .trim();
+            let body = secret_json(
+                &JwtLoginBody {
+                    issuer: &issuer,
+                    jwt,
+                    rule: rule.as_deref(),
+                },
+                64 + issuer.len() + jwt.len() + rule.as_ref().map_or(0, String::len),
+            )?;
+            exchange(
+                c,
+                out,
+                Method::POST,
+                "/v1/auth/jwt/login",
+                Some(body.to_vec()),
+            )
+            .await
+        }
+        AuthCmd::LdapLogin { name, totp } => {
+            password_login(c, out, "/v1/auth/ldap/login", &name, totp.as_deref()).await
+        }
+        AuthCmd::IssuerPut { name, input } => {
+            let body = json_input(&input)?;
+            exchange(c, out, Method::PUT, &issuer_path(&name), Some(body)).await
+        }
+        AuthCmd::IssuerShow { name } => {
+            exchange(c, out, Method::GET, &issuer_path(&name), None).await
+        }
+        AuthCmd::IssuerList => exchange(c, out, Method::GET, "/v1/auth/jwt/issuers", None).await,
+        AuthCmd::IssuerDelete { name } => {
+            exchange(c, out, Method::DELETE, &issuer_path(&name), None).await
+        }
+        AuthCmd::LdapPut { input } => {
+            let body = zeroize::Zeroizing::new(json_input(&input)?);
+            exchange(
+                c,
+                out,
+                Method::PUT,
+                "/v1/auth/ldap/config",
+                Some(body.to_vec()),
+            )
+            .await
+        }
+        AuthCmd::LdapShow => exchange(c, out, Method::GET, "/v1/auth/ldap/config", None).await,
+        AuthCmd::LdapDelete => exchange(c, out, Method::DELETE, "/v1/auth/ldap/config", None).await,
+    }
+}
+
+/// Signs in with a password read from stdin (asked for without echo at a terminal), and prints the token.
+async fn password_login(c: &Client, out: &Out, path: &str, name: &str, totp: Option<&str>) -> Res {
+    let pw = if tty::interactive() {
+        tty::hidden("Password: ", true, "the password").await?
+    } else {
+        tty::all_of_stdin("the password")?
+    };
+    let password = pw.trim_end_matches('\n');
+    let body = secret_json(
+        &LoginBody {
+            name,
+            password,
+            totp,
+        },
+        64 + 6 * (name.len() + password.len() + totp.map_or(0, str::len)),
+    )?;
+    exchange(c, out, reqwest::Method::POST, path, Some(body.to_vec())).await
 }

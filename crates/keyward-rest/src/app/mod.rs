@@ -293,6 +293,27 @@ pub fn router_with(app: AppState, doors: Router<AppState>) -> Router {
         )
         .route("/v1/auth/login", post(handlers::identities::login))
         .route("/v1/auth/self", get(handlers::identities::caller))
+        .route("/v1/auth/jwt/login", post(handlers::federation::jwt_login))
+        .route(
+            "/v1/auth/jwt/issuers",
+            get(handlers::federation::list_issuers),
+        )
+        .route(
+            "/v1/auth/jwt/issuers/{name}",
+            put(handlers::federation::put_issuer)
+                .get(handlers::federation::get_issuer)
+                .delete(handlers::federation::delete_issuer),
+        )
+        .route(
+            "/v1/auth/ldap/login",
+            post(handlers::federation::ldap_login),
+        )
+        .route(
+            "/v1/auth/ldap/config",
+            put(handlers::federation::put_ldap)
+                .get(handlers::federation::get_ldap)
+                .delete(handlers::federation::delete_ldap),
+        )
         .route("/v1/policies", get(handlers::policies::list))
         .route(
             "/v1/policies/{name}",

@@ -52,6 +52,8 @@ struct CreateIdentity {
     password: Option<zeroize::Zeroizing<String>>,
     #[serde(default)]
     certificate_subject: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -65,6 +67,8 @@ struct IdentityObject {
     mfa: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     certificate_subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
 }
 
 /// `PATCH /v1/identities/{name}`: what is not given stays as it is.
@@ -125,6 +129,7 @@ fn object(r: &IdentityRecord) -> IdentityObject {
         password: r.password_hash.is_some(),
         mfa: r.totp_seed.is_some(),
         certificate_subject: r.certificate_subject.clone(),
+        source: r.source.clone(),
     }
 }
 
@@ -191,6 +196,17 @@ pub async fn create(State(app): State<AppState>, meta: Meta, body: RawBody) -> R
             if !matches!(req.kind.as_str(), "service" | "user") {
                 return Err(ApiError::validation("kind is service or user"));
             }
+            if let Some(source) = &req.source {
+                let known = source == "ldap"
+                    || source
+                        .strip_prefix("jwt:")
+                        .is_some_and(|n| keyward_iam::jwt::check_name(n).is_ok());
+                if !known || req.password.is_some() {
+                    return Err(ApiError::validation(
+                        "source is ldap or jwt:<issuer>, for an identity that signs in only through that provider (no password)",
+                    ));
+                }
+            }
             let password_hash = match &req.password {
                 None => None,
                 Some(_) if req.kind != "user" => {
@@ -220,6 +236,7 @@ pub async fn create(State(app): State<AppState>, meta: Meta, body: RawBody) -> R
                 totp_seed: None,
                 totp_last_step: None,
                 certificate_subject: req.certificate_subject.clone(),
+                source: req.source.clone(),
             };
             a.iam.identities.create(&rec)?;
             Reply::with_status(StatusCode::CREATED, &object(&rec))
@@ -460,7 +477,7 @@ fn check_password(a: &AppState, req: &LoginRequest) -> Result<IdentityRecord, Ap
 
 /// Checks the TOTP code when the identity has MFA enrolled (each code works once); says whether the login
 /// is MFA-backed.
-fn check_second_factor(
+pub(crate) fn check_second_factor(
     a: &AppState,
     rec: &mut IdentityRecord,
     totp: Option<&str>,

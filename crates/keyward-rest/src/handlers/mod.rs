@@ -4,6 +4,7 @@ pub mod access_keys;
 pub mod approvals;
 pub mod audit;
 pub mod crypto;
+pub mod federation;
 pub mod fields;
 pub mod identities;
 pub mod keys;
