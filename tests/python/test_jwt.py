@@ -5,6 +5,7 @@ import base64
 import hashlib
 import hmac
 import http.server
+import os
 import json
 import subprocess
 import tempfile
@@ -12,6 +13,7 @@ import threading
 import time
 import uuid
 
+import hvac
 import jwt
 import pytest
 import requests
@@ -163,6 +165,9 @@ def test_a_person_signs_in_and_groups_map_to_roles(server, api, issuer, corp):
     assert enc.status_code == 200, enc.text
     r = requests.post(server["base"] + "/v1/keys", headers=bearer(token), json={"spec": "AES_256"})
     assert r.status_code == 403
+    # The same token is a Vault token at the Vault door (hvac).
+    vault = hvac.Client(url=server["vault"], token=token)
+    assert vault.auth.token.lookup_self()["data"]["display_name"] == name
     # The identity was created on first sign-in, bound to this issuer, with no grants of its own.
     ident = api.call("GET", f"/v1/identities/{name}")
     assert ident["source"] == f"jwt:{corp}" and ident["roles"] == [] and ident["kind"] == "user"
@@ -330,13 +335,14 @@ def test_an_air_gapped_issuer_from_the_configuration_file(tmp_path):
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                         serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    (tmp_path / "ci-keys.pem").write_text(pem)
     conf = tmp_path / "keyward.toml"
     conf.write_text(
         '[jwt_issuers.ci]\n'
         'issuer = "https://ci.example.com"\n'
         'audiences = ["keyward"]\n'
         'algorithms = ["ES256"]\n'
-        f'jwks = """{pem}"""\n'
+        f'jwks_file = "{tmp_path / "ci-keys.pem"}"\n'
         '[[jwt_issuers.ci.rules]]\n'
         'name = "deploy"\n'
         'kind = "service"\n'
@@ -357,7 +363,7 @@ def test_an_air_gapped_issuer_from_the_configuration_file(tmp_path):
         assert r.status_code == 403
         root = {"Authorization": f"Bearer {ROOT}"}
         got = requests.get(s["base"] + "/v1/auth/jwt/issuers/ci", headers=root).json()
-        assert got["source"] == "config"
+        assert got["source"] == "config" and got["jwks"] == pem
         r = requests.delete(s["base"] + "/v1/auth/jwt/issuers/ci", headers=root)
         assert r.status_code == 409 and "configuration file" in r.text
 
@@ -370,3 +376,24 @@ def test_a_bad_issuer_in_the_configuration_file_stops_the_start(tmp_path):
                           "--data-dir", tempfile.mkdtemp()], capture_output=True, timeout=60)
     assert out.returncode != 0
     assert b"jwt_issuers.ci" in out.stderr and b"HMAC" in out.stderr
+
+
+def test_the_cli_exchanges_a_jwt_and_configures_issuers(server, issuer, tmp_path):
+    env = dict(os.environ, KEYWARD_ADDR=server["base"], KEYWARD_TOKEN=ROOT)
+    name = "cli-" + uuid.uuid4().hex[:4]
+    doc = tmp_path / "issuer.json"
+    doc.write_text(json.dumps(corp_config(issuer)))
+    put = subprocess.run([BIN, "--json", "auth", "issuer-put", name, "--in", str(doc)], capture_output=True,
+                         env=env, timeout=60)
+    assert put.returncode == 0, put.stderr
+    listed = subprocess.run([BIN, "--json", "auth", "issuer-list"], capture_output=True, env=env, timeout=60)
+    assert name in [i["name"] for i in json.loads(listed.stdout)["issuers"]]
+    token = issuer.token(preferred_username="cli-user-" + name[-4:], email_verified=True, groups=["kms-users"])
+    login_env = dict(env)
+    login_env.pop("KEYWARD_TOKEN")
+    out = subprocess.run([BIN, "--json", "auth", "jwt-login", name], input=token.encode(), capture_output=True,
+                         env=login_env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["roles"] == ["key-user"]
+    gone = subprocess.run([BIN, "auth", "issuer-delete", name], capture_output=True, env=env, timeout=60)
+    assert gone.returncode == 0 and gone.stdout == b"", gone.stderr

@@ -2,8 +2,10 @@
 and TLS certificate, made here), with people and groups loaded from LDIF."""
 import datetime
 import ipaddress
+import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -17,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import ROOT, free_port
+from conftest import BIN, ROOT, free_port
 
 SUFFIX = "dc=example,dc=org"
 ADMIN_DN = f"cn=admin,{SUFFIX}"
@@ -125,20 +127,23 @@ class Slapd:
 
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="keyward-slapd-")
-        self.port = free_port()
+        self.port, self.tls_port = free_port(), free_port()
         self.url = f"ldap://127.0.0.1:{self.port}"
+        self.ldaps_url = f"ldaps://127.0.0.1:{self.tls_port}"
         self.ca_pem = certificate_pair(self.dir)
         os.makedirs(os.path.join(self.dir, "db"))
         d = self.dir
         with open(os.path.join(d, "slapd.conf"), "w") as f:
             f.write("\n".join([
                 *(f"include /etc/ldap/schema/{s}.schema" for s in ["core", "cosine", "inetorgperson", "nis"]),
-                "modulepath /usr/lib/ldap", "moduleload back_mdb",
+                "modulepath /usr/lib/ldap", "moduleload back_mdb", "moduleload memberof",
                 f"pidfile {d}/slapd.pid",
                 f"TLSCACertificateFile {d}/ca.pem", f"TLSCertificateFile {d}/server.pem",
                 f"TLSCertificateKeyFile {d}/server.key",
                 "database mdb", f'suffix "{SUFFIX}"', f'rootdn "{ADMIN_DN}"', f"rootpw {ADMIN_PW}",
                 f"directory {d}/db",
+                # Active Directory keeps memberOf on each user; the overlay does the same here.
+                "overlay memberof",
                 # The service account may read people and groups; people may bind, and read nothing else.
                 'access to attrs=userPassword by self write by * auth',
                 f'access to * by dn.exact="{BIND_DN}" read by self read by anonymous auth by * none', ""]))
@@ -151,8 +156,8 @@ class Slapd:
 
     def start(self):
         self.log = open(os.path.join(self.dir, "slapd.log"), "ab")
-        self.proc = subprocess.Popen(["slapd", "-f", os.path.join(self.dir, "slapd.conf"), "-h", self.url + "/",
-                                      "-d", "0"], stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen(["slapd", "-f", os.path.join(self.dir, "slapd.conf"), "-h",
+                                      f"{self.url}/ {self.ldaps_url}/", "-d", "0"], stdout=self.log, stderr=self.log)
         deadline = time.time() + 20
         while time.time() < deadline:
             r = subprocess.run(["ldapsearch", "-x", "-H", self.url, "-D", ADMIN_DN, "-w", ADMIN_PW, "-b", "",
@@ -297,3 +302,48 @@ def test_a_stopped_directory_is_a_clear_503_and_recovery_follows(server, directo
     finally:
         directory.start()
     assert ldap_login(server, "amara", "amara's directory password").status_code == 200
+
+
+def test_ldaps_and_memberof_as_active_directory_gives_them(server, api, directory):
+    # Over LDAPS, with groups read from the user's memberOf alone (no group search).
+    cfg = directory.config(url=directory.ldaps_url, starttls=False)
+    del cfg["group_base"], cfg["group_filter"]
+    api.call("PUT", "/v1/auth/ldap/config", cfg)
+    try:
+        r = ldap_login(server, "amara", "amara's directory password")
+        assert r.status_code == 200, r.text
+        assert r.json()["roles"] == ["key-admin"]
+    finally:
+        api.call("PUT", "/v1/auth/ldap/config", directory.config())
+
+
+def test_a_directory_that_never_answers_is_a_503_within_the_timeout(server, api, directory):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # connections are queued, never answered
+    try:
+        api.call("PUT", "/v1/auth/ldap/config",
+                 directory.config(url=f"ldap://127.0.0.1:{silent.getsockname()[1]}", timeout_seconds=1))
+        started = time.time()
+        r = ldap_login(server, "amara", "amara's directory password")
+        assert r.status_code == 503, r.text
+        assert "directory" in r.json()["error"]["message"]
+        assert time.time() - started < 10
+    finally:
+        silent.close()
+        api.call("PUT", "/v1/auth/ldap/config", directory.config())
+
+
+def test_the_cli_signs_in_with_a_directory_account(server, directory):
+    env = dict(os.environ, KEYWARD_ADDR=server["base"])
+    env.pop("KEYWARD_TOKEN", None)
+    out = subprocess.run([BIN, "--json", "auth", "ldap-login", "amara"], input=b"amara's directory password\n",
+                         capture_output=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    token = json.loads(out.stdout)["token"]
+    env["KEYWARD_TOKEN"] = token
+    me = subprocess.run([BIN, "--json", "whoami"], capture_output=True, env=env, timeout=60)
+    assert json.loads(me.stdout)["roles"] == ["key-admin"]
+    bad = subprocess.run([BIN, "auth", "ldap-login", "amara"], input=b"wrong\n", capture_output=True,
+                         env=dict(env, KEYWARD_TOKEN=""), timeout=60)
+    assert bad.returncode != 0 and b"unknown name or wrong password" in bad.stderr

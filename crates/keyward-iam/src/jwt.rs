@@ -51,6 +51,10 @@ pub struct IssuerConfig {
     /// Signing keys given outright, for sites that cannot reach the issuer: a JWKS object, or PEM public keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<Value>,
+    /// A file holding those keys (JWKS or PEM), read when the configuration file is: for the configuration
+    /// file only, which reads it into `jwks`.
+    #[serde(default, skip_serializing)]
+    pub jwks_file: Option<std::path::PathBuf>,
     /// The audiences accepted: a token must name at least one.
     pub audiences: Vec<String>,
     /// The algorithms accepted (all of [`ALGORITHMS`] when empty).
@@ -174,6 +178,11 @@ impl IssuerConfig {
         if self.issuer.is_empty() || self.issuer.len() > 1024 {
             return Err(invalid("issuer is 1 to 1024 characters"));
         }
+        if self.jwks_file.is_some() {
+            return Err(invalid(
+                "jwks_file is read from the configuration file only; give the keys themselves in jwks",
+            ));
+        }
         if self.jwks.is_none() && !fetchable(self.jwks_url.as_deref().unwrap_or(&self.issuer)) {
             return Err(invalid(
                 "the keys are fetched over https (http only to 127.0.0.1 or localhost): give an https issuer or jwks_url, or the keys in jwks",
@@ -273,6 +282,23 @@ impl IssuerConfig {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Reads `jwks_file` into `jwks` (a JWKS document, or PEM text).
+    pub fn read_jwks_file(&mut self) -> Result<(), String> {
+        let Some(path) = self.jwks_file.take() else {
+            return Ok(());
+        };
+        if self.jwks.is_some() {
+            return Err("give jwks or jwks_file, not both".into());
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read jwks_file {}: {e}", path.display()))?;
+        self.jwks = Some(match serde_json::from_str::<Value>(&text) {
+            Ok(doc @ Value::Object(_)) => doc,
+            _ => Value::String(text),
+        });
         Ok(())
     }
 

@@ -297,6 +297,11 @@ impl Config {
         let mut c: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| format!("{origin}: {}", e.message()))?;
+        for (name, issuer) in c.jwt_issuers.iter_mut() {
+            issuer
+                .read_jwks_file()
+                .map_err(|e| format!("jwt_issuers.{name}: {e}"))?;
+        }
         if let Some(v) = o.listen {
             c.listen = v;
         }
