@@ -102,3 +102,58 @@ impl Kms {
         json.map(|j| crate::records::parse_root(&j)).transpose()
     }
 }
+
+/// The store namespace of node heartbeats.
+pub const NODES: &str = "node";
+
+/// What a node says of itself each background round, so that any node can show the cluster: who serves,
+/// since when, which leads, and whether each one's view of the audit chain holds.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct NodeBeat {
+    /// The node's id.
+    pub node_id: String,
+    /// Keyward's version on that node.
+    pub version: String,
+    /// Unix seconds the node's process started.
+    pub started_at: i64,
+    /// Unix seconds of this heartbeat.
+    pub seen_at: i64,
+    /// Whether it ran the shared background work this round.
+    pub leader: bool,
+    /// Why its view of the audit chain is not whole, if it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_broken: Option<String>,
+    /// Unix seconds of its last check of the audit chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_checked_at: Option<i64>,
+}
+
+impl Kms {
+    /// Records this node's heartbeat, and (when `forget_before` is given, by the leading node) deletes the
+    /// heartbeats of nodes gone since then.
+    pub fn heartbeat(&self, beat: &NodeBeat, forget_before: Option<i64>) -> KmsResult<()> {
+        let json = serde_json::to_vec(beat).map_err(|_| corrupt("node heartbeat"))?;
+        transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            tx.put_meta(NODES, &beat.node_id, &json)?;
+            if let Some(before) = forget_before {
+                for (id, raw) in tx.list_meta(NODES)? {
+                    let gone = serde_json::from_slice::<NodeBeat>(&raw)
+                        .map_or(true, |b| b.seen_at < before);
+                    if gone && id != beat.node_id {
+                        tx.delete_meta(NODES, &id)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Every node's last heartbeat, by node id.
+    pub fn nodes(&self) -> KmsResult<Vec<NodeBeat>> {
+        let rows = transact(self.store.as_ref(), |tx: &mut dyn Tx| tx.list_meta(NODES))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(_, raw)| serde_json::from_slice(&raw).ok())
+            .collect())
+    }
+}

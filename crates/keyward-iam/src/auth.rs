@@ -184,6 +184,40 @@ impl Auth {
         Ok((token, rec))
     }
 
+    /// Issues a token for a session (the console's) from the token that opened it: the same identity and
+    /// grants, MFA only if that token had it, living at most `max_ttl` seconds and never past its parent, so
+    /// that signing out (revoking the session's token) leaves the parent, and a session cannot outlive it.
+    pub fn derive(
+        &self,
+        parent: &str,
+        now: i64,
+        max_ttl: i64,
+    ) -> KmsResult<(Zeroizing<String>, TokenRecord)> {
+        let hash = hex(&token_hash(parent));
+        let raw = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            tx.get_meta(TOKENS, &hash)
+        })?
+        .ok_or_else(unauthenticated)?;
+        let parent: TokenRecord = serde_json::from_slice(&raw)
+            .map_err(|_| KmsError::new(ErrorCode::Unavailable, "store corrupt: token record"))?;
+        let expires = match parent.expires_at {
+            Some(t) if t <= now => return Err(unauthenticated()),
+            Some(t) => t.min(now + max_ttl),
+            None => now + max_ttl,
+        };
+        let (token, mut rec) = self.fresh(&parent.identity)?;
+        rec.roles = parent.roles;
+        rec.policies = parent.policies;
+        rec.login_roles = parent.login_roles;
+        rec.login_policies = parent.login_policies;
+        rec.mfa = parent.mfa;
+        rec.created_at = now;
+        rec.expires_at = Some(expires);
+        rec.via = Some("session".into());
+        self.store_token(&token, &rec)?;
+        Ok((token, rec))
+    }
+
     /// A new random token and a record naming `identity`, with nothing granted yet.
     fn fresh(&self, identity: &str) -> KmsResult<(Zeroizing<String>, TokenRecord)> {
         let mut raw = Zeroizing::new([0u8; 32]);

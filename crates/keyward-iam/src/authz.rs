@@ -146,6 +146,10 @@ actions! {
     PutLdapConfig = "kms:PutLdapConfig": Access,
     GetLdapConfig = "kms:GetLdapConfig": Access,
     DeleteLdapConfig = "kms:DeleteLdapConfig": Access,
+    Logout = "kms:Logout": Own,
+    CreateSession = "kms:CreateSession": Own,
+    ListNodes = "kms:ListNodes": Read,
+    GetActivity = "kms:GetActivity": Audit,
 }
 
 /// A built-in role.
@@ -222,6 +226,8 @@ mod tests {
             Login,
             LoginJwt,
             LoginLdap,
+            Logout,
+            CreateSession,
             GetCallerIdentity,
             KvListMounts,
             Hash,
@@ -235,6 +241,7 @@ mod tests {
             ListAliases,
             ListApprovals,
             GetApproval,
+            ListNodes,
         ];
         let manage = [
             CreateKey,
@@ -284,6 +291,7 @@ mod tests {
             VerifyAudit,
             GetComplianceReport,
             ExportAuditCheckpoint,
+            GetActivity,
         ];
         let expected = |role: Role, a: Action| match role {
             Role::Admin => true,

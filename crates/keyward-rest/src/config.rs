@@ -96,6 +96,10 @@ pub struct Config {
     /// The directory people sign in with (`[ldap]`, as `PUT /v1/auth/ldap/config` takes it); when set, the
     /// API cannot replace it.
     pub ldap: Option<keyward_iam::ldap::LdapConfig>,
+    /// Serve the web console at `/ui/` (`KEYWARD_UI`).
+    pub ui: bool,
+    /// A console session without a request for this long is ended and its token revoked.
+    pub ui_idle_timeout_seconds: u64,
 }
 
 impl Default for Config {
@@ -135,6 +139,8 @@ impl Default for Config {
             transit_mount: "transit".into(),
             jwt_issuers: std::collections::BTreeMap::new(),
             ldap: None,
+            ui: true,
+            ui_idle_timeout_seconds: 900,
         }
     }
 }
@@ -408,6 +414,9 @@ impl Config {
                 "transit_mount: {} is not a mount name, or is one of kv_mounts",
                 keyward_core::quoted(&self.transit_mount)
             ));
+        }
+        if !(60..=86_400).contains(&self.ui_idle_timeout_seconds) {
+            return Err("ui_idle_timeout_seconds is 60 to 86400".into());
         }
         for (name, issuer) in &self.jwt_issuers {
             keyward_iam::jwt::check_name(name)

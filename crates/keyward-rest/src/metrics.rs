@@ -108,6 +108,28 @@ pub struct Metrics {
     tls_not_after: AtomicI64,
     /// SIGHUP reloads of the TLS configuration that took effect, and that were refused.
     tls_reloads: [AtomicU64; 2],
+    /// Requests of each of the last 60 minutes, by outcome: the console's activity chart.
+    minutes: [Minute; 60],
+}
+
+/// One minute's requests: which minute (Unix minutes) the slot holds, and its counts by outcome.
+#[derive(Default)]
+struct Minute {
+    at: AtomicU64,
+    outcomes: [AtomicU64; 3],
+}
+
+/// One minute of this node's requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MinuteCounts {
+    /// Unix seconds the minute began.
+    pub start: i64,
+    /// Allowed and succeeded.
+    pub allowed: u64,
+    /// Refused by authentication, authorization or rate limiting.
+    pub refused: u64,
+    /// Failed.
+    pub failed: u64,
 }
 
 impl Default for Metrics {
@@ -119,6 +141,7 @@ impl Default for Metrics {
             audit_told: LogThrottle::new(),
             tls_not_after: AtomicI64::new(i64::MIN),
             tls_reloads: [AtomicU64::new(0), AtomicU64::new(0)],
+            minutes: std::array::from_fn(|_| Minute::default()),
         }
     }
 }
@@ -153,6 +176,55 @@ impl Metrics {
         m.count.fetch_add(1, Ordering::Relaxed);
         m.sum_micros
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.per_minute(outcome);
+    }
+
+    /// Counts a request in the current minute's slot, first emptying a slot left from an hour ago. Two
+    /// requests racing at the turn of a minute may lose a count: these are figures for a chart, and the
+    /// counters above stay exact.
+    fn per_minute(&self, outcome: Outcome) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / 60);
+        let slot = &self.minutes[(now % 60) as usize];
+        let held = slot.at.load(Ordering::Relaxed);
+        if held != now
+            && slot
+                .at
+                .compare_exchange(held, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            for o in &slot.outcomes {
+                o.store(0, Ordering::Relaxed);
+            }
+        }
+        slot.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// This node's requests in each of the last 60 minutes up to `now` (Unix seconds), oldest first; a
+    /// minute without requests counts zero.
+    pub fn last_hour(&self, now: i64) -> Vec<MinuteCounts> {
+        let current = now.max(0) as u64 / 60;
+        (0..60u64)
+            .rev()
+            .map(|back| {
+                let minute = current.saturating_sub(back);
+                let slot = &self.minutes[(minute % 60) as usize];
+                let counts = |o: Outcome| {
+                    if slot.at.load(Ordering::Relaxed) == minute {
+                        slot.outcomes[o as usize].load(Ordering::Relaxed)
+                    } else {
+                        0
+                    }
+                };
+                MinuteCounts {
+                    start: (minute * 60) as i64,
+                    allowed: counts(Outcome::Allow),
+                    refused: counts(Outcome::Deny),
+                    failed: counts(Outcome::Error),
+                }
+            })
+            .collect()
     }
 
     /// Counts an audit write failure, and tells the operator why: at once for the first, then at most every

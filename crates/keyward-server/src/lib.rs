@@ -372,6 +372,7 @@ fn follow_changes(
 }
 
 async fn background(app: AppState) {
+    let started_at = app.clock.now();
     let mut tick = tokio::time::interval(Duration::from_secs(
         app.config.background_interval_seconds.max(1),
     ));
@@ -409,6 +410,22 @@ async fn background(app: AppState) {
             static RECOVERED: std::sync::atomic::AtomicBool =
                 std::sync::atomic::AtomicBool::new(false);
             let leads = a.kms.leads().unwrap_or(false);
+            // Every node says it serves, and what it saw of the audit chain; the leader forgets nodes
+            // silent for a day.
+            let chain = a.chain.status();
+            let now = a.clock.now();
+            let beat = keyward_core::cluster::NodeBeat {
+                node_id: a.node_id.clone(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                started_at,
+                seen_at: now,
+                leader: leads,
+                chain_broken: chain.broken,
+                chain_checked_at: chain.checked_at_ms.map(|ms| ms / 1000),
+            };
+            if let Err(e) = a.kms.heartbeat(&beat, leads.then(|| now - 24 * 3600)) {
+                tracing::warn!(error = e.message(), "this node's heartbeat was not recorded");
+            }
             let recover = !RECOVERED.load(std::sync::atomic::Ordering::Acquire);
             if leads || recover {
                 let operations = match inflight::recover(&a, leads) {
@@ -552,7 +569,8 @@ pub async fn serve(
         ))),
         None => None,
     };
-    let doors = keyward_aws::routes();
+    let doors =
+        keyward_aws::routes().merge(keyward_console::routes(&app, app::router(app.clone())));
     let mut result = tls::serve(
         listener,
         options(tls, hangups)?,

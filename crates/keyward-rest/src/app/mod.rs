@@ -293,6 +293,10 @@ pub fn router_with(app: AppState, doors: Router<AppState>) -> Router {
         )
         .route("/v1/auth/login", post(handlers::identities::login))
         .route("/v1/auth/self", get(handlers::identities::caller))
+        .route("/v1/auth/session", post(handlers::identities::session))
+        .route("/v1/auth/logout", post(handlers::identities::logout))
+        .route("/v1/sys/nodes", get(sys::nodes))
+        .route("/v1/sys/activity", get(sys::activity))
         .route("/v1/auth/jwt/login", post(handlers::federation::jwt_login))
         .route(
             "/v1/auth/jwt/issuers",

@@ -519,6 +519,75 @@ struct MfaResponse {
     totp_uri: String,
 }
 
+/// The longest life of a session token (`POST /v1/auth/session`).
+pub const SESSION_TTL: i64 = 12 * 3600;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SessionRequest {
+    #[serde(default)]
+    ttl_seconds: Option<i64>,
+}
+
+/// `POST /v1/auth/session`: a token for a session of the caller's own (a console sign-in), so that ending
+/// the session revokes that token and not the one that opened it.
+pub async fn session(State(app): State<AppState>, meta: Meta, body: RawBody) -> Response {
+    let parent = meta.bearer.clone();
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::CreateSession,
+        None,
+        Mode::Blocking,
+        move |_| {
+            let req: SessionRequest = if body.0.as_ref().is_ok_and(|b| b.is_empty()) {
+                SessionRequest::default()
+            } else {
+                parse(&body)?
+            };
+            let ttl = req.ttl_seconds.unwrap_or(SESSION_TTL);
+            if !(60..=SESSION_TTL).contains(&ttl) {
+                return Err(ApiError::validation("ttl_seconds is 60 to 43200"));
+            }
+            let parent = parent.ok_or_else(|| {
+                ApiError::validation("a session is opened with a token (not a client certificate)")
+            })?;
+            let (token, t) = a.iam.auth.derive(parent.expose(), a.clock.now(), ttl)?;
+            Reply::ok(&LoginResponse {
+                token,
+                token_id: t.token_id,
+                expires_at: rfc3339(t.expires_at.unwrap_or_default()),
+                mfa: t.mfa,
+            })
+        },
+    )
+    .await
+}
+
+/// `POST /v1/auth/logout`: revokes the token the request carries: anyone may end their own session.
+pub async fn logout(State(app): State<AppState>, meta: Meta) -> Response {
+    let by_token = meta.bearer.is_some();
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::Logout,
+        None,
+        Mode::Blocking,
+        move |caller| {
+            if !by_token {
+                return Err(ApiError::validation(
+                    "only a token can be revoked (a client certificate is not)",
+                ));
+            }
+            a.iam.auth.revoke(&caller.principal.token_id)?;
+            Ok(Reply::empty())
+        },
+    )
+    .await
+}
+
 /// `POST /v1/identities/{name}/mfa`: enrols TOTP and returns the `otpauth://` URI, once.
 pub async fn enroll_mfa(
     State(app): State<AppState>,

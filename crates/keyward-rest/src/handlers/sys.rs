@@ -7,7 +7,9 @@ use keyward_api::{
     BackupResponse, Health, InitRequest, InitResponse, RestoreRequest, RestoreResponse,
     RotateRootResponse, SysStatus, UnsealRequest, B64,
 };
+use keyward_core::audit::rfc3339;
 use keyward_core::{ErrorCode, SealStatus};
+use serde::Serialize;
 
 use crate::app::{call, parse, text, AppState, Meta, Mode, RawBody, Reply};
 use crate::authz::{Action, Role};
@@ -315,4 +317,115 @@ keyward_audit_sink_failures_total {}
 /// `GET /v1/openapi.json`: public, like the API contract itself.
 pub async fn openapi() -> Response {
     text(StatusCode::OK, "application/json", OPENAPI)
+}
+
+#[derive(Serialize)]
+struct NodeObject {
+    node_id: String,
+    version: String,
+    started_at: String,
+    last_seen: String,
+    /// `serving`, or `silent` when no heartbeat came for three background rounds.
+    status: &'static str,
+    leader: bool,
+    chain: ChainObject,
+}
+
+#[derive(Serialize)]
+struct ChainObject {
+    whole: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checked_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+#[derive(Serialize)]
+struct NodeList {
+    nodes: Vec<NodeObject>,
+}
+
+/// `GET /v1/sys/nodes`: every node of the store by its last heartbeat, with its view of the audit chain.
+pub async fn nodes(State(app): State<AppState>, meta: Meta) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::ListNodes,
+        None,
+        Mode::Blocking,
+        move |_| {
+            let now = a.clock.now();
+            let silent_after = 3 * a.config.background_interval_seconds.max(1) as i64;
+            let mut nodes: Vec<NodeObject> = a
+                .kms
+                .nodes()?
+                .into_iter()
+                .map(|b| NodeObject {
+                    status: if now - b.seen_at > silent_after {
+                        "silent"
+                    } else {
+                        "serving"
+                    },
+                    started_at: rfc3339(b.started_at),
+                    last_seen: rfc3339(b.seen_at),
+                    chain: ChainObject {
+                        whole: b.chain_broken.is_none(),
+                        checked_at: b.chain_checked_at.map(rfc3339),
+                        reason: b.chain_broken,
+                    },
+                    node_id: b.node_id,
+                    version: b.version,
+                    leader: b.leader,
+                })
+                .collect();
+            nodes.sort_by(|x, y| x.node_id.cmp(&y.node_id));
+            Reply::ok(&NodeList { nodes })
+        },
+    )
+    .await
+}
+
+#[derive(Serialize)]
+struct MinuteObject {
+    start: String,
+    allowed: u64,
+    refused: u64,
+    failed: u64,
+}
+
+#[derive(Serialize)]
+struct Activity {
+    node_id: String,
+    minutes: Vec<MinuteObject>,
+}
+
+/// `GET /v1/sys/activity`: this node's requests per minute over the last hour, by outcome.
+pub async fn activity(State(app): State<AppState>, meta: Meta) -> Response {
+    let a = app.clone();
+    call(
+        &app,
+        &meta,
+        Action::GetActivity,
+        None,
+        Mode::Inline,
+        move |_| {
+            let minutes = a
+                .metrics
+                .last_hour(a.clock.now())
+                .into_iter()
+                .map(|m| MinuteObject {
+                    start: rfc3339(m.start),
+                    allowed: m.allowed,
+                    refused: m.refused,
+                    failed: m.failed,
+                })
+                .collect();
+            Reply::ok(&Activity {
+                node_id: a.node_id.clone(),
+                minutes,
+            })
+        },
+    )
+    .await
 }
