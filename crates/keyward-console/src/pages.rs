@@ -1264,7 +1264,7 @@ pub(crate) async fn approvals(ctx: Ctx, q: Params) -> Response {
                 "<tr id=\"a-{}\"><td>{}</td><td><code>{}</code></td><td>{}</td><td>{} / {}: {}</td><td>{}</td><td>{actions}</td></tr>",
                 esc(id),
                 esc(text(a, "operation")),
-                esc(a.get("key_id").and_then(Value::as_str).or_else(|| a.get("policy").and_then(Value::as_str)).unwrap_or("")),
+                esc(a.get("key_id").and_then(Value::as_str).or_else(|| a.get("name").and_then(Value::as_str)).unwrap_or("")),
                 esc(text(a, "requested_by")),
                 approvers.len(),
                 a["required"].as_u64().unwrap_or(0),
