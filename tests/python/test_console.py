@@ -389,3 +389,126 @@ def test_an_idle_session_ends_and_its_token_is_revoked(tmp_path):
             assert r.status_code == 401
         finally:
             b.quit()
+
+
+class Provider:
+    """An OpenID provider: discovery, an authorization endpoint that signs its one user in at once, a token
+    endpoint that checks the PKCE verifier, and its JWKS."""
+
+    def __init__(self):
+        import jwt as pyjwt
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        self.jwt = pyjwt
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.codes = {}
+        self.user = "oidc-person"
+        self.groups = ["kms-auditors"]
+        self.wrong_nonce = False
+        self.refused_verifiers = 0
+        provider = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def answer(self, status, body, headers=()):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                from urllib.parse import parse_qs, urlencode, urlparse
+                u = urlparse(self.path)
+                if u.path == "/.well-known/openid-configuration":
+                    return self.answer(200, {"issuer": provider.url, "jwks_uri": provider.url + "/jwks",
+                                             "authorization_endpoint": provider.url + "/authorize",
+                                             "token_endpoint": provider.url + "/token"})
+                if u.path == "/jwks":
+                    j = json.loads(pyjwt.algorithms.RSAAlgorithm.to_jwk(provider.key.public_key()))
+                    j.update({"kid": "p1", "use": "sig", "alg": "RS256"})
+                    return self.answer(200, {"keys": [j]})
+                if u.path == "/authorize":
+                    q = {k: v[0] for k, v in parse_qs(u.query).items()}
+                    assert q["response_type"] == "code" and q["code_challenge_method"] == "S256"
+                    assert "openid" in q["scope"].split()
+                    code = uuid.uuid4().hex
+                    provider.codes[code] = q
+                    to = q["redirect_uri"] + "?" + urlencode({"code": code, "state": q["state"]})
+                    self.send_response(302)
+                    self.send_header("location", to)
+                    self.end_headers()
+                    return None
+                return self.answer(404, {})
+
+            def do_POST(self):
+                import hashlib
+                from urllib.parse import parse_qs
+                n = int(self.headers.get("content-length", "0"))
+                f = {k: v[0] for k, v in parse_qs(self.rfile.read(n).decode()).items()}
+                asked = provider.codes.pop(f.get("code"), None)
+                challenge = base64.urlsafe_b64encode(
+                    hashlib.sha256(f.get("code_verifier", "").encode()).digest()).rstrip(b"=").decode()
+                if (asked is None or f.get("grant_type") != "authorization_code"
+                        or f.get("redirect_uri") != asked["redirect_uri"] or f.get("client_id") != asked["client_id"]
+                        or challenge != asked["code_challenge"]):
+                    provider.refused_verifiers += 1
+                    return self.answer(400, {"error": "invalid_grant"})
+                now = int(time.time())
+                claims = {"iss": provider.url, "aud": asked["client_id"], "sub": uuid.uuid4().hex,
+                          "preferred_username": provider.user, "email_verified": True, "groups": provider.groups,
+                          "nonce": "not-this-one" if provider.wrong_nonce else asked["nonce"],
+                          "iat": now, "exp": now + 300}
+                token = provider.jwt.encode(claims, provider.key, algorithm="RS256", headers={"kid": "p1"})
+                return self.answer(200, {"id_token": token, "token_type": "Bearer", "access_token": "unused"})
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+
+
+def test_sign_in_with_an_identity_provider_by_oidc_and_pkce(server, api, browser):
+    provider = Provider()
+    try:
+        name = "sso-" + uuid.uuid4().hex[:4]
+        api.call("PUT", f"/v1/auth/jwt/issuers/{name}", {
+            "issuer": provider.url, "audiences": ["keyward-console"],
+            "oidc": {"client_id": "keyward-console", "display_name": "Example SSO"},
+            "rules": [{"name": "people", "kind": "user", "create_identity": True,
+                       "name_claim": "preferred_username", "bound_claims": {"email_verified": True},
+                       "group_claim": "groups", "group_roles": {"kms-auditors": ["auditor"]}}]}, expect=201)
+        provider.user = "oidc-" + uuid.uuid4().hex[:6]
+        browser.visit("/ui/login")
+        assert browser.text(f"#oidc-{name}") == "Example SSO"
+        browser.click(f"#oidc-{name}")
+        assert browser.text("#title") == "Overview"
+        assert browser.text("#who") == provider.user and "auditor" in browser.text("header")
+        ident = api.call("GET", f"/v1/identities/{provider.user}")
+        assert ident["source"] == f"jwt:{name}"
+        browser.click("#sign-out")
+        # An ID token carrying another sign-in's nonce opens nothing, and the token it was exchanged for is revoked.
+        provider.wrong_nonce = True
+        provider.user = "oidc-" + uuid.uuid4().hex[:6]
+        browser.visit("/ui/login")
+        browser.click(f"#oidc-{name}", refused=True)
+        assert "nonce" in browser.text("#error")
+        assert "kw_session" not in browser.cookies()
+        assert api.call("GET", f"/v1/identities/{provider.user}/tokens")["tokens"] == []
+        # A callback this browser did not start (a forged state) is refused before any code is exchanged.
+        provider.wrong_nonce = False
+        before = provider.refused_verifiers
+        browser.visit(f"/ui/oidc/{name}/callback?code=stolen&state=forged", refused=True)
+        assert "not started here" in browser.text("#error")
+        assert provider.refused_verifiers == before and "stolen" not in provider.codes
+        records = api.call("GET", "/v1/audit?action=kms:LoginJwt&limit=1000")["records"]
+        assert any(r["outcome"] == "allow" for r in records)
+    finally:
+        provider.stop()

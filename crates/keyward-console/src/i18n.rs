@@ -243,6 +243,11 @@ fn zh(en: &str) -> Option<&'static str> {
         "Last full verification" => "最近一次完整校验",
         "No full verification from the console yet." => "尚未从控制台进行完整校验。",
         "No such page." => "没有这个页面。",
+        "No such sign-in." => "没有这种登录方式。",
+        "This sign-in was not started here, or took too long. Start again." => "此登录并非从这里发起，或耗时过长。请重新开始。",
+        "The identity provider did not sign you in" => "身份提供方未能让您登录",
+        "The ID token was not issued for this sign-in (nonce). Nothing was opened." => "该 ID 令牌不是为此次登录签发的（nonce 不符）。未打开任何会话。",
+        "Sign in with" => "使用以下方式登录：",
         _ => return None,
     })
 }

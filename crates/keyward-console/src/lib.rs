@@ -14,6 +14,7 @@
 
 mod html;
 mod i18n;
+mod oidc;
 mod pages;
 
 use std::collections::HashMap;
@@ -78,6 +79,8 @@ pub fn routes(app: &AppState, rest: Router) -> Router<AppState> {
         .route("/ui/static/favicon.svg", get(pages::favicon))
         .route("/ui/login", get(pages::login_form).post(pages::login))
         .route("/ui/logout", post(pages::logout))
+        .route("/ui/oidc/{issuer}", get(oidc::start))
+        .route("/ui/oidc/{issuer}/callback", get(oidc::callback))
         .route("/ui/lang/{lang}", get(pages::language))
         .route("/ui/keys", get(pages::keys).post(pages::create_key))
         .route("/ui/keys/{id}", get(pages::key))
@@ -165,12 +168,14 @@ pub(crate) struct Ctx {
     pub(crate) console: Arc<Console>,
     /// The language of the answer.
     pub(crate) lang: Lang,
-    cookies: HashMap<String, String>,
+    pub(crate) cookies: HashMap<String, String>,
     peer: Option<ConnectInfo<SocketAddr>>,
     /// The request's path and query, to come back to after a language switch.
     pub(crate) here: String,
     /// Whether a state-changing request came from this console's own pages (no other origin, no other site).
     same_origin: bool,
+    /// This console's origin (`http://host:port`), for the address an identity provider sends browsers back to.
+    origin: String,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Ctx {
@@ -198,6 +203,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
             ),
         };
         let same_origin = parts.method == Method::GET || same_origin(&parts.headers, console.tls);
+        let origin = expected_origin(&parts.headers, console.tls).unwrap_or_default();
         Ok(Ctx {
             lang,
             peer: parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned(),
@@ -208,6 +214,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
             cookies,
             console,
             same_origin,
+            origin,
         })
     }
 }
@@ -454,6 +461,22 @@ impl Ctx {
         }
         if let Some(age) = max_age {
             c.push_str(&format!("; Max-Age={age}"));
+        }
+        HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// Where an issuer sends the browser back after signing in.
+    pub(crate) fn callback(&self, issuer: &str) -> String {
+        format!("{}/ui/oidc/{}/callback", self.origin, html::enc(issuer))
+    }
+
+    /// The cookie of a sign-in in progress at an identity provider: `SameSite=Lax`, so that it comes back
+    /// with the provider's redirect (another site's navigation), for this console's sign-in paths only.
+    fn flow_cookie(&self, name: &str, value: &str, max_age: u64) -> HeaderValue {
+        let mut c =
+            format!("{name}={value}; Path=/ui/oidc; HttpOnly; SameSite=Lax; Max-Age={max_age}");
+        if self.console.tls {
+            c.push_str("; Secure");
         }
         HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static(""))
     }

@@ -185,7 +185,18 @@ pub(crate) async fn language(ctx: Ctx, Path(lang): Path<String>, q: Params) -> R
 
 pub(crate) async fn login_form(ctx: Ctx, q: Params) -> Response {
     let pre = crate::random_value();
-    let mut r = sign_in_page(&ctx, &pre, q.get("expired").is_some(), None, StatusCode::OK);
+    let methods = ctx
+        .api(None, Method::GET, "/v1/auth/methods", None)
+        .await
+        .body;
+    let mut r = sign_in_page(
+        &ctx,
+        &methods,
+        &pre,
+        q.get("expired").is_some(),
+        None,
+        StatusCode::OK,
+    );
     r.headers_mut()
         .append(header::SET_COOKIE, ctx.cookie(PRE, &pre, None));
     r
@@ -193,6 +204,7 @@ pub(crate) async fn login_form(ctx: Ctx, q: Params) -> Response {
 
 fn sign_in_page(
     ctx: &Ctx,
+    methods: &Value,
     pre: &str,
     expired: bool,
     error: Option<&str>,
@@ -213,13 +225,37 @@ fn sign_in_page(
         ));
     }
     let pre = esc(pre);
+    let providers: Vec<&Value> = methods["oidc"].as_array().into_iter().flatten().collect();
+    if !providers.is_empty() {
+        body.push_str(&format!(
+            "<div class=\"card\" id=\"providers\"><h2>{}</h2>",
+            t("Sign in with")
+        ));
+        for p in providers {
+            let name = text(p, "issuer");
+            body.push_str(&format!(
+                "<a class=\"provider\" href=\"/ui/oidc/{}\" id=\"oidc-{}\">{}</a> ",
+                enc(name),
+                esc(name),
+                esc(text(p, "display_name"))
+            ));
+        }
+        body.push_str("</div>");
+    }
+    let ldap = if methods["ldap"].as_bool().unwrap_or(false) {
+        format!(
+            "<label><input type=\"checkbox\" name=\"ldap\" id=\"ldap\" value=\"1\"> {}</label>",
+            t("Directory account (LDAP)")
+        )
+    } else {
+        String::new()
+    };
     body.push_str(&format!(
-        "<div class=\"cards\"><form method=\"post\" action=\"/ui/login\" class=\"card\" id=\"password-form\"><h2>{}</h2><input type=\"hidden\" name=\"pre\" value=\"{pre}\"><input type=\"hidden\" name=\"with\" value=\"password\"><label>{}<input name=\"name\" id=\"name\" autocomplete=\"username\" required></label><label>{}<input name=\"password\" id=\"password\" type=\"password\" autocomplete=\"current-password\" required></label><label>{}<input name=\"totp\" id=\"totp\" inputmode=\"numeric\" autocomplete=\"one-time-code\"></label><label><input type=\"checkbox\" name=\"ldap\" id=\"ldap\" value=\"1\"> {}</label><button type=\"submit\" id=\"sign-in\">{}</button></form>",
+        "<div class=\"cards\"><form method=\"post\" action=\"/ui/login\" class=\"card\" id=\"password-form\"><h2>{}</h2><input type=\"hidden\" name=\"pre\" value=\"{pre}\"><input type=\"hidden\" name=\"with\" value=\"password\"><label>{}<input name=\"name\" id=\"name\" autocomplete=\"username\" required></label><label>{}<input name=\"password\" id=\"password\" type=\"password\" autocomplete=\"current-password\" required></label><label>{}<input name=\"totp\" id=\"totp\" inputmode=\"numeric\" autocomplete=\"one-time-code\"></label>{ldap}<button type=\"submit\" id=\"sign-in\">{}</button></form>",
         t("Sign in with a password"),
         t("Name"),
         t("Password"),
         t("TOTP code (when enrolled)"),
-        t("Directory account (LDAP)"),
         t("Sign in")
     ));
     body.push_str(&format!(
@@ -240,9 +276,14 @@ fn sign_in_page(
 pub(crate) async fn login(ctx: Ctx, Form(f): Fields) -> Response {
     let t = |x| ctx.lang.t(x);
     let expected = ctx.cookies.get(PRE).cloned().unwrap_or_default();
+    let methods = ctx
+        .api(None, Method::GET, "/v1/auth/methods", None)
+        .await
+        .body;
     if !ctx.same_origin || expected.is_empty() || !same(field(&f, "pre"), &expected) {
         return sign_in_page(
             &ctx,
+            &methods,
             &expected,
             false,
             Some(t("This form did not come from this console, or its page is too old. Nothing was changed.")),
@@ -273,6 +314,7 @@ pub(crate) async fn login(ctx: Ctx, Form(f): Fields) -> Response {
     if !answer.ok() || token.is_empty() {
         return sign_in_page(
             &ctx,
+            &methods,
             &expected,
             false,
             Some(&answer.message()),

@@ -150,6 +150,7 @@ actions! {
     CreateSession = "kms:CreateSession": Own,
     ListNodes = "kms:ListNodes": Read,
     GetActivity = "kms:GetActivity": Audit,
+    ListAuthMethods = "kms:ListAuthMethods": Public,
 }
 
 /// A built-in role.
@@ -228,6 +229,7 @@ mod tests {
             LoginLdap,
             Logout,
             CreateSession,
+            ListAuthMethods,
             GetCallerIdentity,
             KvListMounts,
             Hash,

@@ -68,6 +68,36 @@ pub struct IssuerConfig {
     pub max_ttl_seconds: Option<i64>,
     /// How claims map to identities, tried in order.
     pub rules: Vec<Rule>,
+    /// Sign-in to the console through this issuer, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<OidcClient>,
+}
+
+/// The console as an OpenID Connect client of an issuer: a public client using the authorization-code flow
+/// with PKCE (no client secret to keep), whose ID tokens are then signed in like any JWT of the issuer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcClient {
+    /// The client id registered at the issuer (also the ID token's audience, so one of `audiences`).
+    pub client_id: String,
+    /// The scopes asked for (`openid` always among them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// What the sign-in button says (`Sign in with <display_name>`; the issuer's name when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+}
+
+impl OidcClient {
+    /// The scopes to ask for, `openid` first.
+    pub fn scopes(&self) -> Vec<String> {
+        let mut out = vec!["openid".to_string()];
+        if self.scopes.is_empty() {
+            out.extend(["profile".to_string(), "email".to_string()]);
+        }
+        out.extend(self.scopes.iter().filter(|s| *s != "openid").cloned());
+        out
+    }
 }
 
 /// How a verified token's claims become an identity with grants.
@@ -222,6 +252,31 @@ impl IssuerConfig {
             .is_some_and(|t| !(60..=MAX_TTL).contains(&t))
         {
             return Err(invalid("max_ttl_seconds is 60 to 86400"));
+        }
+        if let Some(o) = &self.oidc {
+            if o.client_id.is_empty() || o.client_id.len() > 256 {
+                return Err(invalid("oidc.client_id is 1 to 256 characters"));
+            }
+            if !self.audiences.contains(&o.client_id) {
+                return Err(invalid(
+                    "oidc.client_id must be one of audiences: the issuer's ID tokens name the client as their audience",
+                ));
+            }
+            if o.scopes.len() > 16
+                || o.scopes.iter().any(|s| {
+                    s.is_empty()
+                        || s.len() > 64
+                        || !s.bytes().all(|b| b.is_ascii_graphic() && b != b'"')
+                })
+            {
+                return Err(invalid("oidc.scopes: at most 16 scope names"));
+            }
+            if o.display_name
+                .as_ref()
+                .is_some_and(|d| d.is_empty() || d.len() > 64)
+            {
+                return Err(invalid("oidc.display_name is 1 to 64 characters"));
+            }
         }
         if self.rules.is_empty() || self.rules.len() > 64 {
             return Err(invalid("rules: 1 to 64"));

@@ -73,7 +73,8 @@ impl Fetcher {
     }
 }
 
-fn reason(e: &reqwest::Error) -> &'static str {
+/// What went wrong with a request, in a few words (never the URL's query or a body).
+pub(crate) fn reason(e: &reqwest::Error) -> &'static str {
     if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {

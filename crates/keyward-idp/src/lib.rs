@@ -7,3 +7,4 @@
 
 pub mod directory;
 pub mod jwks;
+pub mod oidc;

@@ -78,6 +78,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sys/nodes"),
     ("get", "/v1/sys/activity"),
     ("post", "/v1/auth/jwt/login"),
+    ("get", "/v1/auth/methods"),
     ("get", "/v1/auth/jwt/issuers"),
     ("put", "/v1/auth/jwt/issuers/{name}"),
     ("get", "/v1/auth/jwt/issuers/{name}"),

@@ -298,6 +298,7 @@ pub fn router_with(app: AppState, doors: Router<AppState>) -> Router {
         .route("/v1/sys/nodes", get(sys::nodes))
         .route("/v1/sys/activity", get(sys::activity))
         .route("/v1/auth/jwt/login", post(handlers::federation::jwt_login))
+        .route("/v1/auth/methods", get(handlers::federation::methods))
         .route(
             "/v1/auth/jwt/issuers",
             get(handlers::federation::list_issuers),

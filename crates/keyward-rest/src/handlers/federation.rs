@@ -561,3 +561,51 @@ pub async fn delete_ldap(State(app): State<AppState>, meta: Meta) -> Response {
     })
     .await
 }
+
+#[derive(Serialize)]
+struct OidcMethod<'a> {
+    issuer: &'a str,
+    display_name: &'a str,
+    issuer_url: &'a str,
+    client_id: &'a str,
+    scopes: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Methods<'a> {
+    password: bool,
+    ldap: bool,
+    oidc: Vec<OidcMethod<'a>>,
+}
+
+/// `GET /v1/auth/methods`: how one may sign in, for a sign-in page (public: an identity provider's address
+/// and client id are shown to every browser that signs in through it anyway).
+pub async fn methods(State(app): State<AppState>, meta: Meta) -> Response {
+    blocking_call(&app, &meta, Action::ListAuthMethods, move |a| {
+        let stored = a.iam.issuers.all()?;
+        let ldap = a.config.ldap.is_some() || a.iam.directory.get()?.is_some();
+        let mut oidc = Vec::new();
+        let config = a.config.jwt_issuers.iter().map(|(n, c)| (n.as_str(), c));
+        let api = stored
+            .iter()
+            .filter(|(n, _)| !a.config.jwt_issuers.contains_key(n))
+            .map(|(n, c)| (n.as_str(), c));
+        for (name, c) in config.chain(api) {
+            if let Some(o) = &c.oidc {
+                oidc.push(OidcMethod {
+                    issuer: name,
+                    display_name: o.display_name.as_deref().unwrap_or(name),
+                    issuer_url: &c.issuer,
+                    client_id: &o.client_id,
+                    scopes: o.scopes(),
+                });
+            }
+        }
+        Reply::ok(&Methods {
+            password: true,
+            ldap,
+            oidc,
+        })
+    })
+    .await
+}
