@@ -512,3 +512,10 @@ def test_sign_in_with_an_identity_provider_by_oidc_and_pkce(server, api, browser
         assert any(r["outcome"] == "allow" for r in records)
     finally:
         provider.stop()
+
+
+def test_the_console_can_be_turned_off():
+    from conftest import running_server
+    with running_server(extra_args=["--set", "ui=false"]) as s:
+        assert requests.get(s["base"] + "/ui/login", allow_redirects=False).status_code == 404
+        assert requests.get(s["base"] + "/v1/health").status_code == 200
