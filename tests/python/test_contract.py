@@ -76,6 +76,8 @@ def test_every_answer_matches_the_served_contract():
             s["base"] + "/v1/openapi.json",
             "-H", f"Authorization: Bearer {ROOT}",
             "--exclude-path", "/v1/sys/seal",
+            # Signing out revokes the bearer token the run uses, as sealing stops the service it tests.
+            "--exclude-path", "/v1/auth/logout",
             "--phases", "examples,coverage,fuzzing",
             "--checks", CHECKS,
             "--max-examples", "25",
