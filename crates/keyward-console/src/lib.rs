@@ -509,3 +509,108 @@ impl Ctx {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn only_the_console_s_own_origin_may_change_anything() {
+        let host = ("host", "kms.example.com:9700");
+        // A browser that says where the request comes from is believed, and must say this origin.
+        assert!(same_origin(
+            &headers(&[host, ("sec-fetch-site", "same-origin"), ("origin", "null")]),
+            false
+        ));
+        assert!(same_origin(
+            &headers(&[
+                host,
+                ("sec-fetch-site", "same-origin"),
+                ("origin", "http://kms.example.com:9700")
+            ]),
+            false
+        ));
+        for site in ["same-site", "cross-site"] {
+            let h = HeaderMap::from_iter([
+                (
+                    header::HOST,
+                    HeaderValue::from_static("kms.example.com:9700"),
+                ),
+                (
+                    axum::http::HeaderName::from_static("sec-fetch-site"),
+                    HeaderValue::from_static(site),
+                ),
+            ]);
+            assert!(!same_origin(&h, false), "{site}");
+        }
+        // Without Sec-Fetch-Site, Origin decides: another port, scheme or host is another origin.
+        assert!(same_origin(
+            &headers(&[host, ("origin", "http://kms.example.com:9700")]),
+            false
+        ));
+        for other in [
+            "http://kms.example.com:9701",
+            "https://evil.example",
+            "null",
+        ] {
+            let h = HeaderMap::from_iter([
+                (
+                    header::HOST,
+                    HeaderValue::from_static("kms.example.com:9700"),
+                ),
+                (
+                    header::ORIGIN,
+                    HeaderValue::from_str(other).unwrap_or(HeaderValue::from_static("x")),
+                ),
+            ]);
+            assert!(!same_origin(&h, false), "{other}");
+        }
+        assert!(!same_origin(
+            &headers(&[host, ("origin", "http://kms.example.com:9700")]),
+            true
+        ));
+        // A same-origin claim with a foreign Origin is refused.
+        assert!(!same_origin(
+            &headers(&[
+                host,
+                ("sec-fetch-site", "same-origin"),
+                ("origin", "https://evil.example")
+            ]),
+            false
+        ));
+    }
+
+    #[test]
+    fn the_csrf_value_is_bound_to_the_session_and_reveals_nothing_of_it() {
+        let a = csrf_for("kw.session-one");
+        assert_eq!(a, csrf_for("kw.session-one"));
+        assert_ne!(a, csrf_for("kw.session-two"));
+        assert!(!a.contains("session"));
+        assert!(same(&a, &a.clone()) && !same(&a, &a[1..]) && !same(&a, &csrf_for("x")));
+    }
+
+    #[test]
+    fn cookies_are_read_whatever_their_order_and_spacing() {
+        let h = headers(&[("cookie", "kw_lang=zh;kw_session=kw.abc ; other=1")]);
+        let c = cookies(&h);
+        assert_eq!(c.get(SESSION).map(String::as_str), Some("kw.abc"));
+        assert_eq!(c.get(LANG).map(String::as_str), Some("zh"));
+    }
+
+    #[test]
+    fn text_is_escaped_for_content_and_attributes() {
+        assert_eq!(
+            html::esc("<script>\"a\" & 'b'</script>"),
+            "&lt;script&gt;&quot;a&quot; &amp; &#39;b&#39;&lt;/script&gt;"
+        );
+        assert_eq!(html::enc("alias/a b"), "alias%2Fa%20b");
+    }
+}
