@@ -397,3 +397,16 @@ def test_the_cli_exchanges_a_jwt_and_configures_issuers(server, issuer, tmp_path
     assert json.loads(out.stdout)["roles"] == ["key-user"]
     gone = subprocess.run([BIN, "auth", "issuer-delete", name], capture_output=True, env=env, timeout=60)
     assert gone.returncode == 0 and gone.stdout == b"", gone.stderr
+
+
+def test_vault_clients_sign_in_with_the_same_jwt(server, issuer, corp):
+    """hvac's JWT login at the Vault door: the issuer is the mount, the rule is the role."""
+    who = "vault-" + uuid.uuid4().hex[:6]
+    client = hvac.Client(url=server["vault"])
+    out = client.auth.jwt.jwt_login(role="people", jwt=issuer.token(preferred_username=who, email_verified=True,
+                                                                     groups=["kms-users"]), path=corp)
+    assert out["auth"]["policies"] == ["key-user"] and out["auth"]["lease_duration"] > 0
+    assert client.auth.token.lookup_self()["data"]["display_name"] == who
+    with pytest.raises(hvac.exceptions.Forbidden):
+        hvac.Client(url=server["vault"]).auth.jwt.jwt_login(
+            role="people", jwt=issuer.token(preferred_username=who, email_verified=True, lifetime=-100), path=corp)

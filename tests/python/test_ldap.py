@@ -347,3 +347,13 @@ def test_the_cli_signs_in_with_a_directory_account(server, directory):
     bad = subprocess.run([BIN, "auth", "ldap-login", "amara"], input=b"wrong\n", capture_output=True,
                          env=dict(env, KEYWARD_TOKEN=""), timeout=60)
     assert bad.returncode != 0 and b"unknown name or wrong password" in bad.stderr
+
+
+def test_vault_clients_sign_in_with_a_directory_account(server, directory):
+    import hvac
+    client = hvac.Client(url=server["vault"])
+    out = client.auth.ldap.login(username="amara", password="amara's directory password")
+    assert out["auth"]["policies"] == ["key-admin"]
+    assert client.auth.token.lookup_self()["data"]["display_name"] == "amara"
+    with pytest.raises(hvac.exceptions.Forbidden):
+        hvac.Client(url=server["vault"]).auth.ldap.login(username="amara", password="wrong password")

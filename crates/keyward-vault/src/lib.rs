@@ -9,6 +9,7 @@
 //! rules, written once; secrets are the core's (`keyward_core::secrets`). What is its own is the mapping:
 //! Vault's paths and JSON in, Vault's envelopes, status codes and `{"errors": [...]}` out.
 
+mod auth;
 mod kv;
 mod sys;
 mod transit;
@@ -94,6 +95,16 @@ async fn dispatch(
     match first {
         "sys" => sys::route(call, rest).await,
         "auth" if rest == "token/lookup-self" => sys::lookup_self(call).await,
+        "auth" if rest.starts_with("ldap/login/") => {
+            let user = rest["ldap/login/".len()..].to_string();
+            auth::ldap(call, &user).await
+        }
+        "auth"
+            if rest.ends_with("/login") && !rest[..rest.len() - "/login".len()].contains('/') =>
+        {
+            let issuer = rest[..rest.len() - "/login".len()].to_string();
+            auth::jwt(call, &issuer).await
+        }
         mount if !mount.is_empty() && call.app.config.transit_mount == mount => {
             let mount = mount.to_string();
             transit::route(call, mount, rest).await

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use keyward_core::audit::rfc3339;
 use keyward_core::{quoted, ErrorCode};
 use keyward_iam::auth::Federated;
@@ -20,7 +20,7 @@ use keyward_iam::ldap::LdapConfig;
 use keyward_idp::directory::Outcome;
 use serde::{Deserialize, Serialize};
 
-use crate::app::{call, parse, resource, AppState, Meta, Mode, RawBody, Reply};
+use crate::app::{call, parse, resource, run_noting, AppState, Meta, Mode, RawBody, Reply};
 use crate::authz::Action;
 use crate::convert::{hex, unhex};
 use crate::error::ApiError;
@@ -43,15 +43,43 @@ struct LdapLogin {
     totp: Option<String>,
 }
 
+/// A sign-in's outcome, as every door renders it in its own protocol's shape.
 #[derive(Serialize)]
-struct SignedIn {
-    token: zeroize::Zeroizing<String>,
-    token_id: String,
-    expires_at: String,
-    mfa: bool,
-    identity: String,
-    roles: Vec<String>,
-    policies: Vec<String>,
+pub struct SignedIn {
+    /// The Keyward token (shown once).
+    pub token: zeroize::Zeroizing<String>,
+    /// Its id, for revocation.
+    pub token_id: String,
+    /// RFC 3339.
+    pub expires_at: String,
+    /// Seconds it lives.
+    #[serde(skip)]
+    pub ttl: i64,
+    /// Whether a TOTP code was checked.
+    pub mfa: bool,
+    /// The identity signed in.
+    pub identity: String,
+    /// Its roles, its own and the sign-in's.
+    pub roles: Vec<String>,
+    /// Its policies, its own and the sign-in's.
+    pub policies: Vec<String>,
+}
+
+/// How a door renders a sign-in.
+pub type Render = fn(SignedIn) -> Result<Reply, ApiError>;
+
+fn rest_shape(s: SignedIn) -> Result<Reply, ApiError> {
+    Reply::ok(&s)
+}
+
+fn answer(result: Result<Reply, ApiError>) -> Response {
+    match result {
+        Ok(reply) => {
+            let (status, body) = reply.into_parts();
+            crate::error::json_response(status, body)
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 #[derive(Serialize)]
@@ -203,6 +231,7 @@ async fn verify(app: &AppState, req: &JwtLogin) -> Result<Grant, ApiError> {
 fn signed_in(
     token: zeroize::Zeroizing<String>,
     rec: keyward_iam::auth::TokenRecord,
+    render: Render,
 ) -> Result<Reply, ApiError> {
     let mut roles = rec.roles.clone();
     roles.extend(rec.login_roles.iter().cloned());
@@ -212,10 +241,11 @@ fn signed_in(
     policies.extend(rec.login_policies.iter().cloned());
     policies.sort();
     policies.dedup();
-    Reply::ok(&SignedIn {
+    render(SignedIn {
         token,
         token_id: rec.token_id,
         expires_at: rfc3339(rec.expires_at.unwrap_or_default()),
+        ttl: rec.expires_at.unwrap_or_default() - rec.created_at,
         mfa: rec.mfa,
         identity: rec.identity,
         roles,
@@ -225,37 +255,76 @@ fn signed_in(
 
 /// `POST /v1/auth/jwt/login`: a Keyward token for a JWT from a trusted issuer.
 pub async fn jwt_login(State(app): State<AppState>, meta: Meta, body: RawBody) -> Response {
-    let verified = match parse::<JwtLogin>(&body) {
-        Ok(req) => verify(&app, &req).await.map(|g| (req.issuer.clone(), g)),
-        Err(e) => Err(e),
+    let req = parse::<JwtLogin>(&body);
+    answer(match req {
+        Ok(r) => sign_in_jwt(&app, meta, &r.issuer, &r.jwt, r.rule.as_deref(), rest_shape).await,
+        Err(e) => {
+            run_noting(
+                &app,
+                &meta,
+                Action::LoginJwt,
+                None,
+                None::<fn() -> Option<String>>,
+                Mode::Inline,
+                move |_| Err(e),
+            )
+            .await
+        }
+    })
+}
+
+/// A JWT sign-in through the pipeline, for every door: the issuer is asked for its keys first, and its
+/// verdict is the request's outcome (one audit record, naming the identity once the token is verified).
+pub async fn sign_in_jwt(
+    app: &AppState,
+    meta: Meta,
+    issuer: &str,
+    jwt: &str,
+    rule: Option<&str>,
+    render: Render,
+) -> Result<Reply, ApiError> {
+    let req = JwtLogin {
+        issuer: issuer.to_string(),
+        jwt: zeroize::Zeroizing::new(jwt.to_string()),
+        rule: rule.map(str::to_string),
     };
+    let verified = verify(app, &req).await.map(|g| (req.issuer.clone(), g));
     let meta = match &verified {
         Ok((_, g)) => meta.on(resource("identity", &g.identity)),
         Err(_) => meta,
     };
-    blocking_call(&app, &meta, Action::LoginJwt, move |a| {
-        let (issuer, g) = verified?;
-        let via = format!("jwt:{issuer}");
-        let now = a.clock.now();
-        let rec = a.iam.identities.federated(
-            &g.identity,
-            &g.kind,
-            &via,
-            g.create,
-            (&g.roles, &g.policies),
-            now,
-        )?;
-        let (token, t) = a.iam.auth.mint_federated(&Federated {
-            identity: &rec,
-            roles: &g.roles,
-            policies: &g.policies,
-            now,
-            ttl: g.ttl,
-            mfa: false,
-            via: &via,
-        })?;
-        signed_in(token, t)
-    })
+    let a = app.clone();
+    run_noting(
+        app,
+        &meta,
+        Action::LoginJwt,
+        None,
+        None::<fn() -> Option<String>>,
+        Mode::Blocking,
+        move |_| {
+            let (issuer, g) = verified?;
+            let via = format!("jwt:{issuer}");
+            let now = a.clock.now();
+            let rec = a.iam.identities.federated(
+                &g.identity,
+                &g.kind,
+                &via,
+                g.create,
+                (&g.roles, &g.policies),
+                now,
+            )?;
+            let (token, t) = a.iam.auth.mint_federated(&Federated {
+                identity: &rec,
+                roles: &g.roles,
+                policies: &g.policies,
+                now,
+                ttl: g.ttl,
+                mfa: false,
+                via: &via,
+            })?;
+            signed_in(token, t, render)
+        },
+    )
     .await
 }
 
@@ -330,40 +399,87 @@ async fn ask_directory(
 
 /// `POST /v1/auth/ldap/login`: a Keyward token for a directory account, with TOTP when enrolled.
 pub async fn ldap_login(State(app): State<AppState>, meta: Meta, body: RawBody) -> Response {
-    let asked = match parse::<LdapLogin>(&body) {
-        Ok(req) => ask_directory(&app, &req).await.map(|r| (req, r)),
-        Err(e) => Err(e),
+    answer(match parse::<LdapLogin>(&body) {
+        Ok(r) => {
+            sign_in_ldap(
+                &app,
+                meta,
+                &r.name,
+                &r.password,
+                r.totp.as_deref(),
+                rest_shape,
+            )
+            .await
+        }
+        Err(e) => {
+            run_noting(
+                &app,
+                &meta,
+                Action::LoginLdap,
+                None,
+                None::<fn() -> Option<String>>,
+                Mode::Inline,
+                move |_| Err(e),
+            )
+            .await
+        }
+    })
+}
+
+/// A directory sign-in through the pipeline, for every door (see [`sign_in_jwt`]).
+pub async fn sign_in_ldap(
+    app: &AppState,
+    meta: Meta,
+    name: &str,
+    password: &str,
+    totp: Option<&str>,
+    render: Render,
+) -> Result<Reply, ApiError> {
+    let req = LdapLogin {
+        name: name.to_string(),
+        password: zeroize::Zeroizing::new(password.to_string()),
+        totp: totp.map(str::to_string),
     };
+    let asked = ask_directory(app, &req).await;
     let meta = match &asked {
-        Ok((req, _)) if keyward_iam::names::valid_identity(&req.name) => {
+        Ok(_) if keyward_iam::names::valid_identity(&req.name) => {
             meta.on(resource("identity", &req.name))
         }
         _ => meta,
     };
-    blocking_call(&app, &meta, Action::LoginLdap, move |a| {
-        let (req, (cfg, groups)) = asked?;
-        let (roles, policies) = cfg.grants_for(&groups);
-        let now = a.clock.now();
-        let mut rec = a.iam.identities.federated(
-            &req.name,
-            cfg.kind(),
-            "ldap",
-            true,
-            (&roles, &policies),
-            now,
-        )?;
-        let mfa = super::identities::check_second_factor(a, &mut rec, req.totp.as_deref())?;
-        let (token, t) = a.iam.auth.mint_federated(&Federated {
-            identity: &rec,
-            roles: &roles,
-            policies: &policies,
-            now,
-            ttl: super::identities::DEFAULT_TTL,
-            mfa,
-            via: "ldap",
-        })?;
-        signed_in(token, t)
-    })
+    let a = app.clone();
+    run_noting(
+        app,
+        &meta,
+        Action::LoginLdap,
+        None,
+        None::<fn() -> Option<String>>,
+        Mode::Blocking,
+        move |_| {
+            let (cfg, groups) = asked?;
+            let (roles, policies) = cfg.grants_for(&groups);
+            let now = a.clock.now();
+            let mut rec = a.iam.identities.federated(
+                &req.name,
+                cfg.kind(),
+                "ldap",
+                true,
+                (&roles, &policies),
+                now,
+            )?;
+            let mfa = super::identities::check_second_factor(&a, &mut rec, req.totp.as_deref())?;
+            let (token, t) = a.iam.auth.mint_federated(&Federated {
+                identity: &rec,
+                roles: &roles,
+                policies: &policies,
+                now,
+                ttl: super::identities::DEFAULT_TTL,
+                mfa,
+                via: "ldap",
+            })?;
+            signed_in(token, t, render)
+        },
+    )
     .await
 }
 
