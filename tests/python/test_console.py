@@ -520,3 +520,48 @@ def test_the_console_can_be_turned_off():
     with running_server(extra_args=["--set", "ui=false"]) as s:
         assert requests.get(s["base"] + "/ui/login", allow_redirects=False).status_code == 404
         assert requests.get(s["base"] + "/v1/health").status_code == 200
+
+
+def test_an_approval_held_to_mfa_by_policy_takes_a_totp_step_up():
+    from conftest import Api, running_server
+    with running_server() as srv:
+        api = Api(srv["base"])
+        base = srv["base"]
+        # Everything a quorum would hold is set up before the key under quorum exists.
+        api.call("PUT", "/v1/policies/approve-with-mfa", {"statements": [
+            {"effect": "allow", "actions": ["kms:ListApprovals", "kms:GetApproval", "kms:ListKeys", "kms:DescribeKey"],
+             "resources": ["*"]},
+            {"effect": "allow", "actions": ["kms:Approve", "kms:ScheduleKeyDeletion"], "resources": ["*"],
+             "conditions": {"mfa": True}}]})
+        alice, _ = person(api, "key-admin")
+        bob = "bob-" + uuid.uuid4().hex[:6]
+        api.call("POST", "/v1/identities", {"name": bob, "kind": "user", "policies": ["approve-with-mfa"],
+                                             "password": f"{bob} has a long password"}, expect=201)
+        totp = pyotp.parse_uri(api.call("POST", f"/v1/identities/{bob}/mfa")["totp_uri"])
+        bob_token = api.call("POST", f"/v1/identities/{bob}/tokens", {}, expect=201)["token"]
+        alice_token = api.call("POST", f"/v1/identities/{alice}/tokens", {}, expect=201)["token"]
+        key = api.call("POST", "/v1/keys", {"spec": "AES_256", "quorum": {"approvals": 1}}, expect=201)
+        held = requests.post(f"{base}/v1/keys/{key['key_id']}/schedule-deletion", json={"pending_days": 7},
+                             headers={"Authorization": f"Bearer {alice_token}"})
+        assert held.status_code == 202
+        approval = held.json()["approval_id"]
+        browser = Browser(base, "mfa-approval")
+        try:
+            browser.sign_in_token(bob_token)
+            browser.visit("/ui/approvals")
+            # Without MFA the policy does not let bob see, or approve, the request.
+            assert not browser.all(f"#approve-{approval}")
+            old_session = browser.cookies()["kw_session"]
+            browser.fill("#step-up-totp", totp.now())
+            browser.click("#step-up")
+            assert browser.text("#notice") == "This session now counts as MFA."
+            assert "MFA" in browser.text("header")
+            assert requests.get(f"{base}/v1/auth/self",
+                                headers={"Authorization": f"Bearer {old_session}"}).status_code == 401
+            browser.click(f"#approve-{approval}")
+            assert browser.all("#notice")
+        finally:
+            browser.quit()
+        got = api.call("GET", f"/v1/approvals/{approval}")
+        assert got["status"] == "executed" and got["approvals"] == [bob]
+        assert api.call("GET", f"/v1/keys/{key['key_id']}")["state"] == "PendingDeletion"

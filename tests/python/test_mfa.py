@@ -40,3 +40,30 @@ def test_totp_login_with_and_without_a_code(api, server):
     assert secret.encode() not in open(server["log"], "rb").read()
     records = api.call("GET", "/v1/audit?principal=carol&limit=1000")["records"]
     assert records and all(secret not in str(r) for r in records)
+
+
+def test_a_session_steps_up_to_mfa_with_a_totp_code(api, server):
+    api.call("POST", "/v1/identities", {"name": "dave", "kind": "user", "roles": ["auditor"],
+                                         "password": "dave's long password"}, expect=201)
+    totp = pyotp.parse_uri(api.call("POST", "/v1/identities/dave/mfa")["totp_uri"])
+    token = api.call("POST", "/v1/identities/dave/tokens", {}, expect=201)["token"]
+    h = {"Authorization": f"Bearer {token}"}
+    base = server["base"]
+    plain = requests.post(base + "/v1/auth/session", headers=h, json={})
+    assert plain.status_code == 200 and plain.json()["mfa"] is False
+    wrong = "%06d" % ((int(totp.now()) + 1) % 1000000)
+    r = requests.post(base + "/v1/auth/session", headers=h, json={"totp": wrong})
+    assert (r.status_code, r.json()["error"]["code"]) == (401, "Unauthenticated")
+    code = totp.now()
+    r = requests.post(base + "/v1/auth/session", headers=h, json={"totp": code, "ttl_seconds": 120})
+    assert r.status_code == 200 and r.json()["mfa"] is True
+    session = r.json()["token"]
+    assert requests.get(base + "/v1/auth/self", headers={"Authorization": f"Bearer {session}"}).json()["mfa"] is True
+    # Each code works once; an identity without TOTP cannot step up; signing out ends only the session.
+    r = requests.post(base + "/v1/auth/session", headers=h, json={"totp": code})
+    assert r.status_code == 401
+    r = api.session.post(base + "/v1/auth/session", json={"totp": "123456"})
+    assert r.status_code == 400 and "no TOTP" in r.json()["error"]["message"]
+    assert requests.post(base + "/v1/auth/logout", headers={"Authorization": f"Bearer {session}"}).status_code == 204
+    assert requests.get(base + "/v1/auth/self", headers={"Authorization": f"Bearer {session}"}).status_code == 401
+    assert requests.get(base + "/v1/auth/self", headers=h).status_code == 200

@@ -148,6 +148,7 @@ fn done_text(d: &str) -> &'static str {
         "rejected" => "Rejected.",
         "revoked" => "Token revoked.",
         "saved" => "Saved.",
+        "mfa" => "This session now counts as MFA.",
         _ => "Done.",
     }
 }

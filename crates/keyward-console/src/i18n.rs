@@ -52,7 +52,6 @@ impl Lang {
 fn zh(en: &str) -> Option<&'static str> {
     Some(match en {
         "(no alias)" => "（无别名）",
-        "A policy may ask for MFA to approve: sign in with your TOTP code for such approvals." => "策略可能要求多因素认证才能审批：此类审批请使用 TOTP 动态码登录。",
         "Access" => "访问控制",
         "Access by principal" => "按主体统计的访问",
         "Action" => "操作",
@@ -248,6 +247,9 @@ fn zh(en: &str) -> Option<&'static str> {
         "The identity provider did not sign you in" => "身份提供方未能让您登录",
         "The ID token was not issued for this sign-in (nonce). Nothing was opened." => "该 ID 令牌不是为此次登录签发的（nonce 不符）。未打开任何会话。",
         "Sign in with" => "使用以下方式登录：",
+        "A policy may ask for MFA to see or approve a request: confirm this session with your current TOTP code." => "策略可能要求多因素认证才能查看或审批请求：请用当前的 TOTP 动态码确认本会话。",
+        "Confirm with TOTP" => "用 TOTP 确认",
+        "This session now counts as MFA." => "本会话已通过多因素认证。",
         _ => return None,
     })
 }

@@ -79,6 +79,7 @@ pub fn routes(app: &AppState, rest: Router) -> Router<AppState> {
         .route("/ui/static/favicon.svg", get(pages::favicon))
         .route("/ui/login", get(pages::login_form).post(pages::login))
         .route("/ui/logout", post(pages::logout))
+        .route("/ui/session/step-up", post(pages::step_up))
         .route("/ui/oidc/{issuer}", get(oidc::start))
         .route("/ui/oidc/{issuer}/callback", get(oidc::callback))
         .route("/ui/lang/{lang}", get(pages::language))
@@ -454,7 +455,7 @@ impl Ctx {
     }
 
     /// A `Set-Cookie` value: `HttpOnly`, `SameSite=Strict`, `Secure` under TLS, for the console's paths.
-    fn cookie(&self, name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
+    pub(crate) fn cookie(&self, name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
         let mut c = format!("{name}={value}; Path=/ui; HttpOnly; SameSite=Strict");
         if self.console.tls {
             c.push_str("; Secure");

@@ -1257,8 +1257,10 @@ pub(crate) async fn approvals(ctx: Ctx, q: Params) -> Response {
     let mut body = notice(ctx.lang, q.get("done").map(String::as_str));
     if !s.mfa {
         body.push_str(&format!(
-            "<p class=\"muted\">{}</p>",
-            t("A policy may ask for MFA to approve: sign in with your TOTP code for such approvals.")
+            "<form method=\"post\" action=\"/ui/session/step-up\" class=\"inline-form\" id=\"step-up-form\"><span class=\"muted\">{}</span>{}<input name=\"totp\" id=\"step-up-totp\" size=\"9\" inputmode=\"numeric\" autocomplete=\"one-time-code\" placeholder=\"TOTP\"><button type=\"submit\" id=\"step-up\">{}</button></form>",
+            t("A policy may ask for MFA to see or approve a request: confirm this session with your current TOTP code."),
+            csrf(&s),
+            t("Confirm with TOTP")
         ));
     }
     if let Some(id) = q.get("id") {
@@ -1328,14 +1330,8 @@ pub(crate) async fn decide(
     if !matches!(decision.as_str(), "approve" | "reject") {
         return ctx.error_page(Some(&s), StatusCode::NOT_FOUND, "no such decision");
     }
-    let a = ctx
-        .call(
-            &s,
-            Method::POST,
-            &format!("/v1/approvals/{}/{decision}", enc(&id)),
-            None,
-        )
-        .await;
+    let path = format!("/v1/approvals/{}/{decision}", enc(&id));
+    let a = ctx.call(&s, Method::POST, &path, None).await;
     let done = if decision == "approve" {
         "approved"
     } else {
@@ -1345,6 +1341,26 @@ pub(crate) async fn decide(
         return refused(&ctx, &s, &a);
     }
     redirect(&format!("/ui/approvals?done={done}"))
+}
+
+/// `POST /ui/session/step-up`: the session is replaced by one opened with a TOTP code, which counts as MFA;
+/// the old session's token is revoked.
+pub(crate) async fn step_up(ctx: Ctx, Form(f): Fields) -> Response {
+    let s = acting!(ctx, f);
+    let up = answered!(
+        ctx,
+        s,
+        Method::POST,
+        "/v1/auth/session",
+        Some(&json!({"totp": field(&f, "totp")}))
+    );
+    ctx.call(&s, Method::POST, "/v1/auth/logout", None).await;
+    let mut r = redirect("/ui/approvals?done=mfa");
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        ctx.cookie(SESSION, text(&up.body, "token"), None),
+    );
+    r
 }
 
 // ---- Access ----

@@ -187,11 +187,15 @@ impl Auth {
     /// Issues a token for a session (the console's) from the token that opened it: the same identity and
     /// grants, MFA only if that token had it, living at most `max_ttl` seconds and never past its parent, so
     /// that signing out (revoking the session's token) leaves the parent, and a session cannot outlive it.
+    ///
+    /// `stepped_up` says a TOTP code was checked when the session was opened: the session then counts as MFA
+    /// even if its parent does not (a policy that asks for MFA is met by the session, not the parent).
     pub fn derive(
         &self,
         parent: &str,
         now: i64,
         max_ttl: i64,
+        stepped_up: bool,
     ) -> KmsResult<(Zeroizing<String>, TokenRecord)> {
         let hash = hex(&token_hash(parent));
         let raw = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
@@ -210,7 +214,7 @@ impl Auth {
         rec.policies = parent.policies;
         rec.login_roles = parent.login_roles;
         rec.login_policies = parent.login_policies;
-        rec.mfa = parent.mfa;
+        rec.mfa = parent.mfa || stepped_up;
         rec.created_at = now;
         rec.expires_at = Some(expires);
         rec.via = Some("session".into());

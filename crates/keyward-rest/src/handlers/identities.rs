@@ -527,6 +527,8 @@ pub const SESSION_TTL: i64 = 12 * 3600;
 struct SessionRequest {
     #[serde(default)]
     ttl_seconds: Option<i64>,
+    #[serde(default)]
+    totp: Option<String>,
 }
 
 /// `POST /v1/auth/session`: a token for a session of the caller's own (a console sign-in), so that ending
@@ -540,7 +542,7 @@ pub async fn session(State(app): State<AppState>, meta: Meta, body: RawBody) -> 
         Action::CreateSession,
         None,
         Mode::Blocking,
-        move |_| {
+        move |caller| {
             let req: SessionRequest = if body.0.as_ref().is_ok_and(|b| b.is_empty()) {
                 SessionRequest::default()
             } else {
@@ -553,7 +555,23 @@ pub async fn session(State(app): State<AppState>, meta: Meta, body: RawBody) -> 
             let parent = parent.ok_or_else(|| {
                 ApiError::validation("a session is opened with a token (not a client certificate)")
             })?;
-            let (token, t) = a.iam.auth.derive(parent.expose(), a.clock.now(), ttl)?;
+            // A TOTP code steps the session up to MFA (each code works once, as at login).
+            let stepped_up = match req.totp.as_deref() {
+                Some(code) => {
+                    let mut rec = load(&a, &caller.principal.name)?.ok_or_else(|| {
+                        ApiError::validation("this identity has no TOTP enrolled")
+                    })?;
+                    if rec.totp_seed.is_none() {
+                        return Err(ApiError::validation("this identity has no TOTP enrolled"));
+                    }
+                    check_second_factor(&a, &mut rec, Some(code))?
+                }
+                None => false,
+            };
+            let (token, t) = a
+                .iam
+                .auth
+                .derive(parent.expose(), a.clock.now(), ttl, stepped_up)?;
             Reply::ok(&LoginResponse {
                 token,
                 token_id: t.token_id,
