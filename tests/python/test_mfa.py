@@ -67,3 +67,8 @@ def test_a_session_steps_up_to_mfa_with_a_totp_code(api, server):
     assert requests.post(base + "/v1/auth/logout", headers={"Authorization": f"Bearer {session}"}).status_code == 204
     assert requests.get(base + "/v1/auth/self", headers={"Authorization": f"Bearer {session}"}).status_code == 401
     assert requests.get(base + "/v1/auth/self", headers=h).status_code == 200
+    # Revoking the token a session came from revokes the session too: a stolen token cannot be laundered.
+    other = requests.post(base + "/v1/auth/session", headers=h, json={}).json()["token"]
+    parent_id = requests.get(base + "/v1/auth/self", headers=h).json()["token_id"]
+    api.call("DELETE", f"/v1/tokens/{parent_id}", expect=204)
+    assert requests.get(base + "/v1/auth/self", headers={"Authorization": f"Bearer {other}"}).status_code == 401

@@ -167,31 +167,19 @@ pub(crate) fn bars(id: &str, series: &[(u64, u64)], labels: (&str, &str)) -> Str
     out.push_str(&format!(
         "<line x1=\"0\" y1=\"{h}\" x2=\"{w}\" y2=\"{h}\" stroke=\"#999\" stroke-width=\"1\"/>"
     ));
+    let width = (bw - 2.0).max(1.0);
     for (i, (ok, bad)) in series.iter().enumerate() {
-        let x = i as f64 * bw;
-        let total = (ok + bad) as f64 / max * h;
-        let bad_h = *bad as f64 / max * h;
-        if total > 0.0 {
-            out.push_str(&format!(
-                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#3b7dd8\"><title>{} {}</title></rect>",
-                x + 1.0,
-                h - total,
-                (bw - 2.0).max(1.0),
-                total,
-                ok + bad,
-                esc(labels.0)
-            ));
-        }
-        if bad_h > 0.0 {
-            out.push_str(&format!(
-                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#d8463b\"><title>{} {}</title></rect>",
-                x + 1.0,
-                h - bad_h,
-                (bw - 2.0).max(1.0),
-                bad_h,
-                bad,
-                esc(labels.1)
-            ));
+        let x = i as f64 * bw + 1.0;
+        // All requests of the minute, then the refused or failed ones over them.
+        for (count, fill, label) in [(ok + bad, "#3b7dd8", labels.0), (*bad, "#d8463b", labels.1)] {
+            let height = count as f64 / max * h;
+            if height > 0.0 {
+                out.push_str(&format!(
+                    "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{width:.1}\" height=\"{height:.1}\" fill=\"{fill}\"><title>{count} {}</title></rect>",
+                    h - height,
+                    esc(label)
+                ));
+            }
         }
     }
     out.push_str(&format!(

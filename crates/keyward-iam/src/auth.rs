@@ -82,7 +82,18 @@ pub struct TokenRecord {
     /// How the token was obtained, when not issued by an administrator or a password: `jwt:<issuer>`, `ldap`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// For a session's token (`POST /v1/auth/session`): the id of the token the chain of sessions began with,
+    /// whose revocation revokes it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// The ids of the session tokens opened from this token (directly or from one another).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sessions: Vec<String>,
 }
+
+/// Session tokens opened from one token at most at a time: a token cannot be laundered into an unbounded
+/// number of others.
+const MAX_SESSIONS: usize = 1000;
 
 /// A sign-in through an identity provider, as [`Auth::mint_federated`] turns it into a token.
 pub struct Federated<'a> {
@@ -197,28 +208,70 @@ impl Auth {
         max_ttl: i64,
         stepped_up: bool,
     ) -> KmsResult<(Zeroizing<String>, TokenRecord)> {
-        let hash = hex(&token_hash(parent));
-        let raw = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
-            tx.get_meta(TOKENS, &hash)
-        })?
-        .ok_or_else(unauthenticated)?;
-        let parent: TokenRecord = serde_json::from_slice(&raw)
-            .map_err(|_| KmsError::new(ErrorCode::Unavailable, "store corrupt: token record"))?;
-        let expires = match parent.expires_at {
-            Some(t) if t <= now => return Err(unauthenticated()),
-            Some(t) => t.min(now + max_ttl),
-            None => now + max_ttl,
+        let parent_hash = hex(&token_hash(parent));
+        let corrupt = || KmsError::new(ErrorCode::Unavailable, "store corrupt: token record");
+        let read = |tx: &mut dyn Tx, hash: &str| -> KmsResult<Option<TokenRecord>> {
+            tx.get_meta(TOKENS, hash)?
+                .map(|raw| serde_json::from_slice::<TokenRecord>(&raw).map_err(|_| corrupt()))
+                .transpose()
         };
-        let (token, mut rec) = self.fresh(&parent.identity)?;
-        rec.roles = parent.roles;
-        rec.policies = parent.policies;
-        rec.login_roles = parent.login_roles;
-        rec.login_policies = parent.login_policies;
-        rec.mfa = parent.mfa || stepped_up;
-        rec.created_at = now;
-        rec.expires_at = Some(expires);
-        rec.via = Some("session".into());
-        self.store_token(&token, &rec)?;
+        // Generated outside the transaction (it may be retried); the chain's root names it in the same one.
+        let (token, mut rec) = self.fresh("")?;
+        let hash = hex(&token_hash(&token));
+        transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+            let parent = read(tx, &parent_hash)?.ok_or_else(unauthenticated)?;
+            let expires = match parent.expires_at {
+                Some(t) if t <= now => return Err(unauthenticated()),
+                Some(t) => t.min(now + max_ttl),
+                None => now + max_ttl,
+            };
+            // Sessions hang from the chain's first token, so that revoking it revokes them all, and ending one
+            // session (a sign-out, a step-up that replaces it) leaves its siblings.
+            let (root_hash, mut root) = match &parent.parent {
+                None => (parent_hash.clone(), parent.clone()),
+                Some(root_id) => {
+                    let root_hash = tx
+                        .get_meta(TOKEN_IDS, root_id)?
+                        .map(|h| String::from_utf8(h).unwrap_or_default())
+                        .ok_or_else(unauthenticated)?;
+                    let root = read(tx, &root_hash)?.ok_or_else(unauthenticated)?;
+                    (root_hash, root)
+                }
+            };
+            let mut live = Vec::with_capacity(root.sessions.len() + 1);
+            for id in std::mem::take(&mut root.sessions) {
+                if tx.get_meta(TOKEN_IDS, &id)?.is_some() {
+                    live.push(id);
+                }
+            }
+            if live.len() >= MAX_SESSIONS {
+                return Err(KmsError::new(
+                    ErrorCode::Throttled,
+                    "this token has opened 1000 sessions that are still live; sign some out first",
+                ));
+            }
+            rec.identity = parent.identity.clone();
+            rec.roles = parent.roles.clone();
+            rec.policies = parent.policies.clone();
+            rec.login_roles = parent.login_roles.clone();
+            rec.login_policies = parent.login_policies.clone();
+            rec.mfa = parent.mfa || stepped_up;
+            rec.created_at = now;
+            rec.expires_at = Some(expires);
+            rec.via = Some("session".into());
+            rec.parent = Some(root.token_id.clone());
+            live.push(rec.token_id.clone());
+            root.sessions = live;
+            let encode = |r: &TokenRecord| {
+                serde_json::to_vec(r)
+                    .map_err(|_| KmsError::new(ErrorCode::Unavailable, "token encoding"))
+            };
+            tx.put_meta(TOKENS, &root_hash, &encode(&root)?)?;
+            tx.put_meta(TOKENS, &hash, &encode(&rec)?)?;
+            tx.put_meta(TOKEN_IDS, &rec.token_id, hash.as_bytes())?;
+            Ok(())
+        })?;
+        // The root's record changed (its list of sessions), not its grants: no cache entry is stale.
         Ok((token, rec))
     }
 
@@ -246,6 +299,8 @@ impl Auth {
                 login_roles: Vec::new(),
                 login_policies: Vec::new(),
                 via: None,
+                parent: None,
+                sessions: Vec::new(),
             },
         ))
     }
@@ -362,19 +417,33 @@ impl Auth {
     }
 
     /// Revokes a token by id; false if there was none.
+    /// Revokes a token by id, with every session opened from it; false if there was none.
     pub fn revoke(&self, token_id: &str) -> KmsResult<bool> {
-        let hash = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
+        let gone = transact(self.store.as_ref(), |tx: &mut dyn Tx| {
             let Some(hash) = tx.get_meta(TOKEN_IDS, token_id)? else {
-                return Ok(None);
+                return Ok(Vec::new());
             };
             let hash = String::from_utf8(hash).unwrap_or_default();
+            let sessions = tx
+                .get_meta(TOKENS, &hash)?
+                .and_then(|raw| serde_json::from_slice::<TokenRecord>(&raw).ok())
+                .map(|r| r.sessions)
+                .unwrap_or_default();
             tx.delete_meta(TOKENS, &hash)?;
             tx.delete_meta(TOKEN_IDS, token_id)?;
-            Ok::<_, KmsError>(Some(hash))
+            let mut gone = vec![token_id.to_string()];
+            for id in sessions {
+                if let Some(h) = tx.get_meta(TOKEN_IDS, &id)? {
+                    tx.delete_meta(TOKENS, &String::from_utf8(h).unwrap_or_default())?;
+                    tx.delete_meta(TOKEN_IDS, &id)?;
+                    gone.push(id);
+                }
+            }
+            Ok::<_, KmsError>(gone)
         })?;
-        // Drop every cached principal of that token (the cache is keyed by hash).
-        self.invalidate(|p| p.token_id == token_id);
-        Ok(hash.is_some())
+        // Drop every cached principal of those tokens (the cache is keyed by hash).
+        self.invalidate(|p| gone.contains(&p.token_id));
+        Ok(!gone.is_empty())
     }
 
     /// Tokens past their expiry, at most `limit`: dead credentials, which the leading node deletes so that
@@ -599,5 +668,41 @@ mod tests {
         ids.delete("alice").unwrap();
         auth.forget_identity("alice");
         assert!(auth.authenticate(&token, 1).is_err());
+    }
+
+    #[test]
+    fn sessions_die_with_the_token_they_came_from_and_not_with_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = auth(dir.path());
+        let (parent, prec) = auth
+            .mint("app", &[Role::KeyUser], 0, Some(3600), None)
+            .unwrap();
+        let (s1, r1) = auth.derive(&parent, 10, 600, false).unwrap();
+        let (s2, r2) = auth.derive(&s1, 20, 7200, true).unwrap();
+        // A session lives no longer than what opened it, and hangs from the chain's first token.
+        assert_eq!((r1.expires_at, r2.expires_at), (Some(610), Some(610)));
+        assert_eq!(r2.parent.as_deref(), Some(prec.token_id.as_str()));
+        assert!(!r1.mfa && r2.mfa);
+        assert_eq!(auth.authenticate(&s2, 30).unwrap().roles, [Role::KeyUser]);
+        // Ending one session leaves its sibling.
+        assert!(auth.revoke(&r1.token_id).unwrap());
+        assert!(auth.authenticate(&s1, 30).is_err());
+        assert!(auth.authenticate(&s2, 30).is_ok());
+        // Revoking the first token revokes every session opened from it, cached or not.
+        let (s3, _) = auth.derive(&parent, 40, 600, false).unwrap();
+        assert!(auth.authenticate(&s3, 41).is_ok());
+        assert!(auth.revoke(&prec.token_id).unwrap());
+        for t in [&parent, &s2, &s3] {
+            assert_eq!(
+                auth.authenticate(t, 50).unwrap_err().code(),
+                ErrorCode::Unauthenticated
+            );
+        }
+        // A revoked or expired token opens nothing.
+        assert!(auth.derive(&parent, 60, 600, false).is_err());
+        let (short, _) = auth
+            .mint("app", &[Role::KeyUser], 0, Some(10), None)
+            .unwrap();
+        assert!(auth.derive(&short, 10, 600, false).is_err());
     }
 }

@@ -14,15 +14,11 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    /// A fetcher with short timeouts and no redirects (a redirect could lead to a host not trusted).
+    /// A fetcher with short timeouts and no redirects.
     pub fn new() -> Result<Fetcher, String> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
-        Ok(Fetcher { client })
+        Ok(Fetcher {
+            client: client(Duration::from_secs(5))?,
+        })
     }
 
     /// The keys at `source`: a JWKS URL, or a discovery document naming one (`jwks_uri`).
@@ -48,7 +44,7 @@ impl Fetcher {
     }
 
     async fn json(&self, url: &str) -> Result<Value, String> {
-        let mut resp = self
+        let resp = self
             .client
             .get(url)
             .header("accept", "application/json")
@@ -58,19 +54,35 @@ impl Fetcher {
         if !resp.status().is_success() {
             return Err(format!("{url} answered {}", resp.status()));
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| format!("{url}: {}", reason(&e)))?
-        {
-            if body.len() + chunk.len() > MAX_DOCUMENT {
-                return Err(format!("{url} sent more than 1 MiB"));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        serde_json::from_slice(&body).map_err(|_| format!("{url} did not send JSON"))
+        bounded_json(resp, url).await
     }
+}
+
+/// An HTTP client for identity providers: short timeouts, and no redirects (a redirect could lead to a host
+/// not trusted).
+pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))
+}
+
+/// A response's JSON body, read up to 1 MiB: a provider cannot make Keyward hold more.
+pub(crate) async fn bounded_json(mut resp: reqwest::Response, url: &str) -> Result<Value, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("{url}: {}", reason(&e)))?
+    {
+        if body.len() + chunk.len() > MAX_DOCUMENT {
+            return Err(format!("{url} sent more than 1 MiB"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|_| format!("{url} did not send JSON"))
 }
 
 /// What went wrong with a request, in a few words (never the URL's query or a body).

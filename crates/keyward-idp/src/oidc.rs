@@ -15,15 +15,6 @@ pub struct Endpoints {
     pub token: String,
 }
 
-fn client() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| format!("HTTP client: {e}"))
-}
-
 /// The provider's endpoints, from `<issuer>/.well-known/openid-configuration`, whose `issuer` must be the
 /// one configured (OpenID Connect Discovery, section 4.3).
 pub async fn discover(issuer: &str) -> Result<Endpoints, String> {
@@ -31,7 +22,7 @@ pub async fn discover(issuer: &str) -> Result<Endpoints, String> {
         "{}/.well-known/openid-configuration",
         issuer.trim_end_matches('/')
     );
-    let resp = client()?
+    let resp = crate::jwks::client(Duration::from_secs(10))?
         .get(&url)
         .send()
         .await
@@ -39,10 +30,7 @@ pub async fn discover(issuer: &str) -> Result<Endpoints, String> {
     if !resp.status().is_success() {
         return Err(format!("{url} answered {}", resp.status()));
     }
-    let doc: Value = resp
-        .json()
-        .await
-        .map_err(|_| format!("{url} did not send JSON"))?;
+    let doc = crate::jwks::bounded_json(resp, &url).await?;
     if doc.get("issuer").and_then(Value::as_str) != Some(issuer) {
         return Err(format!("{url} names another issuer"));
     }
@@ -74,14 +62,16 @@ pub async fn exchange(
         ("client_id", client_id),
         ("redirect_uri", redirect_uri),
     ];
-    let resp = client()?
+    let resp = crate::jwks::client(Duration::from_secs(10))?
         .post(token_endpoint)
         .form(&form)
         .send()
         .await
         .map_err(|e| format!("{token_endpoint}: {}", crate::jwks::reason(&e)))?;
     let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    let body = crate::jwks::bounded_json(resp, token_endpoint)
+        .await
+        .unwrap_or(Value::Null);
     if !status.is_success() {
         let why = body
             .get("error")
